@@ -1,0 +1,194 @@
+import { z } from "zod";
+
+/** Limits on what one request may carry. */
+export const LIMITS = {
+  maxDocumentsPerJob: 10_000,
+  maxDocumentChars: 1_000_000,
+  maxJobChars: 20_000_000,
+  maxMetadataBytes: 4096,
+  maxQueryChars: 4000,
+  maxEmbeddingInputs: 256,
+  maxTopK: 100,
+} as const;
+
+export const JobStatus = z
+  .enum(["queued", "running", "completed", "completed_with_errors", "failed", "cancelled"])
+  .meta({ id: "JobStatus" });
+export type JobStatus = z.infer<typeof JobStatus>;
+
+const Metadata = z
+  .record(z.string().max(128), z.union([z.string().max(1024), z.number(), z.boolean(), z.null()]))
+  .refine((m) => JSON.stringify(m).length <= LIMITS.maxMetadataBytes, {
+    message: `metadata must serialise to at most ${LIMITS.maxMetadataBytes} bytes`,
+  })
+  .meta({ description: "Flat key/value pairs stored with every chunk of the document." });
+
+export const DocumentInput = z
+  .object({
+    id: z
+      .string()
+      .min(1)
+      .max(128)
+      .regex(/^[\w.:@/-]+$/, "id may hold letters, digits and _ . : @ / -")
+      .optional()
+      .meta({ description: "Your id for the document; generated when absent." }),
+    text: z
+      .string()
+      .max(LIMITS.maxDocumentChars)
+      .refine((t) => t.trim().length > 0, { message: "text must not be empty" }),
+    metadata: Metadata.optional(),
+  })
+  .meta({ id: "DocumentInput" });
+export type DocumentInput = z.infer<typeof DocumentInput>;
+
+export const ChunkingInput = z
+  .object({
+    maxChars: z.number().int().min(50).max(8000).optional(),
+    overlap: z.number().int().min(0).max(4000).optional(),
+  })
+  .meta({ id: "Chunking" });
+
+export const CreateJobRequest = z
+  .object({
+    documents: z.array(DocumentInput).min(1).max(LIMITS.maxDocumentsPerJob),
+    chunking: ChunkingInput.optional(),
+    model: z.string().min(1).max(64).optional(),
+  })
+  .refine(
+    (r) => r.documents.reduce((n, d) => n + d.text.length, 0) <= LIMITS.maxJobChars,
+    { message: `a job may hold at most ${LIMITS.maxJobChars} characters of text` },
+  )
+  .refine(
+    (r) => {
+      const ids = r.documents.flatMap((d) => (d.id ? [d.id] : []));
+      return new Set(ids).size === ids.length;
+    },
+    { message: "document ids must be unique within a job" },
+  )
+  .meta({ id: "CreateJobRequest" });
+export type CreateJobRequest = z.infer<typeof CreateJobRequest>;
+
+export const Job = z
+  .object({
+    id: z.string(),
+    status: JobStatus,
+    model: z.string(),
+    documents: z.number().int(),
+    chunks: z.object({ total: z.number().int(), done: z.number().int(), failed: z.number().int() }),
+    chunking: z.object({ maxChars: z.number().int(), overlap: z.number().int() }),
+    createdAt: z.string(),
+    completedAt: z.string().optional(),
+  })
+  .meta({ id: "Job" });
+export type Job = z.infer<typeof Job>;
+
+export const Chunk = z
+  .object({
+    id: z.string(),
+    jobId: z.string(),
+    documentId: z.string(),
+    index: z.number().int(),
+    text: z.string(),
+    metadata: z.record(z.string(), z.unknown()),
+    status: z.enum(["pending", "done", "failed"]),
+    vector: z.array(z.number()).optional(),
+  })
+  .meta({ id: "Chunk" });
+export type Chunk = z.infer<typeof Chunk>;
+
+export const ChunkPage = z
+  .object({ data: z.array(Chunk), nextCursor: z.string().nullable() })
+  .meta({ id: "ChunkPage" });
+export type ChunkPage = z.infer<typeof ChunkPage>;
+
+export const ChunkQuery = z.object({
+  cursor: z.string().max(64).optional(),
+  limit: z.coerce.number().int().min(1).max(1000).default(100),
+  includeVectors: z
+    .enum(["true", "false", "1", "0"])
+    .optional()
+    .transform((s) => s === "true" || s === "1"),
+});
+
+export const SearchRequest = z
+  .object({
+    query: z.string().min(1).max(LIMITS.maxQueryChars),
+    topK: z.number().int().min(1).max(LIMITS.maxTopK).default(10),
+    model: z.string().min(1).max(64).optional(),
+    filter: z
+      .object({ jobId: z.string().max(64).optional(), documentId: z.string().max(128).optional() })
+      .strict()
+      .optional(),
+  })
+  .meta({ id: "SearchRequest" });
+export type SearchRequest = z.infer<typeof SearchRequest>;
+
+export const SearchResponse = z
+  .object({
+    results: z.array(
+      z.object({
+        score: z.number(),
+        chunk: Chunk.omit({ status: true, vector: true }),
+      }),
+    ),
+  })
+  .meta({ id: "SearchResponse" });
+export type SearchResponse = z.infer<typeof SearchResponse>;
+
+export const EmbeddingsRequest = z
+  .object({
+    input: z.union([
+      z.string().min(1).max(LIMITS.maxQueryChars),
+      z.array(z.string().min(1).max(LIMITS.maxQueryChars)).min(1).max(LIMITS.maxEmbeddingInputs),
+    ]),
+    model: z.string().min(1).max(64),
+    encoding_format: z.enum(["float", "base64"]).optional(),
+    dimensions: z.number().int().positive().optional(),
+    user: z.string().max(256).optional(),
+  })
+  .meta({ id: "EmbeddingsRequest" });
+export type EmbeddingsRequest = z.infer<typeof EmbeddingsRequest>;
+
+export const EmbeddingsResponse = z
+  .object({
+    object: z.literal("list"),
+    data: z.array(
+      z.object({
+        object: z.literal("embedding"),
+        index: z.number().int(),
+        embedding: z.union([z.array(z.number()), z.string()]),
+      }),
+    ),
+    model: z.string(),
+    usage: z.object({ prompt_tokens: z.number().int(), total_tokens: z.number().int() }),
+  })
+  .meta({ id: "EmbeddingsResponse" });
+export type EmbeddingsResponse = z.infer<typeof EmbeddingsResponse>;
+
+export const ErrorCode = z.enum([
+  "bad_request",
+  "invalid_json",
+  "validation_failed",
+  "unauthorized",
+  "forbidden",
+  "not_found",
+  "conflict",
+  "payload_too_large",
+  "unsupported_media_type",
+  "unprocessable",
+  "rate_limited",
+  "no_capacity",
+  "internal",
+]);
+export type ErrorCode = z.infer<typeof ErrorCode>;
+
+export const ErrorBody = z
+  .object({
+    error: z.object({
+      code: ErrorCode,
+      message: z.string(),
+      details: z.unknown().optional(),
+    }),
+  })
+  .meta({ id: "Error" });
+export type ErrorBody = z.infer<typeof ErrorBody>;

@@ -1,0 +1,74 @@
+/** One piece of a document, with its place in the original text. */
+export interface TextChunk {
+  index: number;
+  text: string;
+  /** Offset of the first character in the source text (UTF-16 code units). */
+  start: number;
+  /** Offset one past the last character in the source text. */
+  end: number;
+}
+
+export interface ChunkOptions {
+  /** Largest chunk in characters. */
+  maxChars: number;
+  /** Characters shared by consecutive chunks, so a sentence cut at a boundary is whole in one. */
+  overlap: number;
+}
+
+// Break points, best first. A chunk ends at the last one of the best kind found in the
+// second half of the window, so chunks stay near maxChars without cutting words.
+const BREAKS: RegExp[] = [/\n\s*\n/g, /\n/g, /[.!?。！？]["')\]]?\s/g, /[;:,]\s/g, /\s/g];
+
+function findBreak(text: string, from: number, to: number): number {
+  const window = text.slice(from, to);
+  for (const re of BREAKS) {
+    re.lastIndex = 0;
+    let last = -1;
+    for (let m = re.exec(window); m !== null; m = re.exec(window)) last = m.index + m[0].length;
+    if (last > 0) return from + last;
+  }
+  return to;
+}
+
+function isLowSurrogate(code: number): boolean {
+  return code >= 0xdc00 && code <= 0xdfff;
+}
+
+/**
+ * Splits text into overlapping chunks no longer than `maxChars`, preferring paragraph, line,
+ * sentence and word boundaries. Whitespace-only input yields no chunks. Never splits a
+ * surrogate pair, so every chunk is valid Unicode.
+ */
+export function chunkText(text: string, options: ChunkOptions): TextChunk[] {
+  const { maxChars, overlap } = options;
+  if (!Number.isInteger(maxChars) || maxChars < 1) throw new RangeError("maxChars must be >= 1");
+  if (!Number.isInteger(overlap) || overlap < 0 || overlap >= maxChars) {
+    throw new RangeError("overlap must be >= 0 and < maxChars");
+  }
+  const chunks: TextChunk[] = [];
+  let pos = 0;
+  while (pos < text.length) {
+    let end = Math.min(pos + maxChars, text.length);
+    if (end < text.length) {
+      end = findBreak(text, pos + Math.floor(maxChars / 2), end);
+      if (isLowSurrogate(text.charCodeAt(end))) end -= 1;
+    }
+    const raw = text.slice(pos, end);
+    const lead = raw.length - raw.trimStart().length;
+    const body = raw.trim();
+    if (body.length > 0) {
+      chunks.push({ index: chunks.length, text: body, start: pos + lead, end: pos + lead + body.length });
+    }
+    if (end >= text.length) break;
+    let next = end - overlap;
+    if (overlap > 0) {
+      // Start the overlap at a word boundary so no chunk begins mid-word.
+      const ws = text.slice(next, end).search(/\s/);
+      if (ws >= 0) next += ws + 1;
+      else next = end;
+    }
+    if (isLowSurrogate(text.charCodeAt(next))) next += 1;
+    pos = Math.max(next, pos + 1);
+  }
+  return chunks;
+}

@@ -1,0 +1,218 @@
+import { z } from "zod";
+
+/**
+ * The worker <-> edge protocol. Every frame is a JSON object with a `type` and the protocol
+ * version `v`. Vectors travel as base64 float32 (see vector-codec.ts).
+ *
+ * Flow: worker sends `hello`, edge answers `welcome`; the worker grants credits
+ * (`credit`, one per task it can hold) and the edge sends at most that many `task`s;
+ * each task ends with `result` or `task_failed`, acknowledged by `ack`. Real-time requests
+ * (`embed`) skip the batch queue and are answered with `embed_result`/`embed_failed`.
+ */
+export const PROTOCOL_VERSION = 1;
+
+const v = z.literal(PROTOCOL_VERSION);
+const Id = z.string().min(1).max(128);
+
+export const ErrorInfo = z.object({
+  code: z.string().min(1).max(64),
+  message: z.string().max(2000),
+  retryable: z.boolean().default(true),
+});
+export type ErrorInfo = z.infer<typeof ErrorInfo>;
+
+// ---- worker -> edge ----
+
+export const Hello = z.object({
+  type: z.literal("hello"),
+  v,
+  name: z.string().max(128).optional(),
+  version: z.string().max(64),
+  models: z.array(z.object({ id: Id, dimension: z.number().int().positive() })).min(1).max(32),
+  device: z.string().max(64),
+  threads: z.number().int().positive().max(1024),
+  batchSize: z.number().int().positive().max(4096),
+});
+export type Hello = z.infer<typeof Hello>;
+
+export const Credit = z.object({
+  type: z.literal("credit"),
+  v,
+  /** Additional tasks the worker is ready to hold. */
+  n: z.number().int().min(1).max(256),
+});
+export type Credit = z.infer<typeof Credit>;
+
+export const TaskResult = z.object({
+  type: z.literal("result"),
+  v,
+  taskId: Id,
+  leaseId: Id,
+  /** One per task item, in item order. */
+  vectors: z.array(z.object({ chunkId: Id, vector: z.string().max(1 << 16) })).min(1).max(1024),
+  elapsedMs: z.number().nonnegative().optional(),
+});
+export type TaskResult = z.infer<typeof TaskResult>;
+
+export const TaskFailed = z.object({
+  type: z.literal("task_failed"),
+  v,
+  taskId: Id,
+  leaseId: Id,
+  error: ErrorInfo,
+});
+export type TaskFailed = z.infer<typeof TaskFailed>;
+
+/** Hands tasks back unstarted (a worker shutting down). */
+export const Release = z.object({
+  type: z.literal("release"),
+  v,
+  leaseIds: z.array(Id).max(1024),
+});
+export type Release = z.infer<typeof Release>;
+
+/** Keeps the leases the worker still holds alive. */
+export const Heartbeat = z.object({
+  type: z.literal("heartbeat"),
+  v,
+  leaseIds: z.array(Id).max(1024),
+});
+export type Heartbeat = z.infer<typeof Heartbeat>;
+
+/** The worker takes no new work from now on (it is shutting down). */
+export const Draining = z.object({ type: z.literal("draining"), v });
+export type Draining = z.infer<typeof Draining>;
+
+export const EmbedResult = z.object({
+  type: z.literal("embed_result"),
+  v,
+  requestId: Id,
+  vectors: z.array(z.string().max(1 << 16)).max(2048),
+  tokens: z.number().int().nonnegative(),
+});
+export type EmbedResult = z.infer<typeof EmbedResult>;
+
+export const EmbedFailed = z.object({
+  type: z.literal("embed_failed"),
+  v,
+  requestId: Id,
+  error: ErrorInfo,
+});
+export type EmbedFailed = z.infer<typeof EmbedFailed>;
+
+export const WorkerMessage = z.discriminatedUnion("type", [
+  Hello,
+  Credit,
+  TaskResult,
+  TaskFailed,
+  Release,
+  Heartbeat,
+  Draining,
+  EmbedResult,
+  EmbedFailed,
+]);
+export type WorkerMessage = z.infer<typeof WorkerMessage>;
+
+// ---- edge -> worker ----
+
+export const Welcome = z.object({
+  type: z.literal("welcome"),
+  v,
+  workerId: Id,
+  /** A lease not renewed within this many ms goes back to the queue. */
+  leaseMs: z.number().int().positive(),
+  /** How often the worker should send `heartbeat`. */
+  heartbeatMs: z.number().int().positive(),
+});
+export type Welcome = z.infer<typeof Welcome>;
+
+export const TaskItem = z.object({ chunkId: Id, text: z.string() });
+export type TaskItem = z.infer<typeof TaskItem>;
+
+export const Task = z.object({
+  type: z.literal("task"),
+  v,
+  taskId: Id,
+  leaseId: Id,
+  model: Id,
+  attempt: z.number().int().positive(),
+  items: z.array(TaskItem).min(1).max(1024),
+});
+export type Task = z.infer<typeof Task>;
+
+export const Embed = z.object({
+  type: z.literal("embed"),
+  v,
+  requestId: Id,
+  model: Id,
+  texts: z.array(z.string()).min(1).max(2048),
+});
+export type Embed = z.infer<typeof Embed>;
+
+export const Ack = z.object({
+  type: z.literal("ack"),
+  v,
+  taskId: Id,
+  leaseId: Id,
+  /** stored: accepted now; duplicate: already stored; rejected: lease not valid or bad result. */
+  status: z.enum(["stored", "duplicate", "rejected"]),
+  reason: z.string().max(2000).optional(),
+});
+export type Ack = z.infer<typeof Ack>;
+
+export const ErrorFrame = z.object({
+  type: z.literal("error"),
+  v,
+  code: z.string().max(64),
+  message: z.string().max(2000),
+});
+export type ErrorFrame = z.infer<typeof ErrorFrame>;
+
+export const EdgeMessage = z.discriminatedUnion("type", [Welcome, Task, Embed, Ack, ErrorFrame]);
+export type EdgeMessage = z.infer<typeof EdgeMessage>;
+
+/** WebSocket close codes the edge uses (4000-4999 is the application range). */
+export const CloseCode = {
+  normal: 1000,
+  protocolError: 4400,
+  unauthorized: 4401,
+  unsupportedVersion: 4426,
+  tooManyErrors: 4429,
+} as const;
+
+export type ParseResult<T> =
+  | { ok: true; message: T }
+  | { ok: false; error: { code: "bad_json" | "bad_message" | "too_large"; message: string } };
+
+/** Largest frame either side accepts. */
+export const MAX_FRAME_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Parses one frame against a message union. Never throws: malformed JSON, unknown types and
+ * invalid fields come back as a typed error the caller turns into an `error` frame.
+ */
+export function parseMessage<S extends z.ZodType>(
+  schema: S,
+  raw: string | ArrayBuffer,
+): ParseResult<z.infer<S>> {
+  const text = typeof raw === "string" ? raw : new TextDecoder().decode(raw);
+  if (text.length > MAX_FRAME_BYTES) {
+    return { ok: false, error: { code: "too_large", message: `frame over ${MAX_FRAME_BYTES} bytes` } };
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    return { ok: false, error: { code: "bad_json", message: "frame is not valid JSON" } };
+  }
+  const parsed = schema.safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const where = issue?.path.length ? ` at ${issue.path.join(".")}` : "";
+    return {
+      ok: false,
+      error: { code: "bad_message", message: `${issue?.message ?? "invalid message"}${where}` },
+    };
+  }
+  return { ok: true, message: parsed.data };
+}
