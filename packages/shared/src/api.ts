@@ -54,10 +54,9 @@ export const CreateJobRequest = z
     chunking: ChunkingInput.optional(),
     model: z.string().min(1).max(64).optional(),
   })
-  .refine(
-    (r) => r.documents.reduce((n, d) => n + d.text.length, 0) <= LIMITS.maxJobChars,
-    { message: `a job may hold at most ${LIMITS.maxJobChars} characters of text` },
-  )
+  .refine((r) => r.documents.reduce((n, d) => n + d.text.length, 0) <= LIMITS.maxJobChars, {
+    message: `a job may hold at most ${LIMITS.maxJobChars} characters of text`,
+  })
   .refine(
     (r) => {
       const ids = r.documents.flatMap((d) => (d.id ? [d.id] : []));
@@ -89,8 +88,12 @@ export const Chunk = z
     documentId: z.string(),
     index: z.number().int(),
     text: z.string(),
+    /** Offsets of the chunk in its document's text. */
+    start: z.number().int(),
+    end: z.number().int(),
     metadata: z.record(z.string(), z.unknown()),
     status: z.enum(["pending", "done", "failed"]),
+    error: z.string().optional().meta({ description: "Why the chunk failed, when it did." }),
     vector: z.array(z.number()).optional(),
   })
   .meta({ id: "Chunk" });
@@ -128,7 +131,7 @@ export const SearchResponse = z
     results: z.array(
       z.object({
         score: z.number(),
-        chunk: Chunk.omit({ status: true, vector: true }),
+        chunk: Chunk.omit({ status: true, vector: true, error: true }),
       }),
     ),
   })

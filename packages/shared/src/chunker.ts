@@ -57,7 +57,12 @@ export function chunkText(text: string, options: ChunkOptions): TextChunk[] {
     const lead = raw.length - raw.trimStart().length;
     const body = raw.trim();
     if (body.length > 0) {
-      chunks.push({ index: chunks.length, text: body, start: pos + lead, end: pos + lead + body.length });
+      chunks.push({
+        index: chunks.length,
+        text: body,
+        start: pos + lead,
+        end: pos + lead + body.length,
+      });
     }
     if (end >= text.length) break;
     let next = end - overlap;

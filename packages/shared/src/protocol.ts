@@ -28,7 +28,10 @@ export const Hello = z.object({
   v,
   name: z.string().max(128).optional(),
   version: z.string().max(64),
-  models: z.array(z.object({ id: Id, dimension: z.number().int().positive() })).min(1).max(32),
+  models: z
+    .array(z.object({ id: Id, dimension: z.number().int().positive() }))
+    .min(1)
+    .max(32),
   device: z.string().max(64),
   threads: z.number().int().positive().max(1024),
   batchSize: z.number().int().positive().max(4096),
@@ -49,7 +52,10 @@ export const TaskResult = z.object({
   taskId: Id,
   leaseId: Id,
   /** One per task item, in item order. */
-  vectors: z.array(z.object({ chunkId: Id, vector: z.string().max(1 << 16) })).min(1).max(1024),
+  vectors: z
+    .array(z.object({ chunkId: Id, vector: z.string().max(1 << 16) }))
+    .min(1)
+    .max(1024),
   elapsedMs: z.number().nonnegative().optional(),
 });
 export type TaskResult = z.infer<typeof TaskResult>;
@@ -197,7 +203,10 @@ export function parseMessage<S extends z.ZodType>(
 ): ParseResult<z.infer<S>> {
   const text = typeof raw === "string" ? raw : new TextDecoder().decode(raw);
   if (text.length > MAX_FRAME_BYTES) {
-    return { ok: false, error: { code: "too_large", message: `frame over ${MAX_FRAME_BYTES} bytes` } };
+    return {
+      ok: false,
+      error: { code: "too_large", message: `frame over ${MAX_FRAME_BYTES} bytes` },
+    };
   }
   let json: unknown;
   try {

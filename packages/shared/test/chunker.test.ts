@@ -7,7 +7,8 @@ function essay(paragraphs: number): string {
   const out: string[] = [];
   for (let p = 0; p < paragraphs; p++) {
     const sentences: string[] = [];
-    for (let s = 0; s < 6; s++) sentences.push(`Paragraph ${p} sentence ${s} talks about topic ${p * 7 + s}.`);
+    for (let s = 0; s < 6; s++)
+      sentences.push(`Paragraph ${p} sentence ${s} talks about topic ${p * 7 + s}.`);
     out.push(sentences.join(" "));
   }
   return out.join("\n\n");
@@ -33,7 +34,8 @@ describe("chunkText", () => {
     // Coverage by offsets: every non-space character sits inside some chunk.
     const covered = new Uint8Array(text.length);
     for (const c of chunks) covered.fill(1, c.start, c.end);
-    for (let i = 0; i < text.length; i++) if (!/\s/.test(text[i] as string)) expect(covered[i]).toBe(1);
+    for (let i = 0; i < text.length; i++)
+      if (!/\s/.test(text[i] as string)) expect(covered[i]).toBe(1);
   });
 
   it("prefers sentence and paragraph boundaries and never starts mid-word", () => {
@@ -43,14 +45,15 @@ describe("chunkText", () => {
       expect(c.start === 0 || /\s/.test(text[c.start - 1] as string)).toBe(true);
     }
     // Without overlap each chunk ends on a full stop: the sentence splitter did its job.
-    for (const c of chunkText(text, { maxChars: 250, overlap: 0 })) expect(c.text.endsWith(".")).toBe(true);
+    for (const c of chunkText(text, { maxChars: 250, overlap: 0 }))
+      expect(c.text.endsWith(".")).toBe(true);
   });
 
   it("overlaps consecutive chunks by roughly the requested amount", () => {
     const chunks = chunkText(essay(10), { maxChars: 300, overlap: 80 });
     for (let i = 1; i < chunks.length; i++) {
-      const prev = chunks[i - 1]!;
-      const cur = chunks[i]!;
+      const prev = chunks[i - 1] as (typeof chunks)[number];
+      const cur = chunks[i] as (typeof chunks)[number];
       expect(cur.start).toBeLessThan(prev.end);
       expect(prev.end - cur.start).toBeLessThanOrEqual(80);
     }

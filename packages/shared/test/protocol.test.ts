@@ -19,7 +19,10 @@ describe("parseMessage", () => {
   });
 
   it("turns malformed, unknown and mistyped frames into typed errors", () => {
-    expect(parseMessage(WorkerMessage, "{nope")).toMatchObject({ ok: false, error: { code: "bad_json" } });
+    expect(parseMessage(WorkerMessage, "{nope")).toMatchObject({
+      ok: false,
+      error: { code: "bad_json" },
+    });
     expect(parseMessage(WorkerMessage, JSON.stringify({ type: "steal_all", v: 1 }))).toMatchObject({
       ok: false,
       error: { code: "bad_message" },
@@ -27,17 +30,27 @@ describe("parseMessage", () => {
     const wrong = parseMessage(WorkerMessage, JSON.stringify({ ...hello, threads: "many" }));
     expect(wrong).toMatchObject({ ok: false, error: { code: "bad_message" } });
     expect(!wrong.ok && wrong.error.message).toContain("threads");
-    expect(parseMessage(WorkerMessage, JSON.stringify({ ...hello, v: 99 }))).toMatchObject({ ok: false });
-    expect(parseMessage(WorkerMessage, "null")).toMatchObject({ ok: false, error: { code: "bad_message" } });
+    expect(parseMessage(WorkerMessage, JSON.stringify({ ...hello, v: 99 }))).toMatchObject({
+      ok: false,
+    });
+    expect(parseMessage(WorkerMessage, "null")).toMatchObject({
+      ok: false,
+      error: { code: "bad_message" },
+    });
   });
 
   it("rejects oversized frames before parsing them", () => {
     const huge = JSON.stringify({ type: "credit", v: 1, n: 1, pad: "x".repeat(5 * 1024 * 1024) });
-    expect(parseMessage(WorkerMessage, huge)).toMatchObject({ ok: false, error: { code: "too_large" } });
+    expect(parseMessage(WorkerMessage, huge)).toMatchObject({
+      ok: false,
+      error: { code: "too_large" },
+    });
   });
 
   it("parses edge frames from binary payloads", () => {
-    const frame = new TextEncoder().encode(JSON.stringify({ type: "error", v: 1, code: "x", message: "y" }));
+    const frame = new TextEncoder().encode(
+      JSON.stringify({ type: "error", v: 1, code: "x", message: "y" }),
+    );
     expect(parseMessage(EdgeMessage, frame.buffer as ArrayBuffer)).toMatchObject({ ok: true });
   });
 });

@@ -1,0 +1,83 @@
+import { OpenAPIHono } from "@hono/zod-openapi";
+import { bodyLimit } from "hono/body-limit";
+import { HTTPException } from "hono/http-exception";
+import type { z } from "zod";
+import type { AppEnv } from "./lib/auth.js";
+import { AppError } from "./lib/errors.js";
+
+/** Largest request body the API reads (a job's text limit plus JSON overhead). */
+export const MAX_BODY_BYTES = 32 * 1024 * 1024;
+
+/** Maps zod failures to the API's error body: 422 with every issue listed. */
+function validationHook(result: { success: boolean; error?: z.ZodError; target?: string }) {
+  if (!result.success && result.error) {
+    throw new AppError(
+      422,
+      "validation_failed",
+      `invalid ${result.target ?? "request"}: ${result.error.issues[0]?.message ?? "invalid"}`,
+      result.error.issues.map((i) => ({
+        path: i.path.join("."),
+        message: i.message,
+        code: i.code,
+      })),
+    );
+  }
+}
+
+/** A router with the API's validation and error conventions. */
+export function router() {
+  return new OpenAPIHono<AppEnv>({ defaultHook: validationHook });
+}
+
+export function errorBody(code: string, message: string, details?: unknown) {
+  return { error: { code, message, ...(details === undefined ? {} : { details }) } };
+}
+
+/** The root app: error mapping, body limits, content-type checks. */
+export function createApp() {
+  const app = router();
+
+  app.use(
+    "/v1/*",
+    bodyLimit({
+      maxSize: MAX_BODY_BYTES,
+      onError: () => {
+        throw new AppError(413, "payload_too_large", `request body over ${MAX_BODY_BYTES} bytes`);
+      },
+    }),
+  );
+
+  app.use("/v1/*", async (c, next) => {
+    if (c.req.method === "POST" || c.req.method === "PUT" || c.req.method === "PATCH") {
+      const type = c.req.header("Content-Type") ?? "";
+      if (!/^application\/([\w.+-]*\+)?json\b/i.test(type)) {
+        throw new AppError(
+          415,
+          "unsupported_media_type",
+          "send the body as JSON with Content-Type: application/json",
+        );
+      }
+    }
+    await next();
+  });
+
+  app.onError((err, c) => {
+    if (err instanceof AppError) {
+      return c.json(errorBody(err.code, err.message, err.details), err.status, err.headers);
+    }
+    if (err instanceof HTTPException) {
+      // hono raises 400 for unparseable JSON bodies.
+      const status = err.status;
+      if (status === 400)
+        return c.json(errorBody("invalid_json", "request body is not valid JSON"), 400);
+      return c.json(errorBody("bad_request", err.message), status);
+    }
+    console.error("unhandled error", c.req.method, c.req.path, err);
+    return c.json(errorBody("internal", "internal error; the request may be retried"), 500);
+  });
+
+  app.notFound((c) =>
+    c.json(errorBody("not_found", `no route for ${c.req.method} ${c.req.path}`), 404),
+  );
+  return app;
+}

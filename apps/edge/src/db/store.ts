@@ -1,0 +1,350 @@
+import type { Chunk, Job, JobStatus } from "@p2pa/shared";
+import { and, asc, eq, gt, inArray, isNull, sql } from "drizzle-orm";
+import { type DrizzleD1Database, drizzle } from "drizzle-orm/d1";
+import * as schema from "./schema.js";
+
+/**
+ * The metadata store: the one module that knows the database. Routes and Durable Objects
+ * speak to this interface only, so a second backend (Postgres through Neon) is a second
+ * implementation of `MetadataStore`, not a change to its callers.
+ */
+export interface MetadataStore {
+  findCredential(hash: string): Promise<Credential | null>;
+  createJob(
+    input: NewJob,
+  ): Promise<{ job: Job; created: boolean; requestHash: string | null; dispatched: boolean }>;
+  findJobByIdempotencyKey(
+    tenant: string,
+    key: string,
+  ): Promise<{ job: Job; requestHash: string | null; dispatched: boolean } | null>;
+  markDispatched(jobId: string): Promise<void>;
+  getJob(tenant: string, id: string): Promise<Job | null>;
+  listChunks(
+    tenant: string,
+    jobId: string,
+    after: string | null,
+    limit: number,
+  ): Promise<ChunkRow[]>;
+  getChunks(tenant: string, ids: string[]): Promise<ChunkRow[]>;
+  /** Marks chunks done (once each) and moves the job's counters and status. Idempotent. */
+  recordDone(jobId: string, chunkIds: string[]): Promise<void>;
+  /** Marks chunks failed (once each) with a reason and moves the job's counters and status. Idempotent. */
+  recordFailed(jobId: string, chunkIds: string[], reason: string): Promise<void>;
+  markStarted(jobId: string): Promise<void>;
+  upsertWorker(w: WorkerInfo): Promise<void>;
+  workerSeen(id: string, chunksDone: number, disconnected: boolean): Promise<void>;
+}
+
+export interface Credential {
+  id: string;
+  kind: "api" | "worker";
+  tenant: string;
+}
+
+export interface NewJob {
+  id: string;
+  tenant: string;
+  model: string;
+  chunking: { maxChars: number; overlap: number };
+  idempotencyKey: string | null;
+  requestHash: string | null;
+  createdAt: string;
+  documents: { seq: number; id: string; metadata: Record<string, unknown> | null; chars: number }[];
+  chunks: {
+    id: string;
+    documentSeq: number;
+    documentId: string;
+    index: number;
+    text: string;
+    start: number;
+    end: number;
+  }[];
+}
+
+export type ChunkRow = Omit<Chunk, "vector">;
+
+export interface WorkerInfo {
+  id: string;
+  name: string | null;
+  version: string;
+  device: string;
+  threads: number;
+  models: string[];
+  connectedAt: string;
+}
+
+// D1 binds at most 100 parameters per statement.
+const MAX_PARAMS = 99;
+
+function rowsPerStatement(columns: number): number {
+  return Math.floor(MAX_PARAMS / columns);
+}
+
+function toJob(r: typeof schema.jobs.$inferSelect): Job {
+  return {
+    id: r.id,
+    status: r.status,
+    model: r.model,
+    documents: r.documents,
+    chunks: { total: r.chunksTotal, done: r.chunksDone, failed: r.chunksFailed },
+    chunking: { maxChars: r.chunkMaxChars, overlap: r.chunkOverlap },
+    createdAt: r.createdAt,
+    ...(r.completedAt ? { completedAt: r.completedAt } : {}),
+  };
+}
+
+/** SQL that settles a job's status from its counters; applied after every counter change. */
+const settleStatus = (jobId: string) => sql`
+  UPDATE jobs SET
+    status = CASE
+      WHEN chunks_done + chunks_failed < chunks_total THEN status
+      WHEN chunks_failed = 0 THEN 'completed'
+      WHEN chunks_done = 0 THEN 'failed'
+      ELSE 'completed_with_errors' END,
+    completed_at = CASE
+      WHEN chunks_done + chunks_failed >= chunks_total THEN strftime('%Y-%m-%dT%H:%M:%fZ','now')
+      ELSE completed_at END
+  WHERE id = ${jobId} AND status IN ('queued', 'running')`;
+
+/** D1 implementation of the metadata store (drizzle-orm). */
+export class D1Store implements MetadataStore {
+  private readonly db: DrizzleD1Database<typeof schema>;
+
+  constructor(d1: D1Database) {
+    this.db = drizzle(d1, { schema });
+  }
+
+  async findCredential(hash: string): Promise<Credential | null> {
+    const row = await this.db
+      .select({
+        id: schema.credentials.id,
+        kind: schema.credentials.kind,
+        tenant: schema.credentials.tenant,
+      })
+      .from(schema.credentials)
+      .where(and(eq(schema.credentials.hash, hash), isNull(schema.credentials.revokedAt)))
+      .get();
+    return row ?? null;
+  }
+
+  async createJob(input: NewJob) {
+    const { db } = this;
+    const jobRow: typeof schema.jobs.$inferInsert = {
+      id: input.id,
+      tenant: input.tenant,
+      status: "queued",
+      model: input.model,
+      documents: input.documents.length,
+      chunksTotal: input.chunks.length,
+      chunkMaxChars: input.chunking.maxChars,
+      chunkOverlap: input.chunking.overlap,
+      idempotencyKey: input.idempotencyKey,
+      requestHash: input.requestHash,
+      createdAt: input.createdAt,
+    };
+    // One batch is one transaction: the job appears with all its chunks or not at all.
+    const stmts = [db.insert(schema.jobs).values(jobRow)] as const;
+    const rest = [];
+    const docRows = input.documents.map((d) => ({
+      jobId: input.id,
+      seq: d.seq,
+      id: d.id,
+      metadata: d.metadata,
+      chars: d.chars,
+      chunks: input.chunks.filter((c) => c.documentSeq === d.seq).length,
+    }));
+    for (let i = 0, n = rowsPerStatement(6); i < docRows.length; i += n) {
+      rest.push(db.insert(schema.documents).values(docRows.slice(i, i + n)));
+    }
+    const chunkRows = input.chunks.map((c) => ({
+      id: c.id,
+      jobId: input.id,
+      documentId: c.documentId,
+      index: c.index,
+      text: c.text,
+      start: c.start,
+      end: c.end,
+    }));
+    for (let i = 0, n = rowsPerStatement(7); i < chunkRows.length; i += n) {
+      rest.push(db.insert(schema.chunks).values(chunkRows.slice(i, i + n)));
+    }
+    try {
+      await db.batch([...stmts, ...rest]);
+    } catch (err) {
+      // A concurrent submit with the same Idempotency-Key won the race: return its job.
+      if (input.idempotencyKey && /UNIQUE/i.test(String(err))) {
+        const existing = await this.findJobByIdempotencyKey(input.tenant, input.idempotencyKey);
+        if (existing) return { ...existing, created: false };
+      }
+      throw err;
+    }
+    const job = await this.getJob(input.tenant, input.id);
+    if (!job) throw new Error(`job ${input.id} vanished after insert`);
+    return { job, created: true, requestHash: input.requestHash, dispatched: false };
+  }
+
+  async findJobByIdempotencyKey(tenant: string, key: string) {
+    const r = await this.db
+      .select()
+      .from(schema.jobs)
+      .where(and(eq(schema.jobs.tenant, tenant), eq(schema.jobs.idempotencyKey, key)))
+      .get();
+    return r
+      ? { job: toJob(r), requestHash: r.requestHash, dispatched: r.dispatchedAt !== null }
+      : null;
+  }
+
+  async markDispatched(jobId: string): Promise<void> {
+    await this.db
+      .update(schema.jobs)
+      .set({ dispatchedAt: new Date().toISOString() })
+      .where(eq(schema.jobs.id, jobId));
+  }
+
+  async getJob(tenant: string, id: string): Promise<Job | null> {
+    const r = await this.db
+      .select()
+      .from(schema.jobs)
+      .where(and(eq(schema.jobs.id, id), eq(schema.jobs.tenant, tenant)))
+      .get();
+    return r ? toJob(r) : null;
+  }
+
+  private chunkQuery() {
+    const c = schema.chunks;
+    return this.db
+      .select({
+        id: c.id,
+        jobId: c.jobId,
+        documentId: c.documentId,
+        index: c.index,
+        text: c.text,
+        status: c.status,
+        error: c.error,
+        start: c.start,
+        end: c.end,
+        metadata: schema.documents.metadata,
+      })
+      .from(c)
+      .innerJoin(schema.jobs, eq(schema.jobs.id, c.jobId))
+      .innerJoin(
+        schema.documents,
+        and(eq(schema.documents.jobId, c.jobId), eq(schema.documents.id, c.documentId)),
+      );
+  }
+
+  private static toChunk(r: {
+    id: string;
+    jobId: string;
+    documentId: string;
+    index: number;
+    text: string;
+    status: "pending" | "done" | "failed";
+    error: string | null;
+    start: number;
+    end: number;
+    metadata: Record<string, unknown> | null;
+  }): ChunkRow {
+    return {
+      id: r.id,
+      jobId: r.jobId,
+      documentId: r.documentId,
+      index: r.index,
+      text: r.text,
+      status: r.status,
+      start: r.start,
+      end: r.end,
+      metadata: r.metadata ?? {},
+      ...(r.error ? { error: r.error } : {}),
+    };
+  }
+
+  async listChunks(tenant: string, jobId: string, after: string | null, limit: number) {
+    const c = schema.chunks;
+    const rows = await this.chunkQuery()
+      .where(
+        and(
+          eq(c.jobId, jobId),
+          eq(schema.jobs.tenant, tenant),
+          after ? gt(c.id, after) : undefined,
+        ),
+      )
+      .orderBy(asc(c.id))
+      .limit(limit)
+      .all();
+    return rows.map(D1Store.toChunk);
+  }
+
+  async getChunks(tenant: string, ids: string[]) {
+    if (ids.length === 0) return [];
+    const rows = await this.chunkQuery()
+      .where(and(inArray(schema.chunks.id, ids), eq(schema.jobs.tenant, tenant)))
+      .all();
+    return rows.map(D1Store.toChunk);
+  }
+
+  private async record(
+    jobId: string,
+    chunkIds: string[],
+    to: "done" | "failed",
+    reason: string | null,
+  ) {
+    const counter = to === "done" ? sql.raw("chunks_done") : sql.raw("chunks_failed");
+    const stmts = [];
+    for (let i = 0; i < chunkIds.length; i += 90) {
+      const ids = chunkIds.slice(i, i + 90);
+      stmts.push(
+        this.db
+          .update(schema.chunks)
+          .set({ status: to, error: reason })
+          .where(
+            and(
+              eq(schema.chunks.jobId, jobId),
+              inArray(schema.chunks.id, ids),
+              eq(schema.chunks.status, "pending"),
+            ),
+          ),
+      );
+      // changes() is the row count of the UPDATE just before it in this transaction, so the
+      // counter moves by exactly the chunks that changed state: replays add nothing.
+      stmts.push(
+        this.db.run(sql`UPDATE jobs SET ${counter} = ${counter} + changes() WHERE id = ${jobId}`),
+      );
+    }
+    stmts.push(this.db.run(settleStatus(jobId)));
+    await this.db.batch(stmts as unknown as [(typeof stmts)[0], ...typeof stmts]);
+  }
+
+  recordDone(jobId: string, chunkIds: string[]) {
+    return this.record(jobId, chunkIds, "done", null);
+  }
+
+  recordFailed(jobId: string, chunkIds: string[], reason: string) {
+    return this.record(jobId, chunkIds, "failed", reason);
+  }
+
+  async markStarted(jobId: string): Promise<void> {
+    await this.db
+      .update(schema.jobs)
+      .set({ status: "running", startedAt: new Date().toISOString() })
+      .where(and(eq(schema.jobs.id, jobId), eq(schema.jobs.status, "queued")));
+  }
+
+  async upsertWorker(w: WorkerInfo): Promise<void> {
+    const row = { ...w, lastSeenAt: w.connectedAt, disconnectedAt: null };
+    await this.db
+      .insert(schema.workers)
+      .values(row)
+      .onConflictDoUpdate({ target: schema.workers.id, set: row });
+  }
+
+  async workerSeen(id: string, chunksDone: number, disconnected: boolean): Promise<void> {
+    const now = new Date().toISOString();
+    await this.db
+      .update(schema.workers)
+      .set({ lastSeenAt: now, chunksDone, ...(disconnected ? { disconnectedAt: now } : {}) })
+      .where(eq(schema.workers.id, id));
+  }
+}
+
+export type { JobStatus };

@@ -1,0 +1,459 @@
+import { DurableObject } from "cloudflare:workers";
+import {
+  type Ack,
+  CloseCode,
+  checkEmbedding,
+  decodeVector,
+  type EdgeMessage,
+  type ErrorInfo,
+  getModel,
+  type Hello,
+  PROTOCOL_VERSION,
+  parseMessage,
+  type TaskResult,
+  WorkerMessage,
+} from "@p2pa/shared";
+import { D1Store, type MetadataStore } from "../db/store.js";
+import { getVectorIndex } from "../vector/index.js";
+import { type NewTask, TaskQueue } from "./task-queue.js";
+
+/** Per-connection state, kept in the WebSocket attachment so it survives hibernation. */
+interface Peer {
+  workerId: string;
+  hello: Pick<Hello, "models" | "device" | "threads" | "batchSize" | "version" | "name"> | null;
+  credits: number;
+  draining: boolean;
+  chunksDone: number;
+  badFrames: number;
+}
+
+export type EmbedOutcome =
+  | { ok: true; vectors: string[]; tokens: number; workerId: string }
+  | { ok: false; code: "no_capacity" | "timeout" | "failed"; message: string };
+
+export interface DispatcherStats {
+  workers: {
+    id: string;
+    models: string[];
+    credits: number;
+    draining: boolean;
+    chunksDone: number;
+  }[];
+  tasks: Record<string, number>;
+}
+
+const MAX_ATTEMPTS = 5;
+const BAD_FRAMES_BEFORE_CLOSE = 20;
+
+interface PendingEmbed {
+  workerId: string;
+  resolve: (o: EmbedOutcome) => void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+/**
+ * The coordinator for one shard of one model: it owns the shard's task queue, the
+ * WebSocket connections of the workers assigned to it, and their leases. See README.md in
+ * this folder for how shards divide the work.
+ */
+export class Dispatcher extends DurableObject<Env> {
+  private readonly queue: TaskQueue;
+  private readonly store: MetadataStore;
+  private readonly leaseMs: number;
+  /** In-flight real-time requests; in memory because their HTTP callers are in memory too. */
+  private readonly embeds = new Map<string, PendingEmbed>();
+
+  constructor(ctx: DurableObjectState, env: Env) {
+    super(ctx, env);
+    this.queue = new TaskQueue(ctx.storage.sql, MAX_ATTEMPTS);
+    this.store = new D1Store(env.DB);
+    this.leaseMs = Number(env.LEASE_MS) || 60_000;
+    ctx.blockConcurrencyWhile(async () => this.queue.migrate());
+  }
+
+  // ---- RPC from the API ----
+
+  /** Adds a job's tasks (idempotent per task id) and hands them to ready workers. */
+  async enqueue(jobId: string, tenant: string, model: string, tasks: NewTask[]): Promise<number> {
+    const added = this.queue.enqueue(jobId, tenant, model, tasks);
+    await this.pump();
+    return added;
+  }
+
+  /** Embeds texts on a connected worker ahead of all batch work. */
+  async embed(model: string, texts: string[], timeoutMs = 30_000): Promise<EmbedOutcome> {
+    const candidates = this.ctx
+      .getWebSockets()
+      .map((ws) => ({ ws, peer: this.peer(ws) }))
+      .filter(
+        ({ peer }) =>
+          peer?.hello && !peer.draining && peer.hello.models.some((m) => m.id === model),
+      );
+    if (candidates.length === 0) {
+      return {
+        ok: false,
+        code: "no_capacity",
+        message: `no connected worker serves model ${model}`,
+      };
+    }
+    // Least busy first: fewest real-time requests in flight.
+    const busy = (id: string) => [...this.embeds.values()].filter((e) => e.workerId === id).length;
+    candidates.sort((a, b) => busy(a.peer?.workerId ?? "") - busy(b.peer?.workerId ?? ""));
+    const { ws, peer } = candidates[0] as { ws: WebSocket; peer: Peer };
+    const requestId = crypto.randomUUID();
+    return new Promise<EmbedOutcome>((resolve) => {
+      const timer = setTimeout(() => {
+        this.embeds.delete(requestId);
+        resolve({
+          ok: false,
+          code: "timeout",
+          message: `worker did not answer within ${timeoutMs} ms`,
+        });
+      }, timeoutMs);
+      this.embeds.set(requestId, { workerId: peer.workerId, resolve, timer });
+      this.send(ws, { type: "embed", v: PROTOCOL_VERSION, requestId, model, texts });
+    });
+  }
+
+  /** A snapshot of the shard for the dashboard and tests. */
+  async stats(): Promise<DispatcherStats> {
+    return {
+      workers: this.ctx.getWebSockets().flatMap((ws) => {
+        const p = this.peer(ws);
+        return p
+          ? [
+              {
+                id: p.workerId,
+                models: p.hello?.models.map((m) => m.id) ?? [],
+                credits: p.credits,
+                draining: p.draining,
+                chunksDone: p.chunksDone,
+              },
+            ]
+          : [];
+      }),
+      tasks: this.queue.counts(),
+    };
+  }
+
+  // ---- WebSocket lifecycle (hibernation API) ----
+
+  override async fetch(request: Request): Promise<Response> {
+    if (request.headers.get("Upgrade")?.toLowerCase() !== "websocket") {
+      return new Response("expected a WebSocket upgrade", { status: 426 });
+    }
+    const pair = new WebSocketPair();
+    const [client, server] = [pair[0], pair[1]];
+    const workerId = `wkr_${crypto.randomUUID().replaceAll("-", "").slice(0, 20)}`;
+    this.ctx.acceptWebSocket(server, [workerId]);
+    const peer: Peer = {
+      workerId,
+      hello: null,
+      credits: 0,
+      draining: false,
+      chunksDone: 0,
+      badFrames: 0,
+    };
+    server.serializeAttachment(peer);
+    return new Response(null, { status: 101, webSocket: client });
+  }
+
+  override async webSocketMessage(ws: WebSocket, raw: string | ArrayBuffer): Promise<void> {
+    const peer = this.peer(ws);
+    if (!peer) return;
+    const parsed = parseMessage(WorkerMessage, raw);
+    if (!parsed.ok) {
+      this.protocolError(ws, peer, parsed.error.code, parsed.error.message);
+      return;
+    }
+    const msg = parsed.message;
+    if (msg.type !== "hello" && !peer.hello) {
+      this.protocolError(ws, peer, "hello_required", "send hello before anything else");
+      return;
+    }
+    switch (msg.type) {
+      case "hello":
+        await this.onHello(ws, peer, msg);
+        return;
+      case "credit":
+        peer.credits = Math.min(peer.credits + msg.n, 1024);
+        this.save(ws, peer);
+        await this.pump();
+        return;
+      case "heartbeat":
+        this.queue.heartbeat(peer.workerId, msg.leaseIds, Date.now() + this.leaseMs);
+        await this.armAlarm();
+        return;
+      case "result":
+        await this.onResult(ws, peer, msg);
+        return;
+      case "task_failed":
+        await this.onTaskFailed(ws, peer, msg.leaseId, msg.taskId, msg.error);
+        return;
+      case "release":
+        this.queue.release(msg.leaseIds, peer.workerId);
+        await this.pump();
+        return;
+      case "draining":
+        peer.draining = true;
+        peer.credits = 0;
+        this.save(ws, peer);
+        return;
+      case "embed_result":
+      case "embed_failed": {
+        const pending = this.embeds.get(msg.requestId);
+        if (!pending || pending.workerId !== peer.workerId) return;
+        this.embeds.delete(msg.requestId);
+        clearTimeout(pending.timer);
+        pending.resolve(
+          msg.type === "embed_result"
+            ? { ok: true, vectors: msg.vectors, tokens: msg.tokens, workerId: peer.workerId }
+            : { ok: false, code: "failed", message: msg.error.message },
+        );
+        return;
+      }
+    }
+  }
+
+  override async webSocketClose(ws: WebSocket, code: number): Promise<void> {
+    await this.disconnect(ws);
+    try {
+      ws.close(code === 1005 || code === 1006 ? CloseCode.normal : code, "closing");
+    } catch {
+      // Already closed.
+    }
+  }
+
+  override async webSocketError(ws: WebSocket): Promise<void> {
+    await this.disconnect(ws);
+  }
+
+  override async alarm(): Promise<void> {
+    this.queue.requeueExpired(Date.now());
+    await this.pump();
+  }
+
+  // ---- handlers ----
+
+  private async onHello(ws: WebSocket, peer: Peer, msg: Hello): Promise<void> {
+    const unknown = msg.models.find(
+      (m) => getModel(m.id) && getModel(m.id)?.dimension !== m.dimension,
+    );
+    if (unknown) {
+      this.send(ws, {
+        type: "error",
+        v: PROTOCOL_VERSION,
+        code: "model_mismatch",
+        message: `model ${unknown.id} has the wrong dimension`,
+      });
+      ws.close(CloseCode.protocolError, "model mismatch");
+      return;
+    }
+    peer.hello = {
+      models: msg.models,
+      device: msg.device,
+      threads: msg.threads,
+      batchSize: msg.batchSize,
+      version: msg.version,
+      name: msg.name,
+    };
+    this.save(ws, peer);
+    this.send(ws, {
+      type: "welcome",
+      v: PROTOCOL_VERSION,
+      workerId: peer.workerId,
+      leaseMs: this.leaseMs,
+      heartbeatMs: Math.floor(this.leaseMs / 4),
+    });
+    await this.store.upsertWorker({
+      id: peer.workerId,
+      name: msg.name ?? null,
+      version: msg.version,
+      device: msg.device,
+      threads: msg.threads,
+      models: msg.models.map((m) => m.id),
+      connectedAt: new Date().toISOString(),
+    });
+  }
+
+  private async onResult(ws: WebSocket, peer: Peer, msg: TaskResult): Promise<void> {
+    const ack = (status: Ack["status"], reason?: string) =>
+      this.send(ws, {
+        type: "ack",
+        v: PROTOCOL_VERSION,
+        taskId: msg.taskId,
+        leaseId: msg.leaseId,
+        status,
+        ...(reason ? { reason } : {}),
+      });
+    const task = this.queue.getTask(msg.taskId);
+    const lease = this.queue.getLease(msg.leaseId);
+    if (task && (task.state === "done" || task.state === "storing")) return ack("duplicate");
+    if (!task || !lease || lease.taskId !== msg.taskId || lease.workerId !== peer.workerId) {
+      return ack("rejected", "no valid lease for this task");
+    }
+    const problem = this.checkResult(task.items ?? [], task.model, msg);
+    if (problem) {
+      ack("rejected", problem);
+      await this.onTaskFailed(ws, peer, msg.leaseId, msg.taskId, {
+        code: "bad_result",
+        message: problem,
+        retryable: true,
+      });
+      return;
+    }
+    if (!this.queue.beginStoring(msg.taskId)) return ack("duplicate");
+    const items = task.items ?? [];
+    try {
+      await getVectorIndex(this.env, task.model).upsert(
+        items.map((it, i) => ({
+          id: it.chunkId,
+          values: decodeVector(msg.vectors[i]?.vector ?? "") as Float32Array,
+          metadata: {
+            tenant: task.tenant,
+            jobId: task.jobId,
+            documentId: it.documentId,
+            index: it.index,
+          },
+        })),
+      );
+      await this.store.recordDone(
+        task.jobId,
+        items.map((it) => it.chunkId),
+      );
+    } catch (err) {
+      this.queue.abortStoring(msg.taskId);
+      ack("rejected", "storage unavailable; the task was requeued");
+      console.error("storing task failed", msg.taskId, err);
+      await this.pump();
+      return;
+    }
+    this.queue.finishStoring(msg.taskId);
+    peer.chunksDone += items.length;
+    this.save(ws, peer);
+    ack("stored");
+  }
+
+  /** Why a result is not acceptable, or null. Untrusted input: check everything. */
+  private checkResult(items: { chunkId: string }[], model: string, msg: TaskResult): string | null {
+    const info = getModel(model);
+    if (!info) return `unknown model ${model}`;
+    if (msg.vectors.length !== items.length)
+      return `expected ${items.length} vectors, got ${msg.vectors.length}`;
+    for (let i = 0; i < items.length; i++) {
+      const got = msg.vectors[i];
+      if (!got || got.chunkId !== items[i]?.chunkId)
+        return `vector ${i} is for ${got?.chunkId}, expected ${items[i]?.chunkId}`;
+      const v = decodeVector(got.vector);
+      if (!v) return `vector ${i} is not base64 float32`;
+      const why = checkEmbedding(v, info.dimension);
+      if (why) return `vector ${i}: ${why}`;
+    }
+    return null;
+  }
+
+  private async onTaskFailed(
+    ws: WebSocket,
+    peer: Peer,
+    leaseId: string,
+    taskId: string,
+    error: ErrorInfo,
+  ): Promise<void> {
+    const lease = this.queue.getLease(leaseId);
+    if (!lease || lease.workerId !== peer.workerId || lease.taskId !== taskId) return;
+    const r = this.queue.fail(leaseId, `${error.code}: ${error.message}`);
+    if (r?.outcome === "failed") {
+      const task = this.queue.getTask(r.taskId);
+      const reasons = this.queue.errors(r.taskId).map((e) => e.reason);
+      if (task?.items) {
+        await this.store.recordFailed(
+          task.jobId,
+          task.items.map((i) => i.chunkId),
+          `failed after ${task.attempts} attempts: ${reasons.at(-1) ?? ""}`,
+        );
+      }
+    }
+    this.save(ws, peer);
+    await this.pump();
+  }
+
+  private async disconnect(ws: WebSocket): Promise<void> {
+    const peer = this.peer(ws);
+    if (!peer) return;
+    this.queue.requeueWorker(peer.workerId);
+    for (const [id, e] of this.embeds) {
+      if (e.workerId !== peer.workerId) continue;
+      this.embeds.delete(id);
+      clearTimeout(e.timer);
+      e.resolve({ ok: false, code: "failed", message: "worker disconnected" });
+    }
+    if (peer.hello)
+      await this.store.workerSeen(peer.workerId, peer.chunksDone, true).catch(() => {});
+    await this.pump(ws);
+  }
+
+  /** Leases pending tasks to workers with credits, spreading them across workers. */
+  private async pump(exclude?: WebSocket): Promise<void> {
+    const started: string[] = [];
+    const sockets = this.ctx.getWebSockets().filter((ws) => ws !== exclude);
+    let progress = true;
+    while (progress) {
+      progress = false;
+      for (const ws of sockets) {
+        const peer = this.peer(ws);
+        if (!peer?.hello || peer.draining || peer.credits <= 0) continue;
+        for (const m of peer.hello.models) {
+          const [task] = this.queue.lease(peer.workerId, m.id, 1, Date.now(), this.leaseMs);
+          if (!task) continue;
+          peer.credits--;
+          progress = true;
+          if (this.queue.markJobStarted(task.jobId)) started.push(task.jobId);
+          this.send(ws, {
+            type: "task",
+            v: PROTOCOL_VERSION,
+            taskId: task.taskId,
+            leaseId: task.leaseId,
+            model: task.model,
+            attempt: task.attempt,
+            items: task.items.map((i) => ({ chunkId: i.chunkId, text: i.text })),
+          });
+          break;
+        }
+        this.save(ws, peer);
+      }
+    }
+    await this.armAlarm();
+    for (const jobId of started) await this.store.markStarted(jobId);
+  }
+
+  private async armAlarm(): Promise<void> {
+    const next = this.queue.earliestDeadline();
+    if (next === null) return;
+    const current = await this.ctx.storage.getAlarm();
+    if (current === null || next < current) await this.ctx.storage.setAlarm(next);
+  }
+
+  private protocolError(ws: WebSocket, peer: Peer, code: string, message: string): void {
+    peer.badFrames++;
+    this.save(ws, peer);
+    this.send(ws, { type: "error", v: PROTOCOL_VERSION, code, message });
+    if (peer.badFrames >= BAD_FRAMES_BEFORE_CLOSE)
+      ws.close(CloseCode.tooManyErrors, "too many bad frames");
+  }
+
+  private peer(ws: WebSocket): Peer | null {
+    return (ws.deserializeAttachment() as Peer | null) ?? null;
+  }
+
+  private save(ws: WebSocket, peer: Peer): void {
+    ws.serializeAttachment(peer);
+  }
+
+  private send(ws: WebSocket, msg: EdgeMessage): void {
+    try {
+      ws.send(JSON.stringify(msg));
+    } catch {
+      // The socket closed under us; webSocketClose requeues its leases.
+    }
+  }
+}

@@ -1,0 +1,345 @@
+import { type TaskState, transition } from "./task-state.js";
+
+/** One chunk inside a task, with what the vector index needs to know about it. */
+export interface QueuedItem {
+  chunkId: string;
+  documentId: string;
+  index: number;
+  text: string;
+}
+
+export interface NewTask {
+  id: string;
+  items: QueuedItem[];
+}
+
+export interface LeasedTask {
+  taskId: string;
+  leaseId: string;
+  jobId: string;
+  tenant: string;
+  model: string;
+  attempt: number;
+  items: QueuedItem[];
+}
+
+export interface TaskRow {
+  id: string;
+  jobId: string;
+  tenant: string;
+  model: string;
+  state: TaskState;
+  attempts: number;
+  items: QueuedItem[] | null;
+}
+
+export interface LeaseRow {
+  id: string;
+  taskId: string;
+  workerId: string;
+  deadline: number;
+}
+
+const SCHEMA_VERSION = 1;
+
+/**
+ * Tasks and leases in Durable Object SQLite. Synchronous: every method runs inside one
+ * storage transaction of the calling event, so no two events see half a change.
+ *
+ * Leases are rows of their own, so a later quorum step can hold several leases on one task
+ * and compare answers while the task is still stored once.
+ */
+export class TaskQueue {
+  constructor(
+    private readonly sql: SqlStorage,
+    private readonly maxAttempts: number,
+  ) {}
+
+  /** Creates the tables; run once under blockConcurrencyWhile. */
+  migrate(): void {
+    this.sql.exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)");
+    const v = this.sql
+      .exec<{ value: string }>("SELECT value FROM meta WHERE key = 'schema'")
+      .toArray()[0];
+    if (Number(v?.value ?? 0) >= SCHEMA_VERSION) return;
+    this.sql.exec(`
+      CREATE TABLE IF NOT EXISTS tasks (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        job_id TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        model TEXT NOT NULL,
+        items TEXT,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        errors TEXT NOT NULL DEFAULT '[]'
+      );
+      CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (state, model, seq);
+      CREATE TABLE IF NOT EXISTS leases (
+        id TEXT PRIMARY KEY,
+        task_id TEXT NOT NULL,
+        worker_id TEXT NOT NULL,
+        deadline INTEGER NOT NULL
+      );
+      CREATE INDEX IF NOT EXISTS leases_worker ON leases (worker_id);
+      CREATE INDEX IF NOT EXISTS leases_deadline ON leases (deadline);
+      CREATE TABLE IF NOT EXISTS jobs (
+        id TEXT PRIMARY KEY,
+        started INTEGER NOT NULL DEFAULT 0
+      );
+    `);
+    this.sql.exec("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", String(SCHEMA_VERSION));
+  }
+
+  /** Adds a job's tasks; replays of the same task ids are ignored. Returns how many were new. */
+  enqueue(jobId: string, tenant: string, model: string, tasks: NewTask[]): number {
+    let added = 0;
+    this.sql.exec("INSERT OR IGNORE INTO jobs (id) VALUES (?)", jobId);
+    for (const t of tasks) {
+      added += this.sql.exec(
+        "INSERT OR IGNORE INTO tasks (id, job_id, tenant, model, items) VALUES (?, ?, ?, ?, ?)",
+        t.id,
+        jobId,
+        tenant,
+        model,
+        JSON.stringify(t.items),
+      ).rowsWritten;
+    }
+    return added;
+  }
+
+  /** Leases up to `n` pending tasks of `model` to a worker, oldest first. */
+  lease(workerId: string, model: string, n: number, now: number, leaseMs: number): LeasedTask[] {
+    if (n <= 0) return [];
+    const rows = this.sql
+      .exec<{ id: string; job_id: string; tenant: string; items: string; attempts: number }>(
+        "SELECT id, job_id, tenant, items, attempts FROM tasks WHERE state = 'pending' AND model = ? ORDER BY seq LIMIT ?",
+        model,
+        n,
+      )
+      .toArray();
+    return rows.map((r) => {
+      const leaseId = crypto.randomUUID();
+      this.setState(r.id, "pending", { type: "lease" });
+      this.sql.exec("UPDATE tasks SET attempts = attempts + 1 WHERE id = ?", r.id);
+      this.sql.exec(
+        "INSERT INTO leases VALUES (?, ?, ?, ?)",
+        leaseId,
+        r.id,
+        workerId,
+        now + leaseMs,
+      );
+      return {
+        taskId: r.id,
+        leaseId,
+        jobId: r.job_id,
+        tenant: r.tenant,
+        model,
+        attempt: r.attempts + 1,
+        items: JSON.parse(r.items) as QueuedItem[],
+      };
+    });
+  }
+
+  /** True the first time a job's task is leased: the job has started. */
+  markJobStarted(jobId: string): boolean {
+    return (
+      this.sql.exec("UPDATE jobs SET started = 1 WHERE id = ? AND started = 0", jobId).rowsWritten >
+      0
+    );
+  }
+
+  getTask(id: string): TaskRow | null {
+    const r = this.sql
+      .exec<{
+        id: string;
+        job_id: string;
+        tenant: string;
+        model: string;
+        state: TaskState;
+        attempts: number;
+        items: string | null;
+      }>("SELECT id, job_id, tenant, model, state, attempts, items FROM tasks WHERE id = ?", id)
+      .toArray()[0];
+    if (!r) return null;
+    return {
+      id: r.id,
+      jobId: r.job_id,
+      tenant: r.tenant,
+      model: r.model,
+      state: r.state,
+      attempts: r.attempts,
+      items: r.items ? (JSON.parse(r.items) as QueuedItem[]) : null,
+    };
+  }
+
+  getLease(id: string): LeaseRow | null {
+    const r = this.sql
+      .exec<{ id: string; task_id: string; worker_id: string; deadline: number }>(
+        "SELECT * FROM leases WHERE id = ?",
+        id,
+      )
+      .toArray()[0];
+    return r ? { id: r.id, taskId: r.task_id, workerId: r.worker_id, deadline: r.deadline } : null;
+  }
+
+  /** Moves a leased task to `storing`; false when it is not leased (a duplicate or stale result). */
+  beginStoring(taskId: string): boolean {
+    return this.setState(taskId, "leased", { type: "result" });
+  }
+
+  /** The result is stored: the task is done, its lease gone and its text dropped. */
+  finishStoring(taskId: string): void {
+    if (this.setState(taskId, "storing", { type: "stored" })) {
+      this.sql.exec("UPDATE tasks SET items = NULL WHERE id = ?", taskId);
+      this.sql.exec("DELETE FROM leases WHERE task_id = ?", taskId);
+    }
+  }
+
+  /** Storing failed (the store was unavailable): the task goes back to the queue. */
+  abortStoring(taskId: string): void {
+    if (this.setState(taskId, "storing", { type: "store_error" })) {
+      this.sql.exec("DELETE FROM leases WHERE task_id = ?", taskId);
+    }
+  }
+
+  /**
+   * Records a failed attempt. Returns "failed" when the task has used all its attempts (its
+   * chunks must then be marked failed), else "retry".
+   */
+  fail(leaseId: string, reason: string): { taskId: string; outcome: "retry" | "failed" } | null {
+    const lease = this.getLease(leaseId);
+    if (!lease) return null;
+    const task = this.getTask(lease.taskId);
+    if (task?.state !== "leased") return null;
+    this.sql.exec("DELETE FROM leases WHERE id = ?", leaseId);
+    this.sql.exec(
+      "UPDATE tasks SET errors = json_insert(errors, '$[#]', json_object('worker', ?, 'reason', ?)) WHERE id = ?",
+      lease.workerId,
+      reason,
+      task.id,
+    );
+    this.setState(task.id, "leased", {
+      type: "fail",
+      attempts: task.attempts,
+      maxAttempts: this.maxAttempts,
+    });
+    return { taskId: task.id, outcome: task.attempts >= this.maxAttempts ? "failed" : "retry" };
+  }
+
+  /** Hands leases back to the queue without counting an attempt against the task. */
+  release(leaseIds: string[], workerId: string): number {
+    let n = 0;
+    for (const id of leaseIds) {
+      const lease = this.getLease(id);
+      if (!lease || lease.workerId !== workerId) continue;
+      if (this.setState(lease.taskId, "leased", { type: "release" })) {
+        this.sql.exec(
+          "UPDATE tasks SET attempts = max(attempts - 1, 0) WHERE id = ?",
+          lease.taskId,
+        );
+        this.sql.exec("DELETE FROM leases WHERE id = ?", id);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /** Returns every task leased to a worker to the queue (the worker disconnected). */
+  requeueWorker(workerId: string): number {
+    const ids = this.sql
+      .exec<{ id: string }>("SELECT id FROM leases WHERE worker_id = ?", workerId)
+      .toArray()
+      .map((r) => r.id);
+    return this.expireLeases(ids);
+  }
+
+  /** Returns tasks whose lease deadline has passed to the queue. */
+  requeueExpired(now: number): number {
+    const ids = this.sql
+      .exec<{ id: string }>("SELECT id FROM leases WHERE deadline <= ?", now)
+      .toArray()
+      .map((r) => r.id);
+    return this.expireLeases(ids);
+  }
+
+  private expireLeases(leaseIds: string[]): number {
+    let n = 0;
+    for (const id of leaseIds) {
+      const lease = this.getLease(id);
+      if (!lease) continue;
+      // A task being stored keeps its lease until the write settles.
+      if (this.setState(lease.taskId, "leased", { type: "expire" })) {
+        this.sql.exec("DELETE FROM leases WHERE id = ?", id);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /** Extends the worker's live leases. */
+  heartbeat(workerId: string, leaseIds: string[], deadline: number): void {
+    for (const id of leaseIds) {
+      this.sql.exec(
+        "UPDATE leases SET deadline = ? WHERE id = ? AND worker_id = ?",
+        deadline,
+        id,
+        workerId,
+      );
+    }
+  }
+
+  earliestDeadline(): number | null {
+    const r = this.sql
+      .exec<{ d: number | null }>("SELECT min(deadline) AS d FROM leases")
+      .toArray()[0];
+    return r?.d ?? null;
+  }
+
+  pendingCount(model?: string): number {
+    const r = model
+      ? this.sql.exec<{ n: number }>(
+          "SELECT count(*) AS n FROM tasks WHERE state = 'pending' AND model = ?",
+          model,
+        )
+      : this.sql.exec<{ n: number }>("SELECT count(*) AS n FROM tasks WHERE state = 'pending'");
+    return r.toArray()[0]?.n ?? 0;
+  }
+
+  counts(): Record<TaskState, number> {
+    const out: Record<TaskState, number> = {
+      pending: 0,
+      leased: 0,
+      storing: 0,
+      done: 0,
+      failed: 0,
+    };
+    for (const r of this.sql.exec<{ state: TaskState; n: number }>(
+      "SELECT state, count(*) AS n FROM tasks GROUP BY state",
+    )) {
+      out[r.state] = r.n;
+    }
+    return out;
+  }
+
+  errors(taskId: string): { worker: string; reason: string }[] {
+    const r = this.sql
+      .exec<{ errors: string }>("SELECT errors FROM tasks WHERE id = ?", taskId)
+      .toArray()[0];
+    return r ? (JSON.parse(r.errors) as { worker: string; reason: string }[]) : [];
+  }
+
+  /** Applies a transition if the task is in `from`; false when it is not. */
+  private setState(
+    taskId: string,
+    from: TaskState,
+    event: Parameters<typeof transition>[1],
+  ): boolean {
+    const to = transition(from, event);
+    if (!to) return false;
+    return (
+      this.sql.exec("UPDATE tasks SET state = ? WHERE id = ? AND state = ?", to, taskId, from)
+        .rowsWritten > 0
+    );
+  }
+}

@@ -1,0 +1,49 @@
+/**
+ * A task's life as an explicit state machine. A task is a batch of chunks of one job.
+ *
+ *   pending --lease--> leased --result ok--> storing --stored--> done
+ *      ^                 |  \                   |
+ *      |   expire/release/ \--fail--> (pending, or failed when attempts are spent)
+ *      +-------------------+            storing --store error--> pending
+ *
+ * `storing` exists so that a duplicate result arriving while the first is being written is
+ * answered "duplicate" instead of being written twice, and so that a lease expiring mid-write
+ * does not hand the task to another worker.
+ */
+export type TaskState = "pending" | "leased" | "storing" | "done" | "failed";
+
+export type TaskEvent =
+  | { type: "lease" }
+  | { type: "result" }
+  | { type: "stored" }
+  | { type: "store_error" }
+  | { type: "expire" }
+  | { type: "release" }
+  | { type: "fail"; attempts: number; maxAttempts: number };
+
+/** The state after an event, or null when the event does not apply in that state. */
+export function transition(state: TaskState, event: TaskEvent): TaskState | null {
+  switch (state) {
+    case "pending":
+      return event.type === "lease" ? "leased" : null;
+    case "leased":
+      switch (event.type) {
+        case "result":
+          return "storing";
+        case "expire":
+        case "release":
+          return "pending";
+        case "fail":
+          return event.attempts >= event.maxAttempts ? "failed" : "pending";
+        default:
+          return null;
+      }
+    case "storing":
+      if (event.type === "stored") return "done";
+      if (event.type === "store_error") return "pending";
+      return null;
+    case "done":
+    case "failed":
+      return null;
+  }
+}

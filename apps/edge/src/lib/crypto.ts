@@ -1,0 +1,25 @@
+/** Hex SHA-256 of a string: how credentials are stored and how request bodies are fingerprinted. */
+export async function sha256Hex(input: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(input));
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+const ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz";
+
+/** A prefixed random id (`job_…`), 80 bits of entropy in Crockford base32. */
+export function newId(prefix: string): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  let out = "";
+  for (const b of bytes) out += ALPHABET[b & 31];
+  return `${prefix}_${out}`;
+}
+
+/** Stable 32-bit FNV-1a hash, used to place keys on shards. */
+export function fnv1a(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) {
+    h ^= s.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}

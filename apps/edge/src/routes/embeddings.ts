@@ -1,0 +1,76 @@
+import { createRoute } from "@hono/zod-openapi";
+import {
+  EmbeddingsRequest,
+  EmbeddingsResponse,
+  ErrorBody,
+  encodeVector,
+  getModel,
+} from "@p2pa/shared";
+import { router } from "../app.js";
+import { requireAuth } from "../lib/auth.js";
+import { AppError } from "../lib/errors.js";
+import { embedNow } from "../lib/realtime.js";
+
+const embeddings = createRoute({
+  method: "post",
+  path: "/v1/embeddings",
+  summary: "OpenAI-compatible embeddings, computed now by a connected worker",
+  request: {
+    body: { content: { "application/json": { schema: EmbeddingsRequest } }, required: true },
+  },
+  responses: {
+    200: {
+      description: "One embedding per input, in input order",
+      content: { "application/json": { schema: EmbeddingsResponse } },
+    },
+    401: {
+      description: "Missing or invalid credentials",
+      content: { "application/json": { schema: ErrorBody } },
+    },
+    422: { description: "Invalid request", content: { "application/json": { schema: ErrorBody } } },
+    503: {
+      description: "No worker can embed now; see Retry-After",
+      content: { "application/json": { schema: ErrorBody } },
+    },
+  },
+});
+
+export const embeddingRoutes = router();
+embeddingRoutes.use("/v1/embeddings", requireAuth("api"));
+
+embeddingRoutes.openapi(embeddings, async (c) => {
+  const req = c.req.valid("json");
+  const info = getModel(req.model);
+  if (!info) throw new AppError(422, "unprocessable", `unknown model ${req.model}`);
+  if (req.dimensions !== undefined && req.dimensions !== info.dimension) {
+    throw new AppError(
+      422,
+      "unprocessable",
+      `model ${req.model} produces ${info.dimension} dimensions`,
+    );
+  }
+  const inputs = typeof req.input === "string" ? [req.input] : req.input;
+  const tooLong = inputs.findIndex((t) => t.length > info.maxChunkChars);
+  if (tooLong >= 0) {
+    throw new AppError(
+      422,
+      "unprocessable",
+      `input ${tooLong} is longer than model ${req.model} reads (${info.maxChunkChars} characters)`,
+    );
+  }
+  const { vectors, tokens } = await embedNow(c.env, req.model, inputs);
+  const base64 = req.encoding_format === "base64";
+  return c.json(
+    {
+      object: "list" as const,
+      data: vectors.map((v, index) => ({
+        object: "embedding" as const,
+        index,
+        embedding: base64 ? encodeVector(v) : Array.from(v),
+      })),
+      model: req.model,
+      usage: { prompt_tokens: tokens, total_tokens: tokens },
+    },
+    200,
+  );
+});

@@ -1,0 +1,284 @@
+import { createRoute } from "@hono/zod-openapi";
+import {
+  type Chunk,
+  ChunkPage,
+  ChunkQuery,
+  CreateJobRequest,
+  chunkText,
+  DEFAULT_MODEL,
+  ErrorBody,
+  getModel,
+  Job,
+  MODELS,
+} from "@p2pa/shared";
+import { z } from "zod";
+import { router } from "../app.js";
+import { D1Store, type NewJob } from "../db/store.js";
+import { dispatcherFor } from "../dispatch/shards.js";
+import type { NewTask, QueuedItem } from "../dispatch/task-queue.js";
+import { requireAuth } from "../lib/auth.js";
+import { newId, sha256Hex } from "../lib/crypto.js";
+import { AppError, noCapacity, notFound } from "../lib/errors.js";
+import { getVectorIndex } from "../vector/index.js";
+
+/** Chunks per task: big enough to amortise a round trip, small enough to spread work. */
+export const TASK_SIZE = 16;
+// RPC payloads are capped; enqueue in slices well under the limit.
+const ENQUEUE_SLICE_CHARS = 4_000_000;
+
+const errors = {
+  401: {
+    description: "Missing or invalid credentials",
+    content: { "application/json": { schema: ErrorBody } },
+  },
+  404: { description: "Not found", content: { "application/json": { schema: ErrorBody } } },
+  422: { description: "Invalid request", content: { "application/json": { schema: ErrorBody } } },
+};
+
+const JobParams = z.object({ id: z.string().min(1).max(64) });
+
+const createJob = createRoute({
+  method: "post",
+  path: "/v1/jobs",
+  summary: "Submit documents to chunk and embed",
+  request: {
+    headers: z.object({ "idempotency-key": z.string().min(1).max(255).optional() }),
+    body: { content: { "application/json": { schema: CreateJobRequest } }, required: true },
+  },
+  responses: {
+    202: {
+      description: "Accepted; poll the job or follow its progress",
+      content: { "application/json": { schema: Job } },
+    },
+    409: {
+      description: "Idempotency-Key reused with a different body",
+      content: { "application/json": { schema: ErrorBody } },
+    },
+    503: {
+      description: "No capacity to accept the job now",
+      content: { "application/json": { schema: ErrorBody } },
+    },
+    ...errors,
+  },
+});
+
+const getJob = createRoute({
+  method: "get",
+  path: "/v1/jobs/{id}",
+  summary: "A job's status and progress",
+  request: { params: JobParams },
+  responses: {
+    200: { description: "The job", content: { "application/json": { schema: Job } } },
+    ...errors,
+  },
+});
+
+const listChunks = createRoute({
+  method: "get",
+  path: "/v1/jobs/{id}/chunks",
+  summary: "A job's chunks, page by page",
+  request: { params: JobParams, query: ChunkQuery },
+  responses: {
+    200: {
+      description: "A page of chunks",
+      content: { "application/json": { schema: ChunkPage } },
+    },
+    ...errors,
+  },
+});
+
+interface Plan {
+  job: Omit<NewJob, "idempotencyKey" | "requestHash" | "createdAt" | "tenant">;
+  tasks: NewTask[];
+}
+
+/** Chunks the documents and groups the chunks into tasks; deterministic for a given job id. */
+function plan(jobId: string, body: CreateJobRequest): Plan {
+  const model = body.model ?? DEFAULT_MODEL;
+  const info = getModel(model);
+  if (!info) {
+    throw new AppError(422, "unprocessable", `unknown model ${model}`, {
+      available: Object.keys(MODELS),
+    });
+  }
+  const maxChars = body.chunking?.maxChars ?? Math.min(1000, info.maxChunkChars);
+  if (maxChars > info.maxChunkChars) {
+    throw new AppError(
+      422,
+      "unprocessable",
+      `chunking.maxChars ${maxChars} exceeds what model ${model} reads without truncation (${info.maxChunkChars})`,
+    );
+  }
+  const overlap = body.chunking?.overlap ?? Math.min(100, Math.floor(maxChars / 5));
+  if (overlap >= maxChars / 2) {
+    throw new AppError(
+      422,
+      "unprocessable",
+      "chunking.overlap must be less than half of chunking.maxChars",
+    );
+  }
+  const documents: NewJob["documents"] = [];
+  const chunks: NewJob["chunks"] = [];
+  const items: QueuedItem[] = [];
+  body.documents.forEach((d, seq) => {
+    const docId = d.id ?? `doc-${seq}`;
+    documents.push({ seq, id: docId, metadata: d.metadata ?? null, chars: d.text.length });
+    for (const c of chunkText(d.text, { maxChars, overlap })) {
+      const id = `${jobId}.${String(seq).padStart(5, "0")}.${String(c.index).padStart(5, "0")}`;
+      chunks.push({
+        id,
+        documentSeq: seq,
+        documentId: docId,
+        index: c.index,
+        text: c.text,
+        start: c.start,
+        end: c.end,
+      });
+      items.push({ chunkId: id, documentId: docId, index: c.index, text: c.text });
+    }
+  });
+  const tasks: NewTask[] = [];
+  for (let i = 0; i < items.length; i += TASK_SIZE) {
+    tasks.push({ id: `${jobId}.t${i / TASK_SIZE}`, items: items.slice(i, i + TASK_SIZE) });
+  }
+  return { job: { id: jobId, model, chunking: { maxChars, overlap }, documents, chunks }, tasks };
+}
+
+async function dispatch(env: Env, jobId: string, tenant: string, model: string, tasks: NewTask[]) {
+  const dispatcher = dispatcherFor(env, model, jobId);
+  let slice: NewTask[] = [];
+  let size = 0;
+  try {
+    for (const t of tasks) {
+      slice.push(t);
+      size += t.items.reduce((n, i) => n + i.text.length + 64, 0);
+      if (size >= ENQUEUE_SLICE_CHARS) {
+        await dispatcher.enqueue(jobId, tenant, model, slice);
+        slice = [];
+        size = 0;
+      }
+    }
+    if (slice.length) await dispatcher.enqueue(jobId, tenant, model, slice);
+  } catch (err) {
+    console.error("dispatch failed", jobId, err);
+    throw noCapacity("the coordinator is unavailable; retry with the same Idempotency-Key");
+  }
+  await new D1Store(env.DB).markDispatched(jobId);
+}
+
+export const jobs = router();
+jobs.use("/v1/jobs/*", requireAuth("api"));
+jobs.use("/v1/jobs", requireAuth("api"));
+
+jobs
+  .openapi(createJob, async (c) => {
+    const body = c.req.valid("json");
+    const key = c.req.valid("header")["idempotency-key"] ?? null;
+    const tenant = c.get("credential").tenant;
+    const store = new D1Store(c.env.DB);
+    const requestHash = key ? await sha256Hex(JSON.stringify(body)) : null;
+
+    if (key) {
+      const prior = await store.findJobByIdempotencyKey(tenant, key);
+      if (prior) {
+        if (prior.requestHash !== requestHash) {
+          throw new AppError(
+            409,
+            "conflict",
+            "Idempotency-Key was already used with a different request body",
+          );
+        }
+        if (!prior.dispatched) {
+          const { tasks } = plan(prior.job.id, body);
+          await dispatch(c.env, prior.job.id, tenant, prior.job.model, tasks);
+        }
+        return c.json(prior.job, 202, {
+          "Idempotent-Replayed": "true",
+          Location: `/v1/jobs/${prior.job.id}`,
+        });
+      }
+    }
+
+    const jobId = newId("job");
+    const { job, tasks } = plan(jobId, body);
+    // Raw input first: once the job exists, what it was made from is already kept.
+    await c.env.RAW.put(`jobs/${jobId}/request.json`, JSON.stringify(body), {
+      httpMetadata: { contentType: "application/json" },
+    });
+    const created = await store.createJob({
+      ...job,
+      tenant,
+      idempotencyKey: key,
+      requestHash,
+      createdAt: new Date().toISOString(),
+    });
+    if (!created.created) {
+      // Lost a race with a concurrent submit of the same key.
+      await c.env.RAW.delete(`jobs/${jobId}/request.json`);
+      if (created.requestHash !== requestHash)
+        throw new AppError(
+          409,
+          "conflict",
+          "Idempotency-Key was already used with a different request body",
+        );
+      return c.json(created.job, 202, {
+        "Idempotent-Replayed": "true",
+        Location: `/v1/jobs/${created.job.id}`,
+      });
+    }
+    await dispatch(c.env, jobId, tenant, job.model, tasks);
+    return c.json(created.job, 202, { Location: `/v1/jobs/${jobId}` });
+  })
+  .openapi(getJob, async (c) => {
+    const job = await new D1Store(c.env.DB).getJob(
+      c.get("credential").tenant,
+      c.req.valid("param").id,
+    );
+    if (!job) throw notFound("job");
+    return c.json(job, 200);
+  })
+  .openapi(listChunks, async (c) => {
+    const { id } = c.req.valid("param");
+    const { cursor, limit, includeVectors } = c.req.valid("query");
+    const tenant = c.get("credential").tenant;
+    const store = new D1Store(c.env.DB);
+    const job = await store.getJob(tenant, id);
+    if (!job) throw notFound("job");
+    let after: string | null = null;
+    if (cursor) {
+      after = decodeCursor(cursor);
+      if (!after?.startsWith(`${id}.`))
+        throw new AppError(422, "validation_failed", "invalid cursor");
+    }
+    const rows = await store.listChunks(tenant, id, after, limit + 1);
+    const page = rows.slice(0, limit);
+    let data: Chunk[] = page;
+    if (includeVectors) {
+      const index = getVectorIndex(c.env, job.model);
+      const vectors = new Map<string, number[]>();
+      const done = page.filter((r) => r.status === "done").map((r) => r.id);
+      for (let i = 0; i < done.length; i += 20) {
+        for (const v of await index.getByIds(done.slice(i, i + 20)))
+          vectors.set(v.id, Array.from(v.values));
+      }
+      data = page.map((r) => {
+        const v = vectors.get(r.id);
+        return v ? { ...r, vector: v } : r;
+      });
+    }
+    const nextCursor =
+      rows.length > limit && page.length ? encodeCursor(page[page.length - 1]?.id ?? "") : null;
+    return c.json({ data, nextCursor }, 200);
+  });
+
+function encodeCursor(id: string): string {
+  return btoa(id).replaceAll("+", "-").replaceAll("/", "_").replaceAll("=", "");
+}
+
+function decodeCursor(cursor: string): string | null {
+  try {
+    return atob(cursor.replaceAll("-", "+").replaceAll("_", "/"));
+  } catch {
+    return null;
+  }
+}

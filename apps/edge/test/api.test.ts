@@ -1,0 +1,250 @@
+import { describe, expect, it } from "vitest";
+import { call, errorOf, KEYS } from "./helpers.js";
+
+const docs = (n: number, size = 600) =>
+  Array.from({ length: n }, (_, i) => ({
+    id: `d${i}`,
+    text: `Document ${i}. ${"Sentences about subject number ".repeat(Math.ceil(size / 30)).slice(0, size)}`,
+    metadata: { source: "test", n: i },
+  }));
+
+describe("authentication", () => {
+  it("asks for credentials, rejects bad ones and keeps keys and worker tokens apart", async () => {
+    expect(await errorOf(await call("/v1/jobs/x", { key: null }))).toMatchObject({
+      status: 401,
+      code: "unauthorized",
+    });
+    expect(await errorOf(await call("/v1/jobs/x", { key: "nope" }))).toMatchObject({
+      status: 401,
+      code: "unauthorized",
+    });
+    expect(await errorOf(await call("/v1/jobs/x", { key: KEYS.worker }))).toMatchObject({
+      status: 403,
+      code: "forbidden",
+    });
+    const r = await call("/v1/workers/connect", { key: KEYS.api });
+    expect(r.status).toBe(403);
+  });
+});
+
+describe("POST /v1/jobs", () => {
+  it("accepts documents, chunks them and reports a queued job", async () => {
+    const res = await call("/v1/jobs", { method: "POST", json: { documents: docs(3, 2500) } });
+    expect(res.status).toBe(202);
+    const job = (await res.json()) as {
+      id: string;
+      status: string;
+      chunks: { total: number; done: number };
+      documents: number;
+    };
+    expect(job.id).toMatch(/^job_/);
+    expect(job.status).toBe("queued");
+    expect(job.documents).toBe(3);
+    expect(job.chunks.total).toBeGreaterThanOrEqual(9);
+    expect(res.headers.get("Location")).toBe(`/v1/jobs/${job.id}`);
+
+    const again = (await (await call(`/v1/jobs/${job.id}`)).json()) as typeof job;
+    expect(again).toMatchObject({ id: job.id, chunks: { total: job.chunks.total, done: 0 } });
+  });
+
+  it("pages through chunks in a stable order without gaps or repeats", async () => {
+    const job = (await (
+      await call("/v1/jobs", { method: "POST", json: { documents: docs(5, 3000) } })
+    ).json()) as {
+      id: string;
+      chunks: { total: number };
+    };
+    const seen: string[] = [];
+    let cursor: string | null = null;
+    do {
+      const page = (await (
+        await call(`/v1/jobs/${job.id}/chunks?limit=4${cursor ? `&cursor=${cursor}` : ""}`)
+      ).json()) as {
+        data: {
+          id: string;
+          documentId: string;
+          text: string;
+          metadata: Record<string, unknown>;
+          status: string;
+        }[];
+        nextCursor: string | null;
+      };
+      expect(page.data.length).toBeLessThanOrEqual(4);
+      for (const c of page.data) {
+        expect(c.status).toBe("pending");
+        expect(c.metadata.source).toBe("test");
+        expect(c.text.length).toBeGreaterThan(0);
+      }
+      seen.push(...page.data.map((c) => c.id));
+      cursor = page.nextCursor;
+    } while (cursor);
+    expect(seen.length).toBe(job.chunks.total);
+    expect(new Set(seen).size).toBe(seen.length);
+  });
+
+  it("honours Idempotency-Key: same body same job, different body 409", async () => {
+    const body = { documents: docs(2) };
+    const headers = { "Idempotency-Key": "key-123" };
+    const a = (await (await call("/v1/jobs", { method: "POST", json: body, headers })).json()) as {
+      id: string;
+    };
+    const rb = await call("/v1/jobs", { method: "POST", json: body, headers });
+    expect(rb.status).toBe(202);
+    expect(rb.headers.get("Idempotent-Replayed")).toBe("true");
+    expect(((await rb.json()) as { id: string }).id).toBe(a.id);
+    const conflict = await call("/v1/jobs", {
+      method: "POST",
+      json: { documents: docs(3) },
+      headers,
+    });
+    expect(await errorOf(conflict)).toMatchObject({ status: 409, code: "conflict" });
+    // The first job is untouched by the rejected request.
+    const job = (await (await call(`/v1/jobs/${a.id}`)).json()) as { documents: number };
+    expect(job.documents).toBe(2);
+  });
+
+  it("keeps tenants apart", async () => {
+    const a = (await (
+      await call("/v1/jobs", { method: "POST", json: { documents: docs(1) } })
+    ).json()) as { id: string };
+    expect((await call(`/v1/jobs/${a.id}`, { key: KEYS.other })).status).toBe(404);
+    expect((await call(`/v1/jobs/${a.id}/chunks`, { key: KEYS.other })).status).toBe(404);
+  });
+
+  it("answers bad input with the right status and error body", async () => {
+    const post = (init: Parameters<typeof call>[1]) =>
+      call("/v1/jobs", { method: "POST", ...init });
+    expect(
+      await errorOf(
+        await post({ body: "{not json", headers: { "Content-Type": "application/json" } }),
+      ),
+    ).toMatchObject({
+      status: 400,
+      code: "invalid_json",
+    });
+    expect(
+      await errorOf(await post({ body: "documents=1", headers: { "Content-Type": "text/plain" } })),
+    ).toMatchObject({
+      status: 415,
+      code: "unsupported_media_type",
+    });
+    const wrongType = await errorOf(await post({ json: { documents: "nope" } }));
+    expect(wrongType).toMatchObject({ status: 422, code: "validation_failed" });
+    expect(JSON.stringify(wrongType.details)).toContain("documents");
+    expect((await errorOf(await post({ json: { documents: [] } }))).status).toBe(422);
+    expect((await errorOf(await post({ json: { documents: [{ text: "   " }] } }))).status).toBe(
+      422,
+    );
+    expect(
+      (await errorOf(await post({ json: { documents: [{ text: "x".repeat(1_000_001) }] } })))
+        .status,
+    ).toBe(422);
+    expect(
+      (
+        await errorOf(
+          await post({
+            json: {
+              documents: [
+                { id: "a", text: "x" },
+                { id: "a", text: "y" },
+              ],
+            },
+          }),
+        )
+      ).status,
+    ).toBe(422);
+    expect(
+      await errorOf(await post({ json: { documents: docs(1), model: "gpt-17" } })),
+    ).toMatchObject({
+      status: 422,
+      code: "unprocessable",
+    });
+    expect(
+      (await errorOf(await post({ json: { documents: docs(1), chunking: { maxChars: 5000 } } })))
+        .status,
+    ).toBe(422);
+    expect(
+      (
+        await errorOf(
+          await post({ json: { documents: docs(1), chunking: { maxChars: 200, overlap: 150 } } }),
+        )
+      ).status,
+    ).toBe(422);
+    expect(
+      (
+        await errorOf(
+          await post({ json: { documents: [{ text: "x", metadata: { deep: { a: 1 } } }] } }),
+        )
+      ).status,
+    ).toBe(422);
+    const huge = await post({
+      body: `{"documents":[{"text":"${"y".repeat(33 * 1024 * 1024)}"}]}`,
+      headers: { "Content-Type": "application/json" },
+    });
+    expect(await errorOf(huge)).toMatchObject({ status: 413, code: "payload_too_large" });
+  });
+
+  it("answers unknown ids and routes with 404 and bad cursors with 422", async () => {
+    expect(await errorOf(await call("/v1/jobs/job_nope"))).toMatchObject({
+      status: 404,
+      code: "not_found",
+    });
+    expect(await errorOf(await call("/v1/nothing-here"))).toMatchObject({
+      status: 404,
+      code: "not_found",
+    });
+    const a = (await (
+      await call("/v1/jobs", { method: "POST", json: { documents: docs(1) } })
+    ).json()) as { id: string };
+    expect((await call(`/v1/jobs/${a.id}/chunks?cursor=%%%`)).status).toBe(422);
+    expect((await call(`/v1/jobs/${a.id}/chunks?limit=0`)).status).toBe(422);
+  });
+});
+
+describe("real-time endpoints without workers", () => {
+  it("search and embeddings answer 503 with Retry-After when no worker serves the model", async () => {
+    const s = await call("/v1/search", { method: "POST", json: { query: "anything" } });
+    expect(s.status).toBe(503);
+    expect(Number(s.headers.get("Retry-After"))).toBeGreaterThan(0);
+    expect((await errorOf(s)).code).toBe("no_capacity");
+    const e = await call("/v1/embeddings", {
+      method: "POST",
+      json: { input: "hello", model: "use-lite" },
+    });
+    expect(e.status).toBe(503);
+    expect(
+      (await errorOf(await call("/v1/search", { method: "POST", json: { query: "" } }))).status,
+    ).toBe(422);
+    expect(
+      (
+        await errorOf(
+          await call("/v1/embeddings", { method: "POST", json: { input: [], model: "use-lite" } }),
+        )
+      ).status,
+    ).toBe(422);
+  });
+});
+
+describe("service endpoints", () => {
+  it("reports health and publishes an OpenAPI document built from the schemas", async () => {
+    const h = await call("/healthz", { key: null });
+    expect(h.status).toBe(200);
+    expect(await h.json()).toMatchObject({ status: "ok" });
+    const doc = (await (await call("/openapi.json", { key: null })).json()) as {
+      paths: Record<string, unknown>;
+      components: { schemas: Record<string, unknown> };
+    };
+    expect(Object.keys(doc.paths)).toEqual(
+      expect.arrayContaining([
+        "/v1/jobs",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/chunks",
+        "/v1/search",
+        "/v1/embeddings",
+      ]),
+    );
+    expect(Object.keys(doc.components.schemas)).toEqual(
+      expect.arrayContaining(["CreateJobRequest", "Job", "Error"]),
+    );
+  });
+});

@@ -1,0 +1,24 @@
+import { applyD1Migrations, env } from "cloudflare:test";
+
+// Every test file starts from the schema the deployed database has, plus test credentials.
+await applyD1Migrations(
+  env.DB,
+  (env as unknown as { TEST_MIGRATIONS: Parameters<typeof applyD1Migrations>[1] }).TEST_MIGRATIONS,
+);
+
+async function sha256Hex(s: string): Promise<string> {
+  const d = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(s));
+  return Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+await env.DB.batch([
+  env.DB.prepare(
+    "INSERT OR IGNORE INTO credentials (id, kind, tenant, hash) VALUES (?, 'api', 't1', ?)",
+  ).bind("c1", await sha256Hex(KEYS.api)),
+  env.DB.prepare(
+    "INSERT OR IGNORE INTO credentials (id, kind, tenant, hash) VALUES (?, 'api', 't2', ?)",
+  ).bind("c2", await sha256Hex(KEYS.other)),
+  env.DB.prepare(
+    "INSERT OR IGNORE INTO credentials (id, kind, tenant, hash) VALUES (?, 'worker', 't1', ?)",
+  ).bind("c3", await sha256Hex(KEYS.worker)),
+]);

@@ -1,0 +1,25 @@
+import path from "node:path";
+import { cloudflareTest, readD1Migrations } from "@cloudflare/vitest-pool-workers";
+import { defineConfig } from "vitest/config";
+
+const root = path.resolve(import.meta.dirname, "../..");
+
+export default defineConfig({
+  plugins: [
+    cloudflareTest(async () => ({
+      wrangler: { configPath: path.join(root, "wrangler.toml") },
+      remoteBindings: false,
+      miniflare: {
+        bindings: {
+          VECTOR_BACKEND: "local",
+          TEST_MIGRATIONS: await readD1Migrations(path.join(root, "migrations")),
+        },
+      },
+    })),
+  ],
+  test: {
+    name: "edge",
+    include: ["test/**/*.test.ts"],
+    setupFiles: ["./test/setup.ts"],
+  },
+});

@@ -1,0 +1,148 @@
+import { createRequire } from "node:module";
+import { HELP, parseConfig } from "./config.js";
+import { UserError } from "./errors.js";
+import { type Embedder, loadModel } from "./model/index.js";
+import { StatusReporter } from "./status.js";
+import { Worker } from "./worker.js";
+
+const require = createRequire(import.meta.url);
+const { version } = require("../package.json") as { version: string };
+
+/** Checks the server answers and takes the token before any socket is opened. */
+async function preflight(server: string, token: string): Promise<URL> {
+  const base = new URL(server.replace(/^ws/, "http"));
+  const probe = new URL("/v1/workers/connect", base);
+  let res: Response;
+  try {
+    res = await fetch(probe, {
+      headers: { Authorization: `Bearer ${token}` },
+      signal: AbortSignal.timeout(10_000),
+    });
+  } catch (err) {
+    const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message;
+    throw new UserError(
+      `cannot reach the server at ${base.origin} (${cause})`,
+      "Check --server and that the server is running.",
+      3,
+    );
+  }
+  if (res.status === 401)
+    throw new UserError("the server rejected the token", "Ask the operator for a worker token.", 4);
+  if (res.status === 403)
+    throw new UserError(
+      "that token is an API key, not a worker token",
+      "Use the worker token the operator gave you.",
+      4,
+    );
+  if (res.status !== 426)
+    throw new UserError(
+      `unexpected answer ${res.status} from ${probe.href}`,
+      "Is --server a p2pa server?",
+      3,
+    );
+  const ws = new URL(probe);
+  ws.protocol = base.protocol === "https:" ? "wss:" : "ws:";
+  return ws;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const action = parseConfig(argv, process.env);
+  if (action.kind === "help") {
+    process.stdout.write(`${HELP}\n`);
+    return 0;
+  }
+  if (action.kind === "version") {
+    process.stdout.write(`${version}\n`);
+    return 0;
+  }
+  const { config } = action;
+  const url = await preflight(config.server, config.token);
+  let worker: Worker | null = null;
+  const status = new StatusReporter(() => worker, {
+    model: config.model,
+    device: "cpu",
+    threads: config.threads,
+  });
+  status.log(`loading model ${config.model} (cache ${config.cacheDir})`);
+  let embedder: Embedder;
+  try {
+    embedder = await loadModel(config.model, {
+      cacheDir: config.cacheDir,
+      threads: config.threads,
+    });
+  } catch (err) {
+    throw new UserError(
+      `cannot load model ${config.model}: ${(err as Error).message}`,
+      "Check --model and --cache-dir.",
+      5,
+    );
+  }
+  url.searchParams.set("model", embedder.manifest.id);
+  status.log(
+    `model ready: ${embedder.manifest.id} (${embedder.manifest.dimension} dimensions); connecting to ${url.origin}`,
+  );
+
+  let fatal: string | null = null;
+  const done = new Promise<void>((resolve) => {
+    worker = new Worker({
+      url: url.href,
+      token: config.token,
+      embedder,
+      batchSize: config.batchSize,
+      threads: config.threads,
+      device: "cpu",
+      name: config.name,
+      version,
+      onEvent: (event, detail) => {
+        if (event === "connected") status.log(`connected as ${detail?.workerId}`);
+        else if (event === "disconnected")
+          status.log(
+            `disconnected (${detail?.code}${detail?.reason ? ` ${detail.reason}` : ""}); reconnecting`,
+          );
+        else if (event === "rejected") status.log(`result rejected: ${detail?.reason}`);
+        else if (event === "edge_error")
+          status.log(`server says: ${detail?.code} ${detail?.message}`);
+        else if (event === "fatal") {
+          fatal = `the server closed the connection for good (${detail?.code} ${detail?.reason})`;
+          resolve();
+        }
+      },
+    });
+    let stopping = false;
+    const onSignal = (sig: NodeJS.Signals) => {
+      if (stopping) {
+        status.log(`${sig} again: exiting now; the server requeues unfinished work`);
+        process.exit(130);
+      }
+      stopping = true;
+      status.log(
+        `${sig}: finishing current work, handing back the rest (Ctrl-C again to quit at once)`,
+      );
+      void worker?.stop().then(resolve);
+    };
+    process.on("SIGINT", onSignal);
+    process.on("SIGTERM", onSignal);
+  });
+  status.start();
+  await done;
+  status.stop();
+  await embedder.dispose();
+  if (fatal) throw new UserError(fatal, undefined, 4);
+  const s = (worker as Worker | null)?.stats;
+  status.log(
+    `stopped: ${s?.tasksDone ?? 0} tasks, ${s?.chunksDone ?? 0} chunks, ${s?.embedsDone ?? 0} queries`,
+  );
+  return 0;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    if (err instanceof UserError) {
+      process.stderr.write(`p2pa-worker: ${err.message}\n${err.hint ? `${err.hint}\n` : ""}`);
+      process.exit(err.exitCode);
+    }
+    process.stderr.write(`p2pa-worker: internal error: ${(err as Error)?.stack ?? err}\n`);
+    process.exit(1);
+  },
+);

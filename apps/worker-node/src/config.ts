@@ -1,0 +1,101 @@
+import os from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { z } from "zod";
+import { UserError } from "./errors.js";
+
+export const HELP = `p2pa-worker: donate compute to a p2pa server
+
+Usage: p2pa-worker --server URL --token TOKEN [options]
+
+Options (each also read from the environment variable shown):
+  --server URL        the p2pa edge, e.g. https://p2pa.example.com  (P2PA_SERVER)
+  --token TOKEN       worker join token from the operator          (P2PA_TOKEN)
+  --model ID|PATH|URL model to serve (default: use-lite)           (P2PA_MODEL)
+  --threads N         inference threads (default: all cores)       (P2PA_THREADS)
+  --batch-size N      texts per inference batch (default: 32)      (P2PA_BATCH_SIZE)
+  --name NAME         how this worker shows on the dashboard       (P2PA_NAME)
+  --cache-dir DIR     where models are kept (default: ~/.cache/p2pa) (P2PA_CACHE_DIR)
+  -h, --help          show this help
+  -v, --version       print the version
+
+Stop with Ctrl-C: the worker finishes or hands back what it holds and exits.
+The worker keeps no copy of the text it processes; only model files are cached.`;
+
+const positiveInt = (name: string, max: number) =>
+  z.coerce
+    .number({ error: `${name} must be a number` })
+    .int(`${name} must be a whole number`)
+    .min(1, `${name} must be at least 1`)
+    .max(max, `${name} must be at most ${max}`);
+
+export const Config = z.object({
+  server: z
+    .string({ error: "--server is required (or set P2PA_SERVER)" })
+    .url("--server must be a URL such as http://127.0.0.1:8787")
+    .refine(
+      (u) => /^(https?|wss?):\/\//.test(u),
+      "--server must start with http://, https://, ws:// or wss://",
+    ),
+  token: z
+    .string({ error: "--token is required (or set P2PA_TOKEN)" })
+    .min(1, "--token must not be empty"),
+  model: z.string().min(1).default("use-lite"),
+  threads: positiveInt("--threads", 256).default(Math.max(1, os.availableParallelism())),
+  batchSize: positiveInt("--batch-size", 1024).default(32),
+  name: z.string().max(128).default(os.hostname()),
+  cacheDir: z
+    .string()
+    .default(path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), ".cache"), "p2pa")),
+});
+export type Config = z.infer<typeof Config>;
+
+export type CliAction = { kind: "help" } | { kind: "version" } | { kind: "run"; config: Config };
+
+/** Reads flags, then the environment; throws UserError with what to fix. */
+export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): CliAction {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: {
+        server: { type: "string" },
+        token: { type: "string" },
+        model: { type: "string" },
+        threads: { type: "string" },
+        "batch-size": { type: "string" },
+        name: { type: "string" },
+        "cache-dir": { type: "string" },
+        help: { type: "boolean", short: "h" },
+        version: { type: "boolean", short: "v" },
+      },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (err) {
+    throw new UserError(`${(err as Error).message}`, "Run p2pa-worker --help for the options.");
+  }
+  if (values.help) return { kind: "help" };
+  if (values.version) return { kind: "version" };
+  const pick = (flag: string, envName: string) =>
+    (values[flag] as string | undefined) ?? env[envName] ?? undefined;
+  const raw = {
+    server: pick("server", "P2PA_SERVER"),
+    token: pick("token", "P2PA_TOKEN"),
+    model: pick("model", "P2PA_MODEL"),
+    threads: pick("threads", "P2PA_THREADS"),
+    batchSize: pick("batch-size", "P2PA_BATCH_SIZE"),
+    name: pick("name", "P2PA_NAME"),
+    cacheDir: pick("cache-dir", "P2PA_CACHE_DIR"),
+  };
+  const parsed = Config.safeParse(
+    Object.fromEntries(Object.entries(raw).filter(([, v]) => v !== undefined)),
+  );
+  if (!parsed.success) {
+    throw new UserError(
+      parsed.error.issues.map((i) => i.message).join("\n"),
+      "Run p2pa-worker --help for the options.",
+    );
+  }
+  return { kind: "run", config: parsed.data };
+}

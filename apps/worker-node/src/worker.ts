@@ -1,0 +1,317 @@
+import {
+  type EdgeMessage,
+  EdgeMessage as EdgeMessageSchema,
+  type Embed,
+  encodeVector,
+  PROTOCOL_VERSION,
+  parseMessage,
+  type Task,
+  type WorkerMessage,
+} from "@p2pa/shared";
+import ReconnectingWebSocket from "partysocket/ws";
+import WS from "ws";
+import type { Embedder } from "./model/index.js";
+
+export type ConnectionState = "connecting" | "connected" | "reconnecting" | "draining" | "stopped";
+
+export interface WorkerStats {
+  state: ConnectionState;
+  workerId: string | null;
+  tasksDone: number;
+  chunksDone: number;
+  embedsDone: number;
+  rejected: number;
+  startedAt: number;
+}
+
+export interface WorkerOptions {
+  url: string;
+  token: string;
+  embedder: Embedder;
+  batchSize: number;
+  threads: number;
+  device: string;
+  name: string;
+  version: string;
+  onEvent?: (event: string, detail?: Record<string, unknown>) => void;
+}
+
+/** Tasks a worker holds at once: one batch being computed and about one more waiting. */
+function creditsFor(batchSize: number): number {
+  return Math.max(2, Math.ceil((2 * batchSize) / 16));
+}
+
+/**
+ * A volunteer worker: holds one WebSocket to the edge, takes tasks within its credits,
+ * embeds them in batches, and answers real-time requests before any batch work.
+ */
+export class Worker {
+  readonly stats: WorkerStats = {
+    state: "connecting",
+    workerId: null,
+    tasksDone: 0,
+    chunksDone: 0,
+    embedsDone: 0,
+    rejected: 0,
+    startedAt: Date.now(),
+  };
+  private readonly socket: ReconnectingWebSocket;
+  private readonly tasks: Task[] = [];
+  private readonly embeds: Embed[] = [];
+  /** Leases being computed or awaiting an ack, by lease id. */
+  private readonly held = new Map<string, Task>();
+  private busy = false;
+  private draining = false;
+  private heartbeat: ReturnType<typeof setInterval> | null = null;
+  private idleWaiters: (() => void)[] = [];
+
+  constructor(private readonly opts: WorkerOptions) {
+    const token = opts.token;
+    // ws takes headers; the browser WebSocket API partysocket mimics does not.
+    class AuthedWebSocket extends WS {
+      constructor(address: string, protocols?: string | string[]) {
+        super(address, protocols, { headers: { Authorization: `Bearer ${token}` } });
+      }
+    }
+    this.socket = new ReconnectingWebSocket(opts.url, [], {
+      WebSocket: AuthedWebSocket,
+      minReconnectionDelay: 500,
+      maxReconnectionDelay: 15_000,
+      reconnectionDelayGrowFactor: 1.6,
+      connectionTimeout: 10_000,
+      maxEnqueuedMessages: 0,
+    });
+    this.socket.addEventListener("open", () => this.onOpen());
+    this.socket.addEventListener("close", (e) => this.onClose(e.code, e.reason));
+    this.socket.addEventListener("message", (e) => void this.onMessage(e.data as string));
+  }
+
+  private emit(event: string, detail?: Record<string, unknown>) {
+    this.opts.onEvent?.(event, detail);
+  }
+
+  private send(msg: WorkerMessage): void {
+    if (this.socket.readyState === WS.OPEN) this.socket.send(JSON.stringify(msg));
+  }
+
+  private onOpen(): void {
+    const m = this.opts.embedder.manifest;
+    this.send({
+      type: "hello",
+      v: PROTOCOL_VERSION,
+      name: this.opts.name,
+      version: this.opts.version,
+      models: [{ id: m.id, dimension: m.dimension }],
+      device: this.opts.device,
+      threads: this.opts.threads,
+      batchSize: this.opts.batchSize,
+    });
+  }
+
+  private onClose(code: number, reason: string): void {
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.heartbeat = null;
+    // Leases belong to the connection: the edge has already put them back in the queue.
+    this.tasks.length = 0;
+    this.embeds.length = 0;
+    this.held.clear();
+    if (this.stats.state === "stopped") return;
+    this.stats.state = this.draining ? "draining" : "reconnecting";
+    this.emit("disconnected", { code, reason });
+    if (code === 4401 || code === 4426) {
+      this.emit("fatal", { code, reason });
+      this.socket.close();
+    }
+    this.settleIfIdle();
+  }
+
+  private async onMessage(data: string): Promise<void> {
+    const parsed = parseMessage(EdgeMessageSchema, data);
+    if (!parsed.ok) {
+      this.emit("protocol_error", { message: parsed.error.message });
+      return;
+    }
+    const msg: EdgeMessage = parsed.message;
+    switch (msg.type) {
+      case "welcome":
+        this.stats.workerId = msg.workerId;
+        this.stats.state = this.draining ? "draining" : "connected";
+        this.emit("connected", { workerId: msg.workerId });
+        if (!this.draining)
+          this.send({ type: "credit", v: PROTOCOL_VERSION, n: creditsFor(this.opts.batchSize) });
+        this.heartbeat = setInterval(() => {
+          this.send({
+            type: "heartbeat",
+            v: PROTOCOL_VERSION,
+            leaseIds: [...this.held.keys(), ...this.tasks.map((t) => t.leaseId)],
+          });
+        }, msg.heartbeatMs);
+        return;
+      case "task":
+        if (this.draining) {
+          this.send({ type: "release", v: PROTOCOL_VERSION, leaseIds: [msg.leaseId] });
+          return;
+        }
+        this.tasks.push(msg);
+        break;
+      case "embed":
+        this.embeds.push(msg);
+        break;
+      case "ack":
+        this.held.delete(msg.leaseId);
+        if (msg.status === "rejected") {
+          this.stats.rejected++;
+          this.emit("rejected", { taskId: msg.taskId, reason: msg.reason });
+        }
+        this.settleIfIdle();
+        return;
+      case "error":
+        this.emit("edge_error", { code: msg.code, message: msg.message });
+        return;
+    }
+    void this.drain();
+  }
+
+  /** Runs queued work until none is left; real-time requests always go first. */
+  private async drain(): Promise<void> {
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      for (;;) {
+        const embed = this.embeds.shift();
+        if (embed) {
+          await this.runEmbed(embed);
+          continue;
+        }
+        if (this.tasks.length === 0) break;
+        // Fill one inference batch from as many tasks as fit.
+        const batch: Task[] = [];
+        let items = 0;
+        while (
+          this.tasks.length &&
+          (batch.length === 0 || items + (this.tasks[0]?.items.length ?? 0) <= this.opts.batchSize)
+        ) {
+          const t = this.tasks.shift() as Task;
+          batch.push(t);
+          items += t.items.length;
+        }
+        await this.runTasks(batch);
+      }
+    } finally {
+      this.busy = false;
+      this.settleIfIdle();
+    }
+  }
+
+  private async runEmbed(req: Embed): Promise<void> {
+    const { embedder } = this.opts;
+    try {
+      if (req.model !== embedder.manifest.id)
+        throw new Error(`this worker serves ${embedder.manifest.id}, not ${req.model}`);
+      const vectors = await embedder.embed(req.texts);
+      const tokens = req.texts.reduce((n, t) => n + embedder.countTokens(t), 0);
+      this.send({
+        type: "embed_result",
+        v: PROTOCOL_VERSION,
+        requestId: req.requestId,
+        vectors: vectors.map(encodeVector),
+        tokens,
+      });
+      this.stats.embedsDone++;
+    } catch (err) {
+      this.send({
+        type: "embed_failed",
+        v: PROTOCOL_VERSION,
+        requestId: req.requestId,
+        error: {
+          code: "embed_error",
+          message: String((err as Error).message ?? err).slice(0, 2000),
+          retryable: true,
+        },
+      });
+    }
+  }
+
+  private async runTasks(batch: Task[]): Promise<void> {
+    for (const t of batch) this.held.set(t.leaseId, t);
+    const started = performance.now();
+    let vectors: Float32Array[];
+    try {
+      vectors = await this.opts.embedder.embed(batch.flatMap((t) => t.items.map((i) => i.text)));
+    } catch (err) {
+      for (const t of batch) {
+        this.send({
+          type: "task_failed",
+          v: PROTOCOL_VERSION,
+          taskId: t.taskId,
+          leaseId: t.leaseId,
+          error: {
+            code: "inference_error",
+            message: String((err as Error).message ?? err).slice(0, 2000),
+            retryable: true,
+          },
+        });
+        this.held.delete(t.leaseId);
+      }
+      this.grant(batch.length);
+      return;
+    }
+    const elapsedMs = performance.now() - started;
+    let offset = 0;
+    for (const t of batch) {
+      const mine = vectors.slice(offset, offset + t.items.length);
+      offset += t.items.length;
+      this.send({
+        type: "result",
+        v: PROTOCOL_VERSION,
+        taskId: t.taskId,
+        leaseId: t.leaseId,
+        vectors: t.items.map((item, i) => ({
+          chunkId: item.chunkId,
+          vector: encodeVector(mine[i] as Float32Array),
+        })),
+        elapsedMs,
+      });
+      this.stats.tasksDone++;
+      this.stats.chunksDone += t.items.length;
+    }
+    this.grant(batch.length);
+  }
+
+  private grant(n: number): void {
+    if (!this.draining && n > 0) this.send({ type: "credit", v: PROTOCOL_VERSION, n });
+  }
+
+  private settleIfIdle(): void {
+    if (this.busy || this.embeds.length || this.held.size) return;
+    if (this.draining && this.tasks.length === 0) {
+      for (const w of this.idleWaiters.splice(0)) w();
+    }
+  }
+
+  /**
+   * Stops taking work, hands back tasks not started, finishes the batch in progress and waits
+   * (up to `timeoutMs`) for the edge to acknowledge its results. Then closes.
+   */
+  async stop(timeoutMs = 15_000): Promise<void> {
+    if (this.stats.state === "stopped") return;
+    this.draining = true;
+    this.stats.state = "draining";
+    this.send({ type: "draining", v: PROTOCOL_VERSION });
+    const unstarted = this.tasks.splice(0);
+    if (unstarted.length)
+      this.send({
+        type: "release",
+        v: PROTOCOL_VERSION,
+        leaseIds: unstarted.map((t) => t.leaseId),
+      });
+    const idle = new Promise<void>((resolve) => {
+      this.idleWaiters.push(resolve);
+      this.settleIfIdle();
+    });
+    await Promise.race([idle, new Promise((r) => setTimeout(r, timeoutMs).unref())]);
+    this.stats.state = "stopped";
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.socket.close(1000, "worker stopped");
+  }
+}

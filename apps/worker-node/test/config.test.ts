@@ -1,0 +1,61 @@
+import { describe, expect, it } from "vitest";
+import { parseConfig } from "../src/config.js";
+import { UserError } from "../src/errors.js";
+
+const run = (argv: string[], env: NodeJS.ProcessEnv = {}) => {
+  const a = parseConfig(argv, env);
+  if (a.kind !== "run") throw new Error(`expected run, got ${a.kind}`);
+  return a.config;
+};
+
+const fails = (argv: string[], env: NodeJS.ProcessEnv = {}) => {
+  try {
+    parseConfig(argv, env);
+  } catch (err) {
+    expect(err).toBeInstanceOf(UserError);
+    return (err as UserError).message;
+  }
+  throw new Error("expected a UserError");
+};
+
+describe("worker configuration", () => {
+  it("reads flags, falling back to the environment, with defaults", () => {
+    const c = run(["--server", "http://127.0.0.1:8787", "--token", "t", "--threads", "3"], {
+      P2PA_BATCH_SIZE: "8",
+      P2PA_TOKEN: "ignored",
+    });
+    expect(c).toMatchObject({
+      server: "http://127.0.0.1:8787",
+      token: "t",
+      threads: 3,
+      batchSize: 8,
+      model: "use-lite",
+    });
+    expect(run([], { P2PA_SERVER: "https://x.example", P2PA_TOKEN: "tok" })).toMatchObject({
+      server: "https://x.example",
+      token: "tok",
+    });
+  });
+
+  it("explains what is wrong with bad flags", () => {
+    expect(fails(["--token", "t"])).toMatch(/--server is required/);
+    expect(fails(["--server", "http://x", "--token", "t", "--threads", "0"])).toMatch(
+      /--threads must be at least 1/,
+    );
+    expect(fails(["--server", "http://x", "--token", "t", "--threads", "two"])).toMatch(
+      /--threads must be a number/,
+    );
+    expect(fails(["--server", "http://x", "--token", "t", "--batch-size", "1.5"])).toMatch(
+      /whole number/,
+    );
+    expect(fails(["--server", "ftp://x", "--token", "t"])).toMatch(/must start with http/);
+    expect(fails(["--server", "not a url", "--token", "t"])).toMatch(/must be a URL/);
+    expect(fails(["--bogus"])).toMatch(/bogus/);
+    expect(fails(["--server", "http://x"])).toMatch(/--token is required/);
+  });
+
+  it("answers --help and --version without needing a server", () => {
+    expect(parseConfig(["--help"], {}).kind).toBe("help");
+    expect(parseConfig(["-v"], {}).kind).toBe("version");
+  });
+});

@@ -1,0 +1,166 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { once } from "node:events";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+/** Repository root. */
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+
+/** Development credentials; documented in the README, seeded into the local D1 only. */
+export const DEV_CREDENTIALS = {
+  apiKey: "p2pa_dev_key",
+  workerToken: "p2pa_dev_worker",
+  tenant: "dev",
+} as const;
+
+/** Environment for wrangler that keeps it offline and quiet. */
+export const WRANGLER_ENV = {
+  CI: "true",
+  WRANGLER_SEND_METRICS: "false",
+  WRANGLER_SEND_ERROR_REPORTS: "false",
+  CLOUDFLARE_CF_FETCH_ENABLED: "false",
+  WRANGLER_HIDE_BANNER: "true",
+  NO_COLOR: "1",
+};
+
+const WRANGLER = path.join(ROOT, "node_modules", "wrangler", "bin", "wrangler.js");
+
+function run(args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [WRANGLER, ...args], {
+      cwd: ROOT,
+      env: { ...process.env, ...WRANGLER_ENV },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    child.stdout.on("data", (d) => (out += d));
+    child.stderr.on("data", (d) => (out += d));
+    child.on("error", reject);
+    child.on("close", (code) =>
+      code === 0 ? resolve(out) : reject(new Error(`wrangler ${args.join(" ")} failed:\n${out}`)),
+    );
+  });
+}
+
+const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
+
+/** Applies the D1 migrations to the local database and seeds the development credentials. */
+export async function prepareLocalDatabase(persistTo: string): Promise<void> {
+  await run(["d1", "migrations", "apply", "DB", "--local", "--persist-to", persistTo]);
+  const { apiKey, workerToken, tenant } = DEV_CREDENTIALS;
+  const sql = [
+    `INSERT OR IGNORE INTO credentials (id, kind, tenant, hash, name) VALUES ('cred_dev_api', 'api', '${tenant}', '${sha256(apiKey)}', 'development API key')`,
+    `INSERT OR IGNORE INTO credentials (id, kind, tenant, hash, name) VALUES ('cred_dev_worker', 'worker', '${tenant}', '${sha256(workerToken)}', 'development worker token')`,
+  ].join("; ");
+  await run(["d1", "execute", "DB", "--local", "--persist-to", persistTo, "--command", sql]);
+}
+
+export interface LocalEdge {
+  url: string;
+  process: ChildProcess;
+  /** Output so far, for diagnosing a failed test. */
+  output(): string;
+  stop(signal?: NodeJS.Signals): Promise<void>;
+}
+
+export interface EdgeOptions {
+  port: number;
+  persistTo: string;
+  vars?: Record<string, string>;
+  /** Echo wrangler's output (npm start); tests keep it. */
+  inheritOutput?: boolean;
+}
+
+/** Starts `wrangler dev` on 127.0.0.1 with local D1, R2, Durable Objects and vector index. */
+export async function startEdge(opts: EdgeOptions): Promise<LocalEdge> {
+  const vars = { VECTOR_BACKEND: "local", ...opts.vars };
+  const args = [
+    WRANGLER,
+    "dev",
+    "--ip",
+    "127.0.0.1",
+    "--port",
+    String(opts.port),
+    "--persist-to",
+    opts.persistTo,
+    "--show-interactive-dev-session=false",
+    "--log-level",
+    opts.inheritOutput ? "info" : "warn",
+    ...Object.entries(vars).flatMap(([k, v]) => ["--var", `${k}:${v}`]),
+  ];
+  const child = spawn(process.execPath, args, {
+    cwd: ROOT,
+    env: { ...process.env, ...WRANGLER_ENV },
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: process.platform !== "win32",
+  });
+  let log = "";
+  const capture = (d: Buffer) => {
+    log += d.toString();
+    if (log.length > 200_000) log = log.slice(-100_000);
+    if (opts.inheritOutput) process.stderr.write(d);
+  };
+  child.stdout?.on("data", capture);
+  child.stderr?.on("data", capture);
+  const url = `http://127.0.0.1:${opts.port}`;
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    if (child.exitCode !== null)
+      throw new Error(`wrangler dev exited with ${child.exitCode}:\n${log}`);
+    try {
+      const r = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(2000) });
+      if (r.ok) break;
+    } catch {
+      // Not listening yet.
+    }
+    if (Date.now() > deadline) {
+      killTree(child, "SIGKILL");
+      throw new Error(`wrangler dev did not become healthy in 60 s:\n${log}`);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  return {
+    url,
+    process: child,
+    output: () => log,
+    async stop(signal = "SIGTERM") {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const closed = once(child, "exit");
+      killTree(child, signal);
+      const timer = setTimeout(() => killTree(child, "SIGKILL"), 5000);
+      await closed;
+      clearTimeout(timer);
+    },
+  };
+}
+
+/** Signals a process and its children (wrangler runs workerd as a child). */
+export function killTree(child: ChildProcess, signal: NodeJS.Signals): void {
+  if (child.pid === undefined) return;
+  try {
+    process.kill(-child.pid, signal);
+  } catch {
+    try {
+      child.kill(signal);
+    } catch {
+      // Already gone.
+    }
+  }
+}
+
+export const WORKER_BIN = path.join(ROOT, "apps", "worker-node", "bin", "p2pa-worker.js");
+
+/** Spawns a real `p2pa-worker` process. */
+export function spawnWorker(
+  server: string,
+  token: string,
+  extra: string[] = [],
+  env: NodeJS.ProcessEnv = {},
+): ChildProcess {
+  return spawn(process.execPath, [WORKER_BIN, "--server", server, "--token", token, ...extra], {
+    cwd: ROOT,
+    env: { ...process.env, P2PA_CACHE_DIR: path.join(ROOT, ".cache", "models"), ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+}

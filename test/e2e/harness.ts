@@ -1,0 +1,150 @@
+import type { ChildProcess } from "node:child_process";
+import { once } from "node:events";
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import os from "node:os";
+import path from "node:path";
+import {
+  DEV_CREDENTIALS,
+  type LocalEdge,
+  prepareLocalDatabase,
+  spawnWorker,
+  startEdge,
+} from "../../scripts/lib/local-edge.js";
+
+export { DEV_CREDENTIALS };
+
+export async function freePort(): Promise<number> {
+  const srv = createServer();
+  srv.listen(0, "127.0.0.1");
+  await once(srv, "listening");
+  const port = (srv.address() as { port: number }).port;
+  srv.close();
+  return port;
+}
+
+export interface System {
+  edge: LocalEdge;
+  dir: string;
+  workers: ChildProcess[];
+  api<T = unknown>(
+    pathname: string,
+    init?: { method?: string; json?: unknown; headers?: Record<string, string> },
+  ): Promise<{ status: number; body: T; headers: Headers }>;
+  addWorker(args?: string[]): Promise<ChildProcess>;
+  stop(): Promise<void>;
+}
+
+/** The real system: wrangler dev with local bindings and real p2pa-worker processes. */
+export async function startSystem(opts: { vars?: Record<string, string> } = {}): Promise<System> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "p2pa-e2e-"));
+  await prepareLocalDatabase(dir);
+  const edge = await startEdge({
+    port: await freePort(),
+    persistTo: dir,
+    ...(opts.vars ? { vars: opts.vars } : {}),
+  });
+  const workers: ChildProcess[] = [];
+  const sys: System = {
+    edge,
+    dir,
+    workers,
+    async api(pathname, init = {}) {
+      const res = await fetch(`${edge.url}${pathname}`, {
+        method: init.method ?? (init.json === undefined ? "GET" : "POST"),
+        headers: {
+          Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}`,
+          "Content-Type": "application/json",
+          ...init.headers,
+        },
+        ...(init.json === undefined ? {} : { body: JSON.stringify(init.json) }),
+      });
+      const text = await res.text();
+      return {
+        status: res.status,
+        body: (text ? JSON.parse(text) : null) as never,
+        headers: res.headers,
+      };
+    },
+    async addWorker(args = ["--threads", "1"]) {
+      const w = spawnWorker(edge.url, DEV_CREDENTIALS.workerToken, args);
+      let out = "";
+      const connected = new Promise<void>((resolve, reject) => {
+        const onData = (d: Buffer) => {
+          out += d.toString();
+          if (out.includes("connected as")) resolve();
+        };
+        w.stderr?.on("data", onData);
+        w.stdout?.on("data", onData);
+        w.once("exit", (code) =>
+          reject(new Error(`worker exited with ${code} before connecting:\n${out}`)),
+        );
+      });
+      workers.push(w);
+      await connected;
+      return w;
+    },
+    async stop() {
+      for (const w of workers) if (w.exitCode === null && w.signalCode === null) w.kill("SIGKILL");
+      await edge.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  return sys;
+}
+
+export async function waitForJob<T extends { status: string }>(
+  sys: System,
+  id: string,
+  timeoutMs = 120_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const { body } = await sys.api<T>(`/v1/jobs/${id}`);
+    if (!["queued", "running"].includes(body.status)) return body;
+    if (Date.now() > deadline)
+      throw new Error(
+        `job ${id} still ${body.status} after ${timeoutMs} ms: ${JSON.stringify(body)}`,
+      );
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+export interface ChunkOut {
+  id: string;
+  documentId: string;
+  index: number;
+  text: string;
+  status: string;
+  vector?: number[];
+}
+
+export async function allChunks(
+  sys: System,
+  jobId: string,
+  includeVectors = true,
+): Promise<ChunkOut[]> {
+  const out: ChunkOut[] = [];
+  let cursor: string | null = null;
+  do {
+    const q = `limit=500&includeVectors=${includeVectors}${cursor ? `&cursor=${cursor}` : ""}`;
+    const { body } = await sys.api<{ data: ChunkOut[]; nextCursor: string | null }>(
+      `/v1/jobs/${jobId}/chunks?${q}`,
+    );
+    out.push(...body.data);
+    cursor = body.nextCursor;
+  } while (cursor);
+  return out;
+}
+
+export function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let dot = 0;
+  let na = 0;
+  let nb = 0;
+  for (let i = 0; i < a.length; i++) {
+    dot += (a[i] as number) * (b[i] as number);
+    na += (a[i] as number) ** 2;
+    nb += (b[i] as number) ** 2;
+  }
+  return dot / Math.sqrt(na * nb);
+}
