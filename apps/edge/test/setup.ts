@@ -1,4 +1,5 @@
 import { applyD1Migrations, env } from "cloudflare:test";
+import { KEYS } from "./helpers.js";
 
 // Every test file starts from the schema the deployed database has, plus test credentials.
 await applyD1Migrations(

@@ -65,7 +65,7 @@ describe("D1Store", () => {
       chunks: { total: 120, done: 110, failed: 10 },
     });
     expect(job?.completedAt).toBeTruthy();
-    const failed = (await store.getChunks("t1", ids.slice(95, 96)))[0];
+    const failed = (await store.getChunks("t1", ids.slice(105, 106)))[0];
     expect(failed).toMatchObject({ status: "failed", error: "poison" });
   });
 

@@ -1,5 +1,5 @@
 import type { Chunk, Job, JobStatus } from "@p2pa/shared";
-import { and, asc, eq, gt, inArray, isNull, sql } from "drizzle-orm";
+import { and, asc, eq, getTableColumns, gt, inArray, isNull, sql, type Table } from "drizzle-orm";
 import { type DrizzleD1Database, drizzle } from "drizzle-orm/d1";
 import * as schema from "./schema.js";
 
@@ -76,8 +76,9 @@ export interface WorkerInfo {
 // D1 binds at most 100 parameters per statement.
 const MAX_PARAMS = 99;
 
-function rowsPerStatement(columns: number): number {
-  return Math.floor(MAX_PARAMS / columns);
+/** Rows per multi-row INSERT: drizzle binds every column of the table, defaults included. */
+function rowsPerStatement(table: Table): number {
+  return Math.floor(MAX_PARAMS / Object.keys(getTableColumns(table)).length);
 }
 
 function toJob(r: typeof schema.jobs.$inferSelect): Job {
@@ -93,18 +94,15 @@ function toJob(r: typeof schema.jobs.$inferSelect): Job {
   };
 }
 
-/** SQL that settles a job's status from its counters; applied after every counter change. */
-const settleStatus = (jobId: string) => sql`
-  UPDATE jobs SET
-    status = CASE
-      WHEN chunks_done + chunks_failed < chunks_total THEN status
-      WHEN chunks_failed = 0 THEN 'completed'
-      WHEN chunks_done = 0 THEN 'failed'
-      ELSE 'completed_with_errors' END,
-    completed_at = CASE
-      WHEN chunks_done + chunks_failed >= chunks_total THEN strftime('%Y-%m-%dT%H:%M:%fZ','now')
-      ELSE completed_at END
-  WHERE id = ${jobId} AND status IN ('queued', 'running')`;
+/** Settles a job's status from its counters; applied after every counter change. */
+const SETTLED_STATUS = sql<JobStatus>`CASE
+  WHEN chunks_done + chunks_failed < chunks_total THEN status
+  WHEN chunks_failed = 0 THEN 'completed'
+  WHEN chunks_done = 0 THEN 'failed'
+  ELSE 'completed_with_errors' END`;
+const SETTLED_AT = sql<string | null>`CASE
+  WHEN chunks_done + chunks_failed >= chunks_total THEN strftime('%Y-%m-%dT%H:%M:%fZ','now')
+  ELSE completed_at END`;
 
 /** D1 implementation of the metadata store (drizzle-orm). */
 export class D1Store implements MetadataStore {
@@ -153,7 +151,7 @@ export class D1Store implements MetadataStore {
       chars: d.chars,
       chunks: input.chunks.filter((c) => c.documentSeq === d.seq).length,
     }));
-    for (let i = 0, n = rowsPerStatement(6); i < docRows.length; i += n) {
+    for (let i = 0, n = rowsPerStatement(schema.documents); i < docRows.length; i += n) {
       rest.push(db.insert(schema.documents).values(docRows.slice(i, i + n)));
     }
     const chunkRows = input.chunks.map((c) => ({
@@ -165,7 +163,7 @@ export class D1Store implements MetadataStore {
       start: c.start,
       end: c.end,
     }));
-    for (let i = 0, n = rowsPerStatement(7); i < chunkRows.length; i += n) {
+    for (let i = 0, n = rowsPerStatement(schema.chunks); i < chunkRows.length; i += n) {
       rest.push(db.insert(schema.chunks).values(chunkRows.slice(i, i + n)));
     }
     try {
@@ -289,7 +287,7 @@ export class D1Store implements MetadataStore {
     to: "done" | "failed",
     reason: string | null,
   ) {
-    const counter = to === "done" ? sql.raw("chunks_done") : sql.raw("chunks_failed");
+    const j = schema.jobs;
     const stmts = [];
     for (let i = 0; i < chunkIds.length; i += 90) {
       const ids = chunkIds.slice(i, i + 90);
@@ -308,11 +306,24 @@ export class D1Store implements MetadataStore {
       // changes() is the row count of the UPDATE just before it in this transaction, so the
       // counter moves by exactly the chunks that changed state: replays add nothing.
       stmts.push(
-        this.db.run(sql`UPDATE jobs SET ${counter} = ${counter} + changes() WHERE id = ${jobId}`),
+        this.db
+          .update(j)
+          .set(
+            to === "done"
+              ? { chunksDone: sql`chunks_done + changes()` }
+              : { chunksFailed: sql`chunks_failed + changes()` },
+          )
+          .where(eq(j.id, jobId)),
       );
     }
-    stmts.push(this.db.run(settleStatus(jobId)));
-    await this.db.batch(stmts as unknown as [(typeof stmts)[0], ...typeof stmts]);
+    stmts.push(
+      this.db
+        .update(j)
+        .set({ status: SETTLED_STATUS, completedAt: SETTLED_AT })
+        .where(and(eq(j.id, jobId), inArray(j.status, ["queued", "running"]))),
+    );
+    const [first, ...rest] = stmts;
+    if (first) await this.db.batch([first, ...rest]);
   }
 
   recordDone(jobId: string, chunkIds: string[]) {

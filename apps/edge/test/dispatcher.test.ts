@@ -1,0 +1,270 @@
+import { env, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
+import { encodeVector, PROTOCOL_VERSION } from "@p2pa/shared";
+import { describe, expect, it } from "vitest";
+import type { Dispatcher } from "../src/dispatch/dispatcher.js";
+import { dispatcherFor } from "../src/dispatch/shards.js";
+import { call, KEYS } from "./helpers.js";
+
+type Frame = Record<string, unknown> & { type: string };
+
+/** A protocol-speaking worker inside the test, over a real WebSocket to the edge. */
+class TestWorker {
+  readonly frames: Frame[] = [];
+  private waiters: (() => void)[] = [];
+  private constructor(readonly ws: WebSocket) {
+    ws.addEventListener("message", (e) => {
+      this.frames.push(JSON.parse(e.data as string) as Frame);
+      for (const w of this.waiters.splice(0)) w();
+    });
+  }
+
+  static async connect(hello: Partial<Frame> = {}): Promise<TestWorker> {
+    const res = await call("/v1/workers/connect", {
+      key: KEYS.worker,
+      headers: { Upgrade: "websocket" },
+    });
+    expect(res.status).toBe(101);
+    const ws = res.webSocket as WebSocket;
+    ws.accept();
+    const w = new TestWorker(ws);
+    w.send({
+      type: "hello",
+      v: PROTOCOL_VERSION,
+      version: "test",
+      models: [{ id: "use-lite", dimension: 512 }],
+      device: "cpu",
+      threads: 1,
+      batchSize: 16,
+      ...hello,
+    });
+    await w.next("welcome");
+    return w;
+  }
+
+  send(f: Frame | string) {
+    this.ws.send(typeof f === "string" ? f : JSON.stringify(f));
+  }
+
+  /** Resolves with the first unread frame of a type. */
+  async next(type: string, timeoutMs = 5000): Promise<Frame> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const i = this.frames.findIndex((f) => f.type === type);
+      if (i >= 0) return this.frames.splice(i, 1)[0] as Frame;
+      if (Date.now() > deadline)
+        throw new Error(`no ${type} frame; have ${JSON.stringify(this.frames.map((f) => f.type))}`);
+      await new Promise<void>((r) => {
+        this.waiters.push(r);
+        setTimeout(r, 50);
+      });
+    }
+  }
+
+  count(type: string) {
+    return this.frames.filter((f) => f.type === type).length;
+  }
+
+  resultFor(task: Frame, mutate?: (v: Float32Array, i: number) => Float32Array) {
+    const items = task.items as { chunkId: string; text: string }[];
+    return {
+      type: "result",
+      v: PROTOCOL_VERSION,
+      taskId: task.taskId,
+      leaseId: task.leaseId,
+      vectors: items.map((it, i) => {
+        const v = new Float32Array(512);
+        v[i % 512] = 1;
+        return { chunkId: it.chunkId, vector: encodeVector(mutate ? mutate(v, i) : v) };
+      }),
+    };
+  }
+}
+
+async function submit(nDocs: number) {
+  const documents = Array.from({ length: nDocs }, (_, i) => ({
+    text: `Document number ${i} says something short.`,
+  }));
+  const res = await call("/v1/jobs", { method: "POST", json: { documents } });
+  expect(res.status).toBe(202);
+  return (await res.json()) as { id: string; chunks: { total: number } };
+}
+
+const job = async (id: string) =>
+  (await (await call(`/v1/jobs/${id}`)).json()) as {
+    status: string;
+    chunks: { total: number; done: number; failed: number };
+  };
+
+const stub = (jobId: string) => dispatcherFor(env, "use-lite", jobId);
+
+describe("Dispatcher", () => {
+  it("leases no more tasks than the worker's credits, stores results once, completes the job", async () => {
+    const j = await submit(40); // 40 chunks -> 3 tasks of up to 16
+    const w = await TestWorker.connect();
+    w.send({ type: "credit", v: PROTOCOL_VERSION, n: 2 });
+    const t1 = await w.next("task");
+    const t2 = await w.next("task");
+    await new Promise((r) => setTimeout(r, 100));
+    expect(w.count("task")).toBe(0); // the third task waits for credit
+    expect((await job(j.id)).status).toBe("running");
+
+    w.send(w.resultFor(t1));
+    expect(await w.next("ack")).toMatchObject({ taskId: t1.taskId, status: "stored" });
+    w.send(w.resultFor(t1)); // the same result again
+    expect(await w.next("ack")).toMatchObject({ taskId: t1.taskId, status: "duplicate" });
+    w.send(w.resultFor(t2));
+    await w.next("ack");
+    w.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+    const t3 = await w.next("task");
+    w.send(w.resultFor(t3));
+    await w.next("ack");
+    expect(await job(j.id)).toMatchObject({
+      status: "completed",
+      chunks: { total: 40, done: 40, failed: 0 },
+    });
+    w.ws.close();
+  });
+
+  it("rejects results that do not hold up and requeues the task", async () => {
+    const j = await submit(5);
+    const w = await TestWorker.connect();
+    w.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+    const t = await w.next("task");
+    w.send(w.resultFor(t, () => new Float32Array(384).fill(0.05)));
+    expect(await w.next("ack")).toMatchObject({
+      status: "rejected",
+      reason: expect.stringMatching(/dimension/),
+    });
+    // The failed attempt put the task back; the worker gets it again.
+    w.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+    const again = await w.next("task");
+    expect(again.taskId).toBe(t.taskId);
+    expect(again.attempt).toBe(2);
+    w.send(w.resultFor(again, (v) => v.fill(Number.NaN)));
+    expect(await w.next("ack")).toMatchObject({
+      status: "rejected",
+      reason: expect.stringMatching(/non-finite/),
+    });
+    w.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+    const third = await w.next("task");
+    w.send({ ...w.resultFor(third), leaseId: "not-a-lease" });
+    expect(await w.next("ack")).toMatchObject({
+      status: "rejected",
+      reason: expect.stringMatching(/lease/),
+    });
+    w.send(w.resultFor(third));
+    expect(await w.next("ack")).toMatchObject({ status: "stored" });
+    expect((await job(j.id)).chunks).toEqual({ total: 5, done: 5, failed: 0 });
+    w.ws.close();
+  });
+
+  it("answers malformed frames with typed errors and keeps serving", async () => {
+    const w = await TestWorker.connect();
+    w.send("{garbage");
+    expect(await w.next("error")).toMatchObject({ code: "bad_json" });
+    w.send({ type: "steal", v: PROTOCOL_VERSION });
+    expect(await w.next("error")).toMatchObject({ code: "bad_message" });
+    w.send({ type: "credit", v: PROTOCOL_VERSION, n: -5 });
+    expect(await w.next("error")).toMatchObject({ code: "bad_message" });
+    const j = await submit(1);
+    w.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+    const t = await w.next("task");
+    w.send(w.resultFor(t));
+    expect(await w.next("ack")).toMatchObject({ status: "stored" });
+    expect((await job(j.id)).status).toBe("completed");
+    w.ws.close();
+  });
+
+  it("requeues a disconnected worker's tasks and an expired lease's task", async () => {
+    const j = await submit(20); // 2 tasks
+    const a = await TestWorker.connect();
+    a.send({ type: "credit", v: PROTOCOL_VERSION, n: 2 });
+    const ta = await a.next("task");
+    await a.next("task");
+    a.ws.close(1000, "bye");
+    const b = await TestWorker.connect();
+    b.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+    const tb = await b.next("task");
+    expect([ta.taskId]).toContain(tb.taskId);
+
+    // b stalls: its lease runs out, the alarm requeues it.
+    await runInDurableObject(stub(j.id), async (_o: Dispatcher, state) => {
+      state.storage.sql.exec("UPDATE leases SET deadline = 0");
+    });
+    expect(await runDurableObjectAlarm(stub(j.id))).toBe(true);
+    const c = await TestWorker.connect();
+    c.send({ type: "credit", v: PROTOCOL_VERSION, n: 2 });
+    const t1 = await c.next("task");
+    const t2 = await c.next("task");
+    // b's late result is refused: its lease is gone.
+    b.send(b.resultFor(tb));
+    expect(await b.next("ack")).toMatchObject({ status: "rejected" });
+    c.send(c.resultFor(t1));
+    c.send(c.resultFor(t2));
+    await c.next("ack");
+    await c.next("ack");
+    expect(await job(j.id)).toMatchObject({
+      status: "completed",
+      chunks: { total: 20, done: 20, failed: 0 },
+    });
+    for (const w of [b, c]) w.ws.close();
+  });
+
+  it("marks chunks failed after the last attempt, with the reason, and settles the job", async () => {
+    const j = await submit(3);
+    const w = await TestWorker.connect();
+    for (let attempt = 1; attempt <= 5; attempt++) {
+      w.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+      const t = await w.next("task");
+      expect(t.attempt).toBe(attempt);
+      w.send({
+        type: "task_failed",
+        v: PROTOCOL_VERSION,
+        taskId: t.taskId,
+        leaseId: t.leaseId,
+        error: { code: "oom", message: "out of memory", retryable: true },
+      });
+    }
+    let state = await job(j.id);
+    for (let i = 0; i < 50 && state.status === "running"; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      state = await job(j.id);
+    }
+    expect(state).toMatchObject({ status: "failed", chunks: { total: 3, done: 0, failed: 3 } });
+    const chunks = (await (await call(`/v1/jobs/${j.id}/chunks`)).json()) as {
+      data: { status: string; error?: string }[];
+    };
+    expect(
+      chunks.data.every((c) => c.status === "failed" && /out of memory/.test(c.error ?? "")),
+    ).toBe(true);
+    w.ws.close();
+  });
+
+  it("serves real-time embeddings through a connected worker", async () => {
+    const w = await TestWorker.connect();
+    const pending = call("/v1/embeddings", {
+      method: "POST",
+      json: { model: "use-lite", input: ["a", "b"] },
+    });
+    const req = await w.next("embed");
+    const unit = new Float32Array(512);
+    unit[3] = 1;
+    w.send({
+      type: "embed_result",
+      v: PROTOCOL_VERSION,
+      requestId: req.requestId,
+      vectors: [encodeVector(unit), encodeVector(unit)],
+      tokens: 4,
+    });
+    const res = await pending;
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as {
+      data: { embedding: number[]; index: number }[];
+      usage: { prompt_tokens: number };
+    };
+    expect(body.data.map((d) => d.index)).toEqual([0, 1]);
+    expect(body.data[0]?.embedding[3]).toBe(1);
+    expect(body.usage.prompt_tokens).toBe(4);
+    w.ws.close();
+  });
+});
