@@ -267,4 +267,48 @@ describe("Dispatcher", () => {
     expect(body.usage.prompt_tokens).toBe(4);
     w.ws.close();
   });
+
+  it("cancels a job: no more tasks go out, late results are refused, a second cancel is 409", async () => {
+    const j = await submit(40);
+    const w = await TestWorker.connect();
+    w.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+    const t = await w.next("task");
+    const res = await call(`/v1/jobs/${j.id}/cancel`, { method: "POST", json: {} });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({ status: "cancelled" });
+    w.send(w.resultFor(t));
+    expect(await w.next("ack")).toMatchObject({
+      status: "rejected",
+      reason: expect.stringMatching(/cancelled/),
+    });
+    w.send({ type: "credit", v: PROTOCOL_VERSION, n: 5 });
+    await new Promise((r) => setTimeout(r, 150));
+    expect(w.count("task")).toBe(0);
+    expect((await call(`/v1/jobs/${j.id}/cancel`, { method: "POST", json: {} })).status).toBe(409);
+    expect((await job(j.id)).status).toBe("cancelled");
+    w.ws.close();
+  });
+
+  it("deletes a job with its chunks, vectors and raw input", async () => {
+    const j = await submit(3);
+    const w = await TestWorker.connect();
+    w.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+    const t = await w.next("task");
+    w.send(w.resultFor(t));
+    await w.next("ack");
+    const chunkIds = (
+      (await (await call(`/v1/jobs/${j.id}/chunks`)).json()) as { data: { id: string }[] }
+    ).data.map((c) => c.id);
+    expect(await env.RAW.head(`jobs/${j.id}/request.json`)).not.toBeNull();
+    expect((await call(`/v1/jobs/${j.id}`, { method: "DELETE", key: KEYS.other })).status).toBe(
+      404,
+    );
+    expect((await call(`/v1/jobs/${j.id}`, { method: "DELETE" })).status).toBe(204);
+    expect((await call(`/v1/jobs/${j.id}`)).status).toBe(404);
+    expect((await call(`/v1/jobs/${j.id}`, { method: "DELETE" })).status).toBe(404);
+    expect(await env.RAW.head(`jobs/${j.id}/request.json`)).toBeNull();
+    const { getVectorIndex } = await import("../src/vector/index.js");
+    expect(await getVectorIndex(env, "use-lite").getByIds(chunkIds)).toEqual([]);
+    w.ws.close();
+  });
 });

@@ -31,6 +31,12 @@ export interface MetadataStore {
   /** Marks chunks failed (once each) with a reason and moves the job's counters and status. Idempotent. */
   recordFailed(jobId: string, chunkIds: string[], reason: string): Promise<void>;
   markStarted(jobId: string): Promise<void>;
+  /** Moves a queued or running job to cancelled; false when it had already ended. */
+  cancelJob(tenant: string, id: string): Promise<boolean>;
+  /** Ids of all of a job's chunks (they are also its vector ids). */
+  chunkIds(jobId: string): Promise<string[]>;
+  /** Removes a job with its documents and chunks. */
+  deleteJob(jobId: string): Promise<void>;
   upsertWorker(w: WorkerInfo): Promise<void>;
   workerSeen(id: string, chunksDone: number, disconnected: boolean): Promise<void>;
 }
@@ -339,6 +345,33 @@ export class D1Store implements MetadataStore {
       .update(schema.jobs)
       .set({ status: "running", startedAt: new Date().toISOString() })
       .where(and(eq(schema.jobs.id, jobId), eq(schema.jobs.status, "queued")));
+  }
+
+  async cancelJob(tenant: string, id: string): Promise<boolean> {
+    const j = schema.jobs;
+    const r = await this.db
+      .update(j)
+      .set({ status: "cancelled", completedAt: new Date().toISOString() })
+      .where(and(eq(j.id, id), eq(j.tenant, tenant), inArray(j.status, ["queued", "running"])))
+      .run();
+    return r.meta.changes > 0;
+  }
+
+  async chunkIds(jobId: string): Promise<string[]> {
+    const rows = await this.db
+      .select({ id: schema.chunks.id })
+      .from(schema.chunks)
+      .where(eq(schema.chunks.jobId, jobId))
+      .all();
+    return rows.map((r) => r.id);
+  }
+
+  async deleteJob(jobId: string): Promise<void> {
+    await this.db.batch([
+      this.db.delete(schema.chunks).where(eq(schema.chunks.jobId, jobId)),
+      this.db.delete(schema.documents).where(eq(schema.documents.jobId, jobId)),
+      this.db.delete(schema.jobs).where(eq(schema.jobs.id, jobId)),
+    ]);
   }
 
   async upsertWorker(w: WorkerInfo): Promise<void> {

@@ -80,6 +80,16 @@ export class Dispatcher extends DurableObject<Env> {
     return added;
   }
 
+  /** Stops dispatching a job's tasks and ends their leases; `purge` when the job is deleted. */
+  async cancel(jobId: string, purge = false): Promise<number> {
+    return this.queue.cancelJob(jobId, purge);
+  }
+
+  /** Tasks waiting for a worker: what the API checks before accepting more work. */
+  async backlog(): Promise<number> {
+    return this.queue.pendingCount();
+  }
+
   /** Embeds texts on a connected worker ahead of all batch work. */
   async embed(model: string, texts: string[], timeoutMs = 30_000): Promise<EmbedOutcome> {
     const candidates = this.ctx
@@ -289,6 +299,7 @@ export class Dispatcher extends DurableObject<Env> {
     const task = this.queue.getTask(msg.taskId);
     const lease = this.queue.getLease(msg.leaseId);
     if (task && (task.state === "done" || task.state === "storing")) return ack("duplicate");
+    if (task?.state === "cancelled") return ack("rejected", "the job was cancelled");
     if (!task || !lease || lease.taskId !== msg.taskId || lease.workerId !== peer.workerId) {
       return ack("rejected", "no valid lease for this task");
     }
@@ -329,6 +340,10 @@ export class Dispatcher extends DurableObject<Env> {
       return;
     }
     this.queue.finishStoring(msg.taskId);
+    if (this.queue.isDeleted(task.jobId)) {
+      // The job was deleted while this result was being written: take the vectors back out.
+      await getVectorIndex(this.env, task.model).deleteByIds(items.map((it) => it.chunkId));
+    }
     peer.chunksDone += items.length;
     this.save(ws, peer);
     ack("stored");

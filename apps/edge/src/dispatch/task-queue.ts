@@ -85,7 +85,8 @@ export class TaskQueue {
       CREATE INDEX IF NOT EXISTS leases_deadline ON leases (deadline);
       CREATE TABLE IF NOT EXISTS jobs (
         id TEXT PRIMARY KEY,
-        started INTEGER NOT NULL DEFAULT 0
+        started INTEGER NOT NULL DEFAULT 0,
+        deleted INTEGER NOT NULL DEFAULT 0
       );
     `);
     this.sql.exec("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", String(SCHEMA_VERSION));
@@ -139,6 +140,38 @@ export class TaskQueue {
         items: JSON.parse(r.items) as QueuedItem[],
       };
     });
+  }
+
+  /**
+   * Cancels every task of a job that is not stored yet; their leases end, so late results
+   * are refused. With `purge`, results still being stored are removed once written.
+   */
+  cancelJob(jobId: string, purge: boolean): number {
+    if (purge) this.sql.exec("UPDATE jobs SET deleted = 1 WHERE id = ?", jobId);
+    const rows = this.sql
+      .exec<{ id: string; state: TaskState }>(
+        "SELECT id, state FROM tasks WHERE job_id = ? AND state IN ('pending', 'leased')",
+        jobId,
+      )
+      .toArray();
+    let n = 0;
+    for (const r of rows) {
+      if (this.setState(r.id, r.state, { type: "cancel" })) {
+        this.sql.exec("UPDATE tasks SET items = NULL WHERE id = ?", r.id);
+        this.sql.exec("DELETE FROM leases WHERE task_id = ?", r.id);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /** True when the job was deleted while some of its results were being stored. */
+  isDeleted(jobId: string): boolean {
+    return (
+      (this.sql
+        .exec<{ deleted: number }>("SELECT deleted FROM jobs WHERE id = ?", jobId)
+        .toArray()[0]?.deleted ?? 0) === 1
+    );
   }
 
   /** True the first time a job's task is leased: the job has started. */
@@ -312,6 +345,7 @@ export class TaskQueue {
       leased: 0,
       storing: 0,
       done: 0,
+      cancelled: 0,
       failed: 0,
     };
     for (const r of this.sql.exec<{ state: TaskState; n: number }>(

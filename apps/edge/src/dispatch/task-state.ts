@@ -6,11 +6,13 @@
  *      |   expire/release/ \--fail--> (pending, or failed when attempts are spent)
  *      +-------------------+            storing --store error--> pending
  *
+ * Any task not yet stored can be cancelled (its job was cancelled or deleted).
+ *
  * `storing` exists so that a duplicate result arriving while the first is being written is
  * answered "duplicate" instead of being written twice, and so that a lease expiring mid-write
  * does not hand the task to another worker.
  */
-export type TaskState = "pending" | "leased" | "storing" | "done" | "failed";
+export type TaskState = "pending" | "leased" | "storing" | "done" | "failed" | "cancelled";
 
 export type TaskEvent =
   | { type: "lease" }
@@ -19,10 +21,13 @@ export type TaskEvent =
   | { type: "store_error" }
   | { type: "expire" }
   | { type: "release" }
-  | { type: "fail"; attempts: number; maxAttempts: number };
+  | { type: "fail"; attempts: number; maxAttempts: number }
+  | { type: "cancel" };
 
 /** The state after an event, or null when the event does not apply in that state. */
 export function transition(state: TaskState, event: TaskEvent): TaskState | null {
+  if (event.type === "cancel")
+    return state === "pending" || state === "leased" ? "cancelled" : null;
   switch (state) {
     case "pending":
       return event.type === "lease" ? "leased" : null;
@@ -44,6 +49,7 @@ export function transition(state: TaskState, event: TaskEvent): TaskState | null
       return null;
     case "done":
     case "failed":
+    case "cancelled":
       return null;
   }
 }

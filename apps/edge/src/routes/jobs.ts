@@ -87,6 +87,29 @@ const listChunks = createRoute({
   },
 });
 
+const cancelJob = createRoute({
+  method: "post",
+  path: "/v1/jobs/{id}/cancel",
+  summary: "Stop a job: no more tasks are handed out and current leases end",
+  request: { params: JobParams },
+  responses: {
+    200: { description: "The cancelled job", content: { "application/json": { schema: Job } } },
+    409: {
+      description: "The job has already ended",
+      content: { "application/json": { schema: ErrorBody } },
+    },
+    ...errors,
+  },
+});
+
+const deleteJob = createRoute({
+  method: "delete",
+  path: "/v1/jobs/{id}",
+  summary: "Delete a job with its chunks, vectors and raw documents",
+  request: { params: JobParams },
+  responses: { 204: { description: "Deleted" }, ...errors },
+});
+
 interface Plan {
   job: Omit<NewJob, "idempotencyKey" | "requestHash" | "createdAt" | "tenant">;
   tasks: NewTask[];
@@ -236,6 +259,33 @@ jobs
     );
     if (!job) throw notFound("job");
     return c.json(job, 200);
+  })
+  .openapi(cancelJob, async (c) => {
+    const { id } = c.req.valid("param");
+    const tenant = c.get("credential").tenant;
+    const store = new D1Store(c.env.DB);
+    const job = await store.getJob(tenant, id);
+    if (!job) throw notFound("job");
+    if (!(await store.cancelJob(tenant, id))) {
+      throw new AppError(409, "conflict", `job ${id} has already ended (${job.status})`);
+    }
+    await dispatcherFor(c.env, job.model, id).cancel(id);
+    return c.json((await store.getJob(tenant, id)) ?? job, 200);
+  })
+  .openapi(deleteJob, async (c) => {
+    const { id } = c.req.valid("param");
+    const tenant = c.get("credential").tenant;
+    const store = new D1Store(c.env.DB);
+    const job = await store.getJob(tenant, id);
+    if (!job) throw notFound("job");
+    await store.cancelJob(tenant, id);
+    await dispatcherFor(c.env, job.model, id).cancel(id, true);
+    const ids = await store.chunkIds(id);
+    const index = getVectorIndex(c.env, job.model);
+    for (let i = 0; i < ids.length; i += 100) await index.deleteByIds(ids.slice(i, i + 100));
+    await c.env.RAW.delete(`jobs/${id}/request.json`);
+    await store.deleteJob(id);
+    return c.body(null, 204);
   })
   .openapi(listChunks, async (c) => {
     const { id } = c.req.valid("param");

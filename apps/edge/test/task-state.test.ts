@@ -1,0 +1,46 @@
+import { describe, expect, it } from "vitest";
+import { type TaskEvent, type TaskState, transition } from "../src/dispatch/task-state.js";
+
+const ALL: TaskState[] = ["pending", "leased", "storing", "done", "failed", "cancelled"];
+
+describe("task state machine", () => {
+  it("walks the happy path pending -> leased -> storing -> done", () => {
+    expect(transition("pending", { type: "lease" })).toBe("leased");
+    expect(transition("leased", { type: "result" })).toBe("storing");
+    expect(transition("storing", { type: "stored" })).toBe("done");
+  });
+
+  it("puts a task back on expiry, release, store errors and retryable failures", () => {
+    expect(transition("leased", { type: "expire" })).toBe("pending");
+    expect(transition("leased", { type: "release" })).toBe("pending");
+    expect(transition("storing", { type: "store_error" })).toBe("pending");
+    expect(transition("leased", { type: "fail", attempts: 2, maxAttempts: 5 })).toBe("pending");
+    expect(transition("leased", { type: "fail", attempts: 5, maxAttempts: 5 })).toBe("failed");
+  });
+
+  it("never moves a stored, failed or cancelled task, and never expires one being stored", () => {
+    const events: TaskEvent[] = [
+      { type: "lease" },
+      { type: "result" },
+      { type: "stored" },
+      { type: "store_error" },
+      { type: "expire" },
+      { type: "release" },
+      { type: "fail", attempts: 1, maxAttempts: 5 },
+      { type: "cancel" },
+    ];
+    for (const s of ["done", "failed", "cancelled"] as TaskState[]) {
+      for (const e of events) expect(transition(s, e), `${s} + ${e.type}`).toBeNull();
+    }
+    expect(transition("storing", { type: "expire" })).toBeNull();
+    expect(transition("storing", { type: "cancel" })).toBeNull();
+    expect(transition("pending", { type: "result" })).toBeNull();
+  });
+
+  it("cancels only work that is not yet stored", () => {
+    expect(ALL.filter((s) => transition(s, { type: "cancel" }) === "cancelled")).toEqual([
+      "pending",
+      "leased",
+    ]);
+  });
+});
