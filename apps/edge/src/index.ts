@@ -1,6 +1,7 @@
 import { createApp } from "./app.js";
 import { embeddingRoutes } from "./routes/embeddings.js";
 import { jobs } from "./routes/jobs.js";
+import { resultRoutes } from "./routes/results.js";
 import { searchRoutes } from "./routes/search.js";
 import { workerRoutes } from "./routes/workers.js";
 
@@ -21,6 +22,7 @@ app.get("/healthz", async (c) => {
 });
 
 app.route("/", jobs);
+app.route("/", resultRoutes);
 app.route("/", searchRoutes);
 app.route("/", embeddingRoutes);
 app.route("/", workerRoutes);

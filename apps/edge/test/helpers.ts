@@ -1,4 +1,6 @@
 import { exports } from "cloudflare:workers";
+import { encodeVector, PROTOCOL_VERSION } from "@p2pa/shared";
+import { expect } from "vitest";
 
 export const KEYS = { api: "test_api_key", other: "other_tenant_key", worker: "test_worker_token" };
 
@@ -27,3 +29,93 @@ export async function errorOf(res: Response) {
   };
   return { status: res.status, ...body.error };
 }
+
+export type Frame = Record<string, unknown> & { type: string };
+
+/** A protocol-speaking worker inside the test, over a real WebSocket to the edge. */
+export class TestWorker {
+  readonly frames: Frame[] = [];
+  private waiters: (() => void)[] = [];
+  private constructor(readonly ws: WebSocket) {
+    ws.addEventListener("message", (e) => {
+      this.frames.push(JSON.parse(e.data as string) as Frame);
+      for (const w of this.waiters.splice(0)) w();
+    });
+  }
+
+  static async connect(hello: Partial<Frame> = {}): Promise<TestWorker> {
+    const res = await call("/v1/workers/connect", {
+      key: KEYS.worker,
+      headers: { Upgrade: "websocket" },
+    });
+    expect(res.status).toBe(101);
+    const ws = res.webSocket as WebSocket;
+    ws.accept();
+    const w = new TestWorker(ws);
+    w.send({
+      type: "hello",
+      v: PROTOCOL_VERSION,
+      version: "test",
+      models: [{ id: "use-lite", dimension: 512 }],
+      device: "cpu",
+      threads: 1,
+      batchSize: 16,
+      ...hello,
+    });
+    await w.next("welcome");
+    return w;
+  }
+
+  send(f: Frame | string) {
+    this.ws.send(typeof f === "string" ? f : JSON.stringify(f));
+  }
+
+  /** Resolves with the first unread frame of a type. */
+  async next(type: string, timeoutMs = 5000): Promise<Frame> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const i = this.frames.findIndex((f) => f.type === type);
+      if (i >= 0) return this.frames.splice(i, 1)[0] as Frame;
+      if (Date.now() > deadline)
+        throw new Error(`no ${type} frame; have ${JSON.stringify(this.frames.map((f) => f.type))}`);
+      await new Promise<void>((r) => {
+        this.waiters.push(r);
+        setTimeout(r, 50);
+      });
+    }
+  }
+
+  count(type: string) {
+    return this.frames.filter((f) => f.type === type).length;
+  }
+
+  resultFor(task: Frame, mutate?: (v: Float32Array, i: number) => Float32Array) {
+    const items = task.items as { chunkId: string; text: string }[];
+    return {
+      type: "result",
+      v: PROTOCOL_VERSION,
+      taskId: task.taskId,
+      leaseId: task.leaseId,
+      vectors: items.map((it, i) => {
+        const v = new Float32Array(512);
+        v[i % 512] = 1;
+        return { chunkId: it.chunkId, vector: encodeVector(mutate ? mutate(v, i) : v) };
+      }),
+    };
+  }
+}
+
+export async function submit(nDocs: number) {
+  const documents = Array.from({ length: nDocs }, (_, i) => ({
+    text: `Document number ${i} says something short.`,
+  }));
+  const res = await call("/v1/jobs", { method: "POST", json: { documents } });
+  expect(res.status).toBe(202);
+  return (await res.json()) as { id: string; chunks: { total: number } };
+}
+
+export const job = async (id: string) =>
+  (await (await call(`/v1/jobs/${id}`)).json()) as {
+    status: string;
+    chunks: { total: number; done: number; failed: number };
+  };

@@ -1,0 +1,91 @@
+import { createRoute } from "@hono/zod-openapi";
+import { ErrorBody } from "@p2pa/shared";
+import { z } from "zod";
+import { router } from "../app.js";
+import { D1Store } from "../db/store.js";
+import { requireAuth } from "../lib/auth.js";
+import { notFound } from "../lib/errors.js";
+import { getVectorIndex } from "../vector/index.js";
+
+const PAGE = 200;
+// Vectorize's getByIds reads at most 20 ids per call.
+const IDS_PER_READ = 20;
+
+const exportResults = createRoute({
+  method: "get",
+  path: "/v1/jobs/{id}/results",
+  summary: "Stream a job's chunks with their vectors as NDJSON (gzip when accepted)",
+  request: { params: z.object({ id: z.string().min(1).max(64) }) },
+  responses: {
+    200: {
+      description:
+        "One JSON object per line: id, documentId, index, text, metadata, status, vector",
+      content: { "application/x-ndjson": { schema: z.string() } },
+    },
+    401: {
+      description: "Missing or invalid credentials",
+      content: { "application/json": { schema: ErrorBody } },
+    },
+    404: { description: "Not found", content: { "application/json": { schema: ErrorBody } } },
+  },
+});
+
+export const resultRoutes = router();
+resultRoutes.use("/v1/jobs/:id/results", requireAuth("api"));
+
+resultRoutes.openapi(exportResults, async (c) => {
+  const { id } = c.req.valid("param");
+  const tenant = c.get("credential").tenant;
+  const store = new D1Store(c.env.DB);
+  const job = await store.getJob(tenant, id);
+  if (!job) throw notFound("job");
+  const index = getVectorIndex(c.env, job.model);
+  const encoder = new TextEncoder();
+  let after: string | null = null;
+  let finished = false;
+
+  // Pull-based: one page of chunks is read per pull, so memory stays flat for any job size.
+  const body = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      if (finished) return;
+      const rows = await store.listChunks(tenant, id, after, PAGE);
+      if (rows.length === 0) {
+        finished = true;
+        controller.close();
+        return;
+      }
+      after = rows[rows.length - 1]?.id ?? null;
+      const vectors = new Map<string, number[]>();
+      const done = rows.filter((r) => r.status === "done").map((r) => r.id);
+      for (let i = 0; i < done.length; i += IDS_PER_READ) {
+        for (const v of await index.getByIds(done.slice(i, i + IDS_PER_READ)))
+          vectors.set(v.id, Array.from(v.values));
+      }
+      let out = "";
+      for (const r of rows)
+        out += `${JSON.stringify({ ...r, vector: vectors.get(r.id) ?? null })}\n`;
+      controller.enqueue(encoder.encode(out));
+      if (rows.length < PAGE) {
+        finished = true;
+        controller.close();
+      }
+    },
+  });
+
+  const headers: Record<string, string> = {
+    "Content-Type": "application/x-ndjson; charset=utf-8",
+    "Cache-Control": "no-store",
+    "Content-Disposition": `attachment; filename="${id}.ndjson"`,
+  };
+  if (/\bgzip\b/i.test(c.req.header("Accept-Encoding") ?? "")) {
+    headers["Content-Encoding"] = "gzip";
+    return new Response(body.pipeThrough(new CompressionStream("gzip")), {
+      status: 200,
+      headers,
+      // The body is already gzip: the runtime must not encode it again.
+      encodeBody: "manual",
+    } as ResponseInit) as never;
+  }
+  // A streamed body has no typed schema; the route's docs describe the lines.
+  return new Response(body, { status: 200, headers }) as never;
+});
