@@ -1,5 +1,6 @@
 import { createApp } from "./app.js";
 import { embeddingRoutes } from "./routes/embeddings.js";
+import { eventRoutes } from "./routes/events.js";
 import { jobs } from "./routes/jobs.js";
 import { resultRoutes } from "./routes/results.js";
 import { searchRoutes } from "./routes/search.js";
@@ -23,6 +24,7 @@ app.get("/healthz", async (c) => {
 
 app.route("/", jobs);
 app.route("/", resultRoutes);
+app.route("/", eventRoutes);
 app.route("/", searchRoutes);
 app.route("/", embeddingRoutes);
 app.route("/", workerRoutes);

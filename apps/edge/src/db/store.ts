@@ -19,6 +19,8 @@ export interface MetadataStore {
   ): Promise<{ job: Job; requestHash: string | null; dispatched: boolean } | null>;
   markDispatched(jobId: string): Promise<void>;
   getJob(tenant: string, id: string): Promise<Job | null>;
+  /** A job by id alone, for the coordinator (which has no tenant in hand). */
+  getJobById(id: string): Promise<Job | null>;
   listChunks(
     tenant: string,
     jobId: string,
@@ -211,6 +213,11 @@ export class D1Store implements MetadataStore {
       .from(schema.jobs)
       .where(and(eq(schema.jobs.id, id), eq(schema.jobs.tenant, tenant)))
       .get();
+    return r ? toJob(r) : null;
+  }
+
+  async getJobById(id: string): Promise<Job | null> {
+    const r = await this.db.select().from(schema.jobs).where(eq(schema.jobs.id, id)).get();
     return r ? toJob(r) : null;
   }
 

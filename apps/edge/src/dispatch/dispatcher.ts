@@ -15,7 +15,7 @@ import {
 } from "@p2pa/shared";
 import { D1Store, type MetadataStore } from "../db/store.js";
 import { getVectorIndex } from "../vector/index.js";
-import { type NewTask, TaskQueue } from "./task-queue.js";
+import { type JobEvent, type NewTask, TaskQueue } from "./task-queue.js";
 
 /** Per-connection state, kept in the WebSocket attachment so it survives hibernation. */
 interface Peer {
@@ -82,7 +82,15 @@ export class Dispatcher extends DurableObject<Env> {
 
   /** Stops dispatching a job's tasks and ends their leases; `purge` when the job is deleted. */
   async cancel(jobId: string, purge = false): Promise<number> {
-    return this.queue.cancelJob(jobId, purge);
+    const n = this.queue.cancelJob(jobId, purge);
+    if (this.queue.markEnded(jobId))
+      this.queue.appendEvents(jobId, [{ kind: "end", data: { status: "cancelled" } }]);
+    return n;
+  }
+
+  /** A job's event log after `afterSeq` (chunk results and the terminal event). */
+  async events(jobId: string, afterSeq: number, limit = 1000): Promise<JobEvent[]> {
+    return this.queue.events(jobId, afterSeq, limit);
   }
 
   /** Tasks waiting for a worker: what the API checks before accepting more work. */
@@ -344,6 +352,14 @@ export class Dispatcher extends DurableObject<Env> {
       // The job was deleted while this result was being written: take the vectors back out.
       await getVectorIndex(this.env, task.model).deleteByIds(items.map((it) => it.chunkId));
     }
+    this.queue.appendEvents(
+      task.jobId,
+      items.map((it) => ({
+        kind: "chunk" as const,
+        data: { chunkId: it.chunkId, documentId: it.documentId, index: it.index, status: "done" },
+      })),
+    );
+    await this.settleJob(task.jobId);
     peer.chunksDone += items.length;
     this.save(ws, peer);
     ack("stored");
@@ -381,11 +397,26 @@ export class Dispatcher extends DurableObject<Env> {
       const task = this.queue.getTask(r.taskId);
       const reasons = this.queue.errors(r.taskId).map((e) => e.reason);
       if (task?.items) {
+        const reason = `failed after ${task.attempts} attempts: ${reasons.at(-1) ?? ""}`;
         await this.store.recordFailed(
           task.jobId,
           task.items.map((i) => i.chunkId),
-          `failed after ${task.attempts} attempts: ${reasons.at(-1) ?? ""}`,
+          reason,
         );
+        this.queue.appendEvents(
+          task.jobId,
+          task.items.map((it) => ({
+            kind: "chunk" as const,
+            data: {
+              chunkId: it.chunkId,
+              documentId: it.documentId,
+              index: it.index,
+              status: "failed",
+              error: reason,
+            },
+          })),
+        );
+        await this.settleJob(task.jobId);
       }
     }
     this.save(ws, peer);
@@ -405,6 +436,15 @@ export class Dispatcher extends DurableObject<Env> {
     if (peer.hello)
       await this.store.workerSeen(peer.workerId, peer.chunksDone, true).catch(() => {});
     await this.pump(ws);
+  }
+
+  /** Records the job's terminal event once no task of it can change any more. */
+  private async settleJob(jobId: string): Promise<void> {
+    if (this.queue.jobOpen(jobId) || !this.queue.markEnded(jobId)) return;
+    const job = await this.store.getJobById(jobId);
+    this.queue.appendEvents(jobId, [
+      { kind: "end", data: { status: job?.status ?? "completed", chunks: job?.chunks } },
+    ]);
   }
 
   /** Leases pending tasks to workers with credits, spreading them across workers. */

@@ -8,6 +8,15 @@ export interface QueuedItem {
   text: string;
 }
 
+export type JobEventKind = "chunk" | "end";
+
+/** One entry of a job's event log; `seq` is the SSE event id, `data` its JSON payload. */
+export interface JobEvent {
+  seq: number;
+  kind: JobEventKind;
+  data: string;
+}
+
 export interface NewTask {
   id: string;
   items: QueuedItem[];
@@ -86,8 +95,16 @@ export class TaskQueue {
       CREATE TABLE IF NOT EXISTS jobs (
         id TEXT PRIMARY KEY,
         started INTEGER NOT NULL DEFAULT 0,
-        deleted INTEGER NOT NULL DEFAULT 0
+        deleted INTEGER NOT NULL DEFAULT 0,
+        ended INTEGER NOT NULL DEFAULT 0
       );
+      CREATE TABLE IF NOT EXISTS job_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL
+      );
+      CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job_id, seq);
     `);
     this.sql.exec("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", String(SCHEMA_VERSION));
   }
@@ -171,6 +188,53 @@ export class TaskQueue {
       (this.sql
         .exec<{ deleted: number }>("SELECT deleted FROM jobs WHERE id = ?", jobId)
         .toArray()[0]?.deleted ?? 0) === 1
+    );
+  }
+
+  /** Appends to a job's event log (what live progress streams replay and resume from). */
+  appendEvents(jobId: string, events: { kind: JobEventKind; data: unknown }[]): void {
+    for (const e of events) {
+      this.sql.exec(
+        "INSERT INTO job_events (job_id, kind, data) VALUES (?, ?, ?)",
+        jobId,
+        e.kind,
+        JSON.stringify(e.data),
+      );
+    }
+  }
+
+  /** A job's events after `afterSeq`, oldest first. */
+  events(jobId: string, afterSeq: number, limit: number): JobEvent[] {
+    return this.sql
+      .exec<{ seq: number; kind: JobEventKind; data: string }>(
+        "SELECT seq, kind, data FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        jobId,
+        afterSeq,
+        limit,
+      )
+      .toArray()
+      .map((r) => ({
+        seq: r.seq,
+        kind: r.kind,
+        data: r.data,
+      }));
+  }
+
+  /** True while any task of the job can still change. */
+  jobOpen(jobId: string): boolean {
+    const r = this.sql
+      .exec<{ n: number }>(
+        "SELECT count(*) AS n FROM tasks WHERE job_id = ? AND state IN ('pending', 'leased', 'storing')",
+        jobId,
+      )
+      .toArray()[0];
+    return (r?.n ?? 0) > 0;
+  }
+
+  /** True exactly once per job: the caller records its terminal event. */
+  markEnded(jobId: string): boolean {
+    return (
+      this.sql.exec("UPDATE jobs SET ended = 1 WHERE id = ? AND ended = 0", jobId).rowsWritten > 0
     );
   }
 

@@ -1,0 +1,121 @@
+import { PROTOCOL_VERSION } from "@p2pa/shared";
+import { expect, it } from "vitest";
+import { call, submit, TestWorker } from "./helpers.js";
+
+interface Sse {
+  event: string;
+  id: string;
+  data: Record<string, unknown>;
+}
+
+/** Reads SSE frames until `stop` says so or the stream ends. */
+async function readEvents(
+  res: Response,
+  stop: (e: Sse, all: Sse[]) => boolean = () => false,
+): Promise<Sse[]> {
+  const reader = (res.body as ReadableStream<Uint8Array>)
+    .pipeThrough(new TextDecoderStream())
+    .getReader();
+  const out: Sse[] = [];
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return out;
+    buf += value;
+    let i = buf.indexOf("\n\n");
+    while (i >= 0) {
+      const frame = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      i = buf.indexOf("\n\n");
+      const f: Partial<Sse> = {};
+      for (const line of frame.split("\n")) {
+        if (line.startsWith("event: ")) f.event = line.slice(7);
+        else if (line.startsWith("id: ")) f.id = line.slice(4);
+        else if (line.startsWith("data: "))
+          f.data = JSON.parse(line.slice(6)) as Record<string, unknown>;
+      }
+      if (!f.event) continue;
+      out.push(f as Sse);
+      if (stop(f as Sse, out)) {
+        await reader.cancel();
+        return out;
+      }
+    }
+  }
+}
+
+async function runJob(jobChunks: number, w: TestWorker) {
+  const tasks = Math.ceil(jobChunks / 16);
+  w.send({ type: "credit", v: PROTOCOL_VERSION, n: tasks });
+  for (let i = 0; i < tasks; i++) {
+    w.send(w.resultFor(await w.next("task")));
+    await w.next("ack");
+  }
+}
+
+const TERMINAL = ["completed", "completed_with_errors", "failed", "cancelled"];
+
+it("streams progress, per-chunk events and one terminal event, then closes", async () => {
+  const j = await submit(100);
+  const w = await TestWorker.connect();
+  const res = await call(`/v1/jobs/${j.id}/events?chunks=true`);
+  expect(res.status).toBe(200);
+  expect(res.headers.get("Content-Type")).toMatch(/text\/event-stream/);
+  const [events] = await Promise.all([readEvents(res), runJob(j.chunks.total, w)]);
+  const chunks = events.filter((e) => e.event === "chunk");
+  expect(chunks.length).toBe(j.chunks.total);
+  expect(new Set(chunks.map((e) => e.data.chunkId)).size).toBe(j.chunks.total);
+  const ids = events.filter((e) => e.event !== "progress").map((e) => Number(e.id));
+  expect(ids).toEqual([...ids].sort((a, b) => a - b));
+  expect(new Set(ids).size).toBe(ids.length);
+  const last = events.at(-1);
+  expect(last?.event).toBe("completed");
+  expect(last?.data).toMatchObject({
+    status: "completed",
+    chunks: { total: j.chunks.total, done: j.chunks.total },
+  });
+  expect(events.filter((e) => TERMINAL.includes(e.event)).length).toBe(1);
+  const progress = events.filter((e) => e.event === "progress");
+  expect(progress.length).toBeGreaterThanOrEqual(1);
+  // Coalesced: far fewer progress events than chunks.
+  expect(progress.length).toBeLessThan(j.chunks.total / 4);
+  w.ws.close();
+});
+
+it("resumes from Last-Event-ID without gaps or repeats, and answers 204 once the end was seen", async () => {
+  const j = await submit(64);
+  const w = await TestWorker.connect();
+  const first = await call(`/v1/jobs/${j.id}/events?chunks=true`);
+  const job = runJob(j.chunks.total, w);
+  const part = await readEvents(
+    first,
+    (_e, all) => all.filter((x) => x.event === "chunk").length >= 20,
+  );
+  const lastId = part.filter((e) => e.event === "chunk").at(-1)?.id as string;
+  await job;
+  const rest = await readEvents(
+    await call(`/v1/jobs/${j.id}/events?chunks=true`, { headers: { "Last-Event-ID": lastId } }),
+  );
+  const seen = [...part, ...rest].filter((e) => e.event === "chunk").map((e) => e.data.chunkId);
+  expect(seen.length).toBe(j.chunks.total);
+  expect(new Set(seen).size).toBe(j.chunks.total);
+  const end = rest.at(-1);
+  expect(end?.event).toBe("completed");
+  const after = await call(`/v1/jobs/${j.id}/events`, {
+    headers: { "Last-Event-ID": end?.id as string },
+  });
+  expect(after.status).toBe(204);
+  expect(
+    (await call(`/v1/jobs/${j.id}/events`, { headers: { "Last-Event-ID": "x" } })).status,
+  ).toBe(422);
+  w.ws.close();
+});
+
+it("ends a cancelled job's stream with a cancelled event", async () => {
+  const j = await submit(30);
+  const res = await call(`/v1/jobs/${j.id}/events`);
+  const events = readEvents(res);
+  await call(`/v1/jobs/${j.id}/cancel`, { method: "POST", json: {} });
+  const all = await events;
+  expect(all.at(-1)?.event).toBe("cancelled");
+});
