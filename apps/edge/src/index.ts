@@ -4,10 +4,12 @@ import { eventRoutes } from "./routes/events.js";
 import { jobs } from "./routes/jobs.js";
 import { resultRoutes } from "./routes/results.js";
 import { searchRoutes } from "./routes/search.js";
+import { webhookRoutes } from "./routes/webhooks.js";
 import { workerRoutes } from "./routes/workers.js";
 
 export { Dispatcher } from "./dispatch/dispatcher.js";
 export { LocalVectorIndex } from "./vector/local-index.js";
+export { WebhookHub } from "./webhooks/hub.js";
 
 const app = createApp();
 
@@ -25,6 +27,7 @@ app.get("/healthz", async (c) => {
 app.route("/", jobs);
 app.route("/", resultRoutes);
 app.route("/", eventRoutes);
+app.route("/", webhookRoutes);
 app.route("/", searchRoutes);
 app.route("/", embeddingRoutes);
 app.route("/", workerRoutes);

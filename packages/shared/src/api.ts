@@ -11,6 +11,16 @@ export const LIMITS = {
   maxTopK: 100,
 } as const;
 
+export const WEBHOOK_EVENT_TYPES = [
+  "job.completed",
+  "job.completed_with_errors",
+  "job.failed",
+  "job.cancelled",
+  "job.progress",
+] as const;
+export const WebhookEventType = z.enum(WEBHOOK_EVENT_TYPES).meta({ id: "WebhookEventType" });
+export type WebhookEventType = z.infer<typeof WebhookEventType>;
+
 export const JobStatus = z
   .enum(["queued", "running", "completed", "completed_with_errors", "failed", "cancelled"])
   .meta({ id: "JobStatus" });
@@ -53,6 +63,16 @@ export const CreateJobRequest = z
     documents: z.array(DocumentInput).min(1).max(LIMITS.maxDocumentsPerJob),
     chunking: ChunkingInput.optional(),
     model: z.string().min(1).max(64).optional(),
+    webhook: z
+      .object({
+        url: z.string().min(1).max(2048),
+        events: z.array(WebhookEventType).min(1).optional(),
+      })
+      .optional()
+      .meta({
+        description:
+          "A webhook for this job only; its signing secret is in the 202 response, once.",
+      }),
   })
   .refine((r) => r.documents.reduce((n, d) => n + d.text.length, 0) <= LIMITS.maxJobChars, {
     message: `a job may hold at most ${LIMITS.maxJobChars} characters of text`,
@@ -77,6 +97,10 @@ export const Job = z
     chunking: z.object({ maxChars: z.number().int(), overlap: z.number().int() }),
     createdAt: z.string(),
     completedAt: z.string().optional(),
+    webhook: z
+      .object({ id: z.string(), url: z.string(), secret: z.string().optional() })
+      .optional()
+      .meta({ description: "The job's own webhook; the secret appears only in the 202 response." }),
   })
   .meta({ id: "Job" });
 export type Job = z.infer<typeof Job>;
@@ -195,3 +219,58 @@ export const ErrorBody = z
   })
   .meta({ id: "Error" });
 export type ErrorBody = z.infer<typeof ErrorBody>;
+
+/** The events an endpoint gets when it names none: every terminal job event. */
+export const DEFAULT_WEBHOOK_EVENTS: WebhookEventType[] = [
+  "job.completed",
+  "job.completed_with_errors",
+  "job.failed",
+  "job.cancelled",
+];
+
+export const CreateWebhookRequest = z
+  .object({
+    url: z.string().min(1).max(2048),
+    events: z.array(WebhookEventType).min(1).max(WEBHOOK_EVENT_TYPES.length).optional(),
+  })
+  .meta({ id: "CreateWebhookRequest" });
+export type CreateWebhookRequest = z.infer<typeof CreateWebhookRequest>;
+
+export const WebhookEndpoint = z
+  .object({
+    id: z.string(),
+    url: z.string(),
+    events: z.array(WebhookEventType),
+    jobId: z.string().nullable(),
+    createdAt: z.string(),
+    secret: z
+      .string()
+      .optional()
+      .meta({ description: "Signing secret (whsec_…); shown only when created." }),
+  })
+  .meta({ id: "WebhookEndpoint" });
+export type WebhookEndpoint = z.infer<typeof WebhookEndpoint>;
+
+export const WebhookDelivery = z
+  .object({
+    id: z.string().meta({ description: "The webhook-id header: the same on every attempt." }),
+    endpointId: z.string(),
+    eventType: z.string(),
+    jobId: z.string().nullable(),
+    status: z.enum(["pending", "delivered", "exhausted", "cancelled"]),
+    attempts: z.number().int(),
+    nextAttemptAt: z.string().nullable(),
+    createdAt: z.string(),
+    lastResponseCode: z.number().int().nullable(),
+    lastLatencyMs: z.number().int().nullable(),
+    attemptLog: z.array(
+      z.object({
+        at: z.string(),
+        responseCode: z.number().int().nullable(),
+        latencyMs: z.number().int(),
+        error: z.string().nullable(),
+      }),
+    ),
+  })
+  .meta({ id: "WebhookDelivery" });
+export type WebhookDelivery = z.infer<typeof WebhookDelivery>;

@@ -39,6 +39,9 @@ export const jobs = sqliteTable(
     chunkOverlap: integer("chunk_overlap").notNull(),
     idempotencyKey: text("idempotency_key"),
     requestHash: text("request_hash"),
+    /** The job's own webhook endpoint (in the tenant's WebhookHub), if it asked for one. */
+    webhookId: text("webhook_id"),
+    webhookUrl: text("webhook_url"),
     /** Set once the Dispatcher has the job's tasks; a retried submit re-dispatches otherwise. */
     dispatchedAt: text("dispatched_at"),
     createdAt: text("created_at").notNull(),

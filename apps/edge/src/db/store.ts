@@ -57,6 +57,7 @@ export interface NewJob {
   idempotencyKey: string | null;
   requestHash: string | null;
   createdAt: string;
+  webhook?: { id: string; url: string } | null;
   documents: { seq: number; id: string; metadata: Record<string, unknown> | null; chars: number }[];
   chunks: {
     id: string;
@@ -99,6 +100,7 @@ function toJob(r: typeof schema.jobs.$inferSelect): Job {
     chunking: { maxChars: r.chunkMaxChars, overlap: r.chunkOverlap },
     createdAt: r.createdAt,
     ...(r.completedAt ? { completedAt: r.completedAt } : {}),
+    ...(r.webhookId && r.webhookUrl ? { webhook: { id: r.webhookId, url: r.webhookUrl } } : {}),
   };
 }
 
@@ -147,6 +149,8 @@ export class D1Store implements MetadataStore {
       idempotencyKey: input.idempotencyKey,
       requestHash: input.requestHash,
       createdAt: input.createdAt,
+      webhookId: input.webhook?.id ?? null,
+      webhookUrl: input.webhook?.url ?? null,
     };
     // One batch is one transaction: the job appears with all its chunks or not at all.
     const stmts = [db.insert(schema.jobs).values(jobRow)] as const;

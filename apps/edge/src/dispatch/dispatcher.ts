@@ -15,6 +15,7 @@ import {
 } from "@p2pa/shared";
 import { D1Store, type MetadataStore } from "../db/store.js";
 import { getVectorIndex } from "../vector/index.js";
+import { terminalEvent, webhookHub } from "../webhooks/index.js";
 import { type JobEvent, type NewTask, TaskQueue } from "./task-queue.js";
 
 /** Per-connection state, kept in the WebSocket attachment so it survives hibernation. */
@@ -62,6 +63,8 @@ export class Dispatcher extends DurableObject<Env> {
   private readonly leaseMs: number;
   /** In-flight real-time requests; in memory because their HTTP callers are in memory too. */
   private readonly embeds = new Map<string, PendingEmbed>();
+  /** When each job last sent job.progress; throttling only, so memory is enough. */
+  private readonly progressSentAt = new Map<string, number>();
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -83,8 +86,10 @@ export class Dispatcher extends DurableObject<Env> {
   /** Stops dispatching a job's tasks and ends their leases; `purge` when the job is deleted. */
   async cancel(jobId: string, purge = false): Promise<number> {
     const n = this.queue.cancelJob(jobId, purge);
-    if (this.queue.markEnded(jobId))
+    if (this.queue.markEnded(jobId)) {
       this.queue.appendEvents(jobId, [{ kind: "end", data: { status: "cancelled" } }]);
+      if (!purge) await this.notifyEnd(jobId);
+    }
     return n;
   }
 
@@ -248,6 +253,7 @@ export class Dispatcher extends DurableObject<Env> {
 
   override async alarm(): Promise<void> {
     this.queue.requeueExpired(Date.now());
+    for (const jobId of this.queue.notifyPending()) await this.notifyEnd(jobId);
     await this.pump();
   }
 
@@ -440,11 +446,49 @@ export class Dispatcher extends DurableObject<Env> {
 
   /** Records the job's terminal event once no task of it can change any more. */
   private async settleJob(jobId: string): Promise<void> {
-    if (this.queue.jobOpen(jobId) || !this.queue.markEnded(jobId)) return;
+    if (this.queue.jobOpen(jobId)) {
+      await this.maybeNotifyProgress(jobId);
+      return;
+    }
+    if (!this.queue.markEnded(jobId)) return;
     const job = await this.store.getJobById(jobId);
     this.queue.appendEvents(jobId, [
       { kind: "end", data: { status: job?.status ?? "completed", chunks: job?.chunks } },
     ]);
+    await this.notifyEnd(jobId);
+  }
+
+  /**
+   * Hands the job's terminal event to the tenant's webhook hub. Until the hub has it, the job
+   * stays marked and the alarm retries, so the event is delivered at least once.
+   */
+  private async notifyEnd(jobId: string): Promise<void> {
+    this.queue.setNotifyPending(jobId, true);
+    try {
+      const tenant = this.queue.jobTenant(jobId);
+      const job = await this.store.getJobById(jobId);
+      const type = job ? terminalEvent(job.status) : null;
+      if (tenant && job && type) await webhookHub(this.env, tenant).emit(type, jobId, job);
+      this.queue.setNotifyPending(jobId, false);
+    } catch (err) {
+      console.error("webhook hand-over failed; will retry", jobId, err);
+      await this.ctx.storage.setAlarm(Date.now() + 5000);
+    }
+  }
+
+  /** At most one job.progress event per job per WEBHOOK_PROGRESS_SECONDS. */
+  private async maybeNotifyProgress(jobId: string): Promise<void> {
+    const every = (Number(this.env.WEBHOOK_PROGRESS_SECONDS) || 10) * 1000;
+    const last = this.progressSentAt.get(jobId) ?? 0;
+    if (Date.now() - last < every) return;
+    this.progressSentAt.set(jobId, Date.now());
+    const tenant = this.queue.jobTenant(jobId);
+    const job = await this.store.getJobById(jobId);
+    if (!tenant || !job) return;
+    // Progress is best effort by design: the next one supersedes a lost one.
+    await webhookHub(this.env, tenant)
+      .emit("job.progress", jobId, job)
+      .catch(() => {});
   }
 
   /** Leases pending tasks to workers with credits, spreading them across workers. */

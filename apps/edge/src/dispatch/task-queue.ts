@@ -95,8 +95,11 @@ export class TaskQueue {
       CREATE TABLE IF NOT EXISTS jobs (
         id TEXT PRIMARY KEY,
         started INTEGER NOT NULL DEFAULT 0,
+        tenant TEXT NOT NULL DEFAULT '',
         deleted INTEGER NOT NULL DEFAULT 0,
-        ended INTEGER NOT NULL DEFAULT 0
+        ended INTEGER NOT NULL DEFAULT 0,
+        -- 1 while the job's terminal webhook event has not reached the tenant's hub
+        notify_pending INTEGER NOT NULL DEFAULT 0
       );
       CREATE TABLE IF NOT EXISTS job_events (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -112,7 +115,7 @@ export class TaskQueue {
   /** Adds a job's tasks; replays of the same task ids are ignored. Returns how many were new. */
   enqueue(jobId: string, tenant: string, model: string, tasks: NewTask[]): number {
     let added = 0;
-    this.sql.exec("INSERT OR IGNORE INTO jobs (id) VALUES (?)", jobId);
+    this.sql.exec("INSERT OR IGNORE INTO jobs (id, tenant) VALUES (?, ?)", jobId, tenant);
     for (const t of tasks) {
       added += this.sql.exec(
         "INSERT OR IGNORE INTO tasks (id, job_id, tenant, model, items) VALUES (?, ?, ?, ?, ?)",
@@ -236,6 +239,25 @@ export class TaskQueue {
     return (
       this.sql.exec("UPDATE jobs SET ended = 1 WHERE id = ? AND ended = 0", jobId).rowsWritten > 0
     );
+  }
+
+  jobTenant(jobId: string): string | null {
+    return (
+      this.sql.exec<{ tenant: string }>("SELECT tenant FROM jobs WHERE id = ?", jobId).toArray()[0]
+        ?.tenant ?? null
+    );
+  }
+
+  /** Marks whether a job's terminal notification still has to be handed over. */
+  setNotifyPending(jobId: string, pending: boolean): void {
+    this.sql.exec("UPDATE jobs SET notify_pending = ? WHERE id = ?", pending ? 1 : 0, jobId);
+  }
+
+  notifyPending(): string[] {
+    return this.sql
+      .exec<{ id: string }>("SELECT id FROM jobs WHERE notify_pending = 1")
+      .toArray()
+      .map((r) => r.id);
   }
 
   /** True the first time a job's task is leased: the job has started. */

@@ -6,6 +6,7 @@ import {
   CreateJobRequest,
   chunkText,
   DEFAULT_MODEL,
+  DEFAULT_WEBHOOK_EVENTS,
   ErrorBody,
   getModel,
   Job,
@@ -20,6 +21,8 @@ import { requireAuth } from "../lib/auth.js";
 import { newId, sha256Hex } from "../lib/crypto.js";
 import { AppError, noCapacity, notFound } from "../lib/errors.js";
 import { getVectorIndex } from "../vector/index.js";
+import { assertTargetAllowed, webhookHub } from "../webhooks/index.js";
+import { newSecret } from "../webhooks/signing.js";
 
 /** Chunks per task: big enough to amortise a round trip, small enough to spread work. */
 export const TASK_SIZE = 16;
@@ -224,6 +227,18 @@ jobs
 
     const jobId = newId("job");
     const { job, tasks } = plan(jobId, body);
+    let webhook: { id: string; url: string; secret: string } | null = null;
+    if (body.webhook) {
+      assertTargetAllowed(c.env, body.webhook.url);
+      const secret = newSecret();
+      const ep = await webhookHub(c.env, tenant).createEndpoint({
+        url: body.webhook.url,
+        events: body.webhook.events ?? DEFAULT_WEBHOOK_EVENTS,
+        jobId,
+        secret,
+      });
+      webhook = { id: ep.id, url: ep.url, secret };
+    }
     // Raw input first: once the job exists, what it was made from is already kept.
     await c.env.RAW.put(`jobs/${jobId}/request.json`, JSON.stringify(body), {
       httpMetadata: { contentType: "application/json" },
@@ -234,6 +249,7 @@ jobs
       idempotencyKey: key,
       requestHash,
       createdAt: new Date().toISOString(),
+      webhook,
     });
     if (!created.created) {
       // Lost a race with a concurrent submit of the same key.
@@ -250,7 +266,9 @@ jobs
       });
     }
     await dispatch(c.env, jobId, tenant, job.model, tasks);
-    return c.json(created.job, 202, { Location: `/v1/jobs/${jobId}` });
+    // The job's webhook secret is shown here, once.
+    const body202 = webhook ? { ...created.job, webhook } : created.job;
+    return c.json(body202, 202, { Location: `/v1/jobs/${jobId}` });
   })
   .openapi(getJob, async (c) => {
     const job = await new D1Store(c.env.DB).getJob(

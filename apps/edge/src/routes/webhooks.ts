@@ -1,0 +1,108 @@
+import { createRoute } from "@hono/zod-openapi";
+import {
+  CreateWebhookRequest,
+  DEFAULT_WEBHOOK_EVENTS,
+  ErrorBody,
+  WebhookDelivery,
+  WebhookEndpoint,
+} from "@p2pa/shared";
+import { z } from "zod";
+import { router } from "../app.js";
+import { requireAuth } from "../lib/auth.js";
+import { notFound } from "../lib/errors.js";
+import { assertTargetAllowed, webhookHub } from "../webhooks/index.js";
+import { newSecret } from "../webhooks/signing.js";
+
+const json = <T extends z.ZodType>(schema: T, description: string) => ({
+  description,
+  content: { "application/json": { schema } },
+});
+const errors = {
+  401: json(ErrorBody, "Missing or invalid credentials"),
+  404: json(ErrorBody, "Not found"),
+  422: json(ErrorBody, "Invalid request"),
+};
+const Id = z.object({ id: z.string().min(1).max(64) });
+
+const create = createRoute({
+  method: "post",
+  path: "/v1/webhooks",
+  summary: "Add a webhook endpoint; its signing secret is returned once",
+  request: {
+    body: { content: { "application/json": { schema: CreateWebhookRequest } }, required: true },
+  },
+  responses: { 201: json(WebhookEndpoint, "The endpoint, with its secret"), ...errors },
+});
+const list = createRoute({
+  method: "get",
+  path: "/v1/webhooks",
+  summary: "The account's webhook endpoints",
+  responses: { 200: json(z.object({ data: z.array(WebhookEndpoint) }), "Endpoints"), ...errors },
+});
+const remove = createRoute({
+  method: "delete",
+  path: "/v1/webhooks/{id}",
+  summary: "Remove an endpoint; its pending deliveries are cancelled",
+  request: { params: Id },
+  responses: { 204: { description: "Removed" }, ...errors },
+});
+const deliveries = createRoute({
+  method: "get",
+  path: "/v1/webhooks/{id}/deliveries",
+  summary: "Deliveries to an endpoint, newest first, with every attempt",
+  request: { params: Id },
+  responses: { 200: json(z.object({ data: z.array(WebhookDelivery) }), "Deliveries"), ...errors },
+});
+const redeliver = createRoute({
+  method: "post",
+  path: "/v1/webhooks/{id}/deliveries/{deliveryId}/redeliver",
+  summary: "Send a delivery again (same webhook-id), from the start of the schedule",
+  request: { params: Id.extend({ deliveryId: z.string().min(1).max(64) }) },
+  responses: {
+    202: json(z.object({ id: z.string(), status: z.literal("pending") }), "Queued"),
+    ...errors,
+  },
+});
+
+export const webhookRoutes = router();
+webhookRoutes.use("/v1/webhooks", requireAuth("api"));
+webhookRoutes.use("/v1/webhooks/*", requireAuth("api"));
+
+webhookRoutes
+  .openapi(create, async (c) => {
+    const body = c.req.valid("json");
+    assertTargetAllowed(c.env, body.url);
+    const secret = newSecret();
+    const ep = await webhookHub(c.env, c.get("credential").tenant).createEndpoint({
+      url: body.url,
+      events: body.events ?? DEFAULT_WEBHOOK_EVENTS,
+      jobId: null,
+      secret,
+    });
+    return c.json({ ...ep, secret }, 201, { Location: `/v1/webhooks/${ep.id}` });
+  })
+  .openapi(list, async (c) => {
+    return c.json(
+      { data: await webhookHub(c.env, c.get("credential").tenant).listEndpoints() },
+      200,
+    );
+  })
+  .openapi(remove, async (c) => {
+    const ok = await webhookHub(c.env, c.get("credential").tenant).deleteEndpoint(
+      c.req.valid("param").id,
+    );
+    if (!ok) throw notFound("webhook endpoint");
+    return c.body(null, 204);
+  })
+  .openapi(deliveries, async (c) => {
+    const hub = webhookHub(c.env, c.get("credential").tenant);
+    const { id } = c.req.valid("param");
+    if (!(await hub.hasEndpoint(id))) throw notFound("webhook endpoint");
+    return c.json({ data: await hub.deliveries(id) }, 200);
+  })
+  .openapi(redeliver, async (c) => {
+    const { id, deliveryId } = c.req.valid("param");
+    if (!(await webhookHub(c.env, c.get("credential").tenant).redeliver(id, deliveryId)))
+      throw notFound("delivery");
+    return c.json({ id: deliveryId, status: "pending" as const }, 202);
+  });

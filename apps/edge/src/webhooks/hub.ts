@@ -1,0 +1,335 @@
+import { DurableObject } from "cloudflare:workers";
+import { newId } from "../lib/crypto.js";
+import { delayBefore, parseSchedule } from "./schedule.js";
+import { sign } from "./signing.js";
+
+export const WEBHOOK_EVENTS = [
+  "job.completed",
+  "job.completed_with_errors",
+  "job.failed",
+  "job.cancelled",
+  "job.progress",
+] as const;
+export type WebhookEventType = (typeof WEBHOOK_EVENTS)[number];
+
+export interface Endpoint {
+  id: string;
+  url: string;
+  events: WebhookEventType[];
+  /** Set for a job's own webhook: it receives only that job's events. */
+  jobId: string | null;
+  createdAt: string;
+}
+
+export interface Delivery {
+  id: string;
+  endpointId: string;
+  eventType: string;
+  jobId: string | null;
+  status: "pending" | "delivered" | "exhausted" | "cancelled";
+  attempts: number;
+  nextAttemptAt: string | null;
+  createdAt: string;
+  lastResponseCode: number | null;
+  lastLatencyMs: number | null;
+  attemptLog: {
+    at: string;
+    responseCode: number | null;
+    latencyMs: number;
+    error: string | null;
+  }[];
+}
+
+const SCHEMA_VERSION = 1;
+const BATCH = 25;
+
+/**
+ * A tenant's webhooks: endpoints and every delivery with its attempts, in Durable Object
+ * SQLite, driven by one alarm set for the earliest due attempt, so deliveries survive
+ * restarts. One object per tenant: a tenant's deliveries never wait behind another's.
+ */
+export class WebhookHub extends DurableObject<Env> {
+  private readonly sql: SqlStorage;
+
+  constructor(ctx: DurableObjectState, env: Env) {
+    super(ctx, env);
+    this.sql = ctx.storage.sql;
+    ctx.blockConcurrencyWhile(async () => this.migrate());
+  }
+
+  private migrate(): void {
+    this.sql.exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)");
+    const v = this.sql
+      .exec<{ value: string }>("SELECT value FROM meta WHERE key = 'schema'")
+      .toArray()[0];
+    if (Number(v?.value ?? 0) >= SCHEMA_VERSION) return;
+    this.sql.exec(`
+      CREATE TABLE IF NOT EXISTS endpoints (
+        id TEXT PRIMARY KEY, url TEXT NOT NULL, secret TEXT NOT NULL, events TEXT NOT NULL,
+        job_id TEXT, created_at TEXT NOT NULL, deleted INTEGER NOT NULL DEFAULT 0
+      );
+      CREATE TABLE IF NOT EXISTS deliveries (
+        id TEXT PRIMARY KEY, endpoint_id TEXT NOT NULL, event_type TEXT NOT NULL, job_id TEXT,
+        payload TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER, created_at TEXT NOT NULL,
+        last_response_code INTEGER, last_latency_ms INTEGER
+      );
+      CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_at);
+      CREATE INDEX IF NOT EXISTS deliveries_endpoint ON deliveries (endpoint_id, created_at);
+      CREATE TABLE IF NOT EXISTS attempts (
+        delivery_id TEXT NOT NULL, at TEXT NOT NULL, response_code INTEGER,
+        latency_ms INTEGER NOT NULL, error TEXT
+      );
+      CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
+    `);
+    this.sql.exec("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", String(SCHEMA_VERSION));
+  }
+
+  // ---- endpoints ----
+
+  async createEndpoint(input: {
+    url: string;
+    events: WebhookEventType[];
+    jobId: string | null;
+    secret: string;
+  }): Promise<Endpoint> {
+    const ep: Endpoint = {
+      id: newId("whep"),
+      url: input.url,
+      events: input.events,
+      jobId: input.jobId,
+      createdAt: new Date().toISOString(),
+    };
+    this.sql.exec(
+      "INSERT INTO endpoints (id, url, secret, events, job_id, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+      ep.id,
+      ep.url,
+      input.secret,
+      JSON.stringify(ep.events),
+      ep.jobId,
+      ep.createdAt,
+    );
+    return ep;
+  }
+
+  async listEndpoints(): Promise<Endpoint[]> {
+    return this.sql
+      .exec<{ id: string; url: string; events: string; job_id: string | null; created_at: string }>(
+        "SELECT id, url, events, job_id, created_at FROM endpoints WHERE deleted = 0 AND job_id IS NULL ORDER BY created_at",
+      )
+      .toArray()
+      .map((r) => ({
+        id: r.id,
+        url: r.url,
+        events: JSON.parse(r.events) as WebhookEventType[],
+        jobId: r.job_id,
+        createdAt: r.created_at,
+      }));
+  }
+
+  /** Deletes an endpoint and cancels its pending deliveries; false when there is none. */
+  async deleteEndpoint(id: string): Promise<boolean> {
+    const n = this.sql.exec(
+      "UPDATE endpoints SET deleted = 1 WHERE id = ? AND deleted = 0",
+      id,
+    ).rowsWritten;
+    this.sql.exec(
+      "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL WHERE endpoint_id = ? AND status = 'pending'",
+      id,
+    );
+    return n > 0;
+  }
+
+  async hasEndpoint(id: string): Promise<boolean> {
+    return (
+      this.sql.exec("SELECT 1 FROM endpoints WHERE id = ? AND deleted = 0", id).toArray().length > 0
+    );
+  }
+
+  // ---- events and deliveries ----
+
+  /** Queues one delivery per subscribed endpoint; the alarm sends them. */
+  async emit(type: WebhookEventType, jobId: string, data: unknown): Promise<number> {
+    const endpoints = this.sql
+      .exec<{ id: string; events: string }>(
+        "SELECT id, events FROM endpoints WHERE deleted = 0 AND (job_id IS NULL OR job_id = ?)",
+        jobId,
+      )
+      .toArray()
+      .filter((e) => (JSON.parse(e.events) as string[]).includes(type));
+    const now = Date.now();
+    const timestamp = new Date(now).toISOString();
+    for (const ep of endpoints) {
+      const id = newId("msg");
+      // The payload is frozen now: every retry sends the same bytes under the same id.
+      const payload = JSON.stringify({ type, timestamp, data });
+      this.sql.exec(
+        "INSERT INTO deliveries (id, endpoint_id, event_type, job_id, payload, status, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+        id,
+        ep.id,
+        type,
+        jobId,
+        payload,
+        now + (delayBefore(this.schedule(), 0) ?? 0),
+        timestamp,
+      );
+    }
+    if (endpoints.length) await this.arm();
+    return endpoints.length;
+  }
+
+  async deliveries(endpointId: string, limit = 100): Promise<Delivery[]> {
+    const rows = this.sql
+      .exec<{
+        id: string;
+        endpoint_id: string;
+        event_type: string;
+        job_id: string | null;
+        status: Delivery["status"];
+        attempts: number;
+        next_attempt_at: number | null;
+        created_at: string;
+        last_response_code: number | null;
+        last_latency_ms: number | null;
+      }>(
+        "SELECT id, endpoint_id, event_type, job_id, status, attempts, next_attempt_at, created_at, last_response_code, last_latency_ms FROM deliveries WHERE endpoint_id = ? ORDER BY created_at DESC, id LIMIT ?",
+        endpointId,
+        limit,
+      )
+      .toArray();
+    return rows.map((r) => ({
+      id: r.id,
+      endpointId: r.endpoint_id,
+      eventType: r.event_type,
+      jobId: r.job_id,
+      status: r.status,
+      attempts: r.attempts,
+      nextAttemptAt: r.next_attempt_at === null ? null : new Date(r.next_attempt_at).toISOString(),
+      createdAt: r.created_at,
+      lastResponseCode: r.last_response_code,
+      lastLatencyMs: r.last_latency_ms,
+      attemptLog: this.sql
+        .exec<{
+          at: string;
+          response_code: number | null;
+          latency_ms: number;
+          error: string | null;
+        }>(
+          "SELECT at, response_code, latency_ms, error FROM attempts WHERE delivery_id = ? ORDER BY rowid",
+          r.id,
+        )
+        .toArray()
+        .map((a) => ({
+          at: a.at,
+          responseCode: a.response_code,
+          latencyMs: a.latency_ms,
+          error: a.error,
+        })),
+    }));
+  }
+
+  /** Sends a delivery again from the start of the schedule, under the same webhook-id. */
+  async redeliver(endpointId: string, deliveryId: string): Promise<boolean> {
+    const n = this.sql.exec(
+      "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ? WHERE id = ? AND endpoint_id = ? AND endpoint_id IN (SELECT id FROM endpoints WHERE deleted = 0)",
+      Date.now(),
+      deliveryId,
+      endpointId,
+    ).rowsWritten;
+    if (n) await this.arm();
+    return n > 0;
+  }
+
+  override async alarm(): Promise<void> {
+    const due = this.sql
+      .exec<{ id: string; endpoint_id: string; payload: string; attempts: number }>(
+        "SELECT id, endpoint_id, payload, attempts FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+        Date.now(),
+        BATCH,
+      )
+      .toArray();
+    await Promise.all(due.map((d) => this.attempt(d)));
+    await this.arm();
+  }
+
+  private schedule(): number[] {
+    return parseSchedule(this.env.WEBHOOK_SCHEDULE);
+  }
+
+  private async attempt(d: {
+    id: string;
+    endpoint_id: string;
+    payload: string;
+    attempts: number;
+  }): Promise<void> {
+    const ep = this.sql
+      .exec<{ url: string; secret: string }>(
+        "SELECT url, secret FROM endpoints WHERE id = ? AND deleted = 0",
+        d.endpoint_id,
+      )
+      .toArray()[0];
+    if (!ep) {
+      this.sql.exec(
+        "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL WHERE id = ?",
+        d.id,
+      );
+      return;
+    }
+    const timestamp = Math.floor(Date.now() / 1000);
+    const started = Date.now();
+    let code: number | null = null;
+    let error: string | null = null;
+    try {
+      const res = await fetch(ep.url, {
+        method: "POST",
+        headers: {
+          "Content-Type": "application/json",
+          "User-Agent": "p2pa-webhooks/1",
+          "webhook-id": d.id,
+          "webhook-timestamp": String(timestamp),
+          "webhook-signature": await sign(ep.secret, d.id, timestamp, d.payload),
+        },
+        body: d.payload,
+        redirect: "manual",
+        signal: AbortSignal.timeout(Number(this.env.WEBHOOK_TIMEOUT_MS) || 15_000),
+      });
+      code = res.status;
+      await res.body?.cancel();
+    } catch (err) {
+      error = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+    }
+    const latency = Date.now() - started;
+    const attempts = d.attempts + 1;
+    this.sql.exec(
+      "INSERT INTO attempts (delivery_id, at, response_code, latency_ms, error) VALUES (?, ?, ?, ?, ?)",
+      d.id,
+      new Date(started).toISOString(),
+      code,
+      latency,
+      error,
+    );
+    const ok = code !== null && code >= 200 && code < 300;
+    const delay = ok ? null : delayBefore(this.schedule(), attempts);
+    const status = ok ? "delivered" : delay === null ? "exhausted" : "pending";
+    this.sql.exec(
+      "UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?, last_response_code = ?, last_latency_ms = ? WHERE id = ? AND status = 'pending'",
+      status,
+      attempts,
+      delay === null ? null : Date.now() + delay,
+      code,
+      latency,
+      d.id,
+    );
+  }
+
+  private async arm(): Promise<void> {
+    const next = this.sql
+      .exec<{ t: number | null }>(
+        "SELECT min(next_attempt_at) AS t FROM deliveries WHERE status = 'pending'",
+      )
+      .toArray()[0]?.t;
+    if (next === null || next === undefined) return;
+    const current = await this.ctx.storage.getAlarm();
+    if (current === null || next < current) await this.ctx.storage.setAlarm(next);
+  }
+}
