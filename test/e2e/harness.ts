@@ -127,10 +127,11 @@ export async function allChunks(
   const out: ChunkOut[] = [];
   let cursor: string | null = null;
   do {
-    const q = `limit=500&includeVectors=${includeVectors}${cursor ? `&cursor=${cursor}` : ""}`;
-    const { body } = await sys.api<{ data: ChunkOut[]; nextCursor: string | null }>(
-      `/v1/jobs/${jobId}/chunks?${q}`,
-    );
+    const q: string = `limit=500&includeVectors=${includeVectors}${cursor ? `&cursor=${cursor}` : ""}`;
+    const { body }: { body: { data: ChunkOut[]; nextCursor: string | null } } = await sys.api<{
+      data: ChunkOut[];
+      nextCursor: string | null;
+    }>(`/v1/jobs/${jobId}/chunks?${q}`);
     out.push(...body.data);
     cursor = body.nextCursor;
   } while (cursor);

@@ -12,6 +12,7 @@ import { AppError, notFound } from "../lib/errors.js";
 const PROGRESS_MS = 500;
 const POLL_MS = 200;
 const KEEPALIVE_MS = 15_000;
+const RECONNECT_MS = 1000;
 
 const events = createRoute({
   method: "get",
@@ -91,6 +92,8 @@ eventRoutes.openapi(events, async (c) => {
       await stream.writeSSE({
         event: "progress",
         id: String(after),
+        // Ask clients to reconnect quickly after a drop; they resume from the last id.
+        ...(last === null ? { retry: RECONNECT_MS } : {}),
         data: JSON.stringify({
           status: job.status,
           chunks: job.chunks,

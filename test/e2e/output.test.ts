@@ -1,0 +1,279 @@
+import { createServer, type IncomingHttpHeaders, request, type Server } from "node:http";
+import { connect, createServer as createTcpServer, type Socket } from "node:net";
+import { gunzipSync } from "node:zlib";
+import { EventSource } from "eventsource";
+import { Webhook } from "standardwebhooks";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { generatedPassages } from "../../scripts/lib/corpus.js";
+import {
+  allChunks,
+  DEV_CREDENTIALS,
+  freePort,
+  type System,
+  startSystem,
+  waitForJob,
+} from "./harness.js";
+
+interface JobOut {
+  id: string;
+  status: string;
+  chunks: { total: number; done: number; failed: number };
+  webhook?: { id: string; url: string; secret: string };
+}
+
+interface Received {
+  headers: IncomingHttpHeaders;
+  body: string;
+  at: number;
+  answered: number;
+}
+
+/** A webhook receiver on loopback that answers with the codes it is given, in turn. */
+async function receiver(
+  codes: (n: number) => number,
+): Promise<{ url: string; got: Received[]; server: Server }> {
+  const got: Received[] = [];
+  const server = createServer((req, res) => {
+    let body = "";
+    req.on("data", (d) => (body += d));
+    req.on("end", () => {
+      const answered = codes(got.length);
+      got.push({ headers: req.headers, body, at: Date.now(), answered });
+      res.writeHead(answered).end();
+    });
+  });
+  const port = await freePort();
+  await new Promise<void>((r) => server.listen(port, "127.0.0.1", r));
+  return { url: `http://127.0.0.1:${port}/hook`, got, server };
+}
+
+const SCHEDULE = [0, 1, 1, 2];
+let sys: System;
+
+beforeAll(async () => {
+  sys = await startSystem({
+    vars: { WEBHOOK_SCHEDULE: SCHEDULE.join(","), WEBHOOK_PROGRESS_SECONDS: "1" },
+  });
+  await sys.addWorker(["--threads", "2"]);
+}, 180_000);
+
+afterAll(async () => {
+  await sys?.stop();
+});
+
+async function until<T>(
+  what: string,
+  f: () => Promise<T | null | undefined | false>,
+  timeoutMs = 60_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await f();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+describe("webhooks, end to end", () => {
+  it("retries a receiver that is down, then delivers once, signed, under one webhook-id", async () => {
+    const rx = await receiver((n) => (n < 2 ? 503 : 200));
+    const ep = await sys.api<{ id: string; secret: string }>("/v1/webhooks", {
+      json: { url: rx.url },
+    });
+    expect(ep.status).toBe(201);
+    const job = await sys.api<JobOut>("/v1/jobs", {
+      json: { documents: [{ text: "Webhooks should arrive once." }] },
+    });
+    await waitForJob(sys, job.body.id);
+    await until("the delivery", async () => rx.got.find((g) => g.answered === 200));
+    const wh = new Webhook(ep.body.secret);
+    for (const g of rx.got) {
+      const payload = wh.verify(g.body, g.headers as Record<string, string>) as {
+        type: string;
+        data: { id: string; status: string };
+      };
+      expect(payload).toMatchObject({
+        type: "job.completed",
+        data: { id: job.body.id, status: "completed" },
+      });
+    }
+    expect(rx.got.map((g) => g.answered)).toEqual([503, 503, 200]);
+    expect(new Set(rx.got.map((g) => g.headers["webhook-id"])).size).toBe(1);
+    // Tampering with what arrived, or replaying it much later, fails verification.
+    const first = rx.got[0] as Received;
+    expect(() =>
+      wh.verify(first.body.replace("completed", "failed"), first.headers as Record<string, string>),
+    ).toThrow();
+    const later = {
+      ...(first.headers as Record<string, string>),
+      "webhook-timestamp": String(Math.floor(Date.now() / 1000) - 3600),
+    };
+    expect(() => wh.verify(first.body, later)).toThrow();
+
+    const deliveries = await until("the delivered record", async () => {
+      const d = await sys.api<{
+        data: {
+          id: string;
+          status: string;
+          attempts: number;
+          attemptLog: { responseCode: number }[];
+        }[];
+      }>(`/v1/webhooks/${ep.body.id}/deliveries`);
+      return d.body.data.find((x) => x.status === "delivered") ? d.body.data : null;
+    });
+    expect(deliveries[0]).toMatchObject({
+      id: first.headers["webhook-id"],
+      status: "delivered",
+      attempts: 3,
+    });
+    expect(deliveries[0]?.attemptLog.map((a) => a.responseCode)).toEqual([503, 503, 200]);
+
+    // Redelivery sends the same message again, under the same id.
+    const again = await sys.api(
+      `/v1/webhooks/${ep.body.id}/deliveries/${deliveries[0]?.id}/redeliver`,
+      { method: "POST", json: {} },
+    );
+    expect(again.status).toBe(202);
+    await until("the redelivery", async () => rx.got.length === 4);
+    expect(rx.got[3]?.headers["webhook-id"]).toBe(first.headers["webhook-id"]);
+    await sys.api(`/v1/webhooks/${ep.body.id}`, { method: "DELETE" });
+    rx.server.close();
+  }, 120_000);
+
+  it("gives up on a receiver that never recovers: exhausted, with attempts on the schedule", async () => {
+    const rx = await receiver(() => 500);
+    const job = await sys.api<JobOut>("/v1/jobs", {
+      json: { documents: [{ text: "Nobody is listening." }], webhook: { url: rx.url } },
+    });
+    expect(job.body.webhook?.secret).toMatch(/^whsec_/);
+    await waitForJob(sys, job.body.id);
+    const hook = job.body.webhook as NonNullable<JobOut["webhook"]>;
+    const d = await until(
+      "exhaustion",
+      async () => {
+        const r = await sys.api<{
+          data: {
+            status: string;
+            attempts: number;
+            nextAttemptAt: string | null;
+            attemptLog: { at: string }[];
+          }[];
+        }>(`/v1/webhooks/${hook.id}/deliveries`);
+        return r.body.data[0]?.status === "exhausted" ? r.body.data[0] : null;
+      },
+      30_000,
+    );
+    expect(d.attempts).toBe(SCHEDULE.length);
+    expect(d.nextAttemptAt).toBeNull();
+    expect(rx.got.length).toBe(SCHEDULE.length);
+    const wh = new Webhook(hook.secret);
+    for (const g of rx.got)
+      expect(() => wh.verify(g.body, g.headers as Record<string, string>)).not.toThrow();
+    // Gaps between attempts follow the schedule (±10% jitter, plus alarm latency).
+    const times = d.attemptLog.map((a) => Date.parse(a.at));
+    for (let i = 1; i < times.length; i++) {
+      const gap = ((times[i] as number) - (times[i - 1] as number)) / 1000;
+      expect(gap).toBeGreaterThanOrEqual((SCHEDULE[i] as number) * 0.9 - 0.05);
+      expect(gap).toBeLessThan((SCHEDULE[i] as number) * 1.1 + 1.5);
+    }
+    rx.server.close();
+  }, 120_000);
+});
+
+describe("live progress and export, end to end", () => {
+  let big: JobOut;
+
+  it("an eventsource client cut off mid-job resumes without losing or repeating events", async () => {
+    // A TCP proxy in front of the edge lets the test cut the stream like a network would.
+    const proxyPort = await freePort();
+    const edgePort = Number(new URL(sys.edge.url).port);
+    const sockets = new Set<Socket>();
+    const proxy = createTcpServer((client) => {
+      const upstream = connect(edgePort, "127.0.0.1");
+      client.pipe(upstream).pipe(client);
+      sockets.add(client);
+      const drop = () => {
+        client.destroy();
+        upstream.destroy();
+        sockets.delete(client);
+      };
+      client.on("error", drop);
+      upstream.on("error", drop);
+      client.on("close", drop);
+    });
+    await new Promise<void>((r) => proxy.listen(proxyPort, "127.0.0.1", r));
+
+    const documents = generatedPassages(2400, 200, 800, 5).map((text) => ({ text }));
+    big = (await sys.api<JobOut>("/v1/jobs", { json: { documents } })).body;
+    const chunkIds: string[] = [];
+    const ids: number[] = [];
+    let terminal: string | null = null;
+    let cut = false;
+    const es = new EventSource(
+      `http://127.0.0.1:${proxyPort}/v1/jobs/${big.id}/events?chunks=true`,
+      {
+        fetch: (url, init) =>
+          fetch(url, {
+            ...init,
+            headers: { ...init.headers, Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}` },
+          }),
+      },
+    );
+    let reconnects = 0;
+    es.addEventListener("open", () => reconnects++);
+    es.addEventListener("chunk", (e) => {
+      chunkIds.push((JSON.parse(e.data) as { chunkId: string }).chunkId);
+      ids.push(Number(e.lastEventId));
+      if (!cut && chunkIds.length >= 300) {
+        cut = true;
+        for (const s of sockets) s.destroy();
+      }
+    });
+    const done = new Promise<void>((resolve) => {
+      for (const t of ["completed", "completed_with_errors", "failed", "cancelled"]) {
+        es.addEventListener(t, () => {
+          terminal = t;
+          es.close();
+          resolve();
+        });
+      }
+    });
+    await done;
+    proxy.close();
+    expect(terminal).toBe("completed");
+    expect(reconnects).toBeGreaterThanOrEqual(2);
+    expect(chunkIds.length).toBe(big.chunks.total);
+    expect(new Set(chunkIds).size).toBe(big.chunks.total);
+    expect(ids).toEqual([...ids].sort((a, b) => a - b));
+  }, 180_000);
+
+  it("exports a multi-thousand-chunk job as NDJSON equal line by line to the chunks API, gzipped on request", async () => {
+    const job = await waitForJob<JobOut>(sys, big.id);
+    expect(job.status).toBe("completed");
+    const api = await allChunks(sys, big.id);
+    const raw = await new Promise<Buffer>((resolve, reject) => {
+      const req = request(`${sys.edge.url}/v1/jobs/${big.id}/results`, {
+        headers: { Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}`, "Accept-Encoding": "gzip" },
+      });
+      req.on("response", (res) => {
+        expect(res.headers["content-encoding"]).toBe("gzip");
+        const parts: Buffer[] = [];
+        res.on("data", (d: Buffer) => parts.push(d));
+        res.on("end", () => resolve(Buffer.concat(parts)));
+      });
+      req.on("error", reject);
+      req.end();
+    });
+    const lines = gunzipSync(raw).toString("utf8").trimEnd().split("\n");
+    expect(lines.length).toBe(api.length);
+    expect(api.length).toBeGreaterThan(2000);
+    lines.forEach((line, i) => {
+      const l = JSON.parse(line) as { id: string; text: string; vector: number[] };
+      const c = api[i];
+      expect(l.id).toBe(c?.id);
+      expect(l.text).toBe(c?.text);
+      expect(l.vector).toEqual(c?.vector);
+    });
+  }, 180_000);
+});
