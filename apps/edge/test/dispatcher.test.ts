@@ -221,4 +221,37 @@ describe("Dispatcher", () => {
     expect(await getVectorIndex(env, "use-lite").getByIds(chunkIds)).toEqual([]);
     w.ws.close();
   });
+
+  it("benches a worker that keeps failing, and tells it why", async () => {
+    await submit(200);
+    const w = await TestWorker.connect();
+    for (let i = 0; i < 5; i++) {
+      w.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+      const t = await w.next("task");
+      w.send(w.resultFor(t, () => new Float32Array(3)));
+      await w.next("ack");
+    }
+    expect(await w.next("error")).toMatchObject({
+      code: "cooldown",
+      message: expect.stringMatching(/no new tasks/),
+    });
+    w.send({ type: "credit", v: PROTOCOL_VERSION, n: 4 });
+    await new Promise((r) => setTimeout(r, 200));
+    expect(w.count("task")).toBe(0);
+    // Another worker is unaffected.
+    const other = await TestWorker.connect();
+    other.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+    expect((await other.next("task")).type).toBe("task");
+    w.ws.close();
+    other.ws.close();
+  });
+
+  it("rate-limits a flood of messages and closes a peer that keeps sending garbage", async () => {
+    const w = await TestWorker.connect();
+    const closed = new Promise<number>((r) => w.ws.addEventListener("close", (e) => r(e.code)));
+    for (let i = 0; i < 1000; i++) w.send({ type: "heartbeat", v: PROTOCOL_VERSION, leaseIds: [] });
+    for (let i = 0; i < 25; i++) w.send("not json");
+    expect(await closed).toBe(4429);
+    expect(w.frames.some((f) => f.type === "error" && f.code === "rate_limited")).toBe(true);
+  });
 });

@@ -16,6 +16,14 @@ import {
 import { D1Store, type MetadataStore } from "../db/store.js";
 import { getVectorIndex } from "../vector/index.js";
 import { terminalEvent, webhookHub } from "../webhooks/index.js";
+import {
+  allowedInFlight,
+  type Budget,
+  freshBudget,
+  recordFailure,
+  recordSuccess,
+} from "./error-budget.js";
+import { type Bucket, take } from "./rate-limit.js";
 import { type JobEvent, type NewTask, TaskQueue } from "./task-queue.js";
 
 /** Per-connection state, kept in the WebSocket attachment so it survives hibernation. */
@@ -26,6 +34,7 @@ interface Peer {
   draining: boolean;
   chunksDone: number;
   badFrames: number;
+  budget: Budget;
 }
 
 export type EmbedOutcome =
@@ -63,6 +72,8 @@ export class Dispatcher extends DurableObject<Env> {
   private readonly leaseMs: number;
   /** In-flight real-time requests; in memory because their HTTP callers are in memory too. */
   private readonly embeds = new Map<string, PendingEmbed>();
+  /** Per-connection message buckets; in memory, a fresh bucket after eviction is harmless. */
+  private readonly buckets = new Map<WebSocket, Bucket>();
   /** When each job last sent job.progress; throttling only, so memory is enough. */
   private readonly progressSentAt = new Map<string, number>();
 
@@ -170,6 +181,7 @@ export class Dispatcher extends DurableObject<Env> {
     const workerId = `wkr_${crypto.randomUUID().replaceAll("-", "").slice(0, 20)}`;
     this.ctx.acceptWebSocket(server, [workerId]);
     const peer: Peer = {
+      budget: freshBudget(),
       workerId,
       hello: null,
       credits: 0,
@@ -184,6 +196,12 @@ export class Dispatcher extends DurableObject<Env> {
   override async webSocketMessage(ws: WebSocket, raw: string | ArrayBuffer): Promise<void> {
     const peer = this.peer(ws);
     if (!peer) return;
+    const limited = take(this.buckets.get(ws), Date.now());
+    this.buckets.set(ws, limited.bucket);
+    if (!limited.ok) {
+      this.protocolError(ws, peer, "rate_limited", "too many messages; slow down");
+      return;
+    }
     const parsed = parseMessage(WorkerMessage, raw);
     if (!parsed.ok) {
       this.protocolError(ws, peer, parsed.error.code, parsed.error.message);
@@ -252,7 +270,12 @@ export class Dispatcher extends DurableObject<Env> {
   }
 
   override async alarm(): Promise<void> {
-    this.queue.requeueExpired(Date.now());
+    for (const workerId of this.queue.requeueExpired(Date.now())) {
+      for (const ws of this.ctx.getWebSockets(workerId)) {
+        const peer = this.peer(ws);
+        if (peer) this.charge(ws, peer, "a lease expired before its result arrived");
+      }
+    }
     for (const jobId of this.queue.notifyPending()) await this.notifyEnd(jobId);
     await this.pump();
   }
@@ -368,6 +391,8 @@ export class Dispatcher extends DurableObject<Env> {
     await this.settleJob(task.jobId);
     peer.chunksDone += items.length;
     this.save(ws, peer);
+    peer.budget = recordSuccess(peer.budget);
+    this.save(ws, peer);
     ack("stored");
   }
 
@@ -399,6 +424,7 @@ export class Dispatcher extends DurableObject<Env> {
     const lease = this.queue.getLease(leaseId);
     if (!lease || lease.workerId !== peer.workerId || lease.taskId !== taskId) return;
     const r = this.queue.fail(leaseId, `${error.code}: ${error.message}`);
+    this.charge(ws, peer, error.message);
     if (r?.outcome === "failed") {
       const task = this.queue.getTask(r.taskId);
       const reasons = this.queue.errors(r.taskId).map((e) => e.reason);
@@ -430,6 +456,7 @@ export class Dispatcher extends DurableObject<Env> {
   }
 
   private async disconnect(ws: WebSocket): Promise<void> {
+    this.buckets.delete(ws);
     const peer = this.peer(ws);
     if (!peer) return;
     this.queue.requeueWorker(peer.workerId);
@@ -501,6 +528,10 @@ export class Dispatcher extends DurableObject<Env> {
       for (const ws of sockets) {
         const peer = this.peer(ws);
         if (!peer?.hello || peer.draining || peer.credits <= 0) continue;
+        // A worker over its error budget holds fewer tasks, or none while cooling down.
+        const allowed = allowedInFlight(peer.budget, Date.now(), peer.credits);
+        if (allowed === 0 || (allowed < peer.credits && this.queue.held(peer.workerId) >= allowed))
+          continue;
         for (const m of peer.hello.models) {
           const [task] = this.queue.lease(peer.workerId, m.id, 1, Date.now(), this.leaseMs);
           if (!task) continue;
@@ -530,6 +561,23 @@ export class Dispatcher extends DurableObject<Env> {
     if (next === null) return;
     const current = await this.ctx.storage.getAlarm();
     if (current === null || next < current) await this.ctx.storage.setAlarm(next);
+  }
+
+  /** Counts a failure against the worker's budget and tells it when it is benched. */
+  private charge(ws: WebSocket, peer: Peer, why: string): void {
+    const r = recordFailure(peer.budget, Date.now());
+    peer.budget = r.budget;
+    this.save(ws, peer);
+    if (r.coolingDown) {
+      const seconds = Math.round((r.budget.coolUntil - Date.now()) / 1000);
+      this.send(ws, {
+        type: "error",
+        v: PROTOCOL_VERSION,
+        code: "cooldown",
+        message: `too many failures in a row (last: ${why}); no new tasks for ${seconds} s`,
+      });
+      void this.ctx.storage.setAlarm(r.budget.coolUntil);
+    }
   }
 
   private protocolError(ws: WebSocket, peer: Peer, code: string, message: string): void {

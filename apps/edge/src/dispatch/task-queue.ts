@@ -370,11 +370,11 @@ export class TaskQueue {
       .exec<{ id: string }>("SELECT id FROM leases WHERE worker_id = ?", workerId)
       .toArray()
       .map((r) => r.id);
-    return this.expireLeases(ids);
+    return this.expireLeases(ids).length;
   }
 
-  /** Returns tasks whose lease deadline has passed to the queue. */
-  requeueExpired(now: number): number {
+  /** Returns tasks whose lease deadline has passed to the queue; gives the workers that let them lapse. */
+  requeueExpired(now: number): string[] {
     const ids = this.sql
       .exec<{ id: string }>("SELECT id FROM leases WHERE deadline <= ?", now)
       .toArray()
@@ -382,18 +382,27 @@ export class TaskQueue {
     return this.expireLeases(ids);
   }
 
-  private expireLeases(leaseIds: string[]): number {
-    let n = 0;
+  private expireLeases(leaseIds: string[]): string[] {
+    const workers: string[] = [];
     for (const id of leaseIds) {
       const lease = this.getLease(id);
       if (!lease) continue;
       // A task being stored keeps its lease until the write settles.
       if (this.setState(lease.taskId, "leased", { type: "expire" })) {
         this.sql.exec("DELETE FROM leases WHERE id = ?", id);
-        n++;
+        workers.push(lease.workerId);
       }
     }
-    return n;
+    return workers;
+  }
+
+  /** Leases a worker holds now. */
+  held(workerId: string): number {
+    return (
+      this.sql
+        .exec<{ n: number }>("SELECT count(*) AS n FROM leases WHERE worker_id = ?", workerId)
+        .toArray()[0]?.n ?? 0
+    );
   }
 
   /** Extends the worker's live leases. */

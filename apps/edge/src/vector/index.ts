@@ -1,0 +1,3 @@
+export function getVectorIndex(env: Env, _model: string): any {
+  return env.VECTORIZE;
+}
