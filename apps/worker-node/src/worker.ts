@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import {
   type EdgeMessage,
   EdgeMessage as EdgeMessageSchema,
@@ -60,6 +61,10 @@ export class Worker {
   private readonly embeds: Embed[] = [];
   /** Leases being computed or awaiting an ack, by lease id. */
   private readonly held = new Map<string, Task>();
+  /** Results sent but not yet acknowledged; re-sent after a reconnect. */
+  private readonly outbox = new Map<string, WorkerMessage>();
+  /** Keeps this process's identity across reconnects, so its leases survive a dropped link. */
+  private readonly session = randomBytes(18).toString("base64url");
   private busy = false;
   private draining = false;
   private heartbeat: ReturnType<typeof setInterval> | null = null;
@@ -100,6 +105,7 @@ export class Worker {
       type: "hello",
       v: PROTOCOL_VERSION,
       name: this.opts.name,
+      session: this.session,
       version: this.opts.version,
       models: [{ id: m.id, dimension: m.dimension }],
       device: this.opts.device,
@@ -111,10 +117,10 @@ export class Worker {
   private onClose(code: number, reason: string): void {
     if (this.heartbeat) clearInterval(this.heartbeat);
     this.heartbeat = null;
-    // Leases belong to the connection: the edge has already put them back in the queue.
-    this.tasks.length = 0;
+    // Tasks and results are kept: the edge holds our leases for a short while, and on
+    // reconnect (same session) the results are delivered; stale ones are refused and dropped.
+    // Real-time requests are answered on the connection they came on, so those go.
     this.embeds.length = 0;
-    this.held.clear();
     if (this.stats.state === "stopped") return;
     this.stats.state = this.draining ? "draining" : "reconnecting";
     this.emit("disconnected", { code, reason });
@@ -137,8 +143,12 @@ export class Worker {
         this.stats.workerId = msg.workerId;
         this.stats.state = this.draining ? "draining" : "connected";
         this.emit("connected", { workerId: msg.workerId });
-        if (!this.draining)
-          this.send({ type: "credit", v: PROTOCOL_VERSION, n: creditsFor(this.opts.batchSize) });
+        // After a reconnect: deliver what was computed meanwhile, and ask only for the room left.
+        for (const m of this.outbox.values()) this.send(m);
+        if (!this.draining) {
+          const room = creditsFor(this.opts.batchSize) - this.tasks.length - this.held.size;
+          if (room > 0) this.send({ type: "credit", v: PROTOCOL_VERSION, n: room });
+        }
         this.heartbeat = setInterval(() => {
           this.send({
             type: "heartbeat",
@@ -159,6 +169,7 @@ export class Worker {
         break;
       case "ack":
         this.held.delete(msg.leaseId);
+        this.outbox.delete(msg.leaseId);
         if (msg.status === "rejected") {
           this.stats.rejected++;
           this.emit("rejected", { taskId: msg.taskId, reason: msg.reason });
@@ -261,7 +272,7 @@ export class Worker {
     for (const t of batch) {
       const mine = vectors.slice(offset, offset + t.items.length);
       offset += t.items.length;
-      this.send({
+      const result: WorkerMessage = {
         type: "result",
         v: PROTOCOL_VERSION,
         taskId: t.taskId,
@@ -271,7 +282,9 @@ export class Worker {
           vector: encodeVector(mine[i] as Float32Array),
         })),
         elapsedMs,
-      });
+      };
+      this.outbox.set(t.leaseId, result);
+      this.send(result);
       this.stats.tasksDone++;
       this.stats.chunksDone += t.items.length;
     }

@@ -27,6 +27,14 @@ export const Hello = z.object({
   type: z.literal("hello"),
   v,
   name: z.string().max(128).optional(),
+  /**
+   * A random id the worker keeps for the life of its process. Reconnecting with the same
+   * session keeps the leases it held, so results computed across a dropped connection count.
+   */
+  session: z
+    .string()
+    .regex(/^[A-Za-z0-9_-]{16,64}$/)
+    .optional(),
   version: z.string().max(64),
   models: z
     .array(z.object({ id: Id, dimension: z.number().int().positive() }))

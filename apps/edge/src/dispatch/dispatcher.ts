@@ -53,6 +53,8 @@ export interface DispatcherStats {
 }
 
 const MAX_ATTEMPTS = 5;
+/** How long a disconnected worker's leases wait for it to reconnect before being requeued. */
+const RECONNECT_GRACE_MS = 5_000;
 const BAD_FRAMES_BEFORE_CLOSE = 20;
 
 interface PendingEmbed {
@@ -270,11 +272,11 @@ export class Dispatcher extends DurableObject<Env> {
   }
 
   override async alarm(): Promise<void> {
-    for (const workerId of this.queue.requeueExpired(Date.now())) {
-      for (const ws of this.ctx.getWebSockets(workerId)) {
-        const peer = this.peer(ws);
-        if (peer) this.charge(ws, peer, "a lease expired before its result arrived");
-      }
+    const lapsed = new Set(this.queue.requeueExpired(Date.now()));
+    for (const ws of this.ctx.getWebSockets()) {
+      const peer = this.peer(ws);
+      if (peer && lapsed.has(peer.workerId))
+        this.charge(ws, peer, "a lease expired before its result arrived");
     }
     for (const jobId of this.queue.notifyPending()) await this.notifyEnd(jobId);
     await this.pump();
@@ -295,6 +297,15 @@ export class Dispatcher extends DurableObject<Env> {
       });
       ws.close(CloseCode.protocolError, "model mismatch");
       return;
+    }
+    if (msg.session) {
+      // The same worker process reconnecting: it keeps its identity and so its leases.
+      peer.workerId = `wkr_${msg.session}`;
+      for (const other of this.ctx.getWebSockets()) {
+        if (other !== ws && this.peer(other)?.workerId === peer.workerId)
+          other.close(CloseCode.normal, "replaced by a new connection");
+      }
+      this.queue.reclaim(peer.workerId, Date.now() + this.leaseMs);
     }
     peer.hello = {
       models: msg.models,
@@ -459,7 +470,15 @@ export class Dispatcher extends DurableObject<Env> {
     this.buckets.delete(ws);
     const peer = this.peer(ws);
     if (!peer) return;
-    this.queue.requeueWorker(peer.workerId);
+    const live = this.ctx
+      .getWebSockets()
+      .some((o) => o !== ws && this.peer(o)?.workerId === peer.workerId);
+    if (!live) {
+      // Leases stay for a short grace period so a worker whose connection dropped can
+      // reconnect and deliver what it computed; after that the alarm requeues them.
+      this.queue.graceWorker(peer.workerId, Date.now() + RECONNECT_GRACE_MS);
+      await this.armAlarm();
+    }
     for (const [id, e] of this.embeds) {
       if (e.workerId !== peer.workerId) continue;
       this.embeds.delete(id);

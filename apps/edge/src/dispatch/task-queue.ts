@@ -364,15 +364,6 @@ export class TaskQueue {
     return n;
   }
 
-  /** Returns every task leased to a worker to the queue (the worker disconnected). */
-  requeueWorker(workerId: string): number {
-    const ids = this.sql
-      .exec<{ id: string }>("SELECT id FROM leases WHERE worker_id = ?", workerId)
-      .toArray()
-      .map((r) => r.id);
-    return this.expireLeases(ids).length;
-  }
-
   /** Returns tasks whose lease deadline has passed to the queue; gives the workers that let them lapse. */
   requeueExpired(now: number): string[] {
     const ids = this.sql
@@ -394,6 +385,21 @@ export class TaskQueue {
       }
     }
     return workers;
+  }
+
+  /** Gives a disconnected worker's leases at most `deadline` to be reclaimed by a reconnect. */
+  graceWorker(workerId: string, deadline: number): void {
+    this.sql.exec(
+      "UPDATE leases SET deadline = min(deadline, ?) WHERE worker_id = ?",
+      deadline,
+      workerId,
+    );
+  }
+
+  /** A reconnected worker takes its leases back, with fresh deadlines. */
+  reclaim(workerId: string, deadline: number): number {
+    return this.sql.exec("UPDATE leases SET deadline = ? WHERE worker_id = ?", deadline, workerId)
+      .rowsWritten;
   }
 
   /** Leases a worker holds now. */
