@@ -12,6 +12,8 @@ export default defineConfig({
       miniflare: {
         bindings: {
           VECTOR_BACKEND: "local",
+          // Small, so a test can fill the queue.
+          MAX_BACKLOG_TASKS: "400",
           TEST_MIGRATIONS: await readD1Migrations(path.join(root, "migrations")),
         },
       },

@@ -201,6 +201,17 @@ describe("POST /v1/jobs", () => {
   });
 });
 
+describe("backpressure", () => {
+  it("answers 503 with Retry-After when the queue cannot hold a job, and keeps what it has", async () => {
+    const before = (await (await call("/v1/jobs", { method: "POST", json: { documents: docs(2) } })).json()) as { id: string };
+    const res = await call("/v1/jobs", { method: "POST", json: { documents: docs(7000, 100) } });
+    expect(res.status).toBe(503);
+    expect(Number(res.headers.get("Retry-After"))).toBeGreaterThan(0);
+    expect((await errorOf(res)).code).toBe("no_capacity");
+    expect((await call(`/v1/jobs/${before.id}`)).status).toBe(200);
+  });
+});
+
 describe("real-time endpoints without workers", () => {
   it("search and embeddings answer 503 with Retry-After when no worker serves the model", async () => {
     const s = await call("/v1/search", { method: "POST", json: { query: "anything" } });

@@ -227,6 +227,12 @@ jobs
 
     const jobId = newId("job");
     const { job, tasks } = plan(jobId, body);
+    // Refuse work the coordinator cannot hold rather than queue it without bound.
+    const backlog = await dispatcherFor(c.env, job.model, jobId).backlog();
+    const limit = Number(c.env.MAX_BACKLOG_TASKS) || 200_000;
+    if (backlog + tasks.length > limit) {
+      throw noCapacity(`the queue is full (${backlog} tasks waiting); retry later`, 30);
+    }
     let webhook: { id: string; url: string; secret: string } | null = null;
     if (body.webhook) {
       assertTargetAllowed(c.env, body.webhook.url);
