@@ -203,7 +203,9 @@ describe("POST /v1/jobs", () => {
 
 describe("backpressure", () => {
   it("answers 503 with Retry-After when the queue cannot hold a job, and keeps what it has", async () => {
-    const before = (await (await call("/v1/jobs", { method: "POST", json: { documents: docs(2) } })).json()) as { id: string };
+    const before = (await (
+      await call("/v1/jobs", { method: "POST", json: { documents: docs(2) } })
+    ).json()) as { id: string };
     const res = await call("/v1/jobs", { method: "POST", json: { documents: docs(7000, 100) } });
     expect(res.status).toBe(503);
     expect(Number(res.headers.get("Retry-After"))).toBeGreaterThan(0);

@@ -131,10 +131,16 @@ describe("Dispatcher", () => {
     for (const w of [b, c]) w.ws.close();
   });
 
-  it("marks chunks failed after the last attempt, with the reason, and settles the job", async () => {
+  it("marks a chunk failed once it has failed on five different workers, with the reasons", async () => {
     const j = await submit(3);
-    const w = await TestWorker.connect();
+    const workers: TestWorker[] = [];
     for (let attempt = 1; attempt <= 5; attempt++) {
+      // Skip the retry backoff so the test need not wait for it.
+      await runInDurableObject(stub(j.id), async (_o: Dispatcher, state) => {
+        state.storage.sql.exec("UPDATE tasks SET not_before = 0");
+      });
+      const w = await TestWorker.connect();
+      workers.push(w);
       w.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
       const t = await w.next("task");
       expect(t.attempt).toBe(attempt);
@@ -145,6 +151,7 @@ describe("Dispatcher", () => {
         leaseId: t.leaseId,
         error: { code: "oom", message: "out of memory", retryable: true },
       });
+      if (attempt < 5) expect((await job(j.id)).chunks.failed).toBe(0);
     }
     let state = await job(j.id);
     for (let i = 0; i < 50 && state.status === "running"; i++) {
@@ -158,7 +165,42 @@ describe("Dispatcher", () => {
     expect(
       chunks.data.every((c) => c.status === "failed" && /out of memory/.test(c.error ?? "")),
     ).toBe(true);
-    w.ws.close();
+    for (const w of workers) w.ws.close();
+  });
+
+  it("does not let one broken worker fail a chunk: it retries with backoff and benches the worker", async () => {
+    const j = await submit(2);
+    const bad = await TestWorker.connect();
+    for (let i = 0; i < 5; i++) {
+      await runInDurableObject(stub(j.id), async (_o: Dispatcher, state) => {
+        state.storage.sql.exec("UPDATE tasks SET not_before = 0");
+      });
+      bad.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+      const t = await bad.next("task");
+      bad.send({
+        type: "task_failed",
+        v: PROTOCOL_VERSION,
+        taskId: t.taskId,
+        leaseId: t.leaseId,
+        error: { code: "x", message: "broken", retryable: true },
+      });
+    }
+    expect(await bad.next("error")).toMatchObject({ code: "cooldown" });
+    await runInDurableObject(stub(j.id), async (_o: Dispatcher, state) => {
+      const row = state.storage.sql
+        .exec<{ n: number }>("SELECT min(not_before) AS n FROM tasks WHERE state = 'pending'")
+        .one();
+      expect(row.n).toBeGreaterThan(Date.now()); // backing off before the next try
+      state.storage.sql.exec("UPDATE tasks SET not_before = 0");
+    });
+    const good = await TestWorker.connect();
+    good.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+    const t = await good.next("task");
+    good.send(good.resultFor(t));
+    await good.next("ack");
+    expect(await job(j.id)).toMatchObject({ status: "completed", chunks: { done: 2, failed: 0 } });
+    bad.ws.close();
+    good.ws.close();
   });
 
   it("serves real-time embeddings through a connected worker", async () => {

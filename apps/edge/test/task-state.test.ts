@@ -14,8 +14,8 @@ describe("task state machine", () => {
     expect(transition("leased", { type: "expire" })).toBe("pending");
     expect(transition("leased", { type: "release" })).toBe("pending");
     expect(transition("storing", { type: "store_error" })).toBe("pending");
-    expect(transition("leased", { type: "fail", attempts: 2, maxAttempts: 5 })).toBe("pending");
-    expect(transition("leased", { type: "fail", attempts: 5, maxAttempts: 5 })).toBe("failed");
+    expect(transition("leased", { type: "fail", exhausted: false })).toBe("pending");
+    expect(transition("leased", { type: "fail", exhausted: true })).toBe("failed");
   });
 
   it("never moves a stored, failed or cancelled task, and never expires one being stored", () => {
@@ -26,7 +26,7 @@ describe("task state machine", () => {
       { type: "store_error" },
       { type: "expire" },
       { type: "release" },
-      { type: "fail", attempts: 1, maxAttempts: 5 },
+      { type: "fail", exhausted: false },
       { type: "cancel" },
     ];
     for (const s of ["done", "failed", "cancelled"] as TaskState[]) {

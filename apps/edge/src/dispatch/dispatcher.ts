@@ -434,7 +434,7 @@ export class Dispatcher extends DurableObject<Env> {
   ): Promise<void> {
     const lease = this.queue.getLease(leaseId);
     if (!lease || lease.workerId !== peer.workerId || lease.taskId !== taskId) return;
-    const r = this.queue.fail(leaseId, `${error.code}: ${error.message}`);
+    const r = this.queue.fail(leaseId, `${error.code}: ${error.message}`, Date.now());
     this.charge(ws, peer, error.message);
     if (r?.outcome === "failed") {
       const task = this.queue.getTask(r.taskId);
@@ -576,7 +576,7 @@ export class Dispatcher extends DurableObject<Env> {
   }
 
   private async armAlarm(): Promise<void> {
-    const next = this.queue.earliestDeadline();
+    const next = this.queue.nextWake(Date.now());
     if (next === null) return;
     const current = await this.ctx.storage.getAlarm();
     if (current === null || next < current) await this.ctx.storage.setAlarm(next);

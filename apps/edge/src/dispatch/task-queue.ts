@@ -51,6 +51,11 @@ export interface LeaseRow {
 
 const SCHEMA_VERSION = 1;
 
+/** Backoff before retrying a failed task: 0.5 s doubling per failure, at most 30 s. */
+export function retryDelay(failures: number): number {
+  return Math.min(30_000, 500 * 2 ** Math.max(0, failures - 1));
+}
+
 /**
  * Tasks and leases in Durable Object SQLite. Synchronous: every method runs inside one
  * storage transaction of the calling event, so no two events see half a change.
@@ -81,7 +86,9 @@ export class TaskQueue {
         items TEXT,
         state TEXT NOT NULL DEFAULT 'pending',
         attempts INTEGER NOT NULL DEFAULT 0,
-        errors TEXT NOT NULL DEFAULT '[]'
+        errors TEXT NOT NULL DEFAULT '[]',
+        -- a failed task waits until then before it is leased again (retry backoff)
+        not_before INTEGER NOT NULL DEFAULT 0
       );
       CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (state, model, seq);
       CREATE TABLE IF NOT EXISTS leases (
@@ -134,8 +141,9 @@ export class TaskQueue {
     if (n <= 0) return [];
     const rows = this.sql
       .exec<{ id: string; job_id: string; tenant: string; items: string; attempts: number }>(
-        "SELECT id, job_id, tenant, items, attempts FROM tasks WHERE state = 'pending' AND model = ? ORDER BY seq LIMIT ?",
+        "SELECT id, job_id, tenant, items, attempts FROM tasks WHERE state = 'pending' AND model = ? AND not_before <= ? ORDER BY seq LIMIT ?",
         model,
+        now,
         n,
       )
       .toArray();
@@ -326,7 +334,11 @@ export class TaskQueue {
    * Records a failed attempt. Returns "failed" when the task has used all its attempts (its
    * chunks must then be marked failed), else "retry".
    */
-  fail(leaseId: string, reason: string): { taskId: string; outcome: "retry" | "failed" } | null {
+  fail(
+    leaseId: string,
+    reason: string,
+    now: number,
+  ): { taskId: string; outcome: "retry" | "failed" } | null {
     const lease = this.getLease(leaseId);
     if (!lease) return null;
     const task = this.getTask(lease.taskId);
@@ -338,12 +350,24 @@ export class TaskQueue {
       reason,
       task.id,
     );
-    this.setState(task.id, "leased", {
-      type: "fail",
-      attempts: task.attempts,
-      maxAttempts: this.maxAttempts,
-    });
-    return { taskId: task.id, outcome: task.attempts >= this.maxAttempts ? "failed" : "retry" };
+    const { workers, failures } = this.sql
+      .exec<{ workers: number; failures: number }>(
+        "SELECT count(DISTINCT json_extract(e.value, '$.worker')) AS workers, count(*) AS failures FROM tasks, json_each(tasks.errors) AS e WHERE tasks.id = ?",
+        task.id,
+      )
+      .one();
+    // Give up once the task has failed on maxAttempts different workers (one broken worker
+    // cannot poison a chunk), or on far more attempts than that on fewer workers.
+    const exhausted = workers >= this.maxAttempts || failures >= this.maxAttempts * 3;
+    this.setState(task.id, "leased", { type: "fail", exhausted });
+    if (!exhausted) {
+      this.sql.exec(
+        "UPDATE tasks SET not_before = ? WHERE id = ?",
+        now + retryDelay(failures),
+        task.id,
+      );
+    }
+    return { taskId: task.id, outcome: exhausted ? "failed" : "retry" };
   }
 
   /** Hands leases back to the queue without counting an attempt against the task. */
@@ -423,11 +447,19 @@ export class TaskQueue {
     }
   }
 
-  earliestDeadline(): number | null {
-    const r = this.sql
+  /** When something next needs the coordinator: a lease deadline or a retry coming due. */
+  nextWake(now: number): number | null {
+    const lease = this.sql
       .exec<{ d: number | null }>("SELECT min(deadline) AS d FROM leases")
-      .toArray()[0];
-    return r?.d ?? null;
+      .one().d;
+    const retry = this.sql
+      .exec<{ d: number | null }>(
+        "SELECT min(not_before) AS d FROM tasks WHERE state = 'pending' AND not_before > ?",
+        now,
+      )
+      .one().d;
+    const times = [lease, retry].filter((t): t is number => t !== null);
+    return times.length ? Math.min(...times) : null;
   }
 
   pendingCount(model?: string): number {

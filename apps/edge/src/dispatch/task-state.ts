@@ -21,7 +21,8 @@ export type TaskEvent =
   | { type: "store_error" }
   | { type: "expire" }
   | { type: "release" }
-  | { type: "fail"; attempts: number; maxAttempts: number }
+  /** `exhausted`: the task has failed on enough different workers to give up on it. */
+  | { type: "fail"; exhausted: boolean }
   | { type: "cancel" };
 
 /** The state after an event, or null when the event does not apply in that state. */
@@ -39,7 +40,7 @@ export function transition(state: TaskState, event: TaskEvent): TaskState | null
         case "release":
           return "pending";
         case "fail":
-          return event.attempts >= event.maxAttempts ? "failed" : "pending";
+          return event.exhausted ? "failed" : "pending";
         default:
           return null;
       }
