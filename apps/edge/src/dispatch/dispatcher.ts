@@ -539,6 +539,8 @@ export class Dispatcher extends DurableObject<Env> {
 
   /** Leases pending tasks to workers with credits, spreading them across workers. */
   private async pump(exclude?: WebSocket): Promise<void> {
+    // Expired leases are also collected here, so progress never depends on an alarm alone.
+    this.queue.requeueExpired(Date.now());
     const started: string[] = [];
     const sockets = this.ctx.getWebSockets().filter((ws) => ws !== exclude);
     let progress = true;
