@@ -37,6 +37,13 @@ describe("task state machine", () => {
     expect(transition("pending", { type: "result" })).toBeNull();
   });
 
+  it("takes a late result (expired lease, before give-up) whether or not the task was reassigned", () => {
+    expect(transition("pending", { type: "late_result" })).toBe("storing");
+    expect(transition("leased", { type: "late_result" })).toBe("storing");
+    expect(transition("storing", { type: "late_result" })).toBeNull();
+    expect(transition("done", { type: "late_result" })).toBeNull();
+  });
+
   it("cancels only work that is not yet stored", () => {
     expect(ALL.filter((s) => transition(s, { type: "cancel" }) === "cancelled")).toEqual([
       "pending",

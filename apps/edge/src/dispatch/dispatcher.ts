@@ -81,7 +81,11 @@ export class Dispatcher extends DurableObject<Env> {
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
-    this.queue = new TaskQueue(ctx.storage.sql, MAX_ATTEMPTS);
+    this.queue = new TaskQueue(
+      ctx.storage.sql,
+      MAX_ATTEMPTS,
+      Number(env.LEASE_GIVE_UP_MS) || 10 * 60_000,
+    );
     this.store = new D1Store(env.DB);
     this.leaseMs = Number(env.LEASE_MS) || 60_000;
     ctx.blockConcurrencyWhile(async () => this.queue.migrate());
@@ -348,7 +352,13 @@ export class Dispatcher extends DurableObject<Env> {
     const lease = this.queue.getLease(msg.leaseId);
     if (task && (task.state === "done" || task.state === "storing")) return ack("duplicate");
     if (task?.state === "cancelled") return ack("rejected", "the job was cancelled");
-    if (!task || !lease || lease.taskId !== msg.taskId || lease.workerId !== peer.workerId) {
+    if (
+      !task ||
+      !lease ||
+      lease.taskId !== msg.taskId ||
+      lease.workerId !== peer.workerId ||
+      !TaskQueue.leaseLive(lease, Date.now())
+    ) {
       return ack("rejected", "no valid lease for this task");
     }
     const problem = this.checkResult(task.items ?? [], task.model, msg);
@@ -361,7 +371,7 @@ export class Dispatcher extends DurableObject<Env> {
       });
       return;
     }
-    if (!this.queue.beginStoring(msg.taskId)) return ack("duplicate");
+    if (!this.queue.beginStoring(msg.taskId, lease.expired)) return ack("duplicate");
     const items = task.items ?? [];
     try {
       await getVectorIndex(this.env, task.model).upsert(

@@ -47,6 +47,9 @@ export interface LeaseRow {
   taskId: string;
   workerId: string;
   deadline: number;
+  /** The deadline passed and the task was reassigned; results count until `giveUpAt`. */
+  expired: boolean;
+  giveUpAt: number | null;
 }
 
 const SCHEMA_VERSION = 1;
@@ -67,6 +70,8 @@ export class TaskQueue {
   constructor(
     private readonly sql: SqlStorage,
     private readonly maxAttempts: number,
+    /** How long after reassignment a late result still counts (the give-up deadline). */
+    private readonly giveUpMs = 10 * 60_000,
   ) {}
 
   /** Creates the tables; run once under blockConcurrencyWhile. */
@@ -95,7 +100,11 @@ export class TaskQueue {
         id TEXT PRIMARY KEY,
         task_id TEXT NOT NULL,
         worker_id TEXT NOT NULL,
-        deadline INTEGER NOT NULL
+        deadline INTEGER NOT NULL,
+        -- 1 once the deadline passed and the task went back to the queue; the worker's
+        -- result is still taken until give_up_at
+        expired INTEGER NOT NULL DEFAULT 0,
+        give_up_at INTEGER
       );
       CREATE INDEX IF NOT EXISTS leases_worker ON leases (worker_id);
       CREATE INDEX IF NOT EXISTS leases_deadline ON leases (deadline);
@@ -152,7 +161,7 @@ export class TaskQueue {
       this.setState(r.id, "pending", { type: "lease" });
       this.sql.exec("UPDATE tasks SET attempts = attempts + 1 WHERE id = ?", r.id);
       this.sql.exec(
-        "INSERT INTO leases VALUES (?, ?, ?, ?)",
+        "INSERT INTO leases (id, task_id, worker_id, deadline) VALUES (?, ?, ?, ?)",
         leaseId,
         r.id,
         workerId,
@@ -302,17 +311,42 @@ export class TaskQueue {
 
   getLease(id: string): LeaseRow | null {
     const r = this.sql
-      .exec<{ id: string; task_id: string; worker_id: string; deadline: number }>(
-        "SELECT * FROM leases WHERE id = ?",
-        id,
-      )
+      .exec<{
+        id: string;
+        task_id: string;
+        worker_id: string;
+        deadline: number;
+        expired: number;
+        give_up_at: number | null;
+      }>("SELECT * FROM leases WHERE id = ?", id)
       .toArray()[0];
-    return r ? { id: r.id, taskId: r.task_id, workerId: r.worker_id, deadline: r.deadline } : null;
+    return r
+      ? {
+          id: r.id,
+          taskId: r.task_id,
+          workerId: r.worker_id,
+          deadline: r.deadline,
+          expired: r.expired === 1,
+          giveUpAt: r.give_up_at,
+        }
+      : null;
   }
 
-  /** Moves a leased task to `storing`; false when it is not leased (a duplicate or stale result). */
-  beginStoring(taskId: string): boolean {
-    return this.setState(taskId, "leased", { type: "result" });
+  /** Whether a result on this lease still counts at `now`. */
+  static leaseLive(lease: LeaseRow, now: number): boolean {
+    return !lease.expired || (lease.giveUpAt !== null && now < lease.giveUpAt);
+  }
+
+  /**
+   * Moves a task to `storing` for a result on a live lease, or on an expired one before its
+   * give-up deadline (`late`); false when the task is already stored or gone.
+   */
+  beginStoring(taskId: string, late = false): boolean {
+    if (!late) return this.setState(taskId, "leased", { type: "result" });
+    return (
+      this.setState(taskId, "pending", { type: "late_result" }) ||
+      this.setState(taskId, "leased", { type: "late_result" })
+    );
   }
 
   /** The result is stored: the task is done, its lease gone and its text dropped. */
@@ -340,7 +374,7 @@ export class TaskQueue {
     now: number,
   ): { taskId: string; outcome: "retry" | "failed" } | null {
     const lease = this.getLease(leaseId);
-    if (!lease) return null;
+    if (!lease || lease.expired) return null;
     const task = this.getTask(lease.taskId);
     if (task?.state !== "leased") return null;
     this.sql.exec("DELETE FROM leases WHERE id = ?", leaseId);
@@ -376,6 +410,10 @@ export class TaskQueue {
     for (const id of leaseIds) {
       const lease = this.getLease(id);
       if (!lease || lease.workerId !== workerId) continue;
+      if (lease.expired) {
+        this.sql.exec("DELETE FROM leases WHERE id = ?", id);
+        continue;
+      }
       if (this.setState(lease.taskId, "leased", { type: "release" })) {
         this.sql.exec(
           "UPDATE tasks SET attempts = max(attempts - 1, 0) WHERE id = ?",
@@ -390,21 +428,23 @@ export class TaskQueue {
 
   /** Returns tasks whose lease deadline has passed to the queue; gives the workers that let them lapse. */
   requeueExpired(now: number): string[] {
+    // Leases past their give-up deadline are gone for good.
+    this.sql.exec("DELETE FROM leases WHERE expired = 1 AND give_up_at <= ?", now);
     const ids = this.sql
-      .exec<{ id: string }>("SELECT id FROM leases WHERE deadline <= ?", now)
+      .exec<{ id: string }>("SELECT id FROM leases WHERE expired = 0 AND deadline <= ?", now)
       .toArray()
       .map((r) => r.id);
-    return this.expireLeases(ids);
-  }
-
-  private expireLeases(leaseIds: string[]): string[] {
     const workers: string[] = [];
-    for (const id of leaseIds) {
+    for (const id of ids) {
       const lease = this.getLease(id);
       if (!lease) continue;
       // A task being stored keeps its lease until the write settles.
       if (this.setState(lease.taskId, "leased", { type: "expire" })) {
-        this.sql.exec("DELETE FROM leases WHERE id = ?", id);
+        this.sql.exec(
+          "UPDATE leases SET expired = 1, give_up_at = ? WHERE id = ?",
+          now + this.giveUpMs,
+          id,
+        );
         workers.push(lease.workerId);
       }
     }
@@ -414,7 +454,7 @@ export class TaskQueue {
   /** Gives a disconnected worker's leases at most `deadline` to be reclaimed by a reconnect. */
   graceWorker(workerId: string, deadline: number): void {
     this.sql.exec(
-      "UPDATE leases SET deadline = min(deadline, ?) WHERE worker_id = ?",
+      "UPDATE leases SET deadline = min(deadline, ?) WHERE worker_id = ? AND expired = 0",
       deadline,
       workerId,
     );
@@ -422,15 +462,21 @@ export class TaskQueue {
 
   /** A reconnected worker takes its leases back, with fresh deadlines. */
   reclaim(workerId: string, deadline: number): number {
-    return this.sql.exec("UPDATE leases SET deadline = ? WHERE worker_id = ?", deadline, workerId)
-      .rowsWritten;
+    return this.sql.exec(
+      "UPDATE leases SET deadline = ? WHERE worker_id = ? AND expired = 0",
+      deadline,
+      workerId,
+    ).rowsWritten;
   }
 
   /** Leases a worker holds now. */
   held(workerId: string): number {
     return (
       this.sql
-        .exec<{ n: number }>("SELECT count(*) AS n FROM leases WHERE worker_id = ?", workerId)
+        .exec<{ n: number }>(
+          "SELECT count(*) AS n FROM leases WHERE worker_id = ? AND expired = 0",
+          workerId,
+        )
         .toArray()[0]?.n ?? 0
     );
   }
@@ -439,7 +485,7 @@ export class TaskQueue {
   heartbeat(workerId: string, leaseIds: string[], deadline: number): void {
     for (const id of leaseIds) {
       this.sql.exec(
-        "UPDATE leases SET deadline = ? WHERE id = ? AND worker_id = ?",
+        "UPDATE leases SET deadline = ? WHERE id = ? AND worker_id = ? AND expired = 0",
         deadline,
         id,
         workerId,
@@ -450,7 +496,7 @@ export class TaskQueue {
   /** When something next needs the coordinator: a lease deadline or a retry coming due. */
   nextWake(now: number): number | null {
     const lease = this.sql
-      .exec<{ d: number | null }>("SELECT min(deadline) AS d FROM leases")
+      .exec<{ d: number | null }>("SELECT min(deadline) AS d FROM leases WHERE expired = 0")
       .one().d;
     const retry = this.sql
       .exec<{ d: number | null }>(

@@ -6,6 +6,10 @@
  *      |   expire/release/ \--fail--> (pending, or failed when attempts are spent)
  *      +-------------------+            storing --store error--> pending
  *
+ * A lease that misses its deadline puts the task back (reassign), but its worker's result is
+ * still taken until the give-up deadline, from `pending` or while another worker holds it:
+ * the first valid result is stored, any later one is a duplicate.
+ *
  * Any task not yet stored can be cancelled (its job was cancelled or deleted).
  *
  * `storing` exists so that a duplicate result arriving while the first is being written is
@@ -17,6 +21,8 @@ export type TaskState = "pending" | "leased" | "storing" | "done" | "failed" | "
 export type TaskEvent =
   | { type: "lease" }
   | { type: "result" }
+  /** A result on a lease that expired but has not reached its give-up deadline. */
+  | { type: "late_result" }
   | { type: "stored" }
   | { type: "store_error" }
   | { type: "expire" }
@@ -31,10 +37,12 @@ export function transition(state: TaskState, event: TaskEvent): TaskState | null
     return state === "pending" || state === "leased" ? "cancelled" : null;
   switch (state) {
     case "pending":
-      return event.type === "lease" ? "leased" : null;
+      if (event.type === "lease") return "leased";
+      return event.type === "late_result" ? "storing" : null;
     case "leased":
       switch (event.type) {
         case "result":
+        case "late_result":
           return "storing";
         case "expire":
         case "release":
