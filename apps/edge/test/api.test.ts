@@ -25,6 +25,22 @@ describe("authentication", () => {
     const r = await call("/v1/workers/connect", { key: KEYS.api });
     expect(r.status).toBe(403);
   });
+
+  it("closes a worker socket with a bad token at once, with close code 4401 and the reason", async () => {
+    for (const [key, reason] of [
+      ["nope", /invalid or revoked/],
+      [KEYS.api, /API key/],
+    ] as const) {
+      const res = await call("/v1/workers/connect", { key, headers: { Upgrade: "websocket" } });
+      expect(res.status).toBe(101);
+      const ws = res.webSocket as WebSocket;
+      const closed = new Promise<CloseEvent>((r) => ws.addEventListener("close", r));
+      ws.accept();
+      const ev = await closed;
+      expect(ev.code).toBe(4401);
+      expect(ev.reason).toMatch(reason);
+    }
+  });
 });
 
 describe("POST /v1/jobs", () => {

@@ -1,16 +1,39 @@
-import { DEFAULT_MODEL, getModel } from "@p2pa/shared";
+import { CloseCode, DEFAULT_MODEL, getModel } from "@p2pa/shared";
+import { createMiddleware } from "hono/factory";
 import { router } from "../app.js";
 import { dispatcherFor, shardsFrom } from "../dispatch/shards.js";
-import { requireAuth } from "../lib/auth.js";
+import { type AppEnv, lookupCredential, requireAuth } from "../lib/auth.js";
 import { AppError } from "../lib/errors.js";
 import { getVectorIndex } from "../vector/index.js";
+
+/**
+ * A WebSocket client often cannot read an HTTP error on the upgrade; so a socket with a bad
+ * or revoked token is accepted and closed at once with 4401 and the reason, which every
+ * client sees. Plain HTTP requests get the usual 401/403 JSON.
+ */
+const refuseSocketWithCloseCode = createMiddleware<AppEnv>(async (c, next) => {
+  if (c.req.header("Upgrade")?.toLowerCase() !== "websocket") return next();
+  const secret = c.req.header("Authorization")?.match(/^Bearer\s+(\S+)\s*$/i)?.[1];
+  const cred = secret ? await lookupCredential(c.env, secret) : null;
+  if (cred?.kind === "worker") return next();
+  const pair = new WebSocketPair();
+  const server = pair[1];
+  server.accept();
+  const reason = !secret
+    ? "missing worker token"
+    : cred
+      ? "this is an API key, not a worker token"
+      : "invalid or revoked worker token";
+  server.close(CloseCode.unauthorized, reason);
+  return new Response(null, { status: 101, webSocket: pair[0] });
+});
 
 /**
  * Workers join over WebSocket with a worker token. The edge authenticates, then hands the
  * socket to the Dispatcher shard the worker is placed on.
  */
 export const workerRoutes = router()
-  .get("/v1/workers/connect", requireAuth("worker"), async (c) => {
+  .get("/v1/workers/connect", refuseSocketWithCloseCode, requireAuth("worker"), async (c) => {
     if (c.req.header("Upgrade")?.toLowerCase() !== "websocket") {
       throw new AppError(426 as 400, "bad_request", "this endpoint expects a WebSocket upgrade");
     }
