@@ -74,6 +74,7 @@ export function compileFilter(
   const parts: string[] = [];
   const params: SqlValue[] = [];
   for (const [key, cond] of entries) {
+    checkKey(key);
     if (!indexed.includes(key))
       throw new Error(`cannot filter on "${key}": it has no metadata index`);
     if (cond === null || typeof cond !== "object") {

@@ -1,3 +1,46 @@
-export function getVectorIndex(env: Env, _model: string): any {
-  return env.VECTORIZE;
+import { localIndexName } from "./config.js";
+import type { LocalVectorIndex } from "./local-index.js";
+import type { VectorIndex } from "./types.js";
+
+export type { LocalIndexConfig } from "./config.js";
+export type { VectorIndex } from "./types.js";
+
+/**
+ * The vector index of `model`: the Vectorize binding when `VECTOR_BACKEND` is "vectorize",
+ * otherwise the model's `LocalVectorIndex` Durable Object behind the same interface, so
+ * callers never know which one they hold.
+ *
+ * Production binds a single Vectorize index (p2pa-use-lite), so `model` only selects the
+ * local object today; a second model needs a second binding here.
+ */
+export function getVectorIndex(env: Env, model: string): VectorIndex {
+  if (env.VECTOR_BACKEND === "vectorize") {
+    // `wrangler types` declares the binding as the beta `VectorizeIndex`; a v2 index answers
+    // with the v2 shapes (`mutationId`, `vectorCount`). See types.ts.
+    return env.VECTORIZE as unknown as Vectorize;
+  }
+  return localVectorIndex(env.LOCAL_VECTORS, localIndexName(model));
+}
+
+/**
+ * A `VectorIndex` over the `LocalVectorIndex` object named `name`. Exposed for tests, which
+ * use fresh names to get empty indexes.
+ */
+export function localVectorIndex(
+  ns: DurableObjectNamespace<LocalVectorIndex>,
+  name: string,
+): VectorIndex {
+  const stub = ns.get(ns.idFromName(name));
+  // Spelled out rather than returning the stub, which also carries configure() and the
+  // Durable Object plumbing that callers must not reach. Each call goes through an async
+  // function because workerd reports a rejected RPC promise handed on as is as an unhandled
+  // rejection, even when the caller awaits it.
+  return {
+    insert: async (vectors) => stub.insert(vectors),
+    upsert: async (vectors) => stub.upsert(vectors),
+    query: async (vector, options) => stub.query(vector, options),
+    getByIds: async (ids) => stub.getByIds(ids),
+    deleteByIds: async (ids) => stub.deleteByIds(ids),
+    describe: async () => stub.describe(),
+  };
 }

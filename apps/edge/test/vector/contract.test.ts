@@ -21,9 +21,7 @@ vectorIndexContract("getVectorIndex(env, 'use-lite'), local backend", () =>
 describe("LocalVectorIndex beyond the contract", () => {
   it("breaks score ties by id", async () => {
     const { index } = await freshLocal(4);
-    await index.upsert(
-      ["c", "a", "b"].map((id, i) => ({ id, values: [1 + i, 0, 0, 0] })),
-    );
+    await index.upsert(["c", "a", "b"].map((id, i) => ({ id, values: [1 + i, 0, 0, 0] })));
     const r = await index.query([1, 0, 0, 0]);
     expect(r.matches.map((m) => m.id)).toEqual(["a", "b", "c"]);
   });
@@ -32,7 +30,10 @@ describe("LocalVectorIndex beyond the contract", () => {
     expect((await getVectorIndex(env, "use-lite").describe()).dimensions).toBe(512);
     const { stub } = await freshLocal(4);
     await stub.configure({ dimensions: 4, metadataIndexes: ["extra"] });
-    await expect(stub.configure({ dimensions: 8 })).rejects.toThrow(/cannot change to 8/);
+    // Awaited inside an async function: a bare RPC promise's rejection reads as unhandled.
+    await expect((async () => stub.configure({ dimensions: 8 }))()).rejects.toThrow(
+      /cannot change to 8/,
+    );
   });
 
   it("takes its dimensions from the first write when never configured", async () => {
