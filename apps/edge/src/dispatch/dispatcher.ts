@@ -15,7 +15,6 @@ import {
 } from "@p2pa/shared";
 import { D1Store, type MetadataStore } from "../db/store.js";
 import { getVectorIndex } from "../vector/index.js";
-import { terminalEvent, webhookHub } from "../webhooks/index.js";
 import {
   allowedInFlight,
   type Budget,
@@ -23,8 +22,11 @@ import {
   recordFailure,
   recordSuccess,
 } from "./error-budget.js";
+import { type JobEvent, JobLog } from "./job-log.js";
+import { JobNotifier } from "./notifier.js";
 import { type Bucket, take } from "./rate-limit.js";
-import { type JobEvent, type NewTask, TaskQueue } from "./task-queue.js";
+import { checkResult } from "./result-check.js";
+import { type NewTask, TaskQueue } from "./task-queue.js";
 
 /** Per-connection state, kept in the WebSocket attachment so it survives hibernation. */
 interface Peer {
@@ -70,14 +72,14 @@ interface PendingEmbed {
  */
 export class Dispatcher extends DurableObject<Env> {
   private readonly queue: TaskQueue;
+  private readonly jobs: JobLog;
+  private readonly notifier: JobNotifier;
   private readonly store: MetadataStore;
   private readonly leaseMs: number;
   /** In-flight real-time requests; in memory because their HTTP callers are in memory too. */
   private readonly embeds = new Map<string, PendingEmbed>();
   /** Per-connection message buckets; in memory, a fresh bucket after eviction is harmless. */
   private readonly buckets = new Map<WebSocket, Bucket>();
-  /** When each job last sent job.progress; throttling only, so memory is enough. */
-  private readonly progressSentAt = new Map<string, number>();
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -87,14 +89,20 @@ export class Dispatcher extends DurableObject<Env> {
       Number(env.LEASE_GIVE_UP_MS) || 10 * 60_000,
     );
     this.store = new D1Store(env.DB);
+    this.jobs = new JobLog(ctx.storage.sql);
+    this.notifier = new JobNotifier(env, ctx, this.jobs, this.store);
     this.leaseMs = Number(env.LEASE_MS) || 60_000;
-    ctx.blockConcurrencyWhile(async () => this.queue.migrate());
+    ctx.blockConcurrencyWhile(async () => {
+      this.queue.migrate();
+      this.jobs.migrate();
+    });
   }
 
   // ---- RPC from the API ----
 
   /** Adds a job's tasks (idempotent per task id) and hands them to ready workers. */
   async enqueue(jobId: string, tenant: string, model: string, tasks: NewTask[]): Promise<number> {
+    this.jobs.register(jobId, tenant);
     const added = this.queue.enqueue(jobId, tenant, model, tasks);
     await this.pump();
     return added;
@@ -102,17 +110,18 @@ export class Dispatcher extends DurableObject<Env> {
 
   /** Stops dispatching a job's tasks and ends their leases; `purge` when the job is deleted. */
   async cancel(jobId: string, purge = false): Promise<number> {
-    const n = this.queue.cancelJob(jobId, purge);
-    if (this.queue.markEnded(jobId)) {
-      this.queue.appendEvents(jobId, [{ kind: "end", data: { status: "cancelled" } }]);
-      if (!purge) await this.notifyEnd(jobId);
+    if (purge) this.jobs.markDeleted(jobId);
+    const n = this.queue.cancelJob(jobId);
+    if (this.jobs.markEnded(jobId)) {
+      this.jobs.appendEvents(jobId, [{ kind: "end", data: { status: "cancelled" } }]);
+      if (!purge) await this.notifier.notifyEnd(jobId);
     }
     return n;
   }
 
   /** A job's event log after `afterSeq` (chunk results and the terminal event). */
   async events(jobId: string, afterSeq: number, limit = 1000): Promise<JobEvent[]> {
-    return this.queue.events(jobId, afterSeq, limit);
+    return this.jobs.events(jobId, afterSeq, limit);
   }
 
   /** Tasks waiting for a worker: what the API checks before accepting more work. */
@@ -282,7 +291,7 @@ export class Dispatcher extends DurableObject<Env> {
       if (peer && lapsed.has(peer.workerId))
         this.charge(ws, peer, "a lease expired before its result arrived");
     }
-    for (const jobId of this.queue.notifyPending()) await this.notifyEnd(jobId);
+    for (const jobId of this.jobs.notifyPending()) await this.notifier.notifyEnd(jobId);
     await this.pump();
   }
 
@@ -361,7 +370,7 @@ export class Dispatcher extends DurableObject<Env> {
     ) {
       return ack("rejected", "no valid lease for this task");
     }
-    const problem = this.checkResult(task.items ?? [], task.model, msg);
+    const problem = checkResult(task.items ?? [], task.model, msg);
     if (problem) {
       ack("rejected", problem);
       await this.onTaskFailed(ws, peer, msg.leaseId, msg.taskId, {
@@ -398,11 +407,11 @@ export class Dispatcher extends DurableObject<Env> {
       return;
     }
     this.queue.finishStoring(msg.taskId);
-    if (this.queue.isDeleted(task.jobId)) {
+    if (this.jobs.isDeleted(task.jobId)) {
       // The job was deleted while this result was being written: take the vectors back out.
       await getVectorIndex(this.env, task.model).deleteByIds(items.map((it) => it.chunkId));
     }
-    this.queue.appendEvents(
+    this.jobs.appendEvents(
       task.jobId,
       items.map((it) => ({
         kind: "chunk" as const,
@@ -415,24 +424,6 @@ export class Dispatcher extends DurableObject<Env> {
     peer.budget = recordSuccess(peer.budget);
     this.save(ws, peer);
     ack("stored");
-  }
-
-  /** Why a result is not acceptable, or null. Untrusted input: check everything. */
-  private checkResult(items: { chunkId: string }[], model: string, msg: TaskResult): string | null {
-    const info = getModel(model);
-    if (!info) return `unknown model ${model}`;
-    if (msg.vectors.length !== items.length)
-      return `expected ${items.length} vectors, got ${msg.vectors.length}`;
-    for (let i = 0; i < items.length; i++) {
-      const got = msg.vectors[i];
-      if (!got || got.chunkId !== items[i]?.chunkId)
-        return `vector ${i} is for ${got?.chunkId}, expected ${items[i]?.chunkId}`;
-      const v = decodeVector(got.vector);
-      if (!v) return `vector ${i} is not base64 float32`;
-      const why = checkEmbedding(v, info.dimension);
-      if (why) return `vector ${i}: ${why}`;
-    }
-    return null;
   }
 
   private async onTaskFailed(
@@ -456,7 +447,7 @@ export class Dispatcher extends DurableObject<Env> {
           task.items.map((i) => i.chunkId),
           reason,
         );
-        this.queue.appendEvents(
+        this.jobs.appendEvents(
           task.jobId,
           task.items.map((it) => ({
             kind: "chunk" as const,
@@ -503,48 +494,15 @@ export class Dispatcher extends DurableObject<Env> {
   /** Records the job's terminal event once no task of it can change any more. */
   private async settleJob(jobId: string): Promise<void> {
     if (this.queue.jobOpen(jobId)) {
-      await this.maybeNotifyProgress(jobId);
+      await this.notifier.maybeNotifyProgress(jobId);
       return;
     }
-    if (!this.queue.markEnded(jobId)) return;
+    if (!this.jobs.markEnded(jobId)) return;
     const job = await this.store.getJobById(jobId);
-    this.queue.appendEvents(jobId, [
+    this.jobs.appendEvents(jobId, [
       { kind: "end", data: { status: job?.status ?? "completed", chunks: job?.chunks } },
     ]);
-    await this.notifyEnd(jobId);
-  }
-
-  /**
-   * Hands the job's terminal event to the tenant's webhook hub. Until the hub has it, the job
-   * stays marked and the alarm retries, so the event is delivered at least once.
-   */
-  private async notifyEnd(jobId: string): Promise<void> {
-    this.queue.setNotifyPending(jobId, true);
-    try {
-      const tenant = this.queue.jobTenant(jobId);
-      const job = await this.store.getJobById(jobId);
-      const type = job ? terminalEvent(job.status) : null;
-      if (tenant && job && type) await webhookHub(this.env, tenant).emit(type, jobId, job);
-      this.queue.setNotifyPending(jobId, false);
-    } catch (err) {
-      console.error("webhook hand-over failed; will retry", jobId, err);
-      await this.ctx.storage.setAlarm(Date.now() + 5000);
-    }
-  }
-
-  /** At most one job.progress event per job per WEBHOOK_PROGRESS_SECONDS. */
-  private async maybeNotifyProgress(jobId: string): Promise<void> {
-    const every = (Number(this.env.WEBHOOK_PROGRESS_SECONDS) || 10) * 1000;
-    const last = this.progressSentAt.get(jobId) ?? 0;
-    if (Date.now() - last < every) return;
-    this.progressSentAt.set(jobId, Date.now());
-    const tenant = this.queue.jobTenant(jobId);
-    const job = await this.store.getJobById(jobId);
-    if (!tenant || !job) return;
-    // Progress is best effort by design: the next one supersedes a lost one.
-    await webhookHub(this.env, tenant)
-      .emit("job.progress", jobId, job)
-      .catch(() => {});
+    await this.notifier.notifyEnd(jobId);
   }
 
   /** Leases pending tasks to workers with credits, spreading them across workers. */
@@ -568,7 +526,7 @@ export class Dispatcher extends DurableObject<Env> {
           if (!task) continue;
           peer.credits--;
           progress = true;
-          if (this.queue.markJobStarted(task.jobId)) started.push(task.jobId);
+          if (this.jobs.markJobStarted(task.jobId)) started.push(task.jobId);
           this.send(ws, {
             type: "task",
             v: PROTOCOL_VERSION,

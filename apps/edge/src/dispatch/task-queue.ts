@@ -8,15 +8,6 @@ export interface QueuedItem {
   text: string;
 }
 
-export type JobEventKind = "chunk" | "end";
-
-/** One entry of a job's event log; `seq` is the SSE event id, `data` its JSON payload. */
-export interface JobEvent {
-  seq: number;
-  kind: JobEventKind;
-  data: string;
-}
-
 export interface NewTask {
   id: string;
   items: QueuedItem[];
@@ -108,22 +99,6 @@ export class TaskQueue {
       );
       CREATE INDEX IF NOT EXISTS leases_worker ON leases (worker_id);
       CREATE INDEX IF NOT EXISTS leases_deadline ON leases (deadline);
-      CREATE TABLE IF NOT EXISTS jobs (
-        id TEXT PRIMARY KEY,
-        started INTEGER NOT NULL DEFAULT 0,
-        tenant TEXT NOT NULL DEFAULT '',
-        deleted INTEGER NOT NULL DEFAULT 0,
-        ended INTEGER NOT NULL DEFAULT 0,
-        -- 1 while the job's terminal webhook event has not reached the tenant's hub
-        notify_pending INTEGER NOT NULL DEFAULT 0
-      );
-      CREATE TABLE IF NOT EXISTS job_events (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        job_id TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        data TEXT NOT NULL
-      );
-      CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job_id, seq);
     `);
     this.sql.exec("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", String(SCHEMA_VERSION));
   }
@@ -131,7 +106,6 @@ export class TaskQueue {
   /** Adds a job's tasks; replays of the same task ids are ignored. Returns how many were new. */
   enqueue(jobId: string, tenant: string, model: string, tasks: NewTask[]): number {
     let added = 0;
-    this.sql.exec("INSERT OR IGNORE INTO jobs (id, tenant) VALUES (?, ?)", jobId, tenant);
     for (const t of tasks) {
       added += this.sql.exec(
         "INSERT OR IGNORE INTO tasks (id, job_id, tenant, model, items) VALUES (?, ?, ?, ?, ?)",
@@ -179,12 +153,8 @@ export class TaskQueue {
     });
   }
 
-  /**
-   * Cancels every task of a job that is not stored yet; their leases end, so late results
-   * are refused. With `purge`, results still being stored are removed once written.
-   */
-  cancelJob(jobId: string, purge: boolean): number {
-    if (purge) this.sql.exec("UPDATE jobs SET deleted = 1 WHERE id = ?", jobId);
+  /** Cancels every task of a job that is not stored yet; their leases end, so late results are refused. */
+  cancelJob(jobId: string): number {
     const rows = this.sql
       .exec<{ id: string; state: TaskState }>(
         "SELECT id, state FROM tasks WHERE job_id = ? AND state IN ('pending', 'leased')",
@@ -202,44 +172,6 @@ export class TaskQueue {
     return n;
   }
 
-  /** True when the job was deleted while some of its results were being stored. */
-  isDeleted(jobId: string): boolean {
-    return (
-      (this.sql
-        .exec<{ deleted: number }>("SELECT deleted FROM jobs WHERE id = ?", jobId)
-        .toArray()[0]?.deleted ?? 0) === 1
-    );
-  }
-
-  /** Appends to a job's event log (what live progress streams replay and resume from). */
-  appendEvents(jobId: string, events: { kind: JobEventKind; data: unknown }[]): void {
-    for (const e of events) {
-      this.sql.exec(
-        "INSERT INTO job_events (job_id, kind, data) VALUES (?, ?, ?)",
-        jobId,
-        e.kind,
-        JSON.stringify(e.data),
-      );
-    }
-  }
-
-  /** A job's events after `afterSeq`, oldest first. */
-  events(jobId: string, afterSeq: number, limit: number): JobEvent[] {
-    return this.sql
-      .exec<{ seq: number; kind: JobEventKind; data: string }>(
-        "SELECT seq, kind, data FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-        jobId,
-        afterSeq,
-        limit,
-      )
-      .toArray()
-      .map((r) => ({
-        seq: r.seq,
-        kind: r.kind,
-        data: r.data,
-      }));
-  }
-
   /** True while any task of the job can still change. */
   jobOpen(jobId: string): boolean {
     const r = this.sql
@@ -249,40 +181,6 @@ export class TaskQueue {
       )
       .toArray()[0];
     return (r?.n ?? 0) > 0;
-  }
-
-  /** True exactly once per job: the caller records its terminal event. */
-  markEnded(jobId: string): boolean {
-    return (
-      this.sql.exec("UPDATE jobs SET ended = 1 WHERE id = ? AND ended = 0", jobId).rowsWritten > 0
-    );
-  }
-
-  jobTenant(jobId: string): string | null {
-    return (
-      this.sql.exec<{ tenant: string }>("SELECT tenant FROM jobs WHERE id = ?", jobId).toArray()[0]
-        ?.tenant ?? null
-    );
-  }
-
-  /** Marks whether a job's terminal notification still has to be handed over. */
-  setNotifyPending(jobId: string, pending: boolean): void {
-    this.sql.exec("UPDATE jobs SET notify_pending = ? WHERE id = ?", pending ? 1 : 0, jobId);
-  }
-
-  notifyPending(): string[] {
-    return this.sql
-      .exec<{ id: string }>("SELECT id FROM jobs WHERE notify_pending = 1")
-      .toArray()
-      .map((r) => r.id);
-  }
-
-  /** True the first time a job's task is leased: the job has started. */
-  markJobStarted(jobId: string): boolean {
-    return (
-      this.sql.exec("UPDATE jobs SET started = 1 WHERE id = ? AND started = 0", jobId).rowsWritten >
-      0
-    );
   }
 
   getTask(id: string): TaskRow | null {

@@ -1,0 +1,133 @@
+/**
+ * What the coordinator remembers about each job beside its tasks, in the same Durable Object
+ * SQLite: its tenant, whether it started, ended or was deleted, whether its terminal webhook
+ * event is still to be handed over, and its event log (what live progress streams replay).
+ */
+
+export type JobEventKind = "chunk" | "end";
+
+/** One entry of a job's event log; `seq` is the SSE event id, `data` its JSON payload. */
+export interface JobEvent {
+  seq: number;
+  kind: JobEventKind;
+  data: string;
+}
+
+const SCHEMA_VERSION = 1;
+
+export class JobLog {
+  constructor(private readonly sql: SqlStorage) {}
+
+  /** Creates the tables; run once under blockConcurrencyWhile. */
+  migrate(): void {
+    this.sql.exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)");
+    const v = this.sql
+      .exec<{ value: string }>("SELECT value FROM meta WHERE key = 'job_log_schema'")
+      .toArray()[0];
+    if (Number(v?.value ?? 0) >= SCHEMA_VERSION) return;
+    this.sql.exec(`
+      CREATE TABLE IF NOT EXISTS jobs (
+        id TEXT PRIMARY KEY,
+        started INTEGER NOT NULL DEFAULT 0,
+        tenant TEXT NOT NULL DEFAULT '',
+        deleted INTEGER NOT NULL DEFAULT 0,
+        ended INTEGER NOT NULL DEFAULT 0,
+        -- 1 while the job's terminal webhook event has not reached the tenant's hub
+        notify_pending INTEGER NOT NULL DEFAULT 0
+      );
+      CREATE TABLE IF NOT EXISTS job_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL
+      );
+      CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job_id, seq);
+    `);
+    this.sql.exec(
+      "INSERT OR REPLACE INTO meta VALUES ('job_log_schema', ?)",
+      String(SCHEMA_VERSION),
+    );
+  }
+
+  /** Records a job the first time its tasks arrive. */
+  register(jobId: string, tenant: string): void {
+    this.sql.exec("INSERT OR IGNORE INTO jobs (id, tenant) VALUES (?, ?)", jobId, tenant);
+  }
+
+  /** The job was deleted: results still being stored are removed once written. */
+  markDeleted(jobId: string): void {
+    this.sql.exec("UPDATE jobs SET deleted = 1 WHERE id = ?", jobId);
+  }
+
+  /** True when the job was deleted while some of its results were being stored. */
+  isDeleted(jobId: string): boolean {
+    return (
+      (this.sql
+        .exec<{ deleted: number }>("SELECT deleted FROM jobs WHERE id = ?", jobId)
+        .toArray()[0]?.deleted ?? 0) === 1
+    );
+  }
+
+  /** Appends to a job's event log (what live progress streams replay and resume from). */
+  appendEvents(jobId: string, events: { kind: JobEventKind; data: unknown }[]): void {
+    for (const e of events) {
+      this.sql.exec(
+        "INSERT INTO job_events (job_id, kind, data) VALUES (?, ?, ?)",
+        jobId,
+        e.kind,
+        JSON.stringify(e.data),
+      );
+    }
+  }
+
+  /** A job's events after `afterSeq`, oldest first. */
+  events(jobId: string, afterSeq: number, limit: number): JobEvent[] {
+    return this.sql
+      .exec<{ seq: number; kind: JobEventKind; data: string }>(
+        "SELECT seq, kind, data FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        jobId,
+        afterSeq,
+        limit,
+      )
+      .toArray()
+      .map((r) => ({
+        seq: r.seq,
+        kind: r.kind,
+        data: r.data,
+      }));
+  }
+
+  /** True exactly once per job: the caller records its terminal event. */
+  markEnded(jobId: string): boolean {
+    return (
+      this.sql.exec("UPDATE jobs SET ended = 1 WHERE id = ? AND ended = 0", jobId).rowsWritten > 0
+    );
+  }
+
+  jobTenant(jobId: string): string | null {
+    return (
+      this.sql.exec<{ tenant: string }>("SELECT tenant FROM jobs WHERE id = ?", jobId).toArray()[0]
+        ?.tenant ?? null
+    );
+  }
+
+  /** Marks whether a job's terminal notification still has to be handed over. */
+  setNotifyPending(jobId: string, pending: boolean): void {
+    this.sql.exec("UPDATE jobs SET notify_pending = ? WHERE id = ?", pending ? 1 : 0, jobId);
+  }
+
+  notifyPending(): string[] {
+    return this.sql
+      .exec<{ id: string }>("SELECT id FROM jobs WHERE notify_pending = 1")
+      .toArray()
+      .map((r) => r.id);
+  }
+
+  /** True the first time a job's task is leased: the job has started. */
+  markJobStarted(jobId: string): boolean {
+    return (
+      this.sql.exec("UPDATE jobs SET started = 1 WHERE id = ? AND started = 0", jobId).rowsWritten >
+      0
+    );
+  }
+}

@@ -1,0 +1,49 @@
+import type { MetadataStore } from "../db/store.js";
+import { terminalEvent, webhookHub } from "../webhooks/index.js";
+import type { JobLog } from "./job-log.js";
+
+/** Hands a shard's job events to the tenants' webhook hubs. */
+export class JobNotifier {
+  /** When each job last sent job.progress; throttling only, so memory is enough. */
+  private readonly progressSentAt = new Map<string, number>();
+
+  constructor(
+    private readonly env: Env,
+    private readonly ctx: DurableObjectState,
+    private readonly jobs: JobLog,
+    private readonly store: MetadataStore,
+  ) {}
+
+  /**
+   * Hands the job's terminal event to the tenant's webhook hub. Until the hub has it, the job
+   * stays marked and the alarm retries, so the event is delivered at least once.
+   */
+  async notifyEnd(jobId: string): Promise<void> {
+    this.jobs.setNotifyPending(jobId, true);
+    try {
+      const tenant = this.jobs.jobTenant(jobId);
+      const job = await this.store.getJobById(jobId);
+      const type = job ? terminalEvent(job.status) : null;
+      if (tenant && job && type) await webhookHub(this.env, tenant).emit(type, jobId, job);
+      this.jobs.setNotifyPending(jobId, false);
+    } catch (err) {
+      console.error("webhook hand-over failed; will retry", jobId, err);
+      await this.ctx.storage.setAlarm(Date.now() + 5000);
+    }
+  }
+
+  /** At most one job.progress event per job per WEBHOOK_PROGRESS_SECONDS. */
+  async maybeNotifyProgress(jobId: string): Promise<void> {
+    const every = (Number(this.env.WEBHOOK_PROGRESS_SECONDS) || 10) * 1000;
+    const last = this.progressSentAt.get(jobId) ?? 0;
+    if (Date.now() - last < every) return;
+    this.progressSentAt.set(jobId, Date.now());
+    const tenant = this.jobs.jobTenant(jobId);
+    const job = await this.store.getJobById(jobId);
+    if (!tenant || !job) return;
+    // Progress is best effort by design: the next one supersedes a lost one.
+    await webhookHub(this.env, tenant)
+      .emit("job.progress", jobId, job)
+      .catch(() => {});
+  }
+}
