@@ -12,6 +12,7 @@ Options (each also read from the environment variable shown):
   --server URL        the p2pa edge, e.g. https://p2pa.example.com  (P2PA_SERVER)
   --token TOKEN       worker join token from the operator          (P2PA_TOKEN)
   --model ID|PATH|URL model to serve (default: use-lite)           (P2PA_MODEL)
+  --device D          auto, cpu or cuda (default: auto, the best found) (P2PA_DEVICE)
   --threads N         inference threads (default: all cores)       (P2PA_THREADS)
   --batch-size N      texts per inference batch (default: 32)      (P2PA_BATCH_SIZE)
   --name NAME         how this worker shows on the dashboard       (P2PA_NAME)
@@ -41,6 +42,7 @@ export const Config = z.object({
     .string({ error: "--token is required (or set P2PA_TOKEN)" })
     .min(1, "--token must not be empty"),
   model: z.string().min(1).default("use-lite"),
+  device: z.enum(["auto", "cpu", "cuda"], { error: "--device must be auto, cpu or cuda" }).default("auto"),
   threads: positiveInt("--threads", 256).default(Math.max(1, os.availableParallelism())),
   batchSize: positiveInt("--batch-size", 1024).default(32),
   name: z.string().max(128).default(os.hostname()),
@@ -62,6 +64,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): CliAction {
         server: { type: "string" },
         token: { type: "string" },
         model: { type: "string" },
+        device: { type: "string" },
         threads: { type: "string" },
         "batch-size": { type: "string" },
         name: { type: "string" },
@@ -83,6 +86,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): CliAction {
     server: pick("server", "P2PA_SERVER"),
     token: pick("token", "P2PA_TOKEN"),
     model: pick("model", "P2PA_MODEL"),
+    device: pick("device", "P2PA_DEVICE"),
     threads: pick("threads", "P2PA_THREADS"),
     batchSize: pick("batch-size", "P2PA_BATCH_SIZE"),
     name: pick("name", "P2PA_NAME"),
