@@ -2,6 +2,7 @@ import { createApp } from "./app.js";
 import { embeddingRoutes } from "./routes/embeddings.js";
 import { eventRoutes } from "./routes/events.js";
 import { jobs } from "./routes/jobs.js";
+import { metricRoutes } from "./routes/metrics.js";
 import { resultRoutes } from "./routes/results.js";
 import { searchRoutes } from "./routes/search.js";
 import { webhookRoutes } from "./routes/webhooks.js";
@@ -31,6 +32,7 @@ app.route("/", webhookRoutes);
 app.route("/", searchRoutes);
 app.route("/", embeddingRoutes);
 app.route("/", workerRoutes);
+app.route("/", metricRoutes);
 
 app.openAPIRegistry.registerComponent("securitySchemes", "bearer", {
   type: "http",

@@ -326,4 +326,20 @@ describe("Dispatcher", () => {
     expect(j.id).toMatch(/^job_/);
     again.ws.close();
   });
+
+  it("counts refused frames and result outcomes in /v1/metrics", async () => {
+    const w = await TestWorker.connect();
+    w.send("{bad");
+    await w.next("error");
+    const res = await call("/v1/metrics");
+    expect(res.status).toBe(200);
+    expect(res.headers.get("Content-Type")).toMatch(/text\/plain/);
+    const text = await res.text();
+    expect(text).toMatch(/^p2pa_frames_refused_total\{kind="bad_json"\} [1-9]\d*$/m);
+    expect(text).toMatch(/^p2pa_results_total\{kind="stored"\} [1-9]\d*$/m);
+    expect(text).toMatch(/^p2pa_results_total\{kind="rejected"\} [1-9]\d*$/m);
+    expect(text).toMatch(/^p2pa_workers_connected\{model="use-lite"\} [1-9]\d*$/m);
+    expect((await call("/v1/metrics", { key: null })).status).toBe(401);
+    w.ws.close();
+  });
 });

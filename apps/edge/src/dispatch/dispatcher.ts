@@ -23,6 +23,7 @@ import {
   recordSuccess,
 } from "./error-budget.js";
 import { type JobEvent, JobLog } from "./job-log.js";
+import { Metrics } from "./metrics.js";
 import { JobNotifier } from "./notifier.js";
 import { type Bucket, take } from "./rate-limit.js";
 import { checkResult } from "./result-check.js";
@@ -74,6 +75,7 @@ export class Dispatcher extends DurableObject<Env> {
   private readonly queue: TaskQueue;
   private readonly jobs: JobLog;
   private readonly notifier: JobNotifier;
+  private readonly metrics: Metrics;
   private readonly store: MetadataStore;
   private readonly leaseMs: number;
   /** In-flight real-time requests; in memory because their HTTP callers are in memory too. */
@@ -90,6 +92,7 @@ export class Dispatcher extends DurableObject<Env> {
     );
     this.store = new D1Store(env.DB);
     this.jobs = new JobLog(ctx.storage.sql);
+    this.metrics = new Metrics(ctx.storage.sql);
     this.notifier = new JobNotifier(env, ctx, this.jobs, this.store);
     this.leaseMs = Number(env.LEASE_MS) || 60_000;
     ctx.blockConcurrencyWhile(async () => {
@@ -164,6 +167,11 @@ export class Dispatcher extends DurableObject<Env> {
     });
   }
 
+  /** The shard's counters, for `/v1/metrics`. */
+  async counters(): Promise<{ name: string; label: string; value: number }[]> {
+    return this.metrics.snapshot();
+  }
+
   /** A snapshot of the shard for the dashboard and tests. */
   async stats(): Promise<DispatcherStats> {
     return {
@@ -195,6 +203,7 @@ export class Dispatcher extends DurableObject<Env> {
     const [client, server] = [pair[0], pair[1]];
     const workerId = `wkr_${crypto.randomUUID().replaceAll("-", "").slice(0, 20)}`;
     this.ctx.acceptWebSocket(server, [workerId]);
+    this.metrics.count("p2pa_worker_connections_total");
     const peer: Peer = {
       budget: freshBudget(),
       workerId,
@@ -285,7 +294,7 @@ export class Dispatcher extends DurableObject<Env> {
   }
 
   override async alarm(): Promise<void> {
-    const lapsed = new Set(this.queue.requeueExpired(Date.now()));
+    const lapsed = new Set(this.requeueExpired());
     for (const ws of this.ctx.getWebSockets()) {
       const peer = this.peer(ws);
       if (peer && lapsed.has(peer.workerId))
@@ -348,7 +357,8 @@ export class Dispatcher extends DurableObject<Env> {
   }
 
   private async onResult(ws: WebSocket, peer: Peer, msg: TaskResult): Promise<void> {
-    const ack = (status: Ack["status"], reason?: string) =>
+    const ack = (status: Ack["status"], reason?: string) => {
+      this.metrics.count("p2pa_results_total", status);
       this.send(ws, {
         type: "ack",
         v: PROTOCOL_VERSION,
@@ -357,6 +367,7 @@ export class Dispatcher extends DurableObject<Env> {
         status,
         ...(reason ? { reason } : {}),
       });
+    };
     const task = this.queue.getTask(msg.taskId);
     const lease = this.queue.getLease(msg.leaseId);
     if (task && (task.state === "done" || task.state === "storing")) return ack("duplicate");
@@ -423,6 +434,7 @@ export class Dispatcher extends DurableObject<Env> {
     this.save(ws, peer);
     peer.budget = recordSuccess(peer.budget);
     this.save(ws, peer);
+    this.metrics.count("p2pa_chunks_stored_total", "", items.length);
     ack("stored");
   }
 
@@ -436,12 +448,14 @@ export class Dispatcher extends DurableObject<Env> {
     const lease = this.queue.getLease(leaseId);
     if (!lease || lease.workerId !== peer.workerId || lease.taskId !== taskId) return;
     const r = this.queue.fail(leaseId, `${error.code}: ${error.message}`, Date.now());
+    this.metrics.count("p2pa_task_failures_total");
     this.charge(ws, peer, error.message);
     if (r?.outcome === "failed") {
       const task = this.queue.getTask(r.taskId);
       const reasons = this.queue.errors(r.taskId).map((e) => e.reason);
       if (task?.items) {
         const reason = `failed after ${task.attempts} attempts: ${reasons.at(-1) ?? ""}`;
+        this.metrics.count("p2pa_chunks_failed_total", "", task.items.length);
         await this.store.recordFailed(
           task.jobId,
           task.items.map((i) => i.chunkId),
@@ -508,7 +522,7 @@ export class Dispatcher extends DurableObject<Env> {
   /** Leases pending tasks to workers with credits, spreading them across workers. */
   private async pump(exclude?: WebSocket): Promise<void> {
     // Expired leases are also collected here, so progress never depends on an alarm alone.
-    this.queue.requeueExpired(Date.now());
+    this.requeueExpired();
     const started: string[] = [];
     const sockets = this.ctx.getWebSockets().filter((ws) => ws !== exclude);
     let progress = true;
@@ -558,6 +572,7 @@ export class Dispatcher extends DurableObject<Env> {
     peer.budget = r.budget;
     this.save(ws, peer);
     if (r.coolingDown) {
+      this.metrics.count("p2pa_workers_benched_total");
       const seconds = Math.round((r.budget.coolUntil - Date.now()) / 1000);
       this.send(ws, {
         type: "error",
@@ -569,7 +584,14 @@ export class Dispatcher extends DurableObject<Env> {
     }
   }
 
+  private requeueExpired(): string[] {
+    const lapsed = this.queue.requeueExpired(Date.now());
+    this.metrics.count("p2pa_leases_expired_total", "", lapsed.length);
+    return lapsed;
+  }
+
   private protocolError(ws: WebSocket, peer: Peer, code: string, message: string): void {
+    this.metrics.count("p2pa_frames_refused_total", code);
     peer.badFrames++;
     this.save(ws, peer);
     this.send(ws, { type: "error", v: PROTOCOL_VERSION, code, message });

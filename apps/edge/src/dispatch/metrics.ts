@@ -1,0 +1,51 @@
+/**
+ * Counters a shard keeps in its SQLite storage, so they survive restarts: frames refused by
+ * kind, results stored, duplicated or rejected, leases expired, tasks failed. Exposed through
+ * `GET /v1/metrics` in the Prometheus text format.
+ */
+export class Metrics {
+  private migrated = false;
+
+  constructor(private readonly sql: SqlStorage) {}
+
+  private ensure(): void {
+    if (this.migrated) return;
+    this.sql.exec(
+      "CREATE TABLE IF NOT EXISTS metrics (name TEXT NOT NULL, label TEXT NOT NULL DEFAULT '', value INTEGER NOT NULL, PRIMARY KEY (name, label))",
+    );
+    this.migrated = true;
+  }
+
+  /** Adds `by` to a counter, optionally split by one label value. */
+  count(name: MetricName, label = "", by = 1): void {
+    if (by === 0) return;
+    this.ensure();
+    this.sql.exec(
+      "INSERT INTO metrics (name, label, value) VALUES (?, ?, ?) ON CONFLICT (name, label) DO UPDATE SET value = value + excluded.value",
+      name,
+      label,
+      by,
+    );
+  }
+
+  snapshot(): { name: string; label: string; value: number }[] {
+    this.ensure();
+    return this.sql
+      .exec<{ name: string; label: string; value: number }>(
+        "SELECT name, label, value FROM metrics ORDER BY name, label",
+      )
+      .toArray();
+  }
+}
+
+export const METRIC_HELP = {
+  p2pa_frames_refused_total: "Worker frames refused, by error code",
+  p2pa_results_total: "Task results received, by outcome (stored, duplicate, rejected)",
+  p2pa_chunks_stored_total: "Chunks whose vectors were stored",
+  p2pa_chunks_failed_total: "Chunks marked failed after their last attempt",
+  p2pa_leases_expired_total: "Leases that passed their deadline and were reassigned",
+  p2pa_task_failures_total: "Failed task attempts reported by workers or caused by bad results",
+  p2pa_workers_benched_total: "Times a worker was put on cool-down for failing",
+  p2pa_worker_connections_total: "Worker connections accepted",
+} as const;
+export type MetricName = keyof typeof METRIC_HELP;
