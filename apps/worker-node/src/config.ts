@@ -42,7 +42,9 @@ export const Config = z.object({
     .string({ error: "--token is required (or set P2PA_TOKEN)" })
     .min(1, "--token must not be empty"),
   model: z.string().min(1).default("use-lite"),
-  device: z.enum(["auto", "cpu", "cuda"], { error: "--device must be auto, cpu or cuda" }).default("auto"),
+  device: z
+    .enum(["auto", "cpu", "cuda"], { error: "--device must be auto, cpu or cuda" })
+    .default("auto"),
   threads: positiveInt("--threads", 256).default(Math.max(1, os.availableParallelism())),
   batchSize: positiveInt("--batch-size", 1024).default(32),
   name: z.string().max(128).default(os.hostname()),

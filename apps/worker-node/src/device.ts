@@ -32,6 +32,7 @@ function cudaProviderPresent(): boolean {
  */
 export function pickDevice(choice: DeviceChoice): Device {
   if (choice === "cpu") return { name: "cpu", executionProviders: ["cpu"] };
-  if (choice === "cuda" || cudaProviderPresent()) return { name: "cuda", executionProviders: ["cuda", "cpu"] };
+  if (choice === "cuda" || cudaProviderPresent())
+    return { name: "cuda", executionProviders: ["cuda", "cpu"] };
   return { name: "cpu", executionProviders: ["cpu"] };
 }

@@ -51,7 +51,9 @@ describe("worker configuration", () => {
     expect(fails(["--server", "ftp://x", "--token", "t"])).toMatch(/must start with http/);
     expect(fails(["--server", "not a url", "--token", "t"])).toMatch(/must be a URL/);
     expect(fails(["--bogus"])).toMatch(/bogus/);
-    expect(fails(["--server", "http://x", "--token", "t", "--device", "tpu"])).toMatch(/--device must be auto, cpu or cuda/);
+    expect(fails(["--server", "http://x", "--token", "t", "--device", "tpu"])).toMatch(
+      /--device must be auto, cpu or cuda/,
+    );
     expect(fails(["--server", "http://x"])).toMatch(/--token is required/);
   });
 

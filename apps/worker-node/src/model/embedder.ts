@@ -1,0 +1,96 @@
+// The model layer's entry point: `loadModel` turns an id, a folder or a manifest URL into an
+// Embedder. Which model runs is decided here; how it runs lives in use-lite/ and hf/.
+import { stat } from "node:fs/promises";
+import path from "node:path";
+import { loadHfFromFolder, loadHfFromUrl } from "./hf/load.js";
+import type { ModelManifest } from "./manifest.js";
+import { loadUseLite } from "./use-lite/embedder.js";
+
+/** A text cut to `maxTokens` at embed time (the last resort; chunkers should prevent it). */
+export interface TruncationEvent {
+  /** Position of the text in the `embed` call. */
+  index: number;
+  /** Tokens the text had. */
+  tokens: number;
+  /** Tokens the model was given. */
+  maxTokens: number;
+}
+
+/** Counters since the model was loaded. */
+export interface EmbedderStats {
+  /** Texts embedded. */
+  texts: number;
+  /** session.run calls (one per embed call with at least one text). */
+  batches: number;
+  /** Texts truncated to maxTokens (see {@link TruncationEvent}). */
+  truncated: number;
+}
+
+/** How a load went: where the model file is and whether cached work was reused. */
+export interface LoadInfo {
+  /** The ONNX file the session runs. */
+  modelPath: string;
+  /** SHA-256 of that file. */
+  sha256: string;
+  /**
+   * True when nothing was converted or downloaded: the cached files verified and were used.
+   * (A local folder always reports true.)
+   */
+  reused: boolean;
+}
+
+/** A loaded model: texts in, unit-length vectors out. */
+export interface Embedder {
+  /** The model's manifest (for use-lite, `files` lists the converted model.onnx). */
+  readonly manifest: ModelManifest;
+  readonly info: LoadInfo;
+  readonly stats: Readonly<EmbedderStats>;
+  /**
+   * Embeds the texts with ONE inference call for the whole batch, returning one
+   * `manifest.dimension`-long vector per text, in order. Texts longer than
+   * `manifest.maxTokens` are truncated to it and reported (stats.truncated, onTruncate):
+   * size texts with `countTokens` first so this never happens.
+   */
+  embed(texts: string[]): Promise<Float32Array[]>;
+  /** Tokens the model sees for `text` (special tokens included), for sizing chunks. */
+  countTokens(text: string): number;
+  /** Releases the inference session. */
+  dispose(): Promise<void>;
+}
+
+/** Options for {@link loadModel}. */
+export interface LoadOptions {
+  /** Folder for converted and downloaded models (e.g. ~/.cache/p2pa). */
+  cacheDir: string;
+  /** Inference threads (default: os.availableParallelism()). */
+  threads?: number;
+  /** onnxruntime execution providers, best first (default ["cpu"]; see src/device.ts). */
+  executionProviders?: readonly string[];
+  /** fetch used for manifest URLs (default: the global fetch). */
+  fetch?: typeof fetch;
+  /** Called for each text truncated at embed time. */
+  onTruncate?: (event: TruncationEvent) => void;
+}
+
+/**
+ * Loads a model:
+ * - `"use-lite"`: Universal Sentence Encoder lite from npm, converted to ONNX on first load and
+ *   cached in `<cacheDir>/use-lite/`.
+ * - an `http(s)://` URL of a manifest (p2pa-model.json): the files it lists are downloaded to
+ *   `<cacheDir>/<id>/`, verified by SHA-256, and reused on later loads without any request.
+ * - a local path: a folder (or its p2pa-model.json) holding a manifest, or a folder with
+ *   model.onnx + tokenizer.json whose dimension is read from the graph.
+ */
+export async function loadModel(idOrPath: string, opts: LoadOptions): Promise<Embedder> {
+  if (idOrPath === "use-lite") return loadUseLite(opts);
+  if (/^https?:\/\//i.test(idOrPath)) return loadHfFromUrl(idOrPath, opts);
+  let dir = path.resolve(idOrPath);
+  const st = await stat(dir).catch(() => undefined);
+  if (!st) {
+    throw new Error(
+      `Unknown model "${idOrPath}": not a built-in id (use-lite), a manifest URL, or an existing path`,
+    );
+  }
+  if (st.isFile()) dir = path.dirname(dir); // a path to the folder's p2pa-model.json
+  return loadHfFromFolder(dir, opts);
+}
