@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { tokenCounter } from "../src/lib/tokens.js";
 import { call, errorOf, KEYS } from "./helpers.js";
 
 const docs = (n: number, size = 600) =>
@@ -214,6 +215,39 @@ describe("POST /v1/jobs", () => {
     ).json()) as { id: string };
     expect((await call(`/v1/jobs/${a.id}/chunks?cursor=%%%`)).status).toBe(422);
     expect((await call(`/v1/jobs/${a.id}/chunks?limit=0`)).status).toBe(422);
+  });
+});
+
+describe("chunking for the model's window", () => {
+  it("cuts every chunk to at most the model's 128 tokens, whatever maxChars allows", async () => {
+    const dense = Array.from({ length: 400 }, (_, i) => `Zyx${i}qw ${i * 7919}`).join(" ");
+    const res = await call("/v1/jobs", {
+      method: "POST",
+      json: { documents: [{ text: dense }], chunking: { maxChars: 4000 } },
+    });
+    expect(res.status).toBe(202);
+    const job = (await res.json()) as { id: string };
+    const page = (await (await call(`/v1/jobs/${job.id}/chunks?limit=1000`)).json()) as {
+      data: { text: string }[];
+    };
+    const count = tokenCounter("use-lite") as (t: string) => number;
+    expect(page.data.length).toBeGreaterThan(3);
+    for (const c of page.data) expect(count(c.text)).toBeLessThanOrEqual(128);
+  });
+
+  it("refuses real-time input longer than the model reads, with 422", async () => {
+    const long = "word ".repeat(400);
+    const e = await call("/v1/embeddings", {
+      method: "POST",
+      json: { model: "use-lite", input: ["short", long] },
+    });
+    expect(await errorOf(e)).toMatchObject({
+      status: 422,
+      code: "unprocessable",
+      details: { index: 1, maxTokens: 128 },
+    });
+    const s = await call("/v1/search", { method: "POST", json: { query: long } });
+    expect((await errorOf(s)).status).toBe(422);
   });
 });
 

@@ -13,6 +13,11 @@ export interface ChunkOptions {
   maxChars: number;
   /** Characters shared by consecutive chunks, so a sentence cut at a boundary is whole in one. */
   overlap: number;
+  /**
+   * Whether a chunk fits the model's window (its token count). A chunk that does not fit is
+   * made smaller until it does, so the model never has to truncate.
+   */
+  fits?: (text: string) => boolean;
 }
 
 // Break points, best first. A chunk ends at the last one of the best kind found in the
@@ -48,14 +53,23 @@ export function chunkText(text: string, options: ChunkOptions): TextChunk[] {
   const chunks: TextChunk[] = [];
   let pos = 0;
   while (pos < text.length) {
-    let end = Math.min(pos + maxChars, text.length);
-    if (end < text.length) {
-      end = findBreak(text, pos + Math.floor(maxChars / 2), end);
-      if (isLowSurrogate(text.charCodeAt(end))) end -= 1;
+    let limit = maxChars;
+    let end: number;
+    let lead: number;
+    let body: string;
+    for (;;) {
+      end = Math.min(pos + limit, text.length);
+      if (end < text.length) {
+        end = findBreak(text, pos + Math.floor(limit / 2), end);
+        if (isLowSurrogate(text.charCodeAt(end))) end -= 1;
+      }
+      const raw = text.slice(pos, end);
+      lead = raw.length - raw.trimStart().length;
+      body = raw.trim();
+      if (!options.fits || body.length === 0 || limit <= 1 || options.fits(body)) break;
+      // Too many tokens for the model: try a smaller window at a good break.
+      limit = Math.max(1, Math.floor(limit * 0.8));
     }
-    const raw = text.slice(pos, end);
-    const lead = raw.length - raw.trimStart().length;
-    const body = raw.trim();
     if (body.length > 0) {
       chunks.push({
         index: chunks.length,
@@ -65,8 +79,10 @@ export function chunkText(text: string, options: ChunkOptions): TextChunk[] {
       });
     }
     if (end >= text.length) break;
-    let next = end - overlap;
-    if (overlap > 0) {
+    // A chunk shrunk to fit keeps its overlap in proportion, so the walk still moves forward.
+    const shared = Math.min(overlap, Math.floor(limit / 4));
+    let next = end - shared;
+    if (shared > 0) {
       // Start the overlap at a word boundary so no chunk begins mid-word.
       const ws = text.slice(next, end).search(/\s/);
       if (ws >= 0) next += ws + 1;

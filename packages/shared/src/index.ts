@@ -2,4 +2,5 @@ export * from "./api.js";
 export * from "./chunker.js";
 export * from "./models.js";
 export * from "./protocol.js";
+export * from "./tokenizers/use-lite.js";
 export * from "./vector-codec.js";

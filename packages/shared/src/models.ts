@@ -8,18 +8,24 @@ export interface ModelInfo {
   id: string;
   /** Length of every output vector. */
   dimension: number;
-  /** Token window of the model. */
+  /** Token window of the model: the chunker keeps every chunk within it. */
   maxTokens: number;
-  /**
-   * Largest chunk, in characters, that can never exceed `maxTokens`. The tokenizers we support
-   * emit at most one token per character plus a constant, so this bound is safe without
-   * running the tokenizer at the edge.
-   */
+  /** Chunk size, in characters, when a job names none. */
+  defaultChunkChars: number;
+  /** Largest `chunking.maxChars` a job may ask for. */
   maxChunkChars: number;
 }
 
 export const MODELS: Readonly<Record<string, ModelInfo>> = {
-  "use-lite": { id: "use-lite", dimension: 512, maxTokens: 1024, maxChunkChars: 1000 },
+  // USE-lite reads at most 128 tokens (its graph clips longer input; its position table has
+  // 128 rows): about 500-600 characters of English.
+  "use-lite": {
+    id: "use-lite",
+    dimension: 512,
+    maxTokens: 128,
+    defaultChunkChars: 600,
+    maxChunkChars: 4000,
+  },
 };
 
 export const DEFAULT_MODEL = "use-lite";

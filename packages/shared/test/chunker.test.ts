@@ -81,4 +81,16 @@ describe("chunkText", () => {
     expect(() => chunkText("abc", { maxChars: 0, overlap: 0 })).toThrow(RangeError);
     expect(() => chunkText("abc", { maxChars: 10, overlap: 10 })).toThrow(RangeError);
   });
+
+  it("shrinks chunks that do not fit the model's window, and still covers the text", () => {
+    const text = essay(30);
+    const fits = (t: string) => t.split(/\s+/).length <= 25;
+    const chunks = chunkText(text, { maxChars: 1000, overlap: 100, fits });
+    for (const c of chunks) expect(fits(c.text), c.text).toBe(true);
+    const covered = new Uint8Array(text.length);
+    for (const c of chunks) covered.fill(1, c.start, c.end);
+    for (let i = 0; i < text.length; i++)
+      if (!/\s/.test(text[i] as string)) expect(covered[i]).toBe(1);
+    expect(chunks.length).toBeLessThan(text.length / 50);
+  });
 });

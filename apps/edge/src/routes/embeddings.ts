@@ -10,6 +10,7 @@ import { router } from "../app.js";
 import { requireAuth } from "../lib/auth.js";
 import { AppError } from "../lib/errors.js";
 import { embedNow } from "../lib/realtime.js";
+import { assertWithinWindow } from "../lib/tokens.js";
 
 const embeddings = createRoute({
   method: "post",
@@ -50,14 +51,7 @@ embeddingRoutes.openapi(embeddings, async (c) => {
     );
   }
   const inputs = typeof req.input === "string" ? [req.input] : req.input;
-  const tooLong = inputs.findIndex((t) => t.length > info.maxChunkChars);
-  if (tooLong >= 0) {
-    throw new AppError(
-      422,
-      "unprocessable",
-      `input ${tooLong} is longer than model ${req.model} reads (${info.maxChunkChars} characters)`,
-    );
-  }
+  assertWithinWindow(req.model, inputs, "input");
   const { vectors, tokens } = await embedNow(c.env, req.model, inputs);
   const base64 = req.encoding_format === "base64";
   return c.json(

@@ -20,6 +20,7 @@ import type { NewTask, QueuedItem } from "../dispatch/task-queue.js";
 import { requireAuth } from "../lib/auth.js";
 import { newId, sha256Hex } from "../lib/crypto.js";
 import { AppError, noCapacity, notFound } from "../lib/errors.js";
+import { tokenCounter } from "../lib/tokens.js";
 import { getVectorIndex } from "../vector/index.js";
 import { assertTargetAllowed, webhookHub } from "../webhooks/index.js";
 import { newSecret } from "../webhooks/signing.js";
@@ -127,15 +128,15 @@ function plan(jobId: string, body: CreateJobRequest): Plan {
       available: Object.keys(MODELS),
     });
   }
-  const maxChars = body.chunking?.maxChars ?? Math.min(1000, info.maxChunkChars);
+  const maxChars = body.chunking?.maxChars ?? info.defaultChunkChars;
   if (maxChars > info.maxChunkChars) {
     throw new AppError(
       422,
       "unprocessable",
-      `chunking.maxChars ${maxChars} exceeds what model ${model} reads without truncation (${info.maxChunkChars})`,
+      `chunking.maxChars ${maxChars} is over the largest chunk for model ${model} (${info.maxChunkChars})`,
     );
   }
-  const overlap = body.chunking?.overlap ?? Math.min(100, Math.floor(maxChars / 5));
+  const overlap = body.chunking?.overlap ?? Math.min(60, Math.floor(maxChars / 10));
   if (overlap >= maxChars / 2) {
     throw new AppError(
       422,
@@ -143,13 +144,16 @@ function plan(jobId: string, body: CreateJobRequest): Plan {
       "chunking.overlap must be less than half of chunking.maxChars",
     );
   }
+  // Chunks are cut to the model's token window, so the model never truncates one.
+  const count = tokenCounter(model);
+  const fits = count ? { fits: (t: string) => count(t) <= info.maxTokens } : {};
   const documents: NewJob["documents"] = [];
   const chunks: NewJob["chunks"] = [];
   const items: QueuedItem[] = [];
   body.documents.forEach((d, seq) => {
     const docId = d.id ?? `doc-${seq}`;
     documents.push({ seq, id: docId, metadata: d.metadata ?? null, chars: d.text.length });
-    for (const c of chunkText(d.text, { maxChars, overlap })) {
+    for (const c of chunkText(d.text, { maxChars, overlap, ...fits })) {
       const id = `${jobId}.${String(seq).padStart(5, "0")}.${String(c.index).padStart(5, "0")}`;
       chunks.push({
         id,

@@ -4,6 +4,7 @@ import { router } from "../app.js";
 import { D1Store } from "../db/store.js";
 import { requireAuth } from "../lib/auth.js";
 import { embedNow } from "../lib/realtime.js";
+import { assertWithinWindow } from "../lib/tokens.js";
 import { getVectorIndex } from "../vector/index.js";
 
 const search = createRoute({
@@ -34,6 +35,7 @@ searchRoutes.use("/v1/search", requireAuth("api"));
 searchRoutes.openapi(search, async (c) => {
   const { query, topK, filter, model = DEFAULT_MODEL } = c.req.valid("json");
   const tenant = c.get("credential").tenant;
+  assertWithinWindow(model, [query], "query");
   const {
     vectors: [vector],
   } = await embedNow(c.env, model, [query]);
