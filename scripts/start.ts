@@ -20,10 +20,13 @@ console.log("p2pa: applying migrations to the local database…");
 await prepareLocalDatabase(persistTo);
 console.log("p2pa: starting the edge…");
 const edge = await startEdge({ port, persistTo });
-const worker = spawnWorker(edge.url, DEV_CREDENTIALS.workerToken, [
-  "--threads",
-  String(process.env.P2PA_THREADS ?? 2),
-]);
+const worker = spawnWorker(
+  edge.url,
+  DEV_CREDENTIALS.workerToken,
+  ["--threads", String(process.env.P2PA_THREADS ?? 2)],
+  {},
+  true,
+);
 worker.stdout?.pipe(process.stdout);
 worker.stderr?.pipe(process.stderr);
 

@@ -151,16 +151,21 @@ export function killTree(child: ChildProcess, signal: NodeJS.Signals): void {
 
 export const WORKER_BIN = path.join(ROOT, "apps", "worker-node", "bin", "p2pa-worker.js");
 
-/** Spawns a real `p2pa-worker` process. */
+/**
+ * Spawns a real `p2pa-worker` process. `detached` puts it in its own process group, so a
+ * terminal's Ctrl-C reaches only the parent, which then stops it once (npm start).
+ */
 export function spawnWorker(
   server: string,
   token: string,
   extra: string[] = [],
   env: NodeJS.ProcessEnv = {},
+  detached = false,
 ): ChildProcess {
   return spawn(process.execPath, [WORKER_BIN, "--server", server, "--token", token, ...extra], {
     cwd: ROOT,
     env: { ...process.env, P2PA_CACHE_DIR: path.join(ROOT, ".cache", "models"), ...env },
     stdio: ["ignore", "pipe", "pipe"],
+    detached,
   });
 }

@@ -1,5 +1,6 @@
 import { createRequire } from "node:module";
 import { HELP, parseConfig } from "./config.js";
+import { pickDevice } from "./device.js";
 import { UserError } from "./errors.js";
 import { type Embedder, loadModel } from "./model/index.js";
 import { StatusReporter } from "./status.js";
@@ -58,18 +59,32 @@ export async function main(argv: string[]): Promise<number> {
   const { config } = action;
   const url = await preflight(config.server, config.token);
   let worker: Worker | null = null;
-  const status = new StatusReporter(() => worker, {
-    model: config.model,
-    device: "cpu",
-    threads: config.threads,
-  });
-  status.log(`loading model ${config.model} (cache ${config.cacheDir})`);
-  let embedder: Embedder;
-  try {
-    embedder = await loadModel(config.model, {
+  let device = pickDevice(config.device);
+  const label = { model: config.model, device: device.name as string, threads: config.threads };
+  const status = new StatusReporter(() => worker, label);
+  status.log(`loading model ${config.model} on ${device.name} (cache ${config.cacheDir})`);
+  const load = () =>
+    loadModel(config.model, {
       cacheDir: config.cacheDir,
       threads: config.threads,
+      executionProviders: device.executionProviders,
+      onTruncate: (e) =>
+        status.log(
+          `a text over the model's window (${e.tokens} > ${e.maxTokens} tokens) was truncated`,
+        ),
     });
+  let embedder: Embedder;
+  try {
+    try {
+      embedder = await load();
+    } catch (err) {
+      if (device.name !== "cuda") throw err;
+      // CUDA was chosen or found but cannot start a session here: the CPU always can.
+      status.log(`CUDA unavailable (${(err as Error).message}); using the CPU`);
+      device = pickDevice("cpu");
+      label.device = device.name;
+      embedder = await load();
+    }
   } catch (err) {
     throw new UserError(
       `cannot load model ${config.model}: ${(err as Error).message}`,
@@ -90,7 +105,7 @@ export async function main(argv: string[]): Promise<number> {
       embedder,
       batchSize: config.batchSize,
       threads: config.threads,
-      device: "cpu",
+      device: device.name,
       name: config.name,
       version,
       onEvent: (event, detail) => {
