@@ -144,8 +144,9 @@ export async function main(argv: string[]): Promise<number> {
   await embedder.dispose();
   if (fatal) throw new UserError(fatal, undefined, 4);
   const s = (worker as Worker | null)?.stats;
+  const busy = s ? (100 * s.inferenceMs) / Math.max(1, Date.now() - s.startedAt) : 0;
   status.log(
-    `stopped: ${s?.tasksDone ?? 0} tasks, ${s?.chunksDone ?? 0} chunks, ${s?.embedsDone ?? 0} queries`,
+    `stopped: ${s?.tasksDone ?? 0} tasks, ${s?.chunksDone ?? 0} chunks, ${s?.embedsDone ?? 0} queries; model busy ${busy.toFixed(0)}% of the time`,
   );
   return 0;
 }

@@ -23,6 +23,8 @@ export interface WorkerStats {
   embedsDone: number;
   rejected: number;
   startedAt: number;
+  /** Milliseconds spent running the model: with uptime, how busy this worker is. */
+  inferenceMs: number;
 }
 
 export interface WorkerOptions {
@@ -39,7 +41,7 @@ export interface WorkerOptions {
 
 /** Tasks a worker holds at once: one batch being computed and about one more waiting. */
 function creditsFor(batchSize: number): number {
-  return Math.max(2, Math.ceil((2 * batchSize) / 16));
+  return Math.max(2, Math.ceil((4 * batchSize) / 16));
 }
 
 /**
@@ -55,6 +57,7 @@ export class Worker {
     embedsDone: 0,
     rejected: 0,
     startedAt: Date.now(),
+    inferenceMs: 0,
   };
   private readonly socket: ReconnectingWebSocket;
   private readonly tasks: Task[] = [];
@@ -249,6 +252,7 @@ export class Worker {
     let vectors: Float32Array[];
     try {
       vectors = await this.opts.embedder.embed(batch.flatMap((t) => t.items.map((i) => i.text)));
+      this.stats.inferenceMs += performance.now() - started;
     } catch (err) {
       for (const t of batch) {
         this.send({

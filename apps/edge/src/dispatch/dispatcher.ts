@@ -3,7 +3,6 @@ import {
   type Ack,
   CloseCode,
   checkEmbedding,
-  decodeVector,
   type EdgeMessage,
   type ErrorInfo,
   getModel,
@@ -381,12 +380,12 @@ export class Dispatcher extends DurableObject<Env> {
     ) {
       return ack("rejected", "no valid lease for this task");
     }
-    const problem = checkResult(task.items ?? [], task.model, msg);
-    if (problem) {
-      ack("rejected", problem);
+    const checked = checkResult(task.items ?? [], task.model, msg);
+    if (!checked.ok) {
+      ack("rejected", checked.problem);
       await this.onTaskFailed(ws, peer, msg.leaseId, msg.taskId, {
         code: "bad_result",
-        message: problem,
+        message: checked.problem,
         retryable: true,
       });
       return;
@@ -397,7 +396,7 @@ export class Dispatcher extends DurableObject<Env> {
       await getVectorIndex(this.env, task.model).upsert(
         items.map((it, i) => ({
           id: it.chunkId,
-          values: decodeVector(msg.vectors[i]?.vector ?? "") as Float32Array,
+          values: checked.vectors[i] as Float32Array,
           metadata: {
             tenant: task.tenant,
             jobId: task.jobId,

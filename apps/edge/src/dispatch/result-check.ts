@@ -1,23 +1,31 @@
 import { checkEmbedding, decodeVector, getModel, type TaskResult } from "@p2pa/shared";
 
-/** Why a task result is not acceptable, or null. Results come from untrusted peers: check everything. */
+export type CheckedResult = { ok: true; vectors: Float32Array[] } | { ok: false; problem: string };
+
+/**
+ * Checks a task result against its task and decodes its vectors (once, for storing too).
+ * Results come from untrusted peers: check everything.
+ */
 export function checkResult(
   items: { chunkId: string }[],
   model: string,
   msg: TaskResult,
-): string | null {
+): CheckedResult {
+  const fail = (problem: string): CheckedResult => ({ ok: false, problem });
   const info = getModel(model);
-  if (!info) return `unknown model ${model}`;
+  if (!info) return fail(`unknown model ${model}`);
   if (msg.vectors.length !== items.length)
-    return `expected ${items.length} vectors, got ${msg.vectors.length}`;
+    return fail(`expected ${items.length} vectors, got ${msg.vectors.length}`);
+  const vectors: Float32Array[] = [];
   for (let i = 0; i < items.length; i++) {
     const got = msg.vectors[i];
     if (!got || got.chunkId !== items[i]?.chunkId)
-      return `vector ${i} is for ${got?.chunkId}, expected ${items[i]?.chunkId}`;
+      return fail(`vector ${i} is for ${got?.chunkId}, expected ${items[i]?.chunkId}`);
     const v = decodeVector(got.vector);
-    if (!v) return `vector ${i} is not base64 float32`;
+    if (!v) return fail(`vector ${i} is not base64 float32`);
     const why = checkEmbedding(v, info.dimension);
-    if (why) return `vector ${i}: ${why}`;
+    if (why) return fail(`vector ${i}: ${why}`);
+    vectors.push(v);
   }
-  return null;
+  return { ok: true, vectors };
 }

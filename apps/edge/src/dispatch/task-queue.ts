@@ -87,6 +87,7 @@ export class TaskQueue {
         not_before INTEGER NOT NULL DEFAULT 0
       );
       CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (state, model, seq);
+      CREATE INDEX IF NOT EXISTS tasks_job ON tasks (job_id, state);
       CREATE TABLE IF NOT EXISTS leases (
         id TEXT PRIMARY KEY,
         task_id TEXT NOT NULL,

@@ -60,46 +60,33 @@ export class UseTokenizer {
     const n = symbols.length;
     if (n === 0) return [];
 
-    // Lattice: for each end position, the pieces ending there in order of their start, which is
-    // the order the reference visits them (ties are broken by that order).
-    const endStart: number[][] = Array.from({ length: n + 1 }, () => []);
-    const endId: number[][] = Array.from({ length: n + 1 }, () => []);
-    const endScore: number[][] = Array.from({ length: n + 1 }, () => []);
+    // Viterbi, relaxing forward from each start in ascending order. That visits the pieces
+    // ending at any position in order of their start, the order the reference uses (ties are
+    // broken by it), and best[start] is final before it is used.
+    // Quirk kept from the reference: 0 means "unset", so a path whose total score is exactly 0
+    // is replaced by any later candidate, and ties go to the later candidate (>=).
+    const best = new Float64Array(n + 1);
+    const words = new Int32Array(n + 1); // 0 (unknown) where nothing ends
+    const relax = (start: number, end: number, id: number, score: number) => {
+      const total = score + (best[start] as number);
+      if (best[end] === 0 || total >= (best[end] as number)) {
+        best[end] = total;
+        words[end] = id;
+      }
+    };
     for (let i = 0; i < n; i++) {
       let node = this.root.children.get(symbols[i] as string);
       let found = false;
       for (let j = i; node; ) {
         if (node.id >= 0) {
-          endStart[j + 1]?.push(i);
-          endId[j + 1]?.push(node.id);
-          endScore[j + 1]?.push(node.score);
+          relax(i, j + 1, node.id, node.score);
           found = true;
         }
         j++;
         node = j < n ? node.children.get(symbols[j] as string) : undefined;
       }
-      if (!found) {
-        // No piece starts with this symbol: a one-symbol unknown with score 0.
-        endStart[i + 1]?.push(i);
-        endId[i + 1]?.push(UNKNOWN_ID);
-        endScore[i + 1]?.push(0);
-      }
-    }
-
-    // Viterbi. Quirk kept from the reference: 0 means "unset", so a path whose total score is
-    // exactly 0 is replaced by any later candidate, and ties go to the later candidate (>=).
-    const best = new Float64Array(n + 1);
-    const words = new Int32Array(n + 1); // 0 (unknown) where nothing ends
-    for (let end = 0; end <= n; end++) {
-      const starts = endStart[end] as number[];
-      for (let c = 0; c < starts.length; c++) {
-        const score = (endScore[end] as number[])[c] as number;
-        const total = score + (best[starts[c] as number] as number);
-        if (best[end] === 0 || total >= (best[end] as number)) {
-          best[end] = total;
-          words[end] = (endId[end] as number[])[c] as number;
-        }
-      }
+      // No piece starts with this symbol: a one-symbol unknown with score 0.
+      if (!found) relax(i, i + 1, UNKNOWN_ID, 0);
     }
 
     // Backtrack, then merge runs of unknowns into one (as the reference does).

@@ -1,0 +1,31 @@
+import { readFileSync, mkdtempSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { generatedPassages } from "./lib/corpus.js";
+import { DEV_CREDENTIALS, prepareLocalDatabase, spawnWorker, startEdge } from "./lib/local-edge.js";
+const dir = mkdtempSync(path.join(os.tmpdir(), "probe-"));
+await prepareLocalDatabase(dir);
+const edge = await startEdge({ port: 8791, persistTo: dir });
+const headers = { Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}`, "Content-Type": "application/json" };
+const passages: string[] = [];
+for (let seed = 2026; passages.length < 1600; seed++) passages.push(...generatedPassages(100, 200, 800, seed));
+let t = performance.now();
+const res = await fetch(`${edge.url}/v1/jobs`, { method: "POST", headers, body: JSON.stringify({ documents: passages.map((text) => ({ text })), chunking: { maxChars: 800, overlap: 80 } }) });
+const job = await res.json() as { id: string; chunks: { total: number } };
+console.log("submit ms", (performance.now() - t).toFixed(0), job.chunks.total);
+const worker = spawnWorker(edge.url, DEV_CREDENTIALS.workerToken, ["--threads", "2"]);
+let werr = "";
+worker.stderr?.on("data", (d) => (werr += d));
+t = performance.now();
+for (;;) {
+  const j = await (await fetch(`${edge.url}/v1/jobs/${job.id}`, { headers })).json() as { status: string };
+  if (j.status === "completed") break;
+  await new Promise((r) => setTimeout(r, 50));
+}
+console.log("process ms (incl. worker start)", (performance.now() - t).toFixed(0));
+const { execSync } = await import("node:child_process");
+console.log(execSync("ps -eo pid,comm,cputime,args | grep -E 'workerd|p2pa-worker' | grep -v grep | cut -c1-120").toString());
+worker.kill("SIGINT");
+await new Promise((r) => worker.on("exit", r));
+console.log(werr.split("\n").slice(-4).join("\n"));
+await edge.stop();
