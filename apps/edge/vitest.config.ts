@@ -13,7 +13,7 @@ export default defineConfig({
         bindings: {
           VECTOR_BACKEND: "local",
           // Small, so a test can fill the queue.
-          MAX_BACKLOG_TASKS: "400",
+          MAX_BACKLOG_TASKS: "200",
           TEST_MIGRATIONS: await readD1Migrations(path.join(root, "migrations")),
         },
       },

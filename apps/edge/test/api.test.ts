@@ -256,7 +256,7 @@ describe("backpressure", () => {
     const before = (await (
       await call("/v1/jobs", { method: "POST", json: { documents: docs(2) } })
     ).json()) as { id: string };
-    const res = await call("/v1/jobs", { method: "POST", json: { documents: docs(7000, 100) } });
+    const res = await call("/v1/jobs", { method: "POST", json: { documents: docs(9000, 100) } });
     expect(res.status).toBe(503);
     expect(Number(res.headers.get("Retry-After"))).toBeGreaterThan(0);
     expect((await errorOf(res)).code).toBe("no_capacity");

@@ -1,5 +1,5 @@
 import { env, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
-import { encodeVector, PROTOCOL_VERSION } from "@p2pa/shared";
+import { encodeVector, PROTOCOL_VERSION, TASK_SIZE } from "@p2pa/shared";
 import { describe, expect, it } from "vitest";
 import type { Dispatcher } from "../src/dispatch/dispatcher.js";
 import { dispatcherFor } from "../src/dispatch/shards.js";
@@ -9,7 +9,7 @@ const stub = (jobId: string) => dispatcherFor(env, "use-lite", jobId);
 
 describe("Dispatcher", () => {
   it("leases no more tasks than the worker's credits, stores results once, completes the job", async () => {
-    const j = await submit(40); // 40 chunks -> 3 tasks of up to 16
+    const j = await submit(2 * TASK_SIZE + 8); // 3 tasks
     const w = await TestWorker.connect();
     w.send({ type: "credit", v: PROTOCOL_VERSION, n: 2 });
     const t1 = await w.next("task");
@@ -30,7 +30,7 @@ describe("Dispatcher", () => {
     await w.next("ack");
     expect(await job(j.id)).toMatchObject({
       status: "completed",
-      chunks: { total: 40, done: 40, failed: 0 },
+      chunks: { total: 2 * TASK_SIZE + 8, done: 2 * TASK_SIZE + 8, failed: 0 },
     });
     w.ws.close();
   });
@@ -86,7 +86,7 @@ describe("Dispatcher", () => {
   });
 
   it("requeues a disconnected worker's tasks; an expired lease is reassigned but its late result still counts once", async () => {
-    const j = await submit(20); // 2 tasks
+    const j = await submit(TASK_SIZE + 4); // 2 tasks
     const a = await TestWorker.connect();
     a.send({ type: "credit", v: PROTOCOL_VERSION, n: 2 });
     const ta = await a.next("task");
@@ -128,7 +128,7 @@ describe("Dispatcher", () => {
     expect(await c.next("ack")).toMatchObject({ status: "stored" });
     expect(await job(j.id)).toMatchObject({
       status: "completed",
-      chunks: { total: 20, done: 20, failed: 0 },
+      chunks: { total: TASK_SIZE + 4, done: TASK_SIZE + 4, failed: 0 },
     });
     for (const w of [b, c]) w.ws.close();
   });

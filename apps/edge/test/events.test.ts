@@ -1,4 +1,4 @@
-import { PROTOCOL_VERSION } from "@p2pa/shared";
+import { PROTOCOL_VERSION, TASK_SIZE } from "@p2pa/shared";
 import { expect, it } from "vitest";
 import { call, submit, TestWorker } from "./helpers.js";
 
@@ -45,7 +45,7 @@ async function readEvents(
 }
 
 async function runJob(jobChunks: number, w: TestWorker) {
-  const tasks = Math.ceil(jobChunks / 16);
+  const tasks = Math.ceil(jobChunks / TASK_SIZE);
   w.send({ type: "credit", v: PROTOCOL_VERSION, n: tasks });
   for (let i = 0; i < tasks; i++) {
     w.send(w.resultFor(await w.next("task")));

@@ -6,6 +6,7 @@ import {
   encodeVector,
   PROTOCOL_VERSION,
   parseMessage,
+  TASK_SIZE,
   type Task,
   type WorkerMessage,
 } from "@p2pa/shared";
@@ -39,9 +40,9 @@ export interface WorkerOptions {
   onEvent?: (event: string, detail?: Record<string, unknown>) => void;
 }
 
-/** Tasks a worker holds at once: one batch being computed and about one more waiting. */
+/** Tasks a worker holds at once: the batch being computed and two more batches waiting. */
 function creditsFor(batchSize: number): number {
-  return Math.max(2, Math.ceil((4 * batchSize) / 16));
+  return Math.max(2, Math.ceil((3 * batchSize) / TASK_SIZE));
 }
 
 /**

@@ -11,6 +11,12 @@ import { z } from "zod";
  */
 export const PROTOCOL_VERSION = 1;
 
+/**
+ * Chunks per task: one inference batch for a default worker, big enough to amortise a round
+ * trip and a store, small enough that a lost worker costs little to redo.
+ */
+export const TASK_SIZE = 32;
+
 const v = z.literal(PROTOCOL_VERSION);
 const Id = z.string().min(1).max(128);
 

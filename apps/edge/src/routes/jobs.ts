@@ -11,6 +11,7 @@ import {
   getModel,
   Job,
   MODELS,
+  TASK_SIZE,
 } from "@p2pa/shared";
 import { z } from "zod";
 import { router } from "../app.js";
@@ -25,8 +26,6 @@ import { getVectorIndex } from "../vector/index.js";
 import { assertTargetAllowed, webhookHub } from "../webhooks/index.js";
 import { newSecret } from "../webhooks/signing.js";
 
-/** Chunks per task: big enough to amortise a round trip, small enough to spread work. */
-export const TASK_SIZE = 16;
 // RPC payloads are capped; enqueue in slices well under the limit.
 const ENQUEUE_SLICE_CHARS = 4_000_000;
 
