@@ -30,17 +30,17 @@ export function localVectorIndex(
   ns: DurableObjectNamespace<LocalVectorIndex>,
   name: string,
 ): VectorIndex {
-  const stub = ns.get(ns.idFromName(name));
-  // Spelled out rather than returning the stub, which also carries configure() and the
+  const object = ns.get(ns.idFromName(name));
+  // Spelled out rather than returning the object handle, which also carries configure() and the
   // Durable Object plumbing that callers must not reach. Each call goes through an async
   // function because workerd reports a rejected RPC promise handed on as is as an unhandled
   // rejection, even when the caller awaits it.
   return {
-    insert: async (vectors) => stub.insert(vectors),
-    upsert: async (vectors) => stub.upsert(vectors),
-    query: async (vector, options) => stub.query(vector, options),
-    getByIds: async (ids) => stub.getByIds(ids),
-    deleteByIds: async (ids) => stub.deleteByIds(ids),
-    describe: async () => stub.describe(),
+    insert: async (vectors) => object.insert(vectors),
+    upsert: async (vectors) => object.upsert(vectors),
+    query: async (vector, options) => object.query(vector, options),
+    getByIds: async (ids) => object.getByIds(ids),
+    deleteByIds: async (ids) => object.deleteByIds(ids),
+    describe: async () => object.describe(),
   };
 }
