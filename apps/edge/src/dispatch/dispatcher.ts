@@ -2,7 +2,6 @@ import { DurableObject } from "cloudflare:workers";
 import {
   type Ack,
   CloseCode,
-  checkEmbedding,
   type EdgeMessage,
   type ErrorInfo,
   getModel,
