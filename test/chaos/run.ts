@@ -144,7 +144,18 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   await proxy.start();
   const client = api(() => edge.url);
   const workers: ChildProcess[] = [];
-  const spawn = () => spawnWorker(proxy.url, DEV_CREDENTIALS.workerToken, ["--threads", "1"]);
+  const workerLog: string[] = [];
+  const spawn = () => {
+    const w = spawnWorker(proxy.url, DEV_CREDENTIALS.workerToken, ["--threads", "1"]);
+    // Drain the pipes (a full pipe would stall the worker) and keep the lines for diagnosis.
+    const keep = (d: Buffer) => {
+      workerLog.push(...d.toString().trimEnd().split("\n").map((l) => `[${w.pid}] ${l}`));
+      if (workerLog.length > 400) workerLog.splice(0, workerLog.length - 400);
+    };
+    w.stdout?.on("data", keep);
+    w.stderr?.on("data", keep);
+    return w;
+  };
   for (let i = 0; i < o.workers; i++) workers.push(spawn());
 
   const waitDone = async (id: string, deadline: number): Promise<JobOut> => {

@@ -70,6 +70,8 @@ export class Worker {
   /** Keeps this process's identity across reconnects, so its leases survive a dropped link. */
   private readonly session = randomBytes(18).toString("base64url");
   private busy = false;
+  /** Tasks in the batch being computed now: their credit comes back when it finishes. */
+  private computing = 0;
   private draining = false;
   private heartbeat: ReturnType<typeof setInterval> | null = null;
   private idleWaiters: (() => void)[] = [];
@@ -150,7 +152,9 @@ export class Worker {
         // After a reconnect: deliver what was computed meanwhile, and ask only for the room left.
         for (const m of this.outbox.values()) this.send(m);
         if (!this.draining) {
-          const room = creditsFor(this.opts.batchSize) - this.tasks.length - this.held.size;
+          // Results awaiting an ack already gave their credit back; only queued and
+          // computing tasks still occupy room.
+          const room = creditsFor(this.opts.batchSize) - this.tasks.length - this.computing;
           if (room > 0) this.send({ type: "credit", v: PROTOCOL_VERSION, n: room });
         }
         this.heartbeat = setInterval(() => {
@@ -248,6 +252,7 @@ export class Worker {
   }
 
   private async runTasks(batch: Task[]): Promise<void> {
+    this.computing = batch.length;
     for (const t of batch) this.held.set(t.leaseId, t);
     const started = performance.now();
     let vectors: Float32Array[];
@@ -297,6 +302,7 @@ export class Worker {
   }
 
   private grant(n: number): void {
+    this.computing = 0;
     if (!this.draining && n > 0) this.send({ type: "credit", v: PROTOCOL_VERSION, n });
   }
 
