@@ -27,6 +27,16 @@ describe("authentication", () => {
     expect(r.status).toBe(403);
   });
 
+  it("reads bootstrap credentials from the deployment secret, as hashes", async () => {
+    const { secretCredentials } = await import("../src/lib/auth.js");
+    const hash = "a".repeat(64);
+    const creds = secretCredentials(
+      `api:acme:${hash}\nworker:acme:${"b".repeat(64)}\nnonsense\nroot:x:${"c".repeat(64)}`,
+    );
+    expect(creds.get(hash)).toMatchObject({ kind: "api", tenant: "acme" });
+    expect(creds.size).toBe(2);
+  });
+
   it("closes a worker socket with a bad token at once, with close code 4401 and the reason", async () => {
     for (const [key, reason] of [
       ["nope", /invalid or revoked/],

@@ -16,12 +16,34 @@ function bearer(header: string | undefined): string | null {
   return m?.[1] ?? null;
 }
 
-/** Resolves a presented secret to its credential, or null. */
+/**
+ * Credentials from the `P2PA_CREDENTIALS` secret: lines of `kind:tenant:sha256hex` (kind is
+ * `api` or `worker`), so a deployment can be bootstrapped before any key is in D1. Only
+ * hashes are kept there too; `npm run keys` prints a new key with its line.
+ */
+export function secretCredentials(raw: string | undefined): Map<string, Credential> {
+  const out = new Map<string, Credential>();
+  for (const line of (raw ?? "").split(/[\n,]/)) {
+    const m = line.trim().match(/^(api|worker):([\w.-]{1,64}):([0-9a-f]{64})$/);
+    if (m)
+      out.set(m[3] as string, {
+        id: `secret:${(m[3] as string).slice(0, 12)}`,
+        kind: m[1] as Credential["kind"],
+        tenant: m[2] as string,
+      });
+  }
+  return out;
+}
+
+/** Resolves a presented secret to its credential (D1 first, then the deployment secret), or null. */
 export async function lookupCredential(env: Env, secret: string): Promise<Credential | null> {
   const hash = await sha256Hex(secret);
   const hit = cache.get(hash);
   if (hit && Date.now() - hit.at < CACHE_MS) return hit.cred;
-  const cred = await new D1Store(env.DB).findCredential(hash);
+  const cred =
+    (await new D1Store(env.DB).findCredential(hash)) ??
+    secretCredentials((env as { P2PA_CREDENTIALS?: string }).P2PA_CREDENTIALS).get(hash) ??
+    null;
   if (cache.size > 10_000) cache.clear();
   cache.set(hash, { at: Date.now(), cred });
   return cred;

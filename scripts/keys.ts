@@ -1,0 +1,55 @@
+/**
+ * `npm run keys -- --kind api|worker --tenant NAME [--d1 local|remote]`: makes a new API key
+ * or worker join token. Prints the key once (it is stored nowhere in clear) and its hashed
+ * line; with --d1 it inserts the hash into the D1 `credentials` table, otherwise add the line
+ * to the P2PA_CREDENTIALS secret (`wrangler secret put P2PA_CREDENTIALS`).
+ */
+import { spawnSync } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { ROOT, WRANGLER_ENV } from "./lib/local-edge.js";
+
+const { values } = parseArgs({
+  options: {
+    kind: { type: "string" },
+    tenant: { type: "string" },
+    d1: { type: "string" },
+    name: { type: "string" },
+  },
+});
+const kind = values.kind;
+const tenant = values.tenant ?? "";
+if ((kind !== "api" && kind !== "worker") || !/^[\w.-]{1,64}$/.test(tenant)) {
+  console.error(
+    "usage: npm run keys -- --kind api|worker --tenant NAME [--d1 local|remote] [--name LABEL]",
+  );
+  process.exit(2);
+}
+const key = `${kind === "api" ? "p2pa_sk" : "p2pa_wt"}_${randomBytes(24).toString("base64url")}`;
+const hash = createHash("sha256").update(key).digest("hex");
+console.log(`key (shown once):  ${key}`);
+console.log(`secret line:       ${kind}:${tenant}:${hash}`);
+if (values.d1 === "local" || values.d1 === "remote") {
+  const id = `cred_${randomBytes(8).toString("hex")}`;
+  const label = (values.name ?? "").replaceAll("'", "''");
+  const sql = `INSERT INTO credentials (id, kind, tenant, hash, name) VALUES ('${id}', '${kind}', '${tenant}', '${hash}', '${label}')`;
+  const r = spawnSync(
+    process.execPath,
+    [
+      path.join(ROOT, "node_modules/wrangler/bin/wrangler.js"),
+      "d1",
+      "execute",
+      "DB",
+      `--${values.d1}`,
+      "--command",
+      sql,
+    ],
+    {
+      cwd: ROOT,
+      env: { ...process.env, ...(values.d1 === "local" ? WRANGLER_ENV : {}) },
+      stdio: "inherit",
+    },
+  );
+  process.exit(r.status ?? 1);
+}
