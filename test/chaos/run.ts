@@ -149,7 +149,13 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     const w = spawnWorker(proxy.url, DEV_CREDENTIALS.workerToken, ["--threads", "1"]);
     // Drain the pipes (a full pipe would stall the worker) and keep the lines for diagnosis.
     const keep = (d: Buffer) => {
-      workerLog.push(...d.toString().trimEnd().split("\n").map((l) => `[${w.pid}] ${l}`));
+      workerLog.push(
+        ...d
+          .toString()
+          .trimEnd()
+          .split("\n")
+          .map((l) => `[${w.pid}] ${l}`),
+      );
       if (workerLog.length > 400) workerLog.splice(0, workerLog.length - 400);
     };
     w.stdout?.on("data", keep);

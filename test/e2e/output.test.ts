@@ -204,7 +204,13 @@ describe("live progress and export, end to end", () => {
     });
     await new Promise<void>((r) => proxy.listen(proxyPort, "127.0.0.1", r));
 
+    // An endpoint for throttled progress events only, while the big job runs.
+    const progressRx = await receiver(() => 200);
+    const progressEp = await sys.api<{ id: string; secret: string }>("/v1/webhooks", {
+      json: { url: progressRx.url, events: ["job.progress"] },
+    });
     const documents = generatedPassages(2400, 200, 800, 5).map((text) => ({ text }));
+    const submittedAt = Date.now();
     big = (await sys.api<JobOut>("/v1/jobs", { json: { documents } })).body;
     const chunkIds: string[] = [];
     const ids: number[] = [];
@@ -240,7 +246,26 @@ describe("live progress and export, end to end", () => {
       }
     });
     await done;
+    const ranSeconds = (Date.now() - submittedAt) / 1000;
     proxy.close();
+    // job.progress arrives signed, throttled to at most one a second (WEBHOOK_PROGRESS_SECONDS=1).
+    const wh = new Webhook(progressEp.body.secret);
+    const progress = progressRx.got
+      .map(
+        (g) =>
+          wh.verify(g.body, g.headers as Record<string, string>) as {
+            type: string;
+            data: { id: string; chunks: { done: number } };
+          },
+      )
+      .filter((p) => p.data.id === big.id);
+    expect(progress.length).toBeGreaterThanOrEqual(2);
+    expect(progress.length).toBeLessThanOrEqual(Math.ceil(ranSeconds) + 1);
+    expect(progress.every((p) => p.type === "job.progress")).toBe(true);
+    const counts = progress.map((p) => p.data.chunks.done);
+    expect(counts).toEqual([...counts].sort((a, b) => a - b));
+    await sys.api(`/v1/webhooks/${progressEp.body.id}`, { method: "DELETE" });
+    progressRx.server.close();
     expect(terminal).toBe("completed");
     expect(reconnects).toBeGreaterThanOrEqual(2);
     expect(chunkIds.length).toBe(big.chunks.total);
