@@ -342,4 +342,25 @@ describe("Dispatcher", () => {
     expect((await call("/v1/metrics", { key: null })).status).toBe(401);
     w.ws.close();
   });
+
+  it("refuses an oversized frame with a typed error and counts it", async () => {
+    const w = await TestWorker.connect();
+    w.send(
+      JSON.stringify({
+        type: "credit",
+        v: PROTOCOL_VERSION,
+        n: 1,
+        pad: "x".repeat(5 * 1024 * 1024),
+      }),
+    );
+    const closed = new Promise<number>((r) => w.ws.addEventListener("close", (e) => r(e.code)));
+    const outcome = await Promise.race([
+      w.next("error").then((f) => f.code),
+      closed.then((c) => `closed ${c}`),
+    ]);
+    expect(outcome).toBe("too_large");
+    const metrics = await (await call("/v1/metrics")).text();
+    expect(metrics).toMatch(/^p2pa_frames_refused_total\{kind="too_large"\} [1-9]/m);
+    w.ws.close();
+  });
 });
