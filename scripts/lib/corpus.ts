@@ -106,8 +106,8 @@ const TAILS = [
   "with mixed results.",
 ];
 
-/** A small seeded PRNG so every run sees the same corpus. */
-function rng(seed: number) {
+/** A small seeded PRNG (an LCG), so every run sees the same corpus and the same faults. */
+export function rng(seed: number) {
   let s = seed >>> 0;
   return () => {
     s = (Math.imul(s, 1664525) + 1013904223) >>> 0;

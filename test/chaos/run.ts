@@ -1,11 +1,11 @@
 import type { ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { generatedPassages } from "../../scripts/lib/corpus.js";
+import { generatedPassages, rng } from "../../scripts/lib/corpus.js";
 import {
   DEV_CREDENTIALS,
+  freePort,
   type LocalEdge,
   prepareLocalDatabase,
   spawnWorker,
@@ -42,22 +42,6 @@ export interface ChaosReport {
   baselineSeconds: number;
   seconds: number;
   hostile: HostileReport | null;
-}
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise((r) => srv.close(r));
-  return port;
-}
-
-function rng(seed: number) {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -1,27 +1,17 @@
 import type { ChildProcess } from "node:child_process";
-import { once } from "node:events";
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import {
   DEV_CREDENTIALS,
+  freePort,
   type LocalEdge,
   prepareLocalDatabase,
   spawnWorker,
   startEdge,
 } from "../../scripts/lib/local-edge.js";
 
-export { DEV_CREDENTIALS };
-
-export async function freePort(): Promise<number> {
-  const srv = createServer();
-  srv.listen(0, "127.0.0.1");
-  await once(srv, "listening");
-  const port = (srv.address() as { port: number }).port;
-  srv.close();
-  return port;
-}
+export { DEV_CREDENTIALS, freePort };
 
 export interface System {
   edge: LocalEdge;

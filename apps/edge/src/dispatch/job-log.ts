@@ -1,3 +1,4 @@
+import { migrateOnce } from "../lib/do-schema.js";
 /**
  * What the coordinator remembers about each job beside its tasks, in the same Durable Object
  * SQLite: its tenant, whether it started, ended or was deleted, whether its terminal webhook
@@ -20,12 +21,11 @@ export class JobLog {
 
   /** Creates the tables; run once under blockConcurrencyWhile. */
   migrate(): void {
-    this.sql.exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)");
-    const v = this.sql
-      .exec<{ value: string }>("SELECT value FROM meta WHERE key = 'job_log_schema'")
-      .toArray()[0];
-    if (Number(v?.value ?? 0) >= SCHEMA_VERSION) return;
-    this.sql.exec(`
+    migrateOnce(
+      this.sql,
+      "job_log",
+      SCHEMA_VERSION,
+      `
       CREATE TABLE IF NOT EXISTS jobs (
         id TEXT PRIMARY KEY,
         started INTEGER NOT NULL DEFAULT 0,
@@ -42,10 +42,7 @@ export class JobLog {
         data TEXT NOT NULL
       );
       CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job_id, seq);
-    `);
-    this.sql.exec(
-      "INSERT OR REPLACE INTO meta VALUES ('job_log_schema', ?)",
-      String(SCHEMA_VERSION),
+    `,
     );
   }
 

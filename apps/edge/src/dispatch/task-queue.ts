@@ -1,3 +1,4 @@
+import { migrateOnce } from "../lib/do-schema.js";
 import { type TaskState, transition } from "./task-state.js";
 
 /** One chunk inside a task, with what the vector index needs to know about it. */
@@ -67,12 +68,11 @@ export class TaskQueue {
 
   /** Creates the tables; run once under blockConcurrencyWhile. */
   migrate(): void {
-    this.sql.exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)");
-    const v = this.sql
-      .exec<{ value: string }>("SELECT value FROM meta WHERE key = 'schema'")
-      .toArray()[0];
-    if (Number(v?.value ?? 0) >= SCHEMA_VERSION) return;
-    this.sql.exec(`
+    migrateOnce(
+      this.sql,
+      "task_queue",
+      SCHEMA_VERSION,
+      `
       CREATE TABLE IF NOT EXISTS tasks (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         id TEXT NOT NULL UNIQUE,
@@ -100,8 +100,8 @@ export class TaskQueue {
       );
       CREATE INDEX IF NOT EXISTS leases_worker ON leases (worker_id);
       CREATE INDEX IF NOT EXISTS leases_deadline ON leases (deadline);
-    `);
-    this.sql.exec("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", String(SCHEMA_VERSION));
+    `,
+    );
   }
 
   /** Adds a job's tasks; replays of the same task ids are ignored. Returns how many were new. */

@@ -1,16 +1,9 @@
 import { DurableObject } from "cloudflare:workers";
+import type { WebhookEventType } from "@p2pa/shared";
 import { newId } from "../lib/crypto.js";
+import { migrateOnce } from "../lib/do-schema.js";
 import { delayBefore, parseSchedule } from "./schedule.js";
 import { sign } from "./signing.js";
-
-export const WEBHOOK_EVENTS = [
-  "job.completed",
-  "job.completed_with_errors",
-  "job.failed",
-  "job.cancelled",
-  "job.progress",
-] as const;
-export type WebhookEventType = (typeof WEBHOOK_EVENTS)[number];
 
 export interface Endpoint {
   id: string;
@@ -58,12 +51,11 @@ export class WebhookHub extends DurableObject<Env> {
   }
 
   private migrate(): void {
-    this.sql.exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)");
-    const v = this.sql
-      .exec<{ value: string }>("SELECT value FROM meta WHERE key = 'schema'")
-      .toArray()[0];
-    if (Number(v?.value ?? 0) >= SCHEMA_VERSION) return;
-    this.sql.exec(`
+    migrateOnce(
+      this.sql,
+      "webhooks",
+      SCHEMA_VERSION,
+      `
       CREATE TABLE IF NOT EXISTS endpoints (
         id TEXT PRIMARY KEY, url TEXT NOT NULL, secret TEXT NOT NULL, events TEXT NOT NULL,
         job_id TEXT, created_at TEXT NOT NULL, deleted INTEGER NOT NULL DEFAULT 0
@@ -81,8 +73,8 @@ export class WebhookHub extends DurableObject<Env> {
         latency_ms INTEGER NOT NULL, error TEXT
       );
       CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
-    `);
-    this.sql.exec("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", String(SCHEMA_VERSION));
+    `,
+    );
   }
 
   // ---- endpoints ----
