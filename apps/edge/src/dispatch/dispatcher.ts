@@ -24,6 +24,7 @@ import { type JobEvent, JobLog } from "./job-log.js";
 import { Metrics } from "./metrics.js";
 import { JobNotifier } from "./notifier.js";
 import { type Bucket, take } from "./rate-limit.js";
+import { type EmbedOutcome, RealtimeLane } from "./realtime-lane.js";
 import { checkResult } from "./result-check.js";
 import { type NewTask, TaskQueue } from "./task-queue.js";
 
@@ -37,10 +38,6 @@ interface Peer {
   badFrames: number;
   budget: Budget;
 }
-
-export type EmbedOutcome =
-  | { ok: true; vectors: string[]; tokens: number; workerId: string }
-  | { ok: false; code: "no_capacity" | "timeout" | "failed"; message: string };
 
 export interface DispatcherStats {
   workers: {
@@ -58,12 +55,6 @@ const MAX_ATTEMPTS = 5;
 const RECONNECT_GRACE_MS = 5_000;
 const BAD_FRAMES_BEFORE_CLOSE = 20;
 
-interface PendingEmbed {
-  workerId: string;
-  resolve: (o: EmbedOutcome) => void;
-  timer: ReturnType<typeof setTimeout>;
-}
-
 /**
  * The coordinator for one shard of one model: it owns the shard's task queue, the
  * WebSocket connections of the workers assigned to it, and their leases. See README.md in
@@ -76,8 +67,7 @@ export class Dispatcher extends DurableObject<Env> {
   private readonly metrics: Metrics;
   private readonly store: MetadataStore;
   private readonly leaseMs: number;
-  /** In-flight real-time requests; in memory because their HTTP callers are in memory too. */
-  private readonly embeds = new Map<string, PendingEmbed>();
+  private readonly lane = new RealtimeLane();
   /** Per-connection message buckets; in memory, a fresh bucket after eviction is harmless. */
   private readonly buckets = new Map<WebSocket, Bucket>();
 
@@ -147,22 +137,12 @@ export class Dispatcher extends DurableObject<Env> {
       };
     }
     // Least busy first: fewest real-time requests in flight.
-    const busy = (id: string) => [...this.embeds.values()].filter((e) => e.workerId === id).length;
-    candidates.sort((a, b) => busy(a.peer?.workerId ?? "") - busy(b.peer?.workerId ?? ""));
+    const busy = (p: Peer | null) => this.lane.inFlight(p?.workerId ?? "");
+    candidates.sort((a, b) => busy(a.peer) - busy(b.peer));
     const { ws, peer } = candidates[0] as { ws: WebSocket; peer: Peer };
-    const requestId = crypto.randomUUID();
-    return new Promise<EmbedOutcome>((resolve) => {
-      const timer = setTimeout(() => {
-        this.embeds.delete(requestId);
-        resolve({
-          ok: false,
-          code: "timeout",
-          message: `worker did not answer within ${timeoutMs} ms`,
-        });
-      }, timeoutMs);
-      this.embeds.set(requestId, { workerId: peer.workerId, resolve, timer });
-      this.send(ws, { type: "embed", v: PROTOCOL_VERSION, requestId, model, texts });
-    });
+    return this.lane.request(peer.workerId, timeoutMs, (requestId) =>
+      this.send(ws, { type: "embed", v: PROTOCOL_VERSION, requestId, model, texts }),
+    );
   }
 
   /** The shard's counters, for `/v1/metrics`. */
@@ -264,11 +244,9 @@ export class Dispatcher extends DurableObject<Env> {
         return;
       case "embed_result":
       case "embed_failed": {
-        const pending = this.embeds.get(msg.requestId);
-        if (!pending || pending.workerId !== peer.workerId) return;
-        this.embeds.delete(msg.requestId);
-        clearTimeout(pending.timer);
-        pending.resolve(
+        this.lane.settle(
+          msg.requestId,
+          peer.workerId,
           msg.type === "embed_result"
             ? { ok: true, vectors: msg.vectors, tokens: msg.tokens, workerId: peer.workerId }
             : { ok: false, code: "failed", message: msg.error.message },
@@ -492,12 +470,7 @@ export class Dispatcher extends DurableObject<Env> {
       this.queue.graceWorker(peer.workerId, Date.now() + RECONNECT_GRACE_MS);
       await this.armAlarm();
     }
-    for (const [id, e] of this.embeds) {
-      if (e.workerId !== peer.workerId) continue;
-      this.embeds.delete(id);
-      clearTimeout(e.timer);
-      e.resolve({ ok: false, code: "failed", message: "worker disconnected" });
-    }
+    this.lane.dropWorker(peer.workerId);
     if (peer.hello)
       await this.store.workerSeen(peer.workerId, peer.chunksDone, true).catch(() => {});
     await this.pump(ws);
