@@ -22,6 +22,8 @@ export interface System {
     init?: { method?: string; json?: unknown; headers?: Record<string, string> },
   ): Promise<{ status: number; body: T; headers: Headers }>;
   addWorker(args?: string[]): Promise<ChildProcess>;
+  /** Kills the edge and starts it again on the same port with the same state on disk. */
+  restartEdge(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -29,18 +31,19 @@ export interface System {
 export async function startSystem(opts: { vars?: Record<string, string> } = {}): Promise<System> {
   const dir = mkdtempSync(path.join(os.tmpdir(), "p2pa-e2e-"));
   await prepareLocalDatabase(dir);
-  const edge = await startEdge({
+  const edgeOptions = {
     port: await freePort(),
     persistTo: dir,
     ...(opts.vars ? { vars: opts.vars } : {}),
-  });
+  };
+  const edge = await startEdge(edgeOptions);
   const workers: ChildProcess[] = [];
   const sys: System = {
     edge,
     dir,
     workers,
     async api(pathname, init = {}) {
-      const res = await fetch(`${edge.url}${pathname}`, {
+      const res = await fetch(`${sys.edge.url}${pathname}`, {
         method: init.method ?? (init.json === undefined ? "GET" : "POST"),
         headers: {
           Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}`,
@@ -57,7 +60,7 @@ export async function startSystem(opts: { vars?: Record<string, string> } = {}):
       };
     },
     async addWorker(args = ["--threads", "1"]) {
-      const w = spawnWorker(edge.url, DEV_CREDENTIALS.workerToken, args);
+      const w = spawnWorker(sys.edge.url, DEV_CREDENTIALS.workerToken, args);
       let out = "";
       const connected = new Promise<void>((resolve, reject) => {
         const onData = (d: Buffer) => {
@@ -74,9 +77,13 @@ export async function startSystem(opts: { vars?: Record<string, string> } = {}):
       await connected;
       return w;
     },
+    async restartEdge() {
+      await sys.edge.stop("SIGKILL");
+      sys.edge = await startEdge(edgeOptions);
+    },
     async stop() {
       for (const w of workers) if (w.exitCode === null && w.signalCode === null) w.kill("SIGKILL");
-      await edge.stop();
+      await sys.edge.stop();
       rmSync(dir, { recursive: true, force: true });
     },
   };

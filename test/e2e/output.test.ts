@@ -181,6 +181,65 @@ describe("webhooks, end to end", () => {
   }, 120_000);
 });
 
+describe("webhook delivery under a slow receiver and an edge restart", () => {
+  it("times out an attempt that hangs, and keeps retrying across an edge restart until delivered", async () => {
+    // Attempt 1 hangs past WEBHOOK_TIMEOUT_MS; later attempts get 503 until the edge has been
+    // killed and restarted; attempts resume from Durable Object storage and one is delivered.
+    let n = 0;
+    let restarted = false;
+    const got: { id: string; status: number }[] = [];
+    const hold: import("node:http").ServerResponse[] = [];
+    const server = createServer((req, res) => {
+      const i = n++;
+      req.resume();
+      if (i === 0) {
+        hold.push(res);
+        return;
+      }
+      // Refuse until the edge has restarted, so the delivery can only come from retry state
+      // that survived the restart.
+      const status = restarted ? 200 : 503;
+      got.push({ id: String(req.headers["webhook-id"]), status });
+      res.writeHead(status).end();
+    });
+    const port = await freePort();
+    await new Promise<void>((r) => server.listen(port, "127.0.0.1", r));
+    const slow = await sys.api<{ id: string }>("/v1/webhooks", {
+      json: { url: `http://127.0.0.1:${port}/slow`, events: ["job.completed"] },
+    });
+    const job = await sys.api<JobOut>("/v1/jobs", {
+      json: { documents: [{ text: "Deliver me through a restart." }] },
+    });
+    await waitForJob(sys, job.body.id);
+    await until("the 503 attempt", async () => got.length >= 1, 30_000);
+    await sys.restartEdge();
+    restarted = true;
+    await until(
+      "delivery after the restart",
+      async () => got.some((g) => g.status === 200),
+      60_000,
+    );
+    const d = await until("the delivered record", async () => {
+      const r = await sys.api<{
+        data: {
+          status: string;
+          attemptLog: { responseCode: number | null; error: string | null }[];
+        }[];
+      }>(`/v1/webhooks/${slow.body.id}/deliveries`);
+      return r.body.data[0]?.status === "delivered" ? r.body.data[0] : null;
+    });
+    expect(d.attemptLog[0]).toMatchObject({
+      responseCode: null,
+      error: expect.stringMatching(/timeout|abort/i),
+    });
+    expect(d.attemptLog.at(-1)?.responseCode).toBe(200);
+    expect(new Set(got.map((g) => g.id)).size).toBe(1);
+    for (const r of hold) r.destroy();
+    server.close();
+    await sys.api(`/v1/webhooks/${slow.body.id}`, { method: "DELETE" });
+  }, 180_000);
+});
+
 describe("live progress and export, end to end", () => {
   let big: JobOut;
 
