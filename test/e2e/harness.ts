@@ -13,6 +13,15 @@ import {
 
 export { DEV_CREDENTIALS, freePort };
 
+/** A job as the API returns it (the fields the end-to-end tests read). */
+export interface JobOut {
+  id: string;
+  status: string;
+  chunks: { total: number; done: number; failed: number };
+  completedAt?: string;
+  webhook?: { id: string; url: string; secret: string };
+}
+
 export interface System {
   edge: LocalEdge;
   dir: string;

@@ -9,17 +9,11 @@ import {
   allChunks,
   DEV_CREDENTIALS,
   freePort,
+  type JobOut,
   type System,
   startSystem,
   waitForJob,
 } from "./harness.js";
-
-interface JobOut {
-  id: string;
-  status: string;
-  chunks: { total: number; done: number; failed: number };
-  webhook?: { id: string; url: string; secret: string };
-}
 
 interface Received {
   headers: IncomingHttpHeaders;

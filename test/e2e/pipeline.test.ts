@@ -5,17 +5,11 @@ import {
   allChunks,
   cosine,
   DEV_CREDENTIALS,
+  type JobOut,
   type System,
   startSystem,
   waitForJob,
 } from "./harness.js";
-
-interface JobOut {
-  id: string;
-  status: string;
-  chunks: { total: number; done: number; failed: number };
-  completedAt?: string;
-}
 
 let sys: System;
 

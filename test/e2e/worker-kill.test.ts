@@ -1,12 +1,6 @@
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { generatedPassages } from "../../scripts/lib/corpus.js";
-import { allChunks, type System, startSystem, waitForJob } from "./harness.js";
-
-interface JobOut {
-  id: string;
-  status: string;
-  chunks: { total: number; done: number; failed: number };
-}
+import { allChunks, type JobOut, type System, startSystem, waitForJob } from "./harness.js";
 
 let sys: System;
 

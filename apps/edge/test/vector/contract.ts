@@ -1,4 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { rng as seeded } from "../../../../scripts/lib/corpus.js";
 import type { VectorIndex } from "../../src/vector/types.js";
 
 /** How the suite drives one implementation. */
@@ -244,16 +245,4 @@ export function vectorIndexContract(
       expect(withValues?.metadata).toBeUndefined();
     });
   });
-}
-
-/** Deterministic numbers in [0, 1) (mulberry32), so a failure reproduces. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
