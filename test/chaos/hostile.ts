@@ -69,11 +69,13 @@ export async function runHostileClient(server: string, token: string): Promise<H
     device: "cpu",
     threads: 1,
     batchSize: 1,
+    capacity: 0,
   });
   await pause(100);
   send("malformed JSON", "{{{{");
   send("unknown type", { type: "give_me_everything", v: PROTOCOL_VERSION });
-  send("wrong version", { type: "credit", v: 999, n: 1 });
+  send("old protocol's credit", { type: "credit", v: PROTOCOL_VERSION, n: 1000 });
+  send("window over the limit", { type: "ready", v: PROTOCOL_VERSION, capacity: 100_000 });
   send("never-leased result", {
     type: "result",
     v: PROTOCOL_VERSION,
@@ -81,7 +83,7 @@ export async function runHostileClient(server: string, token: string): Promise<H
     leaseId: "forged",
     vectors: [{ chunkId: "job_x.00000.00000", vector: vec(unit) }],
   });
-  send("credit", { type: "credit", v: PROTOCOL_VERSION, n: 3 });
+  send("ready", { type: "ready", v: PROTOCOL_VERSION, capacity: 3 });
   await pause(500);
   const [t1, t2, t3] = tasks;
   if (t1) {
@@ -128,7 +130,7 @@ export async function runHostileClient(server: string, token: string): Promise<H
   }
   await pause(300);
   for (let i = 0; i < 2000 && ws.readyState === WebSocket.OPEN; i++)
-    send("flood", { type: "heartbeat", v: PROTOCOL_VERSION, leaseIds: [] });
+    send("flood", { type: "heartbeat", v: PROTOCOL_VERSION, leaseIds: [], capacity: 0 });
   for (let i = 0; i < 40 && ws.readyState === WebSocket.OPEN; i++)
     send("garbage after flood", "garbage");
   await Promise.race([closed, pause(5000)]);
@@ -142,9 +144,9 @@ export async function runHostileClient(server: string, token: string): Promise<H
     big.once("open", () => {
       big.send(
         JSON.stringify({
-          type: "credit",
+          type: "ready",
           v: PROTOCOL_VERSION,
-          n: 1,
+          capacity: 1,
           pad: "x".repeat(5 * 1024 * 1024),
         }),
       );

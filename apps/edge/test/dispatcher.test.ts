@@ -8,24 +8,28 @@ import { call, job, KEYS, submit, TestWorker } from "./helpers.js";
 const stub = (jobId: string) => dispatcherFor(env, "use-lite", jobId);
 
 describe("Dispatcher", () => {
-  it("leases no more tasks than the worker's credits, stores results once, completes the job", async () => {
+  it("keeps a worker's open leases within its capacity, stores results once, completes the job", async () => {
     const j = await submit(2 * TASK_SIZE + 8); // 3 tasks
     const w = await TestWorker.connect();
-    w.send({ type: "credit", v: PROTOCOL_VERSION, n: 2 });
+    w.ready(2);
     const t1 = await w.next("task");
     const t2 = await w.next("task");
     await new Promise((r) => setTimeout(r, 100));
-    expect(w.count("task")).toBe(0); // the third task waits for credit
+    expect(w.count("task")).toBe(0); // the third task waits for room
     expect((await job(j.id)).status).toBe("running");
+    // Restating the same capacity (a repeated frame) opens no extra room.
+    w.ready(2);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(w.count("task")).toBe(0);
 
     w.send(w.resultFor(t1));
+    // The result frees its room: the third task comes without the worker asking again.
+    const t3 = await w.next("task");
     expect(await w.next("ack")).toMatchObject({ taskId: t1.taskId, status: "stored" });
     w.send(w.resultFor(t1)); // the same result again
     expect(await w.next("ack")).toMatchObject({ taskId: t1.taskId, status: "duplicate" });
     w.send(w.resultFor(t2));
     await w.next("ack");
-    w.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
-    const t3 = await w.next("task");
     w.send(w.resultFor(t3));
     await w.next("ack");
     expect(await job(j.id)).toMatchObject({
@@ -38,15 +42,14 @@ describe("Dispatcher", () => {
   it("rejects results that do not hold up and requeues the task", async () => {
     const j = await submit(5);
     const w = await TestWorker.connect();
-    w.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+    w.ready(1);
     const t = await w.next("task");
     w.send(w.resultFor(t, () => new Float32Array(384).fill(0.05)));
     expect(await w.next("ack")).toMatchObject({
       status: "rejected",
       reason: expect.stringMatching(/dimension/),
     });
-    // The failed attempt put the task back; the worker gets it again.
-    w.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+    // The failed attempt put the task back; after its backoff the worker gets it again.
     const again = await w.next("task");
     expect(again.taskId).toBe(t.taskId);
     expect(again.attempt).toBe(2);
@@ -55,7 +58,6 @@ describe("Dispatcher", () => {
       status: "rejected",
       reason: expect.stringMatching(/non-finite/),
     });
-    w.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
     const third = await w.next("task");
     w.send({ ...w.resultFor(third), leaseId: "not-a-lease" });
     expect(await w.next("ack")).toMatchObject({
@@ -74,10 +76,12 @@ describe("Dispatcher", () => {
     expect(await w.next("error")).toMatchObject({ code: "bad_json" });
     w.send({ type: "steal", v: PROTOCOL_VERSION });
     expect(await w.next("error")).toMatchObject({ code: "bad_message" });
-    w.send({ type: "credit", v: PROTOCOL_VERSION, n: -5 });
+    w.ready(-5);
+    expect(await w.next("error")).toMatchObject({ code: "bad_message" });
+    w.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 }); // version 1's frame
     expect(await w.next("error")).toMatchObject({ code: "bad_message" });
     const j = await submit(1);
-    w.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+    w.ready(1);
     const t = await w.next("task");
     w.send(w.resultFor(t));
     expect(await w.next("ack")).toMatchObject({ status: "stored" });
@@ -88,12 +92,12 @@ describe("Dispatcher", () => {
   it("requeues a disconnected worker's tasks; an expired lease is reassigned but its late result still counts once", async () => {
     const j = await submit(TASK_SIZE + 4); // 2 tasks
     const a = await TestWorker.connect();
-    a.send({ type: "credit", v: PROTOCOL_VERSION, n: 2 });
+    a.ready(2);
     const ta = await a.next("task");
     await a.next("task");
     a.ws.close(1000, "bye");
     const b = await TestWorker.connect();
-    b.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+    b.ready(1);
     // a's leases wait out a short grace period for a reconnect before anyone else gets them.
     await new Promise((r) => setTimeout(r, 150));
     expect(b.count("task")).toBe(0);
@@ -108,13 +112,14 @@ describe("Dispatcher", () => {
     const tb = await b.next("task");
     expect(tb.taskId).toBe(ta.taskId);
 
-    // b stalls: its lease runs out, the alarm requeues it.
+    // b stalls: its lease runs out, the alarm requeues it (b takes nothing new meanwhile).
+    b.ready(0);
     await runInDurableObject(stub(j.id), async (_o: Dispatcher, state) => {
       state.storage.sql.exec("UPDATE leases SET deadline = 0");
     });
     expect(await runDurableObjectAlarm(stub(j.id))).toBe(true);
     const c = await TestWorker.connect();
-    c.send({ type: "credit", v: PROTOCOL_VERSION, n: 2 });
+    c.ready(2);
     const t1 = await c.next("task");
     const t2 = await c.next("task");
     // b's result arrives late but before the give-up deadline: the first valid result is
@@ -143,7 +148,8 @@ describe("Dispatcher", () => {
       });
       const w = await TestWorker.connect();
       workers.push(w);
-      w.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+      await new Promise((r) => setTimeout(r, 20)); // the previous worker's ready(0) is in
+      w.ready(1);
       const t = await w.next("task");
       expect(t.attempt).toBe(attempt);
       w.send({
@@ -153,6 +159,7 @@ describe("Dispatcher", () => {
         leaseId: t.leaseId,
         error: { code: "oom", message: "out of memory", retryable: true },
       });
+      w.ready(0); // the next attempt must go to a new worker
       if (attempt < 5) expect((await job(j.id)).chunks.failed).toBe(0);
     }
     let state = await job(j.id);
@@ -177,7 +184,7 @@ describe("Dispatcher", () => {
       await runInDurableObject(stub(j.id), async (_o: Dispatcher, state) => {
         state.storage.sql.exec("UPDATE tasks SET not_before = 0");
       });
-      bad.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+      bad.ready(1);
       const t = await bad.next("task");
       bad.send({
         type: "task_failed",
@@ -196,7 +203,7 @@ describe("Dispatcher", () => {
       state.storage.sql.exec("UPDATE tasks SET not_before = 0");
     });
     const good = await TestWorker.connect();
-    good.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+    good.ready(1);
     const t = await good.next("task");
     good.send(good.resultFor(t));
     await good.next("ack");
@@ -236,7 +243,7 @@ describe("Dispatcher", () => {
   it("cancels a job: no more tasks go out, late results are refused, a second cancel is 409", async () => {
     const j = await submit(40);
     const w = await TestWorker.connect();
-    w.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+    w.ready(1);
     const t = await w.next("task");
     const res = await call(`/v1/jobs/${j.id}/cancel`, { method: "POST", json: {} });
     expect(res.status).toBe(200);
@@ -246,7 +253,7 @@ describe("Dispatcher", () => {
       status: "rejected",
       reason: expect.stringMatching(/cancelled/),
     });
-    w.send({ type: "credit", v: PROTOCOL_VERSION, n: 5 });
+    w.ready(5);
     await new Promise((r) => setTimeout(r, 150));
     expect(w.count("task")).toBe(0);
     expect((await call(`/v1/jobs/${j.id}/cancel`, { method: "POST", json: {} })).status).toBe(409);
@@ -257,7 +264,7 @@ describe("Dispatcher", () => {
   it("deletes a job with its chunks, vectors and raw input", async () => {
     const j = await submit(3);
     const w = await TestWorker.connect();
-    w.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+    w.ready(1);
     const t = await w.next("task");
     w.send(w.resultFor(t));
     await w.next("ack");
@@ -280,8 +287,8 @@ describe("Dispatcher", () => {
   it("benches a worker that keeps failing, and tells it why", async () => {
     await submit(200);
     const w = await TestWorker.connect();
+    w.ready(1);
     for (let i = 0; i < 5; i++) {
-      w.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
       const t = await w.next("task");
       w.send(w.resultFor(t, () => new Float32Array(3)));
       await w.next("ack");
@@ -290,12 +297,12 @@ describe("Dispatcher", () => {
       code: "cooldown",
       message: expect.stringMatching(/no new tasks/),
     });
-    w.send({ type: "credit", v: PROTOCOL_VERSION, n: 4 });
+    w.ready(4);
     await new Promise((r) => setTimeout(r, 200));
     expect(w.count("task")).toBe(0);
     // Another worker is unaffected.
     const other = await TestWorker.connect();
-    other.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+    other.ready(1);
     expect((await other.next("task")).type).toBe("task");
     w.ws.close();
     other.ws.close();
@@ -304,7 +311,8 @@ describe("Dispatcher", () => {
   it("rate-limits a flood of messages and closes a peer that keeps sending garbage", async () => {
     const w = await TestWorker.connect();
     const closed = new Promise<number>((r) => w.ws.addEventListener("close", (e) => r(e.code)));
-    for (let i = 0; i < 1000; i++) w.send({ type: "heartbeat", v: PROTOCOL_VERSION, leaseIds: [] });
+    for (let i = 0; i < 1000; i++)
+      w.send({ type: "heartbeat", v: PROTOCOL_VERSION, leaseIds: [], capacity: 0 });
     for (let i = 0; i < 25; i++) w.send("not json");
     expect(await closed).toBe(4429);
     expect(w.frames.some((f) => f.type === "error" && f.code === "rate_limited")).toBe(true);
@@ -314,7 +322,7 @@ describe("Dispatcher", () => {
     const j = await submit(10);
     const session = "sess_0123456789abcdef";
     const first = await TestWorker.connect({ session });
-    first.send({ type: "credit", v: PROTOCOL_VERSION, n: 1 });
+    first.ready(1);
     const t = await first.next("task");
     first.ws.close(1000, "network dropped");
     const again = await TestWorker.connect({ session });
@@ -347,9 +355,9 @@ describe("Dispatcher", () => {
     const w = await TestWorker.connect();
     w.send(
       JSON.stringify({
-        type: "credit",
+        type: "ready",
         v: PROTOCOL_VERSION,
-        n: 1,
+        capacity: 1,
         pad: "x".repeat(5 * 1024 * 1024),
       }),
     );

@@ -1,4 +1,4 @@
-import { PROTOCOL_VERSION, TASK_SIZE } from "@p2pa/shared";
+import { TASK_SIZE } from "@p2pa/shared";
 import { expect, it } from "vitest";
 import { call, submit, TestWorker } from "./helpers.js";
 
@@ -46,7 +46,7 @@ async function readEvents(
 
 async function runJob(jobChunks: number, w: TestWorker) {
   const tasks = Math.ceil(jobChunks / TASK_SIZE);
-  w.send({ type: "credit", v: PROTOCOL_VERSION, n: tasks });
+  w.ready(tasks);
   for (let i = 0; i < tasks; i++) {
     w.send(w.resultFor(await w.next("task")));
     await w.next("ack");

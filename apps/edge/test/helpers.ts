@@ -60,10 +60,17 @@ export class TestWorker {
       device: "cpu",
       threads: 1,
       batchSize: 16,
+      // Tests open the window themselves with ready(), to control what is leased when.
+      capacity: 0,
       ...hello,
     });
     await w.next("welcome");
     return w;
+  }
+
+  /** States how many tasks this worker can hold at once (absolute). */
+  ready(capacity: number) {
+    this.send({ type: "ready", v: PROTOCOL_VERSION, capacity });
   }
 
   send(f: Frame | string) {

@@ -1,4 +1,4 @@
-import { PROTOCOL_VERSION, TASK_SIZE } from "@p2pa/shared";
+import { TASK_SIZE } from "@p2pa/shared";
 import { expect, it } from "vitest";
 import { call, job, submit, TestWorker } from "./helpers.js";
 
@@ -6,7 +6,7 @@ async function completedJob(nDocs: number) {
   const j = await submit(nDocs);
   const w = await TestWorker.connect();
   const tasks = Math.ceil(j.chunks.total / TASK_SIZE);
-  w.send({ type: "credit", v: PROTOCOL_VERSION, n: tasks });
+  w.ready(tasks);
   for (let i = 0; i < tasks; i++) w.send(w.resultFor(await w.next("task")));
   for (let i = 0; i < tasks; i++) await w.next("ack");
   w.ws.close();

@@ -24,6 +24,7 @@ describe("task state machine", () => {
       { type: "result" },
       { type: "stored" },
       { type: "store_error" },
+      { type: "recover" },
       { type: "expire" },
       { type: "release" },
       { type: "fail", exhausted: false },
@@ -42,6 +43,11 @@ describe("task state machine", () => {
     expect(transition("leased", { type: "late_result" })).toBe("storing");
     expect(transition("storing", { type: "late_result" })).toBeNull();
     expect(transition("done", { type: "late_result" })).toBeNull();
+  });
+
+  it("recovers only a task cut off mid-write, back to the queue", () => {
+    expect(ALL.filter((s) => transition(s, { type: "recover" }) !== null)).toEqual(["storing"]);
+    expect(transition("storing", { type: "recover" })).toBe("pending");
   });
 
   it("cancels only work that is not yet stored", () => {

@@ -3,7 +3,7 @@ import { HELP, parseConfig } from "./config.js";
 import { pickDevice } from "./device.js";
 import { UserError } from "./errors.js";
 import { type Embedder, loadModel } from "./model/index.js";
-import { StatusReporter } from "./status.js";
+import { StatusReporter, serveStatus } from "./status.js";
 import { Worker } from "./worker.js";
 
 const require = createRequire(import.meta.url);
@@ -139,6 +139,17 @@ export async function main(argv: string[]): Promise<number> {
     process.on("SIGTERM", onSignal);
   });
   status.start();
+  if (config.statusPort !== undefined) {
+    try {
+      await serveStatus(config.statusPort, () => worker, label);
+    } catch (err) {
+      throw new UserError(
+        `cannot serve status on 127.0.0.1:${config.statusPort} (${(err as Error).message})`,
+        "Pick a free port for --status-port.",
+      );
+    }
+    status.log(`status on http://127.0.0.1:${config.statusPort}/status`);
+  }
   await done;
   status.stop();
   await embedder.dispose();

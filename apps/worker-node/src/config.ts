@@ -17,6 +17,8 @@ Options (each also read from the environment variable shown):
   --batch-size N      texts per inference batch (default: 32)      (P2PA_BATCH_SIZE)
   --name NAME         how this worker shows on the dashboard       (P2PA_NAME)
   --cache-dir DIR     where models are kept (default: ~/.cache/p2pa) (P2PA_CACHE_DIR)
+  --status-port N     serve this worker's state as JSON on http://127.0.0.1:N/status
+                      (default: off)                               (P2PA_STATUS_PORT)
   -h, --help          show this help
   -v, --version       print the version
 
@@ -51,6 +53,7 @@ export const Config = z.object({
   cacheDir: z
     .string()
     .default(path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), ".cache"), "p2pa")),
+  statusPort: positiveInt("--status-port", 65535).optional(),
 });
 export type Config = z.infer<typeof Config>;
 
@@ -71,6 +74,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): CliAction {
         "batch-size": { type: "string" },
         name: { type: "string" },
         "cache-dir": { type: "string" },
+        "status-port": { type: "string" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "v" },
       },
@@ -93,6 +97,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): CliAction {
     batchSize: pick("batch-size", "P2PA_BATCH_SIZE"),
     name: pick("name", "P2PA_NAME"),
     cacheDir: pick("cache-dir", "P2PA_CACHE_DIR"),
+    statusPort: pick("status-port", "P2PA_STATUS_PORT"),
   };
   const parsed = Config.safeParse(
     Object.fromEntries(Object.entries(raw).filter(([, v]) => v !== undefined)),

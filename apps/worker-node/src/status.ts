@@ -1,3 +1,5 @@
+import { once } from "node:events";
+import { createServer, type Server } from "node:http";
 import type { Worker } from "./worker.js";
 
 /**
@@ -63,4 +65,34 @@ export class StatusReporter {
       this.worker()?.stats.state === "connected" ? "\x1b[32m●\x1b[0m" : "\x1b[33m●\x1b[0m";
     this.out.write(`\r\x1b[2K${dot} ${this.line()}`);
   }
+}
+
+/**
+ * `--status-port`: the worker's state as JSON on 127.0.0.1 only, for a donor's monitoring and
+ * for checking the edge's picture of this worker against the worker's own.
+ */
+export async function serveStatus(
+  port: number,
+  worker: () => Worker | null,
+  label: { model: string; device: string; threads: number },
+): Promise<Server> {
+  const server = createServer((req, res) => {
+    if (req.method !== "GET" || req.url !== "/status") {
+      res.writeHead(404, { "Content-Type": "application/json" });
+      res.end(JSON.stringify({ error: { code: "not_found", message: "try GET /status" } }));
+      return;
+    }
+    const w = worker();
+    const body = {
+      ...label,
+      stats: w?.stats ?? null,
+      window: w?.window() ?? null,
+    };
+    res.writeHead(200, { "Content-Type": "application/json", "Cache-Control": "no-store" });
+    res.end(JSON.stringify(body));
+  });
+  server.listen(port, "127.0.0.1");
+  await once(server, "listening");
+  server.unref();
+  return server;
 }

@@ -4,6 +4,7 @@ import {
   EdgeMessage as EdgeMessageSchema,
   type Embed,
   encodeVector,
+  MAX_CAPACITY,
   PROTOCOL_VERSION,
   parseMessage,
   TASK_SIZE,
@@ -41,13 +42,29 @@ export interface WorkerOptions {
 }
 
 /** Tasks a worker holds at once: the batch being computed and two more batches waiting. */
-function creditsFor(batchSize: number): number {
-  return Math.max(2, Math.ceil((3 * batchSize) / TASK_SIZE));
+export function capacityFor(batchSize: number): number {
+  return Math.min(MAX_CAPACITY, Math.max(2, Math.ceil((3 * batchSize) / TASK_SIZE)));
+}
+
+/** The worker's own view of its window, as `--status-port` reports it. */
+export interface WindowView {
+  /** Tasks it can hold at once (0 while draining). */
+  capacity: number;
+  /** Tasks waiting for the model, and in the batch being computed. */
+  queued: number;
+  computing: number;
+  /** Tasks it could take now: capacity less queued and computing. */
+  room: number;
+  /** Results sent and not yet acknowledged. */
+  awaitingAck: number;
+  /** Every lease it holds (what its heartbeats list). */
+  leaseIds: string[];
 }
 
 /**
- * A volunteer worker: holds one WebSocket to the edge, takes tasks within its credits,
- * embeds them in batches, and answers real-time requests before any batch work.
+ * A volunteer worker: holds one WebSocket to the edge, takes tasks within the window it
+ * states (`capacity`), embeds them in batches, and answers real-time requests before any
+ * batch work.
  */
 export class Worker {
   readonly stats: WorkerStats = {
@@ -70,7 +87,7 @@ export class Worker {
   /** Keeps this process's identity across reconnects, so its leases survive a dropped link. */
   private readonly session = randomBytes(18).toString("base64url");
   private busy = false;
-  /** Tasks in the batch being computed now: their credit comes back when it finishes. */
+  /** Tasks in the batch being computed now: their room opens when their results go out. */
   private computing = 0;
   private draining = false;
   private heartbeat: ReturnType<typeof setInterval> | null = null;
@@ -105,6 +122,29 @@ export class Worker {
     if (this.socket.readyState === WS.OPEN) this.socket.send(JSON.stringify(msg));
   }
 
+  /** Tasks this worker can hold at once; 0 once it is draining. */
+  private get capacity(): number {
+    return this.draining ? 0 : capacityFor(this.opts.batchSize);
+  }
+
+  /** Every lease held: queued, computing, or with its result awaiting an ack. */
+  private leaseIds(): string[] {
+    return [...new Set([...this.held.keys(), ...this.tasks.map((t) => t.leaseId)])];
+  }
+
+  /** The window as this side counts it; the edge's `room` for this worker should match. */
+  window(): WindowView {
+    const queued = this.tasks.length;
+    return {
+      capacity: this.capacity,
+      queued,
+      computing: this.computing,
+      room: Math.max(0, this.capacity - queued - this.computing),
+      awaitingAck: this.outbox.size,
+      leaseIds: this.leaseIds(),
+    };
+  }
+
   private onOpen(): void {
     const m = this.opts.embedder.manifest;
     this.send({
@@ -117,6 +157,7 @@ export class Worker {
       device: this.opts.device,
       threads: this.opts.threads,
       batchSize: this.opts.batchSize,
+      capacity: this.capacity,
     });
   }
 
@@ -149,19 +190,16 @@ export class Worker {
         this.stats.workerId = msg.workerId;
         this.stats.state = this.draining ? "draining" : "connected";
         this.emit("connected", { workerId: msg.workerId });
-        // After a reconnect: deliver what was computed meanwhile, and ask only for the room left.
+        // After a reconnect: deliver what was computed meanwhile. The edge counts the leases
+        // this worker still holds against its capacity, so nothing else needs restating.
         for (const m of this.outbox.values()) this.send(m);
-        if (!this.draining) {
-          // Results awaiting an ack already gave their credit back; only queued and
-          // computing tasks still occupy room.
-          const room = creditsFor(this.opts.batchSize) - this.tasks.length - this.computing;
-          if (room > 0) this.send({ type: "credit", v: PROTOCOL_VERSION, n: room });
-        }
+        if (this.heartbeat) clearInterval(this.heartbeat);
         this.heartbeat = setInterval(() => {
           this.send({
             type: "heartbeat",
             v: PROTOCOL_VERSION,
-            leaseIds: [...this.held.keys(), ...this.tasks.map((t) => t.leaseId)],
+            leaseIds: this.leaseIds(),
+            capacity: this.capacity,
           });
         }, msg.heartbeatMs);
         return;
@@ -274,7 +312,7 @@ export class Worker {
         });
         this.held.delete(t.leaseId);
       }
-      this.grant(batch.length);
+      this.computing = 0;
       return;
     }
     const elapsedMs = performance.now() - started;
@@ -298,12 +336,8 @@ export class Worker {
       this.stats.tasksDone++;
       this.stats.chunksDone += t.items.length;
     }
-    this.grant(batch.length);
-  }
-
-  private grant(n: number): void {
+    // The results are out: the edge opens this much room as each arrives, and so do we.
     this.computing = 0;
-    if (!this.draining && n > 0) this.send({ type: "credit", v: PROTOCOL_VERSION, n });
   }
 
   private settleIfIdle(): void {

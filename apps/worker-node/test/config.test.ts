@@ -55,6 +55,16 @@ describe("worker configuration", () => {
       /--device must be auto, cpu or cuda/,
     );
     expect(fails(["--server", "http://x"])).toMatch(/--token is required/);
+    expect(fails(["--server", "http://x", "--token", "t", "--status-port", "70000"])).toMatch(
+      /--status-port must be at most 65535/,
+    );
+  });
+
+  it("serves status only when asked for a port", () => {
+    const base = ["--server", "http://x", "--token", "t"];
+    expect(run(base).statusPort).toBeUndefined();
+    expect(run([...base, "--status-port", "9100"]).statusPort).toBe(9100);
+    expect(run(base, { P2PA_STATUS_PORT: "9101" }).statusPort).toBe(9101);
   });
 
   it("answers --help and --version without needing a server", () => {

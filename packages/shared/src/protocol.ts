@@ -4,12 +4,23 @@ import { z } from "zod";
  * The worker <-> edge protocol. Every frame is a JSON object with a `type` and the protocol
  * version `v`. Vectors travel as base64 float32 (see vector-codec.ts).
  *
- * Flow: worker sends `hello`, edge answers `welcome`; the worker grants credits
- * (`credit`, one per task it can hold) and the edge sends at most that many `task`s;
- * each task ends with `result` or `task_failed`, acknowledged by `ack`. Real-time requests
+ * Flow: worker sends `hello`, edge answers `welcome`. Flow control is by absolute window,
+ * never by increments: the worker states how many tasks it can hold at once (`capacity`, in
+ * `hello`, restated in every `heartbeat` and changed with `ready`), and the edge keeps the
+ * worker's open leases at or under it. The edge counts those leases itself, so no lost or
+ * repeated frame can leave either side with a wrong picture of the other's room.
+ * Each task ends with `result` or `task_failed`, acknowledged by `ack`. Real-time requests
  * (`embed`) skip the batch queue and are answered with `embed_result`/`embed_failed`.
+ *
+ * Version 2 replaced version 1's incremental `credit` frames with the window above.
  */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
+
+/** Versions of this protocol the edge speaks (a worker on another one is told so and closed). */
+export const SUPPORTED_PROTOCOL_VERSIONS = [PROTOCOL_VERSION] as const;
+
+/** The most tasks one worker connection may hold at once. */
+export const MAX_CAPACITY = 64;
 
 /**
  * Chunks per task: one inference batch for a default worker, big enough to amortise a round
@@ -49,16 +60,21 @@ export const Hello = z.object({
   device: z.string().max(64),
   threads: z.number().int().positive().max(1024),
   batchSize: z.number().int().positive().max(4096),
+  /** Tasks the worker can hold at once (queued and computing); 0 takes only real-time work. */
+  capacity: z.number().int().min(0).max(MAX_CAPACITY),
 });
 export type Hello = z.infer<typeof Hello>;
 
-export const Credit = z.object({
-  type: z.literal("credit"),
+/** Capacity of the connection, from `hello` on. */
+const Capacity = z.number().int().min(0).max(MAX_CAPACITY);
+
+/** Changes how many tasks the worker can hold at once (absolute, not an increment). */
+export const Ready = z.object({
+  type: z.literal("ready"),
   v,
-  /** Additional tasks the worker is ready to hold. */
-  n: z.number().int().min(1).max(256),
+  capacity: Capacity,
 });
-export type Credit = z.infer<typeof Credit>;
+export type Ready = z.infer<typeof Ready>;
 
 export const TaskResult = z.object({
   type: z.literal("result"),
@@ -91,11 +107,16 @@ export const Release = z.object({
 });
 export type Release = z.infer<typeof Release>;
 
-/** Keeps the leases the worker still holds alive. */
+/**
+ * Keeps the leases the worker still holds alive, and restates its window: `leaseIds` is every
+ * lease it holds (queued, computing, or its result awaiting an ack) and `capacity` how many it
+ * can hold. The edge reconciles its own picture with both.
+ */
 export const Heartbeat = z.object({
   type: z.literal("heartbeat"),
   v,
   leaseIds: z.array(Id).max(1024),
+  capacity: Capacity,
 });
 export type Heartbeat = z.infer<typeof Heartbeat>;
 
@@ -122,7 +143,7 @@ export type EmbedFailed = z.infer<typeof EmbedFailed>;
 
 export const WorkerMessage = z.discriminatedUnion("type", [
   Hello,
-  Credit,
+  Ready,
   TaskResult,
   TaskFailed,
   Release,
@@ -202,7 +223,13 @@ export const CloseCode = {
 
 export type ParseResult<T> =
   | { ok: true; message: T }
-  | { ok: false; error: { code: "bad_json" | "bad_message" | "too_large"; message: string } };
+  | {
+      ok: false;
+      error: {
+        code: "bad_json" | "bad_message" | "too_large" | "unsupported_version";
+        message: string;
+      };
+    };
 
 /** Largest frame either side accepts. */
 export const MAX_FRAME_BYTES = 4 * 1024 * 1024;
@@ -227,6 +254,16 @@ export function parseMessage<S extends z.ZodType>(
     json = JSON.parse(text);
   } catch {
     return { ok: false, error: { code: "bad_json", message: "frame is not valid JSON" } };
+  }
+  const version = (json as { v?: unknown } | null)?.v;
+  if (typeof version === "number" && version !== PROTOCOL_VERSION) {
+    return {
+      ok: false,
+      error: {
+        code: "unsupported_version",
+        message: `protocol version ${version} is not spoken here; this side speaks ${SUPPORTED_PROTOCOL_VERSIONS.join(", ")}`,
+      },
+    };
   }
   const parsed = schema.safeParse(json);
   if (!parsed.success) {

@@ -11,6 +11,7 @@ describe("parseMessage", () => {
     device: "cpu",
     threads: 2,
     batchSize: 32,
+    capacity: 3,
   };
 
   it("accepts a valid frame and types it", () => {
@@ -23,7 +24,9 @@ describe("parseMessage", () => {
       ok: false,
       error: { code: "bad_json" },
     });
-    expect(parseMessage(WorkerMessage, JSON.stringify({ type: "steal_all", v: 1 }))).toMatchObject({
+    expect(
+      parseMessage(WorkerMessage, JSON.stringify({ type: "steal_all", v: PROTOCOL_VERSION })),
+    ).toMatchObject({
       ok: false,
       error: { code: "bad_message" },
     });
@@ -32,7 +35,18 @@ describe("parseMessage", () => {
     expect(!wrong.ok && wrong.error.message).toContain("threads");
     expect(parseMessage(WorkerMessage, JSON.stringify({ ...hello, v: 99 }))).toMatchObject({
       ok: false,
+      error: { code: "unsupported_version", message: expect.stringMatching(/99.*speaks 2/) },
     });
+    // Version 1's incremental credit is gone: a window is stated, never added to.
+    expect(
+      parseMessage(WorkerMessage, JSON.stringify({ type: "credit", v: PROTOCOL_VERSION, n: 1 })),
+    ).toMatchObject({ ok: false, error: { code: "bad_message" } });
+    expect(
+      parseMessage(
+        WorkerMessage,
+        JSON.stringify({ type: "ready", v: PROTOCOL_VERSION, capacity: 65 }),
+      ),
+    ).toMatchObject({ ok: false, error: { code: "bad_message" } });
     expect(parseMessage(WorkerMessage, "null")).toMatchObject({
       ok: false,
       error: { code: "bad_message" },
@@ -49,7 +63,7 @@ describe("parseMessage", () => {
 
   it("parses edge frames from binary payloads", () => {
     const frame = new TextEncoder().encode(
-      JSON.stringify({ type: "error", v: 1, code: "x", message: "y" }),
+      JSON.stringify({ type: "error", v: PROTOCOL_VERSION, code: "x", message: "y" }),
     );
     expect(parseMessage(EdgeMessage, frame.buffer as ArrayBuffer)).toMatchObject({ ok: true });
   });

@@ -12,42 +12,35 @@ import {
   WorkerMessage,
 } from "@p2pa/shared";
 import { D1Store, type MetadataStore } from "../db/store.js";
-import { getVectorIndex } from "../vector/index.js";
-import {
-  allowedInFlight,
-  type Budget,
-  freshBudget,
-  recordFailure,
-  recordSuccess,
-} from "./error-budget.js";
+import { AlarmClock } from "./alarm.js";
+import { recordFailure, recordSuccess } from "./error-budget.js";
 import { type JobEvent, JobLog } from "./job-log.js";
 import { Metrics } from "./metrics.js";
 import { JobNotifier } from "./notifier.js";
+import { Peers, roomFor } from "./peers.js";
 import { type Bucket, take } from "./rate-limit.js";
 import { type EmbedOutcome, RealtimeLane } from "./realtime-lane.js";
 import { checkResult } from "./result-check.js";
+import { ResultStore } from "./store-result.js";
 import { type NewTask, TaskQueue } from "./task-queue.js";
-
-/** Per-connection state, kept in the WebSocket attachment so it survives hibernation. */
-interface Peer {
-  workerId: string;
-  hello: Pick<Hello, "models" | "device" | "threads" | "batchSize" | "version" | "name"> | null;
-  credits: number;
-  draining: boolean;
-  chunksDone: number;
-  badFrames: number;
-  budget: Budget;
-}
+import { judge, type ShardHealth, STALL_MS } from "./watchdog.js";
 
 export interface DispatcherStats {
   workers: {
     id: string;
     models: string[];
-    credits: number;
+    /** Tasks the worker says it can hold at once. */
+    capacity: number;
+    /** Tasks it holds now (open leases awaiting its result). */
+    held: number;
+    /** Tasks the Dispatcher would lease to it now: capacity within its budget, less held. */
+    room: number;
     draining: boolean;
+    coolingDown: boolean;
     chunksDone: number;
   }[];
   tasks: Record<string, number>;
+  health: ShardHealth;
 }
 
 const MAX_ATTEMPTS = 5;
@@ -57,8 +50,9 @@ const BAD_FRAMES_BEFORE_CLOSE = 20;
 
 /**
  * The coordinator for one shard of one model: it owns the shard's task queue, the
- * WebSocket connections of the workers assigned to it, and their leases. See README.md in
- * this folder for how shards divide the work.
+ * WebSocket connections of the workers assigned to it, and their leases. It keeps the
+ * wiring, the socket hooks, `hello` and `pump`; per-peer state is `Peers`', the store path
+ * `ResultStore`'s and the alarm `AlarmClock`'s. See README.md in this folder.
  */
 export class Dispatcher extends DurableObject<Env> {
   private readonly queue: TaskQueue;
@@ -66,10 +60,15 @@ export class Dispatcher extends DurableObject<Env> {
   private readonly notifier: JobNotifier;
   private readonly metrics: Metrics;
   private readonly store: MetadataStore;
+  private readonly results: ResultStore;
+  private readonly peers: Peers;
+  private readonly clock: AlarmClock;
   private readonly leaseMs: number;
   private readonly lane = new RealtimeLane();
   /** Per-connection message buckets; in memory, a fresh bucket after eviction is harmless. */
   private readonly buckets = new Map<WebSocket, Bucket>();
+  /** When the stall watchdog looks next while work waits beside connected workers. */
+  private watchAt: number | null = null;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -81,11 +80,39 @@ export class Dispatcher extends DurableObject<Env> {
     this.store = new D1Store(env.DB);
     this.jobs = new JobLog(ctx.storage.sql);
     this.metrics = new Metrics(ctx.storage.sql);
-    this.notifier = new JobNotifier(env, ctx, this.jobs, this.store);
+    this.notifier = new JobNotifier(env, this.jobs, this.store);
+    this.results = new ResultStore(
+      env,
+      this.queue,
+      this.jobs,
+      this.store,
+      this.metrics,
+      this.notifier,
+    );
+    this.peers = new Peers(ctx);
     this.leaseMs = Number(env.LEASE_MS) || 60_000;
+    this.clock = new AlarmClock(ctx.storage, {
+      leases: (now) => this.queue.nextWake(now),
+      cooldowns: (now) => {
+        const ends = this.peers
+          .all()
+          .map(({ peer }) => peer.budget.coolUntil)
+          .filter((t) => t > now);
+        return ends.length ? Math.min(...ends) : null;
+      },
+      notifications: () => this.jobs.nextNotifyAt(),
+      watchdog: () => this.watchAt,
+    });
     ctx.blockConcurrencyWhile(async () => {
       this.queue.migrate();
       this.jobs.migrate();
+      this.metrics.count("p2pa_coordinator_starts_total");
+      const recovered = this.queue.recoverStoring(Date.now());
+      if (recovered) {
+        console.warn(`recovered ${recovered} task(s) cut off mid-write; they run again`);
+        this.metrics.count("p2pa_tasks_recovered_total", "", recovered);
+      }
+      await this.clock.arm();
     });
   }
 
@@ -107,6 +134,8 @@ export class Dispatcher extends DurableObject<Env> {
       this.jobs.appendEvents(jobId, [{ kind: "end", data: { status: "cancelled" } }]);
       if (!purge) await this.notifier.notifyEnd(jobId);
     }
+    // Cancelled leases free their workers' room for other jobs' tasks.
+    await this.pump();
     return n;
   }
 
@@ -122,12 +151,10 @@ export class Dispatcher extends DurableObject<Env> {
 
   /** Embeds texts on a connected worker ahead of all batch work. */
   async embed(model: string, texts: string[], timeoutMs = 30_000): Promise<EmbedOutcome> {
-    const candidates = this.ctx
-      .getWebSockets()
-      .map((ws) => ({ ws, peer: this.peer(ws) }))
+    const candidates = this.peers
+      .all()
       .filter(
-        ({ peer }) =>
-          peer?.hello && !peer.draining && peer.hello.models.some((m) => m.id === model),
+        ({ peer }) => peer.hello && !peer.draining && peer.hello.models.some((m) => m.id === model),
       );
     if (candidates.length === 0) {
       return {
@@ -137,9 +164,9 @@ export class Dispatcher extends DurableObject<Env> {
       };
     }
     // Least busy first: fewest real-time requests in flight.
-    const busy = (p: Peer | null) => this.lane.inFlight(p?.workerId ?? "");
-    candidates.sort((a, b) => busy(a.peer) - busy(b.peer));
-    const { ws, peer } = candidates[0] as { ws: WebSocket; peer: Peer };
+    const busy = (workerId: string) => this.lane.inFlight(workerId);
+    candidates.sort((a, b) => busy(a.peer.workerId) - busy(b.peer.workerId));
+    const { ws, peer } = candidates[0] as (typeof candidates)[number];
     return this.lane.request(peer.workerId, timeoutMs, (requestId) =>
       this.send(ws, { type: "embed", v: PROTOCOL_VERSION, requestId, model, texts }),
     );
@@ -150,24 +177,23 @@ export class Dispatcher extends DurableObject<Env> {
     return this.metrics.snapshot();
   }
 
-  /** A snapshot of the shard for the dashboard and tests. */
+  /** A snapshot of the shard for the dashboard, `/healthz` and tests. */
   async stats(): Promise<DispatcherStats> {
+    const now = Date.now();
+    const rooms = this.rooms(now);
     return {
-      workers: this.ctx.getWebSockets().flatMap((ws) => {
-        const p = this.peer(ws);
-        return p
-          ? [
-              {
-                id: p.workerId,
-                models: p.hello?.models.map((m) => m.id) ?? [],
-                credits: p.credits,
-                draining: p.draining,
-                chunksDone: p.chunksDone,
-              },
-            ]
-          : [];
-      }),
+      workers: rooms.map(({ peer, held, room }) => ({
+        id: peer.workerId,
+        models: peer.hello?.models.map((m) => m.id) ?? [],
+        capacity: peer.capacity,
+        held,
+        room,
+        draining: peer.draining,
+        coolingDown: peer.budget.coolUntil > now,
+        chunksDone: peer.chunksDone,
+      })),
       tasks: this.queue.counts(),
+      health: judge(this.queue.ready(now), rooms, now),
     };
   }
 
@@ -182,65 +208,68 @@ export class Dispatcher extends DurableObject<Env> {
     const workerId = `wkr_${crypto.randomUUID().replaceAll("-", "").slice(0, 20)}`;
     this.ctx.acceptWebSocket(server, [workerId]);
     this.metrics.count("p2pa_worker_connections_total");
-    const peer: Peer = {
-      budget: freshBudget(),
-      workerId,
-      hello: null,
-      credits: 0,
-      draining: false,
-      chunksDone: 0,
-      badFrames: 0,
-    };
-    server.serializeAttachment(peer);
+    this.peers.accept(server, workerId);
     return new Response(null, { status: 101, webSocket: client });
   }
 
   override async webSocketMessage(ws: WebSocket, raw: string | ArrayBuffer): Promise<void> {
-    const peer = this.peer(ws);
+    const peer = this.peers.get(ws);
     if (!peer) return;
     const limited = take(this.buckets.get(ws), Date.now());
     this.buckets.set(ws, limited.bucket);
     if (!limited.ok) {
-      this.protocolError(ws, peer, "rate_limited", "too many messages; slow down");
+      this.protocolError(ws, "rate_limited", "too many messages; slow down");
       return;
     }
     const parsed = parseMessage(WorkerMessage, raw);
     if (!parsed.ok) {
-      this.protocolError(ws, peer, parsed.error.code, parsed.error.message);
+      if (parsed.error.code === "unsupported_version") {
+        // A worker on another protocol would otherwise sit idle forever: tell it, and close.
+        this.metrics.count("p2pa_frames_refused_total", parsed.error.code);
+        this.send(ws, {
+          type: "error",
+          v: PROTOCOL_VERSION,
+          code: parsed.error.code,
+          message: `${parsed.error.message}; upgrade p2pa-worker`,
+        });
+        ws.close(CloseCode.unsupportedVersion, `protocol ${PROTOCOL_VERSION} required`);
+        return;
+      }
+      this.protocolError(ws, parsed.error.code, parsed.error.message);
       return;
     }
     const msg = parsed.message;
     if (msg.type !== "hello" && !peer.hello) {
-      this.protocolError(ws, peer, "hello_required", "send hello before anything else");
+      this.protocolError(ws, "hello_required", "send hello before anything else");
       return;
     }
     switch (msg.type) {
       case "hello":
-        await this.onHello(ws, peer, msg);
+        await this.onHello(ws, msg);
         return;
-      case "credit":
-        peer.credits = Math.min(peer.credits + msg.n, 1024);
-        this.save(ws, peer);
+      case "ready":
+        this.peers.update(ws, (p) => {
+          p.capacity = msg.capacity;
+        });
         await this.pump();
         return;
       case "heartbeat":
-        this.queue.heartbeat(peer.workerId, msg.leaseIds, Date.now() + this.leaseMs);
-        await this.armAlarm();
+        await this.onHeartbeat(ws, msg.leaseIds, msg.capacity);
         return;
       case "result":
-        await this.onResult(ws, peer, msg);
+        await this.onResult(ws, msg);
         return;
       case "task_failed":
-        await this.onTaskFailed(ws, peer, msg.leaseId, msg.taskId, msg.error);
+        await this.onTaskFailed(ws, msg.leaseId, msg.taskId, msg.error);
         return;
       case "release":
         this.queue.release(msg.leaseIds, peer.workerId);
         await this.pump();
         return;
       case "draining":
-        peer.draining = true;
-        peer.credits = 0;
-        this.save(ws, peer);
+        this.peers.update(ws, (p) => {
+          p.draining = true;
+        });
         return;
       case "embed_result":
       case "embed_failed": {
@@ -270,19 +299,20 @@ export class Dispatcher extends DurableObject<Env> {
   }
 
   override async alarm(): Promise<void> {
-    const lapsed = new Set(this.requeueExpired());
-    for (const ws of this.ctx.getWebSockets()) {
-      const peer = this.peer(ws);
-      if (peer && lapsed.has(peer.workerId))
-        this.charge(ws, peer, "a lease expired before its result arrived");
+    this.clock.fired();
+    const now = Date.now();
+    const lapsed = new Set(this.requeueExpired(now));
+    for (const { ws, peer } of this.peers.all()) {
+      if (lapsed.has(peer.workerId)) this.charge(ws, "a lease expired before its result arrived");
     }
-    for (const jobId of this.jobs.notifyPending()) await this.notifier.notifyEnd(jobId);
+    for (const jobId of this.jobs.notifyDue(now)) await this.notifier.notifyEnd(jobId);
+    this.watch(now, "alarm");
     await this.pump();
   }
 
   // ---- handlers ----
 
-  private async onHello(ws: WebSocket, peer: Peer, msg: Hello): Promise<void> {
+  private async onHello(ws: WebSocket, msg: Hello): Promise<void> {
     const unknown = msg.models.find(
       (m) => getModel(m.id) && getModel(m.id)?.dimension !== m.dimension,
     );
@@ -296,33 +326,36 @@ export class Dispatcher extends DurableObject<Env> {
       ws.close(CloseCode.protocolError, "model mismatch");
       return;
     }
+    const peer = this.peers.update(ws, (p) => {
+      // The same worker process reconnecting keeps its identity and so its leases.
+      if (msg.session) p.workerId = `wkr_${msg.session}`;
+      p.hello = {
+        models: msg.models,
+        device: msg.device,
+        threads: msg.threads,
+        batchSize: msg.batchSize,
+        version: msg.version,
+        name: msg.name,
+      };
+      p.capacity = msg.capacity;
+    });
+    if (!peer) return;
+    const workerId = peer.workerId;
     if (msg.session) {
-      // The same worker process reconnecting: it keeps its identity and so its leases.
-      peer.workerId = `wkr_${msg.session}`;
-      for (const other of this.ctx.getWebSockets()) {
-        if (other !== ws && this.peer(other)?.workerId === peer.workerId)
-          other.close(CloseCode.normal, "replaced by a new connection");
-      }
-      this.queue.reclaim(peer.workerId, Date.now() + this.leaseMs);
+      for (const other of this.peers.ofWorker(workerId, ws))
+        other.close(CloseCode.normal, "replaced by a new connection");
+      this.queue.reclaim(workerId, Date.now() + this.leaseMs);
     }
-    peer.hello = {
-      models: msg.models,
-      device: msg.device,
-      threads: msg.threads,
-      batchSize: msg.batchSize,
-      version: msg.version,
-      name: msg.name,
-    };
-    this.save(ws, peer);
     this.send(ws, {
       type: "welcome",
       v: PROTOCOL_VERSION,
-      workerId: peer.workerId,
+      workerId,
       leaseMs: this.leaseMs,
-      heartbeatMs: Math.floor(this.leaseMs / 4),
+      heartbeatMs: this.heartbeatMs,
     });
+    await this.pump();
     await this.store.upsertWorker({
-      id: peer.workerId,
+      id: workerId,
       name: msg.name ?? null,
       version: msg.version,
       device: msg.device,
@@ -332,7 +365,29 @@ export class Dispatcher extends DurableObject<Env> {
     });
   }
 
-  private async onResult(ws: WebSocket, peer: Peer, msg: TaskResult): Promise<void> {
+  /**
+   * A heartbeat renews the leases the worker lists and restates its capacity. Leases it does
+   * not list, though granted well before, never reached it: they go back to the queue. Then
+   * the watchdog looks, and whatever fits is dispatched.
+   */
+  private async onHeartbeat(ws: WebSocket, leaseIds: string[], capacity: number): Promise<void> {
+    const now = Date.now();
+    const peer = this.peers.update(ws, (p) => {
+      p.capacity = capacity;
+    });
+    if (!peer) return;
+    this.queue.heartbeat(peer.workerId, leaseIds, now + this.leaseMs);
+    const lost = this.queue.reconcile(peer.workerId, leaseIds, now - 2 * this.heartbeatMs);
+    if (lost) {
+      console.warn(`worker ${peer.workerId} did not have ${lost} lease(s); requeued`);
+      this.metrics.count("p2pa_leases_reconciled_total", "", lost);
+    }
+    this.watch(now, "heartbeat");
+    await this.pump();
+  }
+
+  private async onResult(ws: WebSocket, msg: TaskResult): Promise<void> {
+    const workerId = this.peers.get(ws)?.workerId;
     const ack = (status: Ack["status"], reason?: string) => {
       this.metrics.count("p2pa_results_total", status);
       this.send(ws, {
@@ -352,7 +407,7 @@ export class Dispatcher extends DurableObject<Env> {
       !task ||
       !lease ||
       lease.taskId !== msg.taskId ||
-      lease.workerId !== peer.workerId ||
+      lease.workerId !== workerId ||
       !TaskQueue.leaseLive(lease, Date.now())
     ) {
       return ack("rejected", "no valid lease for this task");
@@ -360,159 +415,97 @@ export class Dispatcher extends DurableObject<Env> {
     const checked = checkResult(task.items ?? [], task.model, msg);
     if (!checked.ok) {
       ack("rejected", checked.problem);
-      await this.onTaskFailed(ws, peer, msg.leaseId, msg.taskId, {
+      await this.onTaskFailed(ws, msg.leaseId, msg.taskId, {
         code: "bad_result",
         message: checked.problem,
         retryable: true,
       });
       return;
     }
-    if (!this.queue.beginStoring(msg.taskId, lease.expired)) return ack("duplicate");
-    const items = task.items ?? [];
-    try {
-      await getVectorIndex(this.env, task.model).upsert(
-        items.map((it, i) => ({
-          id: it.chunkId,
-          values: checked.vectors[i] as Float32Array,
-          metadata: {
-            tenant: task.tenant,
-            jobId: task.jobId,
-            documentId: it.documentId,
-            index: it.index,
-          },
-        })),
-      );
-      await this.store.recordDone(
-        task.jobId,
-        items.map((it) => it.chunkId),
-      );
-    } catch (err) {
-      this.queue.abortStoring(msg.taskId);
+    // The result is in: the worker's room is open again, so the next task can go out while
+    // this one is written.
+    const storing = this.results.storeVectors(task, lease, checked.vectors);
+    await this.pump();
+    const outcome = await storing;
+    if (outcome === "unavailable") {
       ack("rejected", "storage unavailable; the task was requeued");
-      console.error("storing task failed", msg.taskId, err);
       await this.pump();
       return;
     }
-    this.queue.finishStoring(msg.taskId);
-    if (this.jobs.isDeleted(task.jobId)) {
-      // The job was deleted while this result was being written: take the vectors back out.
-      await getVectorIndex(this.env, task.model).deleteByIds(items.map((it) => it.chunkId));
+    if (outcome === "stored") {
+      const n = task.items?.length ?? 0;
+      this.peers.update(ws, (p) => {
+        p.chunksDone += n;
+        p.budget = recordSuccess(p.budget);
+      });
     }
-    this.jobs.appendEvents(
-      task.jobId,
-      items.map((it) => ({
-        kind: "chunk" as const,
-        data: { chunkId: it.chunkId, documentId: it.documentId, index: it.index, status: "done" },
-      })),
-    );
-    await this.settleJob(task.jobId);
-    peer.chunksDone += items.length;
-    this.save(ws, peer);
-    peer.budget = recordSuccess(peer.budget);
-    this.save(ws, peer);
-    this.metrics.count("p2pa_chunks_stored_total", "", items.length);
-    ack("stored");
+    ack(outcome);
   }
 
   private async onTaskFailed(
     ws: WebSocket,
-    peer: Peer,
     leaseId: string,
     taskId: string,
     error: ErrorInfo,
   ): Promise<void> {
     const lease = this.queue.getLease(leaseId);
-    if (!lease || lease.workerId !== peer.workerId || lease.taskId !== taskId) return;
+    if (!lease || lease.workerId !== this.peers.get(ws)?.workerId || lease.taskId !== taskId)
+      return;
     const r = this.queue.fail(leaseId, `${error.code}: ${error.message}`, Date.now());
     this.metrics.count("p2pa_task_failures_total");
-    this.charge(ws, peer, error.message);
-    if (r?.outcome === "failed") {
-      const task = this.queue.getTask(r.taskId);
-      const reasons = this.queue.errors(r.taskId).map((e) => e.reason);
-      if (task?.items) {
-        const reason = `failed after ${task.attempts} attempts: ${reasons.at(-1) ?? ""}`;
-        this.metrics.count("p2pa_chunks_failed_total", "", task.items.length);
-        await this.store.recordFailed(
-          task.jobId,
-          task.items.map((i) => i.chunkId),
-          reason,
-        );
-        this.jobs.appendEvents(
-          task.jobId,
-          task.items.map((it) => ({
-            kind: "chunk" as const,
-            data: {
-              chunkId: it.chunkId,
-              documentId: it.documentId,
-              index: it.index,
-              status: "failed",
-              error: reason,
-            },
-          })),
-        );
-        await this.settleJob(task.jobId);
-      }
-    }
-    this.save(ws, peer);
+    this.charge(ws, error.message);
+    if (r?.outcome === "failed") await this.results.storeFailure(r.taskId);
     await this.pump();
   }
 
   private async disconnect(ws: WebSocket): Promise<void> {
     this.buckets.delete(ws);
-    const peer = this.peer(ws);
+    const peer = this.peers.get(ws);
+    this.peers.forget(ws);
     if (!peer) return;
-    const live = this.ctx
-      .getWebSockets()
-      .some((o) => o !== ws && this.peer(o)?.workerId === peer.workerId);
-    if (!live) {
+    if (this.peers.ofWorker(peer.workerId).length === 0) {
       // Leases stay for a short grace period so a worker whose connection dropped can
       // reconnect and deliver what it computed; after that the alarm requeues them.
       this.queue.graceWorker(peer.workerId, Date.now() + RECONNECT_GRACE_MS);
-      await this.armAlarm();
     }
     this.lane.dropWorker(peer.workerId);
+    await this.pump();
     if (peer.hello)
       await this.store.workerSeen(peer.workerId, peer.chunksDone, true).catch(() => {});
-    await this.pump(ws);
   }
 
-  /** Records the job's terminal event once no task of it can change any more. */
-  private async settleJob(jobId: string): Promise<void> {
-    if (this.queue.jobOpen(jobId)) {
-      await this.notifier.maybeNotifyProgress(jobId);
-      return;
-    }
-    if (!this.jobs.markEnded(jobId)) return;
-    const job = await this.store.getJobById(jobId);
-    this.jobs.appendEvents(jobId, [
-      { kind: "end", data: { status: job?.status ?? "completed", chunks: job?.chunks } },
-    ]);
-    await this.notifier.notifyEnd(jobId);
+  /** Each connected peer with the tasks it holds and its room now. */
+  private rooms(now: number) {
+    const held = this.queue.heldByWorker();
+    return this.peers.all().map(({ ws, peer }) => {
+      const h = held.get(peer.workerId) ?? 0;
+      return { ws, peer, held: h, room: roomFor(peer, h, now) };
+    });
   }
 
-  /** Leases pending tasks to workers with credits, spreading them across workers. */
-  private async pump(exclude?: WebSocket): Promise<void> {
+  /**
+   * Leases ready tasks to workers with room, one task per worker per round so they spread,
+   * then sets the alarm for whatever comes due next. Called after every event that can
+   * change ready work or room.
+   */
+  private async pump(): Promise<void> {
+    const now = Date.now();
     // Expired leases are also collected here, so progress never depends on an alarm alone.
-    this.requeueExpired();
+    this.requeueExpired(now);
     const started: string[] = [];
-    const sockets = this.ctx.getWebSockets().filter((ws) => ws !== exclude);
+    const ready = this.rooms(now).filter((r) => r.room > 0);
     let progress = true;
     while (progress) {
       progress = false;
-      for (const ws of sockets) {
-        const peer = this.peer(ws);
-        if (!peer?.hello || peer.draining || peer.credits <= 0) continue;
-        // A worker over its error budget holds fewer tasks, or none while cooling down.
-        const allowed = allowedInFlight(peer.budget, Date.now(), peer.credits);
-        if (allowed === 0 || (allowed < peer.credits && this.queue.held(peer.workerId) >= allowed))
-          continue;
-        for (const m of peer.hello.models) {
-          const [task] = this.queue.lease(peer.workerId, m.id, 1, Date.now(), this.leaseMs);
+      for (const r of ready) {
+        if (r.room <= 0) continue;
+        for (const m of r.peer.hello?.models ?? []) {
+          const [task] = this.queue.lease(r.peer.workerId, m.id, 1, now, this.leaseMs);
           if (!task) continue;
-          peer.credits--;
+          r.room--;
           progress = true;
           if (this.jobs.markJobStarted(task.jobId)) started.push(task.jobId);
-          this.send(ws, {
+          this.send(r.ws, {
             type: "task",
             v: PROTOCOL_VERSION,
             taskId: task.taskId,
@@ -523,59 +516,72 @@ export class Dispatcher extends DurableObject<Env> {
           });
           break;
         }
-        this.save(ws, peer);
       }
     }
-    await this.armAlarm();
+    // Ready work left beside a worker with room for it should be impossible here; if this
+    // pump could not place it, the watchdog looks again soon rather than wait for a frame.
+    const left = this.queue.ready(now);
+    const suspect = ready.some(
+      (r) => r.room > 0 && r.peer.hello?.models.some((m) => left.has(m.id)),
+    );
+    if (!suspect) this.watchAt = null;
+    else if (this.watchAt === null || this.watchAt <= now) this.watchAt = now + STALL_MS;
+    await this.clock.arm(now);
     for (const jobId of started) await this.store.markStarted(jobId);
   }
 
-  private async armAlarm(): Promise<void> {
-    const next = this.queue.nextWake(Date.now());
-    if (next === null) return;
-    const current = await this.ctx.storage.getAlarm();
-    if (current === null || next < current) await this.ctx.storage.setAlarm(next);
+  /**
+   * The stall watchdog: ready work beside a worker with room means some path forgot to
+   * dispatch. It is logged and counted here; the pump that follows every call repairs it.
+   */
+  private watch(now: number, from: string): void {
+    const health = judge(this.queue.ready(now), this.rooms(now), now);
+    if (!health.stalled) return;
+    console.warn(
+      `dispatch stall (found by ${from}): ${health.readyTasks} task(s) ready for ${health.oldestReadyMs} ms while ${health.workersWithRoom} worker(s) had room; dispatching`,
+    );
+    this.metrics.count("p2pa_dispatch_stalls_total", from);
+  }
+
+  private get heartbeatMs(): number {
+    return Math.floor(this.leaseMs / 4);
   }
 
   /** Counts a failure against the worker's budget and tells it when it is benched. */
-  private charge(ws: WebSocket, peer: Peer, why: string): void {
-    const r = recordFailure(peer.budget, Date.now());
-    peer.budget = r.budget;
-    this.save(ws, peer);
-    if (r.coolingDown) {
+  private charge(ws: WebSocket, why: string): void {
+    const now = Date.now();
+    let benchedFor = 0;
+    this.peers.update(ws, (p) => {
+      const r = recordFailure(p.budget, now);
+      p.budget = r.budget;
+      if (r.coolingDown) benchedFor = r.budget.coolUntil - now;
+    });
+    if (benchedFor > 0) {
+      // The cool-down's end is a wake source of the alarm (see the constructor).
       this.metrics.count("p2pa_workers_benched_total");
-      const seconds = Math.round((r.budget.coolUntil - Date.now()) / 1000);
       this.send(ws, {
         type: "error",
         v: PROTOCOL_VERSION,
         code: "cooldown",
-        message: `too many failures in a row (last: ${why}); no new tasks for ${seconds} s`,
+        message: `too many failures in a row (last: ${why}); no new tasks for ${Math.round(benchedFor / 1000)} s`,
       });
-      void this.ctx.storage.setAlarm(r.budget.coolUntil);
     }
   }
 
-  private requeueExpired(): string[] {
-    const lapsed = this.queue.requeueExpired(Date.now());
+  private requeueExpired(now: number): string[] {
+    const lapsed = this.queue.requeueExpired(now);
     this.metrics.count("p2pa_leases_expired_total", "", lapsed.length);
     return lapsed;
   }
 
-  private protocolError(ws: WebSocket, peer: Peer, code: string, message: string): void {
+  private protocolError(ws: WebSocket, code: string, message: string): void {
     this.metrics.count("p2pa_frames_refused_total", code);
-    peer.badFrames++;
-    this.save(ws, peer);
+    const peer = this.peers.update(ws, (p) => {
+      p.badFrames++;
+    });
     this.send(ws, { type: "error", v: PROTOCOL_VERSION, code, message });
-    if (peer.badFrames >= BAD_FRAMES_BEFORE_CLOSE)
+    if (peer && peer.badFrames >= BAD_FRAMES_BEFORE_CLOSE)
       ws.close(CloseCode.tooManyErrors, "too many bad frames");
-  }
-
-  private peer(ws: WebSocket): Peer | null {
-    return (ws.deserializeAttachment() as Peer | null) ?? null;
-  }
-
-  private save(ws: WebSocket, peer: Peer): void {
-    ws.serializeAttachment(peer);
   }
 
   private send(ws: WebSocket, msg: EdgeMessage): void {

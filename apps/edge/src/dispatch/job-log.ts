@@ -14,17 +14,12 @@ export interface JobEvent {
   data: string;
 }
 
-const SCHEMA_VERSION = 1;
-
 export class JobLog {
   constructor(private readonly sql: SqlStorage) {}
 
   /** Creates the tables; run once under blockConcurrencyWhile. */
   migrate(): void {
-    migrateOnce(
-      this.sql,
-      "job_log",
-      SCHEMA_VERSION,
+    migrateOnce(this.sql, "job_log", [
       `
       CREATE TABLE IF NOT EXISTS jobs (
         id TEXT PRIMARY KEY,
@@ -43,7 +38,9 @@ export class JobLog {
       );
       CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job_id, seq);
     `,
-    );
+      // When to retry handing a job's terminal event over (0: now, or nothing pending).
+      "ALTER TABLE jobs ADD COLUMN notify_at INTEGER NOT NULL DEFAULT 0",
+    ]);
   }
 
   /** Records a job the first time its tasks arrive. */
@@ -108,16 +105,32 @@ export class JobLog {
     );
   }
 
-  /** Marks whether a job's terminal notification still has to be handed over. */
-  setNotifyPending(jobId: string, pending: boolean): void {
-    this.sql.exec("UPDATE jobs SET notify_pending = ? WHERE id = ?", pending ? 1 : 0, jobId);
+  /**
+   * Marks whether a job's terminal notification still has to be handed over, and when the
+   * next try is due (`retryAt`, default now).
+   */
+  setNotifyPending(jobId: string, pending: boolean, retryAt = 0): void {
+    this.sql.exec(
+      "UPDATE jobs SET notify_pending = ?, notify_at = ? WHERE id = ?",
+      pending ? 1 : 0,
+      pending ? retryAt : 0,
+      jobId,
+    );
   }
 
-  notifyPending(): string[] {
+  /** Jobs whose terminal notification is due for a try at `now`. */
+  notifyDue(now: number): string[] {
     return this.sql
-      .exec<{ id: string }>("SELECT id FROM jobs WHERE notify_pending = 1")
+      .exec<{ id: string }>("SELECT id FROM jobs WHERE notify_pending = 1 AND notify_at <= ?", now)
       .toArray()
       .map((r) => r.id);
+  }
+
+  /** When the next notification retry is due, or null when none is pending. */
+  nextNotifyAt(): number | null {
+    return this.sql
+      .exec<{ t: number | null }>("SELECT min(notify_at) AS t FROM jobs WHERE notify_pending = 1")
+      .one().t;
   }
 
   /** True the first time a job's task is leased: the job has started. */

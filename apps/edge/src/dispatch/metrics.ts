@@ -47,5 +47,12 @@ export const METRIC_HELP = {
   p2pa_task_failures_total: "Failed task attempts reported by workers or caused by bad results",
   p2pa_workers_benched_total: "Times a worker was put on cool-down for failing",
   p2pa_worker_connections_total: "Worker connections accepted",
+  p2pa_coordinator_starts_total:
+    "Times the shard's Durable Object started (first use, after hibernation or eviction, after a crash)",
+  p2pa_tasks_recovered_total: "Tasks found mid-write at start and put back in the queue",
+  p2pa_leases_reconciled_total:
+    "Leases a worker did not have (lost task frames), requeued without counting an attempt",
+  p2pa_dispatch_stalls_total:
+    "Times the watchdog found ready work beside a worker with room (by who found it); each is repaired at once",
 } as const;
 export type MetricName = keyof typeof METRIC_HELP;

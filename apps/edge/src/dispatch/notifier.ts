@@ -2,6 +2,9 @@ import type { MetadataStore } from "../db/store.js";
 import { terminalEvent, webhookHub } from "../webhooks/index.js";
 import type { JobLog } from "./job-log.js";
 
+/** How long a failed hand-over to the webhook hub waits before the next try. */
+export const NOTIFY_RETRY_MS = 5_000;
+
 /** Hands a shard's job events to the tenants' webhook hubs. */
 export class JobNotifier {
   /** When each job last sent job.progress; throttling only, so memory is enough. */
@@ -9,14 +12,14 @@ export class JobNotifier {
 
   constructor(
     private readonly env: Env,
-    private readonly ctx: DurableObjectState,
     private readonly jobs: JobLog,
     private readonly store: MetadataStore,
   ) {}
 
   /**
    * Hands the job's terminal event to the tenant's webhook hub. Until the hub has it, the job
-   * stays marked and the alarm retries, so the event is delivered at least once.
+   * stays marked with its next try (a wake source of the shard's alarm), so the event is
+   * delivered at least once.
    */
   async notifyEnd(jobId: string): Promise<void> {
     this.jobs.setNotifyPending(jobId, true);
@@ -28,7 +31,7 @@ export class JobNotifier {
       this.jobs.setNotifyPending(jobId, false);
     } catch (err) {
       console.error("webhook hand-over failed; will retry", jobId, err);
-      await this.ctx.storage.setAlarm(Date.now() + 5000);
+      this.jobs.setNotifyPending(jobId, true, Date.now() + NOTIFY_RETRY_MS);
     }
   }
 

@@ -44,8 +44,6 @@ export interface LeaseRow {
   giveUpAt: number | null;
 }
 
-const SCHEMA_VERSION = 1;
-
 /** Backoff before retrying a failed task: 0.5 s doubling per failure, at most 30 s. */
 export function retryDelay(failures: number): number {
   return Math.min(30_000, 500 * 2 ** Math.max(0, failures - 1));
@@ -68,10 +66,7 @@ export class TaskQueue {
 
   /** Creates the tables; run once under blockConcurrencyWhile. */
   migrate(): void {
-    migrateOnce(
-      this.sql,
-      "task_queue",
-      SCHEMA_VERSION,
+    migrateOnce(this.sql, "task_queue", [
       `
       CREATE TABLE IF NOT EXISTS tasks (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -101,7 +96,13 @@ export class TaskQueue {
       CREATE INDEX IF NOT EXISTS leases_worker ON leases (worker_id);
       CREATE INDEX IF NOT EXISTS leases_deadline ON leases (deadline);
     `,
-    );
+      `
+      -- when the task last became pending: how long work has waited (stall watchdog, metrics)
+      ALTER TABLE tasks ADD COLUMN queued_at INTEGER NOT NULL DEFAULT 0;
+      -- when the lease was granted: a lease the worker does not list after that is lost
+      ALTER TABLE leases ADD COLUMN leased_at INTEGER NOT NULL DEFAULT 0;
+    `,
+    ]);
   }
 
   /** Adds a job's tasks; replays of the same task ids are ignored. Returns how many were new. */
@@ -109,12 +110,13 @@ export class TaskQueue {
     let added = 0;
     for (const t of tasks) {
       added += this.sql.exec(
-        "INSERT OR IGNORE INTO tasks (id, job_id, tenant, model, items) VALUES (?, ?, ?, ?, ?)",
+        "INSERT OR IGNORE INTO tasks (id, job_id, tenant, model, items, queued_at) VALUES (?, ?, ?, ?, ?, ?)",
         t.id,
         jobId,
         tenant,
         model,
         JSON.stringify(t.items),
+        Date.now(),
       ).rowsWritten;
     }
     return added;
@@ -136,11 +138,12 @@ export class TaskQueue {
       this.setState(r.id, "pending", { type: "lease" });
       this.sql.exec("UPDATE tasks SET attempts = attempts + 1 WHERE id = ?", r.id);
       this.sql.exec(
-        "INSERT INTO leases (id, task_id, worker_id, deadline) VALUES (?, ?, ?, ?)",
+        "INSERT INTO leases (id, task_id, worker_id, deadline, leased_at) VALUES (?, ?, ?, ?, ?)",
         leaseId,
         r.id,
         workerId,
         now + leaseMs,
+        now,
       );
       return {
         taskId: r.id,
@@ -368,16 +371,77 @@ export class TaskQueue {
     ).rowsWritten;
   }
 
-  /** Leases a worker holds now. */
-  held(workerId: string): number {
-    return (
-      this.sql
-        .exec<{ n: number }>(
-          "SELECT count(*) AS n FROM leases WHERE worker_id = ? AND expired = 0",
-          workerId,
-        )
-        .toArray()[0]?.n ?? 0
-    );
+  /**
+   * Tasks each worker holds now (worker id -> count): live leases on tasks still waiting for
+   * its result. A task whose result arrived (being stored) no longer takes room, so a
+   * worker's window opens the moment its result is in, as the worker itself counts it.
+   */
+  heldByWorker(): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const r of this.sql.exec<{ w: string; n: number }>(
+      `SELECT l.worker_id AS w, count(*) AS n FROM leases l JOIN tasks t ON t.id = l.task_id
+       WHERE l.expired = 0 AND t.state = 'leased' GROUP BY l.worker_id`,
+    ))
+      out.set(r.w, r.n);
+    return out;
+  }
+
+  /**
+   * Hands back the worker's leases that it does not list (`leaseIds`, from its heartbeat)
+   * although they were granted before `grantedBefore`: the task frame never reached it (a
+   * connection that died under the send). Not counted as an attempt. Returns how many.
+   */
+  reconcile(workerId: string, leaseIds: string[], grantedBefore: number): number {
+    const listed = new Set(leaseIds);
+    const lost = this.sql
+      .exec<{ id: string }>(
+        `SELECT l.id FROM leases l JOIN tasks t ON t.id = l.task_id
+         WHERE l.worker_id = ? AND l.expired = 0 AND t.state = 'leased' AND l.leased_at < ?`,
+        workerId,
+        grantedBefore,
+      )
+      .toArray()
+      .map((r) => r.id)
+      .filter((id) => !listed.has(id));
+    return lost.length ? this.release(lost, workerId) : 0;
+  }
+
+  /**
+   * On start: a task left in `storing` was being written when the object stopped (a crash or
+   * a deploy). Every write of the store path is idempotent, so it goes back to the queue; its
+   * leases turn into expired ones, so the worker's re-sent result is still taken until the
+   * give-up deadline, as any late result. Returns how many tasks were recovered.
+   */
+  recoverStoring(now: number): number {
+    const ids = this.sql
+      .exec<{ id: string }>("SELECT id FROM tasks WHERE state = 'storing'")
+      .toArray()
+      .map((r) => r.id);
+    for (const id of ids) {
+      if (this.setState(id, "storing", { type: "recover" })) {
+        this.sql.exec(
+          "UPDATE leases SET expired = 1, give_up_at = ? WHERE task_id = ? AND expired = 0",
+          now + this.giveUpMs,
+          id,
+        );
+      }
+    }
+    return ids.length;
+  }
+
+  /**
+   * Tasks that could be leased now (pending and past their retry backoff), per model: how
+   * many, and since when the oldest of them has been ready.
+   */
+  ready(now: number): Map<string, { tasks: number; since: number }> {
+    const out = new Map<string, { tasks: number; since: number }>();
+    for (const r of this.sql.exec<{ model: string; n: number; since: number }>(
+      `SELECT model, count(*) AS n, min(max(queued_at, not_before)) AS since FROM tasks
+       WHERE state = 'pending' AND not_before <= ? GROUP BY model`,
+      now,
+    ))
+      out.set(r.model, { tasks: r.n, since: r.since });
+    return out;
   }
 
   /** Extends the worker's live leases. */
@@ -392,10 +456,16 @@ export class TaskQueue {
     }
   }
 
-  /** When something next needs the coordinator: a lease deadline or a retry coming due. */
+  /**
+   * When something next needs the coordinator: a lease deadline or a retry coming due. A task
+   * being stored is settled by its own write, not by its lease deadline.
+   */
   nextWake(now: number): number | null {
     const lease = this.sql
-      .exec<{ d: number | null }>("SELECT min(deadline) AS d FROM leases WHERE expired = 0")
+      .exec<{ d: number | null }>(
+        `SELECT min(l.deadline) AS d FROM leases l JOIN tasks t ON t.id = l.task_id
+         WHERE l.expired = 0 AND t.state = 'leased'`,
+      )
       .one().d;
     const retry = this.sql
       .exec<{ d: number | null }>(
@@ -449,9 +519,15 @@ export class TaskQueue {
   ): boolean {
     const to = transition(from, event);
     if (!to) return false;
+    const queuedAt = to === "pending" ? Date.now() : null;
     return (
-      this.sql.exec("UPDATE tasks SET state = ? WHERE id = ? AND state = ?", to, taskId, from)
-        .rowsWritten > 0
+      this.sql.exec(
+        "UPDATE tasks SET state = ?, queued_at = coalesce(?, queued_at) WHERE id = ? AND state = ?",
+        to,
+        queuedAt,
+        taskId,
+        from,
+      ).rowsWritten > 0
     );
   }
 }

@@ -4,13 +4,16 @@
  *   pending --lease--> leased --result ok--> storing --stored--> done
  *      ^                 |  \                   |
  *      |   expire/release/ \--fail--> (pending, or failed when attempts are spent)
- *      +-------------------+            storing --store error--> pending
+ *      +-------------------+            storing --store error / recover--> pending
  *
  * A lease that misses its deadline puts the task back (reassign), but its worker's result is
  * still taken until the give-up deadline, from `pending` or while another worker holds it:
  * the first valid result is stored, any later one is a duplicate.
  *
  * Any task not yet stored can be cancelled (its job was cancelled or deleted).
+ *
+ * A task found in `storing` when the object starts was cut off mid-write (crash, deploy):
+ * `recover` puts it back; every write of the store path is idempotent, so that is safe.
  *
  * `storing` exists so that a duplicate result arriving while the first is being written is
  * answered "duplicate" instead of being written twice, and so that a lease expiring mid-write
@@ -25,6 +28,8 @@ export type TaskEvent =
   | { type: "late_result" }
   | { type: "stored" }
   | { type: "store_error" }
+  /** The object started and found the task mid-write. */
+  | { type: "recover" }
   | { type: "expire" }
   | { type: "release" }
   /** `exhausted`: the task has failed on enough different workers to give up on it. */
@@ -54,7 +59,7 @@ export function transition(state: TaskState, event: TaskEvent): TaskState | null
       }
     case "storing":
       if (event.type === "stored") return "done";
-      if (event.type === "store_error") return "pending";
+      if (event.type === "store_error" || event.type === "recover") return "pending";
       return null;
     case "done":
     case "failed":

@@ -33,7 +33,6 @@ export interface Delivery {
   }[];
 }
 
-const SCHEMA_VERSION = 1;
 const BATCH = 25;
 
 /**
@@ -51,10 +50,7 @@ export class WebhookHub extends DurableObject<Env> {
   }
 
   private migrate(): void {
-    migrateOnce(
-      this.sql,
-      "webhooks",
-      SCHEMA_VERSION,
+    migrateOnce(this.sql, "webhooks", [
       `
       CREATE TABLE IF NOT EXISTS endpoints (
         id TEXT PRIMARY KEY, url TEXT NOT NULL, secret TEXT NOT NULL, events TEXT NOT NULL,
@@ -74,7 +70,7 @@ export class WebhookHub extends DurableObject<Env> {
       );
       CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
     `,
-    );
+    ]);
   }
 
   // ---- endpoints ----

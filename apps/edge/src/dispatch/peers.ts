@@ -1,0 +1,108 @@
+import type { Hello } from "@p2pa/shared";
+import { allowedInFlight, type Budget, freshBudget } from "./error-budget.js";
+
+/** What a worker said about itself in `hello`. */
+export type PeerHello = Pick<
+  Hello,
+  "models" | "device" | "threads" | "batchSize" | "version" | "name"
+>;
+
+/** Per-connection state. Its one copy lives here; see `Peers`. */
+export interface Peer {
+  workerId: string;
+  hello: PeerHello | null;
+  /** Tasks the worker says it can hold at once (absolute; from hello, ready, heartbeat). */
+  capacity: number;
+  draining: boolean;
+  chunksDone: number;
+  badFrames: number;
+  budget: Budget;
+}
+
+/**
+ * The one owner of per-connection state. Each open socket has exactly one `Peer` object in
+ * memory, shared by every event handler of this Durable Object; every change goes through
+ * `update`, which writes the whole object to the socket's attachment at once, so hibernation
+ * restores exactly the last change.
+ *
+ * Why it must be one object: a handler that read the attachment, awaited a D1 or vector write
+ * (other frames of the same socket run meanwhile), and then wrote its own copy back would undo
+ * whatever those frames changed. That lost update is how a shard once stopped dispatching.
+ * Callers therefore never keep a copy across an `await`; they read through `get` again.
+ */
+export class Peers {
+  private readonly live = new Map<WebSocket, Peer>();
+  /** Sockets whose close is being handled; still listed by getWebSockets for a moment. */
+  private readonly gone = new WeakSet<WebSocket>();
+
+  constructor(private readonly ctx: DurableObjectState) {}
+
+  /** Registers a freshly accepted socket. */
+  accept(ws: WebSocket, workerId: string): Peer {
+    const peer: Peer = {
+      workerId,
+      hello: null,
+      capacity: 0,
+      draining: false,
+      chunksDone: 0,
+      badFrames: 0,
+      budget: freshBudget(),
+    };
+    this.live.set(ws, peer);
+    ws.serializeAttachment(peer);
+    return peer;
+  }
+
+  /** The socket's peer (read-only: change it with `update`), or null once it is gone. */
+  get(ws: WebSocket): Readonly<Peer> | null {
+    if (this.gone.has(ws)) return null;
+    let peer = this.live.get(ws);
+    if (!peer) {
+      // After hibernation the attachment is the only copy; it holds the last change.
+      peer = (ws.deserializeAttachment() as Peer | null) ?? undefined;
+      if (!peer) return null;
+      this.live.set(ws, peer);
+    }
+    return peer;
+  }
+
+  /** Reads, changes and writes back the socket's peer in one step; null when it is gone. */
+  update(ws: WebSocket, change: (peer: Peer) => void): Readonly<Peer> | null {
+    const peer = this.get(ws) as Peer | null;
+    if (!peer) return null;
+    change(peer);
+    ws.serializeAttachment(peer);
+    return peer;
+  }
+
+  /** Every open socket with its peer, in a stable order. */
+  all(): { ws: WebSocket; peer: Readonly<Peer> }[] {
+    return this.ctx.getWebSockets().flatMap((ws) => {
+      const peer = this.get(ws);
+      return peer ? [{ ws, peer }] : [];
+    });
+  }
+
+  /** Open sockets of one worker identity (one, or briefly two while a reconnect replaces one). */
+  ofWorker(workerId: string, except?: WebSocket): WebSocket[] {
+    return this.all()
+      .filter(({ ws, peer }) => ws !== except && peer.workerId === workerId)
+      .map(({ ws }) => ws);
+  }
+
+  /** The socket closed: it takes no part in dispatch from now on. */
+  forget(ws: WebSocket): void {
+    this.gone.add(ws);
+    this.live.delete(ws);
+  }
+}
+
+/**
+ * How many more tasks the Dispatcher may lease to a peer now: its stated capacity, narrowed
+ * by its error budget, less the tasks it holds (counted from the lease table, the one truth).
+ * Zero before hello and while draining.
+ */
+export function roomFor(peer: Readonly<Peer>, held: number, now: number): number {
+  if (!peer.hello || peer.draining) return 0;
+  return Math.max(0, allowedInFlight(peer.budget, now, peer.capacity) - held);
+}

@@ -1,0 +1,52 @@
+import type { Peer } from "./peers.js";
+
+/** Work ready this long while a worker of its model has room is a stall. */
+export const STALL_MS = 5_000;
+
+/** A shard's health as the watchdog sees it; `/healthz` and `/v1/metrics` report it. */
+export interface ShardHealth {
+  /** Tasks that could be leased now. */
+  readyTasks: number;
+  /** How long the oldest of them has waited, in ms (0 when none waits). */
+  oldestReadyMs: number;
+  /** Connected workers, and those of them with room for another task. */
+  workers: number;
+  workersWithRoom: number;
+  /** Work has waited over STALL_MS while a worker that serves its model had room. */
+  stalled: boolean;
+}
+
+/**
+ * Judges a shard from its ready work and its workers' room. After every event the Dispatcher
+ * leases what fits, so ready work beside free room should never last; when it does, some
+ * path forgot to dispatch, and the watchdog (run from the alarm and from heartbeats) says so
+ * and dispatches.
+ */
+export function judge(
+  ready: Map<string, { tasks: number; since: number }>,
+  peers: { peer: Readonly<Peer>; room: number }[],
+  now: number,
+): ShardHealth {
+  let readyTasks = 0;
+  let oldest = now;
+  let stalled = false;
+  for (const [model, r] of ready) {
+    readyTasks += r.tasks;
+    oldest = Math.min(oldest, r.since);
+    // A worker back from a cool-down only just got its room: not a stall yet.
+    const roomy = peers.some(
+      (p) =>
+        p.room > 0 &&
+        p.peer.budget.coolUntil <= now - STALL_MS &&
+        p.peer.hello?.models.some((m) => m.id === model),
+    );
+    if (roomy && now - r.since > STALL_MS) stalled = true;
+  }
+  return {
+    readyTasks,
+    oldestReadyMs: readyTasks ? now - oldest : 0,
+    workers: peers.length,
+    workersWithRoom: peers.filter((p) => p.room > 0).length,
+    stalled,
+  };
+}

@@ -1,0 +1,73 @@
+import { DEV_CREDENTIALS } from "./local-edge.js";
+
+/** A worker's own account of itself, from `p2pa-worker --status-port`. */
+export interface WorkerStatus {
+  stats: { state: string; workerId: string | null; chunksDone: number; tasksDone: number } | null;
+  window: {
+    capacity: number;
+    queued: number;
+    computing: number;
+    room: number;
+    leaseIds: string[];
+  } | null;
+}
+
+/** The Dispatcher's account of one worker, from `GET /v1/workers`. */
+export interface EdgeWorker {
+  id: string;
+  capacity: number;
+  held: number;
+  room: number;
+  draining: boolean;
+  coolingDown: boolean;
+  chunksDone: number;
+}
+
+export async function workerStatus(port: number): Promise<WorkerStatus> {
+  const r = await fetch(`http://127.0.0.1:${port}/status`, { signal: AbortSignal.timeout(5000) });
+  return (await r.json()) as WorkerStatus;
+}
+
+export async function edgeWorkers(edgeUrl: string): Promise<EdgeWorker[]> {
+  const r = await fetch(`${edgeUrl}/v1/workers`, {
+    headers: { Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}` },
+    signal: AbortSignal.timeout(10_000),
+  });
+  const body = (await r.json()) as { shards: { workers: EdgeWorker[] }[] };
+  return body.shards.flatMap((s) => s.workers);
+}
+
+/**
+ * Compares what each worker believes about its window with what the Dispatcher believes about
+ * it, at a quiet moment (no work in flight). Returns one line per disagreement; empty when
+ * both sides agree on every worker: capacity, room and the leases held.
+ */
+export async function windowDisagreements(
+  edgeUrl: string,
+  statusPorts: number[],
+): Promise<string[]> {
+  const [edge, workers] = await Promise.all([
+    edgeWorkers(edgeUrl),
+    Promise.all(statusPorts.map((p) => workerStatus(p).then((s) => ({ port: p, s })))),
+  ]);
+  const out: string[] = [];
+  for (const { port, s } of workers) {
+    const id = s.stats?.workerId;
+    const mine = edge.filter((w) => w.id === id);
+    if (!id || mine.length !== 1) {
+      out.push(`worker :${port} (${id}) appears ${mine.length} times at the edge`);
+      continue;
+    }
+    const e = mine[0] as EdgeWorker;
+    const w = s.window;
+    if (!w) {
+      out.push(`worker :${port} reports no window`);
+      continue;
+    }
+    if (e.capacity !== w.capacity || e.room !== w.room || e.held !== w.leaseIds.length)
+      out.push(
+        `${id}: edge capacity ${e.capacity} room ${e.room} held ${e.held}; worker capacity ${w.capacity} room ${w.room} holds ${w.leaseIds.length}`,
+      );
+  }
+  return out;
+}

@@ -1,0 +1,146 @@
+import type { ChildProcess } from "node:child_process";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { windowDisagreements } from "../../scripts/lib/agreement.js";
+import { freePort, type JobOut, type System, startSystem, waitForJob } from "./harness.js";
+
+/**
+ * One running system through twenty ordinary jobs, as a user lives with it: sizes from 1 to
+ * 2,000 documents, some back to back, some after idle gaps longer than a Durable Object's
+ * hibernation timeout, real-time calls between them, and the worker restarted once. Every job
+ * must complete within a bound, and after each one the Dispatcher's picture of the worker's
+ * window must equal the worker's own.
+ */
+
+const JOB_BOUND_MS = 90_000;
+/** Longer than the 10 s after which an idle Durable Object may be hibernated. */
+const IDLE_GAP_MS = 12_000;
+
+type Step = { jobs: number[]; sameTextsAs?: number } | { idle: number } | { restartWorker: true };
+
+// Job numbers count from 1 in submission order.
+const PLAN: Step[] = [
+  { jobs: [200] },
+  { jobs: [200], sameTextsAs: 1 }, // the same texts again: the case that stalled first
+  { jobs: [1, 50] }, // back to back
+  { jobs: [300] },
+  { idle: IDLE_GAP_MS },
+  { jobs: [7, 400, 120] },
+  { jobs: [1] },
+  { restartWorker: true },
+  { jobs: [900] },
+  { idle: IDLE_GAP_MS },
+  { jobs: [33, 2, 64] },
+  { jobs: [2000] },
+  { jobs: [1, 1, 5] },
+  { jobs: [250] },
+  { jobs: [10, 90] },
+];
+
+let sys: System;
+let worker: ChildProcess;
+let statusPort: number;
+
+async function startWorker() {
+  statusPort = await freePort();
+  worker = await sys.addWorker(["--threads", "1", "--status-port", String(statusPort)]);
+}
+
+beforeAll(async () => {
+  sys = await startSystem();
+  await startWorker();
+}, 180_000);
+
+afterAll(async () => {
+  await sys?.stop();
+});
+
+const documentsFor = (k: number, n: number) =>
+  Array.from({ length: n }, (_, i) => ({
+    id: `doc-${i}`,
+    text: `Document ${i} of job ${k} talks about topic ${i % 17} and what follows from it.`,
+  }));
+
+async function realtimeCalls() {
+  const emb = await sys.api<{ data: { embedding: number[] }[] }>("/v1/embeddings", {
+    json: { model: "use-lite", input: ["hello world", "a second input"] },
+  });
+  expect(emb.status).toBe(200);
+  expect(emb.body.data.map((d) => d.embedding.length)).toEqual([512, 512]);
+  const search = await sys.api<{ results: { chunk: { text: string } }[] }>("/v1/search", {
+    json: { query: "what topic 3 talks about", topK: 3 },
+  });
+  expect(search.status).toBe(200);
+  expect(search.body.results.length).toBe(3);
+}
+
+/** The edge's and the worker's accounts of the worker's window, once all work is acked. */
+async function windowsAgree(): Promise<string[]> {
+  let last: string[] = [];
+  // A result's ack may still be on the wire when the job reads completed.
+  for (let i = 0; i < 20; i++) {
+    last = await windowDisagreements(sys.edge.url, [statusPort]);
+    if (last.length === 0) return last;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return last;
+}
+
+describe("one system through many jobs", () => {
+  it("completes twenty jobs of varied sizes across idle gaps, real-time calls and a worker restart", async () => {
+    let k = 0;
+    const finished: { k: number; n: number; seconds: number }[] = [];
+    const started = Date.now();
+    await realtimeCalls().catch(() => {}); // the index is empty: only a warm-up
+    for (const step of PLAN) {
+      if ("idle" in step) {
+        await new Promise((r) => setTimeout(r, step.idle));
+        continue;
+      }
+      if ("restartWorker" in step) {
+        worker.kill("SIGTERM");
+        await new Promise((r) => worker.once("exit", r));
+        await startWorker();
+        continue;
+      }
+      const batch: { k: number; n: number; id: string; at: number }[] = [];
+      for (const n of step.jobs) {
+        k += 1;
+        const res = await sys.api<JobOut>("/v1/jobs", {
+          json: { documents: documentsFor(step.sameTextsAs ?? k, n) },
+        });
+        expect(res.status, JSON.stringify(res.body)).toBe(202);
+        batch.push({ k, n, id: res.body.id, at: Date.now() });
+      }
+      for (const b of batch) {
+        let job: JobOut;
+        try {
+          job = await waitForJob<JobOut>(sys, b.id, JOB_BOUND_MS);
+        } catch (err) {
+          const workers = await sys.api("/v1/workers");
+          throw new Error(
+            `job ${b.k} (${b.n} docs) did not complete after ${finished.length} jobs: ${(err as Error).message}\n/v1/workers: ${JSON.stringify(workers.body)}`,
+          );
+        }
+        expect(job).toMatchObject({ status: "completed", chunks: { done: b.n, failed: 0 } });
+        finished.push({ k: b.k, n: b.n, seconds: (Date.now() - b.at) / 1000 });
+      }
+      expect(await windowsAgree(), `after job ${k}`).toEqual([]);
+      await realtimeCalls();
+    }
+    expect(k).toBe(20);
+    expect(finished.map((f) => f.k)).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
+    // Nothing stalled behind the scenes either: the watchdog never had to step in.
+    const metrics = await fetch(`${sys.edge.url}/v1/metrics`, {
+      headers: { Authorization: "Bearer p2pa_dev_key" },
+    }).then((r) => r.text());
+    expect(metrics).toMatch(/^p2pa_dispatch_stalls_total 0$/m);
+    // The idle gaps really did put the coordinator to sleep: it started again after them.
+    const starts = Number(metrics.match(/^p2pa_coordinator_starts_total (\d+)$/m)?.[1]);
+    expect(starts).toBeGreaterThanOrEqual(2);
+    const health = await fetch(`${sys.edge.url}/healthz`);
+    expect(health.status).toBe(200);
+    console.log(
+      `20 jobs in ${((Date.now() - started) / 1000).toFixed(0)} s; slowest ${Math.max(...finished.map((f) => f.seconds)).toFixed(1)} s; coordinator starts: ${starts}`,
+    );
+  }, 600_000);
+});
