@@ -57,6 +57,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const { config } = action;
+  for (const w of action.warnings) process.stderr.write(`p2pa-worker: warning: ${w}\n`);
   const url = await preflight(config.server, config.token);
   let worker: Worker | null = null;
   let device = pickDevice(config.device);

@@ -6,11 +6,18 @@ import { UserError } from "./errors.js";
 
 export const HELP = `p2pa-worker: donate compute to a p2pa server
 
-Usage: p2pa-worker --server URL --token TOKEN [options]
+Usage: P2PA_TOKEN=TOKEN p2pa-worker --server URL [options]
+
+Give the worker join token from the operator in the environment, as P2PA_TOKEN: a --token
+flag works too, but other users of this machine can read it in the process list (ps).
 
 Options (each also read from the environment variable shown):
-  --server URL        the p2pa edge, e.g. https://p2pa.example.com  (P2PA_SERVER)
-  --token TOKEN       worker join token from the operator          (P2PA_TOKEN)
+  --server URL        the p2pa edge, e.g. https://p2pa.example.com (P2PA_SERVER)
+                      https:// or wss://; http:// and ws:// only to this machine
+                      (localhost, 127.0.0.0/8, ::1) unless --insecure is given
+  --token TOKEN       worker join token; shows in ps, so prefer     (P2PA_TOKEN)
+  --insecure          allow http:// or ws:// to another machine; the token and
+                      all texts then travel unencrypted            (P2PA_INSECURE=1)
   --model ID|PATH|URL model to serve (default: use-lite)           (P2PA_MODEL)
   --device D          auto, cpu or cuda (default: auto, the best found) (P2PA_DEVICE)
   --threads N         inference threads (default: all cores)       (P2PA_THREADS)
@@ -24,6 +31,29 @@ Options (each also read from the environment variable shown):
 
 Stop with Ctrl-C: the worker finishes or hands back what it holds and exits.
 The worker keeps no copy of the text it processes; only model files are cached.`;
+
+/** Printed at start-up when the token came from argv, which `ps` shows to every local user. */
+export const TOKEN_FLAG_WARNING =
+  "--token is visible to other users of this machine in the process list; set P2PA_TOKEN in the environment instead";
+
+/** Hosts a plain-text connection may go to: it never leaves this machine. */
+export function isLoopbackHost(hostname: string): boolean {
+  const h = hostname.toLowerCase().replace(/\.$/, "");
+  if (h === "localhost" || h === "[::1]" || h === "::1") return true;
+  // URL parsing has already turned IPv4 forms such as 127.1 or 0x7f.1 into dotted quads.
+  return /^127\.\d+\.\d+\.\d+$/.test(h);
+}
+
+function envFlag(name: string, value: string | undefined): boolean {
+  if (value === undefined) return false;
+  const v = value.trim().toLowerCase();
+  if (v === "1" || v === "true" || v === "yes") return true;
+  if (v === "" || v === "0" || v === "false" || v === "no") return false;
+  throw new UserError(
+    `${name} must be 1 or 0, got "${value}"`,
+    "Run p2pa-worker --help for the options.",
+  );
+}
 
 const positiveInt = (name: string, max: number) =>
   z.coerce
@@ -57,7 +87,11 @@ export const Config = z.object({
 });
 export type Config = z.infer<typeof Config>;
 
-export type CliAction = { kind: "help" } | { kind: "version" } | { kind: "run"; config: Config };
+export type CliAction =
+  | { kind: "help" }
+  | { kind: "version" }
+  /** `warnings` are for the person starting the worker, one line each, before it connects. */
+  | { kind: "run"; config: Config; warnings: string[] };
 
 /** Reads flags, then the environment; throws UserError with what to fix. */
 export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): CliAction {
@@ -75,6 +109,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): CliAction {
         name: { type: "string" },
         "cache-dir": { type: "string" },
         "status-port": { type: "string" },
+        insecure: { type: "boolean" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "v" },
       },
@@ -108,5 +143,20 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): CliAction {
       "Run p2pa-worker --help for the options.",
     );
   }
-  return { kind: "run", config: parsed.data };
+  const config = parsed.data;
+  const warnings: string[] = [];
+  if (values.token !== undefined) warnings.push(TOKEN_FLAG_WARNING);
+  const server = new URL(config.server);
+  if (/^(http|ws):$/.test(server.protocol) && !isLoopbackHost(server.hostname)) {
+    if (!(values.insecure === true || envFlag("P2PA_INSECURE", env.P2PA_INSECURE))) {
+      throw new UserError(
+        `--server ${server.origin} is not encrypted: the worker token and every text would travel in clear`,
+        `Use https:// or wss://, or pass --insecure (P2PA_INSECURE=1) if you trust every network between here and ${server.hostname}.`,
+      );
+    }
+    warnings.push(
+      `--insecure: the worker token and every text travel unencrypted to ${server.host}`,
+    );
+  }
+  return { kind: "run", config, warnings };
 }

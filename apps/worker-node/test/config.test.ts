@@ -1,11 +1,27 @@
 import { describe, expect, it } from "vitest";
-import { parseConfig } from "../src/config.js";
+import { HELP, isLoopbackHost, parseConfig, TOKEN_FLAG_WARNING } from "../src/config.js";
 import { UserError } from "../src/errors.js";
 
 const run = (argv: string[], env: NodeJS.ProcessEnv = {}) => {
   const a = parseConfig(argv, env);
   if (a.kind !== "run") throw new Error(`expected run, got ${a.kind}`);
   return a.config;
+};
+
+const warningsOf = (argv: string[], env: NodeJS.ProcessEnv = {}) => {
+  const a = parseConfig(argv, env);
+  if (a.kind !== "run") throw new Error(`expected run, got ${a.kind}`);
+  return a.warnings;
+};
+
+const failure = (argv: string[], env: NodeJS.ProcessEnv = {}) => {
+  try {
+    parseConfig(argv, env);
+  } catch (err) {
+    expect(err).toBeInstanceOf(UserError);
+    return err as UserError;
+  }
+  throw new Error("expected a UserError");
 };
 
 const fails = (argv: string[], env: NodeJS.ProcessEnv = {}) => {
@@ -39,32 +55,88 @@ describe("worker configuration", () => {
 
   it("explains what is wrong with bad flags", () => {
     expect(fails(["--token", "t"])).toMatch(/--server is required/);
-    expect(fails(["--server", "http://x", "--token", "t", "--threads", "0"])).toMatch(
+    expect(fails(["--server", "https://x", "--token", "t", "--threads", "0"])).toMatch(
       /--threads must be at least 1/,
     );
-    expect(fails(["--server", "http://x", "--token", "t", "--threads", "two"])).toMatch(
+    expect(fails(["--server", "https://x", "--token", "t", "--threads", "two"])).toMatch(
       /--threads must be a number/,
     );
-    expect(fails(["--server", "http://x", "--token", "t", "--batch-size", "1.5"])).toMatch(
+    expect(fails(["--server", "https://x", "--token", "t", "--batch-size", "1.5"])).toMatch(
       /whole number/,
     );
     expect(fails(["--server", "ftp://x", "--token", "t"])).toMatch(/must start with http/);
     expect(fails(["--server", "not a url", "--token", "t"])).toMatch(/must be a URL/);
     expect(fails(["--bogus"])).toMatch(/bogus/);
-    expect(fails(["--server", "http://x", "--token", "t", "--device", "tpu"])).toMatch(
+    expect(fails(["--server", "https://x", "--token", "t", "--device", "tpu"])).toMatch(
       /--device must be auto, cpu or cuda/,
     );
-    expect(fails(["--server", "http://x"])).toMatch(/--token is required/);
-    expect(fails(["--server", "http://x", "--token", "t", "--status-port", "70000"])).toMatch(
+    expect(fails(["--server", "https://x"])).toMatch(/--token is required/);
+    expect(fails(["--server", "https://x", "--token", "t", "--status-port", "70000"])).toMatch(
       /--status-port must be at most 65535/,
     );
   });
 
   it("serves status only when asked for a port", () => {
-    const base = ["--server", "http://x", "--token", "t"];
+    const base = ["--server", "https://x", "--token", "t"];
     expect(run(base).statusPort).toBeUndefined();
     expect(run([...base, "--status-port", "9100"]).statusPort).toBe(9100);
     expect(run(base, { P2PA_STATUS_PORT: "9101" }).statusPort).toBe(9101);
+  });
+
+  it("warns that a --token flag shows in the process list, and recommends P2PA_TOKEN", () => {
+    const local = ["--server", "http://127.0.0.1:8787"];
+    expect(warningsOf([...local, "--token", "t"])).toEqual([TOKEN_FLAG_WARNING]);
+    expect(TOKEN_FLAG_WARNING).toMatch(/other users of this machine.*process list.*P2PA_TOKEN/);
+    expect(warningsOf(local, { P2PA_TOKEN: "t" })).toEqual([]);
+    expect(warningsOf([...local, "--token", "t"], { P2PA_TOKEN: "u" })).toEqual([
+      TOKEN_FLAG_WARNING,
+    ]);
+    expect(HELP).toMatch(/^Usage: P2PA_TOKEN=TOKEN p2pa-worker --server URL \[options\]$/m);
+    expect(HELP.indexOf("P2PA_TOKEN")).toBeLessThan(HELP.indexOf("--token"));
+  });
+
+  it("refuses an unencrypted server that is not on this machine unless told --insecure", () => {
+    const env = { P2PA_TOKEN: "t" };
+    for (const server of [
+      "http://p2pa.example.com",
+      "ws://10.0.0.5:8787",
+      "http://[2001:db8::1]",
+    ]) {
+      const e = failure(["--server", server], env);
+      expect(e.message).toMatch(/is not encrypted: the worker token and every text would travel/);
+      expect(e.hint).toMatch(/Use https:\/\/ or wss:\/\/, or pass --insecure \(P2PA_INSECURE=1\)/);
+      expect(e.exitCode).toBe(2);
+      expect(run(["--server", server, "--insecure"], env).server).toBe(server);
+      expect(run(["--server", server], { ...env, P2PA_INSECURE: "1" }).server).toBe(server);
+      expect(warningsOf(["--server", server, "--insecure"], env)).toEqual([
+        expect.stringMatching(/unencrypted to /),
+      ]);
+      expect(() => parseConfig(["--server", server], { ...env, P2PA_INSECURE: "0" })).toThrow(
+        /not encrypted/,
+      );
+    }
+    expect(failure(["--server", "http://x"], { ...env, P2PA_INSECURE: "maybe" }).message).toMatch(
+      /P2PA_INSECURE must be 1 or 0/,
+    );
+    for (const server of [
+      "https://p2pa.example.com",
+      "wss://p2pa.example.com",
+      "http://127.0.0.1:8787",
+      "ws://127.3.2.1",
+      "http://localhost:8787",
+      "http://[::1]:8787",
+    ]) {
+      expect(run(["--server", server], env).server).toBe(server);
+      expect(warningsOf(["--server", server], env)).toEqual([]);
+    }
+    expect(HELP).toMatch(/^ {2}--insecure {10}allow http:\/\/ or ws:\/\/ to another machine/m);
+  });
+
+  it("counts only loopback addresses as this machine", () => {
+    for (const h of ["localhost", "LOCALHOST", "localhost.", "127.0.0.1", "127.255.0.9", "[::1]"])
+      expect(isLoopbackHost(h)).toBe(true);
+    for (const h of ["localhost.example.com", "127.0.0.1.nip.io", "128.0.0.1", "[::2]", "10.0.0.1"])
+      expect(isLoopbackHost(h)).toBe(false);
   });
 
   it("answers --help and --version without needing a server", () => {

@@ -26,8 +26,80 @@ export const JobStatus = z
   .meta({ id: "JobStatus" });
 export type JobStatus = z.infer<typeof JobStatus>;
 
+/** A lone half of a surrogate pair: D1 stores it as U+FFFD while workers get it raw. */
+const UNPAIRED_SURROGATE =
+  /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|[\uDC00-\uDFFF](?<![\uD800-\uDBFF][\uDC00-\uDFFF])/;
+
+// Native in Node 20 and workerd and several times faster than the regex on a 20M-char job;
+// the regex is kept to find the offset, and for runtimes without it.
+const nativeIsWellFormed = (String.prototype as { isWellFormed?: (this: string) => boolean })
+  .isWellFormed;
+
+/** The UTF-16 offset of the first unpaired surrogate in `s`, or -1 when it is well formed. */
+export function unpairedSurrogateAt(s: string): number {
+  if (nativeIsWellFormed?.call(s)) return -1;
+  return s.search(UNPAIRED_SURROGATE);
+}
+
+/** `documents.3.text` as `documents[3].text`, the way a client names the field. */
+function fieldName(path: readonly PropertyKey[], fallback: string): string {
+  let out = "";
+  for (const p of path) {
+    if (typeof p === "number") out += `[${p}]`;
+    else if (typeof p === "string" && /^[A-Za-z_$][\w$]*$/.test(p)) out += out ? `.${p}` : p;
+    else out += `[${JSON.stringify(String(p))}]`;
+  }
+  return out || fallback;
+}
+
+function surrogateMessage(where: string, s: string): string {
+  const at = unpairedSurrogateAt(s);
+  const unit = s.charCodeAt(at).toString(16).toUpperCase();
+  return `${where} holds an unpaired UTF-16 surrogate (\\u${unit}) at offset ${at}; send well-formed Unicode text`;
+}
+
+/**
+ * A string that must be well-formed UTF-16. Storing a lone surrogate would silently turn it
+ * into U+FFFD, so chunk offsets and what workers embed would stop matching the stored text.
+ */
+export const WellFormedText = () =>
+  z.string().refine((s) => unpairedSurrogateAt(s) === -1, {
+    error: (iss) => surrogateMessage(fieldName(iss.path ?? [], "text"), String(iss.input ?? "")),
+  });
+
+const RESERVED_METADATA_KEYS = new Set(["__proto__", "constructor", "prototype"]);
+
+const MetadataRecord = z.record(
+  z.string().max(128),
+  z.union([WellFormedText().max(1024), z.number(), z.boolean(), z.null()]),
+);
+
+/**
+ * Metadata keys are checked on the raw parsed JSON: the record parser skips an own
+ * `__proto__` key, so a check after it would never see that key and it would vanish.
+ */
 const Metadata = z
-  .record(z.string().max(128), z.union([z.string().max(1024), z.number(), z.boolean(), z.null()]))
+  .preprocess((raw, ctx) => {
+    if (raw === null || typeof raw !== "object" || Array.isArray(raw)) return raw;
+    for (const key of Object.keys(raw)) {
+      if (RESERVED_METADATA_KEYS.has(key)) {
+        ctx.addIssue({
+          code: "custom",
+          path: [key],
+          input: raw,
+          message: `metadata key "${key}" is reserved; use another name`,
+        });
+      } else if (unpairedSurrogateAt(key) !== -1) {
+        ctx.addIssue({
+          code: "custom",
+          path: [key],
+          input: raw,
+          message: surrogateMessage(`metadata key ${JSON.stringify(key)}`, key),
+        });
+      }
+    }
+    return raw;
+  }, MetadataRecord)
   .refine((m) => JSON.stringify(m).length <= LIMITS.maxMetadataBytes, {
     message: `metadata must serialise to at most ${LIMITS.maxMetadataBytes} bytes`,
   })
@@ -35,15 +107,13 @@ const Metadata = z
 
 export const DocumentInput = z
   .object({
-    id: z
-      .string()
+    id: WellFormedText()
       .min(1)
       .max(128)
       .regex(/^[\w.:@/-]+$/, "id may hold letters, digits and _ . : @ / -")
       .optional()
       .meta({ description: "Your id for the document; generated when absent." }),
-    text: z
-      .string()
+    text: WellFormedText()
       .max(LIMITS.maxDocumentChars)
       .refine((t) => t.trim().length > 0, { message: "text must not be empty" }),
     metadata: Metadata.optional(),
@@ -139,7 +209,7 @@ export const ChunkQuery = z.object({
 
 export const SearchRequest = z
   .object({
-    query: z.string().min(1).max(LIMITS.maxQueryChars),
+    query: WellFormedText().min(1).max(LIMITS.maxQueryChars),
     topK: z.number().int().min(1).max(LIMITS.maxTopK).default(10),
     model: z.string().min(1).max(64).optional(),
     filter: z
@@ -165,8 +235,11 @@ export type SearchResponse = z.infer<typeof SearchResponse>;
 export const EmbeddingsRequest = z
   .object({
     input: z.union([
-      z.string().min(1).max(LIMITS.maxQueryChars),
-      z.array(z.string().min(1).max(LIMITS.maxQueryChars)).min(1).max(LIMITS.maxEmbeddingInputs),
+      WellFormedText().min(1).max(LIMITS.maxQueryChars),
+      z
+        .array(WellFormedText().min(1).max(LIMITS.maxQueryChars))
+        .min(1)
+        .max(LIMITS.maxEmbeddingInputs),
     ]),
     model: z.string().min(1).max(64),
     encoding_format: z.enum(["float", "base64"]).optional(),
@@ -267,8 +340,16 @@ export const WebhookDelivery = z
       z.object({
         at: z.string(),
         responseCode: z.number().int().nullable(),
-        latencyMs: z.number().int(),
-        error: z.string().nullable(),
+        latencyMs: z.number().int().nullable().meta({
+          description: "Time to the response, in 10 ms steps; null when no response came.",
+        }),
+        error: z
+          .enum(["connection_failed", "timeout", "http_error", "target_not_allowed"])
+          .nullable()
+          .meta({
+            description:
+              "Why the attempt failed, null when delivered. Only the class is given, never the underlying network error. target_not_allowed: the deployment no longer allows the endpoint's URL, and the delivery was cancelled.",
+          }),
       }),
     ),
   })

@@ -1,9 +1,10 @@
 import { DurableObject } from "cloudflare:workers";
-import type { WebhookEventType } from "@p2pa/shared";
+import type { WebhookDelivery, WebhookEventType } from "@p2pa/shared";
 import { newId } from "../lib/crypto.js";
 import { migrateOnce } from "../lib/do-schema.js";
 import { delayBefore, parseSchedule } from "./schedule.js";
 import { sign } from "./signing.js";
+import { checkTarget, parsePrivateTargets } from "./targets.js";
 
 export interface Endpoint {
   id: string;
@@ -13,6 +14,9 @@ export interface Endpoint {
   jobId: string | null;
   createdAt: string;
 }
+
+/** How an attempt failed, and no more: see WebhookHub.attempt. */
+export type AttemptError = NonNullable<WebhookDelivery["attemptLog"][number]["error"]>;
 
 export interface Delivery {
   id: string;
@@ -28,12 +32,19 @@ export interface Delivery {
   attemptLog: {
     at: string;
     responseCode: number | null;
-    latencyMs: number;
-    error: string | null;
+    latencyMs: number | null;
+    error: AttemptError | null;
   }[];
 }
 
 const BATCH = 25;
+/** How long a deleted job's id keeps late events for it out. */
+const DELETED_JOB_TTL_MS = 7 * 24 * 3600 * 1000;
+
+/** Latency as the log keeps it: enough to see a slow receiver, no finer timing than that. */
+function coarseLatency(ms: number): number {
+  return Math.round(ms / 10) * 10;
+}
 
 /**
  * A tenant's webhooks: endpoints and every delivery with its attempts, in Durable Object
@@ -69,6 +80,31 @@ export class WebhookHub extends DurableObject<Env> {
         latency_ms INTEGER NOT NULL, error TEXT
       );
       CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
+    `,
+      // Attempts keep a coarse outcome: latency only when a response came (so the column
+      // becomes nullable, which SQLite does by copying the table) and an error class, never
+      // exception text. Existing rows are rewritten the same way.
+      `
+      CREATE TABLE attempts_v2 (
+        delivery_id TEXT NOT NULL, at TEXT NOT NULL, response_code INTEGER,
+        latency_ms INTEGER, error TEXT
+      );
+      INSERT INTO attempts_v2 (delivery_id, at, response_code, latency_ms, error)
+        SELECT delivery_id, at, response_code,
+          CASE WHEN response_code IS NULL THEN NULL
+            ELSE CAST(round(latency_ms / 10.0) AS INTEGER) * 10 END,
+          CASE WHEN response_code BETWEEN 200 AND 299 THEN NULL
+            WHEN response_code IS NOT NULL THEN 'http_error'
+            WHEN lower(error) LIKE '%timeout%' OR lower(error) LIKE '%abort%' THEN 'timeout'
+            ELSE 'connection_failed' END
+        FROM attempts ORDER BY rowid;
+      DROP TABLE attempts;
+      ALTER TABLE attempts_v2 RENAME TO attempts;
+      CREATE INDEX attempts_delivery ON attempts (delivery_id);
+      UPDATE deliveries SET last_latency_ms = NULL WHERE last_response_code IS NULL;
+      UPDATE deliveries SET last_latency_ms = CAST(round(last_latency_ms / 10.0) AS INTEGER) * 10
+        WHERE last_latency_ms IS NOT NULL;
+      CREATE TABLE IF NOT EXISTS deleted_jobs (job_id TEXT PRIMARY KEY, at INTEGER NOT NULL);
     `,
     ]);
   }
@@ -138,6 +174,9 @@ export class WebhookHub extends DurableObject<Env> {
 
   /** Queues one delivery per subscribed endpoint; the alarm sends them. */
   async emit(type: WebhookEventType, jobId: string, data: unknown): Promise<number> {
+    // A job deleted while its events were on the way must not leave a delivery behind.
+    if (this.sql.exec("SELECT 1 FROM deleted_jobs WHERE job_id = ?", jobId).toArray().length)
+      return 0;
     const endpoints = this.sql
       .exec<{ id: string; events: string }>(
         "SELECT id, events FROM endpoints WHERE deleted = 0 AND (job_id IS NULL OR job_id = ?)",
@@ -200,8 +239,8 @@ export class WebhookHub extends DurableObject<Env> {
         .exec<{
           at: string;
           response_code: number | null;
-          latency_ms: number;
-          error: string | null;
+          latency_ms: number | null;
+          error: AttemptError | null;
         }>(
           "SELECT at, response_code, latency_ms, error FROM attempts WHERE delivery_id = ? ORDER BY rowid",
           r.id,
@@ -226,6 +265,34 @@ export class WebhookHub extends DurableObject<Env> {
     ).rowsWritten;
     if (n) await this.arm();
     return n > 0;
+  }
+
+  /**
+   * Removes what the hub holds for a deleted job: the job's own endpoints with their secrets,
+   * and every delivery of its events (to any endpoint, pending ones included) with the payload,
+   * which is a copy of the job, and its attempts. Events for the job emitted later are
+   * dropped. Counts what was removed; calling it again removes nothing.
+   */
+  async deleteJob(
+    jobId: string,
+  ): Promise<{ endpoints: number; pendingDeliveries: number; deliveries: number }> {
+    const count = (query: string) =>
+      this.sql.exec<{ n: number }>(query, jobId).toArray()[0]?.n ?? 0;
+    const endpoints = count("SELECT count(*) AS n FROM endpoints WHERE job_id = ? AND deleted = 0");
+    const pendingDeliveries = count(
+      "SELECT count(*) AS n FROM deliveries WHERE job_id = ? AND status = 'pending'",
+    );
+    const deliveries = count("SELECT count(*) AS n FROM deliveries WHERE job_id = ?");
+    const now = Date.now();
+    this.sql.exec(
+      "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE job_id = ?)",
+      jobId,
+    );
+    this.sql.exec("DELETE FROM deliveries WHERE job_id = ?", jobId);
+    this.sql.exec("DELETE FROM endpoints WHERE job_id = ?", jobId);
+    this.sql.exec("DELETE FROM deleted_jobs WHERE at < ?", now - DELETED_JOB_TTL_MS);
+    this.sql.exec("INSERT OR REPLACE INTO deleted_jobs (job_id, at) VALUES (?, ?)", jobId, now);
+    return { endpoints, pendingDeliveries, deliveries };
   }
 
   override async alarm(): Promise<void> {
@@ -263,12 +330,25 @@ export class WebhookHub extends DurableObject<Env> {
       );
       return;
     }
-    const timestamp = Math.floor(Date.now() / 1000);
     const started = Date.now();
-    let code: number | null = null;
-    let error: string | null = null;
+    const attempts = d.attempts + 1;
+    // Registration checked the target under the policy of that day; a tightened policy (or a
+    // fixed classifier) must stop deliveries to endpoints registered before it.
+    if (checkTarget(ep.url, parsePrivateTargets(this.env.WEBHOOK_ALLOW_PRIVATE)) !== null) {
+      this.record(d.id, started, null, null, "target_not_allowed");
+      this.sql.exec(
+        "UPDATE deliveries SET status = 'cancelled', attempts = ?, next_attempt_at = NULL, last_response_code = NULL, last_latency_ms = NULL WHERE id = ? AND status = 'pending'",
+        attempts,
+        d.id,
+      );
+      return;
+    }
+    const timestamp = Math.floor(started / 1000);
+    const signal = AbortSignal.timeout(Number(this.env.WEBHOOK_TIMEOUT_MS) || 15_000);
+    let res: Response | null = null;
+    let failure: AttemptError = "connection_failed";
     try {
-      const res = await fetch(ep.url, {
+      res = await fetch(ep.url, {
         method: "POST",
         headers: {
           "Content-Type": "application/json",
@@ -279,24 +359,19 @@ export class WebhookHub extends DurableObject<Env> {
         },
         body: d.payload,
         redirect: "manual",
-        signal: AbortSignal.timeout(Number(this.env.WEBHOOK_TIMEOUT_MS) || 15_000),
+        signal,
       });
-      code = res.status;
-      await res.body?.cancel();
-    } catch (err) {
-      error = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+    } catch {
+      // Only the class of failure is kept. The exception text (refused, reset, DNS, TLS) and
+      // the time a refusal took would tell a tenant what listens on which host and port,
+      // turning the attempt log into a port scanner.
+      if (signal.aborted) failure = "timeout";
     }
-    const latency = Date.now() - started;
-    const attempts = d.attempts + 1;
-    this.sql.exec(
-      "INSERT INTO attempts (delivery_id, at, response_code, latency_ms, error) VALUES (?, ?, ?, ?, ?)",
-      d.id,
-      new Date(started).toISOString(),
-      code,
-      latency,
-      error,
-    );
+    const code = res?.status ?? null;
+    const latency = res ? coarseLatency(Date.now() - started) : null;
+    await res?.body?.cancel().catch(() => {});
     const ok = code !== null && code >= 200 && code < 300;
+    this.record(d.id, started, code, latency, res ? (ok ? null : "http_error") : failure);
     const delay = ok ? null : delayBefore(this.schedule(), attempts);
     const status = ok ? "delivered" : delay === null ? "exhausted" : "pending";
     this.sql.exec(
@@ -307,6 +382,25 @@ export class WebhookHub extends DurableObject<Env> {
       code,
       latency,
       d.id,
+    );
+  }
+
+  /** Logs an attempt, unless its delivery was removed while the attempt was in flight. */
+  private record(
+    deliveryId: string,
+    started: number,
+    code: number | null,
+    latency: number | null,
+    error: AttemptError | null,
+  ): void {
+    this.sql.exec(
+      "INSERT INTO attempts (delivery_id, at, response_code, latency_ms, error) SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM deliveries WHERE id = ?)",
+      deliveryId,
+      new Date(started).toISOString(),
+      code,
+      latency,
+      error,
+      deliveryId,
     );
   }
 
