@@ -1,6 +1,6 @@
 /**
- * `npm run keys -- --kind api|worker --tenant NAME [--d1 local|remote]`: makes a new API key
- * or worker join token. Prints the key once (it is stored nowhere in clear) and its hashed
+ * `npm run keys -- --kind api|admin|worker --tenant NAME [--d1 local|remote]`: makes a new API
+ * key, operator key (an API key that also sees the whole fleet) or worker join token. Prints the key once (it is stored nowhere in clear) and its hashed
  * line; with --d1 it inserts the hash into the D1 `credentials` table, otherwise add the line
  * to the P2PA_CREDENTIALS secret (`wrangler secret put P2PA_CREDENTIALS`).
  */
@@ -20,13 +20,14 @@ const { values } = parseArgs({
 });
 const kind = values.kind;
 const tenant = values.tenant ?? "";
-if ((kind !== "api" && kind !== "worker") || !/^[\w.-]{1,64}$/.test(tenant)) {
+if ((kind !== "api" && kind !== "admin" && kind !== "worker") || !/^[\w.-]{1,64}$/.test(tenant)) {
   console.error(
-    "usage: npm run keys -- --kind api|worker --tenant NAME [--d1 local|remote] [--name LABEL]",
+    "usage: npm run keys -- --kind api|admin|worker --tenant NAME [--d1 local|remote] [--name LABEL]",
   );
   process.exit(2);
 }
-const key = `${kind === "api" ? "p2pa_sk" : "p2pa_wt"}_${randomBytes(24).toString("base64url")}`;
+const prefix = { api: "p2pa_sk", admin: "p2pa_ak", worker: "p2pa_wt" }[kind];
+const key = `${prefix}_${randomBytes(24).toString("base64url")}`;
 const hash = createHash("sha256").update(key).digest("hex");
 console.log(`key (shown once):  ${key}`);
 console.log(`secret line:       ${kind}:${tenant}:${hash}`);

@@ -30,10 +30,11 @@ const worker = spawnWorker(
 worker.stdout?.pipe(process.stdout);
 worker.stderr?.pipe(process.stderr);
 
-const { apiKey, workerToken } = DEV_CREDENTIALS;
+const { apiKey, adminKey, workerToken } = DEV_CREDENTIALS;
 console.log(`
 p2pa is running at ${edge.url}
   API key (submitters):   ${apiKey}
+  operator key (fleet):   ${adminKey}   (/v1/metrics, every worker)
   worker token (donors):  ${workerToken}
   OpenAPI document:       ${edge.url}/openapi.json
 

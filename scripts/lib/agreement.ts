@@ -16,6 +16,8 @@ export interface WorkerStatus {
 export interface EdgeWorker {
   id: string;
   capacity: number;
+  /** The most the edge lets it hold now (what it earned, its error budget). */
+  limit: number;
   held: number;
   room: number;
   draining: boolean;
@@ -30,7 +32,7 @@ export async function workerStatus(port: number): Promise<WorkerStatus> {
 
 export async function edgeWorkers(edgeUrl: string): Promise<EdgeWorker[]> {
   const r = await fetch(`${edgeUrl}/v1/workers`, {
-    headers: { Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}` },
+    headers: { Authorization: `Bearer ${DEV_CREDENTIALS.adminKey}` },
     signal: AbortSignal.timeout(10_000),
   });
   const body = (await r.json()) as { shards: { workers: EdgeWorker[] }[] };
@@ -40,7 +42,7 @@ export async function edgeWorkers(edgeUrl: string): Promise<EdgeWorker[]> {
 /**
  * Compares what each worker believes about its window with what the Dispatcher believes about
  * it, at a quiet moment (no work in flight). Returns one line per disagreement; empty when
- * both sides agree on every worker: capacity, room and the leases held.
+ * both sides agree on every worker: capacity, the leases held, and room.
  */
 export async function windowDisagreements(
   edgeUrl: string,
@@ -64,9 +66,12 @@ export async function windowDisagreements(
       out.push(`worker :${port} reports no window`);
       continue;
     }
-    if (e.capacity !== w.capacity || e.room !== w.room || e.held !== w.leaseIds.length)
+    // The edge may hold a worker below its capacity on purpose (trust still being earned, a
+    // failure budget); then it must never offer more room than the worker has.
+    const roomAgrees = e.limit >= e.capacity ? e.room === w.room : e.room <= w.room;
+    if (e.capacity !== w.capacity || e.held !== w.leaseIds.length || !roomAgrees)
       out.push(
-        `${id}: edge capacity ${e.capacity} room ${e.room} held ${e.held}; worker capacity ${w.capacity} room ${w.room} holds ${w.leaseIds.length}`,
+        `${id}: edge capacity ${e.capacity} limit ${e.limit} room ${e.room} held ${e.held}; worker capacity ${w.capacity} room ${w.room} holds ${w.leaseIds.length}`,
       );
   }
   return out;

@@ -21,6 +21,8 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "
 /** Development credentials; documented in the README, seeded into the local D1 only. */
 export const DEV_CREDENTIALS = {
   apiKey: "p2pa_dev_key",
+  /** An operator's key: also sees the whole fleet and the metrics. */
+  adminKey: "p2pa_dev_admin",
   workerToken: "p2pa_dev_worker",
   tenant: "dev",
 } as const;
@@ -59,10 +61,11 @@ const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
 /** Applies the D1 migrations to the local database and seeds the development credentials. */
 export async function prepareLocalDatabase(persistTo: string): Promise<void> {
   await run(["d1", "migrations", "apply", "DB", "--local", "--persist-to", persistTo]);
-  const { apiKey, workerToken, tenant } = DEV_CREDENTIALS;
+  const { apiKey, adminKey, workerToken, tenant } = DEV_CREDENTIALS;
   const sql = [
     `INSERT OR IGNORE INTO credentials (id, kind, tenant, hash, name) VALUES ('cred_dev_api', 'api', '${tenant}', '${sha256(apiKey)}', 'development API key')`,
     `INSERT OR IGNORE INTO credentials (id, kind, tenant, hash, name) VALUES ('cred_dev_worker', 'worker', '${tenant}', '${sha256(workerToken)}', 'development worker token')`,
+    `INSERT OR IGNORE INTO credentials (id, kind, tenant, hash, name) VALUES ('cred_dev_admin', 'admin', '${tenant}', '${sha256(adminKey)}', 'development operator key')`,
   ].join("; ");
   await run(["d1", "execute", "DB", "--local", "--persist-to", persistTo, "--command", sql]);
 }
@@ -173,9 +176,15 @@ export function spawnWorker(
   env: NodeJS.ProcessEnv = {},
   detached = false,
 ): ChildProcess {
-  return spawn(process.execPath, [WORKER_BIN, "--server", server, "--token", token, ...extra], {
+  // The token goes in the environment, as the README tells donors: a flag shows in `ps`.
+  return spawn(process.execPath, [WORKER_BIN, "--server", server, ...extra], {
     cwd: ROOT,
-    env: { ...process.env, P2PA_CACHE_DIR: path.join(ROOT, ".cache", "models"), ...env },
+    env: {
+      ...process.env,
+      P2PA_TOKEN: token,
+      P2PA_CACHE_DIR: path.join(ROOT, ".cache", "models"),
+      ...env,
+    },
     stdio: ["ignore", "pipe", "pipe"],
     detached,
   });

@@ -59,9 +59,11 @@ function api(base: () => string): Api {
     fiveXX: 0,
     async get<T>(p: string) {
       a.calls++;
+      // The fleet-wide views are the operator's.
+      const key = p.startsWith("/v1/workers") ? DEV_CREDENTIALS.adminKey : DEV_CREDENTIALS.apiKey;
       try {
         const r = await fetch(`${base()}${p}`, {
-          headers: { Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}` },
+          headers: { Authorization: `Bearer ${key}` },
           signal: AbortSignal.timeout(30_000),
         });
         if (r.status >= 500) a.fiveXX++;

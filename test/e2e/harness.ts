@@ -28,7 +28,13 @@ export interface System {
   workers: ChildProcess[];
   api<T = unknown>(
     pathname: string,
-    init?: { method?: string; json?: unknown; headers?: Record<string, string> },
+    init?: {
+      method?: string;
+      json?: unknown;
+      headers?: Record<string, string>;
+      /** Call with the operator's key (fleet-wide routes such as /v1/metrics). */
+      admin?: boolean;
+    },
   ): Promise<{ status: number; body: T; headers: Headers }>;
   addWorker(args?: string[]): Promise<ChildProcess>;
   /** Kills the edge and starts it again on the same port with the same state on disk. */
@@ -55,7 +61,7 @@ export async function startSystem(opts: { vars?: Record<string, string> } = {}):
       const res = await fetch(`${sys.edge.url}${pathname}`, {
         method: init.method ?? (init.json === undefined ? "GET" : "POST"),
         headers: {
-          Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}`,
+          Authorization: `Bearer ${init.admin ? DEV_CREDENTIALS.adminKey : DEV_CREDENTIALS.apiKey}`,
           "Content-Type": "application/json",
           ...init.headers,
         },

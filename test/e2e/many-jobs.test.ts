@@ -1,7 +1,14 @@
 import type { ChildProcess } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { windowDisagreements } from "../../scripts/lib/agreement.js";
-import { freePort, type JobOut, type System, startSystem, waitForJob } from "./harness.js";
+import {
+  DEV_CREDENTIALS,
+  freePort,
+  type JobOut,
+  type System,
+  startSystem,
+  waitForJob,
+} from "./harness.js";
 
 /**
  * One running system through twenty ordinary jobs, as a user lives with it: sizes from 1 to
@@ -116,7 +123,7 @@ describe("one system through many jobs", () => {
         try {
           job = await waitForJob<JobOut>(sys, b.id, JOB_BOUND_MS);
         } catch (err) {
-          const workers = await sys.api("/v1/workers");
+          const workers = await sys.api("/v1/workers", { admin: true });
           throw new Error(
             `job ${b.k} (${b.n} docs) did not complete after ${finished.length} jobs: ${(err as Error).message}\n/v1/workers: ${JSON.stringify(workers.body)}`,
           );
@@ -131,7 +138,7 @@ describe("one system through many jobs", () => {
     expect(finished.map((f) => f.k)).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
     // Nothing stalled behind the scenes either: the watchdog never had to step in.
     const metrics = await fetch(`${sys.edge.url}/v1/metrics`, {
-      headers: { Authorization: "Bearer p2pa_dev_key" },
+      headers: { Authorization: `Bearer ${DEV_CREDENTIALS.adminKey}` },
     }).then((r) => r.text());
     expect(metrics).toMatch(/^p2pa_dispatch_stalls_total 0$/m);
     // The idle gaps really did put the coordinator to sleep: it started again after them.

@@ -53,7 +53,7 @@ describe("the whole pipeline on real parts", () => {
       expect(Math.abs(Math.hypot(...(c.vector ?? [])) - 1)).toBeLessThan(1e-3);
     }
     // Nothing else was written: the index holds exactly one vector per chunk.
-    const stats = await sys.api<{ vectors: number }>("/v1/workers");
+    const stats = await sys.api<{ vectors: number }>("/v1/workers", { admin: true });
     expect(stats.body.vectors).toBe(job.chunks.total);
   }, 180_000);
 

@@ -40,6 +40,6 @@ it("a worker killed with SIGKILL mid-job loses nothing and doubles nothing", asy
   const chunks = await allChunks(sys, id);
   expect(chunks.length).toBe(job.chunks.total);
   expect(chunks.every((c) => c.status === "done" && c.vector?.length === 512)).toBe(true);
-  const stats = await sys.api<{ vectors: number }>("/v1/workers");
+  const stats = await sys.api<{ vectors: number }>("/v1/workers", { admin: true });
   expect(stats.body.vectors).toBe(job.chunks.total);
 }, 300_000);

@@ -3,7 +3,7 @@ import { encodeVector, PROTOCOL_VERSION, TASK_SIZE } from "@p2pa/shared";
 import { describe, expect, it } from "vitest";
 import type { Dispatcher } from "../src/dispatch/dispatcher.js";
 import { dispatcherFor } from "../src/dispatch/shards.js";
-import { call, job, KEYS, submit, TestWorker } from "./helpers.js";
+import { call, job, KEYS, submit, TestWorker, workerToken } from "./helpers.js";
 
 const stub = (jobId: string) => dispatcherFor(env, "use-lite", jobId);
 
@@ -138,7 +138,7 @@ describe("Dispatcher", () => {
     for (const w of [b, c]) w.ws.close();
   });
 
-  it("marks a chunk failed once it has failed on five different workers, with the reasons", async () => {
+  it("marks a chunk failed once it has failed on five different donors, with the reasons", async () => {
     const j = await submit(3);
     const workers: TestWorker[] = [];
     for (let attempt = 1; attempt <= 5; attempt++) {
@@ -146,7 +146,9 @@ describe("Dispatcher", () => {
       await runInDurableObject(stub(j.id), async (_o: Dispatcher, state) => {
         state.storage.sql.exec("UPDATE tasks SET not_before = 0");
       });
-      const w = await TestWorker.connect();
+      // Each attempt on a different donor: a worker token of its own.
+      const token = await workerToken(`donor_${attempt}`);
+      const w = await TestWorker.connect({}, token);
       workers.push(w);
       await new Promise((r) => setTimeout(r, 20)); // the previous worker's ready(0) is in
       w.ready(1);
@@ -339,7 +341,7 @@ describe("Dispatcher", () => {
     const w = await TestWorker.connect();
     w.send("{bad");
     await w.next("error");
-    const res = await call("/v1/metrics");
+    const res = await call("/v1/metrics", { key: KEYS.admin });
     expect(res.status).toBe(200);
     expect(res.headers.get("Content-Type")).toMatch(/text\/plain/);
     const text = await res.text();
@@ -367,7 +369,7 @@ describe("Dispatcher", () => {
       closed.then((c) => `closed ${c}`),
     ]);
     expect(outcome).toBe("too_large");
-    const metrics = await (await call("/v1/metrics")).text();
+    const metrics = await (await call("/v1/metrics", { key: KEYS.admin })).text();
     expect(metrics).toMatch(/^p2pa_frames_refused_total\{kind="too_large"\} [1-9]/m);
     w.ws.close();
   });

@@ -66,7 +66,8 @@ describe("flow control", () => {
     const t2 = await w.next("task");
     // Make both leases old enough to be judged, then list only t1: t2's frame was "lost".
     await runInDurableObject(shard(), async (_o: Dispatcher, state) => {
-      state.storage.sql.exec("UPDATE leases SET leased_at = 0");
+      // Granted more than two heartbeat intervals (2 x 15 s) ago.
+      state.storage.sql.exec("UPDATE leases SET leased_at = ?", Date.now() - 31_000);
     });
     w.send({ type: "heartbeat", v: PROTOCOL_VERSION, leaseIds: [t1.leaseId], capacity: 2 });
     const again = await w.next("task");
@@ -77,7 +78,7 @@ describe("flow control", () => {
     await w.next("ack");
     await w.next("ack");
     expect((await job(j.id)).status).toBe("completed");
-    const metrics = await (await call("/v1/metrics")).text();
+    const metrics = await (await call("/v1/metrics", { key: KEYS.admin })).text();
     expect(metrics).toMatch(/^p2pa_leases_reconciled_total 1$/m);
   });
 
@@ -151,7 +152,7 @@ describe("flow control", () => {
     w.send(w.resultFor(t));
     expect(await w.next("ack")).toMatchObject({ status: "stored" });
     expect(await job(j.id)).toMatchObject({ status: "completed", chunks: { done: 5 } });
-    const metrics = await (await call("/v1/metrics")).text();
+    const metrics = await (await call("/v1/metrics", { key: KEYS.admin })).text();
     expect(metrics).toMatch(/^p2pa_tasks_recovered_total 1$/m);
   });
 
@@ -179,7 +180,7 @@ describe("flow control", () => {
       checks: { dispatch: "stalled" },
       stalled: [{ model: "use-lite", shard: 0, readyTasks: 1, workersWithRoom: 1 }],
     });
-    const metrics = await (await call("/v1/metrics")).text();
+    const metrics = await (await call("/v1/metrics", { key: KEYS.admin })).text();
     expect(metrics).toMatch(/^p2pa_shard_stalled\{model="use-lite",shard="0"\} 1$/m);
     expect(metrics).toMatch(
       /^p2pa_oldest_ready_task_age_seconds\{model="use-lite",shard="0"\} (5\d|6\d)\.\d+$/m,
@@ -188,7 +189,7 @@ describe("flow control", () => {
     w.send({ type: "heartbeat", v: PROTOCOL_VERSION, leaseIds: [], capacity: 2 });
     expect((await w.next("task")).taskId).toBe("job_forgotten.0");
     expect((await call("/healthz", { key: null })).status).toBe(200);
-    const after = await (await call("/v1/metrics")).text();
+    const after = await (await call("/v1/metrics", { key: KEYS.admin })).text();
     expect(after).toMatch(/^p2pa_dispatch_stalls_total\{kind="heartbeat"\} 1$/m);
     expect(after).toMatch(/^p2pa_shard_stalled\{model="use-lite",shard="0"\} 0$/m);
   });

@@ -1,8 +1,16 @@
+import { env } from "cloudflare:test";
 import { exports } from "cloudflare:workers";
 import { encodeVector, PROTOCOL_VERSION } from "@p2pa/shared";
 import { expect } from "vitest";
 
-export const KEYS = { api: "test_api_key", other: "other_tenant_key", worker: "test_worker_token" };
+export const KEYS = {
+  api: "test_api_key",
+  other: "other_tenant_key",
+  worker: "test_worker_token",
+  /** t2's worker token: workers of another tenant. */
+  otherWorker: "other_worker_token",
+  admin: "test_admin_key",
+};
 
 /** Calls the edge the way a client would, through its fetch handler. */
 export function call(
@@ -43,9 +51,9 @@ export class TestWorker {
     });
   }
 
-  static async connect(hello: Partial<Frame> = {}): Promise<TestWorker> {
+  static async connect(hello: Partial<Frame> = {}, token = KEYS.worker): Promise<TestWorker> {
     const res = await call("/v1/workers/connect", {
-      key: KEYS.worker,
+      key: token,
       headers: { Upgrade: "websocket" },
     });
     expect(res.status).toBe(101);
@@ -126,3 +134,16 @@ export const job = async (id: string) =>
     status: string;
     chunks: { total: number; done: number; failed: number };
   };
+
+/** A new worker token of tenant t1 (another donor), stored hashed as the API stores them. */
+export async function workerToken(name: string, tenant = "t1"): Promise<string> {
+  const token = `wt_${name}_${crypto.randomUUID()}`;
+  const d = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(token));
+  const hash = Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, "0")).join("");
+  await env.DB.prepare(
+    "INSERT INTO credentials (id, kind, tenant, hash) VALUES (?, 'worker', ?, ?)",
+  )
+    .bind(`cred_${name}_${token.slice(-8)}`, tenant, hash)
+    .run();
+  return token;
+}

@@ -22,4 +22,10 @@ await env.DB.batch([
   env.DB.prepare(
     "INSERT OR IGNORE INTO credentials (id, kind, tenant, hash) VALUES (?, 'worker', 't1', ?)",
   ).bind("c3", await sha256Hex(KEYS.worker)),
+  env.DB.prepare(
+    "INSERT OR IGNORE INTO credentials (id, kind, tenant, hash) VALUES (?, 'worker', 't2', ?)",
+  ).bind("c4", await sha256Hex(KEYS.otherWorker)),
+  env.DB.prepare(
+    "INSERT OR IGNORE INTO credentials (id, kind, tenant, hash) VALUES (?, 'admin', 'ops', ?)",
+  ).bind("c5", await sha256Hex(KEYS.admin)),
 ]);

@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import {
+  CloseCode,
   type EdgeMessage,
   EdgeMessage as EdgeMessageSchema,
   type Embed,
@@ -171,7 +172,13 @@ export class Worker {
     if (this.stats.state === "stopped") return;
     this.stats.state = this.draining ? "draining" : "reconnecting";
     this.emit("disconnected", { code, reason });
-    if (code === 4401 || code === 4426) {
+    // A revoked token, another protocol version, or a token over its connection limit:
+    // reconnecting would only be refused again.
+    if (
+      code === CloseCode.unauthorized ||
+      code === CloseCode.unsupportedVersion ||
+      code === CloseCode.tooManyConnections
+    ) {
       this.emit("fatal", { code, reason });
       this.socket.close();
     }

@@ -31,9 +31,34 @@ export const TASK_SIZE = 32;
 const v = z.literal(PROTOCOL_VERSION);
 const Id = z.string().min(1).max(128);
 
+/**
+ * A worker's words, made safe to keep and show: control characters dropped, whitespace
+ * collapsed, HTML's special characters escaped, at most 300 characters. What a worker says
+ * ends up in chunk errors, event streams and dashboards; it must never choose what a
+ * submitter's page renders.
+ */
+export function plainText(s: string, max = 300): string {
+  const flat = s
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: dropping them is the point
+    .replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]+/g, " ")
+    .replace(/\s+/g, " ")
+    .trim()
+    .slice(0, max);
+  return flat.replace(
+    /[<>&"']/g,
+    (c) => ({ "<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;", "'": "&#39;" })[c] as string,
+  );
+}
+
+/** An error as a peer reports it: a bounded plain code, and its message made plain text. */
 export const ErrorInfo = z.object({
-  code: z.string().min(1).max(64),
-  message: z.string().max(2000),
+  code: z
+    .string()
+    .regex(/^[a-z][a-z0-9_.-]{0,63}$/, "an error code is lowercase letters, digits, _ . -"),
+  message: z
+    .string()
+    .max(2000)
+    .transform((m) => plainText(m)),
   retryable: z.boolean().default(true),
 });
 export type ErrorInfo = z.infer<typeof ErrorInfo>;
@@ -103,7 +128,7 @@ export type TaskFailed = z.infer<typeof TaskFailed>;
 export const Release = z.object({
   type: z.literal("release"),
   v,
-  leaseIds: z.array(Id).max(1024),
+  leaseIds: z.array(Id).max(2 * MAX_CAPACITY),
 });
 export type Release = z.infer<typeof Release>;
 
@@ -115,7 +140,7 @@ export type Release = z.infer<typeof Release>;
 export const Heartbeat = z.object({
   type: z.literal("heartbeat"),
   v,
-  leaseIds: z.array(Id).max(1024),
+  leaseIds: z.array(Id).max(2 * MAX_CAPACITY),
   capacity: Capacity,
 });
 export type Heartbeat = z.infer<typeof Heartbeat>;
@@ -219,6 +244,8 @@ export const CloseCode = {
   unauthorized: 4401,
   unsupportedVersion: 4426,
   tooManyErrors: 4429,
+  /** The token already has as many connections as a token may hold. */
+  tooManyConnections: 4430,
 } as const;
 
 export type ParseResult<T> =

@@ -12,7 +12,7 @@ export const credentials = sqliteTable(
   "credentials",
   {
     id: text("id").primaryKey(),
-    kind: text("kind", { enum: ["api", "worker"] }).notNull(),
+    kind: text("kind", { enum: ["api", "worker", "admin"] }).notNull(),
     tenant: text("tenant").notNull(),
     hash: text("hash").notNull(),
     name: text("name"),

@@ -10,6 +10,8 @@ import * as schema from "./schema.js";
  */
 export interface MetadataStore {
   findCredential(hash: string): Promise<Credential | null>;
+  /** Which of these credential ids exist and are not revoked. */
+  activeCredentials(ids: string[]): Promise<Set<string>>;
   createJob(
     input: NewJob,
   ): Promise<{ job: Job; created: boolean; requestHash: string | null; dispatched: boolean }>;
@@ -45,7 +47,8 @@ export interface MetadataStore {
 
 export interface Credential {
   id: string;
-  kind: "api" | "worker";
+  /** api: a tenant's key; admin: an operator's key (an API key that also sees the fleet). */
+  kind: "api" | "worker" | "admin";
   tenant: string;
 }
 
@@ -133,6 +136,24 @@ export class D1Store implements MetadataStore {
       .where(and(eq(schema.credentials.hash, hash), isNull(schema.credentials.revokedAt)))
       .get();
     return row ?? null;
+  }
+
+  async activeCredentials(ids: string[]): Promise<Set<string>> {
+    const out = new Set<string>();
+    for (let i = 0; i < ids.length; i += 90) {
+      const rows = await this.db
+        .select({ id: schema.credentials.id })
+        .from(schema.credentials)
+        .where(
+          and(
+            inArray(schema.credentials.id, ids.slice(i, i + 90)),
+            isNull(schema.credentials.revokedAt),
+          ),
+        )
+        .all();
+      for (const r of rows) out.add(r.id);
+    }
+    return out;
   }
 
   async createJob(input: NewJob) {

@@ -2,22 +2,27 @@ import { DurableObject } from "cloudflare:workers";
 import {
   type Ack,
   CloseCode,
+  checkEmbedding,
+  decodeVector,
   type EdgeMessage,
+  type EmbedResult,
   type ErrorInfo,
   getModel,
   type Hello,
+  MAX_CAPACITY,
   PROTOCOL_VERSION,
   parseMessage,
   type TaskResult,
   WorkerMessage,
 } from "@p2pa/shared";
 import { D1Store, type MetadataStore } from "../db/store.js";
+import { sha256Hex } from "../lib/crypto.js";
 import { AlarmClock } from "./alarm.js";
 import { recordFailure, recordSuccess } from "./error-budget.js";
 import { type JobEvent, JobLog } from "./job-log.js";
 import { Metrics } from "./metrics.js";
 import { JobNotifier } from "./notifier.js";
-import { Peers, roomFor } from "./peers.js";
+import { INITIAL_EARNED, limitFor, Peers, roomFor } from "./peers.js";
 import { type Bucket, take } from "./rate-limit.js";
 import { type EmbedOutcome, RealtimeLane } from "./realtime-lane.js";
 import { checkResult } from "./result-check.js";
@@ -31,6 +36,8 @@ export interface DispatcherStats {
     models: string[];
     /** Tasks the worker says it can hold at once. */
     capacity: number;
+    /** The most the Dispatcher lets it hold now: capacity within what it earned and its budget. */
+    limit: number;
     /** Tasks it holds now (open leases awaiting its result). */
     held: number;
     /** Tasks the Dispatcher would lease to it now: capacity within its budget, less held. */
@@ -47,6 +54,14 @@ const MAX_ATTEMPTS = 5;
 /** How long a disconnected worker's leases wait for it to reconnect before being requeued. */
 const RECONNECT_GRACE_MS = 5_000;
 const BAD_FRAMES_BEFORE_CLOSE = 20;
+/** How often connected workers' tokens are checked against D1 (revocation reaches them then). */
+const REVALIDATE_MS = 10_000;
+/** Workers a real-time request may be tried on before it fails. */
+const REALTIME_TRIES = 3;
+
+/** Headers by which the authenticated route tells the Dispatcher who is connecting. */
+export const CREDENTIAL_HEADER = "X-P2PA-Credential";
+export const TENANT_HEADER = "X-P2PA-Tenant";
 
 /**
  * The coordinator for one shard of one model: it owns the shard's task queue, the
@@ -64,7 +79,14 @@ export class Dispatcher extends DurableObject<Env> {
   private readonly peers: Peers;
   private readonly clock: AlarmClock;
   private readonly leaseMs: number;
+  /** The longest a lease lives however often it is renewed (`LEASE_MAX_MS`). */
+  private readonly leaseMaxMs: number;
+  /** Connections one worker token may hold on this shard (`MAX_CONNECTIONS_PER_TOKEN`). */
+  private readonly maxConnectionsPerToken: number;
   private readonly lane = new RealtimeLane();
+  /** When each connection's last heartbeat was handled; heartbeats faster than that are dropped. */
+  private readonly lastBeat = new Map<WebSocket, number>();
+  private lastRevalidation = 0;
   /** Per-connection message buckets; in memory, a fresh bucket after eviction is harmless. */
   private readonly buckets = new Map<WebSocket, Bucket>();
   /** When the stall watchdog looks next while work waits beside connected workers. */
@@ -91,6 +113,8 @@ export class Dispatcher extends DurableObject<Env> {
     );
     this.peers = new Peers(ctx);
     this.leaseMs = Number(env.LEASE_MS) || 60_000;
+    this.leaseMaxMs = Math.max(this.leaseMs, Number(env.LEASE_MAX_MS) || 5 * 60_000);
+    this.maxConnectionsPerToken = Number(env.MAX_CONNECTIONS_PER_TOKEN) || 16;
     this.clock = new AlarmClock(ctx.storage, {
       leases: (now) => this.queue.nextWake(now),
       cooldowns: (now) => {
@@ -128,11 +152,15 @@ export class Dispatcher extends DurableObject<Env> {
 
   /** Stops dispatching a job's tasks and ends their leases; `purge` when the job is deleted. */
   async cancel(jobId: string, purge = false): Promise<number> {
-    if (purge) this.jobs.markDeleted(jobId);
     const n = this.queue.cancelJob(jobId);
-    if (this.jobs.markEnded(jobId)) {
+    if (purge) {
+      // Deleted: nothing of the job's text, errors or events stays on the shard.
+      this.jobs.markEnded(jobId);
+      this.jobs.markDeleted(jobId);
+      this.queue.purgeJob(jobId);
+    } else if (this.jobs.markEnded(jobId)) {
       this.jobs.appendEvents(jobId, [{ kind: "end", data: { status: "cancelled" } }]);
-      if (!purge) await this.notifier.notifyEnd(jobId);
+      await this.notifier.notifyEnd(jobId);
     }
     // Cancelled leases free their workers' room for other jobs' tasks.
     await this.pump();
@@ -149,27 +177,46 @@ export class Dispatcher extends DurableObject<Env> {
     return this.queue.pendingCount();
   }
 
-  /** Embeds texts on a connected worker ahead of all batch work. */
+  /**
+   * Embeds texts on a connected worker ahead of all batch work. The answer is checked as
+   * strictly as a batch result; a worker that fails or answers wrongly is charged and the
+   * request moves to another worker, up to REALTIME_TRIES.
+   */
   async embed(model: string, texts: string[], timeoutMs = 30_000): Promise<EmbedOutcome> {
-    const candidates = this.peers
-      .all()
-      .filter(
-        ({ peer }) => peer.hello && !peer.draining && peer.hello.models.some((m) => m.id === model),
+    const tried = new Set<string>();
+    let last: EmbedOutcome = {
+      ok: false,
+      code: "no_capacity",
+      message: `no connected worker serves model ${model}`,
+    };
+    while (tried.size < REALTIME_TRIES) {
+      const now = Date.now();
+      const candidates = this.peers
+        .all()
+        .filter(
+          ({ peer }) =>
+            peer.hello &&
+            !peer.draining &&
+            peer.budget.coolUntil <= now &&
+            !tried.has(peer.workerId) &&
+            peer.hello.models.some((m) => m.id === model),
+        );
+      if (candidates.length === 0) return last;
+      // Least busy first: fewest real-time requests in flight.
+      const busy = (workerId: string) => this.lane.inFlight(workerId);
+      candidates.sort((a, b) => busy(a.peer.workerId) - busy(b.peer.workerId));
+      const { ws, peer } = candidates[0] as (typeof candidates)[number];
+      tried.add(peer.workerId);
+      last = await this.lane.request(
+        peer.workerId,
+        { model, count: texts.length },
+        timeoutMs,
+        (requestId) =>
+          this.send(ws, { type: "embed", v: PROTOCOL_VERSION, requestId, model, texts }),
       );
-    if (candidates.length === 0) {
-      return {
-        ok: false,
-        code: "no_capacity",
-        message: `no connected worker serves model ${model}`,
-      };
+      if (last.ok || last.code === "timeout") return last;
     }
-    // Least busy first: fewest real-time requests in flight.
-    const busy = (workerId: string) => this.lane.inFlight(workerId);
-    candidates.sort((a, b) => busy(a.peer.workerId) - busy(b.peer.workerId));
-    const { ws, peer } = candidates[0] as (typeof candidates)[number];
-    return this.lane.request(peer.workerId, timeoutMs, (requestId) =>
-      this.send(ws, { type: "embed", v: PROTOCOL_VERSION, requestId, model, texts }),
-    );
+    return last;
   }
 
   /** The shard's counters, for `/v1/metrics`. */
@@ -177,15 +224,20 @@ export class Dispatcher extends DurableObject<Env> {
     return this.metrics.snapshot();
   }
 
-  /** A snapshot of the shard for the dashboard, `/healthz` and tests. */
-  async stats(): Promise<DispatcherStats> {
+  /**
+   * A snapshot of the shard for the dashboard, `/healthz` and tests; `tenant` limits the
+   * workers listed to those that joined with that tenant's tokens.
+   */
+  async stats(tenant?: string): Promise<DispatcherStats> {
     const now = Date.now();
     const rooms = this.rooms(now);
+    const listed = rooms.filter(({ peer }) => tenant === undefined || peer.tenant === tenant);
     return {
-      workers: rooms.map(({ peer, held, room }) => ({
+      workers: listed.map(({ peer, held, room }) => ({
         id: peer.workerId,
         models: peer.hello?.models.map((m) => m.id) ?? [],
         capacity: peer.capacity,
+        limit: limitFor(peer, now),
         held,
         room,
         draining: peer.draining,
@@ -203,12 +255,26 @@ export class Dispatcher extends DurableObject<Env> {
     if (request.headers.get("Upgrade")?.toLowerCase() !== "websocket") {
       return new Response("expected a WebSocket upgrade", { status: 426 });
     }
+    const credentialId = request.headers.get(CREDENTIAL_HEADER);
+    const tenant = request.headers.get(TENANT_HEADER);
+    if (!credentialId || !tenant) return new Response("unauthenticated", { status: 401 });
     const pair = new WebSocketPair();
     const [client, server] = [pair[0], pair[1]];
+    const held = this.peers.all().filter(({ peer }) => peer.credentialId === credentialId).length;
+    if (held >= this.maxConnectionsPerToken) {
+      // Told on the socket, so every client sees why; the worker then stops reconnecting.
+      server.accept();
+      this.metrics.count("p2pa_frames_refused_total", "too_many_connections");
+      server.close(
+        CloseCode.tooManyConnections,
+        `this token already holds ${held} connections, the most one token may`,
+      );
+      return new Response(null, { status: 101, webSocket: client });
+    }
     const workerId = `wkr_${crypto.randomUUID().replaceAll("-", "").slice(0, 20)}`;
     this.ctx.acceptWebSocket(server, [workerId]);
     this.metrics.count("p2pa_worker_connections_total");
-    this.peers.accept(server, workerId);
+    this.peers.accept(server, workerId, credentialId, tenant);
     return new Response(null, { status: 101, webSocket: client });
   }
 
@@ -272,14 +338,15 @@ export class Dispatcher extends DurableObject<Env> {
         });
         return;
       case "embed_result":
+        this.onEmbedResult(ws, msg);
+        return;
       case "embed_failed": {
-        this.lane.settle(
-          msg.requestId,
-          peer.workerId,
-          msg.type === "embed_result"
-            ? { ok: true, vectors: msg.vectors, tokens: msg.tokens, workerId: peer.workerId }
-            : { ok: false, code: "failed", message: msg.error.message },
-        );
+        const settled = this.lane.settle(msg.requestId, peer.workerId, {
+          ok: false,
+          code: "failed",
+          message: `worker reported ${msg.error.code}: ${msg.error.message}`,
+        });
+        if (settled) this.charge(ws, `real-time request failed (${msg.error.code})`);
         return;
       }
     }
@@ -301,6 +368,7 @@ export class Dispatcher extends DurableObject<Env> {
   override async alarm(): Promise<void> {
     this.clock.fired();
     const now = Date.now();
+    await this.revalidate(now);
     const lapsed = new Set(this.requeueExpired(now));
     for (const { ws, peer } of this.peers.all()) {
       if (lapsed.has(peer.workerId)) this.charge(ws, "a lease expired before its result arrived");
@@ -326,9 +394,16 @@ export class Dispatcher extends DurableObject<Env> {
       ws.close(CloseCode.protocolError, "model mismatch");
       return;
     }
+    // The same worker process reconnecting keeps its identity and so its leases. The id is
+    // derived from the session and the token, so it cannot be claimed with another token, and
+    // the id shown by the API does not reveal the session that would claim it.
+    const current = this.peers.get(ws);
+    if (!current) return;
+    const sessionId = msg.session
+      ? `wkr_${(await sha256Hex(`${current.credentialId}\n${msg.session}`)).slice(0, 24)}`
+      : null;
     const peer = this.peers.update(ws, (p) => {
-      // The same worker process reconnecting keeps its identity and so its leases.
-      if (msg.session) p.workerId = `wkr_${msg.session}`;
+      if (sessionId) p.workerId = sessionId;
       p.hello = {
         models: msg.models,
         device: msg.device,
@@ -344,7 +419,7 @@ export class Dispatcher extends DurableObject<Env> {
     if (msg.session) {
       for (const other of this.peers.ofWorker(workerId, ws))
         other.close(CloseCode.normal, "replaced by a new connection");
-      this.queue.reclaim(workerId, Date.now() + this.leaseMs);
+      this.queue.reclaim(workerId, Date.now() + this.leaseMs, this.leaseMaxMs);
     }
     this.send(ws, {
       type: "welcome",
@@ -353,6 +428,9 @@ export class Dispatcher extends DurableObject<Env> {
       leaseMs: this.leaseMs,
       heartbeatMs: this.heartbeatMs,
     });
+    // A token revoked since the upgrade was checked (the API caches credentials briefly).
+    this.lastRevalidation = 0;
+    await this.revalidate(Date.now());
     await this.pump();
     await this.store.upsertWorker({
       id: workerId,
@@ -372,18 +450,86 @@ export class Dispatcher extends DurableObject<Env> {
    */
   private async onHeartbeat(ws: WebSocket, leaseIds: string[], capacity: number): Promise<void> {
     const now = Date.now();
+    // A heartbeat is due every heartbeatMs; a peer sending them far faster gets no more work
+    // done for it than one every quarter interval.
+    if (now - (this.lastBeat.get(ws) ?? 0) < this.heartbeatMs / 4) return;
+    this.lastBeat.set(ws, now);
     const peer = this.peers.update(ws, (p) => {
       p.capacity = capacity;
     });
     if (!peer) return;
-    this.queue.heartbeat(peer.workerId, leaseIds, now + this.leaseMs);
+    this.queue.heartbeat(peer.workerId, leaseIds, now + this.leaseMs, this.leaseMaxMs);
     const lost = this.queue.reconcile(peer.workerId, leaseIds, now - 2 * this.heartbeatMs);
     if (lost) {
       console.warn(`worker ${peer.workerId} did not have ${lost} lease(s); requeued`);
       this.metrics.count("p2pa_leases_reconciled_total", "", lost);
     }
     this.watch(now, "heartbeat");
+    await this.revalidate(now);
     await this.pump();
+  }
+
+  /** Checks a real-time answer like a batch result before its caller sees it. */
+  private onEmbedResult(ws: WebSocket, msg: EmbedResult): void {
+    const peer = this.peers.get(ws);
+    const want = this.lane.expected(msg.requestId);
+    if (!peer || !want || want.workerId !== peer.workerId) return;
+    const dimension = getModel(want.model)?.dimension ?? 0;
+    let problem: string | null =
+      msg.vectors.length === want.count
+        ? null
+        : `expected ${want.count} vectors, got ${msg.vectors.length}`;
+    for (let i = 0; !problem && i < msg.vectors.length; i++) {
+      const v = decodeVector(msg.vectors[i] as string);
+      const why = v ? checkEmbedding(v, dimension) : "not base64 float32";
+      if (why) problem = `vector ${i}: ${why}`;
+    }
+    if (problem) {
+      this.metrics.count("p2pa_results_total", "rejected");
+      this.lane.settle(msg.requestId, peer.workerId, {
+        ok: false,
+        code: "failed",
+        message: `a worker's answer was refused (${problem})`,
+      });
+      this.charge(ws, `bad real-time answer: ${problem}`);
+      return;
+    }
+    this.lane.settle(msg.requestId, peer.workerId, {
+      ok: true,
+      vectors: msg.vectors,
+      tokens: msg.tokens,
+      workerId: peer.workerId,
+    });
+  }
+
+  /**
+   * Closes connections whose worker token was revoked or deleted. At most every REVALIDATE_MS,
+   * from heartbeats, hellos and the alarm, with one D1 query for the whole shard; so a
+   * revocation reaches live connections within a heartbeat interval.
+   */
+  private async revalidate(now: number): Promise<void> {
+    if (now - this.lastRevalidation < REVALIDATE_MS) return;
+    this.lastRevalidation = now;
+    const all = this.peers.all();
+    // Tokens from the deployment secret change with a deploy, which restarts the shard.
+    const ids = [...new Set(all.map(({ peer }) => peer.credentialId))].filter(
+      (id) => !id.startsWith("secret:"),
+    );
+    if (ids.length === 0) return;
+    let active: Set<string>;
+    try {
+      active = await this.store.activeCredentials(ids);
+    } catch (err) {
+      console.error("could not check worker tokens; will retry", err);
+      this.lastRevalidation = 0;
+      return;
+    }
+    for (const { ws, peer } of all) {
+      if (peer.credentialId.startsWith("secret:") || active.has(peer.credentialId)) continue;
+      this.metrics.count("p2pa_frames_refused_total", "revoked");
+      ws.close(CloseCode.unauthorized, "worker token revoked");
+      await this.disconnect(ws, true);
+    }
   }
 
   private async onResult(ws: WebSocket, msg: TaskResult): Promise<void> {
@@ -434,10 +580,14 @@ export class Dispatcher extends DurableObject<Env> {
     }
     if (outcome === "stored") {
       const n = task.items?.length ?? 0;
-      this.peers.update(ws, (p) => {
+      const before = this.peers.get(ws)?.earned ?? 0;
+      const peer = this.peers.update(ws, (p) => {
         p.chunksDone += n;
         p.budget = recordSuccess(p.budget);
+        p.earned = Math.min(MAX_CAPACITY, p.earned + 1);
       });
+      // Room it just earned (only while it is still proving itself).
+      if (peer && peer.earned > before && before < peer.capacity) await this.pump();
     }
     ack(outcome);
   }
@@ -448,25 +598,32 @@ export class Dispatcher extends DurableObject<Env> {
     taskId: string,
     error: ErrorInfo,
   ): Promise<void> {
+    const peer = this.peers.get(ws);
     const lease = this.queue.getLease(leaseId);
-    if (!lease || lease.workerId !== this.peers.get(ws)?.workerId || lease.taskId !== taskId)
-      return;
-    const r = this.queue.fail(leaseId, `${error.code}: ${error.message}`, Date.now());
+    if (!peer || !lease || lease.workerId !== peer.workerId || lease.taskId !== taskId) return;
+    const r = this.queue.fail(
+      leaseId,
+      `worker reported ${error.code}: ${error.message}`,
+      Date.now(),
+      peer.credentialId,
+    );
     this.metrics.count("p2pa_task_failures_total");
     this.charge(ws, error.message);
     if (r?.outcome === "failed") await this.results.storeFailure(r.taskId);
     await this.pump();
   }
 
-  private async disconnect(ws: WebSocket): Promise<void> {
+  /** A connection ended; `revoked` when its token was, so its leases go back at once. */
+  private async disconnect(ws: WebSocket, revoked = false): Promise<void> {
     this.buckets.delete(ws);
+    this.lastBeat.delete(ws);
     const peer = this.peers.get(ws);
     this.peers.forget(ws);
     if (!peer) return;
     if (this.peers.ofWorker(peer.workerId).length === 0) {
       // Leases stay for a short grace period so a worker whose connection dropped can
       // reconnect and deliver what it computed; after that the alarm requeues them.
-      this.queue.graceWorker(peer.workerId, Date.now() + RECONNECT_GRACE_MS);
+      this.queue.graceWorker(peer.workerId, Date.now() + (revoked ? 0 : RECONNECT_GRACE_MS));
     }
     this.lane.dropWorker(peer.workerId);
     await this.pump();
@@ -554,6 +711,8 @@ export class Dispatcher extends DurableObject<Env> {
     this.peers.update(ws, (p) => {
       const r = recordFailure(p.budget, now);
       p.budget = r.budget;
+      // Trust is earned back: a failing peer holds fewer tasks until it finishes some again.
+      p.earned = Math.max(INITIAL_EARNED, Math.floor(p.earned / 2));
       if (r.coolingDown) benchedFor = r.budget.coolUntil - now;
     });
     if (benchedFor > 0) {

@@ -48,9 +48,14 @@ export class JobLog {
     this.sql.exec("INSERT OR IGNORE INTO jobs (id, tenant) VALUES (?, ?)", jobId, tenant);
   }
 
-  /** The job was deleted: results still being stored are removed once written. */
+  /**
+   * The job was deleted: its event log goes, and results still being stored are removed
+   * once written. The row stays (deleted, with nothing of the job in it) so a late result is
+   * recognised.
+   */
   markDeleted(jobId: string): void {
-    this.sql.exec("UPDATE jobs SET deleted = 1 WHERE id = ?", jobId);
+    this.sql.exec("UPDATE jobs SET deleted = 1, notify_pending = 0 WHERE id = ?", jobId);
+    this.sql.exec("DELETE FROM job_events WHERE job_id = ?", jobId);
   }
 
   /** True when the job was deleted while some of its results were being stored. */

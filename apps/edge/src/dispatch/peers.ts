@@ -7,12 +7,28 @@ export type PeerHello = Pick<
   "models" | "device" | "threads" | "batchSize" | "version" | "name"
 >;
 
+/**
+ * Tasks a new connection may hold before it has finished any; each stored task earns one more
+ * (up to what it asked for). A peer shows what it can finish before it is trusted with more,
+ * so a connection that takes tasks and never answers holds little.
+ */
+export const INITIAL_EARNED = 2;
+
 /** Per-connection state. Its one copy lives here; see `Peers`. */
 export interface Peer {
+  /**
+   * The worker's identity on this shard: random per connection, or derived from its session
+   * and its token so a reconnect keeps its leases and nobody else can claim them.
+   */
   workerId: string;
+  /** The worker token it joined with: the donor's identity for failure counting. */
+  credentialId: string;
+  tenant: string;
   hello: PeerHello | null;
   /** Tasks the worker says it can hold at once (absolute; from hello, ready, heartbeat). */
   capacity: number;
+  /** How many tasks it has earned the right to hold (see INITIAL_EARNED). */
+  earned: number;
   draining: boolean;
   chunksDone: number;
   badFrames: number;
@@ -38,11 +54,14 @@ export class Peers {
   constructor(private readonly ctx: DurableObjectState) {}
 
   /** Registers a freshly accepted socket. */
-  accept(ws: WebSocket, workerId: string): Peer {
+  accept(ws: WebSocket, workerId: string, credentialId: string, tenant: string): Peer {
     const peer: Peer = {
       workerId,
+      credentialId,
+      tenant,
       hello: null,
       capacity: 0,
+      earned: INITIAL_EARNED,
       draining: false,
       chunksDone: 0,
       badFrames: 0,
@@ -98,11 +117,15 @@ export class Peers {
 }
 
 /**
- * How many more tasks the Dispatcher may lease to a peer now: its stated capacity, narrowed
- * by its error budget, less the tasks it holds (counted from the lease table, the one truth).
- * Zero before hello and while draining.
+ * The most tasks the Dispatcher lets a peer hold now: what it asked for, narrowed by what it
+ * has earned and by its error budget. Zero before hello and while draining.
  */
-export function roomFor(peer: Readonly<Peer>, held: number, now: number): number {
+export function limitFor(peer: Readonly<Peer>, now: number): number {
   if (!peer.hello || peer.draining) return 0;
-  return Math.max(0, allowedInFlight(peer.budget, now, peer.capacity) - held);
+  return allowedInFlight(peer.budget, now, Math.min(peer.capacity, peer.earned));
+}
+
+/** How many more tasks may be leased to a peer now, given those it holds (from the lease table). */
+export function roomFor(peer: Readonly<Peer>, held: number, now: number): number {
+  return Math.max(0, limitFor(peer, now) - held);
 }

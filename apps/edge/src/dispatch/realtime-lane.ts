@@ -3,7 +3,13 @@ export type EmbedOutcome =
   | { ok: true; vectors: string[]; tokens: number; workerId: string }
   | { ok: false; code: "no_capacity" | "timeout" | "failed"; message: string };
 
-interface Pending {
+/** What the answer to a request must be: vectors of this model, one per text. */
+export interface Expected {
+  model: string;
+  count: number;
+}
+
+interface Pending extends Expected {
   workerId: string;
   resolve: (o: EmbedOutcome) => void;
   timer: ReturnType<typeof setTimeout>;
@@ -27,6 +33,7 @@ export class RealtimeLane {
   /** Sends a request with `send(requestId)` and waits for its answer or the timeout. */
   request(
     workerId: string,
+    expected: Expected,
     timeoutMs: number,
     send: (requestId: string) => void,
   ): Promise<EmbedOutcome> {
@@ -40,18 +47,28 @@ export class RealtimeLane {
           message: `worker did not answer within ${timeoutMs} ms`,
         });
       }, timeoutMs);
-      this.pending.set(requestId, { workerId, resolve, timer });
+      this.pending.set(requestId, { workerId, ...expected, resolve, timer });
       send(requestId);
     });
   }
 
-  /** Delivers an answer; ignored unless it comes from the worker the request went to. */
-  settle(requestId: string, workerId: string, outcome: EmbedOutcome): void {
+  /** What a pending request expects, and from which worker; null when none is pending. */
+  expected(requestId: string): (Expected & { workerId: string }) | null {
     const p = this.pending.get(requestId);
-    if (!p || p.workerId !== workerId) return;
+    return p ? { workerId: p.workerId, model: p.model, count: p.count } : null;
+  }
+
+  /**
+   * Delivers an answer; ignored unless it comes from the worker the request went to. True
+   * when it settled a pending request.
+   */
+  settle(requestId: string, workerId: string, outcome: EmbedOutcome): boolean {
+    const p = this.pending.get(requestId);
+    if (!p || p.workerId !== workerId) return false;
     this.pending.delete(requestId);
     clearTimeout(p.timer);
     p.resolve(outcome);
+    return true;
   }
 
   /** Fails every request a worker held: it disconnected. */

@@ -267,13 +267,15 @@ export class TaskQueue {
   }
 
   /**
-   * Records a failed attempt. Returns "failed" when the task has used all its attempts (its
-   * chunks must then be marked failed), else "retry".
+   * Records a failed attempt, charged to `donor` (the worker's token: however many
+   * connections one donor opens, its failures count as one worker's). Returns "failed" when
+   * the task has used all its attempts (its chunks must then be marked failed), else "retry".
    */
   fail(
     leaseId: string,
     reason: string,
     now: number,
+    donor: string,
   ): { taskId: string; outcome: "retry" | "failed" } | null {
     const lease = this.getLease(leaseId);
     if (!lease || lease.expired) return null;
@@ -282,7 +284,7 @@ export class TaskQueue {
     this.sql.exec("DELETE FROM leases WHERE id = ?", leaseId);
     this.sql.exec(
       "UPDATE tasks SET errors = json_insert(errors, '$[#]', json_object('worker', ?, 'reason', ?)) WHERE id = ?",
-      lease.workerId,
+      donor,
       reason,
       task.id,
     );
@@ -292,8 +294,8 @@ export class TaskQueue {
         task.id,
       )
       .one();
-    // Give up once the task has failed on maxAttempts different workers (one broken worker
-    // cannot poison a chunk), or on far more attempts than that on fewer workers.
+    // Give up once the task has failed on maxAttempts different donors (one broken or
+    // hostile donor cannot fail a chunk), or on far more attempts than that on fewer.
     const exhausted = workers >= this.maxAttempts || failures >= this.maxAttempts * 3;
     this.setState(task.id, "leased", { type: "fail", exhausted });
     if (!exhausted) {
@@ -362,11 +364,12 @@ export class TaskQueue {
     );
   }
 
-  /** A reconnected worker takes its leases back, with fresh deadlines. */
-  reclaim(workerId: string, deadline: number): number {
+  /** A reconnected worker takes its leases back, with fresh deadlines within their life. */
+  reclaim(workerId: string, deadline: number, maxLifeMs: number): number {
     return this.sql.exec(
-      "UPDATE leases SET deadline = ? WHERE worker_id = ? AND expired = 0",
+      "UPDATE leases SET deadline = min(?, leased_at + ?) WHERE worker_id = ? AND expired = 0",
       deadline,
+      maxLifeMs,
       workerId,
     ).rowsWritten;
   }
@@ -444,16 +447,36 @@ export class TaskQueue {
     return out;
   }
 
-  /** Extends the worker's live leases. */
-  heartbeat(workerId: string, leaseIds: string[], deadline: number): void {
-    for (const id of leaseIds) {
-      this.sql.exec(
-        "UPDATE leases SET deadline = ? WHERE id = ? AND worker_id = ? AND expired = 0",
-        deadline,
-        id,
-        workerId,
-      );
-    }
+  /**
+   * Extends the worker's live leases that it lists, but never past `maxLifeMs` after each was
+   * granted: a worker that keeps a task alive without ever answering loses it then. One
+   * statement over the worker's own leases, so a frame costs what the worker holds, not what
+   * it lists.
+   */
+  heartbeat(workerId: string, leaseIds: string[], deadline: number, maxLifeMs: number): void {
+    if (leaseIds.length === 0) return;
+    this.sql.exec(
+      `UPDATE leases SET deadline = min(?, leased_at + ?)
+       WHERE worker_id = ? AND expired = 0 AND id IN (SELECT value FROM json_each(?))`,
+      deadline,
+      maxLifeMs,
+      workerId,
+      JSON.stringify(leaseIds),
+    );
+  }
+
+  /**
+   * The job was deleted: nothing of its text or history stays. Finished and cancelled tasks go
+   * with their leases; a task being written keeps its row until the write settles (the store
+   * path then removes its vectors), without its text.
+   */
+  purgeJob(jobId: string): void {
+    this.sql.exec("UPDATE tasks SET items = NULL, errors = '[]' WHERE job_id = ?", jobId);
+    this.sql.exec(
+      "DELETE FROM leases WHERE task_id IN (SELECT id FROM tasks WHERE job_id = ? AND state != 'storing')",
+      jobId,
+    );
+    this.sql.exec("DELETE FROM tasks WHERE job_id = ? AND state != 'storing'", jobId);
   }
 
   /**

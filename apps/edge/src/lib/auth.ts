@@ -18,13 +18,13 @@ function bearer(header: string | undefined): string | null {
 
 /**
  * Credentials from the `P2PA_CREDENTIALS` secret: lines of `kind:tenant:sha256hex` (kind is
- * `api` or `worker`), so a deployment can be bootstrapped before any key is in D1. Only
+ * `api`, `admin` or `worker`), so a deployment can be bootstrapped before any key is in D1. Only
  * hashes are kept there too; `npm run keys` prints a new key with its line.
  */
 export function secretCredentials(raw: string | undefined): Map<string, Credential> {
   const out = new Map<string, Credential>();
   for (const line of (raw ?? "").split(/[\n,]/)) {
-    const m = line.trim().match(/^(api|worker):([\w.-]{1,64}):([0-9a-f]{64})$/);
+    const m = line.trim().match(/^(api|admin|worker):([\w.-]{1,64}):([0-9a-f]{64})$/);
     if (m)
       out.set(m[3] as string, {
         id: `secret:${(m[3] as string).slice(0, 12)}`,
@@ -49,7 +49,10 @@ export async function lookupCredential(env: Env, secret: string): Promise<Creden
   return cred;
 }
 
-/** Requires `Authorization: Bearer <secret>` of the given credential kind. */
+/**
+ * Requires `Authorization: Bearer <secret>` of the given credential kind. An operator's
+ * (`admin`) key is also an API key of its tenant; operator-only routes ask for `admin`.
+ */
 export function requireAuth(kind: Credential["kind"]) {
   return createMiddleware<AppEnv>(async (c, next) => {
     const secret = bearer(c.req.header("Authorization"));
@@ -66,13 +69,16 @@ export function requireAuth(kind: Credential["kind"]) {
     }
     const cred = await lookupCredential(c.env, secret);
     if (!cred) throw new AppError(401, "unauthorized", "invalid or revoked credentials");
-    if (cred.kind !== kind) {
+    const fits = cred.kind === kind || (kind === "api" && cred.kind === "admin");
+    if (!fits) {
       throw new AppError(
         403,
         "forbidden",
-        kind === "api"
-          ? "this is a worker token; use an API key"
-          : "this is an API key; use a worker token",
+        kind === "admin"
+          ? "this route is for operators: use an operator (admin) key"
+          : kind === "api"
+            ? "this is a worker token; use an API key"
+            : "this is an API key; use a worker token",
       );
     }
     c.set("credential", cred);

@@ -307,6 +307,8 @@ jobs
     if (!job) throw notFound("job");
     await store.cancelJob(tenant, id);
     await dispatcherFor(c.env, job.model, id).cancel(id, true);
+    // Its own webhook endpoints and every delivery about it (each carries a copy of the job).
+    await webhookHub(c.env, tenant).deleteJob(id);
     const ids = await store.chunkIds(id);
     const index = getVectorIndex(c.env, job.model);
     for (let i = 0; i < ids.length; i += 100) await index.deleteByIds(ids.slice(i, i + 100));

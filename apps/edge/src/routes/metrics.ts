@@ -26,10 +26,10 @@ function labelText(labels: Labels): string {
 }
 
 /**
- * Coordinator metrics in the Prometheus text format: counters summed over every shard of
+ * Coordinator metrics in the Prometheus text format, for operators (they cover every tenant): counters summed over every shard of
  * every model, and gauges per model or per shard (workers, tasks, the stall watchdog's view).
  */
-export const metricRoutes = router().get("/v1/metrics", requireAuth("api"), async (c) => {
+export const metricRoutes = router().get("/v1/metrics", requireAuth("admin"), async (c) => {
   const counters = new Map<string, Map<string, number>>();
   const gauges = new Map<keyof typeof GAUGE_HELP, Row[]>();
   const gauge = (name: keyof typeof GAUGE_HELP, labels: Labels, value: number) =>

@@ -1,6 +1,7 @@
 import { CloseCode, DEFAULT_MODEL, getModel } from "@p2pa/shared";
 import { createMiddleware } from "hono/factory";
 import { router } from "../app.js";
+import { CREDENTIAL_HEADER, TENANT_HEADER } from "../dispatch/dispatcher.js";
 import { dispatcherFor, shardsFrom } from "../dispatch/shards.js";
 import { type AppEnv, lookupCredential, requireAuth } from "../lib/auth.js";
 import { AppError } from "../lib/errors.js";
@@ -39,14 +40,29 @@ export const workerRoutes = router()
     }
     const model = c.req.query("model") ?? DEFAULT_MODEL;
     if (!getModel(model)) throw new AppError(422, "unprocessable", `unknown model ${model}`);
-    return dispatcherFor(c.env, model, crypto.randomUUID()).fetch(c.req.raw);
+    // The Dispatcher learns who connects from the route alone: whatever the client sent
+    // under these names is replaced.
+    const cred = c.get("credential");
+    const headers = new Headers(c.req.raw.headers);
+    headers.set(CREDENTIAL_HEADER, cred.id);
+    headers.set(TENANT_HEADER, cred.tenant);
+    return dispatcherFor(c.env, model, crypto.randomUUID()).fetch(
+      new Request(c.req.raw, { headers }),
+    );
   })
   .get("/v1/workers", requireAuth("api"), async (c) => {
     const model = c.req.query("model") ?? DEFAULT_MODEL;
     if (!getModel(model)) throw new AppError(422, "unprocessable", `unknown model ${model}`);
-    const [shards, index] = await Promise.all([
-      Promise.all(shardsFrom(c.env, model, 0).map((s) => s.stats())),
-      getVectorIndex(c.env, model).describe(),
-    ]);
-    return c.json({ model, vectors: index.vectorCount, shards }, 200);
+    const cred = c.get("credential");
+    if (cred.kind === "admin") {
+      // Operators see the whole fleet, every shard's queue and the index.
+      const [shards, index] = await Promise.all([
+        Promise.all(shardsFrom(c.env, model, 0).map((s) => s.stats())),
+        getVectorIndex(c.env, model).describe(),
+      ]);
+      return c.json({ model, vectors: index.vectorCount, shards }, 200);
+    }
+    // A tenant sees only the workers that joined with its own tokens, and nothing global.
+    const shards = await Promise.all(shardsFrom(c.env, model, 0).map((s) => s.stats(cred.tenant)));
+    return c.json({ model, shards: shards.map((s) => ({ workers: s.workers })) }, 200);
   });
