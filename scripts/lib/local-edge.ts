@@ -58,11 +58,21 @@ function run(args: string[]): Promise<string> {
 
 const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
 
-/** Applies the D1 migrations to the local database and seeds the development credentials. */
-export async function prepareLocalDatabase(persistTo: string): Promise<void> {
+/**
+ * Applies the D1 migrations to the local database and seeds the development credentials,
+ * plus `workerTokens` (more donors of the development tenant, for tests that need several).
+ */
+export async function prepareLocalDatabase(
+  persistTo: string,
+  workerTokens: string[] = [],
+): Promise<void> {
   await run(["d1", "migrations", "apply", "DB", "--local", "--persist-to", persistTo]);
   const { apiKey, adminKey, workerToken, tenant } = DEV_CREDENTIALS;
   const sql = [
+    ...workerTokens.map(
+      (t, i) =>
+        `INSERT OR IGNORE INTO credentials (id, kind, tenant, hash, name) VALUES ('cred_test_worker_${i}', 'worker', '${tenant}', '${sha256(t)}', 'test donor ${i}')`,
+    ),
     `INSERT OR IGNORE INTO credentials (id, kind, tenant, hash, name) VALUES ('cred_dev_api', 'api', '${tenant}', '${sha256(apiKey)}', 'development API key')`,
     `INSERT OR IGNORE INTO credentials (id, kind, tenant, hash, name) VALUES ('cred_dev_worker', 'worker', '${tenant}', '${sha256(workerToken)}', 'development worker token')`,
     `INSERT OR IGNORE INTO credentials (id, kind, tenant, hash, name) VALUES ('cred_dev_admin', 'admin', '${tenant}', '${sha256(adminKey)}', 'development operator key')`,

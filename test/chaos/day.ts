@@ -51,6 +51,8 @@ export interface DayReport {
   stalls: number;
   coordinatorStarts: number;
   api5xx: number;
+  /** The first few 5xx answers, for diagnosis. */
+  errors5xx: string[];
 }
 
 interface LiveWorker {
@@ -71,11 +73,13 @@ export async function runDay(o: DayOptions): Promise<DayReport> {
   const dir = mkdtempSync(path.join(os.tmpdir(), "p2pa-day-"));
   await prepareLocalDatabase(dir);
   const port = await freePort();
-  // Short leases, so what a killed worker held comes back within seconds.
-  const vars = { LEASE_MS: "8000" };
+  // The default lease (60 s, heartbeats every 15 s), so an idle shard really hibernates; a
+  // killed worker's tasks come back after the 5 s reconnect grace anyway.
+  const vars = {};
   let edge: LocalEdge = await startEdge({ port, persistTo: dir, vars });
   let restarting = false;
   let api5xx = 0;
+  const errors5xx: string[] = [];
   const request = async <T>(p: string, body?: unknown): Promise<{ status: number; body: T }> => {
     const r = await fetch(`${edge.url}${p}`, {
       method: body === undefined ? "GET" : "POST",
@@ -87,8 +91,14 @@ export async function runDay(o: DayOptions): Promise<DayReport> {
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
       signal: AbortSignal.timeout(30_000),
     });
-    if (r.status >= 500 && !restarting) api5xx++;
     const text = await r.text();
+    // 503 no_capacity with Retry-After is the API saying "no worker right now, come back":
+    // a client retries it (below). Anything else at 5xx is the product failing.
+    const noCapacity = r.status === 503 && text.includes('"no_capacity"');
+    if (r.status >= 500 && !restarting && !noCapacity) {
+      api5xx++;
+      if (errors5xx.length < 10) errors5xx.push(`${p} -> ${r.status} ${text.slice(0, 300)}`);
+    }
     return { status: r.status, body: (text ? JSON.parse(text) : null) as T };
   };
   /** Retries while the edge is restarting; any other failure is the product's. */
@@ -219,9 +229,18 @@ export async function runDay(o: DayOptions): Promise<DayReport> {
         ["/v1/search", { query: `what is topic ${burst % 23} about`, topK: 5 }],
       ] as const) {
         const t = performance.now();
-        const r = await call(body[0], body[1]).catch(() => null);
+        let r = await call(body[0], body[1]).catch(() => null);
+        if (r?.status === 503) {
+          // As a client does: wait as long as Retry-After says (a worker just left), once.
+          fault("real-time call retried after 503");
+          await sleep(2000);
+          r = await call(body[0], body[1]).catch(() => null);
+        }
         if (r?.status === 200) realtimeMs.push(performance.now() - t);
-        else realtimeFailed++;
+        else {
+          realtimeFailed++;
+          log(`real-time ${body[0]} failed: ${r?.status} ${JSON.stringify(r?.body).slice(0, 200)}`);
+        }
       }
       for (const s of submitted) {
         for (;;) {
@@ -305,6 +324,7 @@ export async function runDay(o: DayOptions): Promise<DayReport> {
       stalls: metric("p2pa_dispatch_stalls_total"),
       coordinatorStarts: metric("p2pa_coordinator_starts_total"),
       api5xx,
+      errors5xx,
     };
   } finally {
     for (const w of workers) w.process.kill("SIGKILL");

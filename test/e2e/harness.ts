@@ -36,16 +36,19 @@ export interface System {
       admin?: boolean;
     },
   ): Promise<{ status: number; body: T; headers: Headers }>;
-  addWorker(args?: string[]): Promise<ChildProcess>;
+  /** Starts a real p2pa-worker; `token` defaults to the development worker token. */
+  addWorker(args?: string[], token?: string): Promise<ChildProcess>;
   /** Kills the edge and starts it again on the same port with the same state on disk. */
   restartEdge(): Promise<void>;
   stop(): Promise<void>;
 }
 
 /** The real system: wrangler dev with local bindings and real p2pa-worker processes. */
-export async function startSystem(opts: { vars?: Record<string, string> } = {}): Promise<System> {
+export async function startSystem(
+  opts: { vars?: Record<string, string>; workerTokens?: string[] } = {},
+): Promise<System> {
   const dir = mkdtempSync(path.join(os.tmpdir(), "p2pa-e2e-"));
-  await prepareLocalDatabase(dir);
+  await prepareLocalDatabase(dir, opts.workerTokens);
   const edgeOptions = {
     port: await freePort(),
     persistTo: dir,
@@ -58,14 +61,22 @@ export async function startSystem(opts: { vars?: Record<string, string> } = {}):
     dir,
     workers,
     async api(pathname, init = {}) {
-      const res = await fetch(`${sys.edge.url}${pathname}`, {
-        method: init.method ?? (init.json === undefined ? "GET" : "POST"),
-        headers: {
-          Authorization: `Bearer ${init.admin ? DEV_CREDENTIALS.adminKey : DEV_CREDENTIALS.apiKey}`,
-          "Content-Type": "application/json",
-          ...init.headers,
-        },
-        ...(init.json === undefined ? {} : { body: JSON.stringify(init.json) }),
+      const method = init.method ?? (init.json === undefined ? "GET" : "POST");
+      const request = () =>
+        fetch(`${sys.edge.url}${pathname}`, {
+          method,
+          headers: {
+            Authorization: `Bearer ${init.admin ? DEV_CREDENTIALS.adminKey : DEV_CREDENTIALS.apiKey}`,
+            "Content-Type": "application/json",
+            ...init.headers,
+          },
+          ...(init.json === undefined ? {} : { body: JSON.stringify(init.json) }),
+        });
+      // A kept-alive socket the server closed while this process was busy (the model runs
+      // in-process in some tests) fails once; a GET is safe to send again on a new one.
+      const res = await request().catch((err: { cause?: { code?: string } }) => {
+        if (method === "GET" && err.cause?.code === "UND_ERR_SOCKET") return request();
+        throw err;
       });
       const text = await res.text();
       return {
@@ -74,8 +85,8 @@ export async function startSystem(opts: { vars?: Record<string, string> } = {}):
         headers: res.headers,
       };
     },
-    async addWorker(args = ["--threads", "1"]) {
-      const w = spawnWorker(sys.edge.url, DEV_CREDENTIALS.workerToken, args);
+    async addWorker(args = ["--threads", "1"], token: string = DEV_CREDENTIALS.workerToken) {
+      const w = spawnWorker(sys.edge.url, token, args);
       let out = "";
       const connected = new Promise<void>((resolve, reject) => {
         const onData = (d: Buffer) => {

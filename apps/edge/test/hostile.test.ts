@@ -45,7 +45,10 @@ describe("hostile workers", () => {
       (o as unknown as { lastRevalidation: number }).lastRevalidation = 0;
     });
     w.send({ type: "heartbeat", v: PROTOCOL_VERSION, leaseIds: [], capacity: 1 });
-    expect(await closed).toMatchObject({ code: 4401, reason: "worker token revoked" });
+    expect(await closed).toMatchObject({
+      code: 4401,
+      reason: expect.stringMatching(/worker token revoked/),
+    });
     await submit(3);
     await sleep(100);
     expect(w.count("task")).toBe(0);
@@ -159,7 +162,8 @@ describe("hostile workers", () => {
     thief.send(thief.resultFor(t));
     expect(await thief.next("ack")).toMatchObject({ status: "rejected" });
     victim.send(victim.resultFor(t));
-    expect(await victim.next("ack")).toMatchObject({ status: "stored" });
+    // Taken (stored, or held for a second donor's confirmation now that one is connected).
+    expect(["stored", "accepted"]).toContain((await victim.next("ack")).status);
     // The ids the API shows do not carry the session that would claim them.
     const list = (await (await call("/v1/workers")).json()) as {
       shards: { workers: { id: string }[] }[];

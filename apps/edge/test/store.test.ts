@@ -8,6 +8,8 @@ function newJob(id: string, chunks: number): NewJob {
     tenant: "t1",
     model: "use-lite",
     chunking: { maxChars: 1000, overlap: 100 },
+    verification: "auto",
+    pool: "any",
     idempotencyKey: null,
     requestHash: null,
     createdAt: new Date().toISOString(),

@@ -33,6 +33,8 @@ describe("task state machine", () => {
     for (const s of ["done", "failed", "cancelled"] as TaskState[]) {
       for (const e of events) expect(transition(s, e), `${s} + ${e.type}`).toBeNull();
     }
+    // Only a recompute (its donor was caught lying) takes a stored task back.
+    expect(transition("failed", { type: "recompute" })).toBeNull();
     expect(transition("storing", { type: "expire" })).toBeNull();
     expect(transition("storing", { type: "cancel" })).toBeNull();
     expect(transition("pending", { type: "result" })).toBeNull();
@@ -48,6 +50,16 @@ describe("task state machine", () => {
   it("recovers only a task cut off mid-write, back to the queue", () => {
     expect(ALL.filter((s) => transition(s, { type: "recover" }) !== null)).toEqual(["storing"]);
     expect(transition("storing", { type: "recover" })).toBe("pending");
+  });
+
+  it("sends a held result's task back for confirmation, gives up on disagreement, recomputes a stored one", () => {
+    expect(transition("storing", { type: "await_confirmation" })).toBe("pending");
+    expect(transition("storing", { type: "give_up" })).toBe("failed");
+    expect(transition("done", { type: "recompute" })).toBe("pending");
+    for (const s of ["pending", "leased", "failed", "cancelled"] as TaskState[]) {
+      expect(transition(s, { type: "await_confirmation" })).toBeNull();
+      expect(transition(s, { type: "recompute" })).toBeNull();
+    }
   });
 
   it("cancels only work that is not yet stored", () => {

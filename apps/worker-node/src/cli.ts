@@ -29,12 +29,22 @@ async function preflight(server: string, token: string): Promise<URL> {
   }
   if (res.status === 401)
     throw new UserError("the server rejected the token", "Ask the operator for a worker token.", 4);
-  if (res.status === 403)
+  if (res.status === 403) {
+    const body = (await res.json().catch(() => null)) as {
+      error?: { code?: string; message?: string };
+    } | null;
+    if (body?.error?.code === "quarantined")
+      throw new UserError(
+        `the server quarantined this token: ${body.error.message ?? ""}`,
+        "Check this machine's model and hardware, then ask the operator for a new token.",
+        4,
+      );
     throw new UserError(
       "that token is an API key, not a worker token",
       "Use the worker token the operator gave you.",
       4,
     );
+  }
   if (res.status !== 426)
     throw new UserError(
       `unexpected answer ${res.status} from ${probe.href}`,

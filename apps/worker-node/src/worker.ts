@@ -177,7 +177,8 @@ export class Worker {
     if (
       code === CloseCode.unauthorized ||
       code === CloseCode.unsupportedVersion ||
-      code === CloseCode.tooManyConnections
+      code === CloseCode.tooManyConnections ||
+      code === CloseCode.quarantined
     ) {
       this.emit("fatal", { code, reason });
       this.socket.close();

@@ -128,11 +128,29 @@ export const ChunkingInput = z
   })
   .meta({ id: "Chunking" });
 
+export const Verification = z.enum(["auto", "always", "off"]).meta({
+  id: "Verification",
+  description:
+    "How workers' results are verified before they are stored. auto: a second donor confirms the results of new, recently wrong or spot-checked workers whenever one is connected; always: every task is confirmed by two donors (the job waits for a second one); off: the first valid result is stored.",
+});
+export type Verification = z.infer<typeof Verification>;
+
+export const Pool = z.enum(["any", "own"]).meta({
+  id: "Pool",
+  description:
+    "Which workers may see the text: any connected worker, or only workers that joined with this tenant's own worker tokens.",
+});
+export type Pool = z.infer<typeof Pool>;
+
 export const CreateJobRequest = z
   .object({
     documents: z.array(DocumentInput).min(1).max(LIMITS.maxDocumentsPerJob),
     chunking: ChunkingInput.optional(),
     model: z.string().min(1).max(64).optional(),
+    verification: Verification.optional().meta({
+      description: "Default: the deployment's VERIFICATION (auto).",
+    }),
+    pool: Pool.optional().meta({ description: "Default: any." }),
     webhook: z
       .object({
         url: z.string().min(1).max(2048),
@@ -165,6 +183,8 @@ export const Job = z
     documents: z.number().int(),
     chunks: z.object({ total: z.number().int(), done: z.number().int(), failed: z.number().int() }),
     chunking: z.object({ maxChars: z.number().int(), overlap: z.number().int() }),
+    verification: Verification,
+    pool: Pool,
     createdAt: z.string(),
     completedAt: z.string().optional(),
     webhook: z
@@ -212,6 +232,9 @@ export const SearchRequest = z
     query: WellFormedText().min(1).max(LIMITS.maxQueryChars),
     topK: z.number().int().min(1).max(LIMITS.maxTopK).default(10),
     model: z.string().min(1).max(64).optional(),
+    pool: Pool.optional().meta({
+      description: "Which workers may embed the query (default any); own keeps it on your workers.",
+    }),
     filter: z
       .object({ jobId: z.string().max(64).optional(), documentId: z.string().max(128).optional() })
       .strict()
@@ -245,6 +268,9 @@ export const EmbeddingsRequest = z
     encoding_format: z.enum(["float", "base64"]).optional(),
     dimensions: z.number().int().positive().optional(),
     user: z.string().max(256).optional(),
+    pool: Pool.optional().meta({
+      description: "Which workers may embed the input (default any); own keeps it on your workers.",
+    }),
   })
   .meta({ id: "EmbeddingsRequest" });
 export type EmbeddingsRequest = z.infer<typeof EmbeddingsRequest>;
@@ -271,6 +297,7 @@ export const ErrorCode = z.enum([
   "validation_failed",
   "unauthorized",
   "forbidden",
+  "quarantined",
   "not_found",
   "conflict",
   "payload_too_large",

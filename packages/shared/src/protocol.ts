@@ -220,8 +220,12 @@ export const Ack = z.object({
   v,
   taskId: Id,
   leaseId: Id,
-  /** stored: accepted now; duplicate: already stored; rejected: lease not valid or bad result. */
-  status: z.enum(["stored", "duplicate", "rejected"]),
+  /**
+   * stored: accepted and stored now; accepted: kept until another donor confirms it (the
+   * worker is done with it either way); duplicate: already stored; rejected: lease not valid
+   * or bad result.
+   */
+  status: z.enum(["stored", "accepted", "duplicate", "rejected"]),
   reason: z.string().max(2000).optional(),
 });
 export type Ack = z.infer<typeof Ack>;
@@ -246,6 +250,8 @@ export const CloseCode = {
   tooManyErrors: 4429,
   /** The token already has as many connections as a token may hold. */
   tooManyConnections: 4430,
+  /** The token was caught returning wrong results: it gets no more work. */
+  quarantined: 4403,
 } as const;
 
 export type ParseResult<T> =

@@ -18,6 +18,9 @@ export const credentials = sqliteTable(
     name: text("name"),
     createdAt: text("created_at").notNull().default(sql`(strftime('%Y-%m-%dT%H:%M:%fZ','now'))`),
     revokedAt: text("revoked_at"),
+    /** A worker token caught returning wrong results: it gets no work, and says why. */
+    quarantinedAt: text("quarantined_at"),
+    quarantineReason: text("quarantine_reason"),
   },
   (t) => [uniqueIndex("credentials_hash").on(t.hash)],
 );
@@ -37,6 +40,14 @@ export const jobs = sqliteTable(
     chunksFailed: integer("chunks_failed").notNull().default(0),
     chunkMaxChars: integer("chunk_max_chars").notNull(),
     chunkOverlap: integer("chunk_overlap").notNull(),
+    /** How results are verified: auto (by each worker's record), always, off. */
+    verification: text("verification", { enum: ["auto", "always", "off"] })
+      .notNull()
+      .default("auto"),
+    /** Who may compute the job: any worker, or only workers of the job's own tenant. */
+    pool: text("pool", { enum: ["any", "own"] })
+      .notNull()
+      .default("any"),
     idempotencyKey: text("idempotency_key"),
     requestHash: text("request_hash"),
     /** The job's own webhook endpoint (in the tenant's WebhookHub), if it asked for one. */

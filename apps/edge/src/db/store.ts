@@ -1,4 +1,4 @@
-import type { Chunk, Job, JobStatus } from "@p2pa/shared";
+import type { Chunk, Job, JobStatus, Pool, Verification } from "@p2pa/shared";
 import { and, asc, eq, getTableColumns, gt, inArray, isNull, sql, type Table } from "drizzle-orm";
 import { type DrizzleD1Database, drizzle } from "drizzle-orm/d1";
 import * as schema from "./schema.js";
@@ -10,8 +10,12 @@ import * as schema from "./schema.js";
  */
 export interface MetadataStore {
   findCredential(hash: string): Promise<Credential | null>;
-  /** Which of these credential ids exist and are not revoked. */
-  activeCredentials(ids: string[]): Promise<Set<string>>;
+  /** Whether each credential id is usable; ids not in the map are unknown (deleted). */
+  credentialStates(ids: string[]): Promise<Map<string, "active" | "revoked" | "quarantined">>;
+  /** Quarantines a worker token: it is refused from now on, with the reason. */
+  quarantineCredential(id: string, reason: string): Promise<void>;
+  /** Revokes a credential of a kind; false when there is none to revoke. */
+  revokeCredential(id: string, kind: Credential["kind"]): Promise<boolean>;
   createJob(
     input: NewJob,
   ): Promise<{ job: Job; created: boolean; requestHash: string | null; dispatched: boolean }>;
@@ -49,6 +53,8 @@ export interface Credential {
   id: string;
   /** api: a tenant's key; admin: an operator's key (an API key that also sees the fleet). */
   kind: "api" | "worker" | "admin";
+  /** Set on a worker token caught returning wrong results: why it was quarantined. */
+  quarantined?: string;
   tenant: string;
 }
 
@@ -57,6 +63,8 @@ export interface NewJob {
   tenant: string;
   model: string;
   chunking: { maxChars: number; overlap: number };
+  verification: Verification;
+  pool: Pool;
   idempotencyKey: string | null;
   requestHash: string | null;
   createdAt: string;
@@ -101,6 +109,8 @@ function toJob(r: typeof schema.jobs.$inferSelect): Job {
     documents: r.documents,
     chunks: { total: r.chunksTotal, done: r.chunksDone, failed: r.chunksFailed },
     chunking: { maxChars: r.chunkMaxChars, overlap: r.chunkOverlap },
+    verification: r.verification,
+    pool: r.pool,
     createdAt: r.createdAt,
     ...(r.completedAt ? { completedAt: r.completedAt } : {}),
     ...(r.webhookId && r.webhookUrl ? { webhook: { id: r.webhookId, url: r.webhookUrl } } : {}),
@@ -131,27 +141,54 @@ export class D1Store implements MetadataStore {
         id: schema.credentials.id,
         kind: schema.credentials.kind,
         tenant: schema.credentials.tenant,
+        quarantined: schema.credentials.quarantineReason,
       })
       .from(schema.credentials)
       .where(and(eq(schema.credentials.hash, hash), isNull(schema.credentials.revokedAt)))
       .get();
-    return row ?? null;
+    if (!row) return null;
+    const { quarantined, ...cred } = row;
+    return quarantined ? { ...cred, quarantined } : cred;
   }
 
-  async activeCredentials(ids: string[]): Promise<Set<string>> {
-    const out = new Set<string>();
+  async quarantineCredential(id: string, reason: string): Promise<void> {
+    await this.db
+      .update(schema.credentials)
+      .set({ quarantinedAt: new Date().toISOString(), quarantineReason: reason })
+      .where(and(eq(schema.credentials.id, id), isNull(schema.credentials.quarantinedAt)));
+  }
+
+  async revokeCredential(id: string, kind: Credential["kind"]): Promise<boolean> {
+    const r = await this.db
+      .update(schema.credentials)
+      .set({ revokedAt: new Date().toISOString() })
+      .where(
+        and(
+          eq(schema.credentials.id, id),
+          eq(schema.credentials.kind, kind),
+          isNull(schema.credentials.revokedAt),
+        ),
+      )
+      .run();
+    return (r.meta.changes ?? 0) > 0;
+  }
+
+  async credentialStates(
+    ids: string[],
+  ): Promise<Map<string, "active" | "revoked" | "quarantined">> {
+    const out = new Map<string, "active" | "revoked" | "quarantined">();
     for (let i = 0; i < ids.length; i += 90) {
       const rows = await this.db
-        .select({ id: schema.credentials.id })
+        .select({
+          id: schema.credentials.id,
+          revokedAt: schema.credentials.revokedAt,
+          quarantinedAt: schema.credentials.quarantinedAt,
+        })
         .from(schema.credentials)
-        .where(
-          and(
-            inArray(schema.credentials.id, ids.slice(i, i + 90)),
-            isNull(schema.credentials.revokedAt),
-          ),
-        )
+        .where(inArray(schema.credentials.id, ids.slice(i, i + 90)))
         .all();
-      for (const r of rows) out.add(r.id);
+      for (const r of rows)
+        out.set(r.id, r.revokedAt ? "revoked" : r.quarantinedAt ? "quarantined" : "active");
     }
     return out;
   }
@@ -167,6 +204,8 @@ export class D1Store implements MetadataStore {
       chunksTotal: input.chunks.length,
       chunkMaxChars: input.chunking.maxChars,
       chunkOverlap: input.chunking.overlap,
+      verification: input.verification,
+      pool: input.pool,
       idempotencyKey: input.idempotencyKey,
       requestHash: input.requestHash,
       createdAt: input.createdAt,

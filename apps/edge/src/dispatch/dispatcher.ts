@@ -27,7 +27,8 @@ import { type Bucket, take } from "./rate-limit.js";
 import { type EmbedOutcome, RealtimeLane } from "./realtime-lane.js";
 import { checkResult } from "./result-check.js";
 import { ResultStore } from "./store-result.js";
-import { type NewTask, TaskQueue } from "./task-queue.js";
+import { type NewTask, type TaskOptions, TaskQueue } from "./task-queue.js";
+import { DEFAULT_VERIFY_POLICY, type DonorRecord, Verifier } from "./verify.js";
 import { judge, type ShardHealth, STALL_MS } from "./watchdog.js";
 
 export interface DispatcherStats {
@@ -48,6 +49,8 @@ export interface DispatcherStats {
   }[];
   tasks: Record<string, number>;
   health: ShardHealth;
+  /** Each donor's verification record on this shard (operators only). */
+  donors?: (DonorRecord & { trusted: boolean })[];
 }
 
 const MAX_ATTEMPTS = 5;
@@ -76,6 +79,9 @@ export class Dispatcher extends DurableObject<Env> {
   private readonly metrics: Metrics;
   private readonly store: MetadataStore;
   private readonly results: ResultStore;
+  private readonly verifier: Verifier;
+  /** What a job gets when it does not say (`VERIFICATION`). */
+  private readonly defaultVerify: TaskOptions["verify"];
   private readonly peers: Peers;
   private readonly clock: AlarmClock;
   private readonly leaseMs: number;
@@ -103,6 +109,15 @@ export class Dispatcher extends DurableObject<Env> {
     this.jobs = new JobLog(ctx.storage.sql);
     this.metrics = new Metrics(ctx.storage.sql);
     this.notifier = new JobNotifier(env, this.jobs, this.store);
+    this.verifier = new Verifier(ctx.storage.sql, {
+      ...DEFAULT_VERIFY_POLICY,
+      agreeCosine: Number(env.VERIFY_MIN_COSINE) || DEFAULT_VERIFY_POLICY.agreeCosine,
+      spotRate: Number.isFinite(Number.parseFloat(env.VERIFY_SPOT_RATE))
+        ? Number.parseFloat(env.VERIFY_SPOT_RATE)
+        : DEFAULT_VERIFY_POLICY.spotRate,
+    });
+    const v: string = env.VERIFICATION;
+    this.defaultVerify = v === "always" || v === "off" ? v : "auto";
     this.results = new ResultStore(
       env,
       this.queue,
@@ -110,6 +125,7 @@ export class Dispatcher extends DurableObject<Env> {
       this.store,
       this.metrics,
       this.notifier,
+      this.verifier,
     );
     this.peers = new Peers(ctx);
     this.leaseMs = Number(env.LEASE_MS) || 60_000;
@@ -130,6 +146,7 @@ export class Dispatcher extends DurableObject<Env> {
     ctx.blockConcurrencyWhile(async () => {
       this.queue.migrate();
       this.jobs.migrate();
+      this.verifier.migrate();
       this.metrics.count("p2pa_coordinator_starts_total");
       const recovered = this.queue.recoverStoring(Date.now());
       if (recovered) {
@@ -143,9 +160,18 @@ export class Dispatcher extends DurableObject<Env> {
   // ---- RPC from the API ----
 
   /** Adds a job's tasks (idempotent per task id) and hands them to ready workers. */
-  async enqueue(jobId: string, tenant: string, model: string, tasks: NewTask[]): Promise<number> {
+  async enqueue(
+    jobId: string,
+    tenant: string,
+    model: string,
+    tasks: NewTask[],
+    opts: Partial<TaskOptions> = {},
+  ): Promise<number> {
     this.jobs.register(jobId, tenant);
-    const added = this.queue.enqueue(jobId, tenant, model, tasks);
+    const added = this.queue.enqueue(jobId, tenant, model, tasks, {
+      verify: opts.verify ?? this.defaultVerify,
+      pool: opts.pool ?? "any",
+    });
     await this.pump();
     return added;
   }
@@ -153,6 +179,7 @@ export class Dispatcher extends DurableObject<Env> {
   /** Stops dispatching a job's tasks and ends their leases; `purge` when the job is deleted. */
   async cancel(jobId: string, purge = false): Promise<number> {
     const n = this.queue.cancelJob(jobId);
+    this.verifier.forgetJob(jobId);
     if (purge) {
       // Deleted: nothing of the job's text, errors or events stays on the shard.
       this.jobs.markEnded(jobId);
@@ -182,7 +209,12 @@ export class Dispatcher extends DurableObject<Env> {
    * strictly as a batch result; a worker that fails or answers wrongly is charged and the
    * request moves to another worker, up to REALTIME_TRIES.
    */
-  async embed(model: string, texts: string[], timeoutMs = 30_000): Promise<EmbedOutcome> {
+  async embed(
+    model: string,
+    texts: string[],
+    timeoutMs = 30_000,
+    scope: { tenant?: string; pool?: TaskOptions["pool"] } = {},
+  ): Promise<EmbedOutcome> {
     const tried = new Set<string>();
     let last: EmbedOutcome = {
       ok: false,
@@ -199,12 +231,15 @@ export class Dispatcher extends DurableObject<Env> {
             !peer.draining &&
             peer.budget.coolUntil <= now &&
             !tried.has(peer.workerId) &&
+            (scope.pool !== "own" || peer.tenant === scope.tenant) &&
             peer.hello.models.some((m) => m.id === model),
         );
       if (candidates.length === 0) return last;
-      // Least busy first: fewest real-time requests in flight.
-      const busy = (workerId: string) => this.lane.inFlight(workerId);
-      candidates.sort((a, b) => busy(a.peer.workerId) - busy(b.peer.workerId));
+      // Trusted donors first (a wrong query vector is not checked by a second donor), then
+      // the least busy: fewest real-time requests in flight.
+      const rank = (p: { workerId: string; credentialId: string }) =>
+        (this.verifier.trusted(p.credentialId) ? 0 : 1_000_000) + this.lane.inFlight(p.workerId);
+      candidates.sort((a, b) => rank(a.peer) - rank(b.peer));
       const { ws, peer } = candidates[0] as (typeof candidates)[number];
       tried.add(peer.workerId);
       last = await this.lane.request(
@@ -245,7 +280,14 @@ export class Dispatcher extends DurableObject<Env> {
         chunksDone: peer.chunksDone,
       })),
       tasks: this.queue.counts(),
-      health: judge(this.queue.ready(now), rooms, now),
+      health: judge(this.queue.ready(now), rooms, now, this.leasableSince(now)),
+      ...(tenant === undefined
+        ? {
+            donors: this.verifier
+              .records()
+              .map((r) => ({ ...r, trusted: this.verifier.trusted(r.donor) })),
+          }
+        : {}),
     };
   }
 
@@ -516,18 +558,22 @@ export class Dispatcher extends DurableObject<Env> {
       (id) => !id.startsWith("secret:"),
     );
     if (ids.length === 0) return;
-    let active: Set<string>;
+    let states: Map<string, "active" | "revoked" | "quarantined">;
     try {
-      active = await this.store.activeCredentials(ids);
+      states = await this.store.credentialStates(ids);
     } catch (err) {
       console.error("could not check worker tokens; will retry", err);
       this.lastRevalidation = 0;
       return;
     }
     for (const { ws, peer } of all) {
-      if (peer.credentialId.startsWith("secret:") || active.has(peer.credentialId)) continue;
-      this.metrics.count("p2pa_frames_refused_total", "revoked");
-      ws.close(CloseCode.unauthorized, "worker token revoked");
+      if (peer.credentialId.startsWith("secret:")) continue;
+      const state = states.get(peer.credentialId) ?? "revoked";
+      if (state === "active") continue;
+      this.metrics.count("p2pa_frames_refused_total", state);
+      if (state === "quarantined")
+        ws.close(CloseCode.quarantined, "quarantined: results disagreed with other donors");
+      else ws.close(CloseCode.unauthorized, "worker token revoked");
       await this.disconnect(ws, true);
     }
   }
@@ -570,15 +616,24 @@ export class Dispatcher extends DurableObject<Env> {
     }
     // The result is in: the worker's room is open again, so the next task can go out while
     // this one is written.
-    const storing = this.results.storeVectors(task, lease, checked.vectors);
+    const donor = this.peers.get(ws)?.credentialId ?? "";
+    const receiving = this.results.receive(
+      task,
+      lease,
+      donor,
+      checked.vectors,
+      this.othersCanConfirm(task, donor),
+    );
     await this.pump();
-    const outcome = await storing;
+    const { outcome, outvoted } = await receiving;
+    for (const loser of this.verifier.dueForQuarantine(outvoted))
+      await this.quarantine(loser, "its results disagreed with other donors' that agreed");
     if (outcome === "unavailable") {
       ack("rejected", "storage unavailable; the task was requeued");
       await this.pump();
       return;
     }
-    if (outcome === "stored") {
+    if (outcome === "stored" || outcome === "accepted") {
       const n = task.items?.length ?? 0;
       const before = this.peers.get(ws)?.earned ?? 0;
       const peer = this.peers.update(ws, (p) => {
@@ -631,6 +686,79 @@ export class Dispatcher extends DurableObject<Env> {
       await this.store.workerSeen(peer.workerId, peer.chunksDone, true).catch(() => {});
   }
 
+  /**
+   * Whether another donor connected now could confirm a result for this task: serves its
+   * model, may see it (pool), is not benched or draining, and has not answered it.
+   */
+  private othersCanConfirm(
+    task: { model: string; tenant: string; pool: string; answered: string[] },
+    donor: string,
+  ): boolean {
+    const now = Date.now();
+    return this.peers
+      .all()
+      .some(
+        ({ peer }) =>
+          peer.hello &&
+          !peer.draining &&
+          peer.budget.coolUntil <= now &&
+          peer.credentialId !== donor &&
+          !task.answered.includes(peer.credentialId) &&
+          (task.pool !== "own" || peer.tenant === task.tenant) &&
+          peer.hello.models.some((m) => m.id === task.model),
+      );
+  }
+
+  /**
+   * A donor was caught lying: its token is quarantined (in D1, so no shard takes it again),
+   * its connections are told why and closed, and every result of its that nobody confirmed
+   * is computed again by others, so the index heals itself.
+   */
+  private async quarantine(donor: string, reason: string): Promise<void> {
+    const now = Date.now();
+    this.verifier.quarantine(donor, reason, now);
+    this.metrics.count("p2pa_donors_quarantined_total");
+    console.warn(`quarantined worker token ${donor}: ${reason}`);
+    await this.store.quarantineCredential(donor, reason).catch((err) => {
+      console.error("could not record the quarantine in D1", donor, err);
+    });
+    for (const { ws, peer } of this.peers.all()) {
+      if (peer.credentialId !== donor) continue;
+      this.send(ws, {
+        type: "error",
+        v: PROTOCOL_VERSION,
+        code: "quarantined",
+        message: `this worker token is quarantined: ${reason}`,
+      });
+      ws.close(CloseCode.quarantined, "quarantined: results disagreed with other donors");
+      await this.disconnect(ws, true);
+    }
+    for (const t of this.queue.unconfirmedBy(donor)) {
+      const task = this.queue.getTask(t.taskId);
+      if (!task) continue;
+      const texts = new Map(
+        (
+          await this.store.getChunks(
+            task.tenant,
+            t.items.map((i) => i.chunkId),
+          )
+        ).map((c) => [c.id, c.text]),
+      );
+      const items = t.items.flatMap((i) => {
+        const text = texts.get(i.chunkId);
+        return text === undefined ? [] : [{ ...i, text }];
+      });
+      if (items.length) this.queue.recompute(t.taskId, items, donor);
+    }
+    await this.pump();
+  }
+
+  /** The watchdog's view of what a peer could lease (see `judge`). */
+  private leasableSince(now: number) {
+    return (peer: Readonly<{ credentialId: string; tenant: string }>, model: string) =>
+      this.queue.oldestLeasable({ donor: peer.credentialId, tenant: peer.tenant }, model, now);
+  }
+
   /** Each connected peer with the tasks it holds and its room now. */
   private rooms(now: number) {
     const held = this.queue.heldByWorker();
@@ -657,7 +785,13 @@ export class Dispatcher extends DurableObject<Env> {
       for (const r of ready) {
         if (r.room <= 0) continue;
         for (const m of r.peer.hello?.models ?? []) {
-          const [task] = this.queue.lease(r.peer.workerId, m.id, 1, now, this.leaseMs);
+          const [task] = this.queue.lease(
+            { workerId: r.peer.workerId, donor: r.peer.credentialId, tenant: r.peer.tenant },
+            m.id,
+            1,
+            now,
+            this.leaseMs,
+          );
           if (!task) continue;
           r.room--;
           progress = true;
@@ -677,10 +811,12 @@ export class Dispatcher extends DurableObject<Env> {
     }
     // Ready work left beside a worker with room for it should be impossible here; if this
     // pump could not place it, the watchdog looks again soon rather than wait for a frame.
-    const left = this.queue.ready(now);
     const suspect = ready.some(
-      (r) => r.room > 0 && r.peer.hello?.models.some((m) => left.has(m.id)),
+      (r) =>
+        r.room > 0 &&
+        r.peer.hello?.models.some((m) => this.leasableSince(now)(r.peer, m.id) !== null),
     );
+
     if (!suspect) this.watchAt = null;
     else if (this.watchAt === null || this.watchAt <= now) this.watchAt = now + STALL_MS;
     await this.clock.arm(now);
@@ -692,7 +828,7 @@ export class Dispatcher extends DurableObject<Env> {
    * dispatch. It is logged and counted here; the pump that follows every call repairs it.
    */
   private watch(now: number, from: string): void {
-    const health = judge(this.queue.ready(now), this.rooms(now), now);
+    const health = judge(this.queue.ready(now), this.rooms(now), now, this.leasableSince(now));
     if (!health.stalled) return;
     console.warn(
       `dispatch stall (found by ${from}): ${health.readyTasks} task(s) ready for ${health.oldestReadyMs} ms while ${health.workersWithRoom} worker(s) had room; dispatching`,

@@ -52,6 +52,12 @@ export const METRIC_HELP = {
   p2pa_tasks_recovered_total: "Tasks found mid-write at start and put back in the queue",
   p2pa_leases_reconciled_total:
     "Leases a worker did not have (lost task frames), requeued without counting an attempt",
+  p2pa_results_held_total:
+    "Results held for another donor's confirmation (hold), or held after disagreeing with the others (disagree)",
+  p2pa_results_confirmed_total: "Results stored after another donor agreed with them",
+  p2pa_donors_quarantined_total: "Worker tokens quarantined for results that other donors outvoted",
+  p2pa_chunks_recomputed_total:
+    "Chunks computed again because their stored result's donor was quarantined",
   p2pa_dispatch_stalls_total:
     "Times the watchdog found ready work beside a worker with room (by who found it); each is repaired at once",
 } as const;

@@ -4,15 +4,26 @@ import type { JobLog } from "./job-log.js";
 import type { Metrics } from "./metrics.js";
 import type { JobNotifier } from "./notifier.js";
 import type { LeaseRow, TaskQueue, TaskRow } from "./task-queue.js";
+import type { Verifier } from "./verify.js";
 
-/** What storing a checked result came to. */
+/** What a checked result came to. */
 export type StoreOutcome =
   /** Written now: exactly one stored result for each of the task's chunks. */
   | "stored"
+  /** Held until another donor confirms it; the task went to another donor. */
+  | "accepted"
   /** Another result for the task was stored, or is being stored, first. */
   | "duplicate"
   /** A store was unreachable; the task went back to the queue. */
   | "unavailable";
+
+/** The outcome, with the donors verification found agreeing or outvoted. */
+export interface Received {
+  outcome: StoreOutcome;
+  confirmed: boolean;
+  agreed: string[];
+  outvoted: string[];
+}
 
 /**
  * The one path by which a task's outcome reaches the stores, exactly once per chunk.
@@ -32,15 +43,52 @@ export class ResultStore {
     private readonly store: MetadataStore,
     private readonly metrics: Metrics,
     private readonly notifier: JobNotifier,
+    private readonly verifier: Verifier,
   ) {}
 
-  /** Stores a task's checked vectors (one per item, in item order). */
-  async storeVectors(
+  /**
+   * Takes a task's checked vectors (one per item, in item order) from `donor`: judged under the
+   * task's verification policy, then stored, or held for another donor's confirmation. The
+   * judging and the hand-back run in one synchronous step, so no other event sees half of it.
+   */
+  async receive(
     task: TaskRow,
     lease: LeaseRow,
+    donor: string,
     vectors: Float32Array[],
+    othersAvailable: boolean,
+  ): Promise<Received> {
+    const none = { confirmed: false, agreed: [], outvoted: [] };
+    if (!this.queue.beginStoring(task.id, lease.expired)) return { outcome: "duplicate", ...none };
+    const verdict = this.verifier.judge(task, donor, lease.workerId, vectors, othersAvailable);
+    if (verdict.kind === "hold" || (verdict.kind === "disagree" && !verdict.exhausted)) {
+      this.queue.awaitAnother(task.id, lease.id, donor);
+      this.metrics.count("p2pa_results_held_total", verdict.kind);
+      return { outcome: "accepted", ...none };
+    }
+    if (verdict.kind === "disagree") {
+      // No two donors agreed, and no donor is left to ask: the chunks fail, saying why.
+      this.queue.giveUp(task.id, `the results of ${task.answered.length + 1} donors never agreed`);
+      this.verifier.forget(task.id);
+      await this.storeFailure(task.id);
+      return { outcome: "accepted", ...none };
+    }
+    const outcome = await this.write(task, donor, vectors, verdict.confirmed);
+    return {
+      outcome,
+      confirmed: verdict.confirmed,
+      agreed: verdict.agreed,
+      outvoted: verdict.outvoted,
+    };
+  }
+
+  /** Writes a judged result: vectors, then D1, then the task is done. */
+  private async write(
+    task: TaskRow,
+    donor: string,
+    vectors: Float32Array[],
+    confirmed: boolean,
   ): Promise<StoreOutcome> {
-    if (!this.queue.beginStoring(task.id, lease.expired)) return "duplicate";
     const items = task.items ?? [];
     const index = getVectorIndex(this.env, task.model);
     try {
@@ -65,19 +113,26 @@ export class ResultStore {
       console.error("storing task failed; requeued", task.id, err);
       return "unavailable";
     }
-    this.queue.finishStoring(task.id);
+    this.queue.finishStoring(task.id, donor, confirmed);
+    if (confirmed) this.metrics.count("p2pa_results_confirmed_total");
     if (this.jobs.isDeleted(task.jobId)) {
       // The job was deleted while this result was being written: take the vectors back out.
       await index.deleteByIds(items.map((it) => it.chunkId));
     }
-    this.jobs.appendEvents(
-      task.jobId,
-      items.map((it) => ({
-        kind: "chunk" as const,
-        data: { chunkId: it.chunkId, documentId: it.documentId, index: it.index, status: "done" },
-      })),
+    // A recomputed task's chunks were reported done already; only their vectors changed.
+    if (!task.recompute)
+      this.jobs.appendEvents(
+        task.jobId,
+        items.map((it) => ({
+          kind: "chunk" as const,
+          data: { chunkId: it.chunkId, documentId: it.documentId, index: it.index, status: "done" },
+        })),
+      );
+    this.metrics.count(
+      task.recompute ? "p2pa_chunks_recomputed_total" : "p2pa_chunks_stored_total",
+      "",
+      items.length,
     );
-    this.metrics.count("p2pa_chunks_stored_total", "", items.length);
     await this.settleJob(task.jobId);
     return "stored";
   }

@@ -14,6 +14,12 @@ export interface NewTask {
   items: QueuedItem[];
 }
 
+/** How a job's tasks are handled: verification policy and who may compute them. */
+export interface TaskOptions {
+  verify: "auto" | "always" | "off";
+  pool: "any" | "own";
+}
+
 export interface LeasedTask {
   taskId: string;
   leaseId: string;
@@ -32,6 +38,12 @@ export interface TaskRow {
   state: TaskState;
   attempts: number;
   items: QueuedItem[] | null;
+  verify: TaskOptions["verify"];
+  pool: TaskOptions["pool"];
+  /** Donors whose results for it are held or were outvoted: it never goes to them again. */
+  answered: string[];
+  /** A stored task run again because its unconfirmed result's donor was quarantined. */
+  recompute: boolean;
 }
 
 export interface LeaseRow {
@@ -43,6 +55,14 @@ export interface LeaseRow {
   expired: boolean;
   giveUpAt: number | null;
 }
+
+/**
+ * Which tasks a worker may lease (bind: model, now, the worker's tenant, its donor): ready,
+ * visible to its tenant, and not already answered by its donor.
+ */
+const LEASABLE = `state = 'pending' AND model = ? AND not_before <= ?
+  AND (pool = 'any' OR tenant = ?)
+  AND NOT EXISTS (SELECT 1 FROM json_each(tasks.answered) WHERE value = ?)`;
 
 /** Backoff before retrying a failed task: 0.5 s doubling per failure, at most 30 s. */
 export function retryDelay(failures: number): number {
@@ -102,34 +122,70 @@ export class TaskQueue {
       -- when the lease was granted: a lease the worker does not list after that is lost
       ALTER TABLE leases ADD COLUMN leased_at INTEGER NOT NULL DEFAULT 0;
     `,
+      `
+      ALTER TABLE tasks ADD COLUMN verify TEXT NOT NULL DEFAULT 'auto';
+      ALTER TABLE tasks ADD COLUMN pool TEXT NOT NULL DEFAULT 'any';
+      -- 0: awaiting confirmation or recomputation, leased before new work (1)
+      ALTER TABLE tasks ADD COLUMN lane INTEGER NOT NULL DEFAULT 1;
+      ALTER TABLE tasks ADD COLUMN answered TEXT NOT NULL DEFAULT '[]';
+      -- the donor whose result was stored, and whether another donor confirmed it
+      ALTER TABLE tasks ADD COLUMN stored_by TEXT;
+      ALTER TABLE tasks ADD COLUMN confirmed INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE tasks ADD COLUMN recompute INTEGER NOT NULL DEFAULT 0;
+      DROP INDEX IF EXISTS tasks_ready;
+      CREATE INDEX tasks_ready ON tasks (state, model, lane, seq);
+      CREATE INDEX tasks_stored_by ON tasks (stored_by, confirmed);
+    `,
     ]);
   }
 
   /** Adds a job's tasks; replays of the same task ids are ignored. Returns how many were new. */
-  enqueue(jobId: string, tenant: string, model: string, tasks: NewTask[]): number {
+  enqueue(
+    jobId: string,
+    tenant: string,
+    model: string,
+    tasks: NewTask[],
+    opts: TaskOptions = { verify: "auto", pool: "any" },
+  ): number {
     let added = 0;
     for (const t of tasks) {
       added += this.sql.exec(
-        "INSERT OR IGNORE INTO tasks (id, job_id, tenant, model, items, queued_at) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT OR IGNORE INTO tasks (id, job_id, tenant, model, items, queued_at, verify, pool) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         t.id,
         jobId,
         tenant,
         model,
         JSON.stringify(t.items),
         Date.now(),
+        opts.verify,
+        opts.pool,
       ).rowsWritten;
     }
     return added;
   }
 
-  /** Leases up to `n` pending tasks of `model` to a worker, oldest first. */
-  lease(workerId: string, model: string, n: number, now: number, leaseMs: number): LeasedTask[] {
+  /**
+   * Leases up to `n` ready tasks of `model` to a worker: confirmations and recomputations
+   * first, then oldest first; never a task its donor already answered, and an `own`-pool task
+   * only to a worker of the task's tenant.
+   */
+  lease(
+    worker: { workerId: string; donor: string; tenant: string },
+    model: string,
+    n: number,
+    now: number,
+    leaseMs: number,
+  ): LeasedTask[] {
     if (n <= 0) return [];
+    const { workerId } = worker;
     const rows = this.sql
       .exec<{ id: string; job_id: string; tenant: string; items: string; attempts: number }>(
-        "SELECT id, job_id, tenant, items, attempts FROM tasks WHERE state = 'pending' AND model = ? AND not_before <= ? ORDER BY seq LIMIT ?",
+        `SELECT id, job_id, tenant, items, attempts FROM tasks WHERE ${LEASABLE}
+         ORDER BY lane, seq LIMIT ?`,
         model,
         now,
+        worker.tenant,
+        worker.donor,
         n,
       )
       .toArray();
@@ -197,7 +253,14 @@ export class TaskQueue {
         state: TaskState;
         attempts: number;
         items: string | null;
-      }>("SELECT id, job_id, tenant, model, state, attempts, items FROM tasks WHERE id = ?", id)
+        verify: TaskOptions["verify"];
+        pool: TaskOptions["pool"];
+        answered: string;
+        recompute: number;
+      }>(
+        "SELECT id, job_id, tenant, model, state, attempts, items, verify, pool, answered, recompute FROM tasks WHERE id = ?",
+        id,
+      )
       .toArray()[0];
     if (!r) return null;
     return {
@@ -208,6 +271,10 @@ export class TaskQueue {
       state: r.state,
       attempts: r.attempts,
       items: r.items ? (JSON.parse(r.items) as QueuedItem[]) : null,
+      verify: r.verify,
+      pool: r.pool,
+      answered: JSON.parse(r.answered) as string[],
+      recompute: r.recompute === 1,
     };
   }
 
@@ -251,12 +318,84 @@ export class TaskQueue {
     );
   }
 
-  /** The result is stored: the task is done, its lease gone and its text dropped. */
-  finishStoring(taskId: string): void {
+  /**
+   * The result is stored: the task is done, its leases gone and its text dropped. An
+   * unconfirmed result keeps its chunk ids (not their text) and its donor, so it can be
+   * recomputed should that donor be caught lying later.
+   */
+  finishStoring(taskId: string, donor: string, confirmed: boolean): void {
     if (this.setState(taskId, "storing", { type: "stored" })) {
-      this.sql.exec("UPDATE tasks SET items = NULL WHERE id = ?", taskId);
+      if (confirmed) this.sql.exec("UPDATE tasks SET items = NULL WHERE id = ?", taskId);
+      else
+        this.sql.exec(
+          "UPDATE tasks SET items = (SELECT json_group_array(json_remove(value, '$.text')) FROM json_each(tasks.items)) WHERE id = ?",
+          taskId,
+        );
+      this.sql.exec(
+        "UPDATE tasks SET stored_by = ?, confirmed = ?, recompute = 0, answered = '[]', lane = 1 WHERE id = ?",
+        donor,
+        confirmed ? 1 : 0,
+        taskId,
+      );
       this.sql.exec("DELETE FROM leases WHERE task_id = ?", taskId);
     }
+  }
+
+  /**
+   * A result was held for confirmation (or outvoted nothing yet): the lease ends without
+   * counting as a failure, and the task goes back to the queue, ahead of new work, for a
+   * donor that has not answered it.
+   */
+  awaitAnother(taskId: string, leaseId: string, donor: string): boolean {
+    if (!this.setState(taskId, "storing", { type: "await_confirmation" })) return false;
+    this.sql.exec("DELETE FROM leases WHERE id = ?", leaseId);
+    this.sql.exec(
+      "UPDATE tasks SET lane = 0, answered = json_insert(answered, '$[#]', ?) WHERE id = ?",
+      donor,
+      taskId,
+    );
+    return true;
+  }
+
+  /** The donors' results never agreed: the task fails with that reason. */
+  giveUp(taskId: string, reason: string): void {
+    if (this.setState(taskId, "storing", { type: "give_up" })) {
+      this.sql.exec(
+        "UPDATE tasks SET errors = json_insert(errors, '$[#]', json_object('worker', 'verification', 'reason', ?)) WHERE id = ?",
+        reason,
+        taskId,
+      );
+      this.sql.exec("DELETE FROM leases WHERE task_id = ?", taskId);
+    }
+  }
+
+  /** Stored tasks whose result came from `donor` and was never confirmed, with their items (no text). */
+  unconfirmedBy(donor: string): { taskId: string; items: Omit<QueuedItem, "text">[] }[] {
+    return this.sql
+      .exec<{ id: string; items: string | null }>(
+        "SELECT id, items FROM tasks WHERE stored_by = ? AND confirmed = 0 AND state = 'done'",
+        donor,
+      )
+      .toArray()
+      .map((r) => ({
+        taskId: r.id,
+        items: JSON.parse(r.items ?? "[]") as Omit<QueuedItem, "text">[],
+      }));
+  }
+
+  /**
+   * Runs a stored task again (its donor was quarantined): its items with their text back,
+   * ahead of new work, never to `donor`. Returns false when the task is not done.
+   */
+  recompute(taskId: string, items: QueuedItem[], donor: string): boolean {
+    if (!this.setState(taskId, "done", { type: "recompute" })) return false;
+    this.sql.exec(
+      "UPDATE tasks SET items = ?, recompute = 1, lane = 0, answered = json_array(?), stored_by = NULL, attempts = 0, errors = '[]' WHERE id = ?",
+      JSON.stringify(items),
+      donor,
+      taskId,
+    );
+    return true;
   }
 
   /** Storing failed (the store was unavailable): the task goes back to the queue. */
@@ -430,6 +569,26 @@ export class TaskQueue {
       }
     }
     return ids.length;
+  }
+
+  /**
+   * Since when the oldest task this worker could lease now has been ready, or null when there
+   * is none: the watchdog's question, asked with the lease's own rule.
+   */
+  oldestLeasable(
+    worker: { donor: string; tenant: string },
+    model: string,
+    now: number,
+  ): number | null {
+    return this.sql
+      .exec<{ t: number | null }>(
+        `SELECT min(max(queued_at, not_before)) AS t FROM tasks WHERE ${LEASABLE}`,
+        model,
+        now,
+        worker.tenant,
+        worker.donor,
+      )
+      .one().t;
   }
 
   /**

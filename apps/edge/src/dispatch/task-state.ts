@@ -12,6 +12,12 @@
  *
  * Any task not yet stored can be cancelled (its job was cancelled or deleted).
  *
+ * Verification: a result being judged is in `storing`; when it must wait for another donor's
+ * confirmation (or disagreed with the others held) the task goes back to `pending` for a
+ * donor that has not answered it (`await_confirmation`), and when its donors never agree it
+ * fails (`give_up`). A stored task whose unconfirmed result came from a donor caught lying
+ * is run again (`recompute`).
+ *
  * A task found in `storing` when the object starts was cut off mid-write (crash, deploy):
  * `recover` puts it back; every write of the store path is idempotent, so that is safe.
  *
@@ -30,6 +36,12 @@ export type TaskEvent =
   | { type: "store_error" }
   /** The object started and found the task mid-write. */
   | { type: "recover" }
+  /** The result is held until another donor confirms it. */
+  | { type: "await_confirmation" }
+  /** The donors' results never agreed. */
+  | { type: "give_up" }
+  /** The stored result's donor was quarantined before anyone confirmed it. */
+  | { type: "recompute" }
   | { type: "expire" }
   | { type: "release" }
   /** `exhausted`: the task has failed on enough different workers to give up on it. */
@@ -59,9 +71,15 @@ export function transition(state: TaskState, event: TaskEvent): TaskState | null
       }
     case "storing":
       if (event.type === "stored") return "done";
-      if (event.type === "store_error" || event.type === "recover") return "pending";
-      return null;
+      if (
+        event.type === "store_error" ||
+        event.type === "recover" ||
+        event.type === "await_confirmation"
+      )
+        return "pending";
+      return event.type === "give_up" ? "failed" : null;
     case "done":
+      return event.type === "recompute" ? "pending" : null;
     case "failed":
     case "cancelled":
       return null;

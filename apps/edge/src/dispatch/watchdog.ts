@@ -18,14 +18,16 @@ export interface ShardHealth {
 
 /**
  * Judges a shard from its ready work and its workers' room. After every event the Dispatcher
- * leases what fits, so ready work beside free room should never last; when it does, some
- * path forgot to dispatch, and the watchdog (run from the alarm and from heartbeats) says so
- * and dispatches.
+ * leases what fits, so work a worker with room could take should never wait; when it does,
+ * some path forgot to dispatch, and the watchdog (run from the alarm and from heartbeats) says
+ * so and dispatches. `leasableSince(peer, model)` answers with the lease's own rule (pools,
+ * donors that already answered a task), so work no connected worker may take is not a stall.
  */
 export function judge(
   ready: Map<string, { tasks: number; since: number }>,
   peers: { peer: Readonly<Peer>; room: number }[],
   now: number,
+  leasableSince: (peer: Readonly<Peer>, model: string) => number | null,
 ): ShardHealth {
   let readyTasks = 0;
   let oldest = now;
@@ -33,14 +35,14 @@ export function judge(
   for (const [model, r] of ready) {
     readyTasks += r.tasks;
     oldest = Math.min(oldest, r.since);
+    if (now - r.since <= STALL_MS) continue;
     // A worker back from a cool-down only just got its room: not a stall yet.
-    const roomy = peers.some(
-      (p) =>
-        p.room > 0 &&
-        p.peer.budget.coolUntil <= now - STALL_MS &&
-        p.peer.hello?.models.some((m) => m.id === model),
-    );
-    if (roomy && now - r.since > STALL_MS) stalled = true;
+    stalled ||= peers.some((p) => {
+      if (p.room <= 0 || p.peer.budget.coolUntil > now - STALL_MS) return false;
+      if (!p.peer.hello?.models.some((m) => m.id === model)) return false;
+      const since = leasableSince(p.peer, model);
+      return since !== null && now - since > STALL_MS;
+    });
   }
   return {
     readyTasks,

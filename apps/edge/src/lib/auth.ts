@@ -81,6 +81,13 @@ export function requireAuth(kind: Credential["kind"]) {
             : "this is an API key; use a worker token",
       );
     }
+    if (cred.quarantined) {
+      throw new AppError(
+        403,
+        "quarantined",
+        `this worker token is quarantined (${cred.quarantined}); ask the operator`,
+      );
+    }
     c.set("credential", cred);
     await next();
   });

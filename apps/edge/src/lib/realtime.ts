@@ -10,12 +10,13 @@ export async function embedNow(
   env: Env,
   model: string,
   texts: string[],
+  scope: { tenant: string; pool?: "any" | "own" },
 ): Promise<{ vectors: Float32Array[]; tokens: number }> {
   const info = getModel(model);
   if (!info) throw new AppError(422, "unprocessable", `unknown model ${model}`);
   let last = "";
   for (const shard of shardsFrom(env, model)) {
-    const r = await shard.embed(model, texts);
+    const r = await shard.embed(model, texts, undefined, scope);
     if (r.ok) {
       const vectors = r.vectors.map((b) => decodeVector(b));
       if (

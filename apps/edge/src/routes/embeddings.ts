@@ -52,7 +52,10 @@ embeddingRoutes.openapi(embeddings, async (c) => {
   }
   const inputs = typeof req.input === "string" ? [req.input] : req.input;
   assertWithinWindow(req.model, inputs, "input");
-  const { vectors, tokens } = await embedNow(c.env, req.model, inputs);
+  const { vectors, tokens } = await embedNow(c.env, req.model, inputs, {
+    tenant: c.get("credential").tenant,
+    ...(req.pool ? { pool: req.pool } : {}),
+  });
   const base64 = req.encoding_format === "base64";
   return c.json(
     {

@@ -12,12 +12,13 @@ import {
   Job,
   MODELS,
   TASK_SIZE,
+  type Verification,
 } from "@p2pa/shared";
 import { z } from "zod";
 import { router } from "../app.js";
 import { D1Store, type NewJob } from "../db/store.js";
 import { dispatcherFor } from "../dispatch/shards.js";
-import type { NewTask, QueuedItem } from "../dispatch/task-queue.js";
+import type { NewTask, QueuedItem, TaskOptions } from "../dispatch/task-queue.js";
 import { requireAuth } from "../lib/auth.js";
 import { newId, sha256Hex } from "../lib/crypto.js";
 import { AppError, noCapacity, notFound } from "../lib/errors.js";
@@ -118,8 +119,14 @@ interface Plan {
   tasks: NewTask[];
 }
 
+/** The deployment's verification policy for jobs that do not choose one (`VERIFICATION`). */
+function defaultVerification(env: Env): Verification {
+  const v: string = env.VERIFICATION;
+  return v === "always" || v === "off" ? v : "auto";
+}
+
 /** Chunks the documents and groups the chunks into tasks; deterministic for a given job id. */
-function plan(jobId: string, body: CreateJobRequest): Plan {
+function plan(jobId: string, body: CreateJobRequest, env: Env): Plan {
   const model = body.model ?? DEFAULT_MODEL;
   const info = getModel(model);
   if (!info) {
@@ -170,10 +177,28 @@ function plan(jobId: string, body: CreateJobRequest): Plan {
   for (let i = 0; i < items.length; i += TASK_SIZE) {
     tasks.push({ id: `${jobId}.t${i / TASK_SIZE}`, items: items.slice(i, i + TASK_SIZE) });
   }
-  return { job: { id: jobId, model, chunking: { maxChars, overlap }, documents, chunks }, tasks };
+  return {
+    job: {
+      id: jobId,
+      model,
+      chunking: { maxChars, overlap },
+      verification: body.verification ?? defaultVerification(env),
+      pool: body.pool ?? "any",
+      documents,
+      chunks,
+    },
+    tasks,
+  };
 }
 
-async function dispatch(env: Env, jobId: string, tenant: string, model: string, tasks: NewTask[]) {
+async function dispatch(
+  env: Env,
+  jobId: string,
+  tenant: string,
+  model: string,
+  tasks: NewTask[],
+  opts: TaskOptions,
+) {
   const dispatcher = dispatcherFor(env, model, jobId);
   let slice: NewTask[] = [];
   let size = 0;
@@ -182,12 +207,12 @@ async function dispatch(env: Env, jobId: string, tenant: string, model: string, 
       slice.push(t);
       size += t.items.reduce((n, i) => n + i.text.length + 64, 0);
       if (size >= ENQUEUE_SLICE_CHARS) {
-        await dispatcher.enqueue(jobId, tenant, model, slice);
+        await dispatcher.enqueue(jobId, tenant, model, slice, opts);
         slice = [];
         size = 0;
       }
     }
-    if (slice.length) await dispatcher.enqueue(jobId, tenant, model, slice);
+    if (slice.length) await dispatcher.enqueue(jobId, tenant, model, slice, opts);
   } catch (err) {
     console.error("dispatch failed", jobId, err);
     throw noCapacity("the coordinator is unavailable; retry with the same Idempotency-Key");
@@ -218,8 +243,11 @@ jobs
           );
         }
         if (!prior.dispatched) {
-          const { tasks } = plan(prior.job.id, body);
-          await dispatch(c.env, prior.job.id, tenant, prior.job.model, tasks);
+          const { tasks } = plan(prior.job.id, body, c.env);
+          await dispatch(c.env, prior.job.id, tenant, prior.job.model, tasks, {
+            verify: prior.job.verification,
+            pool: prior.job.pool,
+          });
         }
         return c.json(prior.job, 202, {
           "Idempotent-Replayed": "true",
@@ -229,7 +257,7 @@ jobs
     }
 
     const jobId = newId("job");
-    const { job, tasks } = plan(jobId, body);
+    const { job, tasks } = plan(jobId, body, c.env);
     // Refuse work the coordinator cannot hold rather than queue it without bound.
     const backlog = await dispatcherFor(c.env, job.model, jobId).backlog();
     const limit = Number(c.env.MAX_BACKLOG_TASKS) || 200_000;
@@ -274,7 +302,10 @@ jobs
         Location: `/v1/jobs/${created.job.id}`,
       });
     }
-    await dispatch(c.env, jobId, tenant, job.model, tasks);
+    await dispatch(c.env, jobId, tenant, job.model, tasks, {
+      verify: job.verification,
+      pool: job.pool,
+    });
     // The job's webhook secret is shown here, once.
     const body202 = webhook ? { ...created.job, webhook } : created.job;
     return c.json(body202, 202, { Location: `/v1/jobs/${jobId}` });

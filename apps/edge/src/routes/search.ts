@@ -33,12 +33,12 @@ export const searchRoutes = router();
 searchRoutes.use("/v1/search", requireAuth("api"));
 
 searchRoutes.openapi(search, async (c) => {
-  const { query, topK, filter, model = DEFAULT_MODEL } = c.req.valid("json");
+  const { query, topK, filter, pool, model = DEFAULT_MODEL } = c.req.valid("json");
   const tenant = c.get("credential").tenant;
   assertWithinWindow(model, [query], "query");
   const {
     vectors: [vector],
-  } = await embedNow(c.env, model, [query]);
+  } = await embedNow(c.env, model, [query], { tenant, ...(pool ? { pool } : {}) });
   const metaFilter: Record<string, string> = { tenant };
   if (filter?.jobId) metaFilter.jobId = filter.jobId;
   if (filter?.documentId) metaFilter.documentId = filter.documentId;

@@ -16,10 +16,14 @@ const refuseSocketWithCloseCode = createMiddleware<AppEnv>(async (c, next) => {
   if (c.req.header("Upgrade")?.toLowerCase() !== "websocket") return next();
   const secret = c.req.header("Authorization")?.match(/^Bearer\s+(\S+)\s*$/i)?.[1];
   const cred = secret ? await lookupCredential(c.env, secret) : null;
-  if (cred?.kind === "worker") return next();
+  if (cred?.kind === "worker" && !cred.quarantined) return next();
   const pair = new WebSocketPair();
   const server = pair[1];
   server.accept();
+  if (cred?.quarantined) {
+    server.close(CloseCode.quarantined, "quarantined: results disagreed with other donors");
+    return new Response(null, { status: 101, webSocket: pair[0] });
+  }
   const reason = !secret
     ? "missing worker token"
     : cred

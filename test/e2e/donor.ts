@@ -1,0 +1,98 @@
+import { randomBytes } from "node:crypto";
+import { encodeVector, PROTOCOL_VERSION } from "@p2pa/shared";
+import WebSocket from "ws";
+
+/** A task as the edge sends it. */
+export interface TaskFrame {
+  taskId: string;
+  leaseId: string;
+  items: { chunkId: string; text: string }[];
+}
+
+/**
+ * A scripted donor speaking the real protocol over a real WebSocket: it takes tasks within
+ * its window and answers each with whatever `answer` returns (honest, lying, lazy). Every
+ * frame it receives is kept, so a test can read exactly what a volunteer saw.
+ */
+export class ScriptedDonor {
+  readonly received: { type: string; [k: string]: unknown }[] = [];
+  tasks = 0;
+  closeCode: number | null = null;
+  private ws!: WebSocket;
+
+  constructor(
+    private readonly server: string,
+    private readonly token: string,
+    private readonly answer: (task: TaskFrame, n: number) => Promise<Float32Array[]>,
+    private readonly capacity = 2,
+  ) {}
+
+  async connect(): Promise<void> {
+    this.ws = new WebSocket(`${this.server.replace(/^http/, "ws")}/v1/workers/connect`, {
+      headers: { Authorization: `Bearer ${this.token}` },
+    });
+    this.ws.on("close", (code) => {
+      this.closeCode = code;
+    });
+    this.ws.on("message", (raw) => void this.onFrame(String(raw)));
+    await new Promise<void>((resolve, reject) => {
+      this.ws.once("open", () => resolve());
+      this.ws.once("error", reject);
+    });
+    const welcomed = new Promise<void>((resolve) => {
+      const check = (raw: WebSocket.RawData) => {
+        if ((JSON.parse(String(raw)) as { type: string }).type === "welcome") {
+          this.ws.off("message", check);
+          resolve();
+        }
+      };
+      this.ws.on("message", check);
+    });
+    this.ws.send(
+      JSON.stringify({
+        type: "hello",
+        v: PROTOCOL_VERSION,
+        version: "scripted",
+        session: randomBytes(18).toString("base64url"),
+        models: [{ id: "use-lite", dimension: 512 }],
+        device: "cpu",
+        threads: 1,
+        batchSize: 32,
+        capacity: this.capacity,
+      }),
+    );
+    await welcomed;
+  }
+
+  close(): void {
+    this.ws.close();
+  }
+
+  private async onFrame(raw: string): Promise<void> {
+    const frame = JSON.parse(raw) as { type: string } & Partial<TaskFrame>;
+    this.received.push(frame);
+    if (frame.type !== "task") return;
+    const task = frame as TaskFrame;
+    const vectors = await this.answer(task, this.tasks++);
+    if (this.ws.readyState !== WebSocket.OPEN) return;
+    this.ws.send(
+      JSON.stringify({
+        type: "result",
+        v: PROTOCOL_VERSION,
+        taskId: task.taskId,
+        leaseId: task.leaseId,
+        vectors: task.items.map((it, i) => ({
+          chunkId: it.chunkId,
+          vector: encodeVector(vectors[i] as Float32Array),
+        })),
+      }),
+    );
+  }
+}
+
+/** A random unit vector: plausible (right dimension, unit norm, finite) and wrong. */
+export function randomUnit(dim = 512): Float32Array {
+  const v = Float32Array.from({ length: dim }, () => Math.random() - 0.5);
+  const n = Math.hypot(...v);
+  return v.map((x) => x / n);
+}

@@ -1,0 +1,154 @@
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type Embedder, loadModel } from "../../apps/worker-node/src/model/index.js";
+import { generatedPassages } from "../../scripts/lib/corpus.js";
+import { ROOT } from "../../scripts/lib/local-edge.js";
+import { randomUnit, ScriptedDonor, type TaskFrame } from "./donor.js";
+import { allChunks, cosine, type JobOut, type System, startSystem, waitForJob } from "./harness.js";
+
+/**
+ * Untrusted donors on real parts: two real p2pa-worker processes (two tokens) beside a
+ * scripted liar (plausible random unit vectors), a lazy donor (one vector for everything) and
+ * later a turncoat that builds a clean record and then lies. Every stored vector must be the
+ * model's own output, the dishonest donors must be quarantined, and no honest one ever
+ * marked wrong.
+ */
+const TOKENS = {
+  honest2: "p2pa_test_honest_2",
+  liar: "p2pa_test_liar",
+  lazy: "p2pa_test_lazy",
+  turncoat: "p2pa_test_turncoat",
+};
+// prepareLocalDatabase names extra tokens cred_test_worker_<i> in this order.
+const CRED = {
+  liar: "cred_test_worker_1",
+  lazy: "cred_test_worker_2",
+  turncoat: "cred_test_worker_3",
+};
+const HONEST = ["cred_dev_worker", "cred_test_worker_0"];
+const MIN_COSINE = 0.999;
+
+let sys: System;
+let model: Embedder;
+
+interface DonorView {
+  donor: string;
+  agreed: number;
+  disagreed: number;
+  quarantinedAt: number | null;
+}
+const records = async () => {
+  const { body } = await sys.api<{ shards: { donors?: DonorView[] }[] }>("/v1/workers", {
+    admin: true,
+  });
+  return body.shards.flatMap((s) => s.donors ?? []);
+};
+
+beforeAll(async () => {
+  // A high spot-check rate, so a trusted turncoat is caught within a job of this size.
+  sys = await startSystem({
+    workerTokens: [TOKENS.honest2, TOKENS.liar, TOKENS.lazy, TOKENS.turncoat],
+    vars: { VERIFY_SPOT_RATE: "0.3" },
+  });
+  model = await loadModel("use-lite", {
+    cacheDir: path.join(ROOT, ".cache", "models"),
+    threads: 1,
+  });
+  await sys.addWorker(["--threads", "1"]);
+  await sys.addWorker(["--threads", "1"], TOKENS.honest2);
+}, 180_000);
+
+afterAll(async () => {
+  (await import("node:fs")).writeFileSync(process.env.P2PA_EDGE_LOG, sys?.edge.output() ?? "");
+  await model?.dispose();
+  await sys?.stop();
+});
+
+/** Every chunk of the job holds the vector the model itself gives its text. */
+async function assertModelsOwnVectors(jobId: string) {
+  const chunks = await allChunks(sys, jobId);
+  const reference = await model.embed(chunks.map((c) => c.text));
+  const worst = Math.min(...chunks.map((c, i) => cosine(c.vector ?? [], reference[i] ?? [])));
+  expect(worst).toBeGreaterThanOrEqual(MIN_COSINE);
+}
+
+describe("dishonest donors beside honest ones", () => {
+  it("stores only the model's own vectors and quarantines a liar and a lazy donor", async () => {
+    const liar = new ScriptedDonor(sys.edge.url, TOKENS.liar, async (t) =>
+      t.items.map(() => randomUnit()),
+    );
+    const same = randomUnit();
+    const lazy = new ScriptedDonor(sys.edge.url, TOKENS.lazy, async (t) => t.items.map(() => same));
+    await liar.connect();
+    await lazy.connect();
+    const documents = generatedPassages(500, 120, 400, 91).map((text) => ({ text }));
+    const res = await sys.api<JobOut>("/v1/jobs", { json: { documents } });
+    expect(res.status).toBe(202);
+    const job = await waitForJob<JobOut>(sys, res.body.id, 240_000);
+    expect(job).toMatchObject({ status: "completed", chunks: { failed: 0 } });
+    await assertModelsOwnVectors(job.id);
+    expect(liar.closeCode).toBe(4403);
+    expect(lazy.closeCode).toBe(4403);
+    const r = await records();
+    for (const d of [CRED.liar, CRED.lazy]) {
+      expect(r.find((x) => x.donor === d)?.quarantinedAt).not.toBeNull();
+    }
+    for (const d of HONEST) {
+      const mine = r.find((x) => x.donor === d);
+      expect(mine?.agreed).toBeGreaterThan(0);
+      expect(mine?.disagreed).toBe(0);
+    }
+    // Quarantined tokens are refused at the door from now on.
+    const again = new ScriptedDonor(sys.edge.url, TOKENS.liar, async (t) =>
+      t.items.map(() => randomUnit()),
+    );
+    await again.connect().catch(() => {});
+    await new Promise((r) => setTimeout(r, 500));
+    expect(again.closeCode).toBe(4403);
+  }, 300_000);
+
+  it("catches a turncoat that lies after a clean record, and heals what it stored", async () => {
+    let lying = false;
+    const turncoat = new ScriptedDonor(sys.edge.url, TOKENS.turncoat, async (t: TaskFrame) =>
+      lying ? t.items.map(() => randomUnit()) : model.embed(t.items.map((i) => i.text)),
+    );
+    await turncoat.connect();
+    const documents = generatedPassages(1800, 120, 400, 92).map((text) => ({ text }));
+    const res = await sys.api<JobOut>("/v1/jobs", { json: { documents } });
+    expect(res.status).toBe(202);
+    // Honest until its record says it is trusted, then it lies.
+    const deadline = Date.now() + 240_000;
+    while (!lying && Date.now() < deadline) {
+      const mine = (await records()).find((x) => x.donor === CRED.turncoat);
+      if ((mine?.agreed ?? 0) >= 10) lying = true;
+      else await new Promise((r) => setTimeout(r, 300));
+    }
+    expect(lying).toBe(true);
+    const job = await waitForJob<JobOut>(sys, res.body.id, 240_000);
+    expect(job.status).toBe("completed");
+    // Caught by spot checks, quarantined, and what it stored unconfirmed is computed again.
+    for (;;) {
+      const mine = (await records()).find((x) => x.donor === CRED.turncoat);
+      if (mine?.quarantinedAt) break;
+      if (Date.now() > deadline) throw new Error(`turncoat never caught: ${JSON.stringify(mine)}`);
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    expect(turncoat.closeCode).toBe(4403);
+    for (;;) {
+      const { body } = await sys.api<{ shards: { tasks: Record<string, number> }[] }>(
+        "/v1/workers",
+        { admin: true },
+      );
+      const open = body.shards.reduce(
+        (n, s) => n + (s.tasks.pending ?? 0) + (s.tasks.leased ?? 0),
+        0,
+      );
+      if (open === 0) break;
+      if (Date.now() > deadline) throw new Error("recomputation did not finish");
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    await assertModelsOwnVectors(job.id);
+    const r = await records();
+    for (const d of HONEST) expect(r.find((x) => x.donor === d)?.disagreed).toBe(0);
+  }, 420_000);
+});
