@@ -59,7 +59,6 @@ beforeAll(async () => {
 }, 180_000);
 
 afterAll(async () => {
-  (await import("node:fs")).writeFileSync(process.env.P2PA_EDGE_LOG, sys?.edge.output() ?? "");
   await model?.dispose();
   await sys?.stop();
 });
