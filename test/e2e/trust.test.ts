@@ -150,4 +150,40 @@ describe("dishonest donors beside honest ones", () => {
     const r = await records();
     for (const d of HONEST) expect(r.find((x) => x.donor === d)?.disagreed).toBe(0);
   }, 420_000);
+
+  it("sends volunteers no personal data when a job masks it, and keeps the original for its owner", async () => {
+    // An honest donor that keeps every frame it receives (a second connection of a token).
+    const seen = new ScriptedDonor(
+      sys.edge.url,
+      TOKENS.honest2,
+      async (t) => model.embed(t.items.map((i) => i.text)),
+      4,
+    );
+    await seen.connect();
+    const personal = [
+      "dana.kowalski@example.net",
+      "+1-202-555-0143",
+      "4539 1488 0343 6467",
+      "DE89 3704 0044 0532 0130 00",
+      "10.20.30.40",
+      "078-05-1120",
+    ];
+    const documents = Array.from({ length: 120 }, (_, i) => ({
+      text: `Ticket ${i}: ${personal[i % personal.length]} wrote about order ORD-${1000 + i} and a late delivery.`,
+    }));
+    const res = await sys.api<JobOut>("/v1/jobs", {
+      json: { documents, privacy: { mask: "all" }, verification: "off" },
+    });
+    expect(res.status).toBe(202);
+    const job = await waitForJob<JobOut>(sys, res.body.id, 120_000);
+    expect(job.status).toBe("completed");
+    const tasks = seen.received.filter((f) => f.type === "task");
+    expect(tasks.length).toBeGreaterThan(0);
+    const frames = JSON.stringify(seen.received);
+    for (const item of personal) expect(frames).not.toContain(item);
+    expect(frames).toContain("<EMAIL>");
+    const owner = (await allChunks(sys, job.id, false)).map((c) => c.text).join("\n");
+    for (const item of personal) expect(owner).toContain(item);
+    seen.close();
+  }, 180_000);
 });

@@ -54,6 +54,23 @@ describe("hostile workers", () => {
     expect(w.count("task")).toBe(0);
   });
 
+  it("1b. lets an operator revoke a worker token through the API, closing its connections at once", async () => {
+    const token = await workerToken("by_api");
+    const id = `cred_by_api_${token.slice(-8)}`;
+    const w = await connect({}, token);
+    const closed = closedWith(w);
+    expect(
+      (await call(`/v1/workers/tokens/${id}`, { method: "DELETE", key: KEYS.api })).status,
+    ).toBe(403);
+    const res = await call(`/v1/workers/tokens/${id}`, { method: "DELETE", key: KEYS.admin });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({ id, revoked: true, connectionsClosed: 1 });
+    expect(await closed).toMatchObject({ code: 4401 });
+    expect(
+      (await call(`/v1/workers/tokens/${id}`, { method: "DELETE", key: KEYS.admin })).status,
+    ).toBe(404);
+  });
+
   it("2a. ends a lease at its maximum life however often it is renewed", async () => {
     await submit(3);
     const w = await connect();

@@ -10,6 +10,7 @@ function newJob(id: string, chunks: number): NewJob {
     chunking: { maxChars: 1000, overlap: 100 },
     verification: "auto",
     pool: "any",
+    piiMask: [],
     idempotencyKey: null,
     requestHash: null,
     createdAt: new Date().toISOString(),

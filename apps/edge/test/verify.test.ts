@@ -20,7 +20,7 @@ async function donor(capacity = 1, tenant = "t1"): Promise<TestWorker> {
   w.ready(capacity);
   return w;
 }
-const lie = (v: Float32Array, i: number) => {
+const lie = (_honest: Float32Array, i: number) => {
   const out = new Float32Array(512);
   out[i % 512] = 1;
   out[(i + 1) % 512] = 0.15;

@@ -142,6 +142,23 @@ export const Pool = z.enum(["any", "own"]).meta({
 });
 export type Pool = z.infer<typeof Pool>;
 
+/** Kinds of personal data the edge can mask before text leaves it for a volunteer. */
+export const PII_KINDS = ["email", "phone", "card", "iban", "ip", "ssn", "secret_url"] as const;
+export const PiiKind = z.enum(PII_KINDS).meta({ id: "PiiKind" });
+export type PiiKind = z.infer<typeof PiiKind>;
+
+export const Privacy = z
+  .object({
+    mask: z.union([z.literal("all"), z.literal("none"), z.array(PiiKind).max(PII_KINDS.length)]),
+  })
+  .strict()
+  .meta({
+    id: "Privacy",
+    description:
+      "Personal data to mask before text leaves the edge: workers see typed placeholders (<EMAIL>, <PHONE>, <CARD>, <IBAN>, <IP>, <SSN>, <URL>); chunks, search results and exports keep the original.",
+  });
+export type Privacy = z.infer<typeof Privacy>;
+
 export const CreateJobRequest = z
   .object({
     documents: z.array(DocumentInput).min(1).max(LIMITS.maxDocumentsPerJob),
@@ -151,6 +168,7 @@ export const CreateJobRequest = z
       description: "Default: the deployment's VERIFICATION (auto).",
     }),
     pool: Pool.optional().meta({ description: "Default: any." }),
+    privacy: Privacy.optional().meta({ description: "Default: the deployment's PII_MASK (none)." }),
     webhook: z
       .object({
         url: z.string().min(1).max(2048),
@@ -185,6 +203,7 @@ export const Job = z
     chunking: z.object({ maxChars: z.number().int(), overlap: z.number().int() }),
     verification: Verification,
     pool: Pool,
+    privacy: z.object({ mask: z.array(PiiKind) }),
     createdAt: z.string(),
     completedAt: z.string().optional(),
     webhook: z

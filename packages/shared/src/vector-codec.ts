@@ -62,3 +62,18 @@ export function checkEmbedding(v: Float32Array, dimension: number): string | nul
   if (Math.abs(norm - 1) > 1e-3) return `L2 norm ${norm.toFixed(4)}, expected 1`;
   return null;
 }
+
+/** Cosine similarity of two vectors of the same length. */
+export function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let dot = 0;
+  let na = 0;
+  let nb = 0;
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i] as number;
+    const y = b[i] as number;
+    dot += x * y;
+    na += x * x;
+    nb += y * y;
+  }
+  return dot / Math.sqrt(na * nb);
+}

@@ -1,3 +1,4 @@
+import type { PiiKind } from "@p2pa/shared";
 import { sql } from "drizzle-orm";
 import { index, integer, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
 
@@ -48,6 +49,8 @@ export const jobs = sqliteTable(
     pool: text("pool", { enum: ["any", "own"] })
       .notNull()
       .default("any"),
+    /** Kinds of personal data masked in the text workers get (JSON array; empty: none). */
+    piiMask: text("pii_mask", { mode: "json" }).$type<PiiKind[]>().notNull().default([]),
     idempotencyKey: text("idempotency_key"),
     requestHash: text("request_hash"),
     /** The job's own webhook endpoint (in the tenant's WebhookHub), if it asked for one. */

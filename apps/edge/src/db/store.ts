@@ -1,4 +1,4 @@
-import type { Chunk, Job, JobStatus, Pool, Verification } from "@p2pa/shared";
+import type { Chunk, Job, JobStatus, PiiKind, Pool, Verification } from "@p2pa/shared";
 import { and, asc, eq, getTableColumns, gt, inArray, isNull, sql, type Table } from "drizzle-orm";
 import { type DrizzleD1Database, drizzle } from "drizzle-orm/d1";
 import * as schema from "./schema.js";
@@ -65,6 +65,8 @@ export interface NewJob {
   chunking: { maxChars: number; overlap: number };
   verification: Verification;
   pool: Pool;
+  /** Personal data masked in the text workers get. */
+  piiMask: PiiKind[];
   idempotencyKey: string | null;
   requestHash: string | null;
   createdAt: string;
@@ -111,6 +113,7 @@ function toJob(r: typeof schema.jobs.$inferSelect): Job {
     chunking: { maxChars: r.chunkMaxChars, overlap: r.chunkOverlap },
     verification: r.verification,
     pool: r.pool,
+    privacy: { mask: r.piiMask },
     createdAt: r.createdAt,
     ...(r.completedAt ? { completedAt: r.completedAt } : {}),
     ...(r.webhookId && r.webhookUrl ? { webhook: { id: r.webhookId, url: r.webhookUrl } } : {}),
@@ -206,6 +209,7 @@ export class D1Store implements MetadataStore {
       chunkOverlap: input.chunking.overlap,
       verification: input.verification,
       pool: input.pool,
+      piiMask: input.piiMask,
       idempotencyKey: input.idempotencyKey,
       requestHash: input.requestHash,
       createdAt: input.createdAt,

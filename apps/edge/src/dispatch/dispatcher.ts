@@ -34,6 +34,8 @@ import { judge, type ShardHealth, STALL_MS } from "./watchdog.js";
 export interface DispatcherStats {
   workers: {
     id: string;
+    /** The worker token it joined with (what an operator revokes). */
+    token: string;
     models: string[];
     /** Tasks the worker says it can hold at once. */
     capacity: number;
@@ -254,6 +256,14 @@ export class Dispatcher extends DurableObject<Env> {
     return last;
   }
 
+  /** Checks every connected worker's token now (a revocation); returns connections closed. */
+  async revalidateNow(): Promise<number> {
+    const before = this.peers.all().length;
+    this.lastRevalidation = 0;
+    await this.revalidate(Date.now());
+    return before - this.peers.all().length;
+  }
+
   /** The shard's counters, for `/v1/metrics`. */
   async counters(): Promise<{ name: string; label: string; value: number }[]> {
     return this.metrics.snapshot();
@@ -270,6 +280,7 @@ export class Dispatcher extends DurableObject<Env> {
     return {
       workers: listed.map(({ peer, held, room }) => ({
         id: peer.workerId,
+        token: peer.credentialId,
         models: peer.hello?.models.map((m) => m.id) ?? [],
         capacity: peer.capacity,
         limit: limitFor(peer, now),

@@ -1,3 +1,4 @@
+import { cosine } from "@p2pa/shared";
 import { migrateOnce } from "../lib/do-schema.js";
 
 /**
@@ -26,7 +27,7 @@ export interface VerifyPolicy {
 }
 
 export const DEFAULT_VERIFY_POLICY: VerifyPolicy = {
-  agreeCosine: 0.999,
+  agreeCosine: 0.99999,
   trustedAfter: 10,
   spotRate: 0.05,
   maxDonors: 4,
@@ -62,17 +63,7 @@ export function minCosine(a: Float32Array[], b: Float32Array[]): number {
     const x = a[i] as Float32Array;
     const y = b[i] as Float32Array;
     if (x.length !== y.length) return -1;
-    let dot = 0;
-    let nx = 0;
-    let ny = 0;
-    for (let j = 0; j < x.length; j++) {
-      const p = x[j] as number;
-      const q = y[j] as number;
-      dot += p * q;
-      nx += p * p;
-      ny += q * q;
-    }
-    min = Math.min(min, dot / Math.sqrt(nx * ny));
+    min = Math.min(min, cosine(x, y));
   }
   return min;
 }
@@ -80,7 +71,7 @@ export function minCosine(a: Float32Array[], b: Float32Array[]): number {
 const pack = (vectors: Float32Array[]): ArrayBuffer => {
   const dim = vectors[0]?.length ?? 0;
   const out = new Float32Array(vectors.length * dim);
-  vectors.forEach((v, i) => out.set(v, i * dim));
+  for (const [i, v] of vectors.entries()) out.set(v, i * dim);
   return out.buffer;
 };
 

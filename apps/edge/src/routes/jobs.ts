@@ -11,6 +11,9 @@ import {
   getModel,
   Job,
   MODELS,
+  PII_KINDS,
+  type PiiKind,
+  type Privacy,
   TASK_SIZE,
   type Verification,
 } from "@p2pa/shared";
@@ -23,6 +26,7 @@ import { requireAuth } from "../lib/auth.js";
 import { newId, sha256Hex } from "../lib/crypto.js";
 import { AppError, noCapacity, notFound } from "../lib/errors.js";
 import { tokenCounter } from "../lib/tokens.js";
+import { maskPersonalData } from "../privacy/mask.js";
 import { getVectorIndex } from "../vector/index.js";
 import { assertTargetAllowed, webhookHub } from "../webhooks/index.js";
 import { newSecret } from "../webhooks/signing.js";
@@ -125,6 +129,14 @@ function defaultVerification(env: Env): Verification {
   return v === "always" || v === "off" ? v : "auto";
 }
 
+/** The kinds of personal data a job masks: its own choice, else the deployment's PII_MASK. */
+function maskedKinds(privacy: Privacy | undefined, env: Env): PiiKind[] {
+  const choice: string | readonly string[] = privacy?.mask ?? (env.PII_MASK as string);
+  if (choice === "all") return [...PII_KINDS];
+  const list = typeof choice === "string" ? choice.split(",").map((k) => k.trim()) : choice;
+  return PII_KINDS.filter((k) => list.includes(k));
+}
+
 /** Chunks the documents and groups the chunks into tasks; deterministic for a given job id. */
 function plan(jobId: string, body: CreateJobRequest, env: Env): Plan {
   const model = body.model ?? DEFAULT_MODEL;
@@ -156,6 +168,7 @@ function plan(jobId: string, body: CreateJobRequest, env: Env): Plan {
   const documents: NewJob["documents"] = [];
   const chunks: NewJob["chunks"] = [];
   const items: QueuedItem[] = [];
+  const piiMask = maskedKinds(body.privacy, env);
   body.documents.forEach((d, seq) => {
     const docId = d.id ?? `doc-${seq}`;
     documents.push({ seq, id: docId, metadata: d.metadata ?? null, chars: d.text.length });
@@ -170,7 +183,9 @@ function plan(jobId: string, body: CreateJobRequest, env: Env): Plan {
         start: c.start,
         end: c.end,
       });
-      items.push({ chunkId: id, documentId: docId, index: c.index, text: c.text });
+      // The owner keeps the original; a volunteer gets the text with personal data masked.
+      const text = piiMask.length ? maskPersonalData(c.text, piiMask).text : c.text;
+      items.push({ chunkId: id, documentId: docId, index: c.index, text });
     }
   });
   const tasks: NewTask[] = [];
@@ -184,6 +199,7 @@ function plan(jobId: string, body: CreateJobRequest, env: Env): Plan {
       chunking: { maxChars, overlap },
       verification: body.verification ?? defaultVerification(env),
       pool: body.pool ?? "any",
+      piiMask,
       documents,
       chunks,
     },

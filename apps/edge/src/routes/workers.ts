@@ -1,6 +1,7 @@
-import { CloseCode, DEFAULT_MODEL, getModel } from "@p2pa/shared";
+import { CloseCode, DEFAULT_MODEL, getModel, MODELS } from "@p2pa/shared";
 import { createMiddleware } from "hono/factory";
 import { router } from "../app.js";
+import { D1Store } from "../db/store.js";
 import { CREDENTIAL_HEADER, TENANT_HEADER } from "../dispatch/dispatcher.js";
 import { dispatcherFor, shardsFrom } from "../dispatch/shards.js";
 import { type AppEnv, lookupCredential, requireAuth } from "../lib/auth.js";
@@ -69,4 +70,16 @@ export const workerRoutes = router()
     // A tenant sees only the workers that joined with its own tokens, and nothing global.
     const shards = await Promise.all(shardsFrom(c.env, model, 0).map((s) => s.stats(cred.tenant)));
     return c.json({ model, shards: shards.map((s) => ({ workers: s.workers })) }, 200);
+  })
+  .delete("/v1/workers/tokens/:id", requireAuth("admin"), async (c) => {
+    // Operators revoke a worker token; its live connections are closed at once, on every shard.
+    const id = c.req.param("id");
+    if (!(await new D1Store(c.env.DB).revokeCredential(id, "worker")))
+      throw new AppError(404, "not_found", `no active worker token ${id}`);
+    const shards = Object.keys(MODELS).flatMap((m) => shardsFrom(c.env, m, 0));
+    const closed = (await Promise.all(shards.map((s) => s.revalidateNow()))).reduce(
+      (n, k) => n + k,
+      0,
+    );
+    return c.json({ id, revoked: true, connectionsClosed: closed }, 200);
   });

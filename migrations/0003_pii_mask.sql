@@ -1,0 +1,1 @@
+ALTER TABLE `jobs` ADD `pii_mask` text DEFAULT '[]' NOT NULL;
