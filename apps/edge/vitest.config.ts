@@ -14,6 +14,8 @@ export default defineConfig({
           VECTOR_BACKEND: "local",
           // Small, so a test can fill the queue.
           MAX_BACKLOG_TASKS: "200",
+          // Scripted test donors answer by position, not by text; canary tests turn them on.
+          VERIFY_CANARY_RATE: "0",
           TEST_MIGRATIONS: await readD1Migrations(path.join(root, "migrations")),
         },
       },

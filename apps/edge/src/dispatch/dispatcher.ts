@@ -18,6 +18,7 @@ import {
 import { D1Store, type MetadataStore } from "../db/store.js";
 import { sha256Hex } from "../lib/crypto.js";
 import { AlarmClock } from "./alarm.js";
+import { Canaries, canaryChunkId } from "./canary.js";
 import { recordFailure, recordSuccess } from "./error-budget.js";
 import { type JobEvent, JobLog } from "./job-log.js";
 import { Metrics } from "./metrics.js";
@@ -82,6 +83,7 @@ export class Dispatcher extends DurableObject<Env> {
   private readonly store: MetadataStore;
   private readonly results: ResultStore;
   private readonly verifier: Verifier;
+  private readonly canaries: Canaries;
   /** What a job gets when it does not say (`VERIFICATION`). */
   private readonly defaultVerify: TaskOptions["verify"];
   private readonly peers: Peers;
@@ -118,6 +120,7 @@ export class Dispatcher extends DurableObject<Env> {
         ? Number.parseFloat(env.VERIFY_SPOT_RATE)
         : DEFAULT_VERIFY_POLICY.spotRate,
     });
+    this.canaries = new Canaries(ctx.storage.sql, this.verifier.policy.agreeCosine);
     const v: string = env.VERIFICATION;
     this.defaultVerify = v === "always" || v === "off" ? v : "auto";
     this.results = new ResultStore(
@@ -149,6 +152,7 @@ export class Dispatcher extends DurableObject<Env> {
       this.queue.migrate();
       this.jobs.migrate();
       this.verifier.migrate();
+      this.canaries.migrate();
       this.metrics.count("p2pa_coordinator_starts_total");
       const recovered = this.queue.recoverStoring(Date.now());
       if (recovered) {
@@ -615,7 +619,8 @@ export class Dispatcher extends DurableObject<Env> {
     ) {
       return ack("rejected", "no valid lease for this task");
     }
-    const checked = checkResult(task.items ?? [], task.model, msg);
+    const expected = [...(task.items ?? []), ...(lease.canary ? [lease.canary] : [])];
+    const checked = checkResult(expected, task.model, msg);
     if (!checked.ok) {
       ack("rejected", checked.problem);
       await this.onTaskFailed(ws, msg.leaseId, msg.taskId, {
@@ -625,9 +630,25 @@ export class Dispatcher extends DurableObject<Env> {
       });
       return;
     }
+    const donor = this.peers.get(ws)?.credentialId ?? "";
+    if (lease.canary) {
+      // The known-answer check: a wrong answer to a known canary is proof, not a vote.
+      const answer = checked.vectors.pop() as Float32Array;
+      const verdict = this.canaries.judge(lease.canary.id, donor, answer);
+      this.metrics.count("p2pa_canaries_total", verdict);
+      if (verdict === "fail") {
+        ack("rejected", "a check in this task was answered wrongly");
+        await this.onTaskFailed(ws, msg.leaseId, msg.taskId, {
+          code: "bad_result",
+          message: "failed a known-answer check",
+          retryable: true,
+        });
+        await this.quarantine(donor, "it answered a known-answer check wrongly");
+        return;
+      }
+    }
     // The result is in: the worker's room is open again, so the next task can go out while
     // this one is written.
-    const donor = this.peers.get(ws)?.credentialId ?? "";
     const receiving = this.results.receive(
       task,
       lease,
@@ -728,6 +749,7 @@ export class Dispatcher extends DurableObject<Env> {
   private async quarantine(donor: string, reason: string): Promise<void> {
     const now = Date.now();
     this.verifier.quarantine(donor, reason, now);
+    this.canaries.forgetDonor(donor);
     this.metrics.count("p2pa_donors_quarantined_total");
     console.warn(`quarantined worker token ${donor}: ${reason}`);
     await this.store.quarantineCredential(donor, reason).catch((err) => {
@@ -762,6 +784,12 @@ export class Dispatcher extends DurableObject<Env> {
       if (items.length) this.queue.recompute(t.taskId, items, donor);
     }
     await this.pump();
+  }
+
+  /** Share of leases that carry a known-answer check (`VERIFY_CANARY_RATE`). */
+  private get canaryRate(): number {
+    const r = Number.parseFloat(this.env.VERIFY_CANARY_RATE);
+    return Number.isFinite(r) ? r : 0.1;
   }
 
   /** The watchdog's view of what a peer could lease (see `judge`). */
@@ -807,6 +835,17 @@ export class Dispatcher extends DurableObject<Env> {
           r.room--;
           progress = true;
           if (this.jobs.markJobStarted(task.jobId)) started.push(task.jobId);
+          const items = task.items.map((i) => ({ chunkId: i.chunkId, text: i.text }));
+          // Now and then a known-answer check rides along as one more item.
+          const last = items.at(-1);
+          if (last && task.verify !== "off" && Math.random() < this.canaryRate) {
+            const canary = this.canaries.pick();
+            if (canary) {
+              const chunkId = canaryChunkId(last.chunkId);
+              this.queue.setCanary(task.leaseId, canary.id, chunkId);
+              items.push({ chunkId, text: canary.text });
+            }
+          }
           this.send(r.ws, {
             type: "task",
             v: PROTOCOL_VERSION,
@@ -814,7 +853,7 @@ export class Dispatcher extends DurableObject<Env> {
             leaseId: task.leaseId,
             model: task.model,
             attempt: task.attempt,
-            items: task.items.map((i) => ({ chunkId: i.chunkId, text: i.text })),
+            items,
           });
           break;
         }

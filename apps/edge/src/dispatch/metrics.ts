@@ -58,6 +58,8 @@ export const METRIC_HELP = {
   p2pa_donors_quarantined_total: "Worker tokens quarantined for results that other donors outvoted",
   p2pa_chunks_recomputed_total:
     "Chunks computed again because their stored result's donor was quarantined",
+  p2pa_canaries_total:
+    "Known-answer checks answered, by verdict (pass, fail, unknown while no answer is known)",
   p2pa_dispatch_stalls_total:
     "Times the watchdog found ready work beside a worker with room (by who found it); each is repaired at once",
 } as const;

@@ -28,6 +28,7 @@ export interface LeasedTask {
   model: string;
   attempt: number;
   items: QueuedItem[];
+  verify: TaskOptions["verify"];
 }
 
 export interface TaskRow {
@@ -54,6 +55,8 @@ export interface LeaseRow {
   /** The deadline passed and the task was reassigned; results count until `giveUpAt`. */
   expired: boolean;
   giveUpAt: number | null;
+  /** A canary sent as the lease's last item, if one was. */
+  canary: { id: number; chunkId: string } | null;
 }
 
 /**
@@ -136,6 +139,11 @@ export class TaskQueue {
       CREATE INDEX tasks_ready ON tasks (state, model, lane, seq);
       CREATE INDEX tasks_stored_by ON tasks (stored_by, confirmed);
     `,
+      `
+      -- a known-answer check sent with this lease: which canary, under which chunk id
+      ALTER TABLE leases ADD COLUMN canary_id INTEGER;
+      ALTER TABLE leases ADD COLUMN canary_chunk TEXT;
+    `,
     ]);
   }
 
@@ -179,8 +187,15 @@ export class TaskQueue {
     if (n <= 0) return [];
     const { workerId } = worker;
     const rows = this.sql
-      .exec<{ id: string; job_id: string; tenant: string; items: string; attempts: number }>(
-        `SELECT id, job_id, tenant, items, attempts FROM tasks WHERE ${LEASABLE}
+      .exec<{
+        id: string;
+        job_id: string;
+        tenant: string;
+        items: string;
+        attempts: number;
+        verify: TaskOptions["verify"];
+      }>(
+        `SELECT id, job_id, tenant, items, attempts, verify FROM tasks WHERE ${LEASABLE}
          ORDER BY lane, seq LIMIT ?`,
         model,
         now,
@@ -209,6 +224,7 @@ export class TaskQueue {
         model,
         attempt: r.attempts + 1,
         items: JSON.parse(r.items) as QueuedItem[],
+        verify: r.verify,
       };
     });
   }
@@ -287,6 +303,8 @@ export class TaskQueue {
         deadline: number;
         expired: number;
         give_up_at: number | null;
+        canary_id: number | null;
+        canary_chunk: string | null;
       }>("SELECT * FROM leases WHERE id = ?", id)
       .toArray()[0];
     return r
@@ -297,6 +315,10 @@ export class TaskQueue {
           deadline: r.deadline,
           expired: r.expired === 1,
           giveUpAt: r.give_up_at,
+          canary:
+            r.canary_id !== null && r.canary_chunk
+              ? { id: r.canary_id, chunkId: r.canary_chunk }
+              : null,
         }
       : null;
   }
@@ -355,6 +377,16 @@ export class TaskQueue {
       taskId,
     );
     return true;
+  }
+
+  /** Records the canary sent with a lease (as its last item). */
+  setCanary(leaseId: string, canaryId: number, chunkId: string): void {
+    this.sql.exec(
+      "UPDATE leases SET canary_id = ?, canary_chunk = ? WHERE id = ?",
+      canaryId,
+      chunkId,
+      leaseId,
+    );
   }
 
   /** The donors' results never agreed: the task fails with that reason. */
