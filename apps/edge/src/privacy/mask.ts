@@ -20,7 +20,8 @@ import { type CountryCode, parsePhoneNumberFromString } from "libphonenumber-js/
 // The kinds are part of the API (a job's privacy option), so they are defined with it.
 export { PII_KINDS, type PiiKind };
 
-const PLACEHOLDER: Record<PiiKind, string> = {
+/** What each kind of item becomes in the text a worker gets. */
+export const PLACEHOLDERS: Record<PiiKind, string> = {
   email: "<EMAIL>",
   phone: "<PHONE>",
   card: "<CARD>",
@@ -658,7 +659,7 @@ export function maskPersonalData(text: string, kinds: readonly PiiKind[]): MaskR
   const taken = spans.list.filter((span) => wanted.has(span.kind));
   taken.sort((a, b) => a.start - b.start);
   for (const { start, end, kind } of taken) {
-    out.push(text.slice(last, start), PLACEHOLDER[kind]);
+    out.push(text.slice(last, start), PLACEHOLDERS[kind]);
     last = end;
     found[kind] = (found[kind] ?? 0) + 1;
   }

@@ -7,7 +7,8 @@
  *
  * Used by test/privacy/mask.test.ts (inside workerd) and scripts/privacy-eval.ts (Node).
  */
-import { PII_KINDS, type PiiKind } from "../../src/privacy/mask.js";
+import { rng } from "../../../../scripts/lib/corpus.js";
+import { PII_KINDS, type PiiKind, PLACEHOLDERS } from "../../src/privacy/mask.js";
 
 export interface Item {
   kind: PiiKind;
@@ -61,31 +62,20 @@ export interface PrivacyCorpus {
   plainUrls: NegativeSample<"plain_url">[];
 }
 
-export const PLACEHOLDERS: Record<PiiKind, string> = {
-  email: "<EMAIL>",
-  phone: "<PHONE>",
-  card: "<CARD>",
-  iban: "<IBAN>",
-  ip: "<IP>",
-  ssn: "<SSN>",
-  secret_url: "<URL>",
-};
+export { PLACEHOLDERS };
 
 // ---------------------------------------------------------------------------------------
 // Seeded randomness
 
 /** mulberry32: small, fast, and the same sequence on every machine. */
 export class Rand {
-  private s: number;
+  /** The project's one seeded PRNG, so corpora are reproducible the same way everywhere. */
+  private readonly source: () => number;
   constructor(seed: number) {
-    this.s = seed >>> 0;
+    this.source = rng(seed);
   }
   next(): number {
-    this.s = (this.s + 0x6d2b79f5) >>> 0;
-    let t = this.s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    return this.source();
   }
   /** Integer in [lo, hi]. */
   int(lo: number, hi: number): number {
