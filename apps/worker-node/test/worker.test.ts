@@ -1,0 +1,230 @@
+import { once } from "node:events";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import type { AddressInfo } from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { PROTOCOL_VERSION } from "@p2pa/shared";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type WebSocket, WebSocketServer } from "ws";
+import { type Embedder, loadModel, MANIFEST_FILE } from "../src/model/index.js";
+import { Worker } from "../src/worker.js";
+import { tinyManifest, writeTinyBert } from "./fixtures/tiny-bert.js";
+
+// The worker's own bookkeeping (its window, its outbox, its session) against a scripted edge
+// on a real WebSocket, with a real (tiny) ONNX model: the side of the flow control that the
+// edge's tests cannot see.
+type Frame = { type: string; [k: string]: unknown };
+
+let work: string;
+let embedder: Embedder;
+let wss: WebSocketServer;
+let url: string;
+/** Every connection the scripted edge accepted, with what it received. */
+const conns: { ws: WebSocket; frames: Frame[] }[] = [];
+
+beforeAll(async () => {
+  work = await mkdtemp(path.join(os.tmpdir(), "p2pa-worker-test-"));
+  const dir = path.join(work, "tiny");
+  await (await import("node:fs/promises")).mkdir(dir, { recursive: true });
+  const files = await writeTinyBert(dir);
+  await writeFile(path.join(dir, MANIFEST_FILE), JSON.stringify(tinyManifest("tiny", files)));
+  embedder = await loadModel(dir, { cacheDir: path.join(work, "cache"), threads: 1 });
+  wss = new WebSocketServer({ port: 0, host: "127.0.0.1" });
+  await once(wss, "listening");
+  url = `ws://127.0.0.1:${(wss.address() as AddressInfo).port}/v1/workers/connect`;
+  wss.on("connection", (ws) => {
+    const conn = { ws, frames: [] as Frame[] };
+    conns.push(conn);
+    ws.on("message", (raw) => {
+      const f = JSON.parse(String(raw)) as Frame;
+      conn.frames.push(f);
+      if (f.type === "hello")
+        ws.send(
+          JSON.stringify({
+            type: "welcome",
+            v: PROTOCOL_VERSION,
+            workerId: `wkr_${conns.length}`,
+            leaseMs: 60_000,
+            heartbeatMs: 100,
+          }),
+        );
+    });
+  });
+});
+
+afterAll(async () => {
+  wss?.close();
+  await embedder?.dispose();
+  await rm(work, { recursive: true, force: true });
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+async function until<T>(f: () => T | undefined, what: string, ms = 5000): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = f();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+const task = (n: number, items = 3) => ({
+  type: "task",
+  v: PROTOCOL_VERSION,
+  taskId: `job_t.t${n}`,
+  leaseId: `lease-${n}-${Math.random().toString(36).slice(2)}`,
+  model: "tiny",
+  attempt: 1,
+  items: Array.from({ length: items }, (_, i) => ({
+    chunkId: `job_t.${String(n).padStart(5, "0")}.${String(i).padStart(5, "0")}`,
+    text: `hello world ${n} ${i}`,
+  })),
+});
+const newWorker = () =>
+  new Worker({
+    url,
+    token: "t",
+    embedder,
+    batchSize: 8,
+    threads: 1,
+    device: "cpu",
+    name: "test",
+    version: "test",
+  });
+
+describe("the worker's window, outbox and session", () => {
+  it("states its window absolutely, and its picture matches the leases the edge handed it", async () => {
+    const w = newWorker();
+    const conn = await until(() => conns.at(-1), "a connection");
+    const hello = await until(() => conn.frames.find((f) => f.type === "hello"), "hello");
+    expect(hello.capacity).toBe(2);
+    expect(w.window()).toMatchObject({ capacity: 2, room: 2, leaseIds: [] });
+    const [t1, t2] = [task(1), task(2)];
+    conn.ws.send(JSON.stringify(t1));
+    conn.ws.send(JSON.stringify(t2));
+    // Both computed and sent, not yet acknowledged: room is back, the leases still held.
+    const results = await until(
+      () => (conn.frames.filter((f) => f.type === "result").length === 2 ? true : undefined),
+      "two results",
+    );
+    expect(results).toBe(true);
+    expect(w.window()).toMatchObject({ room: 2, queued: 0, computing: 0, awaitingAck: 2 });
+    expect([...w.window().leaseIds].sort()).toEqual([t1.leaseId, t2.leaseId].sort());
+    // Heartbeats restate the window and list every lease held.
+    const beat = await until(
+      () => conn.frames.filter((f) => f.type === "heartbeat").at(-1),
+      "a heartbeat",
+    );
+    expect(beat.capacity).toBe(2);
+    expect((beat.leaseIds as string[]).sort()).toEqual([t1.leaseId, t2.leaseId].sort());
+    // No credit frames exist any more: room is never granted as an increment.
+    expect(conn.frames.some((f) => f.type === "credit")).toBe(false);
+    for (const t of [t1, t2])
+      conn.ws.send(
+        JSON.stringify({
+          type: "ack",
+          v: PROTOCOL_VERSION,
+          taskId: t.taskId,
+          leaseId: t.leaseId,
+          status: "stored",
+        }),
+      );
+    await until(() => (w.window().leaseIds.length === 0 ? true : undefined), "acks to land");
+    expect(w.stats.chunksDone).toBe(6);
+    await w.stop(2000);
+  });
+
+  it("re-sends unacknowledged results after a dropped connection, under the same session", async () => {
+    const before = conns.length;
+    const w = newWorker();
+    const first = await until(
+      () => (conns.length > before ? conns.at(-1) : undefined),
+      "a connection",
+    );
+    const hello1 = await until(() => first.frames.find((f) => f.type === "hello"), "hello");
+    const t = task(3);
+    first.ws.send(JSON.stringify(t));
+    await until(() => first.frames.find((f) => f.type === "result"), "a result");
+    // The link drops before the ack: the result must not be lost.
+    first.ws.terminate();
+    const second = await until(
+      () => (conns.length > before + 1 ? conns.at(-1) : undefined),
+      "a reconnection",
+      10_000,
+    );
+    const hello2 = await until(() => second.frames.find((f) => f.type === "hello"), "hello again");
+    expect(hello2.session).toBe(hello1.session);
+    const resent = await until(
+      () => second.frames.find((f) => f.type === "result"),
+      "the re-sent result",
+    );
+    expect(resent.leaseId).toBe(t.leaseId);
+    expect(w.window().leaseIds).toEqual([t.leaseId]);
+    second.ws.send(
+      JSON.stringify({
+        type: "ack",
+        v: PROTOCOL_VERSION,
+        taskId: t.taskId,
+        leaseId: t.leaseId,
+        status: "duplicate",
+      }),
+    );
+    await until(() => (w.window().awaitingAck === 0 ? true : undefined), "the ack");
+    await w.stop(2000);
+  }, 20_000);
+
+  it("drains: says so, hands back what it has not started, finishes the rest, and states a window of 0", async () => {
+    const before = conns.length;
+    // The real model, slowed down so the test can stop the worker mid-batch.
+    const slow: Embedder = Object.create(embedder, {
+      embed: {
+        value: async (texts: string[]) => {
+          await sleep(400);
+          return embedder.embed(texts);
+        },
+      },
+    });
+    const w = new Worker({
+      url,
+      token: "t",
+      embedder: slow,
+      batchSize: 3,
+      threads: 1,
+      device: "cpu",
+      name: "test",
+      version: "test",
+    });
+    const conn = await until(
+      () => (conns.length > before ? conns.at(-1) : undefined),
+      "a connection",
+    );
+    await until(() => conn.frames.find((f) => f.type === "hello"), "hello");
+    const [busy, waiting] = [task(5), task(6)];
+    conn.ws.send(JSON.stringify(busy));
+    conn.ws.send(JSON.stringify(waiting));
+    await until(
+      () => (w.window().computing === 1 && w.window().queued === 1 ? true : undefined),
+      "one computing, one queued",
+    );
+    const stopping = w.stop(5000);
+    expect(w.window().capacity).toBe(0);
+    await until(() => conn.frames.find((f) => f.type === "draining"), "draining");
+    const release = await until(() => conn.frames.find((f) => f.type === "release"), "a release");
+    expect(release.leaseIds).toEqual([waiting.leaseId]);
+    // The batch in progress is finished and delivered, then acknowledged before it exits.
+    const result = await until(() => conn.frames.find((f) => f.type === "result"), "the result");
+    expect(result.leaseId).toBe(busy.leaseId);
+    conn.ws.send(
+      JSON.stringify({
+        type: "ack",
+        v: PROTOCOL_VERSION,
+        taskId: busy.taskId,
+        leaseId: busy.leaseId,
+        status: "stored",
+      }),
+    );
+    await stopping;
+    expect(w.stats.state).toBe("stopped");
+    expect(w.window().leaseIds).toEqual([]);
+  });
+});
