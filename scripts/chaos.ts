@@ -7,7 +7,9 @@
  * `npm run chaos -- --day [--minutes 10]`: a day in the life of one system instead: hundreds
  * of jobs in bursts, idle gaps past hibernation, real-time calls, workers joining, leaving and
  * dying, edge restarts; every job must complete within a bound and the edge's picture of every
- * worker's window must match the worker's own. Writes bench-results/chaos-day.json.
+ * worker's window must match the worker's own. `--donors N` gives the workers N distinct
+ * tokens in turn, so results are verified across donors (and no honest one may be outvoted).
+ * Writes bench-results/chaos-day.json.
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
@@ -22,6 +24,7 @@ const { values } = parseArgs({
     workers: { type: "string", default: "4" },
     seed: { type: "string", default: "7" },
     day: { type: "boolean", default: false },
+    donors: { type: "string", default: "1" },
     minutes: { type: "string", default: "10" },
   },
 });
@@ -35,6 +38,7 @@ if (values.day) {
   const report = await runDay({
     minutes: Number(values.minutes),
     maxWorkers: Number(values.workers),
+    donors: Number(values.donors),
     edgeRestarts: 3,
     jobBoundMs: 120_000,
     seed: Number(values.seed),
@@ -48,7 +52,9 @@ if (values.day) {
     report.disagreements.length === 0 &&
     report.vectors === report.chunks &&
     report.stalls === 0 &&
-    report.api5xx === 0;
+    report.api5xx === 0 &&
+    // Every donor here is honest: none may ever be outvoted or quarantined.
+    report.donors.every((d) => d.disagreed === 0 && d.quarantinedAt === null);
   process.exit(ok ? 0 : 1);
 }
 

@@ -26,6 +26,11 @@ export interface DayOptions {
   minutes: number;
   /** Workers come and go between 1 and this many. */
   maxWorkers: number;
+  /**
+   * Distinct worker tokens the workers join with, in turn (1: every worker is one donor, so
+   * nothing is verified; more: results are confirmed across donors and canaries checked).
+   */
+  donors?: number;
   /** Edge restarts, spread evenly over the day. */
   edgeRestarts: number;
   /** Every job must complete within this long after it was submitted. */
@@ -53,6 +58,10 @@ export interface DayReport {
   api5xx: number;
   /** The first few 5xx answers, for diagnosis. */
   errors5xx: string[];
+  /** Every donor's verification record at the end (all honest: none may be outvoted). */
+  donors: { donor: string; agreed: number; disagreed: number; quarantinedAt: number | null }[];
+  /** Results stored after a second donor confirmed them. */
+  confirmed: number;
 }
 
 interface LiveWorker {
@@ -71,7 +80,13 @@ export async function runDay(o: DayOptions): Promise<DayReport> {
   const log = o.log ?? (() => {});
   const random = rng(o.seed);
   const dir = mkdtempSync(path.join(os.tmpdir(), "p2pa-day-"));
-  await prepareLocalDatabase(dir);
+  const donorTokens = Array.from(
+    { length: Math.max(0, (o.donors ?? 1) - 1) },
+    (_, i) => `p2pa_day_donor_${i}`,
+  );
+  await prepareLocalDatabase(dir, donorTokens);
+  const tokens = [DEV_CREDENTIALS.workerToken, ...donorTokens];
+  let joined = 0;
   const port = await freePort();
   // The default lease (60 s, heartbeats every 15 s), so an idle shard really hibernates; a
   // killed worker's tasks come back after the 5 s reconnect grace anyway.
@@ -120,7 +135,7 @@ export async function runDay(o: DayOptions): Promise<DayReport> {
   const workers: LiveWorker[] = [];
   const join = async () => {
     const statusPort = await freePort();
-    const p = spawnWorker(edge.url, DEV_CREDENTIALS.workerToken, [
+    const p = spawnWorker(edge.url, tokens[joined++ % tokens.length] as string, [
       "--threads",
       "1",
       "--status-port",
@@ -323,6 +338,10 @@ export async function runDay(o: DayOptions): Promise<DayReport> {
       vectors: fleet.body.vectors,
       stalls: metric("p2pa_dispatch_stalls_total"),
       coordinatorStarts: metric("p2pa_coordinator_starts_total"),
+      donors: (
+        (fleet.body as { shards?: { donors?: DayReport["donors"] }[] }).shards ?? []
+      ).flatMap((s) => s.donors ?? []),
+      confirmed: metric("p2pa_results_confirmed_total"),
       api5xx,
       errors5xx,
     };
@@ -349,5 +368,7 @@ export function formatDay(r: DayReport): string {
     `| stalls repaired by the watchdog | ${r.stalls} |`,
     `| coordinator starts | ${r.coordinatorStarts} |`,
     `| API 5xx answers | ${r.api5xx} |`,
+    `| results confirmed by a second donor | ${r.confirmed} |`,
+    `| donors (agreed / outvoted / quarantined) | ${r.donors.map((d) => `${d.agreed}/${d.disagreed}/${d.quarantinedAt ? "yes" : "no"}`).join(", ") || "-"} |`,
   ].join("\n");
 }
