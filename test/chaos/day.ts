@@ -141,10 +141,21 @@ export async function runDay(o: DayOptions): Promise<DayReport> {
       "--status-port",
       String(statusPort),
     ]);
-    // Drain the pipes: a full pipe would stall the worker.
-    p.stdout?.resume();
-    p.stderr?.resume();
-    workers.push({ process: p, statusPort });
+    // Drain the pipes (a full pipe would stall the worker), keeping the last lines to say
+    // why a worker ended that nobody stopped.
+    const tail: string[] = [];
+    const keep = (d: Buffer) => {
+      tail.push(...d.toString().trimEnd().split("\n"));
+      tail.splice(0, Math.max(0, tail.length - 20));
+    };
+    p.stdout?.on("data", keep);
+    p.stderr?.on("data", keep);
+    const entry = { process: p, statusPort };
+    p.once("exit", (code, signal) => {
+      if (workers.includes(entry))
+        log(`a worker exited unasked (${code ?? signal}):\n${tail.join("\n")}`);
+    });
+    workers.push(entry);
     fault("worker joined");
   };
   const leave = async (kill: boolean) => {

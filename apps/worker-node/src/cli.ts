@@ -10,22 +10,33 @@ const require = createRequire(import.meta.url);
 const { version } = require("../package.json") as { version: string };
 
 /** Checks the server answers and takes the token before any socket is opened. */
-async function preflight(server: string, token: string): Promise<URL> {
+/** How long the worker keeps trying a server it cannot reach at start before it gives up. */
+const REACH_TRIES_MS = 60_000;
+
+async function preflight(server: string, token: string, log: (line: string) => void): Promise<URL> {
   const base = new URL(server.replace(/^ws/, "http"));
   const probe = new URL("/v1/workers/connect", base);
-  let res: Response;
-  try {
-    res = await fetch(probe, {
-      headers: { Authorization: `Bearer ${token}` },
-      signal: AbortSignal.timeout(10_000),
-    });
-  } catch (err) {
-    const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message;
-    throw new UserError(
-      `cannot reach the server at ${base.origin} (${cause})`,
-      "Check --server and that the server is running.",
-      3,
-    );
+  let res: Response | null = null;
+  // A server that is restarting or briefly unreachable is waited for, as the connection is
+  // once running; a wrong address still fails within a minute, with what to check.
+  const deadline = Date.now() + REACH_TRIES_MS;
+  for (let delay = 500; res === null; delay = Math.min(delay * 2, 8000)) {
+    try {
+      res = await fetch(probe, {
+        headers: { Authorization: `Bearer ${token}` },
+        signal: AbortSignal.timeout(10_000),
+      });
+    } catch (err) {
+      const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message;
+      if (Date.now() + delay > deadline)
+        throw new UserError(
+          `cannot reach the server at ${base.origin} (${cause})`,
+          "Check --server and that the server is running.",
+          3,
+        );
+      log(`cannot reach ${base.origin} yet (${cause}); trying again in ${delay / 1000} s`);
+      await new Promise((r) => setTimeout(r, delay));
+    }
   }
   if (res.status === 401)
     throw new UserError("the server rejected the token", "Ask the operator for a worker token.", 4);
@@ -68,7 +79,9 @@ export async function main(argv: string[]): Promise<number> {
   }
   const { config } = action;
   for (const w of action.warnings) process.stderr.write(`p2pa-worker: warning: ${w}\n`);
-  const url = await preflight(config.server, config.token);
+  const url = await preflight(config.server, config.token, (line) =>
+    process.stderr.write(`${new Date().toISOString()} ${line}\n`),
+  );
   let worker: Worker | null = null;
   let device = pickDevice(config.device);
   const label = { model: config.model, device: device.name as string, threads: config.threads };
