@@ -16,7 +16,7 @@ import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { maskPersonalData, PII_KINDS, type PiiKind } from "../apps/edge/src/privacy/mask.js";
-import { PII_GENERATORS, Rand } from "../apps/edge/test/privacy/corpus.js";
+import { NAMES, PII_GENERATORS, Rand } from "../apps/edge/test/privacy/corpus.js";
 import { loadModel } from "../apps/worker-node/src/model/index.js";
 import { ROOT } from "./lib/local-edge.js";
 
@@ -637,18 +637,6 @@ const SUBJECTS: Subject[] = [
   },
 ];
 
-const FIRST = [
-  "Maria",
-  "John",
-  "Amélie",
-  "Jürgen",
-  "Siobhan",
-  "Kwame",
-  "Mei",
-  "Rafael",
-  "Ingrid",
-  "Tomasz",
-];
 const LAST = [
   "Lopez",
   "Smith",
@@ -672,7 +660,7 @@ function pii(r: Rand, kind: PiiKind): string {
 
 /** A document of the subject's kind, with personal data where such documents carry it. */
 function documentFor(s: Subject, r: Rand, variant: number): string {
-  const name = `${r.pick(FIRST)} ${r.pick(LAST)}`;
+  const name = `${r.pick(NAMES)} ${r.pick(LAST)}`;
   const body = s.says[variant % 3] as string;
   switch (s.kind) {
     case "ticket":

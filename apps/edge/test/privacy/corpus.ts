@@ -172,7 +172,8 @@ const LAST = [
   "lopez",
 ];
 const LAST_ACCENTED = ["müller", "garcía", "fernández", "sørensen", "dvořák", "gößling"];
-const NAMES = [
+/** First names used in generated personal data (also by scripts/privacy-search.ts). */
+export const NAMES = [
   "Maria",
   "John",
   "Amélie",
