@@ -12,6 +12,8 @@ export default defineConfig({
       miniflare: {
         bindings: {
           VECTOR_BACKEND: "local",
+          // A fixed test deployment key (base64 of 32 bytes); never a real deployment's.
+          P2PA_DATA_KEYS: `test:${Buffer.alloc(32, 7).toString("base64")}`,
           // Small, so a test can fill the queue.
           MAX_BACKLOG_TASKS: "200",
           // Scripted test donors answer by position, not by text; canary tests turn them on.

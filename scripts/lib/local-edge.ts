@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -96,9 +97,26 @@ export interface EdgeOptions {
   inheritOutput?: boolean;
 }
 
+/**
+ * The deployment key that seals this local state's data (P2PA_DATA_KEYS), made on first use
+ * and kept beside the state it protects, so a restart reads what the last run wrote.
+ */
+export function localDataKeys(persistTo: string): string {
+  const file = path.join(persistTo, "p2pa-data-keys");
+  if (!existsSync(file)) {
+    mkdirSync(persistTo, { recursive: true });
+    writeFileSync(file, `local:${randomBytes(32).toString("base64")}`, { mode: 0o600 });
+  }
+  return readFileSync(file, "utf8").trim();
+}
+
 /** Starts `wrangler dev` on 127.0.0.1 with local D1, R2, Durable Objects and vector index. */
 export async function startEdge(opts: EdgeOptions): Promise<LocalEdge> {
-  const vars = { VECTOR_BACKEND: "local", ...opts.vars };
+  const vars = {
+    VECTOR_BACKEND: "local",
+    P2PA_DATA_KEYS: localDataKeys(opts.persistTo),
+    ...opts.vars,
+  };
   const args = [
     WRANGLER,
     "dev",

@@ -1,9 +1,11 @@
 import { OpenAPIHono } from "@hono/zod-openapi";
 import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
+import { secureHeaders } from "hono/secure-headers";
 import type { z } from "zod";
 import type { AppEnv } from "./lib/auth.js";
 import { AppError } from "./lib/errors.js";
+import { KeyringNotConfigured } from "./lib/keyring.js";
 
 /** Largest request body the API reads (a job's text limit plus JSON overhead). */
 export const MAX_BODY_BYTES = 32 * 1024 * 1024;
@@ -37,6 +39,19 @@ export function errorBody(code: string, message: string, details?: unknown) {
 export function createApp() {
   const app = router();
 
+  // The usual security headers on every answer. The API serves JSON only, so nothing may
+  // be framed, sniffed or loaded from it. A WebSocket upgrade's answer comes from the
+  // coordinator as it is.
+  const headers = secureHeaders({
+    contentSecurityPolicy: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] },
+    strictTransportSecurity: "max-age=63072000; includeSubDomains",
+    referrerPolicy: "no-referrer",
+    crossOriginResourcePolicy: "same-origin",
+  });
+  app.use("*", async (c, next) =>
+    c.req.header("Upgrade")?.toLowerCase() === "websocket" ? next() : headers(c, next),
+  );
+
   app.use(
     "/v1/*",
     bodyLimit({
@@ -64,6 +79,16 @@ export function createApp() {
   app.onError((err, c) => {
     if (err instanceof AppError) {
       return c.json(errorBody(err.code, err.message, err.details), err.status, err.headers);
+    }
+    if (err instanceof KeyringNotConfigured) {
+      console.error(err.message);
+      return c.json(
+        errorBody(
+          "not_configured",
+          "this deployment cannot encrypt data yet: the operator must set the P2PA_DATA_KEYS secret",
+        ),
+        503,
+      );
     }
     if (err instanceof HTTPException) {
       // hono raises 400 for unparseable JSON bodies.

@@ -4,13 +4,16 @@ import { shardsFrom } from "./dispatch/shards.js";
 import { embeddingRoutes } from "./routes/embeddings.js";
 import { eventRoutes } from "./routes/events.js";
 import { jobs } from "./routes/jobs.js";
+import { keyRoutes } from "./routes/keys.js";
 import { metricRoutes } from "./routes/metrics.js";
 import { resultRoutes } from "./routes/results.js";
 import { searchRoutes } from "./routes/search.js";
+import { tenantRoutes } from "./routes/tenant.js";
 import { webhookRoutes } from "./routes/webhooks.js";
 import { workerRoutes } from "./routes/workers.js";
 
 export { Dispatcher } from "./dispatch/dispatcher.js";
+export { TenantLedger } from "./tenant/ledger.js";
 export { LocalVectorIndex } from "./vector/local-index.js";
 export { WebhookHub } from "./webhooks/hub.js";
 
@@ -60,6 +63,37 @@ app.route("/", searchRoutes);
 app.route("/", embeddingRoutes);
 app.route("/", workerRoutes);
 app.route("/", metricRoutes);
+app.route("/", keyRoutes);
+app.route("/", tenantRoutes);
+
+// Routes written without createRoute still belong in the document (and in the cross-tenant
+// walk of every route).
+const plain = (description: string) => ({ 200: { description } });
+app.openAPIRegistry.registerPath({
+  method: "get",
+  path: "/v1/workers",
+  summary: "Connected workers: your own (operators: the whole fleet, queues and index)",
+  security: [{ bearer: ["jobs:read"] }],
+  responses: plain("Workers per shard"),
+});
+app.openAPIRegistry.registerPath({
+  method: "get",
+  path: "/v1/workers/connect",
+  summary: "A worker joins over WebSocket with its worker token (the p2pa protocol)",
+  responses: { 101: { description: "Switching to the WebSocket protocol" } },
+});
+app.openAPIRegistry.registerPath({
+  method: "delete",
+  path: "/v1/workers/tokens/{id}",
+  summary: "Operator: revoke any worker token and close its connections",
+  responses: plain("Revoked"),
+});
+app.openAPIRegistry.registerPath({
+  method: "get",
+  path: "/v1/metrics",
+  summary: "Operator: Prometheus metrics of every shard",
+  responses: plain("Metrics in the Prometheus text format"),
+});
 
 app.openAPIRegistry.registerComponent("securitySchemes", "bearer", {
   type: "http",

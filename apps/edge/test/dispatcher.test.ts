@@ -273,14 +273,14 @@ describe("Dispatcher", () => {
     const chunkIds = (
       (await (await call(`/v1/jobs/${j.id}/chunks`)).json()) as { data: { id: string }[] }
     ).data.map((c) => c.id);
-    expect(await env.RAW.head(`jobs/${j.id}/request.json`)).not.toBeNull();
+    expect(await env.RAW.head(`raw/t1/${j.id}.ndjson`)).not.toBeNull();
     expect((await call(`/v1/jobs/${j.id}`, { method: "DELETE", key: KEYS.other })).status).toBe(
       404,
     );
     expect((await call(`/v1/jobs/${j.id}`, { method: "DELETE" })).status).toBe(204);
     expect((await call(`/v1/jobs/${j.id}`)).status).toBe(404);
     expect((await call(`/v1/jobs/${j.id}`, { method: "DELETE" })).status).toBe(404);
-    expect(await env.RAW.head(`jobs/${j.id}/request.json`)).toBeNull();
+    expect(await env.RAW.head(`raw/t1/${j.id}.ndjson`)).toBeNull();
     const { getVectorIndex } = await import("../src/vector/index.js");
     expect(await getVectorIndex(env, "use-lite").getByIds(chunkIds)).toEqual([]);
     w.ws.close();

@@ -1,6 +1,7 @@
 import { env } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
-import { D1Store, type NewJob } from "../src/db/store.js";
+import { openStore } from "../src/db/open.js";
+import type { NewJob } from "../src/db/store.js";
 
 function newJob(id: string, chunks: number): NewJob {
   return {
@@ -11,6 +12,8 @@ function newJob(id: string, chunks: number): NewJob {
     verification: "auto",
     pool: "any",
     piiMask: [],
+    textRetentionDays: null,
+    createdBy: null,
     idempotencyKey: null,
     requestHash: null,
     createdAt: new Date().toISOString(),
@@ -30,7 +33,7 @@ function newJob(id: string, chunks: number): NewJob {
 
 describe("D1Store", () => {
   it("creates a job with all its chunks in one transaction", async () => {
-    const store = new D1Store(env.DB);
+    const store = openStore(env);
     const { job, created } = await store.createJob(newJob("job_a", 250));
     expect(created).toBe(true);
     expect(job).toMatchObject({
@@ -44,7 +47,7 @@ describe("D1Store", () => {
   });
 
   it("counts each chunk once however often its result is recorded, then settles the status", async () => {
-    const store = new D1Store(env.DB);
+    const store = openStore(env);
     await store.createJob(newJob("job_b", 120));
     const ids = (await store.listChunks("t1", "job_b", null, 1000)).map((c) => c.id);
     await store.recordDone("job_b", ids.slice(0, 100));
@@ -73,7 +76,7 @@ describe("D1Store", () => {
   });
 
   it("completes a job whose every chunk is done, and fails one whose every chunk failed", async () => {
-    const store = new D1Store(env.DB);
+    const store = openStore(env);
     await store.createJob(newJob("job_c", 5));
     await store.createJob(newJob("job_d", 5));
     const c = (await store.listChunks("t1", "job_c", null, 10)).map((x) => x.id);

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { Retention } from "./access.js";
 
 /** Limits on what one request may carry. */
 export const LIMITS = {
@@ -169,6 +170,7 @@ export const CreateJobRequest = z
     }),
     pool: Pool.optional().meta({ description: "Default: any." }),
     privacy: Privacy.optional().meta({ description: "Default: the deployment's PII_MASK (none)." }),
+    retention: Retention.optional().meta({ description: "Default: the tenant's policy (keep)." }),
     webhook: z
       .object({
         url: z.string().min(1).max(2048),
@@ -204,6 +206,12 @@ export const Job = z
     verification: Verification,
     pool: Pool,
     privacy: z.object({ mask: z.array(PiiKind) }),
+    retention: z.object({
+      textDays: z.number().int().nullable(),
+      textPurgedAt: z.string().optional().meta({
+        description: "When the job's raw documents and chunk text were dropped.",
+      }),
+    }),
     createdAt: z.string(),
     completedAt: z.string().optional(),
     webhook: z
@@ -220,7 +228,9 @@ export const Chunk = z
     jobId: z.string(),
     documentId: z.string(),
     index: z.number().int(),
-    text: z.string(),
+    text: z.string().nullable().meta({
+      description: "null once the job's text retention has ended (the vector stays).",
+    }),
     /** Offsets of the chunk in its document's text. */
     start: z.number().int(),
     end: z.number().int(),
@@ -323,6 +333,9 @@ export const ErrorCode = z.enum([
   "unsupported_media_type",
   "unprocessable",
   "rate_limited",
+  "quota_exceeded",
+  "expired",
+  "not_configured",
   "no_capacity",
   "internal",
 ]);

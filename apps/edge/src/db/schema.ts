@@ -22,6 +22,16 @@ export const credentials = sqliteTable(
     /** A worker token caught returning wrong results: it gets no work, and says why. */
     quarantinedAt: text("quarantined_at"),
     quarantineReason: text("quarantine_reason"),
+    /** What an API key may do (JSON array of scopes); null: every scope (keys made before scopes). */
+    scopes: text("scopes", { mode: "json" }).$type<string[]>(),
+    /** The first characters of the secret, shown in listings so a key can be recognised. */
+    prefix: text("prefix"),
+    /** After this instant the key is refused, as if revoked. */
+    expiresAt: text("expires_at"),
+    /** Updated at most once a minute per key, off the request's path. */
+    lastUsedAt: text("last_used_at"),
+    /** Limits of this key alone (JSON); the tenant's own limits apply as well. */
+    quotas: text("quotas", { mode: "json" }).$type<Record<string, number>>(),
   },
   (t) => [uniqueIndex("credentials_hash").on(t.hash)],
 );
@@ -52,6 +62,16 @@ export const jobs = sqliteTable(
     /** Kinds of personal data masked in the text workers get (JSON array; empty: none). */
     piiMask: text("pii_mask", { mode: "json" }).$type<PiiKind[]>().notNull().default([]),
     idempotencyKey: text("idempotency_key"),
+    /** The key that submitted the job (its per-key quotas count the job's chunks). */
+    createdBy: text("created_by"),
+    /**
+     * How long the raw documents and chunk text are kept after the job ends, in days: null
+     * keeps them until the job is deleted, 0 drops them as soon as the job ends (vectors and
+     * metadata stay).
+     */
+    textRetentionDays: integer("text_retention_days"),
+    /** When the text was purged (retention): chunks then answer with `text: null`. */
+    textPurgedAt: text("text_purged_at"),
     requestHash: text("request_hash"),
     /** The job's own webhook endpoint (in the tenant's WebhookHub), if it asked for one. */
     webhookId: text("webhook_id"),
@@ -63,6 +83,7 @@ export const jobs = sqliteTable(
     completedAt: text("completed_at"),
   },
   (t) => [
+    index("jobs_tenant_status").on(t.tenant, t.status),
     uniqueIndex("jobs_idempotency").on(t.tenant, t.idempotencyKey),
     index("jobs_tenant_created").on(t.tenant, t.createdAt),
   ],
@@ -116,4 +137,33 @@ export const workers = sqliteTable("workers", {
   lastSeenAt: text("last_seen_at").notNull(),
   disconnectedAt: text("disconnected_at"),
   chunksDone: integer("chunks_done").notNull().default(0),
+});
+
+/**
+ * Each tenant's data keys (AES-256-GCM), wrapped by a deployment key from the
+ * `P2PA_DATA_KEYS` secret: a copy of D1 alone cannot unwrap them. The highest version
+ * encrypts new data; older versions still decrypt what they wrote.
+ */
+export const tenantKeys = sqliteTable(
+  "tenant_keys",
+  {
+    tenant: text("tenant").notNull(),
+    version: integer("version").notNull(),
+    /** base64 of the AES-KW wrapped key. */
+    wrapped: text("wrapped").notNull(),
+    /** Id of the deployment key that wrapped it. */
+    wrappedBy: text("wrapped_by").notNull(),
+    createdAt: text("created_at").notNull(),
+  },
+  (t) => [uniqueIndex("tenant_keys_pk").on(t.tenant, t.version)],
+);
+
+/** A tenant's own policies: default text retention and quotas. */
+export const tenantSettings = sqliteTable("tenant_settings", {
+  tenant: text("tenant").primaryKey(),
+  /** Default for jobs that do not choose (see jobs.textRetentionDays); null: keep. */
+  textRetentionDays: integer("text_retention_days"),
+  /** JSON of the tenant's limits (requestsPerMinute, chunksPerDay, storedVectors). */
+  quotas: text("quotas", { mode: "json" }).$type<Record<string, number>>(),
+  updatedAt: text("updated_at").notNull(),
 });

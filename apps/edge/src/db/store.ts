@@ -1,5 +1,28 @@
-import type { Chunk, Job, JobStatus, PiiKind, Pool, Verification } from "@p2pa/shared";
-import { and, asc, eq, getTableColumns, gt, inArray, isNull, sql, type Table } from "drizzle-orm";
+import {
+  type ApiKey,
+  type Chunk,
+  type Job,
+  type JobStatus,
+  type PiiKind,
+  type Pool,
+  type Quotas,
+  SCOPES,
+  type Scope,
+  type Verification,
+} from "@p2pa/shared";
+import {
+  and,
+  asc,
+  desc,
+  eq,
+  getTableColumns,
+  gt,
+  inArray,
+  isNull,
+  ne,
+  sql,
+  type Table,
+} from "drizzle-orm";
 import { type DrizzleD1Database, drizzle } from "drizzle-orm/d1";
 import * as schema from "./schema.js";
 
@@ -16,6 +39,42 @@ export interface MetadataStore {
   quarantineCredential(id: string, reason: string): Promise<void>;
   /** Revokes a credential of a kind; false when there is none to revoke. */
   revokeCredential(id: string, kind: Credential["kind"]): Promise<boolean>;
+  /** Revokes one of a tenant's keys or worker tokens; false when it has none such. */
+  revokeTenantCredential(tenant: string, id: string): Promise<boolean>;
+  createCredential(c: NewCredential): Promise<void>;
+  /** A tenant's keys and worker tokens, newest first, without their hashes. */
+  listCredentials(tenant: string): Promise<ApiKey[]>;
+  getCredential(tenant: string, id: string): Promise<ApiKey | null>;
+  updateCredential(
+    tenant: string,
+    id: string,
+    patch: { label?: string; quotas?: Quotas },
+  ): Promise<boolean>;
+  /** Records that a credential was used now. */
+  touchCredential(id: string): Promise<void>;
+  tenantSettings(tenant: string): Promise<TenantSettings | null>;
+  putTenantSettings(
+    tenant: string,
+    patch: Partial<Omit<TenantSettings, "updatedAt">>,
+  ): Promise<TenantSettings>;
+  /** Chunks submitted in the last 24 hours (by the tenant and by one key) and vectors kept. */
+  chunkUsage(tenant: string, keyId: string): Promise<ChunkUsage>;
+  /** Chunks submitted in the last 24 hours per key of the tenant. */
+  chunksByKey(tenant: string): Promise<Map<string, number>>;
+  /** A tenant's job ids (every status), for erasure. */
+  tenantJobs(tenant: string): Promise<{ id: string; model: string }[]>;
+  /** Drops a job's chunk text (retention): chunks then read as `text: null`. */
+  purgeText(jobId: string): Promise<void>;
+  /** A document of a job, with its chunk ids. */
+  getDocument(
+    tenant: string,
+    jobId: string,
+    documentId: string,
+  ): Promise<{ seq: number; id: string; chunkIds: string[] } | null>;
+  /** Removes one document with its chunks, and takes them off the job's counters. */
+  deleteDocument(jobId: string, seq: number): Promise<void>;
+  /** Erases a tenant's credentials and settings (its jobs are deleted one by one first). */
+  eraseTenant(tenant: string): Promise<void>;
   createJob(
     input: NewJob,
   ): Promise<{ job: Job; created: boolean; requestHash: string | null; dispatched: boolean }>;
@@ -56,6 +115,44 @@ export interface Credential {
   /** Set on a worker token caught returning wrong results: why it was quarantined. */
   quarantined?: string;
   tenant: string;
+  scopes: Scope[];
+  /** The key's own limits (the tenant's apply as well). */
+  quotas: Quotas;
+  expiresAt: string | null;
+  /** Set by the lookup when `expiresAt` has passed. */
+  expired?: boolean;
+}
+
+export interface NewCredential {
+  id: string;
+  kind: "api" | "worker";
+  tenant: string;
+  hash: string;
+  label: string;
+  prefix: string;
+  scopes: Scope[] | null;
+  expiresAt: string | null;
+  quotas: Quotas | null;
+}
+
+export interface TenantSettings {
+  textRetentionDays: number | null;
+  quotas: Quotas;
+  updatedAt: string;
+}
+
+export interface ChunkUsage {
+  tenantLast24h: number;
+  keyLast24h: number;
+  tenantOldestAt: string | null;
+  keyOldestAt: string | null;
+  storedVectors: number;
+}
+
+/** Seals and opens document text at rest; the store never holds a key itself. */
+export interface TextSealer {
+  encrypt(tenant: string, plaintext: string, context: string): Promise<string>;
+  decrypt(tenant: string, ciphertext: string, context: string): Promise<string>;
 }
 
 export interface NewJob {
@@ -67,6 +164,8 @@ export interface NewJob {
   pool: Pool;
   /** Personal data masked in the text workers get. */
   piiMask: PiiKind[];
+  textRetentionDays: number | null;
+  createdBy: string | null;
   idempotencyKey: string | null;
   requestHash: string | null;
   createdAt: string;
@@ -84,6 +183,19 @@ export interface NewJob {
 }
 
 export type ChunkRow = Omit<Chunk, "vector">;
+
+type ChunkSelect = {
+  id: string;
+  jobId: string;
+  documentId: string;
+  index: number;
+  text: string;
+  status: "pending" | "done" | "failed";
+  error: string | null;
+  start: number;
+  end: number;
+  metadata: Record<string, unknown> | null;
+};
 
 export interface WorkerInfo {
   id: string;
@@ -114,6 +226,10 @@ function toJob(r: typeof schema.jobs.$inferSelect): Job {
     verification: r.verification,
     pool: r.pool,
     privacy: { mask: r.piiMask },
+    retention: {
+      textDays: r.textRetentionDays,
+      ...(r.textPurgedAt ? { textPurgedAt: r.textPurgedAt } : {}),
+    },
     createdAt: r.createdAt,
     ...(r.completedAt ? { completedAt: r.completedAt } : {}),
     ...(r.webhookId && r.webhookUrl ? { webhook: { id: r.webhookId, url: r.webhookUrl } } : {}),
@@ -134,8 +250,21 @@ const SETTLED_AT = sql<string | null>`CASE
 export class D1Store implements MetadataStore {
   private readonly db: DrizzleD1Database<typeof schema>;
 
-  constructor(d1: D1Database) {
+  /**
+   * `sealer` encrypts chunk text on the way in and decrypts it on the way out; without one,
+   * reading chunk text fails (routes and the coordinator always pass one).
+   */
+  constructor(
+    d1: D1Database,
+    private readonly sealer?: TextSealer,
+  ) {
     this.db = drizzle(d1, { schema });
+  }
+
+  private get seal(): TextSealer {
+    if (!this.sealer)
+      throw new Error("this store was opened without a sealer; it cannot touch text");
+    return this.sealer;
   }
 
   async findCredential(hash: string): Promise<Credential | null> {
@@ -145,13 +274,254 @@ export class D1Store implements MetadataStore {
         kind: schema.credentials.kind,
         tenant: schema.credentials.tenant,
         quarantined: schema.credentials.quarantineReason,
+        scopes: schema.credentials.scopes,
+        quotas: schema.credentials.quotas,
+        expiresAt: schema.credentials.expiresAt,
       })
       .from(schema.credentials)
       .where(and(eq(schema.credentials.hash, hash), isNull(schema.credentials.revokedAt)))
       .get();
     if (!row) return null;
-    const { quarantined, ...cred } = row;
-    return quarantined ? { ...cred, quarantined } : cred;
+    const { quarantined, scopes, quotas, ...cred } = row;
+    const out: Credential = {
+      ...cred,
+      // Keys made before scopes existed keep what they could do: everything.
+      scopes: (scopes as Scope[] | null) ?? [...SCOPES],
+      quotas: quotas ?? {},
+    };
+    return quarantined ? { ...out, quarantined } : out;
+  }
+
+  async createCredential(c: NewCredential): Promise<void> {
+    await this.db.insert(schema.credentials).values({
+      id: c.id,
+      kind: c.kind,
+      tenant: c.tenant,
+      hash: c.hash,
+      name: c.label,
+      prefix: c.prefix,
+      scopes: c.scopes,
+      expiresAt: c.expiresAt,
+      quotas: c.quotas,
+      createdAt: new Date().toISOString(),
+    });
+  }
+
+  private static toKey(r: typeof schema.credentials.$inferSelect): ApiKey {
+    return {
+      id: r.id,
+      kind: r.kind,
+      label: r.name,
+      prefix: r.prefix,
+      scopes: r.kind === "worker" ? [] : ((r.scopes as Scope[] | null) ?? [...SCOPES]),
+      quotas: r.quotas ?? {},
+      createdAt: r.createdAt,
+      expiresAt: r.expiresAt,
+      lastUsedAt: r.lastUsedAt,
+      revokedAt: r.revokedAt,
+    };
+  }
+
+  async listCredentials(tenant: string): Promise<ApiKey[]> {
+    const rows = await this.db
+      .select()
+      .from(schema.credentials)
+      .where(eq(schema.credentials.tenant, tenant))
+      .orderBy(desc(schema.credentials.createdAt), desc(schema.credentials.id))
+      .all();
+    return rows.map(D1Store.toKey);
+  }
+
+  async getCredential(tenant: string, id: string): Promise<ApiKey | null> {
+    const r = await this.db
+      .select()
+      .from(schema.credentials)
+      .where(and(eq(schema.credentials.tenant, tenant), eq(schema.credentials.id, id)))
+      .get();
+    return r ? D1Store.toKey(r) : null;
+  }
+
+  async updateCredential(tenant: string, id: string, patch: { label?: string; quotas?: Quotas }) {
+    const set: Partial<typeof schema.credentials.$inferInsert> = {};
+    if (patch.label !== undefined) set.name = patch.label;
+    if (patch.quotas !== undefined) set.quotas = patch.quotas;
+    if (Object.keys(set).length === 0) return (await this.getCredential(tenant, id)) !== null;
+    const r = await this.db
+      .update(schema.credentials)
+      .set(set)
+      .where(
+        and(
+          eq(schema.credentials.tenant, tenant),
+          eq(schema.credentials.id, id),
+          isNull(schema.credentials.revokedAt),
+        ),
+      )
+      .run();
+    return (r.meta.changes ?? 0) > 0;
+  }
+
+  async revokeTenantCredential(tenant: string, id: string): Promise<boolean> {
+    const r = await this.db
+      .update(schema.credentials)
+      .set({ revokedAt: new Date().toISOString() })
+      .where(
+        and(
+          eq(schema.credentials.tenant, tenant),
+          eq(schema.credentials.id, id),
+          ne(schema.credentials.kind, "admin"),
+          isNull(schema.credentials.revokedAt),
+        ),
+      )
+      .run();
+    return (r.meta.changes ?? 0) > 0;
+  }
+
+  async touchCredential(id: string): Promise<void> {
+    await this.db
+      .update(schema.credentials)
+      .set({ lastUsedAt: new Date().toISOString() })
+      .where(eq(schema.credentials.id, id));
+  }
+
+  async tenantSettings(tenant: string): Promise<TenantSettings | null> {
+    const r = await this.db
+      .select()
+      .from(schema.tenantSettings)
+      .where(eq(schema.tenantSettings.tenant, tenant))
+      .get();
+    return r
+      ? { textRetentionDays: r.textRetentionDays, quotas: r.quotas ?? {}, updatedAt: r.updatedAt }
+      : null;
+  }
+
+  async putTenantSettings(tenant: string, patch: Partial<Omit<TenantSettings, "updatedAt">>) {
+    const now = new Date().toISOString();
+    const current = (await this.tenantSettings(tenant)) ?? {
+      textRetentionDays: null,
+      quotas: {},
+      updatedAt: now,
+    };
+    const next: TenantSettings = { ...current, ...patch, updatedAt: now };
+    await this.db
+      .insert(schema.tenantSettings)
+      .values({ tenant, ...next })
+      .onConflictDoUpdate({ target: schema.tenantSettings.tenant, set: next });
+    return next;
+  }
+
+  async chunkUsage(tenant: string, keyId: string): Promise<ChunkUsage> {
+    const since = new Date(Date.now() - 86_400_000).toISOString();
+    const r = await this.db
+      .select({
+        tenantLast24h: sql<number>`coalesce(sum(CASE WHEN created_at > ${since} THEN chunks_total END), 0)`,
+        keyLast24h: sql<number>`coalesce(sum(CASE WHEN created_at > ${since} AND created_by = ${keyId} THEN chunks_total END), 0)`,
+        tenantOldestAt: sql<
+          string | null
+        >`min(CASE WHEN created_at > ${since} THEN created_at END)`,
+        keyOldestAt: sql<
+          string | null
+        >`min(CASE WHEN created_at > ${since} AND created_by = ${keyId} THEN created_at END)`,
+        storedVectors: sql<number>`coalesce(sum(chunks_total - chunks_failed), 0)`,
+      })
+      .from(schema.jobs)
+      .where(eq(schema.jobs.tenant, tenant))
+      .get();
+    return (
+      r ?? {
+        tenantLast24h: 0,
+        keyLast24h: 0,
+        tenantOldestAt: null,
+        keyOldestAt: null,
+        storedVectors: 0,
+      }
+    );
+  }
+
+  async chunksByKey(tenant: string): Promise<Map<string, number>> {
+    const since = new Date(Date.now() - 86_400_000).toISOString();
+    const rows = await this.db
+      .select({ key: schema.jobs.createdBy, n: sql<number>`sum(chunks_total)` })
+      .from(schema.jobs)
+      .where(and(eq(schema.jobs.tenant, tenant), gt(schema.jobs.createdAt, since)))
+      .groupBy(schema.jobs.createdBy)
+      .all();
+    return new Map(rows.flatMap((r) => (r.key ? [[r.key, r.n] as const] : [])));
+  }
+
+  async tenantJobs(tenant: string) {
+    return this.db
+      .select({ id: schema.jobs.id, model: schema.jobs.model })
+      .from(schema.jobs)
+      .where(eq(schema.jobs.tenant, tenant))
+      .all();
+  }
+
+  async purgeText(jobId: string): Promise<void> {
+    await this.db.batch([
+      this.db.update(schema.chunks).set({ text: "" }).where(eq(schema.chunks.jobId, jobId)),
+      this.db
+        .update(schema.jobs)
+        .set({ textPurgedAt: new Date().toISOString() })
+        .where(and(eq(schema.jobs.id, jobId), isNull(schema.jobs.textPurgedAt))),
+    ]);
+  }
+
+  async getDocument(tenant: string, jobId: string, documentId: string) {
+    const doc = await this.db
+      .select({ seq: schema.documents.seq, id: schema.documents.id })
+      .from(schema.documents)
+      .innerJoin(schema.jobs, eq(schema.jobs.id, schema.documents.jobId))
+      .where(
+        and(
+          eq(schema.documents.jobId, jobId),
+          eq(schema.documents.id, documentId),
+          eq(schema.jobs.tenant, tenant),
+        ),
+      )
+      .get();
+    if (!doc) return null;
+    const rows = await this.db
+      .select({ id: schema.chunks.id })
+      .from(schema.chunks)
+      .where(and(eq(schema.chunks.jobId, jobId), eq(schema.chunks.documentId, documentId)))
+      .all();
+    return { ...doc, chunkIds: rows.map((r) => r.id) };
+  }
+
+  async deleteDocument(jobId: string, seq: number): Promise<void> {
+    const doc = await this.db
+      .select({ id: schema.documents.id })
+      .from(schema.documents)
+      .where(and(eq(schema.documents.jobId, jobId), eq(schema.documents.seq, seq)))
+      .get();
+    if (!doc) return;
+    const c = schema.chunks;
+    const mine = and(eq(c.jobId, jobId), eq(c.documentId, doc.id));
+    const count = (status: "done" | "failed" | null) =>
+      sql<number>`(SELECT count(*) FROM chunks WHERE job_id = ${jobId} AND document_id = ${doc.id}${status ? sql` AND status = ${status}` : sql``})`;
+    await this.db.batch([
+      // Counters first, while the chunks are still there to count.
+      this.db
+        .update(schema.jobs)
+        .set({
+          documents: sql`documents - 1`,
+          chunksTotal: sql`chunks_total - ${count(null)}`,
+          chunksDone: sql`chunks_done - ${count("done")}`,
+          chunksFailed: sql`chunks_failed - ${count("failed")}`,
+        })
+        .where(eq(schema.jobs.id, jobId)),
+      this.db.delete(c).where(mine),
+      this.db
+        .delete(schema.documents)
+        .where(and(eq(schema.documents.jobId, jobId), eq(schema.documents.seq, seq))),
+    ]);
+  }
+
+  async eraseTenant(tenant: string): Promise<void> {
+    await this.db.batch([
+      this.db.delete(schema.credentials).where(eq(schema.credentials.tenant, tenant)),
+      this.db.delete(schema.tenantSettings).where(eq(schema.tenantSettings.tenant, tenant)),
+    ]);
   }
 
   async quarantineCredential(id: string, reason: string): Promise<void> {
@@ -186,12 +556,21 @@ export class D1Store implements MetadataStore {
           id: schema.credentials.id,
           revokedAt: schema.credentials.revokedAt,
           quarantinedAt: schema.credentials.quarantinedAt,
+          expiresAt: schema.credentials.expiresAt,
         })
         .from(schema.credentials)
         .where(inArray(schema.credentials.id, ids.slice(i, i + 90)))
         .all();
+      const now = new Date().toISOString();
       for (const r of rows)
-        out.set(r.id, r.revokedAt ? "revoked" : r.quarantinedAt ? "quarantined" : "active");
+        out.set(
+          r.id,
+          r.revokedAt || (r.expiresAt && r.expiresAt <= now)
+            ? "revoked"
+            : r.quarantinedAt
+              ? "quarantined"
+              : "active",
+        );
     }
     return out;
   }
@@ -210,6 +589,8 @@ export class D1Store implements MetadataStore {
       verification: input.verification,
       pool: input.pool,
       piiMask: input.piiMask,
+      textRetentionDays: input.textRetentionDays,
+      createdBy: input.createdBy,
       idempotencyKey: input.idempotencyKey,
       requestHash: input.requestHash,
       createdAt: input.createdAt,
@@ -230,12 +611,16 @@ export class D1Store implements MetadataStore {
     for (let i = 0, n = rowsPerStatement(schema.documents); i < docRows.length; i += n) {
       rest.push(db.insert(schema.documents).values(docRows.slice(i, i + n)));
     }
-    const chunkRows = input.chunks.map((c) => ({
+    // Text is sealed under the tenant's key, bound to its chunk id.
+    const sealed = await Promise.all(
+      input.chunks.map((c) => this.seal.encrypt(input.tenant, c.text, c.id)),
+    );
+    const chunkRows = input.chunks.map((c, i) => ({
       id: c.id,
       jobId: input.id,
       documentId: c.documentId,
       index: c.index,
-      text: c.text,
+      text: sealed[i] as string,
       start: c.start,
       end: c.end,
     }));
@@ -312,6 +697,14 @@ export class D1Store implements MetadataStore {
       );
   }
 
+  /** Rows as chunks, their text opened (null once purged by retention). */
+  private async toChunks(tenant: string, rows: ChunkSelect[]): Promise<ChunkRow[]> {
+    const texts = await Promise.all(
+      rows.map((r) => (r.text === "" ? null : this.seal.decrypt(tenant, r.text, r.id))),
+    );
+    return rows.map((r, i) => ({ ...D1Store.toChunk(r), text: texts[i] ?? null }));
+  }
+
   private static toChunk(r: {
     id: string;
     jobId: string;
@@ -351,7 +744,7 @@ export class D1Store implements MetadataStore {
       .orderBy(asc(c.id))
       .limit(limit)
       .all();
-    return rows.map(D1Store.toChunk);
+    return this.toChunks(tenant, rows);
   }
 
   async getChunks(tenant: string, ids: string[]) {
@@ -359,7 +752,7 @@ export class D1Store implements MetadataStore {
     const rows = await this.chunkQuery()
       .where(and(inArray(schema.chunks.id, ids), eq(schema.jobs.tenant, tenant)))
       .all();
-    return rows.map(D1Store.toChunk);
+    return this.toChunks(tenant, rows);
   }
 
   private async record(

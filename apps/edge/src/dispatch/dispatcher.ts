@@ -10,13 +10,16 @@ import {
   getModel,
   type Hello,
   MAX_CAPACITY,
+  type PiiKind,
   PROTOCOL_VERSION,
   parseMessage,
   type TaskResult,
   WorkerMessage,
 } from "@p2pa/shared";
-import { D1Store, type MetadataStore } from "../db/store.js";
+import { openStore } from "../db/open.js";
+import type { MetadataStore } from "../db/store.js";
 import { sha256Hex } from "../lib/crypto.js";
+import { maskPersonalData } from "../privacy/mask.js";
 import { AlarmClock } from "./alarm.js";
 import { Canaries, canaryChunkId } from "./canary.js";
 import { recordFailure, recordSuccess } from "./error-budget.js";
@@ -109,7 +112,7 @@ export class Dispatcher extends DurableObject<Env> {
       MAX_ATTEMPTS,
       Number(env.LEASE_GIVE_UP_MS) || 10 * 60_000,
     );
-    this.store = new D1Store(env.DB);
+    this.store = openStore(env);
     this.jobs = new JobLog(ctx.storage.sql);
     this.metrics = new Metrics(ctx.storage.sql);
     this.notifier = new JobNotifier(env, this.jobs, this.store);
@@ -189,7 +192,7 @@ export class Dispatcher extends DurableObject<Env> {
     if (purge) {
       // Deleted: nothing of the job's text, errors or events stays on the shard.
       this.jobs.markEnded(jobId);
-      this.jobs.markDeleted(jobId);
+      await this.jobs.markDeleted(jobId);
       this.queue.purgeJob(jobId);
     } else if (this.jobs.markEnded(jobId)) {
       this.jobs.appendEvents(jobId, [{ kind: "end", data: { status: "cancelled" } }]);
@@ -766,9 +769,16 @@ export class Dispatcher extends DurableObject<Env> {
       ws.close(CloseCode.quarantined, "quarantined: results disagreed with other donors");
       await this.disconnect(ws, true);
     }
+    const masks = new Map<string, PiiKind[]>();
     for (const t of this.queue.unconfirmedBy(donor)) {
       const task = this.queue.getTask(t.taskId);
       if (!task) continue;
+      // The text goes out again as it went the first time: masked as the job asks.
+      let mask = masks.get(task.jobId);
+      if (!mask) {
+        mask = (await this.store.getJobById(task.jobId))?.privacy.mask ?? [];
+        masks.set(task.jobId, mask);
+      }
       const texts = new Map(
         (
           await this.store.getChunks(
@@ -777,9 +787,11 @@ export class Dispatcher extends DurableObject<Env> {
           )
         ).map((c) => [c.id, c.text]),
       );
+      // A chunk deleted since, or whose text retention has ended, is not computed again.
       const items = t.items.flatMap((i) => {
         const text = texts.get(i.chunkId);
-        return text === undefined ? [] : [{ ...i, text }];
+        if (text === undefined || text === null) return [];
+        return [{ ...i, text: mask.length ? maskPersonalData(text, mask).text : text }];
       });
       if (items.length) this.queue.recompute(t.taskId, items, donor);
     }

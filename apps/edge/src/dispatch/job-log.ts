@@ -1,3 +1,4 @@
+import { tombstone } from "../lib/crypto.js";
 import { migrateOnce } from "../lib/do-schema.js";
 /**
  * What the coordinator remembers about each job beside its tasks, in the same Durable Object
@@ -40,6 +41,9 @@ export class JobLog {
     `,
       // When to retry handing a job's terminal event over (0: now, or nothing pending).
       "ALTER TABLE jobs ADD COLUMN notify_at INTEGER NOT NULL DEFAULT 0",
+      // Deleted jobs are remembered by a one-way hash of their id, never the id itself.
+      `CREATE TABLE IF NOT EXISTS deleted_jobs (hash TEXT PRIMARY KEY);
+       DELETE FROM jobs WHERE deleted = 1;`,
     ]);
   }
 
@@ -49,22 +53,21 @@ export class JobLog {
   }
 
   /**
-   * The job was deleted: its event log goes, and results still being stored are removed
-   * once written. The row stays (deleted, with nothing of the job in it) so a late result is
-   * recognised.
+   * The job was deleted: its row and event log go, and results still being stored are
+   * removed once written. Only a one-way hash of its id stays, so a late result is
+   * recognised while the id itself is kept nowhere.
    */
-  markDeleted(jobId: string): void {
-    this.sql.exec("UPDATE jobs SET deleted = 1, notify_pending = 0 WHERE id = ?", jobId);
+  async markDeleted(jobId: string): Promise<void> {
+    const hash = await tombstone(jobId);
+    this.sql.exec("DELETE FROM jobs WHERE id = ?", jobId);
     this.sql.exec("DELETE FROM job_events WHERE job_id = ?", jobId);
+    this.sql.exec("INSERT OR IGNORE INTO deleted_jobs (hash) VALUES (?)", hash);
   }
 
   /** True when the job was deleted while some of its results were being stored. */
-  isDeleted(jobId: string): boolean {
-    return (
-      (this.sql
-        .exec<{ deleted: number }>("SELECT deleted FROM jobs WHERE id = ?", jobId)
-        .toArray()[0]?.deleted ?? 0) === 1
-    );
+  async isDeleted(jobId: string): Promise<boolean> {
+    const hash = await tombstone(jobId);
+    return this.sql.exec("SELECT 1 FROM deleted_jobs WHERE hash = ?", hash).toArray().length > 0;
   }
 
   /** Appends to a job's event log (what live progress streams replay and resume from). */

@@ -1,4 +1,5 @@
 import type { MetadataStore } from "../db/store.js";
+import { ledger } from "../tenant/limits.js";
 import { terminalEvent, webhookHub } from "../webhooks/index.js";
 import type { JobLog } from "./job-log.js";
 
@@ -17,7 +18,8 @@ export class JobNotifier {
   ) {}
 
   /**
-   * Hands the job's terminal event to the tenant's webhook hub. Until the hub has it, the job
+   * Hands the job's terminal event to the tenant's webhook hub, and its text purge (if the
+   * job keeps text for a period only) to the tenant's ledger. Until both have it, the job
    * stays marked with its next try (a wake source of the shard's alarm), so the event is
    * delivered at least once.
    */
@@ -27,6 +29,12 @@ export class JobNotifier {
       const tenant = this.jobs.jobTenant(jobId);
       const job = await this.store.getJobById(jobId);
       const type = job ? terminalEvent(job.status) : null;
+      // Retention counts from the job's end: its text is purged by the tenant's alarm.
+      const days = job?.retention.textDays;
+      if (tenant && job && days !== null && days !== undefined) {
+        const end = Date.parse(job.completedAt ?? "") || Date.now();
+        await ledger(this.env, tenant).scheduleTextPurge(jobId, end + days * 86_400_000);
+      }
       if (tenant && job && type) await webhookHub(this.env, tenant).emit(type, jobId, job);
       this.jobs.setNotifyPending(jobId, false);
     } catch (err) {

@@ -115,7 +115,7 @@ export class ResultStore {
     }
     this.queue.finishStoring(task.id, donor, confirmed);
     if (confirmed) this.metrics.count("p2pa_results_confirmed_total");
-    if (this.jobs.isDeleted(task.jobId)) {
+    if (await this.jobs.isDeleted(task.jobId)) {
       // The job was deleted while this result was being written: take the vectors back out.
       await index.deleteByIds(items.map((it) => it.chunkId));
     }

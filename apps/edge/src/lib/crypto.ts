@@ -6,9 +6,9 @@ export async function sha256Hex(input: string): Promise<string> {
 
 const ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz";
 
-/** A prefixed random id (`job_…`), 80 bits of entropy in Crockford base32. */
-export function newId(prefix: string): string {
-  const bytes = crypto.getRandomValues(new Uint8Array(16));
+/** A prefixed random id (`job_…`): 5 bits of entropy per character (80 by default), Crockford base32. */
+export function newId(prefix: string, chars = 16): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(chars));
   let out = "";
   for (const b of bytes) out += ALPHABET[b & 31];
   return `${prefix}_${out}`;
@@ -22,4 +22,12 @@ export function fnv1a(s: string): number {
     h = Math.imul(h, 0x01000193);
   }
   return h >>> 0;
+}
+
+/**
+ * A one-way stand-in for a deleted thing's id (hex SHA-256 with a fixed label), so a
+ * tombstone can recognise a late arrival without keeping the id itself.
+ */
+export function tombstone(id: string): Promise<string> {
+  return sha256Hex(`p2pa-tombstone\n${id}`);
 }

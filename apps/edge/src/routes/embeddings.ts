@@ -7,7 +7,7 @@ import {
   getModel,
 } from "@p2pa/shared";
 import { router } from "../app.js";
-import { requireAuth } from "../lib/auth.js";
+import { requireAuth, scoped } from "../lib/auth.js";
 import { AppError } from "../lib/errors.js";
 import { embedNow } from "../lib/realtime.js";
 import { assertWithinWindow } from "../lib/tokens.js";
@@ -16,6 +16,7 @@ const embeddings = createRoute({
   method: "post",
   path: "/v1/embeddings",
   summary: "OpenAI-compatible embeddings, computed now by a connected worker",
+  ...scoped("search"),
   request: {
     body: { content: { "application/json": { schema: EmbeddingsRequest } }, required: true },
   },

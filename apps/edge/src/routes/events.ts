@@ -3,9 +3,9 @@ import { ErrorBody, type Job } from "@p2pa/shared";
 import { streamSSE } from "hono/streaming";
 import { z } from "zod";
 import { router } from "../app.js";
-import { D1Store } from "../db/store.js";
+import { openStore } from "../db/open.js";
 import { dispatcherFor } from "../dispatch/shards.js";
-import { requireAuth } from "../lib/auth.js";
+import { requireAuth, scoped } from "../lib/auth.js";
 import { AppError, notFound } from "../lib/errors.js";
 
 /** Progress events are coalesced to at most one per interval. */
@@ -18,6 +18,7 @@ const events = createRoute({
   method: "get",
   path: "/v1/jobs/{id}/events",
   summary: "Live progress as Server-Sent Events; resume with Last-Event-ID",
+  ...scoped("jobs:read"),
   description:
     "Events: `progress` (coalesced: status, chunks done/failed/total, chunks/s), `chunk` (one per chunk when `chunks=true`), and one terminal event (`completed`, `completed_with_errors`, `failed` or `cancelled`) before the stream closes. Event ids are positions in the job's event log: reconnecting with `Last-Event-ID` resumes after it without gaps or repeats.",
   request: {
@@ -57,7 +58,7 @@ eventRoutes.openapi(events, async (c) => {
       );
   }
   const tenant = c.get("credential").tenant;
-  const store = new D1Store(c.env.DB);
+  const store = openStore(c.env);
   const first = await store.getJob(tenant, id);
   if (!first) throw notFound("job");
   const dispatcher = dispatcherFor(c.env, first.model, id);

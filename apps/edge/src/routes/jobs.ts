@@ -19,14 +19,19 @@ import {
 } from "@p2pa/shared";
 import { z } from "zod";
 import { router } from "../app.js";
-import { D1Store, type NewJob } from "../db/store.js";
+import { keyringFor, openStore } from "../db/open.js";
+import type { NewJob } from "../db/store.js";
 import { dispatcherFor } from "../dispatch/shards.js";
 import type { NewTask, QueuedItem, TaskOptions } from "../dispatch/task-queue.js";
-import { requireAuth } from "../lib/auth.js";
+import { requireAuth, scoped } from "../lib/auth.js";
 import { newId, sha256Hex } from "../lib/crypto.js";
 import { AppError, noCapacity, notFound } from "../lib/errors.js";
 import { tokenCounter } from "../lib/tokens.js";
 import { maskPersonalData } from "../privacy/mask.js";
+import { audit } from "../tenant/audit-log.js";
+import { deleteDocumentEverywhere, deleteJobEverywhere } from "../tenant/erase.js";
+import { assertChunkQuota } from "../tenant/limits.js";
+import { putRaw, rawKey } from "../tenant/raw.js";
 import { getVectorIndex } from "../vector/index.js";
 import { assertTargetAllowed, webhookHub } from "../webhooks/index.js";
 import { newSecret } from "../webhooks/signing.js";
@@ -44,11 +49,14 @@ const errors = {
 };
 
 const JobParams = z.object({ id: z.string().min(1).max(64) });
+const write = scoped("jobs:write");
+const read = scoped("jobs:read");
 
 const createJob = createRoute({
   method: "post",
   path: "/v1/jobs",
   summary: "Submit documents to chunk and embed",
+  ...write,
   request: {
     headers: z.object({ "idempotency-key": z.string().min(1).max(255).optional() }),
     body: { content: { "application/json": { schema: CreateJobRequest } }, required: true },
@@ -60,6 +68,10 @@ const createJob = createRoute({
     },
     409: {
       description: "Idempotency-Key reused with a different body",
+      content: { "application/json": { schema: ErrorBody } },
+    },
+    429: {
+      description: "A rate limit or quota is reached; see Retry-After",
       content: { "application/json": { schema: ErrorBody } },
     },
     503: {
@@ -74,6 +86,7 @@ const getJob = createRoute({
   method: "get",
   path: "/v1/jobs/{id}",
   summary: "A job's status and progress",
+  ...read,
   request: { params: JobParams },
   responses: {
     200: { description: "The job", content: { "application/json": { schema: Job } } },
@@ -85,6 +98,7 @@ const listChunks = createRoute({
   method: "get",
   path: "/v1/jobs/{id}/chunks",
   summary: "A job's chunks, page by page",
+  ...read,
   request: { params: JobParams, query: ChunkQuery },
   responses: {
     200: {
@@ -99,6 +113,7 @@ const cancelJob = createRoute({
   method: "post",
   path: "/v1/jobs/{id}/cancel",
   summary: "Stop a job: no more tasks are handed out and current leases end",
+  ...write,
   request: { params: JobParams },
   responses: {
     200: { description: "The cancelled job", content: { "application/json": { schema: Job } } },
@@ -114,12 +129,32 @@ const deleteJob = createRoute({
   method: "delete",
   path: "/v1/jobs/{id}",
   summary: "Delete a job with its chunks, vectors and raw documents",
+  ...write,
   request: { params: JobParams },
   responses: { 204: { description: "Deleted" }, ...errors },
 });
 
+const deleteDocument = createRoute({
+  method: "delete",
+  path: "/v1/jobs/{id}/documents/{documentId}",
+  summary: "Delete one document of an ended job: its chunks, vectors and raw text",
+  ...write,
+  request: { params: JobParams.extend({ documentId: z.string().min(1).max(128) }) },
+  responses: {
+    204: { description: "Deleted" },
+    409: {
+      description: "The job is still running",
+      content: { "application/json": { schema: ErrorBody } },
+    },
+    ...errors,
+  },
+});
+
 interface Plan {
-  job: Omit<NewJob, "idempotencyKey" | "requestHash" | "createdAt" | "tenant">;
+  job: Omit<
+    NewJob,
+    "idempotencyKey" | "requestHash" | "createdAt" | "tenant" | "createdBy" | "textRetentionDays"
+  >;
   tasks: NewTask[];
 }
 
@@ -233,7 +268,7 @@ async function dispatch(
     console.error("dispatch failed", jobId, err);
     throw noCapacity("the coordinator is unavailable; retry with the same Idempotency-Key");
   }
-  await new D1Store(env.DB).markDispatched(jobId);
+  await openStore(env).markDispatched(jobId);
 }
 
 export const jobs = router();
@@ -244,8 +279,9 @@ jobs
   .openapi(createJob, async (c) => {
     const body = c.req.valid("json");
     const key = c.req.valid("header")["idempotency-key"] ?? null;
-    const tenant = c.get("credential").tenant;
-    const store = new D1Store(c.env.DB);
+    const cred = c.get("credential");
+    const tenant = cred.tenant;
+    const store = openStore(c.env);
     const requestHash = key ? await sha256Hex(JSON.stringify(body)) : null;
 
     if (key) {
@@ -274,6 +310,11 @@ jobs
 
     const jobId = newId("job");
     const { job, tasks } = plan(jobId, body, c.env);
+    await assertChunkQuota(c.env, cred, job.chunks.length);
+    const textRetentionDays =
+      body.retention !== undefined
+        ? body.retention.textDays
+        : ((await store.tenantSettings(tenant))?.textRetentionDays ?? null);
     // Refuse work the coordinator cannot hold rather than queue it without bound.
     const backlog = await dispatcherFor(c.env, job.model, jobId).backlog();
     const limit = Number(c.env.MAX_BACKLOG_TASKS) || 200_000;
@@ -292,13 +333,24 @@ jobs
       });
       webhook = { id: ep.id, url: ep.url, secret };
     }
-    // Raw input first: once the job exists, what it was made from is already kept.
-    await c.env.RAW.put(`jobs/${jobId}/request.json`, JSON.stringify(body), {
-      httpMetadata: { contentType: "application/json" },
-    });
+    // Raw input first: once the job exists, what it was made from is already kept (sealed).
+    await putRaw(
+      c.env.RAW,
+      keyringFor(c.env),
+      tenant,
+      jobId,
+      body.documents.map((d, seq) => ({
+        seq,
+        id: job.documents[seq]?.id ?? `doc-${seq}`,
+        text: d.text,
+        metadata: d.metadata ?? null,
+      })),
+    );
     const created = await store.createJob({
       ...job,
       tenant,
+      createdBy: cred.id,
+      textRetentionDays,
       idempotencyKey: key,
       requestHash,
       createdAt: new Date().toISOString(),
@@ -306,7 +358,7 @@ jobs
     });
     if (!created.created) {
       // Lost a race with a concurrent submit of the same key.
-      await c.env.RAW.delete(`jobs/${jobId}/request.json`);
+      await c.env.RAW.delete(rawKey(tenant, jobId));
       if (created.requestHash !== requestHash)
         throw new AppError(
           409,
@@ -318,6 +370,12 @@ jobs
         Location: `/v1/jobs/${created.job.id}`,
       });
     }
+    await audit(c, "job.created", jobId, {
+      model: job.model,
+      documents: job.documents.length,
+      chunks: job.chunks.length,
+      ...(key ? { idempotencyKey: key } : {}),
+    });
     await dispatch(c.env, jobId, tenant, job.model, tasks, {
       verify: job.verification,
       pool: job.pool,
@@ -327,47 +385,56 @@ jobs
     return c.json(body202, 202, { Location: `/v1/jobs/${jobId}` });
   })
   .openapi(getJob, async (c) => {
-    const job = await new D1Store(c.env.DB).getJob(
-      c.get("credential").tenant,
-      c.req.valid("param").id,
-    );
+    const job = await openStore(c.env).getJob(c.get("credential").tenant, c.req.valid("param").id);
     if (!job) throw notFound("job");
     return c.json(job, 200);
   })
   .openapi(cancelJob, async (c) => {
     const { id } = c.req.valid("param");
     const tenant = c.get("credential").tenant;
-    const store = new D1Store(c.env.DB);
+    const store = openStore(c.env);
     const job = await store.getJob(tenant, id);
     if (!job) throw notFound("job");
     if (!(await store.cancelJob(tenant, id))) {
       throw new AppError(409, "conflict", `job ${id} has already ended (${job.status})`);
     }
+    await audit(c, "job.cancelled", id, { chunks: job.chunks });
     await dispatcherFor(c.env, job.model, id).cancel(id);
     return c.json((await store.getJob(tenant, id)) ?? job, 200);
   })
   .openapi(deleteJob, async (c) => {
     const { id } = c.req.valid("param");
     const tenant = c.get("credential").tenant;
-    const store = new D1Store(c.env.DB);
+    const job = await openStore(c.env).getJob(tenant, id);
+    if (!job) throw notFound("job");
+    await deleteJobEverywhere(c.env, tenant, job);
+    await audit(c, "job.deleted", id, { documents: job.documents, chunks: job.chunks.total });
+    return c.body(null, 204);
+  })
+  .openapi(deleteDocument, async (c) => {
+    const { id, documentId } = c.req.valid("param");
+    const tenant = c.get("credential").tenant;
+    const store = openStore(c.env);
     const job = await store.getJob(tenant, id);
     if (!job) throw notFound("job");
-    await store.cancelJob(tenant, id);
-    await dispatcherFor(c.env, job.model, id).cancel(id, true);
-    // Its own webhook endpoints and every delivery about it (each carries a copy of the job).
-    await webhookHub(c.env, tenant).deleteJob(id);
-    const ids = await store.chunkIds(id);
-    const index = getVectorIndex(c.env, job.model);
-    for (let i = 0; i < ids.length; i += 100) await index.deleteByIds(ids.slice(i, i + 100));
-    await c.env.RAW.delete(`jobs/${id}/request.json`);
-    await store.deleteJob(id);
+    const doc = await store.getDocument(tenant, id, documentId);
+    if (!doc) throw notFound("document");
+    if (job.status === "queued" || job.status === "running") {
+      throw new AppError(
+        409,
+        "conflict",
+        `job ${id} is ${job.status}: cancel it or wait for it to end before deleting a document`,
+      );
+    }
+    await deleteDocumentEverywhere(c.env, tenant, job, doc);
+    await audit(c, "document.deleted", `${id}/${documentId}`, { chunks: doc.chunkIds.length });
     return c.body(null, 204);
   })
   .openapi(listChunks, async (c) => {
     const { id } = c.req.valid("param");
     const { cursor, limit, includeVectors } = c.req.valid("query");
     const tenant = c.get("credential").tenant;
-    const store = new D1Store(c.env.DB);
+    const store = openStore(c.env);
     const job = await store.getJob(tenant, id);
     if (!job) throw notFound("job");
     let after: string | null = null;

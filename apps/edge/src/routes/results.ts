@@ -2,9 +2,10 @@ import { createRoute } from "@hono/zod-openapi";
 import { ErrorBody } from "@p2pa/shared";
 import { z } from "zod";
 import { router } from "../app.js";
-import { D1Store } from "../db/store.js";
-import { requireAuth } from "../lib/auth.js";
+import { openStore } from "../db/open.js";
+import { requireAuth, scoped } from "../lib/auth.js";
 import { notFound } from "../lib/errors.js";
+import { audit } from "../tenant/audit-log.js";
 import { getVectorIndex } from "../vector/index.js";
 
 const PAGE = 200;
@@ -15,6 +16,7 @@ const exportResults = createRoute({
   method: "get",
   path: "/v1/jobs/{id}/results",
   summary: "Stream a job's chunks with their vectors as NDJSON (gzip when accepted)",
+  ...scoped("jobs:read"),
   request: { params: z.object({ id: z.string().min(1).max(64) }) },
   responses: {
     200: {
@@ -36,9 +38,11 @@ resultRoutes.use("/v1/jobs/:id/results", requireAuth("api"));
 resultRoutes.openapi(exportResults, async (c) => {
   const { id } = c.req.valid("param");
   const tenant = c.get("credential").tenant;
-  const store = new D1Store(c.env.DB);
+  const store = openStore(c.env);
   const job = await store.getJob(tenant, id);
   if (!job) throw notFound("job");
+  // An export hands out the job's text and vectors at once: the log says who took it.
+  await audit(c, "export.read", id, { chunks: job.chunks.total });
   const index = getVectorIndex(c.env, job.model);
   const encoder = new TextEncoder();
   let after: string | null = null;

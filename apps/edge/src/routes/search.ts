@@ -1,8 +1,8 @@
 import { createRoute } from "@hono/zod-openapi";
 import { DEFAULT_MODEL, ErrorBody, SearchRequest, SearchResponse } from "@p2pa/shared";
 import { router } from "../app.js";
-import { D1Store } from "../db/store.js";
-import { requireAuth } from "../lib/auth.js";
+import { openStore } from "../db/open.js";
+import { requireAuth, scoped } from "../lib/auth.js";
 import { embedNow } from "../lib/realtime.js";
 import { assertWithinWindow } from "../lib/tokens.js";
 import { getVectorIndex } from "../vector/index.js";
@@ -11,6 +11,7 @@ const search = createRoute({
   method: "post",
   path: "/v1/search",
   summary: "Search stored chunks by meaning",
+  ...scoped("search"),
   request: { body: { content: { "application/json": { schema: SearchRequest } }, required: true } },
   responses: {
     200: {
@@ -49,7 +50,7 @@ searchRoutes.openapi(search, async (c) => {
   });
   const chunks = new Map(
     (
-      await new D1Store(c.env.DB).getChunks(
+      await openStore(c.env).getChunks(
         tenant,
         matches.map((m) => m.id),
       )

@@ -8,8 +8,9 @@ import {
 } from "@p2pa/shared";
 import { z } from "zod";
 import { router } from "../app.js";
-import { requireAuth } from "../lib/auth.js";
+import { requireAuth, scoped } from "../lib/auth.js";
 import { notFound } from "../lib/errors.js";
+import { audit } from "../tenant/audit-log.js";
 import { assertTargetAllowed, webhookHub } from "../webhooks/index.js";
 import { newSecret } from "../webhooks/signing.js";
 
@@ -23,11 +24,13 @@ const errors = {
   422: json(ErrorBody, "Invalid request"),
 };
 const Id = z.object({ id: z.string().min(1).max(64) });
+const manage = scoped("webhooks");
 
 const create = createRoute({
   method: "post",
   path: "/v1/webhooks",
   summary: "Add a webhook endpoint; its signing secret is returned once",
+  ...manage,
   request: {
     body: { content: { "application/json": { schema: CreateWebhookRequest } }, required: true },
   },
@@ -37,12 +40,14 @@ const list = createRoute({
   method: "get",
   path: "/v1/webhooks",
   summary: "The account's webhook endpoints",
+  ...manage,
   responses: { 200: json(z.object({ data: z.array(WebhookEndpoint) }), "Endpoints"), ...errors },
 });
 const remove = createRoute({
   method: "delete",
   path: "/v1/webhooks/{id}",
   summary: "Remove an endpoint; its pending deliveries are cancelled",
+  ...manage,
   request: { params: Id },
   responses: { 204: { description: "Removed" }, ...errors },
 });
@@ -50,6 +55,7 @@ const deliveries = createRoute({
   method: "get",
   path: "/v1/webhooks/{id}/deliveries",
   summary: "Deliveries to an endpoint, newest first, with every attempt",
+  ...manage,
   request: { params: Id },
   responses: { 200: json(z.object({ data: z.array(WebhookDelivery) }), "Deliveries"), ...errors },
 });
@@ -57,6 +63,7 @@ const redeliver = createRoute({
   method: "post",
   path: "/v1/webhooks/{id}/deliveries/{deliveryId}/redeliver",
   summary: "Send a delivery again (same webhook-id), from the start of the schedule",
+  ...manage,
   request: { params: Id.extend({ deliveryId: z.string().min(1).max(64) }) },
   responses: {
     202: json(z.object({ id: z.string(), status: z.literal("pending") }), "Queued"),
@@ -79,6 +86,7 @@ webhookRoutes
       jobId: null,
       secret,
     });
+    await audit(c, "webhook.created", ep.id, { url: ep.url, events: ep.events });
     return c.json({ ...ep, secret }, 201, { Location: `/v1/webhooks/${ep.id}` });
   })
   .openapi(list, async (c) => {
@@ -92,6 +100,7 @@ webhookRoutes
       c.req.valid("param").id,
     );
     if (!ok) throw notFound("webhook endpoint");
+    await audit(c, "webhook.deleted", c.req.valid("param").id);
     return c.body(null, 204);
   })
   .openapi(deliveries, async (c) => {
@@ -104,5 +113,6 @@ webhookRoutes
     const { id, deliveryId } = c.req.valid("param");
     if (!(await webhookHub(c.env, c.get("credential").tenant).redeliver(id, deliveryId)))
       throw notFound("delivery");
+    await audit(c, "webhook.changed", id, { redelivered: deliveryId });
     return c.json({ id: deliveryId, status: "pending" as const }, 202);
   });

@@ -4,7 +4,7 @@ import { router } from "../app.js";
 import { D1Store } from "../db/store.js";
 import { CREDENTIAL_HEADER, TENANT_HEADER } from "../dispatch/dispatcher.js";
 import { dispatcherFor, shardsFrom } from "../dispatch/shards.js";
-import { type AppEnv, lookupCredential, requireAuth } from "../lib/auth.js";
+import { type AppEnv, lookupCredential, requireAuth, requireScope } from "../lib/auth.js";
 import { AppError } from "../lib/errors.js";
 import { getVectorIndex } from "../vector/index.js";
 
@@ -55,7 +55,7 @@ export const workerRoutes = router()
       new Request(c.req.raw, { headers }),
     );
   })
-  .get("/v1/workers", requireAuth("api"), async (c) => {
+  .get("/v1/workers", requireAuth("api"), requireScope("jobs:read"), async (c) => {
     const model = c.req.query("model") ?? DEFAULT_MODEL;
     if (!getModel(model)) throw new AppError(422, "unprocessable", `unknown model ${model}`);
     const cred = c.get("credential");

@@ -1,6 +1,6 @@
 import { DurableObject } from "cloudflare:workers";
 import type { WebhookDelivery, WebhookEventType } from "@p2pa/shared";
-import { newId } from "../lib/crypto.js";
+import { newId, tombstone } from "../lib/crypto.js";
 import { migrateOnce } from "../lib/do-schema.js";
 import { delayBefore, parseSchedule } from "./schedule.js";
 import { sign } from "./signing.js";
@@ -175,7 +175,8 @@ export class WebhookHub extends DurableObject<Env> {
   /** Queues one delivery per subscribed endpoint; the alarm sends them. */
   async emit(type: WebhookEventType, jobId: string, data: unknown): Promise<number> {
     // A job deleted while its events were on the way must not leave a delivery behind.
-    if (this.sql.exec("SELECT 1 FROM deleted_jobs WHERE job_id = ?", jobId).toArray().length)
+    const gone = await tombstone(jobId);
+    if (this.sql.exec("SELECT 1 FROM deleted_jobs WHERE job_id = ?", gone).toArray().length)
       return 0;
     const endpoints = this.sql
       .exec<{ id: string; events: string }>(
@@ -284,6 +285,7 @@ export class WebhookHub extends DurableObject<Env> {
     );
     const deliveries = count("SELECT count(*) AS n FROM deliveries WHERE job_id = ?");
     const now = Date.now();
+    const gone = await tombstone(jobId);
     this.sql.exec(
       "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE job_id = ?)",
       jobId,
@@ -291,8 +293,17 @@ export class WebhookHub extends DurableObject<Env> {
     this.sql.exec("DELETE FROM deliveries WHERE job_id = ?", jobId);
     this.sql.exec("DELETE FROM endpoints WHERE job_id = ?", jobId);
     this.sql.exec("DELETE FROM deleted_jobs WHERE at < ?", now - DELETED_JOB_TTL_MS);
-    this.sql.exec("INSERT OR REPLACE INTO deleted_jobs (job_id, at) VALUES (?, ?)", jobId, now);
+    // Only a one-way hash of the id is kept, to drop the job's late events.
+    this.sql.exec("INSERT OR REPLACE INTO deleted_jobs (job_id, at) VALUES (?, ?)", gone, now);
     return { endpoints, pendingDeliveries, deliveries };
+  }
+
+  /** The tenant is erased: every endpoint, secret, delivery and attempt goes. */
+  async wipe(): Promise<void> {
+    await this.ctx.storage.deleteAlarm();
+    await this.ctx.storage.deleteAll();
+    // Empty tables again, so the same tenant name can start over.
+    this.migrate();
   }
 
   override async alarm(): Promise<void> {

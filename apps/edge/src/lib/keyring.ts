@@ -1,0 +1,653 @@
+/**
+ * Application-level encryption at rest for tenant data (envelope encryption, WebCrypto only).
+ *
+ * - Deployment keys (the `P2PA_DATA_KEYS` secret) are AES-256 key-encryption keys. The first
+ *   one wraps new tenant keys; the others only unwrap, so the secret can be rotated without
+ *   downtime (add the new key first, call `rewrap`, then remove the old key).
+ * - Each tenant has AES-256-GCM data keys, versions 1, 2, …, stored in D1 `tenant_keys`
+ *   wrapped with AES-KW (RFC 3394, `crypto.subtle.wrapKey(..., "AES-KW")`): 40 bytes, base64.
+ *   AES-KW carries its own integrity check, so a wrong deployment key fails to unwrap rather
+ *   than yielding a wrong key. A copy of D1 alone cannot decrypt anything.
+ * - Data is sealed with AES-256-GCM, a random 12-byte IV, and additional authenticated data
+ *   `${tenant}\u0000${context}`: a ciphertext moved to another row, column or tenant fails.
+ *
+ * Formats:
+ * - text:   `p2pa1.<version>.<base64url(iv || ciphertext+tag)>` (no padding, ASCII only).
+ * - binary: `P2PA` | format version (1 byte, = 1) | key version (4 bytes, big-endian) |
+ *           iv (12 bytes) | ciphertext+tag.
+ *
+ * Caching (per isolate, module level): unwrapped tenant keys (non-extractable CryptoKeys) and
+ * each tenant's newest version, so encrypting thousands of strings costs no D1 read once warm.
+ * Another isolate sees a rotation within NEWEST_TTL_MS and a destroyed tenant within
+ * KEY_TTL_MS; this isolate sees both at once.
+ */
+
+/** Prefix of the text format; the digit is the format version. */
+const TEXT_PREFIX = "p2pa1.";
+/** `P2PA` in ASCII: the first bytes of the binary format. */
+const MAGIC = [0x50, 0x32, 0x50, 0x41] as const;
+const BINARY_FORMAT = 1;
+const BINARY_HEADER = MAGIC.length + 1 + 4;
+const IV_BYTES = 12;
+const TAG_BYTES = 16;
+const KEY_BYTES = 32;
+const MAX_VERSION = 0xffff_ffff;
+const ID_RE = /^[A-Za-z0-9_-]{1,32}$/;
+/** Header digits are bounded so a hostile string cannot make us parse a huge number. */
+const TEXT_RE = /^p2pa1\.([1-9][0-9]{0,9})\.([A-Za-z0-9_-]+)$/;
+
+/** How long an unwrapped key is trusted before D1 is asked again (bounds shredding lag elsewhere). */
+const KEY_TTL_MS = 10 * 60_000;
+/** How long the newest version is trusted (bounds how late other isolates see a rotation). */
+const NEWEST_TTL_MS = 30_000;
+/** Bounds on the caches: every entry is small, but tenants are unbounded. */
+const MAX_KEYS = 2_000;
+const MAX_NEWEST = 2_000;
+const MAX_SCOPES = 16;
+/** Rows per page when rewrapping. */
+const REWRAP_PAGE = 100;
+
+/** One entry of `P2PA_DATA_KEYS`: its id and its 32 raw key bytes. */
+export interface DeploymentKey {
+  id: string;
+  raw: Uint8Array;
+}
+
+/** A ciphertext that cannot be opened: tampered, another tenant or context, or an unknown key. */
+export class DecryptError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "DecryptError";
+  }
+}
+
+/** No usable deployment key: the operator must set the P2PA_DATA_KEYS secret (maps to HTTP 503). */
+export class KeyringNotConfigured extends Error {
+  constructor(detail?: string, options?: { cause?: unknown }) {
+    super(
+      `${detail ? `${detail}. ` : ""}Encryption at rest needs the P2PA_DATA_KEYS secret: set it ` +
+        "(`wrangler secret put P2PA_DATA_KEYS`) to `id:base64key` entries, e.g. `k1:<32 random " +
+        "bytes in base64>`; `npm run keys` can generate a key.",
+      options,
+    );
+    this.name = "KeyringNotConfigured";
+  }
+}
+
+/**
+ * Parses `P2PA_DATA_KEYS`: `id:base64key` entries separated by commas or newlines, the first
+ * being the current key. Returns [] for undefined or blank input; throws an Error naming the
+ * bad entry by position (and id when it is valid) but never echoing key material.
+ */
+export function parseDeploymentKeys(raw: string | undefined): DeploymentKey[] {
+  if (raw === undefined) return [];
+  const entries = raw
+    .split(/[,\r\n]+/)
+    .map((e) => e.trim())
+    .filter((e) => e !== "");
+  const out: DeploymentKey[] = [];
+  const seen = new Set<string>();
+  entries.forEach((entry, i) => {
+    const where = `P2PA_DATA_KEYS entry ${i + 1}`;
+    const colon = entry.indexOf(":");
+    if (colon < 0) throw new Error(`${where}: expected \`id:base64key\` (no ':' found)`);
+    const id = entry.slice(0, colon).trim();
+    // An invalid id might be pasted key material, so it is not echoed.
+    if (!ID_RE.test(id)) throw new Error(`${where}: the key id must match ${ID_RE}`);
+    if (seen.has(id)) throw new Error(`${where}: key id "${id}" appears twice`);
+    seen.add(id);
+    let bytes: Uint8Array;
+    try {
+      bytes = base64Decode(entry.slice(colon + 1).trim());
+    } catch {
+      throw new Error(`${where} (id "${id}"): the key is not valid base64`);
+    }
+    if (bytes.length !== KEY_BYTES) {
+      throw new Error(
+        `${where} (id "${id}"): the key must be ${KEY_BYTES} bytes, got ${bytes.length}`,
+      );
+    }
+    out.push({ id, raw: bytes });
+  });
+  return out;
+}
+
+/** A fresh deployment key: 32 random bytes in standard base64 (for `P2PA_DATA_KEYS`). */
+export function newDeploymentKey(): string {
+  return base64Encode(crypto.getRandomValues(new Uint8Array(KEY_BYTES)));
+}
+
+/** Whether a string has the shape of a keyring ciphertext (`p2pa1.<version>.<data>`). */
+export function isCiphertext(s: string): boolean {
+  if (!s.startsWith(TEXT_PREFIX)) return false;
+  const m = TEXT_RE.exec(s);
+  if (!m) return false;
+  const data = m[2] ?? "";
+  return (
+    Number(m[1]) <= MAX_VERSION &&
+    data.length % 4 !== 1 &&
+    Math.floor((data.length * 3) / 4) >= IV_BYTES + TAG_BYTES &&
+    canonicalTail(data)
+  );
+}
+
+const B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/** Unused low bits of the last character must be zero, so each ciphertext has one spelling. */
+function canonicalTail(data: string): boolean {
+  const unused = { 0: 0, 2: 4, 3: 2 }[(data.length % 4) as 0 | 2 | 3];
+  const last = B64URL.indexOf(data[data.length - 1] ?? "A");
+  return (last & ((1 << unused) - 1)) === 0;
+}
+
+/** One stored version of a tenant key, as listed by `keyInfo` (never key material). */
+export interface KeyVersionInfo {
+  version: number;
+  wrappedBy: string;
+  createdAt: string;
+}
+
+interface KeyRow {
+  tenant: string;
+  version: number;
+  wrapped: string;
+  wrapped_by: string;
+  created_at: string;
+}
+
+/** Deployment keys of one distinct secret value, with their imported AES-KW keys. */
+interface Scope {
+  /** Part of every cache key: keyrings with other deployment keys never share unwrapped keys. */
+  id: number;
+  keys: DeploymentKey[];
+  keks: Map<string, Promise<CryptoKey>>;
+}
+
+interface CachedKey {
+  tenant: string;
+  key: Promise<CryptoKey>;
+  expires: number;
+}
+
+// Module level, so that the per-request Keyring instances of one isolate share them.
+const scopes = new Map<string, Scope>();
+let nextScope = 1;
+const keyCache = new Map<string, CachedKey>();
+const newestCache = new Map<string, { version: number; expires: number }>();
+const newestInFlight = new Map<string, { tenant: string; promise: Promise<number> }>();
+/** Bumped by rotate/destroy, so a lookup that started before one does not cache stale state. */
+let epoch = 0;
+
+/**
+ * Encrypts and decrypts tenant data with per-tenant keys kept wrapped in D1. Cheap to build
+ * (one per request is fine): parsing and key imports are cached per isolate.
+ */
+export class Keyring {
+  /** Whether a string has the shape of a keyring ciphertext (same as `isCiphertext`). */
+  static readonly isCiphertext = isCiphertext;
+
+  private scopeCache: Scope | undefined;
+
+  /**
+   * @param db the D1 database holding `tenant_keys`
+   * @param deploymentKeys the `P2PA_DATA_KEYS` secret; parsed on first use, so a missing or
+   *   malformed secret fails the calls that need it (KeyringNotConfigured), not construction.
+   */
+  constructor(
+    private readonly db: D1Database,
+    private readonly deploymentKeys: string | undefined,
+  ) {}
+
+  /** Encrypts text with the tenant's newest key (creating version 1 on first use). */
+  async encrypt(tenant: string, plaintext: string, context: string): Promise<string> {
+    const { version, sealed } = await this.seal(
+      tenant,
+      new TextEncoder().encode(plaintext),
+      context,
+    );
+    return `${TEXT_PREFIX}${version}.${base64UrlEncode(sealed)}`;
+  }
+
+  /** Decrypts `encrypt`'s output; throws DecryptError unless tenant, context and data all match. */
+  async decrypt(tenant: string, ciphertext: string, context: string): Promise<string> {
+    this.scope(); // Not configured wins over "bad ciphertext": it is the operator's to fix.
+    const m = isCiphertext(ciphertext) ? TEXT_RE.exec(ciphertext) : null;
+    if (!m) throw new DecryptError("not a keyring ciphertext");
+    let sealed: Uint8Array;
+    try {
+      sealed = base64Decode(m[2] ?? "");
+    } catch (e) {
+      throw new DecryptError("not a keyring ciphertext", { cause: e });
+    }
+    const plain = await this.open(tenant, Number(m[1]), sealed, context);
+    // Authenticated, so it is the UTF-8 that encrypt wrote.
+    return new TextDecoder().decode(plain);
+  }
+
+  /** Encrypts bytes (e.g. an R2 object) into the binary format; see the module comment. */
+  async encryptBytes(tenant: string, bytes: Uint8Array, context: string): Promise<Uint8Array> {
+    const { version, sealed } = await this.seal(tenant, bytes, context);
+    const out = new Uint8Array(BINARY_HEADER + sealed.length);
+    out.set(MAGIC, 0);
+    out[MAGIC.length] = BINARY_FORMAT;
+    new DataView(out.buffer).setUint32(MAGIC.length + 1, version, false);
+    out.set(sealed, BINARY_HEADER);
+    return out;
+  }
+
+  /** Decrypts `encryptBytes`'s output; throws DecryptError on any mismatch. */
+  async decryptBytes(tenant: string, data: Uint8Array, context: string): Promise<Uint8Array> {
+    this.scope();
+    if (
+      data.length < BINARY_HEADER + IV_BYTES + TAG_BYTES ||
+      MAGIC.some((b, i) => data[i] !== b) ||
+      data[MAGIC.length] !== BINARY_FORMAT
+    ) {
+      throw new DecryptError("not a keyring ciphertext");
+    }
+    const version = new DataView(data.buffer, data.byteOffset, data.byteLength).getUint32(
+      MAGIC.length + 1,
+      false,
+    );
+    return this.open(tenant, version, data.subarray(BINARY_HEADER), context);
+  }
+
+  /**
+   * Adds a new key version for the tenant and returns it: new writes use it at once on this
+   * isolate (within NEWEST_TTL_MS elsewhere); older versions stay to read older data.
+   */
+  async rotateTenantKey(tenant: string): Promise<number> {
+    checkTenant(tenant);
+    const current = this.current();
+    const { wrapped, key } = await this.newTenantKey(current);
+    // One statement, so concurrent rotations each get their own version (D1 serialises writes).
+    const row = await this.db
+      .prepare(
+        `INSERT INTO tenant_keys (tenant, version, wrapped, wrapped_by, created_at)
+         SELECT ?1, COALESCE(MAX(version), 0) + 1, ?2, ?3, ?4 FROM tenant_keys WHERE tenant = ?1
+         ON CONFLICT DO NOTHING RETURNING version`,
+      )
+      .bind(tenant, wrapped, current.id, new Date().toISOString())
+      .first<{ version: number }>();
+    if (!row) throw new Error(`could not add a key version for tenant "${tenant}"`);
+    forgetTenant(tenant);
+    putKey(this.cacheKey(tenant, row.version), tenant, Promise.resolve(key));
+    putNewest(tenant, row.version);
+    return row.version;
+  }
+
+  /**
+   * Rewraps every tenant key wrapped by a non-current deployment key with the current one.
+   * `remaining` counts the keys still not wrapped by the current key afterwards (wrapped by a
+   * key missing from P2PA_DATA_KEYS, or failing to unwrap): 0 means the old keys can go.
+   */
+  async rewrap(): Promise<{ rewrapped: number; remaining: number }> {
+    const scope = this.scope();
+    const current = this.current();
+    const wrapWith = await this.kek(current.id);
+    let rewrapped = 0;
+    let after: [string, number] = ["", 0];
+    for (;;) {
+      const { results } = await this.db
+        .prepare(
+          `SELECT tenant, version, wrapped, wrapped_by FROM tenant_keys
+           WHERE wrapped_by != ?1 AND (tenant, version) > (?2, ?3)
+           ORDER BY tenant, version LIMIT ?4`,
+        )
+        .bind(current.id, after[0], after[1], REWRAP_PAGE)
+        .all<KeyRow>();
+      const updates: D1PreparedStatement[] = [];
+      for (const row of results) {
+        after = [row.tenant, row.version];
+        if (!scope.keys.some((k) => k.id === row.wrapped_by)) continue;
+        let key: CryptoKey;
+        try {
+          // Extractable only for the moment it takes to wrap it again.
+          key = await this.unwrap(row, true);
+        } catch {
+          continue; // Left for `remaining` to report.
+        }
+        const wrapped = base64Encode(
+          new Uint8Array(await crypto.subtle.wrapKey("raw", key, wrapWith, "AES-KW")),
+        );
+        // Compare-and-set: a concurrent rewrap or a destroy in between wins.
+        updates.push(
+          this.db
+            .prepare(
+              `UPDATE tenant_keys SET wrapped = ?1, wrapped_by = ?2
+               WHERE tenant = ?3 AND version = ?4 AND wrapped = ?5 AND wrapped_by = ?6`,
+            )
+            .bind(wrapped, current.id, row.tenant, row.version, row.wrapped, row.wrapped_by),
+        );
+      }
+      if (updates.length > 0) {
+        for (const r of await this.db.batch(updates)) rewrapped += r.meta.changes;
+      }
+      if (results.length < REWRAP_PAGE) break;
+    }
+    const left = await this.db
+      .prepare("SELECT COUNT(*) AS n FROM tenant_keys WHERE wrapped_by != ?")
+      .bind(current.id)
+      .first<{ n: number }>();
+    return { rewrapped, remaining: left?.n ?? 0 };
+  }
+
+  /**
+   * Crypto-shredding: deletes all of the tenant's key rows, so everything encrypted for it is
+   * unreadable from now on (at once on this isolate, within KEY_TTL_MS on others). Returns the
+   * number of rows deleted. Needs no deployment key.
+   */
+  async destroyTenant(tenant: string): Promise<number> {
+    const r = await this.db.prepare("DELETE FROM tenant_keys WHERE tenant = ?").bind(tenant).run();
+    forgetTenant(tenant);
+    return r.meta.changes;
+  }
+
+  /** The tenant's key versions with who wrapped them and when, for listings (no key material). */
+  async keyInfo(tenant: string): Promise<{ versions: KeyVersionInfo[] }> {
+    const { results } = await this.db
+      .prepare(
+        "SELECT version, wrapped_by, created_at FROM tenant_keys WHERE tenant = ? ORDER BY version",
+      )
+      .bind(tenant)
+      .all<Pick<KeyRow, "version" | "wrapped_by" | "created_at">>();
+    return {
+      versions: results.map((r) => ({
+        version: r.version,
+        wrappedBy: r.wrapped_by,
+        createdAt: r.created_at,
+      })),
+    };
+  }
+
+  /** AES-GCM under the newest key: returns the key version and iv || ciphertext+tag. */
+  private async seal(
+    tenant: string,
+    plain: Uint8Array,
+    context: string,
+  ): Promise<{ version: number; sealed: Uint8Array }> {
+    checkTenant(tenant);
+    this.scope();
+    const version = await this.newest(tenant);
+    let key: CryptoKey;
+    try {
+      key = await this.key(tenant, version);
+    } catch (e) {
+      // A DecryptError would mislead here: nothing is being decrypted.
+      if (!(e instanceof DecryptError)) throw e;
+      throw new Error(`cannot encrypt: ${e.message}`, { cause: e });
+    }
+    const iv = crypto.getRandomValues(new Uint8Array(IV_BYTES));
+    const ct = await crypto.subtle.encrypt(
+      { name: "AES-GCM", iv, additionalData: aad(tenant, context) },
+      key,
+      plain,
+    );
+    const sealed = new Uint8Array(IV_BYTES + ct.byteLength);
+    sealed.set(iv, 0);
+    sealed.set(new Uint8Array(ct), IV_BYTES);
+    return { version, sealed };
+  }
+
+  private async open(
+    tenant: string,
+    version: number,
+    sealed: Uint8Array,
+    context: string,
+  ): Promise<Uint8Array> {
+    if (sealed.length < IV_BYTES + TAG_BYTES) throw new DecryptError("ciphertext is truncated");
+    let key: CryptoKey;
+    try {
+      key = await this.key(tenant, version);
+    } catch (e) {
+      if (e instanceof DecryptError || e instanceof KeyringNotConfigured) throw e;
+      throw new DecryptError(e instanceof Error ? e.message : String(e), { cause: e });
+    }
+    try {
+      const plain = await crypto.subtle.decrypt(
+        { name: "AES-GCM", iv: sealed.subarray(0, IV_BYTES), additionalData: aad(tenant, context) },
+        key,
+        sealed.subarray(IV_BYTES),
+      );
+      return new Uint8Array(plain);
+    } catch (e) {
+      throw new DecryptError(
+        "ciphertext does not authenticate: tampered, or for another tenant or context",
+        { cause: e },
+      );
+    }
+  }
+
+  /** The tenant's newest version, from the cache or D1; creates version 1 on first use. */
+  private async newest(tenant: string): Promise<number> {
+    const hit = newestCache.get(tenant);
+    if (hit && hit.expires > Date.now()) return hit.version;
+    // Coalesced, so a burst of encrypts on a cold tenant makes one lookup.
+    const flightKey = `${this.scope().id}\u0000${tenant}`;
+    const flying = newestInFlight.get(flightKey);
+    if (flying) return flying.promise;
+    const promise = this.loadNewest(tenant).finally(() => {
+      if (newestInFlight.get(flightKey)?.promise === promise) newestInFlight.delete(flightKey);
+    });
+    newestInFlight.set(flightKey, { tenant, promise });
+    return promise;
+  }
+
+  private async loadNewest(tenant: string): Promise<number> {
+    const started = epoch;
+    let row = await this.newestRow(tenant);
+    if (!row) {
+      const current = this.current();
+      const { wrapped } = await this.newTenantKey(current);
+      // Another isolate may create version 1 at the same time: one insert wins, both re-read.
+      await this.db
+        .prepare(
+          `INSERT INTO tenant_keys (tenant, version, wrapped, wrapped_by, created_at)
+           VALUES (?, 1, ?, ?, ?) ON CONFLICT DO NOTHING`,
+        )
+        .bind(tenant, wrapped, current.id, new Date().toISOString())
+        .run();
+      row = await this.newestRow(tenant);
+      if (!row) throw new Error(`tenant "${tenant}" has no data key after creating one`);
+    }
+    if (epoch === started) {
+      // The row is in hand: prime the key cache so encrypt needs no second read.
+      const ck = this.cacheKey(tenant, row.version);
+      if (!getKey(ck)) putKey(ck, tenant, this.unwrap(row, false));
+      putNewest(tenant, row.version);
+    }
+    return row.version;
+  }
+
+  private newestRow(tenant: string): Promise<KeyRow | null> {
+    return this.db
+      .prepare(
+        `SELECT tenant, version, wrapped, wrapped_by, created_at FROM tenant_keys
+         WHERE tenant = ? ORDER BY version DESC LIMIT 1`,
+      )
+      .bind(tenant)
+      .first<KeyRow>();
+  }
+
+  /** The unwrapped key of one version, cached per isolate. */
+  private key(tenant: string, version: number): Promise<CryptoKey> {
+    const ck = this.cacheKey(tenant, version);
+    const hit = getKey(ck);
+    if (hit) return hit;
+    const promise = (async () => {
+      const row = await this.db
+        .prepare(
+          `SELECT tenant, version, wrapped, wrapped_by, created_at FROM tenant_keys
+           WHERE tenant = ? AND version = ?`,
+        )
+        .bind(tenant, version)
+        .first<KeyRow>();
+      if (!row) throw new DecryptError(`tenant "${tenant}" has no key version ${version}`);
+      return this.unwrap(row, false);
+    })();
+    putKey(ck, tenant, promise);
+    return promise;
+  }
+
+  private async unwrap(row: KeyRow, extractable: boolean): Promise<CryptoKey> {
+    if (!this.scope().keys.some((k) => k.id === row.wrapped_by)) {
+      throw new DecryptError(
+        `key version ${row.version} of tenant "${row.tenant}" is wrapped by deployment key ` +
+          `"${row.wrapped_by}", which P2PA_DATA_KEYS does not hold`,
+      );
+    }
+    const kek = await this.kek(row.wrapped_by);
+    try {
+      return await crypto.subtle.unwrapKey(
+        "raw",
+        base64Decode(row.wrapped),
+        kek,
+        "AES-KW",
+        "AES-GCM",
+        extractable,
+        ["encrypt", "decrypt"],
+      );
+    } catch (e) {
+      throw new DecryptError(
+        `key version ${row.version} of tenant "${row.tenant}" does not unwrap with deployment ` +
+          `key "${row.wrapped_by}" (is it the right key?)`,
+        { cause: e },
+      );
+    }
+  }
+
+  /** A random AES-256-GCM key, wrapped by `by`, and a non-extractable copy for the cache. */
+  private async newTenantKey(by: DeploymentKey): Promise<{ wrapped: string; key: CryptoKey }> {
+    const raw = crypto.getRandomValues(new Uint8Array(KEY_BYTES));
+    const usages = ["encrypt", "decrypt"];
+    const exportable = await crypto.subtle.importKey("raw", raw, "AES-GCM", true, usages);
+    const key = await crypto.subtle.importKey("raw", raw, "AES-GCM", false, usages);
+    raw.fill(0);
+    const wrapped = await crypto.subtle.wrapKey("raw", exportable, await this.kek(by.id), "AES-KW");
+    return { wrapped: base64Encode(new Uint8Array(wrapped)), key };
+  }
+
+  private kek(id: string): Promise<CryptoKey> {
+    const scope = this.scope();
+    let kek = scope.keks.get(id);
+    if (!kek) {
+      const dk = scope.keys.find((k) => k.id === id);
+      if (!dk) throw new Error(`no deployment key "${id}"`);
+      kek = crypto.subtle.importKey("raw", dk.raw, "AES-KW", false, ["wrapKey", "unwrapKey"]);
+      scope.keks.set(id, kek);
+    }
+    return kek;
+  }
+
+  private current(): DeploymentKey {
+    const first = this.scope().keys[0];
+    if (!first) throw new KeyringNotConfigured("No deployment key is configured");
+    return first;
+  }
+
+  private scope(): Scope {
+    if (this.scopeCache) return this.scopeCache;
+    let keys: DeploymentKey[];
+    try {
+      keys = parseDeploymentKeys(this.deploymentKeys);
+    } catch (e) {
+      throw new KeyringNotConfigured(`P2PA_DATA_KEYS is malformed (${(e as Error).message})`, {
+        cause: e,
+      });
+    }
+    if (keys.length === 0) throw new KeyringNotConfigured("No deployment key is configured");
+    const canonical = keys.map((k) => `${k.id}:${base64Encode(k.raw)}`).join(",");
+    let scope = scopes.get(canonical);
+    if (!scope) {
+      scope = { id: nextScope++, keys, keks: new Map() };
+      scopes.set(canonical, scope);
+      evictOldest(scopes, MAX_SCOPES);
+    }
+    this.scopeCache = scope;
+    return scope;
+  }
+
+  private cacheKey(tenant: string, version: number): string {
+    return `${this.scope().id}\u0000${tenant}\u0000${version}`;
+  }
+}
+
+/** NUL separates tenant from context in the AAD, so it may not appear in a tenant. */
+function checkTenant(tenant: string): void {
+  if (tenant === "" || tenant.includes("\u0000")) throw new Error("invalid tenant id");
+}
+
+function aad(tenant: string, context: string): Uint8Array {
+  return new TextEncoder().encode(`${tenant}\u0000${context}`);
+}
+
+function getKey(ck: string): Promise<CryptoKey> | undefined {
+  const hit = keyCache.get(ck);
+  if (!hit) return undefined;
+  if (hit.expires <= Date.now()) {
+    keyCache.delete(ck);
+    return undefined;
+  }
+  // Re-insert: Map order then approximates least-recently-used for eviction.
+  keyCache.delete(ck);
+  keyCache.set(ck, hit);
+  return hit.key;
+}
+
+function putKey(ck: string, tenant: string, key: Promise<CryptoKey>): void {
+  const entry: CachedKey = { tenant, key, expires: Date.now() + KEY_TTL_MS };
+  keyCache.delete(ck);
+  keyCache.set(ck, entry);
+  evictOldest(keyCache, MAX_KEYS);
+  // A failed unwrap is not cached: the next call asks again.
+  key.catch(() => {
+    if (keyCache.get(ck) === entry) keyCache.delete(ck);
+  });
+}
+
+function putNewest(tenant: string, version: number): void {
+  newestCache.delete(tenant);
+  newestCache.set(tenant, { version, expires: Date.now() + NEWEST_TTL_MS });
+  evictOldest(newestCache, MAX_NEWEST);
+}
+
+/** Drops everything cached for a tenant (all scopes), and stops in-flight lookups caching. */
+function forgetTenant(tenant: string): void {
+  epoch++;
+  newestCache.delete(tenant);
+  for (const [k, v] of keyCache) if (v.tenant === tenant) keyCache.delete(k);
+  for (const [k, v] of newestInFlight) if (v.tenant === tenant) newestInFlight.delete(k);
+}
+
+function evictOldest<K, V>(map: Map<K, V>, max: number): void {
+  while (map.size > max) {
+    const oldest = map.keys().next();
+    if (oldest.done) return;
+    map.delete(oldest.value);
+  }
+}
+
+function base64Encode(bytes: Uint8Array): string {
+  let bin = "";
+  // Chunked: String.fromCharCode with a huge argument list overflows the stack.
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(bin);
+}
+
+function base64UrlEncode(bytes: Uint8Array): string {
+  return base64Encode(bytes).replace(/=+$/, "").replaceAll("+", "-").replaceAll("/", "_");
+}
+
+/** Decodes standard or URL-safe base64, padded or not; throws on anything else. */
+function base64Decode(s: string): Uint8Array {
+  if (!/^[A-Za-z0-9+/_-]*={0,2}$/.test(s)) throw new Error("invalid base64");
+  let std = s.replace(/=+$/, "").replaceAll("-", "+").replaceAll("_", "/");
+  if (std.length % 4 === 1) throw new Error("invalid base64");
+  std += "=".repeat((4 - (std.length % 4)) % 4);
+  const bin = atob(std);
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}

@@ -1,0 +1,84 @@
+import type { Job } from "@p2pa/shared";
+import { keyringFor, openStore } from "../db/open.js";
+import { dispatcherFor } from "../dispatch/shards.js";
+import { getVectorIndex } from "../vector/index.js";
+import { webhookHub } from "../webhooks/index.js";
+import { ledger } from "./limits.js";
+import { dropRawDocument, rawKey } from "./raw.js";
+
+// Vectorize deletes at most 1000 ids a call; smaller slices keep each call short.
+const IDS_PER_DELETE = 100;
+
+/** Where jobs made before raw objects were sealed kept their request. */
+const legacyRawKey = (jobId: string) => `jobs/${jobId}/request.json`;
+
+async function deleteVectors(env: Env, model: string, ids: string[]): Promise<void> {
+  const index = getVectorIndex(env, model);
+  for (let i = 0; i < ids.length; i += IDS_PER_DELETE)
+    await index.deleteByIds(ids.slice(i, i + IDS_PER_DELETE));
+}
+
+/**
+ * Deletes a job and every trace of it: its tasks, leases and event log on the coordinator,
+ * its webhook endpoints and deliveries, its vectors, its raw documents, its retention
+ * schedule, and its rows. Safe to run again after a failure part way.
+ */
+export async function deleteJobEverywhere(env: Env, tenant: string, job: Job): Promise<void> {
+  const store = openStore(env);
+  await store.cancelJob(tenant, job.id);
+  await dispatcherFor(env, job.model, job.id).cancel(job.id, true);
+  await webhookHub(env, tenant).deleteJob(job.id);
+  await deleteVectors(env, job.model, await store.chunkIds(job.id));
+  await env.RAW.delete([rawKey(tenant, job.id), legacyRawKey(job.id)]);
+  await ledger(env, tenant).unscheduleTextPurge(job.id);
+  // The rows go last: until then a retry can still find what is left to delete.
+  await store.deleteJob(job.id);
+}
+
+/** Deletes one document of an ended job: its chunks, vectors and raw text; counters follow. */
+export async function deleteDocumentEverywhere(
+  env: Env,
+  tenant: string,
+  job: Job,
+  doc: { seq: number; id: string; chunkIds: string[] },
+): Promise<void> {
+  const store = openStore(env);
+  await deleteVectors(env, job.model, doc.chunkIds);
+  await dropRawDocument(env.RAW, keyringFor(env), tenant, job.id, doc.seq);
+  await store.deleteDocument(job.id, doc.seq);
+}
+
+/** Retention: drops a job's chunk text and raw documents; vectors and metadata stay. */
+export async function purgeJobText(env: Env, tenant: string, jobId: string): Promise<boolean> {
+  const store = openStore(env);
+  const job = await store.getJob(tenant, jobId);
+  if (!job) return false;
+  await env.RAW.delete([rawKey(tenant, jobId), legacyRawKey(jobId)]);
+  await store.purgeText(jobId);
+  return true;
+}
+
+/**
+ * Erases a tenant: every job as above, then its webhook hub, its keys and settings, its
+ * data keys (so any copy of its ciphertext left in a backup is unreadable), anything left
+ * under its R2 prefix, and last its audit log and rate state.
+ */
+export async function eraseTenant(env: Env, tenant: string): Promise<{ jobs: number }> {
+  const store = openStore(env);
+  const jobs = await store.tenantJobs(tenant);
+  for (const { id } of jobs) {
+    const job = await store.getJob(tenant, id);
+    if (job) await deleteJobEverywhere(env, tenant, job);
+  }
+  await webhookHub(env, tenant).wipe();
+  for (let cursor: string | undefined; ; ) {
+    const page = await env.RAW.list({ prefix: `raw/${tenant}/`, ...(cursor ? { cursor } : {}) });
+    if (page.objects.length) await env.RAW.delete(page.objects.map((o) => o.key));
+    if (!page.truncated) break;
+    cursor = page.cursor;
+  }
+  await keyringFor(env).destroyTenant(tenant);
+  await store.eraseTenant(tenant);
+  await ledger(env, tenant).wipe();
+  return { jobs: jobs.length };
+}
