@@ -8,6 +8,8 @@
  * different tokens, once with verification off and twice with the default policy (auto) on
  * one system: a first job while both donors are new (every result confirmed by the other),
  * and a second once they have earned trust (spot checks only).
+ *
+ * Then the cost of encryption at rest: sealing every chunk, beside the edge's submit and read.
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -23,6 +25,7 @@ import {
   spawnWorker,
   startEdge,
 } from "./lib/local-edge.js";
+import { encryptionCost } from "./lib/seal-cost.js";
 
 const { values } = parseArgs({
   options: {
@@ -31,9 +34,11 @@ const { values } = parseArgs({
     threads: { type: "string", default: String(os.availableParallelism()) },
     "batch-size": { type: "string", default: "32" },
     "verify-runs": { type: "string", default: "1" },
+    only: { type: "string", default: "pipeline,verification,encryption" },
   },
 });
 const runs = Number(values.runs);
+const sections = new Set(values.only.split(","));
 const threads = Number(values.threads);
 const batchSize = Number(values["batch-size"]);
 const cacheDir = path.join(ROOT, ".cache", "models");
@@ -186,7 +191,7 @@ console.log(
 );
 const a: number[] = [];
 const b: number[] = [];
-for (let r = 0; r < runs; r++) {
+for (let r = 0; r < (sections.has("pipeline") ? runs : 0); r++) {
   a.push(await direct());
   b.push(await endToEnd());
   console.log(
@@ -195,13 +200,16 @@ for (let r = 0; r < runs; r++) {
 }
 const ratios = a.map((x, i) => (b[i] as number) / x);
 const verification: Record<string, { chunksPerSecond: number[]; resultsPerTask: number[] }> = {};
-for (let r = 0; r < Number(values["verify-runs"]); r++) {
+for (let r = 0; r < (sections.has("verification") ? Number(values["verify-runs"]) : 0); r++) {
   for (const [label, v] of Object.entries(await verificationCost())) {
     verification[label] ??= { chunksPerSecond: [], resultsPerTask: [] };
     verification[label].chunksPerSecond.push(v.chunksPerSecond);
     verification[label].resultsPerTask.push(v.resultsPerTask);
   }
 }
+const encryption = sections.has("encryption")
+  ? await encryptionCost(passages, chunking, runs)
+  : null;
 const result = {
   date: new Date().toISOString(),
   machine: { cpus: os.availableParallelism(), node: process.version },
@@ -213,10 +221,12 @@ const result = {
   endToEnd: { chunksPerSecond: b, median: median(b) },
   ratio: { perRun: ratios, median: median(ratios) },
   verification,
+  encryption,
 };
-console.log(
-  `median: (a) ${result.direct.median.toFixed(1)} chunks/s  (b) ${result.endToEnd.median.toFixed(1)} chunks/s  b/a ${result.ratio.median.toFixed(3)}`,
-);
+if (a.length)
+  console.log(
+    `median: (a) ${result.direct.median.toFixed(1)} chunks/s  (b) ${result.endToEnd.median.toFixed(1)} chunks/s  b/a ${result.ratio.median.toFixed(3)}`,
+  );
 const off = median(verification.off?.chunksPerSecond ?? [1]);
 for (const [label, v] of Object.entries(verification)) {
   const cps = median(v.chunksPerSecond);
@@ -224,9 +234,12 @@ for (const [label, v] of Object.entries(verification)) {
     `verification ${label}: ${cps.toFixed(1)} chunks/s (${(cps / off).toFixed(2)}x of off), ${median(v.resultsPerTask).toFixed(2)} results computed per task stored`,
   );
 }
+if (encryption)
+  console.log(
+    `encryption at rest: sealing ${encryption.sealMicrosPerChunk.toFixed(1)} µs/chunk, opening ${encryption.openMicrosPerChunk.toFixed(1)} µs/chunk; submit of ${encryption.chunks} chunks ${encryption.submitMs.toFixed(0)} ms (sealing ${(encryption.shareOfSubmit * 100).toFixed(1)}%), reading them ${encryption.readAllChunksMs.toFixed(0)} ms (opening ${(encryption.shareOfRead * 100).toFixed(1)}%)`,
+  );
 mkdirSync(path.join(ROOT, "bench-results"), { recursive: true });
-writeFileSync(
-  path.join(ROOT, "bench-results", "bench.json"),
-  `${JSON.stringify(result, null, 2)}\n`,
-);
-console.log("wrote bench-results/bench.json");
+// A partial run (--only) does not overwrite the full run's figures.
+const outFile = sections.size === 3 ? "bench.json" : `bench.${[...sections].join("+")}.json`;
+writeFileSync(path.join(ROOT, "bench-results", outFile), `${JSON.stringify(result, null, 2)}\n`);
+console.log(`wrote bench-results/${outFile}`);

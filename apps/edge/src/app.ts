@@ -47,6 +47,7 @@ export function createApp() {
     strictTransportSecurity: "max-age=63072000; includeSubDomains",
     referrerPolicy: "no-referrer",
     crossOriginResourcePolicy: "same-origin",
+    xFrameOptions: "DENY",
   });
   app.use("*", async (c, next) =>
     c.req.header("Upgrade")?.toLowerCase() === "websocket" ? next() : headers(c, next),

@@ -421,7 +421,8 @@ export class D1Store implements MetadataStore {
         keyOldestAt: sql<
           string | null
         >`min(CASE WHEN created_at > ${since} AND created_by = ${keyId} THEN created_at END)`,
-        storedVectors: sql<number>`coalesce(sum(chunks_total - chunks_failed), 0)`,
+        // An ended job keeps the vectors it got; a live one may still get all but its failures.
+        storedVectors: sql<number>`coalesce(sum(CASE WHEN status IN ('queued', 'running') THEN chunks_total - chunks_failed ELSE chunks_done END), 0)`,
       })
       .from(schema.jobs)
       .where(eq(schema.jobs.tenant, tenant))

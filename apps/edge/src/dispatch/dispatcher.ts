@@ -203,6 +203,17 @@ export class Dispatcher extends DurableObject<Env> {
     return n;
   }
 
+  /** A document of an ended job was deleted: its items and chunk events leave the shard. */
+  async forgetDocument(jobId: string, documentId: string): Promise<void> {
+    this.queue.forgetDocument(jobId, documentId);
+    this.jobs.forgetDocument(jobId, documentId);
+  }
+
+  /** The job's text retention ended: its tasks keep their chunk ids, not their text. */
+  async purgeText(jobId: string): Promise<void> {
+    this.queue.dropText(jobId);
+  }
+
   /** A job's event log after `afterSeq` (chunk results and the terminal event). */
   async events(jobId: string, afterSeq: number, limit = 1000): Promise<JobEvent[]> {
     return this.jobs.events(jobId, afterSeq, limit);

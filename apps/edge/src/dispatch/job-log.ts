@@ -64,6 +64,15 @@ export class JobLog {
     this.sql.exec("INSERT OR IGNORE INTO deleted_jobs (hash) VALUES (?)", hash);
   }
 
+  /** A document of the job was deleted: its chunk events go, the rest of the log stays. */
+  forgetDocument(jobId: string, documentId: string): void {
+    this.sql.exec(
+      "DELETE FROM job_events WHERE job_id = ? AND kind = 'chunk' AND json_extract(data, '$.documentId') = ?",
+      jobId,
+      documentId,
+    );
+  }
+
   /** True when the job was deleted while some of its results were being stored. */
   async isDeleted(jobId: string): Promise<boolean> {
     const hash = await tombstone(jobId);

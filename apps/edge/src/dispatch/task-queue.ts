@@ -657,6 +657,28 @@ export class TaskQueue {
   }
 
   /**
+   * A document of the job was deleted: its items leave the job's tasks, with the text a
+   * failed task still holds.
+   */
+  forgetDocument(jobId: string, documentId: string): void {
+    this.sql.exec(
+      `UPDATE tasks SET items = (SELECT json_group_array(json(value)) FROM json_each(tasks.items)
+         WHERE json_extract(value, '$.documentId') IS NOT ?)
+       WHERE job_id = ? AND items IS NOT NULL`,
+      documentId,
+      jobId,
+    );
+  }
+
+  /** The job's text retention ended: its tasks (failed ones hold their text) drop it. */
+  dropText(jobId: string): void {
+    this.sql.exec(
+      "UPDATE tasks SET items = (SELECT json_group_array(json_remove(value, '$.text')) FROM json_each(tasks.items)) WHERE job_id = ? AND items IS NOT NULL",
+      jobId,
+    );
+  }
+
+  /**
    * The job was deleted: nothing of its text or history stays. Finished and cancelled tasks go
    * with their leases; a task being written keeps its row until the write settles (the store
    * path then removes its vectors), without its text.

@@ -3,7 +3,7 @@ import { AuditEntrySchema, AuditQuery, ErrorBody, Quotas, TenantPolicy, Usage } 
 import { z } from "zod";
 import { router } from "../app.js";
 import { keyringFor, openStore } from "../db/open.js";
-import { forgetCredential, requireAuth, scoped } from "../lib/auth.js";
+import { clientAddress, forgetCredential, hasScope, requireAuth, scoped } from "../lib/auth.js";
 import { AppError } from "../lib/errors.js";
 import { decodeCursor } from "../tenant/audit.js";
 import { audit } from "../tenant/audit-log.js";
@@ -43,7 +43,7 @@ const EncryptionInfo = z
 const usage = createRoute({
   method: "get",
   path: "/v1/usage",
-  summary: "The tenant's usage against its limits, in total and per key",
+  summary: "The tenant's usage against its limits, in total and per key (admin keys: every key)",
   responses: { 200: json(Usage, "Usage"), ...errors },
 });
 const auditList = createRoute({
@@ -177,7 +177,13 @@ for (const path of ["/v1/usage", "/v1/audit", "/v1/audit/*", "/v1/tenant", "/v1/
 tenantRoutes.use("/v1/admin/*", requireAuth("admin"));
 
 tenantRoutes
-  .openapi(usage, async (c) => c.json(await usageOf(c.env, c.get("credential").tenant), 200))
+  .openapi(usage, async (c) => {
+    const cred = c.get("credential");
+    const all = await usageOf(c.env, cred.tenant);
+    // Only an admin key sees the tenant's other keys; any other key sees itself.
+    const keys = hasScope(cred, "admin") ? all.keys : all.keys.filter((k) => k.id === cred.id);
+    return c.json({ ...all, keys }, 200);
+  })
   .openapi(auditList, async (c) => {
     const q = c.req.valid("query");
     if (q.cursor && decodeCursor(q.cursor) === null)
@@ -248,7 +254,7 @@ tenantRoutes
       actor: `operator:${op.id}`,
       action: "quota.changed",
       target: tenant,
-      ip: c.req.header("CF-Connecting-IP") ?? null,
+      ip: clientAddress(c),
       userAgent: c.req.header("User-Agent")?.slice(0, 256) ?? null,
       details: { from: before, to: quotas },
     });

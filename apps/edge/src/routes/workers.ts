@@ -17,7 +17,7 @@ const refuseSocketWithCloseCode = createMiddleware<AppEnv>(async (c, next) => {
   if (c.req.header("Upgrade")?.toLowerCase() !== "websocket") return next();
   const secret = c.req.header("Authorization")?.match(/^Bearer\s+(\S+)\s*$/i)?.[1];
   const cred = secret ? await lookupCredential(c.env, secret) : null;
-  if (cred?.kind === "worker" && !cred.quarantined) return next();
+  if (cred?.kind === "worker" && !cred.quarantined && !cred.expired) return next();
   const pair = new WebSocketPair();
   const server = pair[1];
   server.accept();
@@ -27,9 +27,11 @@ const refuseSocketWithCloseCode = createMiddleware<AppEnv>(async (c, next) => {
   }
   const reason = !secret
     ? "missing worker token"
-    : cred
-      ? "this is an API key, not a worker token"
-      : "invalid or revoked worker token";
+    : cred?.kind === "worker"
+      ? `this worker token expired at ${cred.expiresAt}`
+      : cred
+        ? "this is an API key, not a worker token"
+        : "invalid or revoked worker token";
   server.close(CloseCode.unauthorized, reason);
   return new Response(null, { status: 101, webSocket: pair[0] });
 });

@@ -1,13 +1,14 @@
 /**
  * A tenant's audit log as a hash chain: the pure parts (canonical JSON, entry hashes, the
- * verifier, list cursors). Nothing here needs workerd or Node: it uses only
- * `globalThis.crypto.subtle`, so a client-side CLI can verify an export it downloaded through
+ * verifier, list cursors). Nothing here needs workerd or Node: it uses only Web Crypto, so a client-side CLI can verify an export it downloaded through
  * the API with exactly the code the ledger uses.
  *
  * Hash definition: `hash = hex(SHA-256(UTF-8(canonicalJson(entry without "hash"))))`, where the
  * entry has every field of `AuditEntry` (absent values as `null`, `details` as `{}`), and
  * `prevHash` is the previous entry's `hash`, or `GENESIS_HASH` for seq 1.
  */
+
+import { sha256Hex } from "../lib/crypto.js";
 
 /**
  * What `details` hold once stored: a JSON object, typed one level deep. (Not
@@ -97,15 +98,6 @@ function encode(value: unknown, seen: Set<object>): string | undefined {
   }
   seen.delete(value);
   return out;
-}
-
-/** Hex SHA-256 of a string's UTF-8 bytes. */
-export async function sha256Hex(text: string): Promise<string> {
-  // The global Web Crypto (globalThis.crypto) of workerd, browsers and Node >= 19.
-  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
-  let hex = "";
-  for (const b of new Uint8Array(digest)) hex += b.toString(16).padStart(2, "0");
-  return hex;
 }
 
 /**

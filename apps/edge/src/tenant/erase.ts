@@ -35,7 +35,10 @@ export async function deleteJobEverywhere(env: Env, tenant: string, job: Job): P
   await store.deleteJob(job.id);
 }
 
-/** Deletes one document of an ended job: its chunks, vectors and raw text; counters follow. */
+/**
+ * Deletes one document of an ended job: its chunks, vectors and raw text, and its task items and
+ * chunk events on the coordinator; counters follow.
+ */
 export async function deleteDocumentEverywhere(
   env: Env,
   tenant: string,
@@ -43,16 +46,21 @@ export async function deleteDocumentEverywhere(
   doc: { seq: number; id: string; chunkIds: string[] },
 ): Promise<void> {
   const store = openStore(env);
+  await dispatcherFor(env, job.model, job.id).forgetDocument(job.id, doc.id);
   await deleteVectors(env, job.model, doc.chunkIds);
   await dropRawDocument(env.RAW, keyringFor(env), tenant, job.id, doc.seq);
   await store.deleteDocument(job.id, doc.seq);
 }
 
-/** Retention: drops a job's chunk text and raw documents; vectors and metadata stay. */
+/**
+ * Retention: drops a job's chunk text, raw documents and the text its failed tasks keep on the
+ * coordinator; vectors and metadata stay.
+ */
 export async function purgeJobText(env: Env, tenant: string, jobId: string): Promise<boolean> {
   const store = openStore(env);
   const job = await store.getJob(tenant, jobId);
   if (!job) return false;
+  await dispatcherFor(env, job.model, jobId).purgeText(jobId);
   await env.RAW.delete([rawKey(tenant, jobId), legacyRawKey(jobId)]);
   await store.purgeText(jobId);
   return true;

@@ -8,7 +8,7 @@ const tenantCache = new Map<string, { at: number; quotas: Quotas }>();
 
 /** The deployment's limits for tenants that have none of their own (`DEFAULT_QUOTAS`). */
 export function defaultQuotas(env: Env): Quotas {
-  const raw = (env as { DEFAULT_QUOTAS?: string }).DEFAULT_QUOTAS;
+  const raw: string = env.DEFAULT_QUOTAS;
   if (!raw) return {};
   const parsed = Quotas.safeParse(JSON.parse(raw));
   if (!parsed.success) throw new Error(`DEFAULT_QUOTAS is invalid: ${parsed.error.message}`);
