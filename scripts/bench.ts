@@ -9,7 +9,8 @@
  * one system: a first job while both donors are new (every result confirmed by the other),
  * and a second once they have earned trust (spot checks only).
  *
- * Then the cost of encryption at rest: sealing every chunk, beside the edge's submit and read.
+ * Then what data protection costs (text sealed at rest, audit, scopes, limits): submit and
+ * read of the corpus against a baseline checkout's edge (`--baseline-dir`), in one run.
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -35,6 +36,8 @@ const { values } = parseArgs({
     "batch-size": { type: "string", default: "32" },
     "verify-runs": { type: "string", default: "1" },
     only: { type: "string", default: "pipeline,verification,encryption" },
+    // Another checkout (built, with node_modules) to compare data protection's cost against.
+    "baseline-dir": { type: "string" },
   },
 });
 const runs = Number(values.runs);
@@ -208,7 +211,7 @@ for (let r = 0; r < (sections.has("verification") ? Number(values["verify-runs"]
   }
 }
 const encryption = sections.has("encryption")
-  ? await encryptionCost(passages, chunking, runs)
+  ? await encryptionCost(passages, chunking, runs, values["baseline-dir"])
   : null;
 const result = {
   date: new Date().toISOString(),
@@ -234,10 +237,15 @@ for (const [label, v] of Object.entries(verification)) {
     `verification ${label}: ${cps.toFixed(1)} chunks/s (${(cps / off).toFixed(2)}x of off), ${median(v.resultsPerTask).toFixed(2)} results computed per task stored`,
   );
 }
-if (encryption)
+if (encryption) {
+  const e = encryption;
   console.log(
-    `encryption at rest: sealing ${encryption.sealMicrosPerChunk.toFixed(1)} µs/chunk, opening ${encryption.openMicrosPerChunk.toFixed(1)} µs/chunk; submit of ${encryption.chunks} chunks ${encryption.submitMs.toFixed(0)} ms (sealing ${(encryption.shareOfSubmit * 100).toFixed(1)}%), reading them ${encryption.readAllChunksMs.toFixed(0)} ms (opening ${(encryption.shareOfRead * 100).toFixed(1)}%)`,
+    `data protection (sealing, audit, scopes, limits): submit of ${e.chunks} chunks ${e.submitMs.median.toFixed(0)} ms, reading them all ${e.readAllChunksMs.median.toFixed(0)} ms` +
+      (e.baseline
+        ? `; baseline ${e.baseline.submitMs.median.toFixed(0)} / ${e.baseline.readAllChunksMs.median.toFixed(0)} ms; ratio submit ${e.submitRatio?.toFixed(2)}x, read ${e.readRatio?.toFixed(2)}x`
+        : " (no --baseline-dir: no ratio)"),
   );
+}
 mkdirSync(path.join(ROOT, "bench-results"), { recursive: true });
 // A partial run (--only) does not overwrite the full run's figures.
 const outFile = sections.size === 3 ? "bench.json" : `bench.${[...sections].join("+")}.json`;

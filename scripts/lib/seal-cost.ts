@@ -1,108 +1,113 @@
-import { webcrypto } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { DEV_CREDENTIALS, prepareLocalDatabase, startEdge } from "./local-edge.js";
+import * as here from "./local-edge.js";
+
+type Harness = Pick<typeof here, "prepareLocalDatabase" | "startEdge" | "DEV_CREDENTIALS">;
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
+/** Submits the corpus as one job and reads every chunk back: the two timings that sealing adds to. */
+async function submitAndRead(
+  url: string,
+  apiKey: string,
+  passages: string[],
+  chunking: { maxChars: number; overlap: number },
+) {
+  const auth = { Authorization: `Bearer ${apiKey}` };
+  const t0 = performance.now();
+  const res = await fetch(`${url}/v1/jobs`, {
+    method: "POST",
+    headers: { ...auth, "Content-Type": "application/json" },
+    body: JSON.stringify({ documents: passages.map((text) => ({ text })), chunking }),
+  });
+  if (res.status !== 202) throw new Error(`submit failed: ${res.status} ${await res.text()}`);
+  const submitMs = performance.now() - t0;
+  const { id } = (await res.json()) as { id: string };
+  const t1 = performance.now();
+  let chunks = 0;
+  for (let cursor: string | null = ""; cursor !== null; ) {
+    const page = (await (
+      await fetch(`${url}/v1/jobs/${id}/chunks?limit=1000${cursor ? `&cursor=${cursor}` : ""}`, {
+        headers: auth,
+      })
+    ).json()) as { data: { text: string }[]; nextCursor: string | null };
+    chunks += page.data.length;
+    cursor = page.nextCursor;
+  }
+  return { submitMs, readMs: performance.now() - t1, chunks };
+}
+
 /**
- * What sealing text at rest costs: AES-256-GCM over every chunk, measured in-process (the
- * same primitive, key size, IV and bound data the edge's keyring uses), beside the edge's
- * own submit and read times for the same corpus in the same run. The share is the sealing
- * time over the request's time: what the job pays for encryption.
+ * What data protection costs a job: the same submit and full read of every chunk, on this
+ * checkout's edge (text sealed at rest, audit, scopes and limits) and on a baseline
+ * checkout's edge (`--baseline-dir`, e.g. the release before them), both running at once on
+ * this machine with runs interleaved, so noise hits both alike. Ratios are this/baseline.
  */
 export async function encryptionCost(
   passages: string[],
   chunking: { maxChars: number; overlap: number },
   runs: number,
+  baselineDir: string | undefined,
 ) {
-  const auth = { Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}` };
-  const dir = mkdtempSync(path.join(os.tmpdir(), "p2pa-bench-seal-"));
-  await prepareLocalDatabase(dir);
-  const edge = await startEdge({ port: 8791, persistTo: dir });
-  const submitMs: number[] = [];
-  const readMs: number[] = [];
-  let chunkTexts: string[] = [];
+  const sides: { name: string; harness: Harness; port: number }[] = [
+    { name: "this", harness: here, port: 8791 },
+  ];
+  if (baselineDir) {
+    const harness = (await import(
+      path.resolve(baselineDir, "scripts/lib/local-edge.ts")
+    )) as Harness;
+    sides.push({ name: "baseline", harness, port: 8792 });
+  }
+  const edges = await Promise.all(
+    sides.map(async (s) => {
+      const dir = mkdtempSync(path.join(os.tmpdir(), `p2pa-bench-${s.name}-`));
+      await s.harness.prepareLocalDatabase(dir);
+      return { ...s, dir, edge: await s.harness.startEdge({ port: s.port, persistTo: dir }) };
+    }),
+  );
+  const times = new Map(
+    edges.map((e) => [e.name, { submit: [] as number[], read: [] as number[] }]),
+  );
+  let chunks = 0;
   try {
-    for (let r = 0; r < runs; r++) {
-      const t0 = performance.now();
-      const res = await fetch(`${edge.url}/v1/jobs`, {
-        method: "POST",
-        headers: { ...auth, "Content-Type": "application/json" },
-        body: JSON.stringify({ documents: passages.map((text) => ({ text })), chunking }),
-      });
-      if (res.status !== 202) throw new Error(`submit failed: ${res.status} ${await res.text()}`);
-      submitMs.push(performance.now() - t0);
-      const { id } = (await res.json()) as { id: string };
-      const t1 = performance.now();
-      const texts: string[] = [];
-      for (let cursor: string | null = ""; cursor !== null; ) {
-        const page = (await (
-          await fetch(
-            `${edge.url}/v1/jobs/${id}/chunks?limit=1000${cursor ? `&cursor=${cursor}` : ""}`,
-            { headers: auth },
-          )
-        ).json()) as { data: { text: string }[]; nextCursor: string | null };
-        texts.push(...page.data.map((c) => c.text));
-        cursor = page.nextCursor;
+    // One warm-up job each, then alternating runs.
+    for (let r = -1; r < runs; r++) {
+      for (const e of r % 2 ? edges : [...edges].reverse()) {
+        const t = await submitAndRead(
+          e.edge.url,
+          e.harness.DEV_CREDENTIALS.apiKey,
+          passages,
+          chunking,
+        );
+        chunks = t.chunks;
+        if (r < 0) continue;
+        times.get(e.name)?.submit.push(t.submitMs);
+        times.get(e.name)?.read.push(t.readMs);
       }
-      readMs.push(performance.now() - t1);
-      chunkTexts = texts;
     }
   } finally {
-    await edge.stop();
-    rmSync(dir, { recursive: true, force: true });
+    for (const e of edges) {
+      await e.edge.stop();
+      rmSync(e.dir, { recursive: true, force: true });
+    }
   }
-
-  const subtle = webcrypto.subtle;
-  const key = await subtle.importKey(
-    "raw",
-    webcrypto.getRandomValues(new Uint8Array(32)),
-    "AES-GCM",
-    false,
-    ["encrypt", "decrypt"],
-  );
-  const enc = new TextEncoder();
-  const sealMs: number[] = [];
-  const openMs: number[] = [];
-  for (let r = 0; r < runs; r++) {
-    const t0 = performance.now();
-    const sealed = await Promise.all(
-      chunkTexts.map(async (t, i) => {
-        const iv = webcrypto.getRandomValues(new Uint8Array(12));
-        const additionalData = enc.encode(`dev\u0000job.${i}`);
-        const ct = await subtle.encrypt(
-          { name: "AES-GCM", iv, additionalData },
-          key,
-          enc.encode(t),
-        );
-        return { iv, ct, additionalData, b64: Buffer.from(ct).toString("base64url") };
-      }),
-    );
-    sealMs.push(performance.now() - t0);
-    const t1 = performance.now();
-    await Promise.all(
-      sealed.map((s) =>
-        subtle.decrypt(
-          { name: "AES-GCM", iv: s.iv, additionalData: s.additionalData },
-          key,
-          Buffer.from(s.b64, "base64url"),
-        ),
-      ),
-    );
-    openMs.push(performance.now() - t1);
-  }
-  const n = chunkTexts.length;
-  const seal = median(sealMs);
-  const open = median(openMs);
+  const mine = times.get("this") as { submit: number[]; read: number[] };
+  const base = times.get("baseline");
   return {
-    chunks: n,
-    sealMicrosPerChunk: (seal * 1000) / n,
-    openMicrosPerChunk: (open * 1000) / n,
-    submitMs: median(submitMs),
-    readAllChunksMs: median(readMs),
-    shareOfSubmit: seal / median(submitMs),
-    shareOfRead: open / median(readMs),
+    chunks,
+    submitMs: { runs: mine.submit, median: median(mine.submit) },
+    readAllChunksMs: { runs: mine.read, median: median(mine.read) },
+    ...(base
+      ? {
+          baseline: {
+            dir: baselineDir,
+            submitMs: { runs: base.submit, median: median(base.submit) },
+            readAllChunksMs: { runs: base.read, median: median(base.read) },
+          },
+          submitRatio: median(mine.submit.map((m, i) => m / (base.submit[i] as number))),
+          readRatio: median(mine.read.map((m, i) => m / (base.read[i] as number))),
+        }
+      : {}),
   };
 }

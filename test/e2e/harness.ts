@@ -137,7 +137,7 @@ export interface ChunkOut {
   id: string;
   documentId: string;
   index: number;
-  text: string;
+  text: string | null;
   status: string;
   vector?: number[];
 }

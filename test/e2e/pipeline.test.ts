@@ -79,7 +79,7 @@ describe("the whole pipeline on real parts", () => {
     );
     const res = await client.embeddings.create({
       model: "use-lite",
-      input: chunks.map((c) => c.text),
+      input: chunks.map((c) => c.text ?? ""),
     });
     expect(res.data.length).toBe(chunks.length);
     expect(res.model).toBe("use-lite");

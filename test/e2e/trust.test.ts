@@ -66,7 +66,7 @@ afterAll(async () => {
 /** Every chunk of the job holds the vector the model itself gives its text. */
 async function assertModelsOwnVectors(jobId: string) {
   const chunks = await allChunks(sys, jobId);
-  const reference = await model.embed(chunks.map((c) => c.text));
+  const reference = await model.embed(chunks.map((c) => c.text ?? ""));
   const worst = Math.min(...chunks.map((c, i) => cosine(c.vector ?? [], reference[i] ?? [])));
   expect(worst).toBeGreaterThanOrEqual(MIN_COSINE);
 }

@@ -16,7 +16,7 @@ import {
   type TaskResult,
   WorkerMessage,
 } from "@p2pa/shared";
-import { openStore } from "../db/open.js";
+import { keyringFor, openStore } from "../db/open.js";
 import type { MetadataStore } from "../db/store.js";
 import { sha256Hex } from "../lib/crypto.js";
 import { maskPersonalData } from "../privacy/mask.js";
@@ -30,6 +30,7 @@ import { INITIAL_EARNED, limitFor, Peers, roomFor } from "./peers.js";
 import { type Bucket, take } from "./rate-limit.js";
 import { type EmbedOutcome, RealtimeLane } from "./realtime-lane.js";
 import { checkResult } from "./result-check.js";
+import { openItems, sealItems } from "./sealed-items.js";
 import { ResultStore } from "./store-result.js";
 import { type NewTask, type TaskOptions, TaskQueue } from "./task-queue.js";
 import { DEFAULT_VERIFY_POLICY, type DonorRecord, Verifier } from "./verify.js";
@@ -804,7 +805,12 @@ export class Dispatcher extends DurableObject<Env> {
         if (text === undefined || text === null) return [];
         return [{ ...i, text: mask.length ? maskPersonalData(text, mask).text : text }];
       });
-      if (items.length) this.queue.recompute(t.taskId, items, donor);
+      if (items.length)
+        this.queue.recompute(
+          t.taskId,
+          await sealItems(keyringFor(this.env), task.tenant, items),
+          donor,
+        );
     }
     await this.pump();
   }
@@ -858,7 +864,11 @@ export class Dispatcher extends DurableObject<Env> {
           r.room--;
           progress = true;
           if (this.jobs.markJobStarted(task.jobId)) started.push(task.jobId);
-          const items = task.items.map((i) => ({ chunkId: i.chunkId, text: i.text }));
+          const items = await openItems(
+            keyringFor(this.env),
+            task.tenant,
+            task.items.map((i) => ({ chunkId: i.chunkId, text: i.text })),
+          );
           // Now and then a known-answer check rides along as one more item.
           const last = items.at(-1);
           if (last && task.verify !== "off" && Math.random() < this.canaryRate) {

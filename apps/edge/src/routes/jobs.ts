@@ -21,6 +21,7 @@ import { z } from "zod";
 import { router } from "../app.js";
 import { keyringFor, openStore } from "../db/open.js";
 import type { NewJob } from "../db/store.js";
+import { sealItems } from "../dispatch/sealed-items.js";
 import { dispatcherFor } from "../dispatch/shards.js";
 import type { NewTask, QueuedItem, TaskOptions } from "../dispatch/task-queue.js";
 import { requireAuth, scoped } from "../lib/auth.js";
@@ -251,12 +252,14 @@ async function dispatch(
   opts: TaskOptions,
 ) {
   const dispatcher = dispatcherFor(env, model, jobId);
+  const keyring = keyringFor(env);
   let slice: NewTask[] = [];
   let size = 0;
   try {
     for (const t of tasks) {
-      slice.push(t);
-      size += t.items.reduce((n, i) => n + i.text.length + 64, 0);
+      // The coordinator keeps the text only sealed, like D1.
+      slice.push({ ...t, items: await sealItems(keyring, tenant, t.items) });
+      size += (slice.at(-1)?.items ?? []).reduce((n, i) => n + i.text.length + 64, 0);
       if (size >= ENQUEUE_SLICE_CHARS) {
         await dispatcher.enqueue(jobId, tenant, model, slice, opts);
         slice = [];

@@ -1,0 +1,35 @@
+import type { Keyring } from "../lib/keyring.js";
+import { isCiphertext } from "../lib/keyring.js";
+import type { QueuedItem } from "./task-queue.js";
+
+/**
+ * Task text waits in the coordinator's storage until a worker takes it, so it is sealed like
+ * the text in D1: under the tenant's key, bound to its chunk (a context apart from the
+ * chunk's own row, so one ciphertext cannot stand in for the other).
+ */
+const context = (chunkId: string) => `task:${chunkId}`;
+
+/** Seals each item's text (as the API hands tasks to the coordinator). */
+export function sealItems(keyring: Keyring, tenant: string, items: QueuedItem[]) {
+  return Promise.all(
+    items.map(async (i) => ({
+      ...i,
+      text: await keyring.encrypt(tenant, i.text, context(i.chunkId)),
+    })),
+  );
+}
+
+/** Opens each item's text for the worker that leased it; text queued before sealing passes. */
+export function openItems<T extends { chunkId: string; text: string }>(
+  keyring: Keyring,
+  tenant: string,
+  items: T[],
+): Promise<T[]> {
+  return Promise.all(
+    items.map(async (i) =>
+      isCiphertext(i.text)
+        ? { ...i, text: await keyring.decrypt(tenant, i.text, context(i.chunkId)) }
+        : i,
+    ),
+  );
+}
