@@ -127,6 +127,9 @@ export async function startEdge(opts: EdgeOptions): Promise<LocalEdge> {
     "--persist-to",
     opts.persistTo,
     "--show-interactive-dev-session=false",
+    // Its own inspector port, so several edges (tests, benchmarks) can run at once.
+    "--inspector-port",
+    String(await freePort()),
     "--log-level",
     opts.inheritOutput ? "info" : "warn",
     ...Object.entries(vars).flatMap(([k, v]) => ["--var", `${k}:${v}`]),

@@ -59,13 +59,12 @@ export async function encryptionCost(
     )) as Harness;
     sides.push({ name: "baseline", harness, port: 8792 });
   }
-  const edges = await Promise.all(
-    sides.map(async (s) => {
-      const dir = mkdtempSync(path.join(os.tmpdir(), `p2pa-bench-${s.name}-`));
-      await s.harness.prepareLocalDatabase(dir);
-      return { ...s, dir, edge: await s.harness.startEdge({ port: s.port, persistTo: dir }) };
-    }),
-  );
+  const edges = [];
+  for (const s of sides) {
+    const dir = mkdtempSync(path.join(os.tmpdir(), `p2pa-bench-${s.name}-`));
+    await s.harness.prepareLocalDatabase(dir);
+    edges.push({ ...s, dir, edge: await s.harness.startEdge({ port: s.port, persistTo: dir }) });
+  }
   const times = new Map(
     edges.map((e) => [e.name, { submit: [] as number[], read: [] as number[] }]),
   );

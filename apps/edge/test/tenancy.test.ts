@@ -390,6 +390,9 @@ const ROUTES: Record<string, Rule> = {
   },
   "GET /v1/webhooks": {},
   "DELETE /v1/webhooks/{id}": {},
+  "PATCH /v1/webhooks/{id}": {
+    variants: () => [{ json: { url: T2_HOOK_URL } }, { json: { events: ["job.failed"] } }],
+  },
   "GET /v1/webhooks/{id}/deliveries": {},
   "POST /v1/webhooks/{id}/deliveries/{deliveryId}/redeliver": { variants: () => [{ json: {} }] },
   "POST /v1/search": {

@@ -116,6 +116,49 @@ describe("webhook endpoints API", () => {
     expect((await call(`/v1/webhooks/${ep.id}/deliveries`)).status).toBe(404);
   });
 
+  it("changes an endpoint's url and events, logs the change, and forgets its secret on delete", async () => {
+    const ep = (await (
+      await call("/v1/webhooks", {
+        method: "POST",
+        json: { url: "http://127.0.0.1:9/a", events: ["job.completed"] },
+      })
+    ).json()) as { id: string; secret: string };
+    const patch = (json: unknown, key: string = KEYS.api) =>
+      call(`/v1/webhooks/${ep.id}`, { method: "PATCH", json, key });
+    expect((await patch({ url: "http://127.0.0.1:9/b" }, KEYS.other)).status).toBe(404);
+    expect((await errorOf(await patch({}))).code).toBe("validation_failed");
+    expect((await errorOf(await patch({ url: "http://10.0.0.1/x" }))).status).toBe(422);
+    const changed = await patch({ url: "http://127.0.0.1:9/b", events: ["job.failed"] });
+    expect(changed.status).toBe(200);
+    expect(await changed.json()).toMatchObject({
+      id: ep.id,
+      url: "http://127.0.0.1:9/b",
+      events: ["job.failed"],
+    });
+    const log = (await (await call("/v1/audit?action=webhook.changed&order=desc")).json()) as {
+      data: { target: string; actor: string; details: Record<string, unknown> }[];
+    };
+    expect(log.data[0]).toMatchObject({
+      target: ep.id,
+      actor: "c1",
+      details: {
+        url: { from: "http://127.0.0.1:9/a", to: "http://127.0.0.1:9/b" },
+        events: { from: ["job.completed"], to: ["job.failed"] },
+      },
+    });
+    expect((await call(`/v1/webhooks/${ep.id}`, { method: "DELETE" })).status).toBe(204);
+    expect((await patch({ url: "http://127.0.0.1:9/c" })).status).toBe(404);
+    const kept = await runInDurableObject(webhookHub(env, "t1"), (_: WebhookHub, state) =>
+      state.storage.sql
+        .exec<{ url: string; secret: string }>(
+          "SELECT url, secret FROM endpoints WHERE id = ?",
+          ep.id,
+        )
+        .toArray(),
+    );
+    expect(kept).toEqual([{ url: "", secret: "" }]);
+  });
+
   it("refuses private targets, unknown event types and missing urls", async () => {
     expect(
       await errorOf(

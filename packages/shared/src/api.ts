@@ -368,6 +368,18 @@ export const CreateWebhookRequest = z
   .meta({ id: "CreateWebhookRequest" });
 export type CreateWebhookRequest = z.infer<typeof CreateWebhookRequest>;
 
+export const UpdateWebhookRequest = z
+  .object({
+    url: z.string().min(1).max(2048).optional(),
+    events: z.array(WebhookEventType).min(1).max(WEBHOOK_EVENT_TYPES.length).optional(),
+  })
+  .strict()
+  .refine((r) => r.url !== undefined || r.events !== undefined, {
+    message: "send url, events or both",
+  })
+  .meta({ id: "UpdateWebhookRequest" });
+export type UpdateWebhookRequest = z.infer<typeof UpdateWebhookRequest>;
+
 export const WebhookEndpoint = z
   .object({
     id: z.string(),

@@ -3,6 +3,7 @@ import {
   CreateWebhookRequest,
   DEFAULT_WEBHOOK_EVENTS,
   ErrorBody,
+  UpdateWebhookRequest,
   WebhookDelivery,
   WebhookEndpoint,
 } from "@p2pa/shared";
@@ -42,6 +43,20 @@ const list = createRoute({
   summary: "The account's webhook endpoints",
   ...manage,
   responses: { 200: json(z.object({ data: z.array(WebhookEndpoint) }), "Endpoints"), ...errors },
+});
+const update = createRoute({
+  method: "patch",
+  path: "/v1/webhooks/{id}",
+  summary: "Change an endpoint's URL or events (its secret stays)",
+  ...manage,
+  request: {
+    params: Id,
+    body: {
+      content: { "application/json": { schema: UpdateWebhookRequest } },
+      required: true,
+    },
+  },
+  responses: { 200: json(WebhookEndpoint, "The endpoint"), ...errors },
 });
 const remove = createRoute({
   method: "delete",
@@ -94,6 +109,20 @@ webhookRoutes
       { data: await webhookHub(c.env, c.get("credential").tenant).listEndpoints() },
       200,
     );
+  })
+  .openapi(update, async (c) => {
+    const { id } = c.req.valid("param");
+    const patch = c.req.valid("json");
+    if (patch.url !== undefined) assertTargetAllowed(c.env, patch.url);
+    const r = await webhookHub(c.env, c.get("credential").tenant).updateEndpoint(id, patch);
+    if (!r) throw notFound("webhook endpoint");
+    await audit(c, "webhook.changed", id, {
+      ...(patch.url !== undefined ? { url: { from: r.before.url, to: r.after.url } } : {}),
+      ...(patch.events !== undefined
+        ? { events: { from: r.before.events, to: r.after.events } }
+        : {}),
+    });
+    return c.json(r.after, 200);
   })
   .openapi(remove, async (c) => {
     const ok = await webhookHub(c.env, c.get("credential").tenant).deleteEndpoint(

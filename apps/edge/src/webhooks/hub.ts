@@ -151,10 +151,30 @@ export class WebhookHub extends DurableObject<Env> {
       }));
   }
 
-  /** Deletes an endpoint and cancels its pending deliveries; false when there is none. */
+  /** Changes an account endpoint's URL or events; null when there is no such endpoint. */
+  async updateEndpoint(
+    id: string,
+    patch: { url?: string; events?: WebhookEventType[] },
+  ): Promise<{ before: Endpoint; after: Endpoint } | null> {
+    const before = (await this.listEndpoints()).find((e) => e.id === id);
+    if (!before) return null;
+    const after = { ...before, ...patch };
+    this.sql.exec(
+      "UPDATE endpoints SET url = ?, events = ? WHERE id = ? AND deleted = 0",
+      after.url,
+      JSON.stringify(after.events),
+      id,
+    );
+    return { before, after };
+  }
+
+  /**
+   * Deletes an endpoint and cancels its pending deliveries; false when there is none. The row
+   * stays for its deliveries' history, without its URL or signing secret.
+   */
   async deleteEndpoint(id: string): Promise<boolean> {
     const n = this.sql.exec(
-      "UPDATE endpoints SET deleted = 1 WHERE id = ? AND deleted = 0",
+      "UPDATE endpoints SET deleted = 1, url = '', secret = '' WHERE id = ? AND deleted = 0",
       id,
     ).rowsWritten;
     this.sql.exec(
