@@ -51,13 +51,13 @@ export async function encryptionCost(
   baselineDir: string | undefined,
 ) {
   const sides: { name: string; harness: Harness; port: number }[] = [
-    { name: "this", harness: here, port: 8791 },
+    { name: "this", harness: here, port: await here.freePort() },
   ];
   if (baselineDir) {
     const harness = (await import(
       path.resolve(baselineDir, "scripts/lib/local-edge.ts")
     )) as Harness;
-    sides.push({ name: "baseline", harness, port: 8792 });
+    sides.push({ name: "baseline", harness, port: await here.freePort() });
   }
   const edges = [];
   for (const s of sides) {
@@ -70,6 +70,11 @@ export async function encryptionCost(
   );
   let chunks = 0;
   try {
+    for (const s of sides) {
+      const dir = mkdtempSync(path.join(os.tmpdir(), `p2pa-bench-${s.name}-`));
+      await s.harness.prepareLocalDatabase(dir);
+      edges.push({ ...s, dir, edge: await s.harness.startEdge({ port: s.port, persistTo: dir }) });
+    }
     // One warm-up job each, then alternating runs.
     for (let r = -1; r < runs; r++) {
       for (const e of r % 2 ? edges : [...edges].reverse()) {
