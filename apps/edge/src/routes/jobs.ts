@@ -430,7 +430,12 @@ jobs
       );
     }
     await deleteDocumentEverywhere(c.env, tenant, job, doc);
-    await audit(c, "document.deleted", `${id}/${documentId}`, { chunks: doc.chunkIds.length });
+    // A document id is the submitter's own name (it may name a person): the log keeps only its
+    // hash, which the owner can match against the id they deleted.
+    await audit(c, "document.deleted", id, {
+      documentSha256: await sha256Hex(documentId),
+      chunks: doc.chunkIds.length,
+    });
     return c.body(null, 204);
   })
   .openapi(listChunks, async (c) => {
