@@ -1,5 +1,6 @@
 export * from "./access.js";
 export * from "./api.js";
+export * from "./base64.js";
 export * from "./chunker.js";
 export * from "./models.js";
 export * from "./protocol.js";

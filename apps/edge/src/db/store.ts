@@ -706,18 +706,7 @@ export class D1Store implements MetadataStore {
     return rows.map((r, i) => ({ ...D1Store.toChunk(r), text: texts[i] ?? null }));
   }
 
-  private static toChunk(r: {
-    id: string;
-    jobId: string;
-    documentId: string;
-    index: number;
-    text: string;
-    status: "pending" | "done" | "failed";
-    error: string | null;
-    start: number;
-    end: number;
-    metadata: Record<string, unknown> | null;
-  }): ChunkRow {
+  private static toChunk(r: ChunkSelect): ChunkRow {
     return {
       id: r.id,
       jobId: r.jobId,

@@ -22,6 +22,8 @@
  * KEY_TTL_MS; this isolate sees both at once.
  */
 
+import { base64ToBytes, bytesToBase64 } from "@p2pa/shared";
+
 /** Prefix of the text format; the digit is the format version. */
 const TEXT_PREFIX = "p2pa1.";
 /** `P2PA` in ASCII: the first bytes of the binary format. */
@@ -628,26 +630,16 @@ function evictOldest<K, V>(map: Map<K, V>, max: number): void {
 }
 
 function base64Encode(bytes: Uint8Array): string {
-  let bin = "";
-  // Chunked: String.fromCharCode with a huge argument list overflows the stack.
-  for (let i = 0; i < bytes.length; i += 0x8000) {
-    bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-  }
-  return btoa(bin);
+  return bytesToBase64(bytes);
 }
 
 function base64UrlEncode(bytes: Uint8Array): string {
-  return base64Encode(bytes).replace(/=+$/, "").replaceAll("+", "-").replaceAll("/", "_");
+  return bytesToBase64(bytes, { url: true });
 }
 
 /** Decodes standard or URL-safe base64, padded or not; throws on anything else. */
 function base64Decode(s: string): Uint8Array {
-  if (!/^[A-Za-z0-9+/_-]*={0,2}$/.test(s)) throw new Error("invalid base64");
-  let std = s.replace(/=+$/, "").replaceAll("-", "+").replaceAll("_", "/");
-  if (std.length % 4 === 1) throw new Error("invalid base64");
-  std += "=".repeat((4 - (std.length % 4)) % 4);
-  const bin = atob(std);
-  const out = new Uint8Array(bin.length);
-  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  const out = base64ToBytes(s);
+  if (!out) throw new Error("invalid base64");
   return out;
 }

@@ -1,12 +1,5 @@
 import { createRoute } from "@hono/zod-openapi";
-import {
-  ApiKey,
-  CreateKeyRequest,
-  ErrorBody,
-  MODELS,
-  type Scope,
-  UpdateKeyRequest,
-} from "@p2pa/shared";
+import { ApiKey, CreateKeyRequest, MODELS, type Scope, UpdateKeyRequest } from "@p2pa/shared";
 import { z } from "zod";
 import { router } from "../app.js";
 import { openStore } from "../db/open.js";
@@ -15,18 +8,9 @@ import { forgetCredential, requireAuth, scoped } from "../lib/auth.js";
 import { newId, sha256Hex } from "../lib/crypto.js";
 import { AppError, notFound } from "../lib/errors.js";
 import { audit } from "../tenant/audit-log.js";
+import { errors, IdParam, json } from "./openapi.js";
 
-const json = <T extends z.ZodType>(schema: T, description: string) => ({
-  description,
-  content: { "application/json": { schema } },
-});
-const errors = {
-  401: json(ErrorBody, "Missing or invalid credentials"),
-  403: json(ErrorBody, "The key lacks the admin scope"),
-  404: json(ErrorBody, "Not found"),
-  422: json(ErrorBody, "Invalid request"),
-};
-const Id = z.object({ id: z.string().min(1).max(64) });
+const Id = IdParam;
 const admin = scoped("admin");
 
 /** What a new key may do when its creator names no scopes: everything but administration. */

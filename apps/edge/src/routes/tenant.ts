@@ -1,5 +1,5 @@
 import { createRoute } from "@hono/zod-openapi";
-import { AuditEntrySchema, AuditQuery, ErrorBody, Quotas, TenantPolicy, Usage } from "@p2pa/shared";
+import { AuditEntrySchema, AuditQuery, Quotas, TenantPolicy, Usage } from "@p2pa/shared";
 import { z } from "zod";
 import { router } from "../app.js";
 import { keyringFor, openStore } from "../db/open.js";
@@ -9,16 +9,8 @@ import { decodeCursor } from "../tenant/audit.js";
 import { audit } from "../tenant/audit-log.js";
 import { eraseTenant } from "../tenant/erase.js";
 import { forgetTenantQuotas, ledger, tenantQuotas } from "../tenant/limits.js";
+import { errors, json } from "./openapi.js";
 
-const json = <T extends z.ZodType>(schema: T, description: string) => ({
-  description,
-  content: { "application/json": { schema } },
-});
-const errors = {
-  401: json(ErrorBody, "Missing or invalid credentials"),
-  403: json(ErrorBody, "The key lacks the scope"),
-  422: json(ErrorBody, "Invalid request"),
-};
 const admin = scoped("admin");
 const TenantParam = z.object({ tenant: z.string().regex(/^[\w.-]{1,64}$/) });
 

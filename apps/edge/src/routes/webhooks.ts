@@ -2,7 +2,6 @@ import { createRoute } from "@hono/zod-openapi";
 import {
   CreateWebhookRequest,
   DEFAULT_WEBHOOK_EVENTS,
-  ErrorBody,
   UpdateWebhookRequest,
   WebhookDelivery,
   WebhookEndpoint,
@@ -14,17 +13,9 @@ import { notFound } from "../lib/errors.js";
 import { audit } from "../tenant/audit-log.js";
 import { assertTargetAllowed, webhookHub } from "../webhooks/index.js";
 import { newSecret } from "../webhooks/signing.js";
+import { errors, IdParam, json } from "./openapi.js";
 
-const json = <T extends z.ZodType>(schema: T, description: string) => ({
-  description,
-  content: { "application/json": { schema } },
-});
-const errors = {
-  401: json(ErrorBody, "Missing or invalid credentials"),
-  404: json(ErrorBody, "Not found"),
-  422: json(ErrorBody, "Invalid request"),
-};
-const Id = z.object({ id: z.string().min(1).max(64) });
+const Id = IdParam;
 const manage = scoped("webhooks");
 
 const create = createRoute({
