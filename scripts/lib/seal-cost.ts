@@ -59,14 +59,10 @@ export async function encryptionCost(
     )) as Harness;
     sides.push({ name: "baseline", harness, port: await here.freePort() });
   }
-  const edges = [];
-  for (const s of sides) {
-    const dir = mkdtempSync(path.join(os.tmpdir(), `p2pa-bench-${s.name}-`));
-    await s.harness.prepareLocalDatabase(dir);
-    edges.push({ ...s, dir, edge: await s.harness.startEdge({ port: s.port, persistTo: dir }) });
-  }
+  // Started inside the try, so an edge that did start is stopped when the next one fails.
+  const edges: ((typeof sides)[number] & { dir: string; edge: here.LocalEdge })[] = [];
   const times = new Map(
-    edges.map((e) => [e.name, { submit: [] as number[], read: [] as number[] }]),
+    sides.map((e) => [e.name, { submit: [] as number[], read: [] as number[] }]),
   );
   let chunks = 0;
   try {
