@@ -32,7 +32,7 @@ import { type EmbedOutcome, RealtimeLane } from "./realtime-lane.js";
 import { checkResult } from "./result-check.js";
 import { openItems, sealItems } from "./sealed-items.js";
 import { ResultStore } from "./store-result.js";
-import { type NewTask, type TaskOptions, TaskQueue } from "./task-queue.js";
+import { type LeasedTask, type NewTask, type TaskOptions, TaskQueue } from "./task-queue.js";
 import { DEFAULT_VERIFY_POLICY, type DonorRecord, Verifier } from "./verify.js";
 import { judge, type ShardHealth, STALL_MS } from "./watchdog.js";
 
@@ -847,6 +847,10 @@ export class Dispatcher extends DurableObject<Env> {
     this.requeueExpired(now);
     const started: string[] = [];
     const ready = this.rooms(now).filter((r) => r.room > 0);
+    // Leasing is one synchronous pass: nothing else runs between reading a worker's room and
+    // taking it, so no other handler can lease against a stale count. The (async) opening of
+    // the sealed text and the sends come after, for leases already recorded.
+    const out: { ws: WebSocket; task: LeasedTask }[] = [];
     let progress = true;
     while (progress) {
       progress = false;
@@ -864,33 +868,50 @@ export class Dispatcher extends DurableObject<Env> {
           r.room--;
           progress = true;
           if (this.jobs.markJobStarted(task.jobId)) started.push(task.jobId);
-          const items = await openItems(
-            keyringFor(this.env),
-            task.tenant,
-            task.items.map((i) => ({ chunkId: i.chunkId, text: i.text })),
-          );
-          // Now and then a known-answer check rides along as one more item.
-          const last = items.at(-1);
-          if (last && task.verify !== "off" && Math.random() < this.canaryRate) {
-            const canary = this.canaries.pick();
-            if (canary) {
-              const chunkId = canaryChunkId(last.chunkId);
-              this.queue.setCanary(task.leaseId, canary.id, chunkId);
-              items.push({ chunkId, text: canary.text });
-            }
-          }
-          this.send(r.ws, {
-            type: "task",
-            v: PROTOCOL_VERSION,
-            taskId: task.taskId,
-            leaseId: task.leaseId,
-            model: task.model,
-            attempt: task.attempt,
-            items,
-          });
+          out.push({ ws: r.ws, task });
           break;
         }
       }
+    }
+    const keyring = keyringFor(this.env);
+    const opened = await Promise.all(
+      out.map(async ({ ws, task }) => {
+        // A task whose text cannot be opened (its tenant's keys were destroyed) is not sent;
+        // its lease runs out and counts as a failed attempt, as for a silent worker.
+        const items = await openItems(
+          keyring,
+          task.tenant,
+          task.items.map((i) => ({ chunkId: i.chunkId, text: i.text })),
+        ).catch((err) => {
+          console.error("cannot open a task's text; not sent", task.taskId, err);
+          return null;
+        });
+        if (!items) return null;
+        // Now and then a known-answer check rides along as one more item.
+        const last = items.at(-1);
+        if (last && task.verify !== "off" && Math.random() < this.canaryRate) {
+          const canary = this.canaries.pick();
+          if (canary) {
+            const chunkId = canaryChunkId(last.chunkId);
+            this.queue.setCanary(task.leaseId, canary.id, chunkId);
+            items.push({ chunkId, text: canary.text });
+          }
+        }
+        return { ws, task, items };
+      }),
+    );
+    for (const f of opened) {
+      if (!f) continue;
+      const { ws, task, items } = f;
+      this.send(ws, {
+        type: "task",
+        v: PROTOCOL_VERSION,
+        taskId: task.taskId,
+        leaseId: task.leaseId,
+        model: task.model,
+        attempt: task.attempt,
+        items,
+      });
     }
     // Ready work left beside a worker with room for it should be impossible here; if this
     // pump could not place it, the watchdog looks again soon rather than wait for a frame.
