@@ -1,4 +1,5 @@
 import { createRequire } from "node:module";
+import { ErrorCode } from "@p2pa/shared";
 import { HELP, parseConfig } from "./config.js";
 import { pickDevice } from "./device.js";
 import { UserError } from "./errors.js";
@@ -44,7 +45,7 @@ async function preflight(server: string, token: string, log: (line: string) => v
     const body = (await res.json().catch(() => null)) as {
       error?: { code?: string; message?: string };
     } | null;
-    if (body?.error?.code === "quarantined")
+    if (body?.error?.code === ErrorCode.enum.quarantined)
       throw new UserError(
         `the server quarantined this token: ${body.error.message ?? ""}`,
         "Check this machine's model and hardware, then ask the operator for a new token.",

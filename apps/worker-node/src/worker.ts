@@ -47,6 +47,26 @@ export function capacityFor(batchSize: number): number {
   return Math.min(MAX_CAPACITY, Math.max(2, Math.ceil((3 * batchSize) / TASK_SIZE)));
 }
 
+/** Each edge frame type, mapped to its message. */
+type EdgeMessageByType = { [M in EdgeMessage as M["type"]]: M };
+
+/** One handler per edge frame type, each given that type's message. */
+type EdgeHandlers = {
+  [K in EdgeMessage["type"]]: (msg: Extract<EdgeMessage, { type: K }>) => void;
+};
+
+/**
+ * Calls the handler for `msg`'s type. `type` is `msg.type`, passed apart so that TypeScript
+ * correlates the handler with its message without a cast.
+ */
+function dispatchEdgeMessage<K extends keyof EdgeMessageByType>(
+  handlers: { [P in K]: (msg: EdgeMessageByType[P]) => void },
+  type: K,
+  msg: EdgeMessageByType[K],
+): void {
+  handlers[type](msg);
+}
+
 /** The worker's own view of its window, as `--status-port` reports it. */
 export interface WindowView {
   /** Tasks it can hold at once (0 while draining). */
@@ -93,6 +113,54 @@ export class Worker {
   private draining = false;
   private heartbeat: ReturnType<typeof setInterval> | null = null;
   private idleWaiters: (() => void)[] = [];
+
+  /**
+   * What the worker does with each edge frame, one entry per `EdgeMessage` type: a type added
+   * to the protocol does not compile until it has one here.
+   */
+  private readonly handlers: EdgeHandlers = {
+    welcome: (msg) => {
+      this.stats.workerId = msg.workerId;
+      this.stats.state = this.draining ? "draining" : "connected";
+      this.emit("connected", { workerId: msg.workerId });
+      // After a reconnect: deliver what was computed meanwhile. The edge counts the leases
+      // this worker still holds against its capacity, so nothing else needs restating.
+      for (const m of this.outbox.values()) this.send(m);
+      if (this.heartbeat) clearInterval(this.heartbeat);
+      this.heartbeat = setInterval(() => {
+        this.send({
+          type: "heartbeat",
+          v: PROTOCOL_VERSION,
+          leaseIds: this.leaseIds(),
+          capacity: this.capacity,
+        });
+      }, msg.heartbeatMs);
+    },
+    task: (msg) => {
+      if (this.draining) {
+        this.send({ type: "release", v: PROTOCOL_VERSION, leaseIds: [msg.leaseId] });
+        return;
+      }
+      this.tasks.push(msg);
+      void this.drain();
+    },
+    embed: (msg) => {
+      this.embeds.push(msg);
+      void this.drain();
+    },
+    ack: (msg) => {
+      this.held.delete(msg.leaseId);
+      this.outbox.delete(msg.leaseId);
+      if (msg.status === "rejected") {
+        this.stats.rejected++;
+        this.emit("rejected", { taskId: msg.taskId, reason: msg.reason });
+      }
+      this.settleIfIdle();
+    },
+    error: (msg) => {
+      this.emit("edge_error", { code: msg.code, message: msg.message });
+    },
+  };
 
   constructor(private readonly opts: WorkerOptions) {
     const token = opts.token;
@@ -193,48 +261,7 @@ export class Worker {
       return;
     }
     const msg: EdgeMessage = parsed.message;
-    switch (msg.type) {
-      case "welcome":
-        this.stats.workerId = msg.workerId;
-        this.stats.state = this.draining ? "draining" : "connected";
-        this.emit("connected", { workerId: msg.workerId });
-        // After a reconnect: deliver what was computed meanwhile. The edge counts the leases
-        // this worker still holds against its capacity, so nothing else needs restating.
-        for (const m of this.outbox.values()) this.send(m);
-        if (this.heartbeat) clearInterval(this.heartbeat);
-        this.heartbeat = setInterval(() => {
-          this.send({
-            type: "heartbeat",
-            v: PROTOCOL_VERSION,
-            leaseIds: this.leaseIds(),
-            capacity: this.capacity,
-          });
-        }, msg.heartbeatMs);
-        return;
-      case "task":
-        if (this.draining) {
-          this.send({ type: "release", v: PROTOCOL_VERSION, leaseIds: [msg.leaseId] });
-          return;
-        }
-        this.tasks.push(msg);
-        break;
-      case "embed":
-        this.embeds.push(msg);
-        break;
-      case "ack":
-        this.held.delete(msg.leaseId);
-        this.outbox.delete(msg.leaseId);
-        if (msg.status === "rejected") {
-          this.stats.rejected++;
-          this.emit("rejected", { taskId: msg.taskId, reason: msg.reason });
-        }
-        this.settleIfIdle();
-        return;
-      case "error":
-        this.emit("edge_error", { code: msg.code, message: msg.message });
-        return;
-    }
-    void this.drain();
+    dispatchEdgeMessage(this.handlers, msg.type, msg);
   }
 
   /** Runs queued work until none is left; real-time requests always go first. */
@@ -378,6 +405,6 @@ export class Worker {
     await Promise.race([idle, new Promise((r) => setTimeout(r, timeoutMs).unref())]);
     this.stats.state = "stopped";
     if (this.heartbeat) clearInterval(this.heartbeat);
-    this.socket.close(1000, "worker stopped");
+    this.socket.close(CloseCode.normal, "worker stopped");
   }
 }

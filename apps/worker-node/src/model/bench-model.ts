@@ -4,7 +4,8 @@ import { mkdtemp } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
-import { type Embedder, loadModel } from "./embedder.js";
+import { loadModel } from "./load.js";
+import type { Embedder } from "./types.js";
 
 /** Result of {@link benchEmbedder}. */
 export interface BenchResult {

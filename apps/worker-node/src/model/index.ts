@@ -1,14 +1,7 @@
 // Public surface of the model layer.
 export { type BenchResult, benchEmbedder, benchSentences } from "./bench-model.js";
-export {
-  type Embedder,
-  type EmbedderStats,
-  type LoadInfo,
-  type LoadOptions,
-  loadModel,
-  type TruncationEvent,
-} from "./embedder.js";
 export { ModelIntegrityError, sha256File } from "./files.js";
+export { loadModel } from "./load.js";
 export {
   BUILTIN_MANIFESTS,
   MANIFEST_FILE,
@@ -18,5 +11,6 @@ export {
   USE_LITE_MANIFEST,
 } from "./manifest.js";
 export { defaultThreads } from "./session.js";
+export type { Embedder, EmbedderStats, LoadInfo, LoadOptions, TruncationEvent } from "./types.js";
 export { convertUseLite, resolveUseLiteSource } from "./use-lite/convert.js";
 export { UseTokenizer } from "./use-lite/tokenizer.js";

@@ -5,9 +5,8 @@ import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { Tokenizer } from "@huggingface/tokenizers";
 import { type InferenceSession, Tensor } from "onnxruntime-node";
-import type { Embedder, EmbedderStats, LoadInfo, LoadOptions } from "../embedder.js";
 import { readJsonIfPresent } from "../files.js";
-import type { ModelManifest } from "../manifest.js";
+import type { Embedder, EmbedderStats, LoadInfo, LoadOptions, ModelManifest } from "../types.js";
 
 /** BERT-style inputs this runner knows how to fill. */
 const KNOWN_INPUTS = new Set(["input_ids", "attention_mask", "token_type_ids"]);

@@ -3,7 +3,6 @@
 // SHA-256 before a session opens, so a corrupted cache is never run.
 import { mkdir, stat } from "node:fs/promises";
 import path from "node:path";
-import type { Embedder, LoadInfo, LoadOptions } from "../embedder.js";
 import {
   downloadVerified,
   fileVerifies,
@@ -13,8 +12,9 @@ import {
   sha256Hex,
   writeFileAtomic,
 } from "../files.js";
-import { MANIFEST_FILE, type ModelManifest, parseManifest } from "../manifest.js";
+import { MANIFEST_FILE, parseManifest } from "../manifest.js";
 import { createSession } from "../session.js";
+import type { Embedder, LoadInfo, LoadOptions, ModelManifest } from "../types.js";
 import {
   DEFAULT_HF_MAX_TOKENS,
   declaredDimension,

@@ -4,10 +4,10 @@
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
 import { type InferenceSession, Tensor } from "onnxruntime-node";
-import type { Embedder, EmbedderStats, LoadInfo, LoadOptions } from "../embedder.js";
 import { fileVerifies, readJsonIfPresent, sha256Hex, writeFileAtomic } from "../files.js";
 import { USE_LITE_MANIFEST } from "../manifest.js";
 import { createSession } from "../session.js";
+import type { Embedder, EmbedderStats, LoadInfo, LoadOptions } from "../types.js";
 import {
   CONVERTER_VERSION,
   convertUseLite,

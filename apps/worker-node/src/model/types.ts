@@ -1,10 +1,9 @@
-// The model layer's entry point: `loadModel` turns an id, a folder or a manifest URL into an
-// Embedder. Which model runs is decided here; how it runs lives in use-lite/ and hf/.
-import { stat } from "node:fs/promises";
-import path from "node:path";
-import { loadHfFromFolder, loadHfFromUrl } from "./hf/load.js";
+// The model layer's shared types: what a loaded model offers (Embedder), how a load went and
+// what it takes. Every loader (use-lite/, hf/) and every caller imports them from here, and this
+// file imports only the manifest's types, so the model files form no import cycle.
 import type { ModelManifest } from "./manifest.js";
-import { loadUseLite } from "./use-lite/embedder.js";
+
+export type { ModelFile, ModelManifest } from "./manifest.js";
 
 /** A text cut to `maxTokens` at embed time (the last resort; chunkers should prevent it). */
 export interface TruncationEvent {
@@ -58,7 +57,7 @@ export interface Embedder {
   dispose(): Promise<void>;
 }
 
-/** Options for {@link loadModel}. */
+/** Options for `loadModel` (load.ts). */
 export interface LoadOptions {
   /** Folder for converted and downloaded models (e.g. ~/.cache/p2pa). */
   cacheDir: string;
@@ -70,27 +69,4 @@ export interface LoadOptions {
   fetch?: typeof fetch;
   /** Called for each text truncated at embed time. */
   onTruncate?: (event: TruncationEvent) => void;
-}
-
-/**
- * Loads a model:
- * - `"use-lite"`: Universal Sentence Encoder lite from npm, converted to ONNX on first load and
- *   cached in `<cacheDir>/use-lite/`.
- * - an `http(s)://` URL of a manifest (p2pa-model.json): the files it lists are downloaded to
- *   `<cacheDir>/<id>/`, verified by SHA-256, and reused on later loads without any request.
- * - a local path: a folder (or its p2pa-model.json) holding a manifest, or a folder with
- *   model.onnx + tokenizer.json whose dimension is read from the graph.
- */
-export async function loadModel(idOrPath: string, opts: LoadOptions): Promise<Embedder> {
-  if (idOrPath === "use-lite") return loadUseLite(opts);
-  if (/^https?:\/\//i.test(idOrPath)) return loadHfFromUrl(idOrPath, opts);
-  let dir = path.resolve(idOrPath);
-  const st = await stat(dir).catch(() => undefined);
-  if (!st) {
-    throw new Error(
-      `Unknown model "${idOrPath}": not a built-in id (use-lite), a manifest URL, or an existing path`,
-    );
-  }
-  if (st.isFile()) dir = path.dirname(dir); // a path to the folder's p2pa-model.json
-  return loadHfFromFolder(dir, opts);
 }
