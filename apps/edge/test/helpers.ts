@@ -147,3 +147,36 @@ export async function workerToken(name: string, tenant = "t1"): Promise<string> 
     .run();
   return token;
 }
+
+/**
+ * Waits until the edge has taken in every frame `w` sent before this call, for a check that
+ * something did NOT arrive. The probe is a result for a lease that does not exist: the edge
+ * answers it (an ack, rejected, charging nobody) in order on the same socket, so any frame the
+ * edge sent while handling the earlier frames is in `w.frames` before that answer, however slow
+ * the edge is. (Leasing in a `ready` or `heartbeat` is done before its handler's first await,
+ * so by the answer a lease it took is recorded, and its task frame is sent or on its way; check
+ * the shard's state too where a task sent late would matter.)
+ */
+export async function roundTrip(w: TestWorker, timeoutMs = 5000): Promise<void> {
+  const probe = `probe_${crypto.randomUUID()}`;
+  w.send({
+    type: "result",
+    v: PROTOCOL_VERSION,
+    taskId: probe,
+    leaseId: probe,
+    vectors: [{ chunkId: probe, vector: "" }],
+  });
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const i = w.frames.findIndex((f) => f.type === "ack" && f.taskId === probe);
+    if (i >= 0) {
+      expect(w.frames.splice(i, 1)[0]).toMatchObject({ status: "rejected" });
+      return;
+    }
+    if (Date.now() > deadline)
+      throw new Error(
+        `no answer to the probe; have ${JSON.stringify(w.frames.map((f) => f.type))}`,
+      );
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}

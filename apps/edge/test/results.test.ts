@@ -1,6 +1,6 @@
 import { TASK_SIZE } from "@p2pa/shared";
 import { expect, it } from "vitest";
-import { call, job, submit, TestWorker } from "./helpers.js";
+import { call, job, KEYS, submit, TestWorker } from "./helpers.js";
 
 async function completedJob(nDocs: number) {
   const j = await submit(nDocs);
@@ -61,5 +61,25 @@ it("gzips the export when the client accepts it", async () => {
 });
 
 it("answers 404 for another tenant's or an unknown job", async () => {
-  expect((await call("/v1/jobs/job_nope/results")).status).toBe(404);
+  const unknown = await call("/v1/jobs/job_nope/results");
+  expect(unknown.status).toBe(404);
+  const unknownBody = (await unknown.json()) as { error: { code: string } };
+  // A job of tenant t1 with its results in, asked for with tenant t2's key.
+  const j = await completedJob(3);
+  const mine = await chunksApi(j.id);
+  expect(mine).toHaveLength(3);
+  const theirs = await call(`/v1/jobs/${j.id}/results`, { key: KEYS.other });
+  expect(theirs.status).toBe(404);
+  expect(theirs.headers.get("Content-Type")).toMatch(/application\/json/);
+  const text = await theirs.text();
+  // The same answer as for a job that does not exist, and nothing of t1's job in it.
+  expect((JSON.parse(text) as { error: { code: string } }).error.code).toBe(unknownBody.error.code);
+  for (const c of mine) {
+    expect(text).not.toContain(c.id);
+    expect(text).not.toContain(c.text);
+  }
+  // The job is there for its own tenant: the 404 is the tenancy check, not a missing job.
+  const own = await call(`/v1/jobs/${j.id}/results`);
+  expect(own.status).toBe(200);
+  expect((await own.text()).trimEnd().split("\n")).toHaveLength(3);
 });

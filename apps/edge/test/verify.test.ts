@@ -4,7 +4,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import type { Dispatcher } from "../src/dispatch/dispatcher.js";
 import { dispatcherFor } from "../src/dispatch/shards.js";
 import { getVectorIndex } from "../src/vector/index.js";
-import { call, type Frame, job, KEYS, TestWorker, workerToken } from "./helpers.js";
+import { call, type Frame, job, KEYS, roundTrip, TestWorker, workerToken } from "./helpers.js";
 
 // Verification against scripted donors speaking the real protocol, inside workerd. Honest
 // donors answer e_(i mod 512) for item i (so they agree exactly); a liar answers a plausible
@@ -12,6 +12,18 @@ import { call, type Frame, job, KEYS, TestWorker, workerToken } from "./helpers.
 const shard = () => dispatcherFor(env, "use-lite", "any");
 const open: TestWorker[] = [];
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Tasks whose id is like `pattern` that are out on a lease now (recorded when leased). */
+const leasedTasks = (pattern: string) =>
+  runInDurableObject(
+    shard(),
+    async (_o: Dispatcher, state) =>
+      state.storage.sql
+        .exec<{ n: number }>(
+          "SELECT count(*) AS n FROM tasks WHERE id LIKE ? AND state = 'leased'",
+          pattern,
+        )
+        .one().n,
+  );
 let donors = 0;
 async function donor(capacity = 1, tenant = "t1"): Promise<TestWorker> {
   const token = tenant === "t1" ? await workerToken(`d${++donors}`) : KEYS.otherWorker;
@@ -182,9 +194,12 @@ describe("verified results", () => {
     const { w, t } = await nextTask([one, two]);
     w.send(w.resultFor(t));
     expect(await w.next("ack")).toMatchObject({ status: "accepted" });
-    await sleep(150);
-    // Neither connection of the same donor gets the task again.
+    // Neither connection of the same donor gets the task again: not before the edge has
+    // answered a frame sent on each after the result, nor is it leased to either meanwhile.
+    await roundTrip(one);
+    await roundTrip(two);
     expect(one.count("task") + two.count("task")).toBe(0);
+    expect(await leasedTasks(t.taskId as string)).toBe(0);
     // A different donor confirms it.
     const other = await donor();
     const again = await other.next("task");
@@ -206,8 +221,11 @@ describe("verified results", () => {
     const mine = await donor(1, "t1");
     const j = await submitWith(3, { pool: "own", verification: "off" }, KEYS.other);
     expect(j.pool).toBe("own");
-    await sleep(150);
+    // The submit answers once the shard has leased what it could; the probe's answer comes
+    // after any task frame that went to `mine`.
+    await roundTrip(mine);
     expect(mine.count("task")).toBe(0);
+    expect(await leasedTasks(`${j.id}.%`)).toBe(0);
     const theirs = await donor(1, "t2");
     const t = await theirs.next("task");
     expect(String(t.taskId).startsWith(j.id)).toBe(true);

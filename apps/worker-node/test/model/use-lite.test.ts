@@ -149,14 +149,14 @@ describe("USE-lite embedder", () => {
 });
 
 describe("USE-lite conversion cache", () => {
-  test("the conversion is deterministic and fast", async () => {
-    const t0 = performance.now();
+  // How long the conversion takes is the bench's business, not a test's.
+  test("the conversion is deterministic, and its bytes are the model that was loaded", async () => {
     const a = await convertUseLite();
-    const ms = performance.now() - t0;
     const b = await convertUseLite();
     expect(sha256Hex(a)).toBe(sha256Hex(b));
     expect(sha256Hex(a)).toBe(embedder.info.sha256);
-    expect(ms).toBeLessThan(2000); // ~0.1 s here; generous for slow CI disks
+    const modelPath = path.join(cacheDir, "use-lite", "model.onnx");
+    expect(sha256Hex(await readFile(modelPath))).toBe(sha256Hex(a));
   });
 
   test("a second load reuses the cached model and gives the same vectors", async () => {
