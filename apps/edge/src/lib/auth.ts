@@ -59,7 +59,7 @@ export async function lookupCredential(env: Env, secret: string): Promise<Creden
     fresh !== undefined
       ? fresh
       : ((await new D1Store(env.DB).findCredential(hash)) ??
-        secretCredentials((env as { P2PA_CREDENTIALS?: string }).P2PA_CREDENTIALS).get(hash) ??
+        secretCredentials(env.P2PA_CREDENTIALS).get(hash) ??
         null);
   if (fresh === undefined) {
     if (cache.size > 10_000) cache.clear();

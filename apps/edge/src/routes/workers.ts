@@ -4,7 +4,7 @@ import { router } from "../app.js";
 import { D1Store } from "../db/store.js";
 import { CREDENTIAL_HEADER, TENANT_HEADER } from "../dispatch/dispatcher.js";
 import { dispatcherFor, shardsFrom } from "../dispatch/shards.js";
-import { type AppEnv, lookupCredential, requireAuth, requireScope } from "../lib/auth.js";
+import { type AppEnv, bearer, lookupCredential, requireAuth, requireScope } from "../lib/auth.js";
 import { AppError } from "../lib/errors.js";
 import { getVectorIndex } from "../vector/index.js";
 
@@ -15,7 +15,7 @@ import { getVectorIndex } from "../vector/index.js";
  */
 const refuseSocketWithCloseCode = createMiddleware<AppEnv>(async (c, next) => {
   if (c.req.header("Upgrade")?.toLowerCase() !== "websocket") return next();
-  const secret = c.req.header("Authorization")?.match(/^Bearer\s+(\S+)\s*$/i)?.[1];
+  const secret = bearer(c.req.header("Authorization"));
   const cred = secret ? await lookupCredential(c.env, secret) : null;
   if (cred?.kind === "worker" && !cred.quarantined && !cred.expired) return next();
   const pair = new WebSocketPair();
