@@ -577,7 +577,28 @@ export class TaskQueue {
       .toArray()
       .map((r) => r.id)
       .filter((id) => !listed.has(id));
-    return lost.length ? this.release(lost, workerId) : 0;
+    let n = 0;
+    // The task goes back to the queue at once, but the lease lives on as an expired one: a
+    // worker that did have it after all (its heartbeat left before it read the task frame)
+    // still gets its result stored, as for any late result, instead of computing it for
+    // nothing.
+    for (const id of lost) {
+      const lease = this.getLease(id);
+      if (!lease || lease.expired) continue;
+      if (this.setState(lease.taskId, "leased", { type: "release" })) {
+        this.sql.exec(
+          "UPDATE tasks SET attempts = max(attempts - 1, 0) WHERE id = ?",
+          lease.taskId,
+        );
+        this.sql.exec(
+          "UPDATE leases SET expired = 1, give_up_at = ? WHERE id = ?",
+          Date.now() + this.giveUpMs,
+          id,
+        );
+        n++;
+      }
+    }
+    return n;
   }
 
   /**
