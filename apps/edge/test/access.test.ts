@@ -1,12 +1,5 @@
 import { env, runInDurableObject } from "cloudflare:test";
-import {
-  type ApiKey,
-  encodeVector,
-  PROTOCOL_VERSION,
-  type Quotas,
-  type Scope,
-  type Usage,
-} from "@p2pa/shared";
+import type { ApiKey, Quotas, Scope, Usage } from "@p2pa/shared";
 import { describe, expect, it } from "vitest";
 import { type AuditEntry, verifyChain } from "../src/tenant/audit.js";
 import type { TenantLedger } from "../src/tenant/ledger.js";
@@ -329,16 +322,7 @@ describe("scopes", () => {
         key: k.search,
         json: { query: "scoped number 0" },
       });
-      const req = await w.next("embed");
-      const unit = new Float32Array(512);
-      unit[0] = 1;
-      w.send({
-        type: "embed_result",
-        v: PROTOCOL_VERSION,
-        requestId: req.requestId,
-        vectors: [encodeVector(unit)],
-        tokens: 3,
-      });
+      await w.answerEmbed(0, 3);
       const res = await pending;
       expect(res.status).toBe(200);
       expect(Array.isArray(((await res.json()) as { results: unknown[] }).results)).toBe(true);

@@ -4,7 +4,7 @@ import {
   runDurableObjectAlarm,
   runInDurableObject,
 } from "cloudflare:test";
-import { encodeVector, PROTOCOL_VERSION } from "@p2pa/shared";
+import { PROTOCOL_VERSION } from "@p2pa/shared";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { dispatcherAt, shardCount } from "../src/dispatch/shards.js";
 import { sha256Hex } from "../src/lib/crypto.js";
@@ -925,16 +925,7 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
       key: a.key,
       json: { query: "anything", topK: 50, filter: { jobId: j0.id } },
     });
-    const req = await w.next("embed");
-    const unit = new Float32Array(512);
-    unit[0] = 1;
-    w.send({
-      type: "embed_result",
-      v: PROTOCOL_VERSION,
-      requestId: req.requestId,
-      vectors: [encodeVector(unit)],
-      tokens: 1,
-    });
+    await w.answerEmbed(0, 1);
     const found = await search;
     expect(found.status).toBe(200);
     const results = ((await found.json()) as { results: { chunk: ChunkView }[] }).results;

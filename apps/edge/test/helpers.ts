@@ -77,6 +77,24 @@ export class TestWorker {
   }
 
   /** States how many tasks this worker can hold at once (absolute). */
+  /**
+   * Answers the next real-time `embed` request with a unit vector along `axis` for each of
+   * its texts (what a search test needs from a worker).
+   */
+  async answerEmbed(axis = 0, tokens = 1) {
+    const req = (await this.next("embed")) as Frame & { requestId: string; texts: string[] };
+    const unit = new Float32Array(512);
+    unit[axis] = 1;
+    this.send({
+      type: "embed_result",
+      v: PROTOCOL_VERSION,
+      requestId: req.requestId,
+      vectors: req.texts.map(() => encodeVector(unit)),
+      tokens,
+    });
+    return req;
+  }
+
   ready(capacity: number) {
     this.send({ type: "ready", v: PROTOCOL_VERSION, capacity });
   }
