@@ -12,10 +12,39 @@ export interface LocalIndexConfig {
 }
 
 /**
- * The metadata indexes the production Vectorize index is deployed with (README, "Deploying"):
- * the product filters searches by tenant, job and document.
+ * The metadata indexes the product itself filters on: every search is held to its tenant, and
+ * may be narrowed to jobs, documents and collections.
  */
-export const METADATA_INDEXES: readonly string[] = ["tenant", "jobId", "documentId"];
+export const METADATA_INDEXES: readonly string[] = ["tenant", "jobId", "documentId", "collection"];
+
+/**
+ * Keys the product writes into every vector's metadata. A document metadata key of the same
+ * name is never copied into the vector (the product's value wins) and cannot be made filterable.
+ */
+export const RESERVED_METADATA_KEYS: readonly string[] = [...METADATA_INDEXES, "index"];
+
+/** Vectorize allows 10 metadata indexes per index; the product uses the rest of them. */
+export const MAX_METADATA_INDEXES = 10;
+
+/**
+ * The document metadata keys a search can filter on (`FILTERABLE_METADATA`, comma-separated).
+ * Vectorize filters only on properties that have a metadata index, so each of these needs one
+ * in production (README, "Deploying"); the local index creates them itself. Reserved and
+ * malformed names are left out, and the list is cut to what Vectorize can index.
+ */
+export function filterableKeys(env: Pick<Env, "FILTERABLE_METADATA"> | undefined): string[] {
+  const raw: string = env?.FILTERABLE_METADATA ?? "";
+  const keys = raw
+    .split(",")
+    .map((k) => k.trim())
+    .filter((k) => /^[A-Za-z_][\w-]{0,63}$/.test(k) && !RESERVED_METADATA_KEYS.includes(k));
+  return [...new Set(keys)].slice(0, MAX_METADATA_INDEXES - METADATA_INDEXES.length);
+}
+
+/** Every metadata index of a model's index: the product's own, then the filterable keys. */
+export function metadataIndexes(env: Pick<Env, "FILTERABLE_METADATA"> | undefined): string[] {
+  return [...METADATA_INDEXES, ...filterableKeys(env)];
+}
 
 /** Durable Object name of a model's local index. */
 export function localIndexName(model: string): string {
@@ -24,11 +53,14 @@ export function localIndexName(model: string): string {
 
 /**
  * The configuration a local index derives from its Durable Object name, as production derives
- * it from the deployed index: the model's dimension and the product's metadata indexes.
- * Undefined for names that are not `index:<known model>` (tests, ad-hoc indexes).
+ * it from the deployed index: the model's dimension and the metadata indexes. Undefined for
+ * names that are not `index:<known model>` (tests, ad-hoc indexes).
  */
-export function configForName(name: string | undefined): LocalIndexConfig | undefined {
+export function configForName(
+  name: string | undefined,
+  env?: Pick<Env, "FILTERABLE_METADATA">,
+): LocalIndexConfig | undefined {
   if (!name?.startsWith("index:")) return undefined;
   const model = getModel(name.slice("index:".length));
-  return model && { dimensions: model.dimension, metadataIndexes: [...METADATA_INDEXES] };
+  return model && { dimensions: model.dimension, metadataIndexes: metadataIndexes(env) };
 }

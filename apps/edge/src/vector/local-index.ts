@@ -1,7 +1,8 @@
 import { DurableObject } from "cloudflare:workers";
 import { configForName, type LocalIndexConfig } from "./config.js";
-import { checkKey, compileFilter, metadataExpression, type SqlValue } from "./filter.js";
-import { dot, norm, TopK } from "./topk.js";
+import { checkKey, compileTests, indexedValue, metadataExpression } from "./filter.js";
+import { type Entry, MemoryIndex } from "./memory.js";
+import { norm } from "./topk.js";
 
 const SCHEMA_VERSION = 1;
 
@@ -40,35 +41,54 @@ type StoredRow = {
 interface Prepared {
   id: string;
   namespace: string | null;
-  norm: number;
   metadata: string | null;
-  vec: ArrayBuffer;
-  length: number;
+  values: Float32Array;
 }
 
 /**
  * The local stand-in for a Vectorize index (Vectorize has no local simulator): the same
- * methods and result shapes, exact (brute-force) cosine search over Durable Object SQLite.
- * One object per model (`index:<model>`), like one Vectorize index per model in production.
+ * methods and result shapes, cosine search over Durable Object SQLite. One object per model
+ * (`index:<model>`), like one Vectorize index per model in production.
  *
- * Storage: one row per vector, values as a float32 BLOB with its norm precomputed, metadata
- * as JSON. Namespace and metadata filters run in SQL (metadata indexes become SQLite
- * expression indexes), scoring runs in JS over Float32Array views of the BLOBs.
+ * Storage: SQLite is the source of truth, one row per vector: values as a float32 BLOB with
+ * their norm, metadata as JSON (metadata indexes become SQLite expression indexes, which
+ * `compileFilter` can use). Queries are answered from an in-memory form (memory.ts) built from
+ * SQLite on the first query and updated by every write after that, so a restarted object
+ * answers from the same data. Per vector it holds the float32 values and norm (4·d + 8 bytes),
+ * a d-bit code (d/8 bytes), and the id, namespace and indexed metadata values: about 2.2 KB
+ * for 512 dimensions (2,194 bytes measured), 220 MB for 100,000 vectors. The first query after
+ * a start pays for reading every row (about 1.7 s for 100,000 such vectors); `returnValues`
+ * comes from the in-memory copy, which holds the float32 values exactly as stored.
+ *
+ * Search: the namespace and filter are evaluated in JS over the indexed values (filter.ts,
+ * with the same strictly typed semantics as its SQL form). When at most `rescoreCount(topK)`
+ * vectors (800 for topK up to 40) remain, all are scored exactly; otherwise they are ranked by
+ * the Hamming distance between binary codes of their centred unit vectors and the query's,
+ * and only the nearest `rescoreCount(topK)` are scored exactly. Every returned score is the
+ * exact cosine; the approximation is only in which vectors get scored. On 100,000 vectors of
+ * 512 dimensions built from real embeddings (scripts/index-recall.ts) that finds the exact top
+ * 10 with recall@10 of 0.9996 or better, in about 7 ms a query in Node against 70–90 ms for a
+ * full scan (and against about 350 ms when every query read its rows from SQLite).
  *
  * Dimensions are fixed once and never change, as with `wrangler vectorize create
  * --dimensions`: by `configure()`, else from the object's name when it is `index:<known
  * model>`, else by the first write. A vector of any other length is rejected.
  *
  * Where it differs from Vectorize: mutations are applied before the call returns (Vectorize
- * applies them asynchronously, seconds later); search is exact rather than approximate;
- * filtering on a key without a metadata index throws (Vectorize matches nothing); metadata
- * indexes apply to vectors already stored (Vectorize only to vectors written afterwards);
- * `describe().processedUpToMutation` counts mutations rather than naming the last one.
+ * applies them asynchronously, seconds later); the search is approximate in a different way
+ * (Vectorize's own index may miss other vectors; here small or narrowly filtered candidate
+ * sets are searched exactly); filtering on a key without a metadata index throws (Vectorize
+ * matches nothing); metadata indexes apply to vectors already stored (Vectorize only to
+ * vectors written afterwards); strings in filters compare whole (Vectorize compares their first
+ * 64 bytes, see filter.ts); `describe().processedUpToMutation` counts mutations rather than
+ * naming the last one.
  */
 export class LocalVectorIndex extends DurableObject<Env> {
   private readonly sql: SqlStorage;
   private dimensions = 0;
   private metadataIndexes: string[] = [];
+  /** The in-memory form queries run on; undefined until the first query needs it. */
+  private memory: MemoryIndex | undefined;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -77,7 +97,7 @@ export class LocalVectorIndex extends DurableObject<Env> {
       this.migrate();
       this.dimensions = Number(this.meta("dimensions") ?? 0);
       this.metadataIndexes = JSON.parse(this.meta("metadata_indexes") ?? "[]") as string[];
-      const auto = configForName(ctx.id.name);
+      const auto = configForName(ctx.id.name, env);
       // A model's index picks up metadata indexes added to the product later, as a deploy
       // would run create-metadata-index; it never changes an index's dimensions.
       if (auto && (this.dimensions === 0 || this.dimensions === auto.dimensions))
@@ -128,6 +148,8 @@ export class LocalVectorIndex extends DurableObject<Env> {
       });
     });
     this.dimensions = dimensions;
+    // A new metadata index needs a column the in-memory form lacks: rebuild it on next use.
+    if (keys.length !== this.metadataIndexes.length) this.memory = undefined;
     this.metadataIndexes = keys;
   }
 
@@ -147,11 +169,11 @@ export class LocalVectorIndex extends DurableObject<Env> {
       throw new Error(`at most ${LIMITS.maxBatch} vectors per call, got ${vectors.length}`);
     const rows = vectors.map(prepare);
     // First write fixes the dimensions of an unconfigured index; the whole batch must agree.
-    const dims = this.dimensions || (rows[0]?.length ?? 0);
+    const dims = this.dimensions || (rows[0]?.values.length ?? 0);
     for (const r of rows) {
-      if (r.length !== dims)
+      if (r.values.length !== dims)
         throw new Error(
-          `vector "${r.id}" has ${r.length} dimensions; the index has ${dims} dimensions`,
+          `vector "${r.id}" has ${r.values.length} dimensions; the index has ${dims} dimensions`,
         );
     }
     const sql = `INSERT INTO vectors (id, namespace, norm, metadata, vec) VALUES (?, ?, ?, ?, ?)
@@ -162,10 +184,19 @@ export class LocalVectorIndex extends DurableObject<Env> {
       }`;
     this.ctx.storage.transactionSync(() => {
       if (this.dimensions === 0 && dims > 0) this.setMeta("dimensions", String(dims));
-      for (const r of rows) this.sql.exec(sql, r.id, r.namespace, r.norm, r.metadata, r.vec);
+      for (const r of rows)
+        this.sql.exec(sql, r.id, r.namespace, norm(r.values), r.metadata, r.values.buffer);
       this.countMutation();
     });
     this.dimensions = dims;
+    // The same rule as the SQL above: insert skips an id already there (so the first of a batch
+    // wins), upsert replaces it (so the last wins).
+    this.updateMemory((memory) => {
+      for (const r of rows) {
+        if (overwrite || !memory.has(r.id))
+          memory.upsert(toEntry(this.metadataIndexes, r.id, r.namespace, r.metadata, r.values));
+      }
+    });
     return { mutationId: crypto.randomUUID() };
   }
 
@@ -192,42 +223,23 @@ export class LocalVectorIndex extends DurableObject<Env> {
         `query vector has ${q.length} dimensions; the index has ${this.dimensions} dimensions`,
       );
 
-    const where: string[] = [];
-    const params: SqlValue[] = [];
-    if (namespace !== undefined) {
-      where.push("namespace = ?");
-      params.push(namespace);
-    }
-    if (filter !== undefined) {
-      const c = compileFilter(filter, this.metadataIndexes);
-      where.push(c.sql);
-      params.push(...c.params);
-    }
-    const qNorm = norm(q);
-    const top = new TopK(topK);
-    const cursor = this.sql.exec(
-      `SELECT id, namespace, norm, vec FROM vectors${where.length ? ` WHERE ${where.join(" AND ")}` : ""}`,
-      ...params,
-    );
-    for (const row of cursor.raw()) {
-      const denom = qNorm * (row[2] as number);
-      // A zero vector has no direction: it scores 0 rather than NaN, so it sorts predictably.
-      const score = denom > 0 ? dot(q, new Float32Array(row[3] as ArrayBuffer)) / denom : 0;
-      top.push(row[0] as string, score, row[1] as string | null);
-    }
+    // Before loading anything, so that a filter that cannot run costs nothing.
+    const tests = filter === undefined ? undefined : compileTests(filter, this.metadataIndexes);
+    const memory = this.loadMemory();
+    const top = memory.search(q, topK, { namespace, tests });
 
-    const matches: VectorizeMatch[] = top.items.map(({ id, score, namespace: ns }) =>
+    const matches: VectorizeMatch[] = top.map(({ id, score, namespace: ns }) =>
       ns === null ? { id, score } : { id, score, namespace: ns },
     );
-    if ((returnValues || level !== "none") && matches.length > 0) {
-      const rows = this.rowsByIds(matches.map((m) => m.id));
+    if (returnValues) {
+      for (const m of matches) m.values = Array.from(memory.valuesOf(m.id) ?? []);
+    }
+    if (level !== "none" && matches.length > 0) {
+      const rows = this.metadataByIds(matches.map((m) => m.id));
       for (const m of matches) {
-        const row = rows.get(m.id);
-        if (!row) continue;
-        if (returnValues) m.values = Array.from(new Float32Array(row.vec));
-        if (level === "all") m.metadata = parseMetadata(row.metadata) ?? {};
-        if (level === "indexed")
-          m.metadata = pickIndexed(parseMetadata(row.metadata), this.metadataIndexes);
+        const json = rows.get(m.id) ?? null;
+        if (level === "all") m.metadata = parseMetadata(json) ?? {};
+        else m.metadata = pickIndexed(parseMetadata(json), this.metadataIndexes);
       }
     }
     return { matches, count: matches.length };
@@ -260,6 +272,9 @@ export class LocalVectorIndex extends DurableObject<Env> {
       );
       this.countMutation();
     });
+    this.updateMemory((memory) => {
+      for (const id of ids) memory.delete(id);
+    });
     return { mutationId: crypto.randomUUID() };
   }
 
@@ -272,6 +287,48 @@ export class LocalVectorIndex extends DurableObject<Env> {
       processedUpToDatetime: Number(this.meta("mutated_at") ?? 0),
       processedUpToMutation: Number(this.meta("mutations") ?? 0),
     };
+  }
+
+  /**
+   * The in-memory form, read from SQLite on first use. Built with all codes at once (see
+   * MemoryIndex.from); from then on every write updates it, so it never goes back to SQLite.
+   */
+  private loadMemory(): MemoryIndex {
+    if (this.memory) return this.memory;
+    const { n } = this.sql.exec<{ n: number }>("SELECT count(*) AS n FROM vectors").one();
+    const rows = this.sql
+      .exec("SELECT id, namespace, metadata, vec FROM vectors")
+      .raw() as IterableIterator<[string, string | null, string | null, ArrayBuffer]>;
+    const keys = this.metadataIndexes;
+    // A generator, so that only one row's BLOB is held at a time besides the index itself.
+    const entries = (function* (): Generator<Entry> {
+      for (const [id, namespace, metadata, vec] of rows)
+        yield toEntry(keys, id, namespace, metadata, new Float32Array(vec));
+    })();
+    this.memory = MemoryIndex.from(this.dimensions, keys, entries, n);
+    return this.memory;
+  }
+
+  /**
+   * Applies a write that SQLite has already committed to the in-memory form, if there is one.
+   * Should that fail halfway (it only allocates), the form is dropped rather than left out of
+   * step: the next query rebuilds it from SQLite, which holds the write either way.
+   */
+  private updateMemory(apply: (memory: MemoryIndex) => void): void {
+    if (!this.memory) return;
+    try {
+      apply(this.memory);
+    } catch {
+      this.memory = undefined;
+    }
+  }
+
+  private metadataByIds(ids: string[]): Map<string, string | null> {
+    const cursor = this.sql.exec<{ id: string; metadata: string | null }>(
+      "SELECT id, metadata FROM vectors WHERE id IN (SELECT value FROM json_each(?))",
+      JSON.stringify(ids),
+    );
+    return new Map(Array.from(cursor, (r) => [r.id, r.metadata]));
   }
 
   private rowsByIds(ids: string[]): Map<string, StoredRow> {
@@ -299,6 +356,18 @@ export class LocalVectorIndex extends DurableObject<Env> {
   private setMeta(key: string, value: string): void {
     this.sql.exec("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", key, value);
   }
+}
+
+/** The in-memory entry of a vector; indexed values are read from the metadata as stored. */
+function toEntry(
+  keys: readonly string[],
+  id: string,
+  namespace: string | null,
+  metadata: string | null,
+  values: Float32Array,
+): Entry {
+  const parsed: unknown = metadata === null || keys.length === 0 ? undefined : JSON.parse(metadata);
+  return { id, namespace, values, fields: keys.map((key) => indexedValue(parsed, key)) };
 }
 
 function byteLength(s: string): number {
@@ -334,14 +403,7 @@ function prepare(v: VectorizeVector): Prepared {
   const metadata = v.metadata === undefined ? null : JSON.stringify(v.metadata);
   if (metadata !== null && byteLength(metadata) > LIMITS.maxMetadataBytes)
     throw new Error(`metadata of "${v.id}" is over ${LIMITS.maxMetadataBytes} bytes`);
-  return {
-    id: v.id,
-    namespace,
-    norm: norm(values),
-    metadata,
-    vec: values.buffer as ArrayBuffer,
-    length: values.length,
-  };
+  return { id: v.id, namespace, metadata, values };
 }
 
 function metadataLevel(

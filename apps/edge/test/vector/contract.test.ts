@@ -13,9 +13,15 @@ async function freshLocal(dimensions: number, metadataIndexes = [...METADATA_IND
   return { stub, index: localVectorIndex(env.LOCAL_VECTORS, name) };
 }
 
-vectorIndexContract("LocalVectorIndex, 8 dimensions", async () => (await freshLocal(8)).index);
-vectorIndexContract("getVectorIndex(env, 'use-lite'), local backend", () =>
-  getVectorIndex(env, "use-lite"),
+vectorIndexContract(
+  "LocalVectorIndex, 8 dimensions",
+  async () => (await freshLocal(8, [...METADATA_INDEXES, "year", "draft"])).index,
+  { numberKey: "year", booleanKey: "draft", strictFilters: true },
+);
+vectorIndexContract(
+  "getVectorIndex(env, 'use-lite'), local backend",
+  () => getVectorIndex(env, "use-lite"),
+  { strictFilters: true },
 );
 
 describe("LocalVectorIndex beyond the contract", () => {
