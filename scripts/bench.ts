@@ -11,6 +11,10 @@
  *
  * Then what data protection costs (text sealed at rest, audit, scopes, limits): submit and
  * read of the corpus against a baseline checkout's edge (`--baseline-dir`), in one run.
+ *
+ * Then search (scripts/lib/search-bench.ts): latency over `--vectors` stored vectors against
+ * one embeddings call, the index's recall@10 against exact search, and recall@1/@5 of the
+ * vector, keyword and hybrid modes on paraphrase and exact-term queries.
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -27,7 +31,9 @@ import {
   startEdge,
 } from "./lib/local-edge.js";
 import { encryptionCost } from "./lib/seal-cost.js";
+import { searchBench } from "./lib/search-bench.js";
 
+const ALL_SECTIONS = ["pipeline", "verification", "encryption", "search"];
 const { values } = parseArgs({
   options: {
     runs: { type: "string", default: "3" },
@@ -35,7 +41,9 @@ const { values } = parseArgs({
     threads: { type: "string", default: String(os.availableParallelism()) },
     "batch-size": { type: "string", default: "32" },
     "verify-runs": { type: "string", default: "1" },
-    only: { type: "string", default: "pipeline,verification,encryption" },
+    only: { type: "string", default: ALL_SECTIONS.join(",") },
+    vectors: { type: "string", default: "100000" },
+    "search-queries": { type: "string", default: "200" },
     // Another checkout (built, with node_modules) to compare data protection's cost against.
     "baseline-dir": { type: "string" },
   },
@@ -213,6 +221,13 @@ for (let r = 0; r < (sections.has("verification") ? Number(values["verify-runs"]
 const encryption = sections.has("encryption")
   ? await encryptionCost(passages, chunking, runs, values["baseline-dir"])
   : null;
+const searchReport = sections.has("search")
+  ? await searchBench({
+      vectors: Number(values.vectors),
+      queries: Number(values["search-queries"]),
+      threads,
+    })
+  : null;
 const result = {
   date: new Date().toISOString(),
   machine: { cpus: os.availableParallelism(), node: process.version },
@@ -225,6 +240,7 @@ const result = {
   ratio: { perRun: ratios, median: median(ratios) },
   verification,
   encryption,
+  search: searchReport,
 };
 if (a.length)
   console.log(
@@ -246,8 +262,26 @@ if (encryption) {
         : " (no --baseline-dir: no ratio)"),
   );
 }
+if (searchReport) {
+  const s = searchReport;
+  const ms = (x: { p50: number; p99: number }) =>
+    `p50 ${x.p50.toFixed(1)} ms, p99 ${x.p99.toFixed(1)} ms`;
+  console.log(
+    `search over ${s.vectors} vectors (${s.queries} queries, stored in ${s.fillSeconds.toFixed(0)} s): embeddings ${ms(s.embeddingsMs)}`,
+  );
+  for (const [mode, m] of Object.entries(s.searchMs)) console.log(`  search ${mode}: ${ms(m)}`);
+  console.log(
+    `  vector search over one embedding: p50 +${s.overEmbeddingMs.p50.toFixed(1)} ms, p99 +${s.overEmbeddingMs.p99.toFixed(1)} ms; recall@10 against exact ${s.recallAt10.toFixed(3)}`,
+  );
+  for (const [mode, kinds] of Object.entries(s.quality))
+    for (const [kind, q] of Object.entries(kinds))
+      console.log(
+        `  ${mode} on ${kind} queries (${q.n}): recall@1 ${q.at1.toFixed(3)}, recall@5 ${q.at5.toFixed(3)}`,
+      );
+}
 mkdirSync(path.join(ROOT, "bench-results"), { recursive: true });
 // A partial run (--only) does not overwrite the full run's figures.
-const outFile = sections.size === 3 ? "bench.json" : `bench.${[...sections].join("+")}.json`;
+const outFile =
+  sections.size === ALL_SECTIONS.length ? "bench.json" : `bench.${[...sections].join("+")}.json`;
 writeFileSync(path.join(ROOT, "bench-results", outFile), `${JSON.stringify(result, null, 2)}\n`);
 console.log(`wrote bench-results/${outFile}`);

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Embedder, loadModel } from "../../apps/worker-node/src/model/index.js";
 import { generatedPassages } from "../../scripts/lib/corpus.js";
 import { ROOT } from "../../scripts/lib/local-edge.js";
-import { randomUnit, ScriptedDonor, type TaskFrame } from "./donor.js";
+import { randomUnit, ScriptedDonor, type TaskFrame } from "../../scripts/lib/scripted-donor.js";
 import { allChunks, cosine, type JobOut, type System, startSystem, waitForJob } from "./harness.js";
 
 /**

@@ -280,6 +280,13 @@ describe("real-time endpoints without workers", () => {
     expect(s.status).toBe(503);
     expect(Number(s.headers.get("Retry-After"))).toBeGreaterThan(0);
     expect((await errorOf(s)).code).toBe("no_capacity");
+    // Keyword search needs no model: it answers without a worker.
+    const k = await call("/v1/search", {
+      method: "POST",
+      json: { query: "anything", mode: "keyword" },
+    });
+    expect(k.status).toBe(200);
+    expect(await k.json()).toEqual({ mode: "keyword", results: [] });
     const e = await call("/v1/embeddings", {
       method: "POST",
       json: { input: "hello", model: "use-lite" },

@@ -17,6 +17,7 @@ const HOOK_URL = `https://${HOOK_HOST}/t1/receiver-${U}`;
 const T2_HOOK_URL = `https://hooks-${U}.tenancy-t2.example.com/t2`;
 const DOC_A = { id: `t1doc-alpha-${U}`, text: `Heron alpha ${U} counts seven lanterns at dawn.` };
 const DOC_B = { id: `t1doc-bravo-${U}`, text: `Bravo ledger ${U} keeps the quiet harbour tide.` };
+const COLLECTION = `t1-coll-${U}`.toLowerCase();
 const DOC_OPEN = { id: `t1doc-open-${U}`, text: `Open job ${U} waits for a worker at the pier.` };
 const META_A = `t1-meta-alpha-${U}`;
 const META_B = `t1-meta-bravo-${U}`;
@@ -192,6 +193,7 @@ beforeAll(async () => {
       { ...DOC_A, metadata: { owner: META_A } },
       { ...DOC_B, metadata: { owner: META_B } },
     ],
+    collection: COLLECTION,
     verification: "off",
   };
   const done = await json<{ id: string; chunks: { total: number } }>(
@@ -402,6 +404,15 @@ const ROUTES: Record<string, Rule> = {
       { json: { query: DOC_A.text, filter: { documentId: DOC_A.id } } },
       { json: { query: DOC_A.text, filter: { jobId: f.done.id, documentId: DOC_A.id } } },
       { json: { query: DOC_OPEN.text, pool: "any", filter: { jobId: f.open.id } } },
+      { json: { query: DOC_A.text, mode: "keyword", topK: 50 } },
+      { json: { query: DOC_B.text, mode: "hybrid", topK: 50, collections: [COLLECTION] } },
+      {
+        json: {
+          query: DOC_A.text,
+          mode: "keyword",
+          filter: { collection: COLLECTION, documentId: { $in: [DOC_A.id, DOC_B.id] } },
+        },
+      },
     ],
     // The query really ran (a worker embedded it) and found nothing of t1's.
     t2: (o, f) => {
@@ -412,6 +423,15 @@ const ROUTES: Record<string, Rule> = {
         results.filter((r) => t1Jobs.includes(r.chunk.jobId)),
         `${o.route} found t1's chunks`,
       ).toEqual([]);
+    },
+  },
+  "GET /v1/collections": {
+    t2: (o) => {
+      expect(o.status, `${o.route}: ${o.text}`).toBe(200);
+      // t2 knows the name (POST /v1/jobs replays t1's body, collection included), so it may
+      // list a collection of that name: its own, with its one job, never t1's as well.
+      const { data } = JSON.parse(o.text) as { data: { name: string; jobs: number }[] };
+      expect(data.find((c) => c.name === COLLECTION)?.jobs ?? 0).toBeLessThanOrEqual(1);
     },
   },
   "POST /v1/embeddings": {

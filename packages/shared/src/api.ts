@@ -160,9 +160,26 @@ export const Privacy = z
   });
 export type Privacy = z.infer<typeof Privacy>;
 
+/** The collection a job's documents go to when it names none. */
+export const DEFAULT_COLLECTION = "default";
+
+export const CollectionName = z
+  .string()
+  .regex(
+    /^[a-z0-9][a-z0-9_-]{0,63}$/,
+    "a collection name is 1 to 64 lowercase letters, digits, _ or -, starting with a letter or digit",
+  )
+  .meta({
+    id: "CollectionName",
+    description: "A named namespace of a tenant's documents; searches target one or several.",
+  });
+
 export const CreateJobRequest = z
   .object({
     documents: z.array(DocumentInput).min(1).max(LIMITS.maxDocumentsPerJob),
+    collection: CollectionName.optional().meta({
+      description: `Default: "${DEFAULT_COLLECTION}".`,
+    }),
     chunking: ChunkingInput.optional(),
     model: z.string().min(1).max(64).optional(),
     verification: Verification.optional().meta({
@@ -200,6 +217,7 @@ export const Job = z
     id: z.string(),
     status: JobStatus,
     model: z.string(),
+    collection: z.string(),
     documents: z.number().int(),
     chunks: z.object({ total: z.number().int(), done: z.number().int(), failed: z.number().int() }),
     chunking: z.object({ maxChars: z.number().int(), overlap: z.number().int() }),
@@ -227,6 +245,7 @@ export const Chunk = z
     id: z.string(),
     jobId: z.string(),
     documentId: z.string(),
+    collection: z.string(),
     index: z.number().int(),
     text: z.string().nullable().meta({
       description: "null once the job's text retention has ended (the vector stays).",
@@ -256,33 +275,115 @@ export const ChunkQuery = z.object({
     .transform((s) => s === "true" || s === "1"),
 });
 
+const FilterScalar = z.union([z.string().max(1024), z.number(), z.boolean()]);
+const FilterOperators = z
+  .object({
+    $eq: z.union([FilterScalar, z.null()]).optional(),
+    $ne: z.union([FilterScalar, z.null()]).optional(),
+    $in: z.array(FilterScalar).max(100).optional(),
+    $nin: z.array(FilterScalar).max(100).optional(),
+    $lt: z.union([z.string().max(1024), z.number()]).optional(),
+    $lte: z.union([z.string().max(1024), z.number()]).optional(),
+    $gt: z.union([z.string().max(1024), z.number()]).optional(),
+    $gte: z.union([z.string().max(1024), z.number()]).optional(),
+  })
+  .strict()
+  .refine((o) => Object.keys(o).length > 0, { message: "a filter condition needs an operator" });
+
+export const SearchFilter = z
+  .record(z.string().min(1).max(128), z.union([FilterScalar, z.null(), FilterOperators]))
+  .refine((f) => Object.keys(f).length <= 10, { message: "a filter has at most 10 keys" })
+  .meta({
+    id: "SearchFilter",
+    description:
+      "Vectorize's metadata filter: keys are jobId, documentId, collection or a filterable document metadata key (GET /v1/collections lists them); a value means equality, or an object of $eq, $ne, $in, $nin, $lt, $lte, $gt, $gte, all of which must hold. Numbers compare with numbers and strings with strings; $ne and $nin also match chunks without the key.",
+  });
+export type SearchFilter = z.infer<typeof SearchFilter>;
+
+export const SEARCH_MODES = ["vector", "keyword", "hybrid"] as const;
+export const SearchMode = z.enum(SEARCH_MODES).meta({
+  id: "SearchMode",
+  description:
+    "vector: by meaning (cosine similarity); keyword: by the query's words (BM25 over chunk text); hybrid: both lists fused by reciprocal rank, which finds exact names and codes that meaning alone misses.",
+});
+export type SearchMode = z.infer<typeof SearchMode>;
+
 export const SearchRequest = z
   .object({
     query: WellFormedText().min(1).max(LIMITS.maxQueryChars),
     topK: z.number().int().min(1).max(LIMITS.maxTopK).default(10),
+    mode: SearchMode.default("vector"),
     model: z.string().min(1).max(64).optional(),
     pool: Pool.optional().meta({
       description: "Which workers may embed the query (default any); own keeps it on your workers.",
     }),
-    filter: z
-      .object({ jobId: z.string().max(64).optional(), documentId: z.string().max(128).optional() })
-      .strict()
-      .optional(),
+    collections: z.array(CollectionName).min(1).max(10).optional().meta({
+      description: "Collections to search; all of the tenant's when absent.",
+    }),
+    filter: SearchFilter.optional(),
+    minScore: z.number().finite().optional().meta({
+      description:
+        "Leave out results whose score is below this: a cosine similarity in vector mode, a BM25 score in keyword mode, a fused reciprocal-rank score in hybrid mode.",
+    }),
+    includeText: z.boolean().default(true),
+    includeMetadata: z.boolean().default(true),
+    includeVectors: z.boolean().default(false),
   })
+  .strict()
   .meta({ id: "SearchRequest" });
-export type SearchRequest = z.infer<typeof SearchRequest>;
+export type SearchRequest = z.input<typeof SearchRequest>;
+
+export const SearchResult = z
+  .object({
+    score: z.number().meta({ description: "The score the results are ranked by (see minScore)." }),
+    scores: z
+      .object({
+        vector: z.number().optional().meta({ description: "Cosine similarity to the query." }),
+        keyword: z.number().optional().meta({ description: "BM25 score of the query's words." }),
+      })
+      .meta({ description: "The score of each list the chunk was found in." }),
+    chunk: Chunk.omit({
+      status: true,
+      vector: true,
+      error: true,
+      text: true,
+      metadata: true,
+    }).extend({
+      text: Chunk.shape.text.optional(),
+      metadata: Chunk.shape.metadata.optional(),
+      vector: z.array(z.number()).optional(),
+    }),
+  })
+  .meta({ id: "SearchResult" });
+export type SearchResult = z.infer<typeof SearchResult>;
 
 export const SearchResponse = z
-  .object({
-    results: z.array(
-      z.object({
-        score: z.number(),
-        chunk: Chunk.omit({ status: true, vector: true, error: true }),
-      }),
-    ),
-  })
+  .object({ mode: SearchMode, results: z.array(SearchResult) })
   .meta({ id: "SearchResponse" });
 export type SearchResponse = z.infer<typeof SearchResponse>;
+
+export const Collection = z
+  .object({
+    name: z.string(),
+    jobs: z.number().int(),
+    documents: z.number().int(),
+    chunks: z.number().int(),
+    createdAt: z.string(),
+    updatedAt: z.string(),
+  })
+  .meta({ id: "Collection" });
+export type Collection = z.infer<typeof Collection>;
+
+export const CollectionList = z
+  .object({
+    data: z.array(Collection),
+    filterable: z.array(z.string()).meta({
+      description:
+        "Document metadata keys searches can filter on, besides jobId, documentId and collection.",
+    }),
+  })
+  .meta({ id: "CollectionList" });
+export type CollectionList = z.infer<typeof CollectionList>;
 
 export const EmbeddingsRequest = z
   .object({

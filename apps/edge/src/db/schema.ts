@@ -45,6 +45,8 @@ export const jobs = sqliteTable(
       enum: ["queued", "running", "completed", "completed_with_errors", "failed", "cancelled"],
     }).notNull(),
     model: text("model").notNull(),
+    /** The tenant's named namespace the job's documents live in; search can target it. */
+    collection: text("collection").notNull().default("default"),
     documents: integer("documents").notNull(),
     chunksTotal: integer("chunks_total").notNull(),
     chunksDone: integer("chunks_done").notNull().default(0),
@@ -86,6 +88,7 @@ export const jobs = sqliteTable(
     index("jobs_tenant_status").on(t.tenant, t.status),
     uniqueIndex("jobs_idempotency").on(t.tenant, t.idempotencyKey),
     index("jobs_tenant_created").on(t.tenant, t.createdAt),
+    index("jobs_tenant_collection").on(t.tenant, t.collection),
   ],
 );
 
@@ -123,6 +126,22 @@ export const chunks = sqliteTable(
     error: text("error"),
   },
   (t) => [index("chunks_job").on(t.jobId, t.id)],
+);
+
+/**
+ * The keyword index's row per chunk. Its INTEGER PRIMARY KEY is the rowid of the chunk's
+ * entry in `chunk_terms`, the FTS5 table (migrations/0006, which drizzle cannot describe):
+ * SQLite may renumber implicit rowids on VACUUM, never an INTEGER PRIMARY KEY, so the two
+ * stay joined; and a job's entries are found through `job_id` rather than by scanning FTS5.
+ */
+export const keywordRows = sqliteTable(
+  "keyword_rows",
+  {
+    id: integer("id").primaryKey(),
+    chunkId: text("chunk_id").notNull(),
+    jobId: text("job_id").notNull(),
+  },
+  (t) => [uniqueIndex("keyword_rows_chunk").on(t.chunkId), index("keyword_rows_job").on(t.jobId)],
 );
 
 /** Volunteer workers seen by the coordinator. */

@@ -1,6 +1,7 @@
 import {
   type ApiKey,
   type Chunk,
+  type Collection,
   type Job,
   type JobStatus,
   type PiiKind,
@@ -104,6 +105,10 @@ export interface MetadataStore {
   chunkIds(jobId: string): Promise<string[]>;
   /** Removes a job with its documents and chunks. */
   deleteJob(jobId: string): Promise<void>;
+  /** Chunks whose keyword-index terms match, best BM25 first (see KeywordQuery). */
+  keywordSearch(q: KeywordQuery): Promise<{ id: string; score: number; terms: string }[]>;
+  /** A tenant's collections with what they hold, by name. */
+  listCollections(tenant: string): Promise<Collection[]>;
   upsertWorker(w: WorkerInfo): Promise<void>;
   workerSeen(id: string, chunksDone: number, disconnected: boolean): Promise<void>;
 }
@@ -159,6 +164,7 @@ export interface NewJob {
   id: string;
   tenant: string;
   model: string;
+  collection: string;
   chunking: { maxChars: number; overlap: number };
   verification: Verification;
   pool: Pool;
@@ -179,8 +185,30 @@ export interface NewJob {
     text: string;
     start: number;
     end: number;
+    /** The chunk's keyword-index document (hashed words, search/terms.ts); none: not indexed. */
+    terms?: string;
   }[];
 }
+
+/**
+ * A keyword search. `match` is an FTS5 expression over hashed terms; `filter` a SQL condition
+ * over `FILTER_METADATA` (the chunk's document metadata with jobId, documentId and collection
+ * set by the product), compiled from the request's filter by vector/filter.ts.
+ */
+export interface KeywordQuery {
+  tenant: string;
+  model: string;
+  match: string;
+  filter?: { sql: string; params: (string | number | null)[] };
+  limit: number;
+}
+
+/**
+ * The metadata a keyword search filters on, the same object the vector index filters on:
+ * document metadata, with the product's keys over any document keys of the same name.
+ */
+export const FILTER_METADATA =
+  "json_patch(coalesce(d.metadata, '{}'), json_object('jobId', c.job_id, 'documentId', c.document_id, 'collection', j.collection))";
 
 export type ChunkRow = Omit<Chunk, "vector">;
 
@@ -188,6 +216,7 @@ type ChunkSelect = {
   id: string;
   jobId: string;
   documentId: string;
+  collection: string;
   index: number;
   text: string;
   status: "pending" | "done" | "failed";
@@ -209,6 +238,29 @@ export interface WorkerInfo {
 
 // D1 binds at most 100 parameters per statement.
 const MAX_PARAMS = 99;
+/** Terms per keyword-index statement: well under D1's 100 KB statement limit. */
+const KEYWORD_STATEMENT_BYTES = 80_000;
+
+/**
+ * A string as a quoted SQL literal. Only for raw statements that go into a `batch`: drizzle's
+ * D1 batch cannot bind the parameters of a raw `sql` statement (it binds only those of query
+ * builders), so these carry their values inline, quotes doubled.
+ */
+function literal(s: string) {
+  return sql.raw(`'${s.replaceAll("'", "''")}'`);
+}
+
+/** A compiled filter's SQL with its `?` placeholders bound, in order, as a drizzle fragment. */
+function boundCondition(c: { sql: string; params: (string | number | null)[] }) {
+  const parts = c.sql.split("?");
+  if (parts.length !== c.params.length + 1)
+    throw new Error("filter SQL and its parameters do not line up");
+  const chunks = [sql.raw(parts[0] as string)];
+  c.params.forEach((p, i) => {
+    chunks.push(sql`${p}`, sql.raw(parts[i + 1] as string));
+  });
+  return sql.join(chunks, sql``);
+}
 
 /** Rows per multi-row INSERT: drizzle binds every column of the table, defaults included. */
 function rowsPerStatement(table: Table): number {
@@ -220,6 +272,7 @@ function toJob(r: typeof schema.jobs.$inferSelect): Job {
     id: r.id,
     status: r.status,
     model: r.model,
+    collection: r.collection,
     documents: r.documents,
     chunks: { total: r.chunksTotal, done: r.chunksDone, failed: r.chunksFailed },
     chunking: { maxChars: r.chunkMaxChars, overlap: r.chunkOverlap },
@@ -457,8 +510,26 @@ export class D1Store implements MetadataStore {
       .all();
   }
 
+  /**
+   * Statements that take chunks out of the keyword index: a job's, or one document's. Its terms
+   * derive from the text, so they go wherever the text goes.
+   */
+  private dropKeywords(jobId: string, documentId?: string) {
+    const job = literal(jobId);
+    const mine = documentId
+      ? sql`job_id = ${job} AND chunk_id IN (SELECT id FROM chunks WHERE job_id = ${job} AND document_id = ${literal(documentId)})`
+      : sql`job_id = ${job}`;
+    return [
+      this.db.run(
+        sql`DELETE FROM chunk_terms WHERE rowid IN (SELECT id FROM keyword_rows WHERE ${mine})`,
+      ),
+      this.db.run(sql`DELETE FROM keyword_rows WHERE ${mine}`),
+    ] as const;
+  }
+
   async purgeText(jobId: string): Promise<void> {
     await this.db.batch([
+      ...this.dropKeywords(jobId),
       this.db.update(schema.chunks).set({ text: "" }).where(eq(schema.chunks.jobId, jobId)),
       this.db
         .update(schema.jobs)
@@ -511,6 +582,7 @@ export class D1Store implements MetadataStore {
           chunksFailed: sql`chunks_failed - ${count("failed")}`,
         })
         .where(eq(schema.jobs.id, jobId)),
+      ...this.dropKeywords(jobId, doc.id),
       this.db.delete(c).where(mine),
       this.db
         .delete(schema.documents)
@@ -583,6 +655,7 @@ export class D1Store implements MetadataStore {
       tenant: input.tenant,
       status: "queued",
       model: input.model,
+      collection: input.collection,
       documents: input.documents.length,
       chunksTotal: input.chunks.length,
       chunkMaxChars: input.chunking.maxChars,
@@ -628,6 +701,7 @@ export class D1Store implements MetadataStore {
     for (let i = 0, n = rowsPerStatement(schema.chunks); i < chunkRows.length; i += n) {
       rest.push(db.insert(schema.chunks).values(chunkRows.slice(i, i + n)));
     }
+    rest.push(...this.keywordInserts(input));
     try {
       await db.batch([...stmts, ...rest]);
     } catch (err) {
@@ -641,6 +715,78 @@ export class D1Store implements MetadataStore {
     const job = await this.getJob(input.tenant, input.id);
     if (!job) throw new Error(`job ${input.id} vanished after insert`);
     return { job, created: true, requestHash: input.requestHash, dispatched: false };
+  }
+
+  /**
+   * The keyword index's rows for a new job: `keyword_rows` first, then each chunk's terms into
+   * `chunk_terms` under its row's id, many chunks per statement through one JSON parameter (D1
+   * binds at most 100 parameters, and a statement may be at most 100 KB).
+   */
+  private keywordInserts(input: NewJob) {
+    const indexed = input.chunks.filter((c) => c.terms);
+    const out = [];
+    for (let i = 0, n = rowsPerStatement(schema.keywordRows); i < indexed.length; i += n) {
+      out.push(
+        this.db
+          .insert(schema.keywordRows)
+          .values(indexed.slice(i, i + n).map((c) => ({ chunkId: c.id, jobId: input.id }))),
+      );
+    }
+    let pairs: [string, string][] = [];
+    let bytes = 0;
+    const flush = () => {
+      if (pairs.length === 0) return;
+      out.push(
+        this.db.run(sql`INSERT INTO chunk_terms (rowid, terms)
+          SELECT k.id, json_extract(p.value, '$[1]') FROM json_each(${literal(JSON.stringify(pairs))}) p
+          JOIN keyword_rows k ON k.chunk_id = json_extract(p.value, '$[0]')`),
+      );
+      pairs = [];
+      bytes = 0;
+    };
+    for (const c of indexed) {
+      const terms = c.terms as string;
+      if (bytes + terms.length > KEYWORD_STATEMENT_BYTES) flush();
+      pairs.push([c.id, terms]);
+      bytes += terms.length + c.id.length + 8;
+    }
+    flush();
+    return out;
+  }
+
+  async keywordSearch(q: KeywordQuery) {
+    const filter = q.filter ? sql` AND ${boundCondition(q.filter)}` : sql``;
+    // BM25 is negative in FTS5 (more negative is better): reported as its opposite.
+    const rows = await this.db.all<{ id: string; score: number; terms: string }>(sql`
+      SELECT k.chunk_id AS id, -bm25(chunk_terms) AS score, chunk_terms.terms AS terms
+      FROM chunk_terms
+      JOIN keyword_rows k ON k.id = chunk_terms.rowid
+      JOIN chunks c ON c.id = k.chunk_id
+      JOIN jobs j ON j.id = c.job_id
+      LEFT JOIN documents d ON d.job_id = c.job_id AND d.id = c.document_id
+      WHERE chunk_terms MATCH ${q.match} AND j.tenant = ${q.tenant} AND j.model = ${q.model}
+        AND c.status = 'done'${filter}
+      ORDER BY bm25(chunk_terms), k.chunk_id
+      LIMIT ${q.limit}`);
+    return rows;
+  }
+
+  async listCollections(tenant: string): Promise<Collection[]> {
+    const j = schema.jobs;
+    return this.db
+      .select({
+        name: j.collection,
+        jobs: sql<number>`count(*)`,
+        documents: sql<number>`coalesce(sum(${j.documents}), 0)`,
+        chunks: sql<number>`coalesce(sum(${j.chunksDone}), 0)`,
+        createdAt: sql<string>`min(${j.createdAt})`,
+        updatedAt: sql<string>`max(coalesce(${j.completedAt}, ${j.createdAt}))`,
+      })
+      .from(j)
+      .where(eq(j.tenant, tenant))
+      .groupBy(j.collection)
+      .orderBy(asc(j.collection))
+      .all();
   }
 
   async findJobByIdempotencyKey(tenant: string, key: string) {
@@ -682,6 +828,7 @@ export class D1Store implements MetadataStore {
         id: c.id,
         jobId: c.jobId,
         documentId: c.documentId,
+        collection: schema.jobs.collection,
         index: c.index,
         text: c.text,
         status: c.status,
@@ -711,6 +858,7 @@ export class D1Store implements MetadataStore {
       id: r.id,
       jobId: r.jobId,
       documentId: r.documentId,
+      collection: r.collection,
       index: r.index,
       text: r.text,
       status: r.status,
@@ -826,6 +974,7 @@ export class D1Store implements MetadataStore {
 
   async deleteJob(jobId: string): Promise<void> {
     await this.db.batch([
+      ...this.dropKeywords(jobId),
       this.db.delete(schema.chunks).where(eq(schema.chunks.jobId, jobId)),
       this.db.delete(schema.documents).where(eq(schema.documents.jobId, jobId)),
       this.db.delete(schema.jobs).where(eq(schema.jobs.id, jobId)),

@@ -97,6 +97,8 @@ export class ResultStore {
           id: it.chunkId,
           values: vectors[i] as Float32Array,
           metadata: {
+            // The product's keys last: a document key of the same name never replaces one.
+            ...it.meta,
             tenant: task.tenant,
             jobId: task.jobId,
             documentId: it.documentId,

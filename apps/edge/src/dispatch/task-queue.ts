@@ -7,6 +7,8 @@ export interface QueuedItem {
   documentId: string;
   index: number;
   text: string;
+  /** Filterable metadata its vector carries (collection, document keys); never sent to workers. */
+  meta?: Record<string, string | number | boolean>;
 }
 
 export interface NewTask {

@@ -471,27 +471,69 @@ export class Keyring {
       .first<KeyRow>();
   }
 
-  /** The unwrapped key of one version, cached per isolate. */
-  private key(tenant: string, version: number): Promise<CryptoKey> {
-    const ck = this.cacheKey(tenant, version);
+  /**
+   * The keyword index's MAC keys for a tenant, one per version of its data key, newest first
+   * (versions run 1..newest: rotation adds the next one, nothing removes one but erasure).
+   * Each is HMAC-SHA-256 derived from its data key by HKDF, bound to the tenant: terms are
+   * hashed under a key that never encrypts, and one tenant's hashes mean nothing for another.
+   * Creates version 1 on first use, like `encrypt`.
+   */
+  async termKeys(tenant: string): Promise<{ version: number; key: CryptoKey }[]> {
+    checkTenant(tenant);
+    this.scope();
+    const newest = await this.newest(tenant);
+    const versions = Array.from({ length: newest }, (_, i) => newest - i);
+    return Promise.all(
+      versions.map(async (version) => ({ version, key: await this.termKey(tenant, version) })),
+    );
+  }
+
+  private termKey(tenant: string, version: number): Promise<CryptoKey> {
+    const ck = `${this.cacheKey(tenant, version)}\u0000terms`;
     const hit = getKey(ck);
     if (hit) return hit;
     const promise = (async () => {
-      const row = await this.db
-        .prepare(
-          `SELECT tenant, version, wrapped, wrapped_by, created_at FROM tenant_keys
-           WHERE tenant = ? AND version = ?`,
-        )
-        .bind(tenant, version)
-        .first<KeyRow>();
-      if (!row) throw new DecryptError(`tenant "${tenant}" has no key version ${version}`);
-      return this.unwrap(row, false);
+      const base = await this.unwrap(await this.keyRow(tenant, version), false, "HKDF");
+      return crypto.subtle.deriveKey(
+        { name: "HKDF", hash: "SHA-256", salt: new Uint8Array(0), info: aad(tenant, "terms") },
+        base,
+        { name: "HMAC", hash: "SHA-256", length: 256 },
+        false,
+        ["sign"],
+      );
     })();
     putKey(ck, tenant, promise);
     return promise;
   }
 
-  private async unwrap(row: KeyRow, extractable: boolean): Promise<CryptoKey> {
+  /** The unwrapped key of one version, cached per isolate. */
+  private key(tenant: string, version: number): Promise<CryptoKey> {
+    const ck = this.cacheKey(tenant, version);
+    const hit = getKey(ck);
+    if (hit) return hit;
+    const promise = (async () => this.unwrap(await this.keyRow(tenant, version), false))();
+    putKey(ck, tenant, promise);
+    return promise;
+  }
+
+  private async keyRow(tenant: string, version: number): Promise<KeyRow> {
+    const row = await this.db
+      .prepare(
+        `SELECT tenant, version, wrapped, wrapped_by, created_at FROM tenant_keys
+         WHERE tenant = ? AND version = ?`,
+      )
+      .bind(tenant, version)
+      .first<KeyRow>();
+    if (!row) throw new DecryptError(`tenant "${tenant}" has no key version ${version}`);
+    return row;
+  }
+
+  /** Unwraps a tenant key as an AES-GCM key, or as HKDF input for the keys derived from it. */
+  private async unwrap(
+    row: KeyRow,
+    extractable: boolean,
+    as: "AES-GCM" | "HKDF" = "AES-GCM",
+  ): Promise<CryptoKey> {
     if (!this.scope().keys.some((k) => k.id === row.wrapped_by)) {
       throw new DecryptError(
         `key version ${row.version} of tenant "${row.tenant}" is wrapped by deployment key ` +
@@ -505,9 +547,9 @@ export class Keyring {
         base64Decode(row.wrapped),
         kek,
         "AES-KW",
-        "AES-GCM",
+        as,
         extractable,
-        ["encrypt", "decrypt"],
+        as === "HKDF" ? ["deriveKey"] : ["encrypt", "decrypt"],
       );
     } catch (e) {
       throw new DecryptError(

@@ -5,6 +5,7 @@ import {
   ChunkQuery,
   CreateJobRequest,
   chunkText,
+  DEFAULT_COLLECTION,
   DEFAULT_MODEL,
   DEFAULT_WEBHOOK_EVENTS,
   ErrorBody,
@@ -29,10 +30,12 @@ import { newId, sha256Hex } from "../lib/crypto.js";
 import { AppError, noCapacity, notFound } from "../lib/errors.js";
 import { tokenCounter } from "../lib/tokens.js";
 import { maskPersonalData } from "../privacy/mask.js";
+import { indexHasher } from "../search/terms.js";
 import { audit } from "../tenant/audit-log.js";
 import { deleteDocumentEverywhere, deleteJobEverywhere } from "../tenant/erase.js";
 import { assertChunkQuota } from "../tenant/limits.js";
 import { putRaw, rawKey } from "../tenant/raw.js";
+import { filterableKeys } from "../vector/config.js";
 import { getVectorIndex } from "../vector/index.js";
 import { assertTargetAllowed, webhookHub } from "../webhooks/index.js";
 import { newSecret } from "../webhooks/signing.js";
@@ -173,6 +176,24 @@ function maskedKinds(privacy: Privacy | undefined, env: Env): PiiKind[] {
   return PII_KINDS.filter((k) => list.includes(k));
 }
 
+/**
+ * What each of a document's vectors carries for search filters beyond the product's own keys:
+ * its collection and the filterable keys of its metadata (scalar values only, as Vectorize
+ * indexes no others).
+ */
+function searchMetadata(
+  collection: string,
+  metadata: Record<string, unknown> | undefined,
+  filterable: readonly string[],
+): Record<string, string | number | boolean> {
+  const out: Record<string, string | number | boolean> = { collection };
+  for (const key of filterable) {
+    const v = metadata?.[key];
+    if (typeof v === "string" || typeof v === "number" || typeof v === "boolean") out[key] = v;
+  }
+  return out;
+}
+
 /** Chunks the documents and groups the chunks into tasks; deterministic for a given job id. */
 function plan(jobId: string, body: CreateJobRequest, env: Env): Plan {
   const model = body.model ?? DEFAULT_MODEL;
@@ -205,8 +226,11 @@ function plan(jobId: string, body: CreateJobRequest, env: Env): Plan {
   const chunks: NewJob["chunks"] = [];
   const items: QueuedItem[] = [];
   const piiMask = maskedKinds(body.privacy, env);
+  const collection = body.collection ?? DEFAULT_COLLECTION;
+  const filterable = filterableKeys(env);
   body.documents.forEach((d, seq) => {
     const docId = d.id ?? `doc-${seq}`;
+    const meta = searchMetadata(collection, d.metadata, filterable);
     documents.push({ seq, id: docId, metadata: d.metadata ?? null, chars: d.text.length });
     for (const c of chunkText(d.text, { maxChars, overlap, ...fits })) {
       const id = `${jobId}.${String(seq).padStart(5, "0")}.${String(c.index).padStart(5, "0")}`;
@@ -221,7 +245,7 @@ function plan(jobId: string, body: CreateJobRequest, env: Env): Plan {
       });
       // The owner keeps the original; a volunteer gets the text with personal data masked.
       const text = piiMask.length ? maskPersonalData(c.text, piiMask).text : c.text;
-      items.push({ chunkId: id, documentId: docId, index: c.index, text });
+      items.push({ chunkId: id, documentId: docId, index: c.index, text, meta });
     }
   });
   const tasks: NewTask[] = [];
@@ -232,6 +256,7 @@ function plan(jobId: string, body: CreateJobRequest, env: Env): Plan {
     job: {
       id: jobId,
       model,
+      collection,
       chunking: { maxChars, overlap },
       verification: body.verification ?? defaultVerification(env),
       pool: body.pool ?? "any",
@@ -349,8 +374,14 @@ jobs
         metadata: d.metadata ?? null,
       })),
     );
+    // The keyword index holds each chunk's words as hashes under the tenant's term key.
+    const hasher = await indexHasher(keyringFor(c.env), tenant);
+    const chunks = await Promise.all(
+      job.chunks.map(async (ch) => ({ ...ch, terms: await hasher.document(ch.text) })),
+    );
     const created = await store.createJob({
       ...job,
+      chunks,
       tenant,
       createdBy: cred.id,
       textRetentionDays,

@@ -1,66 +1,49 @@
 import { createRoute } from "@hono/zod-openapi";
-import { DEFAULT_MODEL, ErrorBody, SearchRequest, SearchResponse } from "@p2pa/shared";
+import { CollectionList, ErrorBody, SearchRequest, SearchResponse } from "@p2pa/shared";
 import { router } from "../app.js";
 import { openStore } from "../db/open.js";
 import { requireAuth, scoped } from "../lib/auth.js";
-import { embedNow } from "../lib/realtime.js";
-import { assertWithinWindow } from "../lib/tokens.js";
-import { getVectorIndex } from "../vector/index.js";
+import { search } from "../search/search.js";
+import { filterableKeys } from "../vector/config.js";
+import { errors, json } from "./openapi.js";
 
-const search = createRoute({
+const searchRoute = createRoute({
   method: "post",
   path: "/v1/search",
-  summary: "Search stored chunks by meaning",
+  summary: "Search stored chunks by meaning, by words, or both",
   ...scoped("search"),
   request: { body: { content: { "application/json": { schema: SearchRequest } }, required: true } },
   responses: {
-    200: {
-      description: "Best matches first",
-      content: { "application/json": { schema: SearchResponse } },
-    },
-    401: {
-      description: "Missing or invalid credentials",
-      content: { "application/json": { schema: ErrorBody } },
-    },
-    422: { description: "Invalid request", content: { "application/json": { schema: ErrorBody } } },
-    503: {
-      description: "No worker can embed the query now; see Retry-After",
-      content: { "application/json": { schema: ErrorBody } },
-    },
+    200: json(SearchResponse, "Best matches first"),
+    401: errors[401],
+    403: errors[403],
+    422: errors[422],
+    429: errors[429],
+    503: json(ErrorBody, "No worker can embed the query now (vector and hybrid); see Retry-After"),
+  },
+});
+
+const collections = createRoute({
+  method: "get",
+  path: "/v1/collections",
+  summary: "List the tenant's collections and the metadata keys searches can filter on",
+  ...scoped("search"),
+  responses: {
+    200: json(CollectionList, "Collections by name"),
+    401: errors[401],
+    403: errors[403],
   },
 });
 
 export const searchRoutes = router();
 searchRoutes.use("/v1/search", requireAuth("api"));
+searchRoutes.use("/v1/collections", requireAuth("api"));
 
-searchRoutes.openapi(search, async (c) => {
-  const { query, topK, filter, pool, model = DEFAULT_MODEL } = c.req.valid("json");
-  const tenant = c.get("credential").tenant;
-  assertWithinWindow(model, [query], "query");
-  const {
-    vectors: [vector],
-  } = await embedNow(c.env, model, [query], { tenant, ...(pool ? { pool } : {}) });
-  const metaFilter: Record<string, string> = { tenant };
-  if (filter?.jobId) metaFilter.jobId = filter.jobId;
-  if (filter?.documentId) metaFilter.documentId = filter.documentId;
-  const { matches } = await getVectorIndex(c.env, model).query(vector as Float32Array, {
-    topK,
-    filter: metaFilter,
-    returnMetadata: "none",
-  });
-  const chunks = new Map(
-    (
-      await openStore(c.env).getChunks(
-        tenant,
-        matches.map((m) => m.id),
-      )
-    ).map((r) => [r.id, r]),
-  );
-  const results = matches.flatMap((m) => {
-    const chunk = chunks.get(m.id);
-    if (!chunk) return [];
-    const { status: _s, error: _e, ...rest } = chunk;
-    return [{ score: m.score, chunk: rest }];
-  });
-  return c.json({ results }, 200);
+searchRoutes.openapi(searchRoute, async (c) =>
+  c.json(await search(c.env, c.get("credential").tenant, c.req.valid("json")), 200),
+);
+
+searchRoutes.openapi(collections, async (c) => {
+  const data = await openStore(c.env).listCollections(c.get("credential").tenant);
+  return c.json({ data, filterable: filterableKeys(c.env) }, 200);
 });

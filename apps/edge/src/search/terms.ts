@@ -1,0 +1,114 @@
+import type { Keyring } from "../lib/keyring.js";
+
+/**
+ * The keyword index never sees a word. Each word of a chunk is replaced by a keyed hash (the
+ * first 64 bits of HMAC-SHA-256 under the tenant's term key, as 16 hex digits) and the hashes
+ * are written in the chunk's word order to an FTS5 table. FTS5 then ranks by BM25 exactly as it
+ * would on the words (term and document frequencies and lengths are unchanged by a one-to-one
+ * renaming), and a query matches after being hashed the same way. What the table gives away
+ * is the shape of the text: how often each unknown term occurs, and where.
+ *
+ * A tenant's term key changes when its data key is rotated, so a query is hashed under every
+ * version the tenant has; chunks indexed before a rotation keep matching.
+ */
+
+/** Hex digits kept of each hash: 64 bits, so a tenant's vocabulary never collides in practice. */
+const HASH_HEX = 16;
+/** Query words beyond this are ignored: a pasted paragraph should not become a 500-term OR. */
+export const MAX_QUERY_WORDS = 32;
+
+/**
+ * English function words, left out of queries (not of the index): an OR over "how do I make"
+ * would otherwise rank any chunk with those words above the one that means the question.
+ */
+const STOPWORDS = new Set(
+  (
+    "a an and are as at be but by can could did do does for from had has have how i if in into " +
+    "is it its me my no not of on or our so than that the their them then there these they this " +
+    "to too us was we were what when where which who whom why will with would you your"
+  ).split(" "),
+);
+
+/**
+ * A text's words as the keyword index sees them: compatibility-normalised, accents dropped,
+ * lowercased, runs of letters or digits. "XK-4410" is the two words "xk" and "4410", found
+ * together as a phrase; "Müller" is "muller".
+ */
+export function words(text: string): string[] {
+  return (
+    text
+      .normalize("NFKD")
+      .replace(/\p{M}+/gu, "")
+      .toLowerCase()
+      .match(/[\p{L}\p{N}]+/gu) ?? []
+  );
+}
+
+/** Hashes words under one term key, each distinct word once. */
+export class TermHasher {
+  private readonly memo = new Map<string, Promise<string>>();
+  constructor(private readonly key: CryptoKey) {}
+
+  /** The FTS5 document for `text`: its words' hashes in order, space-separated. */
+  async document(text: string): Promise<string> {
+    return (await Promise.all(words(text).map((w) => this.hash(w)))).join(" ");
+  }
+
+  hash(word: string): Promise<string> {
+    let h = this.memo.get(word);
+    if (!h) {
+      h = crypto.subtle
+        .sign("HMAC", this.key, new TextEncoder().encode(word))
+        .then((mac) => hex(new Uint8Array(mac, 0, HASH_HEX / 2)));
+      this.memo.set(word, h);
+    }
+    return h;
+  }
+}
+
+/** The hasher that indexes new chunks of a tenant: its newest term key. */
+export async function indexHasher(keyring: Keyring, tenant: string): Promise<TermHasher> {
+  const [newest] = await keyring.termKeys(tenant);
+  if (!newest) throw new Error(`tenant "${tenant}" has no term key`);
+  return new TermHasher(newest.key);
+}
+
+/** A query as the keyword index reads it. */
+export interface KeywordQueryTerms {
+  /** FTS5 MATCH expression: any of the words, under any of the tenant's term keys. */
+  match: string;
+  /** Per chosen word, its hashes (one per key version): a chunk holds the word if it has any. */
+  words: string[][];
+}
+
+/**
+ * A query's words for the keyword index: stopwords left out unless nothing else is left, each
+ * hashed under every term key of the tenant; BM25 then ranks chunks holding more of the rarer
+ * words first. Null when the query has no word to look for.
+ */
+export async function queryTerms(
+  keyring: Keyring,
+  tenant: string,
+  query: string,
+): Promise<KeywordQueryTerms | null> {
+  const all = [...new Set(words(query))];
+  const content = all.filter((w) => !STOPWORDS.has(w));
+  const chosen = (content.length > 0 ? content : all).slice(0, MAX_QUERY_WORDS);
+  if (chosen.length === 0) return null;
+  const hashers = (await keyring.termKeys(tenant)).map(({ key }) => new TermHasher(key));
+  const perWord = await Promise.all(chosen.map((w) => Promise.all(hashers.map((h) => h.hash(w)))));
+  const match = [...new Set(perWord.flat())].map((h) => `"${h}"`).join(" OR ");
+  return { match, words: perWord };
+}
+
+/** How many of the query's words a chunk's keyword document (its `terms`) holds. */
+export function wordsHeld(terms: string, query: KeywordQueryTerms): number {
+  const held = new Set(terms.split(" "));
+  return query.words.filter((hashes) => hashes.some((h) => held.has(h))).length;
+}
+
+function hex(bytes: Uint8Array): string {
+  let out = "";
+  for (const b of bytes) out += b.toString(16).padStart(2, "0");
+  return out;
+}
