@@ -88,14 +88,35 @@ function synthetic(base: Float32Array[], i: number): Float32Array {
   return normalise(v);
 }
 
-async function api<T>(url: string, pathname: string, body?: unknown): Promise<T> {
+async function api<T>(
+  url: string,
+  pathname: string,
+  body?: unknown,
+  extra: Record<string, string> = {},
+): Promise<T> {
   const res = await fetch(`${url}${pathname}`, {
     method: body === undefined ? "GET" : "POST",
-    headers,
+    headers: { ...headers, ...extra },
     ...(body === undefined ? {} : { body: JSON.stringify(body) }),
   });
   if (!res.ok) throw new Error(`${pathname}: ${res.status} ${await res.text()}`);
   return (await res.json()) as T;
+}
+
+/**
+ * Submits a job as a careful client does: under an Idempotency-Key, sent again on a 503 or a
+ * dropped connection (wrangler dev restarts its runtime now and then under this load), so a
+ * retry never makes a second job.
+ */
+async function submit(url: string, key: string, body: unknown): Promise<{ id: string }> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await api<{ id: string }>(url, "/v1/jobs", body, { "Idempotency-Key": key });
+    } catch (err) {
+      if (attempt >= 5 || !/503|fetch failed/.test(String(err))) throw err;
+      await new Promise((r) => setTimeout(r, 2000 * attempt));
+    }
+  }
 }
 
 async function waitForJobs(url: string, ids: string[], timeoutMs: number): Promise<void> {
@@ -183,12 +204,13 @@ export async function searchBench(opts: {
           text: `Record ${start + k}. ${baseTexts[(start + k) % baseTexts.length]}`,
         }),
       );
-      const job = await api<{ id: string }>(edge.url, "/v1/jobs", {
+      const job = await submit(edge.url, `bulk-${start}`, {
         documents,
         collection: "bulk",
         verification: "off",
       });
       jobIds.push(job.id);
+      log(`search: submitted ${start + documents.length} documents`);
     }
     await waitForJobs(edge.url, jobIds, 30 * 60_000);
     const fillSeconds = (performance.now() - t0) / 1000;
@@ -203,7 +225,7 @@ export async function searchBench(opts: {
 
     // The evaluation corpus, embedded by the real model, in its own collection.
     const corpus = searchCorpus();
-    const evalJob = await api<{ id: string }>(edge.url, "/v1/jobs", {
+    const evalJob = await submit(edge.url, "eval", {
       documents: corpus.documents.map((d) => ({ id: d.id, text: d.text, metadata: d.metadata })),
       collection: "eval",
       verification: "off",
@@ -291,6 +313,9 @@ export async function searchBench(opts: {
       fillSeconds,
       quality,
     };
+  } catch (err) {
+    console.error(`search bench failed; the edge said:\n${edge.output().slice(-8000)}`);
+    throw err;
   } finally {
     if (worker) killTree(worker, "SIGTERM");
     await edge.stop();

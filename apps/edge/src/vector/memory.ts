@@ -27,7 +27,7 @@ export interface Selection {
   namespace?: string | undefined;
   /** Conditions on indexed metadata keys, all of which must hold. */
   tests?: readonly KeyTest[] | undefined;
-  /** Overrides `rescoreCount(topK)`; for measurements (scripts/index-recall.ts) and tests. */
+  /** Overrides `rescoreCount(topK)` and turns widening off; for measurements and tests. */
   rescore?: number | undefined;
 }
 
@@ -52,6 +52,19 @@ export interface Entry {
  */
 export const RESCORE_PER_RESULT = 20;
 export const RESCORE_MIN = 800;
+
+/**
+ * A search scores more candidates while any result lies within this many bits of the widest
+ * Hamming distance scored so far, doubling them each time, up to MAX_WIDENING times the first
+ * count. Queries near their matches stop at once; a query near nothing, whose matches the codes
+ * cannot tell apart from the rest, widens. On 100,000 vectors made from real embeddings, with
+ * 200 queries of which half are about nothing in the index (product codes, names, questions on
+ * other subjects): 800 scored without widening gave recall@10 0.90 on those; widening with a
+ * margin of 2, 4, 6 and 8 bits gave 0.93, 0.96, 0.994 (the whole mix) and 0.996, the median
+ * query still scoring 844 and one in ten over 4,000.
+ */
+export const EDGE_MARGIN_BITS = 6;
+export const MAX_WIDENING = 16;
 
 export function rescoreCount(topK: number): number {
   return Math.max(RESCORE_PER_RESULT * topK, RESCORE_MIN);
@@ -192,6 +205,8 @@ export class MemoryIndex {
     const top = new TopK(topK);
     const qNorm = norm(query);
     const rescore = selection.rescore ?? rescoreCount(topK);
+    // A fixed count (measurements, tests) scores exactly that many: no widening.
+    const widen = selection.rescore === undefined;
     // A zero query scores every vector 0, so the answer is the smallest ids: no code helps.
     if (count <= rescore || qNorm === 0) {
       for (let c = 0; c < count; c++)
@@ -200,16 +215,34 @@ export class MemoryIndex {
       return top.items;
     }
     this.encodeQuery(query, qNorm);
-    const cutoff = this.hammingScan(selected, count, rescore);
+    let cutoff = this.hammingScan(selected, count, rescore);
     const dist = this.distances;
+    const hist = this.histogram;
+    const distOf = new Map<string, number>();
     // Every candidate at the cutoff distance is kept, not just enough to reach `rescore`, so
     // which ones get scored never depends on slot order (which deletes shuffle).
     let scored = 0;
-    for (let c = 0; c < count; c++) {
-      if ((dist[c] as number) <= cutoff) {
-        this.score(selected === undefined ? c : (this.candidates[c] as number), query, qNorm, top);
-        scored++;
+    let below = -1;
+    for (;;) {
+      for (let c = 0; c < count; c++) {
+        const h = dist[c] as number;
+        if (h > below && h <= cutoff) {
+          const slot = selected === undefined ? c : (this.candidates[c] as number);
+          this.score(slot, query, qNorm, top);
+          distOf.set(this.ids[slot] as string, h);
+          scored++;
+        }
       }
+      // Widen while a result came from near the edge of what was scored: then the codes did
+      // not separate the best matches from the rest (a query far from everything, whose
+      // nearest vectors are all about as near), and more of them may be better still.
+      let edge = 0;
+      for (const item of top.items) edge = Math.max(edge, distOf.get(item.id) ?? 0);
+      if (!widen || edge + EDGE_MARGIN_BITS <= cutoff || scored >= count) break;
+      if (scored >= rescore * MAX_WIDENING) break;
+      below = cutoff;
+      let total = scored;
+      while (total < scored * 2 && cutoff < this.dimensions) total += hist[++cutoff] as number;
     }
     this.last = { selected: count, scored };
     return top.items;

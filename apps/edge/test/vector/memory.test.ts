@@ -99,6 +99,35 @@ describe("MemoryIndex", () => {
     expect(all.find((m) => m.id === "v2992")?.score).toBe(0);
   });
 
+  it("widens the exact pass for a query its codes cannot place, and not for one they can", () => {
+    // Tight clusters, so a query near a cluster finds its neighbours in the first pass; a query
+    // between every cluster is about as near to all of them, and the first pass misses.
+    const r = rng(21);
+    const g = gaussian(r);
+    const dims = 64;
+    const centres = Array.from({ length: 40 }, () => Array.from({ length: dims }, g));
+    const entries = Array.from({ length: 6000 }, (_, i) =>
+      entry(
+        `v${i}`,
+        (centres[i % 40] as number[]).map((x) => x + 0.3 * g()),
+      ),
+    );
+    const index = MemoryIndex.from(dims, [], entries);
+    const near = Float32Array.from(centres[7] as number[], (x) => x + 0.3 * g());
+    expect(index.search(near, 10)).toEqual(brute(entries, near, 10));
+    const firstPass = index.lastSearch.scored;
+    let widened = 0;
+    let found = 0;
+    for (let t = 0; t < 10; t++) {
+      const far = Float32Array.from({ length: dims }, g);
+      const want = new Set(brute(entries, far, 10).map((m) => m.id));
+      found += index.search(far, 10).filter((m) => want.has(m.id)).length;
+      if (index.lastSearch.scored > firstPass) widened++;
+    }
+    expect(widened).toBeGreaterThan(0);
+    expect(found / 100).toBeGreaterThanOrEqual(0.98);
+  });
+
   it("finds neighbours through its codes even when every vector shares a large offset", () => {
     // Embeddings are not centred on the origin. Sign bits taken without the mean would be the
     // same for every vector here (all components near +3), and the Hamming stage would pick
