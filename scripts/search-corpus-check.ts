@@ -12,33 +12,16 @@
  * Ties count against the expected document (it ranks below every document scoring the same),
  * and a document with no matching word is never a keyword hit.
  */
+
 import path from "node:path";
 import { parseArgs } from "node:util";
+import { fuse, fusionMatches } from "../apps/edge/src/search/fuse.js";
+import { MAX_QUERY_WORDS, STOPWORDS, words } from "../apps/edge/src/search/words.js";
 import { loadModel } from "../apps/worker-node/src/model/index.js";
 import { ROOT } from "./lib/local-edge.js";
 import { type EvalDocument, type EvalQuery, searchCorpus } from "./lib/search-corpus.js";
 
 const { values } = parseArgs({ options: { verbose: { type: "boolean", default: false } } });
-
-/** Words as the keyword index sees them (apps/edge/src/search/terms.ts). */
-function words(text: string): string[] {
-  return (
-    text
-      .normalize("NFKD")
-      .replace(/\p{M}+/gu, "")
-      .toLowerCase()
-      .match(/[\p{L}\p{N}]+/gu) ?? []
-  );
-}
-
-/** The keyword index's query stopwords (apps/edge/src/search/terms.ts). */
-const STOPWORDS = new Set(
-  (
-    "a an and are as at be but by can could did do does for from had has have how i if in into " +
-    "is it its me my no not of on or our so than that the their them then there these they this " +
-    "to too us was we were what when where which who whom why will with would you your"
-  ).split(" "),
-);
 
 /**
  * Words that carry no subject (function words), for the paraphrase overlap check. Everything
@@ -148,7 +131,7 @@ function bm25Index(texts: string[], k1 = 1.2, b = 0.75) {
   return (query: string): Float64Array => {
     const all = [...new Set(words(query))];
     const content = all.filter((w) => !STOPWORDS.has(w));
-    const terms = (content.length > 0 ? content : all).slice(0, 32);
+    const terms = (content.length > 0 ? content : all).slice(0, MAX_QUERY_WORDS);
     const scores = new Float64Array(n);
     for (const w of terms) {
       const nw = df.get(w) ?? 0;
@@ -192,23 +175,27 @@ const dot = (a: Float32Array, b: Float32Array) => {
   return s;
 };
 
-/** Reciprocal rank fusion of two rankings (ranks 1-based; Infinity = absent). */
-function rrf(vectorScores: Float64Array, keywordScores: Float64Array, k = 60): Float64Array {
-  const ranks = (scores: Float64Array, needPositive: boolean) => {
-    const order = [...scores.keys()]
+/**
+ * Hybrid as the edge ranks it (apps/edge/src/search): the top 50 of each list, keyword matches
+ * kept by `fusionMatches`, fused by `fuse`; as scores, so `rankOf` can read a rank from them.
+ */
+function hybridScores(
+  vectorScores: Float64Array,
+  keywordScores: Float64Array,
+  held: (doc: number) => number,
+  asked: number,
+): Float64Array {
+  const top = (scores: Float64Array, needPositive: boolean) =>
+    [...scores.keys()]
       .filter((i) => !needPositive || (scores[i] as number) > 0)
-      .sort((x, y) => (scores[y] as number) - (scores[x] as number) || x - y);
-    const r = new Float64Array(scores.length).fill(Number.POSITIVE_INFINITY);
-    order.forEach((i, pos) => {
-      r[i] = pos + 1;
-    });
-    return r;
-  };
-  const rv = ranks(vectorScores, false);
-  const rk = ranks(keywordScores, true);
+      .sort((x, y) => (scores[y] as number) - (scores[x] as number) || x - y)
+      .slice(0, 50)
+      .map((i) => ({ id: String(i), score: scores[i] as number }));
+  const keyword = fusionMatches(
+    top(keywordScores, true).map((r) => ({ ...r, held: held(Number(r.id)), asked })),
+  );
   const out = new Float64Array(vectorScores.length);
-  for (let i = 0; i < out.length; i++)
-    out[i] = 1 / (k + (rv[i] as number)) + 1 / (k + (rk[i] as number));
+  for (const r of fuse([top(vectorScores, false), keyword])) out[Number(r.id)] = r.score;
   return out;
 }
 
@@ -230,6 +217,13 @@ const vecs = await embedAll([...documents.map((d) => d.text), ...queries.map((q)
 console.log(`embedded ${vecs.length} texts in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 const docVecs = vecs.slice(0, documents.length);
 const bm25 = bm25Index(documents.map((d) => d.text));
+const docWords = documents.map((d) => new Set(words(d.text)));
+/** The words of a query the keyword index looks for (as `queryTerms` in terms.ts chooses). */
+function queryWords(query: string): string[] {
+  const all = [...new Set(words(query))];
+  const content = all.filter((w) => !STOPWORDS.has(w));
+  return (content.length > 0 ? content : all).slice(0, MAX_QUERY_WORDS);
+}
 
 type Mode = "vector" | "keyword" | "hybrid";
 const rows: { group: string; mode: Mode; rank: number; query: EvalQuery; top: string }[] = [];
@@ -238,7 +232,13 @@ queries.forEach((q, qi) => {
   const qv = vecs[documents.length + qi] as Float32Array;
   const vector = Float64Array.from(docVecs, (d) => dot(d, qv));
   const keyword = bm25(q.query);
-  const hybrid = rrf(vector, keyword);
+  const terms = queryWords(q.query);
+  const hybrid = hybridScores(
+    vector,
+    keyword,
+    (doc) => terms.filter((w) => docWords[doc]?.has(w)).length,
+    terms.length,
+  );
   const sub = q.kind === "exact" ? (documents[expect] as EvalDocument).metadata.kind : "paraphrase";
   for (const [mode, scores, needPositive] of [
     ["vector", vector, false],

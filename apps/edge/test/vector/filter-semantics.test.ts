@@ -13,6 +13,26 @@ import {
 // SQL condition in D1 under another column expression (as the product's D1 queries use it).
 // All three must give exactly the expected ids.
 
+/** Every stored value that is present (not missing, not JSON null). */
+const PRESENT = [
+  "str",
+  "strNum",
+  "num",
+  "float",
+  "neg",
+  "zero",
+  "one",
+  "tru",
+  "fals",
+  "arr",
+  "obj",
+  "arrText",
+  "empty",
+  "emoji",
+  "fullwidth",
+  "both",
+];
+
 const KEYS = ["v", "w", "a.b", "a.length", "constructor"];
 
 const DOCS: Record<string, unknown> = {
@@ -62,48 +82,8 @@ const CASES: [VectorizeVectorMetadataFilter, string[]][] = [
   [{ v: { $ne: "abc" } }, except("str")],
   [{ v: { $ne: 1 } }, except("one")],
   // null: missing or JSON null; arrays and objects are present.
-  [
-    { v: null },
-    except(
-      "str",
-      "strNum",
-      "num",
-      "float",
-      "neg",
-      "zero",
-      "one",
-      "tru",
-      "fals",
-      "arr",
-      "obj",
-      "arrText",
-      "empty",
-      "emoji",
-      "fullwidth",
-      "both",
-    ),
-  ],
-  [
-    { v: { $ne: null } },
-    [
-      "str",
-      "strNum",
-      "num",
-      "float",
-      "neg",
-      "zero",
-      "one",
-      "tru",
-      "fals",
-      "arr",
-      "obj",
-      "arrText",
-      "empty",
-      "emoji",
-      "fullwidth",
-      "both",
-    ],
-  ],
+  [{ v: null }, except(...PRESENT)],
+  [{ v: { $ne: null } }, [...PRESENT]],
   // Membership, typed per value.
   [{ v: { $in: ["abc", 5] } }, ["both", "num", "str"]],
   [{ v: { $in: ["5"] } }, ["strNum"]],
