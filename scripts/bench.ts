@@ -267,7 +267,7 @@ if (searchReport) {
   const ms = (x: { p50: number; p99: number }) =>
     `p50 ${x.p50.toFixed(1)} ms, p99 ${x.p99.toFixed(1)} ms`;
   console.log(
-    `search over ${s.vectors} vectors (${s.queries} queries, stored in ${s.fillSeconds.toFixed(0)} s): embeddings ${ms(s.embeddingsMs)}`,
+    `search over ${s.vectors} vectors (${s.queries} queries, stored in ${s.fillSeconds.toFixed(0)} s, slowest job status call meanwhile ${(s.slowestStatusMs / 1000).toFixed(1)} s): embeddings ${ms(s.embeddingsMs)}`,
   );
   for (const [mode, m] of Object.entries(s.searchMs)) console.log(`  search ${mode}: ${ms(m)}`);
   console.log(
