@@ -2,7 +2,7 @@ import { z } from "zod";
 import { Retention } from "./access.js";
 
 /** Limits on what one request may carry. */
-export const LIMITS = {
+export const REQUEST_LIMITS = {
   maxDocumentsPerJob: 10_000,
   maxDocumentChars: 1_000_000,
   maxJobChars: 20_000_000,
@@ -101,8 +101,8 @@ const Metadata = z
     }
     return raw;
   }, MetadataRecord)
-  .refine((m) => JSON.stringify(m).length <= LIMITS.maxMetadataBytes, {
-    message: `metadata must serialise to at most ${LIMITS.maxMetadataBytes} bytes`,
+  .refine((m) => JSON.stringify(m).length <= REQUEST_LIMITS.maxMetadataBytes, {
+    message: `metadata must serialise to at most ${REQUEST_LIMITS.maxMetadataBytes} bytes`,
   })
   .meta({ description: "Flat key/value pairs stored with every chunk of the document." });
 
@@ -115,7 +115,7 @@ export const DocumentInput = z
       .optional()
       .meta({ description: "Your id for the document; generated when absent." }),
     text: WellFormedText()
-      .max(LIMITS.maxDocumentChars)
+      .max(REQUEST_LIMITS.maxDocumentChars)
       .refine((t) => t.trim().length > 0, { message: "text must not be empty" }),
     metadata: Metadata.optional(),
   })
@@ -176,7 +176,7 @@ export const CollectionName = z
 
 export const CreateJobRequest = z
   .object({
-    documents: z.array(DocumentInput).min(1).max(LIMITS.maxDocumentsPerJob),
+    documents: z.array(DocumentInput).min(1).max(REQUEST_LIMITS.maxDocumentsPerJob),
     collection: CollectionName.optional().meta({
       description: `Default: "${DEFAULT_COLLECTION}".`,
     }),
@@ -199,8 +199,8 @@ export const CreateJobRequest = z
           "A webhook for this job only; its signing secret is in the 202 response, once.",
       }),
   })
-  .refine((r) => r.documents.reduce((n, d) => n + d.text.length, 0) <= LIMITS.maxJobChars, {
-    message: `a job may hold at most ${LIMITS.maxJobChars} characters of text`,
+  .refine((r) => r.documents.reduce((n, d) => n + d.text.length, 0) <= REQUEST_LIMITS.maxJobChars, {
+    message: `a job may hold at most ${REQUEST_LIMITS.maxJobChars} characters of text`,
   })
   .refine(
     (r) => {
@@ -310,8 +310,8 @@ export type SearchMode = z.infer<typeof SearchMode>;
 
 export const SearchRequest = z
   .object({
-    query: WellFormedText().min(1).max(LIMITS.maxQueryChars),
-    topK: z.number().int().min(1).max(LIMITS.maxTopK).default(10),
+    query: WellFormedText().min(1).max(REQUEST_LIMITS.maxQueryChars),
+    topK: z.number().int().min(1).max(REQUEST_LIMITS.maxTopK).default(10),
     mode: SearchMode.default("vector"),
     model: z.string().min(1).max(64).optional(),
     pool: Pool.optional().meta({
@@ -388,11 +388,11 @@ export type CollectionList = z.infer<typeof CollectionList>;
 export const EmbeddingsRequest = z
   .object({
     input: z.union([
-      WellFormedText().min(1).max(LIMITS.maxQueryChars),
+      WellFormedText().min(1).max(REQUEST_LIMITS.maxQueryChars),
       z
-        .array(WellFormedText().min(1).max(LIMITS.maxQueryChars))
+        .array(WellFormedText().min(1).max(REQUEST_LIMITS.maxQueryChars))
         .min(1)
-        .max(LIMITS.maxEmbeddingInputs),
+        .max(REQUEST_LIMITS.maxEmbeddingInputs),
     ]),
     model: z.string().min(1).max(64),
     encoding_format: z.enum(["float", "base64"]).optional(),

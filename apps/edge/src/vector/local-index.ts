@@ -10,7 +10,7 @@ const SCHEMA_VERSION = 1;
  * Vectorize v2's limits (developers.cloudflare.com/vectorize/platform/limits and the query()
  * reference), enforced locally so that what works here also works in production.
  */
-export const LIMITS = {
+export const VECTORIZE_LIMITS = {
   maxDimensions: 1536,
   maxIdBytes: 64,
   maxNamespaceBytes: 64,
@@ -129,14 +129,20 @@ export class LocalVectorIndex extends DurableObject<Env> {
   }
 
   private applyConfig({ dimensions, metadataIndexes = [] }: LocalIndexConfig): void {
-    if (!Number.isInteger(dimensions) || dimensions < 1 || dimensions > LIMITS.maxDimensions)
-      throw new Error(`dimensions must be an integer from 1 to ${LIMITS.maxDimensions}`);
+    if (
+      !Number.isInteger(dimensions) ||
+      dimensions < 1 ||
+      dimensions > VECTORIZE_LIMITS.maxDimensions
+    )
+      throw new Error(`dimensions must be an integer from 1 to ${VECTORIZE_LIMITS.maxDimensions}`);
     if (this.dimensions !== 0 && this.dimensions !== dimensions)
       throw new Error(`index has ${this.dimensions} dimensions; it cannot change to ${dimensions}`);
     for (const key of metadataIndexes) checkKey(key);
     const keys = [...new Set([...this.metadataIndexes, ...metadataIndexes])];
-    if (keys.length > LIMITS.maxMetadataIndexes)
-      throw new Error(`an index has at most ${LIMITS.maxMetadataIndexes} metadata indexes`);
+    if (keys.length > VECTORIZE_LIMITS.maxMetadataIndexes)
+      throw new Error(
+        `an index has at most ${VECTORIZE_LIMITS.maxMetadataIndexes} metadata indexes`,
+      );
     this.ctx.storage.transactionSync(() => {
       this.setMeta("dimensions", String(dimensions));
       this.setMeta("metadata_indexes", JSON.stringify(keys));
@@ -165,8 +171,10 @@ export class LocalVectorIndex extends DurableObject<Env> {
 
   private write(vectors: VectorizeVector[], overwrite: boolean): VectorizeAsyncMutation {
     if (!Array.isArray(vectors)) throw new Error("vectors must be an array");
-    if (vectors.length > LIMITS.maxBatch)
-      throw new Error(`at most ${LIMITS.maxBatch} vectors per call, got ${vectors.length}`);
+    if (vectors.length > VECTORIZE_LIMITS.maxBatch)
+      throw new Error(
+        `at most ${VECTORIZE_LIMITS.maxBatch} vectors per call, got ${vectors.length}`,
+      );
     const rows = vectors.map(prepare);
     // First write fixes the dimensions of an unconfigured index; the whole batch must agree.
     const dims = this.dimensions || (rows[0]?.values.length ?? 0);
@@ -208,13 +216,19 @@ export class LocalVectorIndex extends DurableObject<Env> {
     vector: VectorFloatArray | number[],
     options: VectorizeQueryOptions = {},
   ): Promise<VectorizeMatches> {
-    const { topK = LIMITS.defaultTopK, returnValues = false, namespace, filter } = options;
+    const {
+      topK = VECTORIZE_LIMITS.defaultTopK,
+      returnValues = false,
+      namespace,
+      filter,
+    } = options;
     const level = metadataLevel(options.returnMetadata);
-    const max = returnValues || level === "all" ? LIMITS.maxTopKWithData : LIMITS.maxTopK;
+    const max =
+      returnValues || level === "all" ? VECTORIZE_LIMITS.maxTopKWithData : VECTORIZE_LIMITS.maxTopK;
     if (!Number.isInteger(topK) || topK < 1 || topK > max)
       throw new Error(
         `topK must be an integer from 1 to ${max} ` +
-          `(${LIMITS.maxTopKWithData} with returnValues or returnMetadata "all"), got ${topK}`,
+          `(${VECTORIZE_LIMITS.maxTopKWithData} with returnValues or returnMetadata "all"), got ${topK}`,
       );
     const q = toFloat32(vector, "query vector");
     if (this.dimensions === 0) return { matches: [], count: 0 };
@@ -394,15 +408,17 @@ function toFloat32(values: VectorFloatArray | number[], what: string): Float32Ar
 function prepare(v: VectorizeVector): Prepared {
   if (typeof v?.id !== "string" || v.id.length === 0)
     throw new Error("every vector needs a non-empty string id");
-  if (byteLength(v.id) > LIMITS.maxIdBytes)
-    throw new Error(`vector id "${v.id}" is longer than ${LIMITS.maxIdBytes} bytes`);
+  if (byteLength(v.id) > VECTORIZE_LIMITS.maxIdBytes)
+    throw new Error(`vector id "${v.id}" is longer than ${VECTORIZE_LIMITS.maxIdBytes} bytes`);
   const values = toFloat32(v.values, `vector "${v.id}"`);
   const namespace = v.namespace ?? null;
-  if (namespace !== null && byteLength(namespace) > LIMITS.maxNamespaceBytes)
-    throw new Error(`namespace "${namespace}" is longer than ${LIMITS.maxNamespaceBytes} bytes`);
+  if (namespace !== null && byteLength(namespace) > VECTORIZE_LIMITS.maxNamespaceBytes)
+    throw new Error(
+      `namespace "${namespace}" is longer than ${VECTORIZE_LIMITS.maxNamespaceBytes} bytes`,
+    );
   const metadata = v.metadata === undefined ? null : JSON.stringify(v.metadata);
-  if (metadata !== null && byteLength(metadata) > LIMITS.maxMetadataBytes)
-    throw new Error(`metadata of "${v.id}" is over ${LIMITS.maxMetadataBytes} bytes`);
+  if (metadata !== null && byteLength(metadata) > VECTORIZE_LIMITS.maxMetadataBytes)
+    throw new Error(`metadata of "${v.id}" is over ${VECTORIZE_LIMITS.maxMetadataBytes} bytes`);
   return { id: v.id, namespace, metadata, values };
 }
 
@@ -433,7 +449,7 @@ function pickIndexed(
     const path = key.split(".");
     let value: unknown = metadata;
     for (const seg of path) value = (value as Record<string, unknown> | undefined)?.[seg];
-    if (typeof value === "string") value = truncateUtf8(value, LIMITS.indexedStringBytes);
+    if (typeof value === "string") value = truncateUtf8(value, VECTORIZE_LIMITS.indexedStringBytes);
     else if (typeof value !== "number" && typeof value !== "boolean") continue;
     let target = out;
     for (const seg of path.slice(0, -1)) {
