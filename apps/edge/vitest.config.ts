@@ -18,6 +18,9 @@ export default defineConfig({
           MAX_BACKLOG_TASKS: "200",
           // Scripted test donors answer by position, not by text; canary tests turn them on.
           VERIFY_CANARY_RATE: "0",
+          // For the same reason their vectors do not belong to a text: tests of the embedding
+          // cache turn it on per job.
+          EMBEDDING_CACHE: "off",
           TEST_MIGRATIONS: await readD1Migrations(path.join(root, "migrations")),
         },
       },

@@ -7,8 +7,16 @@ import type { AppEnv } from "./lib/auth.js";
 import { AppError } from "./lib/errors.js";
 import { KeyringNotConfigured } from "./lib/keyring.js";
 
-/** Largest request body the API reads (a job's text limit plus JSON overhead). */
+/** Largest request body the API reads (a job's text limit plus JSON overhead; file uploads). */
 export const MAX_BODY_BYTES = 32 * 1024 * 1024;
+
+/** NDJSON, one document per line: read as a stream, so it has no size limit. */
+export const isNdjson = (type: string | undefined) =>
+  /^application\/(x-)?(ndjson|jsonl|jsonlines)\b/i.test(type ?? "");
+export const isMultipart = (type: string | undefined) =>
+  /^multipart\/form-data\b/i.test(type ?? "");
+/** Where documents arrive: a new job, or more for an open one. */
+const INGEST_PATH = /^\/v1\/jobs(\/[^/]+\/documents)?$/;
 
 /** Maps zod failures to the API's error body: 422 with every issue listed. */
 function validationHook(result: { success: boolean; error?: z.ZodError; target?: string }) {
@@ -53,24 +61,33 @@ export function createApp() {
     c.req.header("Upgrade")?.toLowerCase() === "websocket" ? next() : headers(c, next),
   );
 
-  app.use(
-    "/v1/*",
-    bodyLimit({
-      maxSize: MAX_BODY_BYTES,
-      onError: () => {
-        throw new AppError(413, "payload_too_large", `request body over ${MAX_BODY_BYTES} bytes`);
-      },
-    }),
+  const limit = bodyLimit({
+    maxSize: MAX_BODY_BYTES,
+    onError: () => {
+      throw new AppError(413, "payload_too_large", `request body over ${MAX_BODY_BYTES} bytes`);
+    },
+  });
+  app.use("/v1/*", (c, next) =>
+    // A stream of documents is read line by line in flat memory: it needs no cap.
+    isNdjson(c.req.header("Content-Type")) && INGEST_PATH.test(c.req.path)
+      ? next()
+      : limit(c, next),
   );
 
   app.use("/v1/*", async (c, next) => {
     if (c.req.method === "POST" || c.req.method === "PUT" || c.req.method === "PATCH") {
       const type = c.req.header("Content-Type") ?? "";
-      if (!/^application\/([\w.+-]*\+)?json\b/i.test(type)) {
+      const ingest = c.req.method === "POST" && INGEST_PATH.test(c.req.path);
+      if (
+        !/^application\/([\w.+-]*\+)?json\b/i.test(type) &&
+        !(ingest && (isNdjson(type) || isMultipart(type)))
+      ) {
         throw new AppError(
           415,
           "unsupported_media_type",
-          "send the body as JSON with Content-Type: application/json",
+          ingest
+            ? "send documents as JSON (application/json), as NDJSON (application/x-ndjson, one document per line) or as files (multipart/form-data)"
+            : "send the body as JSON with Content-Type: application/json",
         );
       }
     }

@@ -1,6 +1,7 @@
 import { MODELS } from "@p2pa/shared";
 import { createApp } from "./app.js";
 import { shardsFrom } from "./dispatch/shards.js";
+import { documentRoutes } from "./routes/documents.js";
 import { embeddingRoutes } from "./routes/embeddings.js";
 import { eventRoutes } from "./routes/events.js";
 import { jobs } from "./routes/jobs.js";
@@ -56,6 +57,7 @@ app.get("/healthz", async (c) => {
 });
 
 app.route("/", jobs);
+app.route("/", documentRoutes);
 app.route("/", resultRoutes);
 app.route("/", eventRoutes);
 app.route("/", webhookRoutes);

@@ -3,7 +3,7 @@ import { encodeVector, PROTOCOL_VERSION, TASK_SIZE } from "@p2pa/shared";
 import { describe, expect, it } from "vitest";
 import type { Dispatcher } from "../src/dispatch/dispatcher.js";
 import { dispatcherFor } from "../src/dispatch/shards.js";
-import { call, job, KEYS, submit, TestWorker, workerToken } from "./helpers.js";
+import { call, job, KEYS, originalsOf, submit, TestWorker, workerToken } from "./helpers.js";
 
 const stub = (jobId: string) => dispatcherFor(env, "use-lite", jobId);
 
@@ -66,7 +66,7 @@ describe("Dispatcher", () => {
     });
     w.send(w.resultFor(third));
     expect(await w.next("ack")).toMatchObject({ status: "stored" });
-    expect((await job(j.id)).chunks).toEqual({ total: 5, done: 5, failed: 0 });
+    expect((await job(j.id)).chunks).toEqual({ total: 5, done: 5, failed: 0, cached: 0 });
     w.ws.close();
   });
 
@@ -273,14 +273,16 @@ describe("Dispatcher", () => {
     const chunkIds = (
       (await (await call(`/v1/jobs/${j.id}/chunks`)).json()) as { data: { id: string }[] }
     ).data.map((c) => c.id);
-    expect(await env.RAW.head(`raw/t1/${j.id}.ndjson`)).not.toBeNull();
+    const originals = await originalsOf(j.id);
+    expect(originals.length).toBe(3);
+    for (const key of originals) expect(await env.RAW.head(key)).not.toBeNull();
     expect((await call(`/v1/jobs/${j.id}`, { method: "DELETE", key: KEYS.other })).status).toBe(
       404,
     );
     expect((await call(`/v1/jobs/${j.id}`, { method: "DELETE" })).status).toBe(204);
     expect((await call(`/v1/jobs/${j.id}`)).status).toBe(404);
     expect((await call(`/v1/jobs/${j.id}`, { method: "DELETE" })).status).toBe(404);
-    expect(await env.RAW.head(`raw/t1/${j.id}.ndjson`)).toBeNull();
+    for (const key of originals) expect(await env.RAW.head(key)).toBeNull();
     const { getVectorIndex } = await import("../src/vector/index.js");
     expect(await getVectorIndex(env, "use-lite").getByIds(chunkIds)).toEqual([]);
     w.ws.close();

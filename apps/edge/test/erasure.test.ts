@@ -10,12 +10,11 @@ import { dispatcherAt, shardCount } from "../src/dispatch/shards.js";
 import { sha256Hex } from "../src/lib/crypto.js";
 import { DecryptError, Keyring } from "../src/lib/keyring.js";
 import { ledger } from "../src/tenant/limits.js";
-import { rawKey } from "../src/tenant/raw.js";
 import { localIndexName } from "../src/vector/config.js";
 import { getVectorIndex } from "../src/vector/index.js";
 import type { Delivery } from "../src/webhooks/hub.js";
 import { webhookHub } from "../src/webhooks/index.js";
-import { call, KEYS, TestWorker, workerToken } from "./helpers.js";
+import { call, KEYS, originalsOf, TestWorker, workerToken } from "./helpers.js";
 
 /*
  * Erasure, proven by looking everywhere: every D1 table, every R2 object and every Durable
@@ -464,7 +463,7 @@ async function readEvents(res: Response): Promise<Sse[]> {
 const needlesOf = (docs: Doc[]) => docs.flatMap((d) => [...d.words, d.id]);
 
 /** What the scan must see of a live job: text via decryption in D1 and R2, ids in every store. */
-function expectLiveJob(scan: Scan, jobId: string, docs: Doc[], what: string) {
+async function expectLiveJob(scan: Scan, jobId: string, docs: Doc[], what: string) {
   const all = describeHits(scan.hits);
   expect(scan.opaque, `${what}: sealed values the scan could not open`).toEqual([]);
   const textHits = scan.hits.filter((h) => docs.some((d) => d.words.includes(h.needle)));
@@ -487,7 +486,12 @@ function expectLiveJob(scan: Scan, jobId: string, docs: Doc[], what: string) {
     /^do:LocalVectorIndex\(index:use-lite\)\.vectors\./m,
   );
   expect(jobPlaces, `${what}: job id on the Dispatcher`).toMatch(/^do:Dispatcher\(use-lite:0\)\./m);
-  expect(jobPlaces, `${what}: job id in the R2 key`).toMatch(/^r2:key$/m);
+  // Originals are kept under their content hash (documents with the same bytes share one), so
+  // the job is found through its rows: each original they name is in R2.
+  const originals = await originalsOf(jobId);
+  expect(originals.length, `${what}: originals named by the job's documents`).toBeGreaterThan(0);
+  for (const key of originals)
+    expect(await env.RAW.head(key), `${what}: original ${key} in R2`).not.toBeNull();
 }
 
 /** Workers of the running test: closed after it, so a failed test leaves no worker holding tasks. */
@@ -551,14 +555,16 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
     });
     expect(delivery.jobId).toBe(j.id);
     expect(received.some((r) => r.body.includes(j.id))).toBe(true);
-    const sealedBefore = await env.DB.prepare("SELECT id, text FROM chunks WHERE job_id = ?")
+    const sealedBefore = await env.DB.prepare(
+      "SELECT id, text FROM chunks WHERE job_id = ? ORDER BY id",
+    )
       .bind(j.id)
       .all<{ id: string; text: string }>();
     expect(sealedBefore.results.length).toBe(chunkIds.length);
 
     const needles = [...needlesOf(docs), j.id, endpointId, `${hookBase}/job`, ...chunkIds];
     const before = await scanEverything(needles, a.tenant);
-    expectLiveJob(before, j.id, docs, "before deletion");
+    await expectLiveJob(before, j.id, docs, "before deletion");
     expect(placesOf(before.hits, j.id).join("\n"), "job id in the webhook hub").toMatch(
       /^do:WebhookHub\(tenant:[^)]+\)\.deliveries\.job_id$/m,
     );
@@ -612,7 +618,7 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
       keptChunks.length,
     );
     const otherScan = await scanEverything([...needlesOf(keep), other.id], a.tenant);
-    expectLiveJob(otherScan, other.id, keep, "the other job after the deletion");
+    await expectLiveJob(otherScan, other.id, keep, "the other job after the deletion");
   });
 
   it("DELETE /v1/jobs/{id}/documents/{documentId} removes that document only, everywhere", async () => {
@@ -632,7 +638,7 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
       [...needles, j.id, ...keepA.words, ...keepB.words],
       a.tenant,
     );
-    expectLiveJob(before, j.id, docs, "before deleting the document");
+    await expectLiveJob(before, j.id, docs, "before deleting the document");
     for (const id of goneChunks)
       expect(placesOf(before.hits, id), `chunk ${id}`).toEqual(
         expect.arrayContaining(["d1:chunks.id", "do:LocalVectorIndex(index:use-lite).vectors.id"]),
@@ -670,19 +676,24 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
         expect.arrayContaining(["d1:chunks.text [decrypted]", "r2:body [decrypted]"]),
       );
     }
-    const raw = await env.RAW.get(rawKey(a.tenant, j.id));
-    expect(raw).not.toBeNull();
-    const rawText = utf8.decode(
-      await keyring().decryptBytes(
-        a.tenant,
-        new Uint8Array(await (raw as R2ObjectBody).arrayBuffer()),
-        rawKey(a.tenant, j.id),
-      ),
-    );
-    expect(rawText.split("\n").map((l) => (JSON.parse(l) as { id: string }).id)).toEqual([
-      keepA.id,
-      keepB.id,
-    ]);
+    // Their originals are still kept; the deleted one's is gone.
+    const kept = await originalsOf(j.id);
+    expect(kept.length).toBe(2);
+    const texts = [];
+    for (const key of kept) {
+      const raw = await env.RAW.get(key);
+      expect(raw).not.toBeNull();
+      texts.push(
+        utf8.decode(
+          await keyring().decryptBytes(
+            a.tenant,
+            new Uint8Array(await (raw as R2ObjectBody).arrayBuffer()),
+            key,
+          ),
+        ),
+      );
+    }
+    expect(texts.sort()).toEqual([keepA.text, keepB.text].sort());
 
     // Counters and listings follow.
     expect(await getJob(j.id, a.key)).toMatchObject({
@@ -778,8 +789,9 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
       .bind(j1.id)
       .first<{ id: string; text: string }>()) as { id: string; text: string };
     expect(Keyring.isCiphertext(copy.text)).toBe(true);
+    const rawCopyKey = (await originalsOf(j1.id))[0] as string;
     const rawCopy = new Uint8Array(
-      await ((await env.RAW.get(rawKey(a.tenant, j1.id))) as R2ObjectBody).arrayBuffer(),
+      await ((await env.RAW.get(rawCopyKey)) as R2ObjectBody).arrayBuffer(),
     );
     expect(await keyring().decrypt(a.tenant, copy.text, copy.id)).toMatch(/quokka|wombat/);
 
@@ -799,8 +811,8 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
       hookBase,
     ];
     const before = await scanEverything(needles, a.tenant);
-    expectLiveJob(before, j1.id, docs1, "before erasure (job 1)");
-    expectLiveJob(before, j2.id, docs2, "before erasure (job 2)");
+    await expectLiveJob(before, j1.id, docs1, "before erasure (job 1)");
+    await expectLiveJob(before, j2.id, docs2, "before erasure (job 2)");
     const tenantPlaces = placesOf(before.hits, a.tenant);
     expect(tenantPlaces, "the tenant's name").toEqual(
       expect.arrayContaining([
@@ -857,9 +869,9 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
     await expect(keyring().decrypt(a.tenant, copy.text, copy.id)).rejects.toBeInstanceOf(
       DecryptError,
     );
-    await expect(
-      keyring().decryptBytes(a.tenant, rawCopy, rawKey(a.tenant, j1.id)),
-    ).rejects.toBeInstanceOf(DecryptError);
+    await expect(keyring().decryptBytes(a.tenant, rawCopy, rawCopyKey)).rejects.toBeInstanceOf(
+      DecryptError,
+    );
     // The ledger holds no audit entry, schedule, or (in memory) rate state of the tenant either.
     expect(await ledger(env, a.tenant).usage()).toEqual({ requestsLastMinute: {} });
     expect((await ledger(env, a.tenant).list()).data).toEqual([]);
@@ -867,7 +879,7 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
 
     // t1 is untouched.
     const t1Scan = await scanEverything([...needlesOf(t1Docs), t1Job.id], "t1");
-    expectLiveJob(t1Scan, t1Job.id, t1Docs, "t1 after another tenant's erasure");
+    await expectLiveJob(t1Scan, t1Job.id, t1Docs, "t1 after another tenant's erasure");
     expect(await getJob(t1Job.id, KEYS.api)).toMatchObject({ status: "completed" });
     expect((await chunksOf(t1Job.id, KEYS.api))[0]?.text).toContain("kept");
     // Clean up t1's job for the tests that follow.
@@ -888,6 +900,7 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
     ]);
     const chunkIds = (await chunksOf(j0.id, a.key)).map((c) => c.id);
     const stub = ledger(env, a.tenant);
+    const originals0 = await originalsOf(j0.id);
 
     // The notifier schedules each purge at the job's end. The 0-day one is due at once, so the
     // alarm may already have run it on its own; otherwise it is run here.
@@ -911,7 +924,8 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
     expect(job0).toMatchObject({ status: "completed", retention: { textDays: 0 } });
     const purgedChunks = await chunksOf(j0.id, a.key);
     expect(purgedChunks.map((c) => c.text)).toEqual(chunkIds.map(() => null));
-    expect(await env.RAW.head(rawKey(a.tenant, j0.id))).toBeNull();
+    expect(await originalsOf(j0.id)).toEqual([]);
+    for (const key of originals0) expect(await env.RAW.head(key)).toBeNull();
     const scan = await scanEverything(
       [...needlesOf(long), j30.id, ...short.flatMap((d) => d.words)],
       a.tenant,
@@ -945,8 +959,8 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
     const job30 = await getJob(j30.id, a.key);
     expect(job30.retention).toEqual({ textDays: 30 });
     expect((await chunksOf(j30.id, a.key)).every((c) => c.text !== null)).toBe(true);
-    expect(await env.RAW.head(rawKey(a.tenant, j30.id))).not.toBeNull();
-    expectLiveJob(
+    for (const key of await originalsOf(j30.id)) expect(await env.RAW.head(key)).not.toBeNull();
+    await expectLiveJob(
       await scanEverything([...needlesOf(long), j30.id], a.tenant),
       j30.id,
       long,

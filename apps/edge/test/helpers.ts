@@ -139,8 +139,10 @@ export class TestWorker {
 }
 
 export async function submit(nDocs: number) {
+  // Each submit's texts are its own: originals are shared by content, so tests stay apart.
+  const nonce = crypto.randomUUID().slice(0, 8);
   const documents = Array.from({ length: nDocs }, (_, i) => ({
-    text: `Document number ${i} says something short.`,
+    text: `Document number ${i} says something short (${nonce}).`,
   }));
   const res = await call("/v1/jobs", { method: "POST", json: { documents } });
   expect(res.status).toBe(202);
@@ -197,4 +199,14 @@ export async function roundTrip(w: TestWorker, timeoutMs = 5000): Promise<void> 
       );
     await new Promise((r) => setTimeout(r, 10));
   }
+}
+
+/** The R2 keys of the originals a job's documents name. */
+export async function originalsOf(jobId: string): Promise<string[]> {
+  const rows = await env.DB.prepare(
+    "SELECT DISTINCT raw_key AS k FROM documents WHERE job_id = ? AND raw_key IS NOT NULL ORDER BY raw_key",
+  )
+    .bind(jobId)
+    .all<{ k: string }>();
+  return rows.results.map((r) => r.k);
 }

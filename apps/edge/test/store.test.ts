@@ -20,7 +20,25 @@ function newJob(id: string, chunks: number): NewJob {
     idempotencyKey: null,
     requestHash: null,
     createdAt: new Date().toISOString(),
-    documents: [{ seq: 0, id: "doc", metadata: { k: "v" }, chars: 10 * chunks }],
+    documents: [
+      {
+        seq: 0,
+        id: "doc",
+        metadata: { k: "v" },
+        chars: 10 * chunks,
+        // Each job's document is a document of its own (not a version of another job's).
+        docKey: `${id}/doc`,
+        state: "current",
+        version: 1,
+        contentHash: id,
+        fingerprint: id,
+        rawKey: null,
+        createdAt: new Date().toISOString(),
+      },
+    ],
+    unchanged: 0,
+    accepting: false,
+    keepOriginals: true,
     // More chunks than one statement can carry, to exercise the statement splitting.
     chunks: Array.from({ length: chunks }, (_, i) => ({
       id: `${id}.00000.${String(i).padStart(5, "0")}`,
@@ -59,12 +77,14 @@ describe("D1Store", () => {
       total: 120,
       done: 100,
       failed: 0,
+      cached: 0,
     });
     await store.recordFailed("job_b", ids.slice(90, 110), "poison");
     expect((await store.getJob("t1", "job_b"))?.chunks).toEqual({
       total: 120,
       done: 100,
       failed: 10,
+      cached: 0,
     });
     expect((await store.getJob("t1", "job_b"))?.status).toBe("queued");
     await store.recordDone("job_b", ids.slice(110));

@@ -174,30 +174,53 @@ export const CollectionName = z
     description: "A named namespace of a tenant's documents; searches target one or several.",
   });
 
+/** A job's options: the body of a JSON job without its documents, an NDJSON header, a form field. */
+const jobOptionFields = {
+  collection: CollectionName.optional().meta({
+    description: `Default: "${DEFAULT_COLLECTION}".`,
+  }),
+  chunking: ChunkingInput.optional(),
+  model: z.string().min(1).max(64).optional(),
+  open: z.boolean().optional().meta({
+    description:
+      "Keep the job open for more documents (POST /v1/jobs/{id}/documents) until it is closed; it cannot complete before. Default: false.",
+  }),
+  cache: z.boolean().optional().meta({
+    description:
+      "Take vectors already computed and verified for the same text (the tenant's embedding cache) instead of sending those chunks to workers. Default: the deployment's EMBEDDING_CACHE (on).",
+  }),
+  keepOriginals: z.boolean().optional().meta({
+    description:
+      "Keep each document's original (sealed, under its content hash) in the document store. Default: true.",
+  }),
+  verification: Verification.optional().meta({
+    description: "Default: the deployment's VERIFICATION (auto).",
+  }),
+  pool: Pool.optional().meta({ description: "Default: any." }),
+  privacy: Privacy.optional().meta({ description: "Default: the deployment's PII_MASK (none)." }),
+  retention: Retention.optional().meta({ description: "Default: the tenant's policy (keep)." }),
+  webhook: z
+    .object({
+      url: z.string().min(1).max(2048),
+      events: z.array(WebhookEventType).min(1).optional(),
+    })
+    .optional()
+    .meta({
+      description: "A webhook for this job only; its signing secret is in the 202 response, once.",
+    }),
+};
+
+export const CreateJobOptions = z.object(jobOptionFields).strict().meta({
+  id: "CreateJobOptions",
+  description:
+    'A job\'s options without its documents: the first line of an NDJSON body as {"job": {...}}, or the `options` field of a file upload.',
+});
+export type CreateJobOptions = z.infer<typeof CreateJobOptions>;
+
 export const CreateJobRequest = z
   .object({
     documents: z.array(DocumentInput).min(1).max(REQUEST_LIMITS.maxDocumentsPerJob),
-    collection: CollectionName.optional().meta({
-      description: `Default: "${DEFAULT_COLLECTION}".`,
-    }),
-    chunking: ChunkingInput.optional(),
-    model: z.string().min(1).max(64).optional(),
-    verification: Verification.optional().meta({
-      description: "Default: the deployment's VERIFICATION (auto).",
-    }),
-    pool: Pool.optional().meta({ description: "Default: any." }),
-    privacy: Privacy.optional().meta({ description: "Default: the deployment's PII_MASK (none)." }),
-    retention: Retention.optional().meta({ description: "Default: the tenant's policy (keep)." }),
-    webhook: z
-      .object({
-        url: z.string().min(1).max(2048),
-        events: z.array(WebhookEventType).min(1).optional(),
-      })
-      .optional()
-      .meta({
-        description:
-          "A webhook for this job only; its signing secret is in the 202 response, once.",
-      }),
+    ...jobOptionFields,
   })
   .refine((r) => r.documents.reduce((n, d) => n + d.text.length, 0) <= REQUEST_LIMITS.maxJobChars, {
     message: `a job may hold at most ${REQUEST_LIMITS.maxJobChars} characters of text`,
@@ -219,7 +242,25 @@ export const Job = z
     model: z.string(),
     collection: z.string(),
     documents: z.number().int(),
-    chunks: z.object({ total: z.number().int(), done: z.number().int(), failed: z.number().int() }),
+    documentsUnchanged: z.number().int().meta({
+      description:
+        "Documents submitted again exactly as their current version: skipped, nothing computed.",
+    }),
+    chunks: z.object({
+      total: z.number().int(),
+      done: z.number().int(),
+      failed: z.number().int(),
+      cached: z.number().int().meta({
+        description:
+          "Chunks whose vector came from the embedding cache (also counted in done): no worker computed them.",
+      }),
+    }),
+    accepting: z.boolean().meta({
+      description: "True while the job takes more documents; it completes only once closed.",
+    }),
+    keepOriginals: z.boolean().meta({
+      description: "Whether the originals of the job's documents are kept in the document store.",
+    }),
     chunking: z.object({ maxChars: z.number().int(), overlap: z.number().int() }),
     verification: Verification,
     pool: Pool,
@@ -254,6 +295,10 @@ export const Chunk = z
     start: z.number().int(),
     end: z.number().int(),
     metadata: z.record(z.string(), z.unknown()),
+    headings: z.array(z.string()).optional().meta({
+      description: "The headings the chunk sits under in its document, outermost first.",
+    }),
+    page: z.number().int().optional().meta({ description: "The PDF page the chunk is on." }),
     status: z.enum(["pending", "done", "failed"]),
     error: z.string().optional().meta({ description: "Why the chunk failed, when it did." }),
     vector: z.array(z.number()).optional(),
@@ -273,6 +318,130 @@ export const ChunkQuery = z.object({
     .enum(["true", "false", "1", "0"])
     .optional()
     .transform((s) => s === "true" || s === "1"),
+});
+
+export const JobListQuery = z.object({
+  status: JobStatus.optional(),
+  collection: CollectionName.optional(),
+  cursor: z.string().max(128).optional(),
+  limit: z.coerce.number().int().min(1).max(100).default(20),
+});
+
+export const JobList = z
+  .object({ data: z.array(Job), nextCursor: z.string().nullable() })
+  .meta({ id: "JobList" });
+export type JobList = z.infer<typeof JobList>;
+
+export const AppendDocumentsRequest = z
+  .object({
+    documents: z.array(DocumentInput).min(1).max(REQUEST_LIMITS.maxDocumentsPerJob),
+    close: z.boolean().optional().meta({
+      description: "Close the job after these documents: it completes once they are done.",
+    }),
+  })
+  .strict()
+  .meta({ id: "AppendDocumentsRequest" });
+export type AppendDocumentsRequest = z.infer<typeof AppendDocumentsRequest>;
+
+/** A document or line the edge did not take, and why; the others were taken. */
+export const IngestRejection = z
+  .object({
+    line: z.number().int().optional().meta({ description: "NDJSON line (1-based)." }),
+    file: z.string().optional().meta({ description: "Uploaded file name." }),
+    id: z.string().optional(),
+    code: z.string(),
+    message: z.string(),
+  })
+  .meta({ id: "IngestRejection" });
+export type IngestRejection = z.infer<typeof IngestRejection>;
+
+export const IngestReport = z
+  .object({
+    accepted: z.number().int().meta({ description: "Documents taken into the job." }),
+    unchanged: z.number().int().meta({
+      description: "Of those, documents identical to their current version (skipped).",
+    }),
+    rejected: z.number().int(),
+    rejections: z.array(IngestRejection).meta({ description: "The first 100 rejections." }),
+  })
+  .meta({ id: "IngestReport" });
+export type IngestReport = z.infer<typeof IngestReport>;
+
+export const DOCUMENT_VERSION_STATES = [
+  "pending",
+  "current",
+  "superseded",
+  "failed",
+  "cancelled",
+] as const;
+
+export const DocumentVersion = z
+  .object({
+    version: z.number().int(),
+    state: z.enum(DOCUMENT_VERSION_STATES).meta({
+      description:
+        "pending: being indexed (search shows the current version meanwhile); current: the version search shows; superseded: replaced by a later version (its chunks are gone); failed or cancelled: never became current.",
+    }),
+    jobId: z.string(),
+    chunks: z.number().int(),
+    chars: z.number().int(),
+    contentHash: z.string().nullable(),
+    original: z.boolean().meta({ description: "Whether the original is kept." }),
+    createdAt: z.string().nullable(),
+    error: z.string().optional(),
+  })
+  .meta({ id: "DocumentVersion" });
+export type DocumentVersion = z.infer<typeof DocumentVersion>;
+
+export const DocumentStatus = z.enum(["indexing", "ready", "failed"]).meta({
+  id: "DocumentStatus",
+  description:
+    "indexing: its newest version is being computed; ready: its current version is searchable and no newer one is pending; failed: it has no current version and its newest failed.",
+});
+
+export const Document = z
+  .object({
+    id: z.string(),
+    collection: z.string(),
+    status: DocumentStatus,
+    metadata: z.record(z.string(), z.unknown()),
+    current: DocumentVersion.nullable(),
+    pending: DocumentVersion.nullable(),
+    versions: z.array(DocumentVersion).meta({ description: "Every version, newest first." }),
+  })
+  .meta({ id: "Document" });
+export type Document = z.infer<typeof Document>;
+
+export const DocumentSummary = Document.omit({ versions: true }).meta({ id: "DocumentSummary" });
+export type DocumentSummary = z.infer<typeof DocumentSummary>;
+
+export const DocumentList = z
+  .object({ data: z.array(DocumentSummary), nextCursor: z.string().nullable() })
+  .meta({ id: "DocumentList" });
+export type DocumentList = z.infer<typeof DocumentList>;
+
+export const DocumentListQuery = z.object({
+  collection: CollectionName.optional().meta({ description: "Default: all collections." }),
+  status: DocumentStatus.optional(),
+  jobId: z
+    .string()
+    .max(64)
+    .optional()
+    .meta({ description: "Documents with a version in this job." }),
+  prefix: z.string().max(128).optional().meta({ description: "Ids starting with this." }),
+  cursor: z.string().max(256).optional(),
+  limit: z.coerce.number().int().min(1).max(100).default(20),
+});
+
+export const DocumentParams = z.object({
+  id: z.string().min(1).max(128),
+});
+
+export const DocumentQuery = z.object({
+  collection: CollectionName.optional().meta({
+    description:
+      "The document's collection; when absent, the one collection holding a document of this id (422 when several do).",
+  }),
 });
 
 const FilterScalar = z.union([z.string().max(1024), z.number(), z.boolean()]);

@@ -93,3 +93,49 @@ export function chunkText(text: string, options: ChunkOptions): TextChunk[] {
   }
   return chunks;
 }
+
+/** A chunk of a sectioned document, with the heading path and page of the section it is from. */
+export interface SectionChunk extends TextChunk {
+  headings?: string[];
+  page?: number;
+}
+
+/**
+ * Chunks each section on its own (a chunk never spans two sections or two pages), numbering
+ * chunks across the whole text; offsets are into the whole text; empty sections are skipped.
+ *
+ * No merging: a short section (a heading directly followed by a subheading, a one-line
+ * page) stays its own small chunk. Merging it into its neighbour would leave the chunk with
+ * two heading paths (or two pages) and no true single label, and a lone heading costs one
+ * small embedding; predictable labels are worth more.
+ *
+ * Sections must lie within the text and must not overlap (the order they come in is kept).
+ */
+export function chunkSections(
+  text: string,
+  sections: { headings: string[]; page?: number; start: number; end: number }[],
+  options: ChunkOptions,
+): SectionChunk[] {
+  chunkText("", options); // validates the options even when no section has text
+  const chunks: SectionChunk[] = [];
+  let last = 0;
+  for (const section of sections) {
+    const { start, end } = section;
+    if (!Number.isInteger(start) || !Number.isInteger(end) || start < last || end < start) {
+      throw new RangeError("sections must be in order, within the text and must not overlap");
+    }
+    if (end > text.length) throw new RangeError("a section ends past the end of the text");
+    last = end;
+    for (const c of chunkText(text.slice(start, end), options)) {
+      chunks.push({
+        index: chunks.length,
+        text: c.text,
+        start: start + c.start,
+        end: start + c.end,
+        ...(section.headings.length > 0 ? { headings: [...section.headings] } : {}),
+        ...(section.page === undefined ? {} : { page: section.page }),
+      });
+    }
+  }
+  return chunks;
+}

@@ -1,6 +1,14 @@
 import type { PiiKind } from "@p2pa/shared";
 import { sql } from "drizzle-orm";
-import { index, integer, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
+import {
+  blob,
+  index,
+  integer,
+  primaryKey,
+  sqliteTable,
+  text,
+  uniqueIndex,
+} from "drizzle-orm/sqlite-core";
 
 /**
  * Metadata in D1. Task state (leases, attempts) lives in the Dispatcher Durable Objects;
@@ -78,6 +86,17 @@ export const jobs = sqliteTable(
     /** The job's own webhook endpoint (in the tenant's WebhookHub), if it asked for one. */
     webhookId: text("webhook_id"),
     webhookUrl: text("webhook_url"),
+    /**
+     * 1 while the job takes more documents (an NDJSON stream being read, or a job opened for
+     * appends): it cannot settle until it is closed, however many of its chunks are done.
+     */
+    accepting: integer("accepting", { mode: "boolean" }).notNull().default(false),
+    /** Whether the originals of the job's documents are kept in the document store. */
+    keepOriginals: integer("keep_originals", { mode: "boolean" }).notNull().default(true),
+    /** Documents submitted again with nothing changed: skipped, nothing computed. */
+    documentsUnchanged: integer("documents_unchanged").notNull().default(0),
+    /** Chunks whose vector came from the embedding cache (counted in chunks_done as well). */
+    chunksCached: integer("chunks_cached").notNull().default(0),
     /** Set once the Dispatcher has the job's tasks; a retried submit re-dispatches otherwise. */
     dispatchedAt: text("dispatched_at"),
     createdAt: text("created_at").notNull(),
@@ -92,6 +111,15 @@ export const jobs = sqliteTable(
   ],
 );
 
+/** The states of a document version; at most one `current` and one `pending` per document. */
+export const DOCUMENT_STATES = ["pending", "current", "superseded", "failed", "cancelled"] as const;
+
+/**
+ * One version of a document: the row a job made for it. A document is named by `docKey`
+ * within a tenant's collection; its `current` version is the one search shows. A new version
+ * is `pending` until all its chunks are stored, then becomes `current` in the same transaction
+ * that makes the old one `superseded`, so search sees one version at every moment.
+ */
 export const documents = sqliteTable(
   "documents",
   {
@@ -99,13 +127,39 @@ export const documents = sqliteTable(
     seq: integer("seq").notNull(),
     /** The submitter's id for the document (or a generated one). */
     id: text("id").notNull(),
+    /** Null on rows from before versions existed (they stay as they were: current). */
+    tenant: text("tenant"),
+    collection: text("collection"),
+    /** The document's name in its collection: versions share it; null on older rows. */
+    docKey: text("doc_key"),
+    state: text("state", { enum: DOCUMENT_STATES }).notNull().default("current"),
+    version: integer("version").notNull().default(1),
+    /** SHA-256 (hex) of the original as submitted: the raw object's name. */
+    contentHash: text("content_hash"),
+    /** SHA-256 of everything that decides the vectors: unchanged when it is the same. */
+    fingerprint: text("fingerprint"),
+    /** Where the sealed original is kept in R2; null when the job chose not to keep it. */
+    rawKey: text("raw_key"),
     metadata: text("metadata", { mode: "json" }).$type<Record<string, unknown>>(),
     chars: integer("chars").notNull(),
     chunks: integer("chunks").notNull(),
+    /** Why the version did not become current (its chunks failed, or its job was cancelled). */
+    error: text("error"),
+    createdAt: text("created_at"),
+    /** When a superseded version's chunks, vectors and raw object were removed. */
+    prunedAt: text("pruned_at"),
   },
   (t) => [
     uniqueIndex("documents_pk").on(t.jobId, t.seq),
     uniqueIndex("documents_id").on(t.jobId, t.id),
+    uniqueIndex("documents_current")
+      .on(t.tenant, t.collection, t.docKey)
+      .where(sql`state = 'current'`),
+    uniqueIndex("documents_pending")
+      .on(t.tenant, t.collection, t.docKey)
+      .where(sql`state = 'pending'`),
+    index("documents_versions").on(t.tenant, t.collection, t.docKey, t.version),
+    index("documents_hash").on(t.tenant, t.contentHash),
   ],
 );
 
@@ -124,8 +178,17 @@ export const chunks = sqliteTable(
       .notNull()
       .default("pending"),
     error: text("error"),
+    /** The headings the chunk sits under in its document, outermost first (JSON). */
+    headings: text("headings", { mode: "json" }).$type<string[]>(),
+    /** The PDF page the chunk is on. */
+    page: integer("page"),
+    /** The chunk's key in the embedding cache (HMAC of its embedded text); null: not cached. */
+    cacheKey: text("cache_key"),
   },
-  (t) => [index("chunks_job").on(t.jobId, t.id)],
+  (t) => [
+    index("chunks_job").on(t.jobId, t.id),
+    index("chunks_document").on(t.jobId, t.documentId, t.status),
+  ],
 );
 
 /**
@@ -142,6 +205,29 @@ export const keywordRows = sqliteTable(
     jobId: text("job_id").notNull(),
   },
   (t) => [uniqueIndex("keyword_rows_chunk").on(t.chunkId), index("keyword_rows_job").on(t.jobId)],
+);
+
+/**
+ * Vectors already computed, by (tenant, model, HMAC of the exact text embedded under the
+ * tenant's cache key): a chunk found here goes to no worker. Only results that passed their
+ * job's verification are written. `job_id` is the job whose chunk holds the vector now (a hit
+ * moves it to the new job), so deleting a job or a document takes its entries with it, and an
+ * erased tenant's rows go with its keys.
+ */
+export const embeddingCache = sqliteTable(
+  "embedding_cache",
+  {
+    tenant: text("tenant").notNull(),
+    model: text("model").notNull(),
+    key: text("key").notNull(),
+    vector: blob("vector", { mode: "buffer" }).$type<ArrayBuffer>().notNull(),
+    jobId: text("job_id").notNull(),
+    createdAt: text("created_at").notNull(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.tenant, t.model, t.key] }),
+    index("embedding_cache_job").on(t.jobId),
+  ],
 );
 
 /** Volunteer workers seen by the coordinator. */

@@ -21,10 +21,13 @@ import {
   inArray,
   isNull,
   ne,
+  notInArray,
+  type SQL,
   sql,
   type Table,
 } from "drizzle-orm";
 import { type DrizzleD1Database, drizzle } from "drizzle-orm/d1";
+import { AppError } from "../lib/errors.js";
 import * as schema from "./schema.js";
 
 /**
@@ -71,7 +74,11 @@ export interface MetadataStore {
     tenant: string,
     jobId: string,
     documentId: string,
-  ): Promise<{ seq: number; id: string; chunkIds: string[] } | null>;
+  ): Promise<{ seq: number; id: string; rawKey: string | null; chunkIds: string[] } | null>;
+  /** The originals a job's documents name (to delete those no other document shares). */
+  originalsOf(jobId: string): Promise<string[]>;
+  /** Versions of the named documents that are current or pending, with their job's model. */
+  liveRows(tenant: string, names: [collection: string, key: string][]): Promise<VersionRow[]>;
   /** Removes one document with its chunks, and takes them off the job's counters. */
   deleteDocument(jobId: string, seq: number): Promise<void>;
   /** Erases a tenant's credentials and settings (its jobs are deleted one by one first). */
@@ -93,9 +100,14 @@ export interface MetadataStore {
     after: string | null,
     limit: number,
   ): Promise<ChunkRow[]>;
-  getChunks(tenant: string, ids: string[]): Promise<ChunkRow[]>;
-  /** Marks chunks done (once each) and moves the job's counters and status. Idempotent. */
-  recordDone(jobId: string, chunkIds: string[]): Promise<void>;
+  /** Chunks by id; `currentOnly`: only those of documents' current versions (what search shows). */
+  getChunks(tenant: string, ids: string[], opts?: { currentOnly?: boolean }): Promise<ChunkRow[]>;
+  /**
+   * Marks chunks done (once each) and moves the job's counters and status; a pending document
+   * version whose chunks are all done becomes current as its old version is superseded, in the
+   * same transaction. Idempotent. Returns how many versions it superseded.
+   */
+  recordDone(jobId: string, chunkIds: string[]): Promise<{ superseded: number }>;
   /** Marks chunks failed (once each) with a reason and moves the job's counters and status. Idempotent. */
   recordFailed(jobId: string, chunkIds: string[], reason: string): Promise<void>;
   markStarted(jobId: string): Promise<void>;
@@ -105,6 +117,32 @@ export interface MetadataStore {
   chunkIds(jobId: string): Promise<string[]>;
   /** Removes a job with its documents and chunks. */
   deleteJob(jobId: string): Promise<void>;
+  /** Adds documents to a job that is accepting (see NewJob.accepting); false when it is not. */
+  appendDocuments(input: NewDocuments): Promise<boolean>;
+  /** Stops a job taking documents; it settles once its chunks are. False when it was not open. */
+  closeJob(tenant: string, id: string): Promise<boolean>;
+  /** The live versions (current and pending) of documents named by `keys` in a collection. */
+  liveVersions(tenant: string, collection: string, keys: string[]): Promise<LiveVersion[]>;
+  /** Every version of one document, newest first. */
+  documentVersions(
+    tenant: string,
+    collection: string | undefined,
+    key: string,
+  ): Promise<VersionRow[]>;
+  /** Documents (one row per name: its newest version), by collection and name. */
+  listDocuments(tenant: string, q: DocumentListFilter): Promise<VersionRow[]>;
+  /** Superseded versions whose chunks, vectors and original are still to be removed. */
+  versionsToPrune(tenant: string, limit: number): Promise<VersionRow[]>;
+  /** Removes a superseded version's chunks, keyword entries and cache entries (its row stays). */
+  pruneVersion(jobId: string, seq: number): Promise<void>;
+  /** True when another live row still refers to the original under `rawKey`. */
+  originalInUse(tenant: string, rawKey: string): Promise<boolean>;
+  /** A tenant's jobs, newest first. */
+  listJobs(tenant: string, q: JobListFilter): Promise<Job[]>;
+  /** Vectors cached for these keys (see embeddingCache). */
+  cachedVectors(tenant: string, model: string, keys: string[]): Promise<Map<string, Float32Array>>;
+  /** Caches verified vectors; an existing entry moves to `jobId`. */
+  cachePut(tenant: string, model: string, jobId: string, entries: CacheEntry[]): Promise<void>;
   /** Chunks whose keyword-index terms match, best BM25 first (see KeywordQuery). */
   keywordSearch(q: KeywordQuery): Promise<{ id: string; score: number; terms: string }[]>;
   /** A tenant's collections with what they hold, by name. */
@@ -160,6 +198,103 @@ export interface TextSealer {
   decrypt(tenant: string, ciphertext: string, context: string): Promise<string>;
 }
 
+/** A document version a job adds (see schema.documents). */
+export interface NewDocument {
+  seq: number;
+  id: string;
+  metadata: Record<string, unknown> | null;
+  chars: number;
+  docKey: string;
+  state: "pending" | "current";
+  version: number;
+  contentHash: string;
+  fingerprint: string;
+  rawKey: string | null;
+  createdAt: string;
+}
+
+export interface NewChunk {
+  id: string;
+  documentSeq: number;
+  documentId: string;
+  index: number;
+  text: string;
+  start: number;
+  end: number;
+  /** The chunk's keyword-index document (hashed words, search/terms.ts); none: not indexed. */
+  terms?: string;
+  headings?: string[];
+  page?: number;
+  /** Its key in the embedding cache. */
+  cacheKey?: string;
+  /** Its vector came from the cache: it is done on arrival. */
+  cached?: boolean;
+}
+
+/** Documents added to an open job. */
+export interface NewDocuments {
+  jobId: string;
+  tenant: string;
+  documents: NewDocument[];
+  chunks: NewChunk[];
+  /** Documents skipped as unchanged. */
+  unchanged: number;
+}
+
+/** A live document version, as a new submission of the same name checks it. */
+export interface LiveVersion {
+  docKey: string;
+  state: "pending" | "current";
+  version: number;
+  fingerprint: string | null;
+  jobId: string;
+  /** Highest version number the name has had (any state). */
+  maxVersion: number;
+}
+
+export interface VersionRow {
+  jobId: string;
+  seq: number;
+  id: string;
+  tenant: string;
+  collection: string;
+  docKey: string;
+  state: (typeof schema.DOCUMENT_STATES)[number];
+  version: number;
+  contentHash: string | null;
+  rawKey: string | null;
+  metadata: Record<string, unknown> | null;
+  chars: number;
+  chunks: number;
+  error: string | null;
+  createdAt: string | null;
+  prunedAt: string | null;
+  model: string;
+}
+
+export interface DocumentListFilter {
+  collection?: string;
+  status?: "indexing" | "ready" | "failed";
+  jobId?: string;
+  prefix?: string;
+  /** After this (collection, name). */
+  after?: [string, string];
+  limit: number;
+}
+
+export interface JobListFilter {
+  status?: JobStatus;
+  collection?: string;
+  /** After this (createdAt, id), newest first. */
+  before?: [string, string];
+  limit: number;
+}
+
+export interface CacheEntry {
+  key: string;
+  vector: Float32Array;
+}
+
 export interface NewJob {
   id: string;
   tenant: string;
@@ -176,18 +311,13 @@ export interface NewJob {
   requestHash: string | null;
   createdAt: string;
   webhook?: { id: string; url: string } | null;
-  documents: { seq: number; id: string; metadata: Record<string, unknown> | null; chars: number }[];
-  chunks: {
-    id: string;
-    documentSeq: number;
-    documentId: string;
-    index: number;
-    text: string;
-    start: number;
-    end: number;
-    /** The chunk's keyword-index document (hashed words, search/terms.ts); none: not indexed. */
-    terms?: string;
-  }[];
+  documents: NewDocument[];
+  chunks: NewChunk[];
+  /** Documents skipped as unchanged. */
+  unchanged: number;
+  /** The job takes more documents until closed. */
+  accepting: boolean;
+  keepOriginals: boolean;
 }
 
 /**
@@ -224,6 +354,8 @@ type ChunkSelect = {
   start: number;
   end: number;
   metadata: Record<string, unknown> | null;
+  headings: string[] | null;
+  page: number | null;
 };
 
 export interface WorkerInfo {
@@ -262,6 +394,27 @@ function boundCondition(c: { sql: string; params: (string | number | null)[] }) 
   return sql.join(chunks, sql``);
 }
 
+/**
+ * Two submits of the same document name raced, and the unique index on live versions refused
+ * the second: nothing of it was written. Other errors pass through.
+ */
+function versionRace(err: unknown): unknown {
+  if (/UNIQUE/i.test(String(err)) && /documents\.(tenant|doc_key|collection)/.test(String(err)))
+    return new AppError(
+      409,
+      "conflict",
+      "a document of this request was submitted by another request at the same moment; retry",
+    );
+  return err;
+}
+
+/** A float32 vector from the bytes D1 returns for a BLOB. */
+function toFloat32(b: ArrayBuffer | Uint8Array | number[]): Float32Array {
+  if (b instanceof ArrayBuffer) return new Float32Array(b.slice(0));
+  if (Array.isArray(b)) return new Float32Array(new Uint8Array(b).buffer);
+  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+}
+
 /** Rows per multi-row INSERT: drizzle binds every column of the table, defaults included. */
 function rowsPerStatement(table: Table): number {
   return Math.floor(MAX_PARAMS / Object.keys(getTableColumns(table)).length);
@@ -274,7 +427,15 @@ function toJob(r: typeof schema.jobs.$inferSelect): Job {
     model: r.model,
     collection: r.collection,
     documents: r.documents,
-    chunks: { total: r.chunksTotal, done: r.chunksDone, failed: r.chunksFailed },
+    documentsUnchanged: r.documentsUnchanged,
+    chunks: {
+      total: r.chunksTotal,
+      done: r.chunksDone,
+      failed: r.chunksFailed,
+      cached: r.chunksCached,
+    },
+    accepting: r.accepting,
+    keepOriginals: r.keepOriginals,
     chunking: { maxChars: r.chunkMaxChars, overlap: r.chunkOverlap },
     verification: r.verification,
     pool: r.pool,
@@ -291,12 +452,12 @@ function toJob(r: typeof schema.jobs.$inferSelect): Job {
 
 /** Settles a job's status from its counters; applied after every counter change. */
 const SETTLED_STATUS = sql<JobStatus>`CASE
-  WHEN chunks_done + chunks_failed < chunks_total THEN status
+  WHEN accepting = 1 OR chunks_done + chunks_failed < chunks_total THEN status
   WHEN chunks_failed = 0 THEN 'completed'
   WHEN chunks_done = 0 THEN 'failed'
   ELSE 'completed_with_errors' END`;
 const SETTLED_AT = sql<string | null>`CASE
-  WHEN chunks_done + chunks_failed >= chunks_total THEN strftime('%Y-%m-%dT%H:%M:%fZ','now')
+  WHEN accepting = 0 AND chunks_done + chunks_failed >= chunks_total THEN strftime('%Y-%m-%dT%H:%M:%fZ','now')
   ELSE completed_at END`;
 
 /** D1 implementation of the metadata store (drizzle-orm). */
@@ -531,6 +692,11 @@ export class D1Store implements MetadataStore {
     await this.db.batch([
       ...this.dropKeywords(jobId),
       this.db.update(schema.chunks).set({ text: "" }).where(eq(schema.chunks.jobId, jobId)),
+      // Its originals are no longer its to keep (the caller deletes those no one else names).
+      this.db
+        .update(schema.documents)
+        .set({ rawKey: null })
+        .where(eq(schema.documents.jobId, jobId)),
       this.db
         .update(schema.jobs)
         .set({ textPurgedAt: new Date().toISOString() })
@@ -540,7 +706,11 @@ export class D1Store implements MetadataStore {
 
   async getDocument(tenant: string, jobId: string, documentId: string) {
     const doc = await this.db
-      .select({ seq: schema.documents.seq, id: schema.documents.id })
+      .select({
+        seq: schema.documents.seq,
+        id: schema.documents.id,
+        rawKey: schema.documents.rawKey,
+      })
       .from(schema.documents)
       .innerJoin(schema.jobs, eq(schema.jobs.id, schema.documents.jobId))
       .where(
@@ -583,6 +753,7 @@ export class D1Store implements MetadataStore {
         })
         .where(eq(schema.jobs.id, jobId)),
       ...this.dropKeywords(jobId, doc.id),
+      ...this.dropCached(jobId, doc.id),
       this.db.delete(c).where(mine),
       this.db
         .delete(schema.documents)
@@ -594,6 +765,7 @@ export class D1Store implements MetadataStore {
     await this.db.batch([
       this.db.delete(schema.credentials).where(eq(schema.credentials.tenant, tenant)),
       this.db.delete(schema.tenantSettings).where(eq(schema.tenantSettings.tenant, tenant)),
+      this.db.delete(schema.embeddingCache).where(eq(schema.embeddingCache.tenant, tenant)),
     ]);
   }
 
@@ -650,14 +822,20 @@ export class D1Store implements MetadataStore {
 
   async createJob(input: NewJob) {
     const { db } = this;
+    const cached = input.chunks.filter((c) => c.cached).length;
     const jobRow: typeof schema.jobs.$inferInsert = {
       id: input.id,
       tenant: input.tenant,
       status: "queued",
       model: input.model,
       collection: input.collection,
-      documents: input.documents.length,
+      documents: input.documents.length + input.unchanged,
+      documentsUnchanged: input.unchanged,
       chunksTotal: input.chunks.length,
+      chunksDone: cached,
+      chunksCached: cached,
+      accepting: input.accepting,
+      keepOriginals: input.keepOriginals,
       chunkMaxChars: input.chunking.maxChars,
       chunkOverlap: input.chunking.overlap,
       verification: input.verification,
@@ -672,49 +850,498 @@ export class D1Store implements MetadataStore {
       webhookUrl: input.webhook?.url ?? null,
     };
     // One batch is one transaction: the job appears with all its chunks or not at all.
-    const stmts = [db.insert(schema.jobs).values(jobRow)] as const;
-    const rest = [];
-    const docRows = input.documents.map((d) => ({
-      jobId: input.id,
-      seq: d.seq,
-      id: d.id,
-      metadata: d.metadata,
-      chars: d.chars,
-      chunks: input.chunks.filter((c) => c.documentSeq === d.seq).length,
-    }));
-    for (let i = 0, n = rowsPerStatement(schema.documents); i < docRows.length; i += n) {
-      rest.push(db.insert(schema.documents).values(docRows.slice(i, i + n)));
-    }
-    // Text is sealed under the tenant's key, bound to its chunk id.
-    const sealed = await Promise.all(
-      input.chunks.map((c) => this.seal.encrypt(input.tenant, c.text, c.id)),
-    );
-    const chunkRows = input.chunks.map((c, i) => ({
-      id: c.id,
-      jobId: input.id,
-      documentId: c.documentId,
-      index: c.index,
-      text: sealed[i] as string,
-      start: c.start,
-      end: c.end,
-    }));
-    for (let i = 0, n = rowsPerStatement(schema.chunks); i < chunkRows.length; i += n) {
-      rest.push(db.insert(schema.chunks).values(chunkRows.slice(i, i + n)));
-    }
-    rest.push(...this.keywordInserts(input));
+    const rest = await this.documentInserts(input.id, input.tenant, input.collection, input);
     try {
-      await db.batch([...stmts, ...rest]);
+      await db.batch([db.insert(schema.jobs).values(jobRow), ...rest, this.settle(input.id)]);
     } catch (err) {
       // A concurrent submit with the same Idempotency-Key won the race: return its job.
       if (input.idempotencyKey && /UNIQUE/i.test(String(err))) {
         const existing = await this.findJobByIdempotencyKey(input.tenant, input.idempotencyKey);
         if (existing) return { ...existing, created: false };
       }
-      throw err;
+      throw versionRace(err);
     }
     const job = await this.getJob(input.tenant, input.id);
     if (!job) throw new Error(`job ${input.id} vanished after insert`);
     return { job, created: true, requestHash: input.requestHash, dispatched: false };
+  }
+
+  async appendDocuments(input: NewDocuments): Promise<boolean> {
+    const j = schema.jobs;
+    const job = await this.db
+      .select({ collection: j.collection, accepting: j.accepting })
+      .from(j)
+      .where(and(eq(j.id, input.jobId), eq(j.tenant, input.tenant)))
+      .get();
+    if (!job?.accepting) return false;
+    const cached = input.chunks.filter((c) => c.cached).length;
+    const rest = await this.documentInserts(input.jobId, input.tenant, job.collection, input);
+    try {
+      await this.db.batch([
+        this.db
+          .update(j)
+          .set({
+            documents: sql`documents + ${input.documents.length + input.unchanged}`,
+            documentsUnchanged: sql`documents_unchanged + ${input.unchanged}`,
+            chunksTotal: sql`chunks_total + ${input.chunks.length}`,
+            chunksDone: sql`chunks_done + ${cached}`,
+            chunksCached: sql`chunks_cached + ${cached}`,
+          })
+          .where(and(eq(j.id, input.jobId), eq(j.accepting, true))),
+        ...rest,
+      ]);
+    } catch (err) {
+      throw versionRace(err);
+    }
+    return true;
+  }
+
+  async closeJob(tenant: string, id: string): Promise<boolean> {
+    const j = schema.jobs;
+    const [closed] = await this.db.batch([
+      this.db
+        .update(j)
+        .set({ accepting: false })
+        .where(and(eq(j.id, id), eq(j.tenant, tenant), eq(j.accepting, true))),
+      this.settle(id),
+    ]);
+    return (closed.meta.changes ?? 0) > 0;
+  }
+
+  /** The job's status from its counters, once it has stopped taking documents. */
+  private settle(jobId: string) {
+    const j = schema.jobs;
+    return this.db
+      .update(j)
+      .set({ status: SETTLED_STATUS, completedAt: SETTLED_AT })
+      .where(and(eq(j.id, jobId), inArray(j.status, ["queued", "running"])));
+  }
+
+  /**
+   * The statements that add documents with their chunks (text sealed under the tenant's key,
+   * bound to the chunk id), keyword entries and cache adoptions, then make current the pending
+   * versions that are already complete (every chunk from the cache).
+   */
+  private async documentInserts(
+    jobId: string,
+    tenant: string,
+    collection: string,
+    input: { documents: NewDocument[]; chunks: NewChunk[] },
+  ) {
+    const { db } = this;
+    const out = [];
+    const perDoc = new Map<number, number>();
+    for (const c of input.chunks) perDoc.set(c.documentSeq, (perDoc.get(c.documentSeq) ?? 0) + 1);
+    const docRows = input.documents.map((d) => ({
+      jobId,
+      seq: d.seq,
+      id: d.id,
+      tenant,
+      collection,
+      docKey: d.docKey,
+      state: d.state,
+      version: d.version,
+      contentHash: d.contentHash,
+      fingerprint: d.fingerprint,
+      rawKey: d.rawKey,
+      metadata: d.metadata,
+      chars: d.chars,
+      chunks: perDoc.get(d.seq) ?? 0,
+      error: null,
+      createdAt: d.createdAt,
+      prunedAt: null,
+    }));
+    // A new pending version supersedes one still pending from an earlier job (the newest wins).
+    const d = schema.documents;
+    const pendingKeys = docRows.filter((r) => r.state === "pending").map((r) => r.docKey);
+    for (let i = 0; i < pendingKeys.length; i += MAX_PARAMS - 5) {
+      out.push(
+        db
+          .update(d)
+          .set({ state: "superseded", error: "a newer version was submitted before it was done" })
+          .where(
+            and(
+              eq(d.tenant, tenant),
+              eq(d.collection, collection),
+              eq(d.state, "pending"),
+              ne(d.jobId, jobId),
+              inArray(d.docKey, pendingKeys.slice(i, i + MAX_PARAMS - 5)),
+            ),
+          ),
+      );
+    }
+    for (let i = 0, n = rowsPerStatement(schema.documents); i < docRows.length; i += n) {
+      out.push(db.insert(schema.documents).values(docRows.slice(i, i + n)));
+    }
+    const sealed = await Promise.all(
+      input.chunks.map((c) => this.seal.encrypt(tenant, c.text, c.id)),
+    );
+    const chunkRows = input.chunks.map((c, i) => ({
+      id: c.id,
+      jobId,
+      documentId: c.documentId,
+      index: c.index,
+      text: sealed[i] as string,
+      start: c.start,
+      end: c.end,
+      status: c.cached ? ("done" as const) : ("pending" as const),
+      error: null,
+      headings: c.headings?.length ? c.headings : null,
+      page: c.page ?? null,
+      cacheKey: c.cacheKey ?? null,
+    }));
+    for (let i = 0, n = rowsPerStatement(schema.chunks); i < chunkRows.length; i += n) {
+      out.push(db.insert(schema.chunks).values(chunkRows.slice(i, i + n)));
+    }
+    out.push(...this.keywordInserts(jobId, input.chunks));
+    // A hit moves the cache entry to this job: it goes when the chunk that now uses it goes.
+    const hits = [
+      ...new Set(input.chunks.flatMap((c) => (c.cached && c.cacheKey ? [c.cacheKey] : []))),
+    ];
+    const model = sql`(SELECT model FROM jobs WHERE id = ${jobId})`;
+    for (let i = 0; i < hits.length; i += MAX_PARAMS - 5) {
+      const e = schema.embeddingCache;
+      out.push(
+        db
+          .update(e)
+          .set({ jobId })
+          .where(
+            and(
+              eq(e.tenant, tenant),
+              sql`${e.model} = ${model}`,
+              inArray(e.key, hits.slice(i, i + MAX_PARAMS - 5)),
+            ),
+          ),
+      );
+    }
+    const seqs = input.documents.map((d) => d.seq);
+    for (let i = 0; i < seqs.length; i += MAX_PARAMS - 5) {
+      out.push(
+        ...this.promotion(
+          jobId,
+          sql`n.seq IN (${sql.join(
+            seqs.slice(i, i + MAX_PARAMS - 5).map((q) => sql`${q}`),
+            sql`, `,
+          )})`,
+        ),
+      );
+    }
+    return out;
+  }
+
+  /**
+   * The statements that settle a job's pending document versions among those `which` selects
+   * (a condition on `n`, the version's row): one whose chunks are all done becomes current as
+   * the current one is superseded (first, so the unique index on current versions holds); one
+   * with a failed chunk and none left to do fails, and the current version stays.
+   */
+  private promotion(jobId: string, which: SQL) {
+    const settledPending = sql`SELECT n.tenant, n.collection, n.doc_key FROM documents n
+      WHERE n.job_id = ${jobId} AND n.state = 'pending' AND ${which}
+        AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.job_id = n.job_id AND c.document_id = n.id AND c.status <> 'done')`;
+    const d = schema.documents;
+    const mine = (cond: SQL) =>
+      sql`${d.jobId} = ${jobId} AND ${d.state} = 'pending' AND ${d.seq} IN (SELECT n.seq FROM documents n WHERE n.job_id = ${jobId} AND ${which} AND ${cond})`;
+    return [
+      this.db
+        .update(d)
+        .set({ state: "superseded" })
+        .where(
+          sql`${d.state} = 'current' AND (tenant, collection, doc_key) IN (${settledPending})`,
+        ),
+      this.db
+        .update(d)
+        .set({ state: "current" })
+        .where(
+          mine(
+            sql`NOT EXISTS (SELECT 1 FROM chunks c WHERE c.job_id = n.job_id AND c.document_id = n.id AND c.status <> 'done')`,
+          ),
+        ),
+      this.db
+        .update(d)
+        .set({
+          state: "failed",
+          error: "some of its chunks failed; the previous version stays current",
+        })
+        .where(
+          mine(
+            sql`NOT EXISTS (SELECT 1 FROM chunks c WHERE c.job_id = n.job_id AND c.document_id = n.id AND c.status = 'pending')
+              AND EXISTS (SELECT 1 FROM chunks c WHERE c.job_id = n.job_id AND c.document_id = n.id AND c.status = 'failed')`,
+          ),
+        ),
+    ] as const;
+  }
+
+  async liveVersions(tenant: string, collection: string, keys: string[]): Promise<LiveVersion[]> {
+    const d = schema.documents;
+    const unique = [...new Set(keys)];
+    const reads = [];
+    for (let i = 0; i < unique.length; i += MAX_PARAMS - 4) {
+      reads.push(
+        this.db
+          .select({
+            docKey: d.docKey,
+            state: d.state,
+            version: d.version,
+            fingerprint: d.fingerprint,
+            jobId: d.jobId,
+            maxVersion: sql<number>`(SELECT max(m.version) FROM documents m WHERE m.tenant = ${d.tenant} AND m.collection = ${d.collection} AND m.doc_key = ${d.docKey})`,
+          })
+          .from(d)
+          .where(
+            and(
+              eq(d.tenant, tenant),
+              eq(d.collection, collection),
+              inArray(d.docKey, unique.slice(i, i + MAX_PARAMS - 4)),
+              inArray(d.state, ["current", "pending"]),
+            ),
+          ),
+      );
+    }
+    const out: LiveVersion[] = [];
+    for (let i = 0; i < reads.length; i += 50) {
+      const [first, ...more] = reads.slice(i, i + 50);
+      if (!first) break;
+      for (const rows of await this.db.batch([first, ...more]))
+        for (const r of rows)
+          if (r.docKey && (r.state === "current" || r.state === "pending"))
+            out.push({ ...r, docKey: r.docKey, state: r.state });
+    }
+    return out;
+  }
+
+  private versionQuery() {
+    const d = schema.documents;
+    return this.db
+      .select({
+        jobId: d.jobId,
+        seq: d.seq,
+        id: d.id,
+        tenant: sql<string>`${d.tenant}`,
+        collection: sql<string>`${d.collection}`,
+        docKey: sql<string>`${d.docKey}`,
+        state: d.state,
+        version: d.version,
+        contentHash: d.contentHash,
+        rawKey: d.rawKey,
+        metadata: d.metadata,
+        chars: d.chars,
+        chunks: d.chunks,
+        error: d.error,
+        createdAt: d.createdAt,
+        prunedAt: d.prunedAt,
+        model: schema.jobs.model,
+      })
+      .from(d)
+      .innerJoin(schema.jobs, eq(schema.jobs.id, d.jobId));
+  }
+
+  async documentVersions(tenant: string, collection: string | undefined, key: string) {
+    const d = schema.documents;
+    return this.versionQuery()
+      .where(
+        and(
+          eq(d.tenant, tenant),
+          collection === undefined ? undefined : eq(d.collection, collection),
+          eq(d.docKey, key),
+        ),
+      )
+      .orderBy(desc(d.version), desc(d.createdAt))
+      .all();
+  }
+
+  async listDocuments(tenant: string, q: DocumentListFilter) {
+    const d = schema.documents;
+    const has = (states: string) =>
+      sql`EXISTS (SELECT 1 FROM documents s WHERE s.tenant = ${d.tenant} AND s.collection = ${d.collection} AND s.doc_key = ${d.docKey} AND s.state IN (${sql.raw(states)}))`;
+    const status =
+      q.status === "indexing"
+        ? has("'pending'")
+        : q.status === "ready"
+          ? sql`${has("'current'")} AND NOT ${has("'pending'")}`
+          : q.status === "failed"
+            ? sql`NOT ${has("'current', 'pending'")}`
+            : undefined;
+    return this.versionQuery()
+      .where(
+        and(
+          eq(d.tenant, tenant),
+          sql`${d.docKey} IS NOT NULL`,
+          q.collection ? eq(d.collection, q.collection) : undefined,
+          // One row per document: its newest version.
+          sql`${d.version} = (SELECT max(m.version) FROM documents m WHERE m.tenant = ${d.tenant} AND m.collection = ${d.collection} AND m.doc_key = ${d.docKey})`,
+          q.jobId
+            ? sql`EXISTS (SELECT 1 FROM documents s WHERE s.job_id = ${q.jobId} AND s.tenant = ${d.tenant} AND s.collection = ${d.collection} AND s.doc_key = ${d.docKey})`
+            : undefined,
+          q.prefix ? sql`substr(${d.docKey}, 1, ${q.prefix.length}) = ${q.prefix}` : undefined,
+          q.after
+            ? sql`(${d.collection}, ${d.docKey}) > (${q.after[0]}, ${q.after[1]})`
+            : undefined,
+          status,
+        ),
+      )
+      .orderBy(asc(d.collection), asc(d.docKey))
+      .limit(q.limit)
+      .all();
+  }
+
+  async versionsToPrune(tenant: string, limit: number) {
+    const d = schema.documents;
+    return this.versionQuery()
+      .where(
+        and(
+          eq(d.tenant, tenant),
+          eq(d.state, "superseded"),
+          isNull(d.prunedAt),
+          // A version superseded while its job still runs is pruned once the job has ended.
+          notInArray(schema.jobs.status, ["queued", "running"]),
+        ),
+      )
+      .limit(limit)
+      .all();
+  }
+
+  async pruneVersion(jobId: string, seq: number): Promise<void> {
+    const d = schema.documents;
+    const doc = await this.db
+      .select({ id: d.id, tenant: d.tenant })
+      .from(d)
+      .where(and(eq(d.jobId, jobId), eq(d.seq, seq), eq(d.state, "superseded")))
+      .get();
+    if (!doc) return;
+    const c = schema.chunks;
+    await this.db.batch([
+      ...this.dropKeywords(jobId, doc.id),
+      ...this.dropCached(jobId, doc.id),
+      this.db.delete(c).where(and(eq(c.jobId, jobId), eq(c.documentId, doc.id))),
+      this.db
+        .update(d)
+        .set({ prunedAt: new Date().toISOString() })
+        .where(and(eq(d.jobId, jobId), eq(d.seq, seq))),
+    ]);
+  }
+
+  async originalsOf(jobId: string): Promise<string[]> {
+    const d = schema.documents;
+    const rows = await this.db
+      .selectDistinct({ k: d.rawKey })
+      .from(d)
+      .where(and(eq(d.jobId, jobId), sql`${d.rawKey} IS NOT NULL`))
+      .all();
+    return rows.flatMap((r) => (r.k ? [r.k] : []));
+  }
+
+  async liveRows(tenant: string, names: [string, string][]) {
+    const d = schema.documents;
+    const out: VersionRow[] = [];
+    for (let i = 0; i < names.length; i += 45) {
+      const pairs = names.slice(i, i + 45).map(([col, key]) => sql`(${col}, ${key})`);
+      if (pairs.length === 0) break;
+      out.push(
+        ...(await this.versionQuery()
+          .where(
+            and(
+              eq(d.tenant, tenant),
+              inArray(d.state, ["current", "pending"]),
+              sql`(${d.collection}, ${d.docKey}) IN (${sql.join(pairs, sql`, `)})`,
+            ),
+          )
+          .all()),
+      );
+    }
+    return out;
+  }
+
+  async originalInUse(tenant: string, rawKey: string): Promise<boolean> {
+    const d = schema.documents;
+    const row = await this.db
+      .select({ n: sql<number>`1` })
+      .from(d)
+      .where(and(eq(d.tenant, tenant), eq(d.rawKey, rawKey), isNull(d.prunedAt)))
+      .limit(1)
+      .get();
+    return row !== undefined;
+  }
+
+  async listJobs(tenant: string, q: JobListFilter): Promise<Job[]> {
+    const j = schema.jobs;
+    const rows = await this.db
+      .select()
+      .from(j)
+      .where(
+        and(
+          eq(j.tenant, tenant),
+          q.status ? eq(j.status, q.status) : undefined,
+          q.collection ? eq(j.collection, q.collection) : undefined,
+          q.before ? sql`(${j.createdAt}, ${j.id}) < (${q.before[0]}, ${q.before[1]})` : undefined,
+        ),
+      )
+      .orderBy(desc(j.createdAt), desc(j.id))
+      .limit(q.limit)
+      .all();
+    return rows.map(toJob);
+  }
+
+  async cachedVectors(tenant: string, model: string, keys: string[]) {
+    const e = schema.embeddingCache;
+    const out = new Map<string, Float32Array>();
+    const unique = [...new Set(keys)];
+    const per = MAX_PARAMS - 3;
+    const reads = [];
+    for (let i = 0; i < unique.length; i += per) {
+      reads.push(
+        this.db
+          .select({ key: e.key, vector: e.vector })
+          .from(e)
+          .where(
+            and(eq(e.tenant, tenant), eq(e.model, model), inArray(e.key, unique.slice(i, i + per))),
+          ),
+      );
+    }
+    for (let i = 0; i < reads.length; i += 50) {
+      const [first, ...more] = reads.slice(i, i + 50);
+      if (!first) break;
+      for (const rows of await this.db.batch([first, ...more]))
+        for (const r of rows) out.set(r.key, toFloat32(r.vector));
+    }
+    return out;
+  }
+
+  async cachePut(tenant: string, model: string, jobId: string, entries: CacheEntry[]) {
+    const e = schema.embeddingCache;
+    const now = new Date().toISOString();
+    const rows = entries.map((x) => ({
+      tenant,
+      model,
+      key: x.key,
+      vector: x.vector.slice().buffer as ArrayBuffer,
+      jobId,
+      createdAt: now,
+    }));
+    const stmts = [];
+    for (let i = 0, n = rowsPerStatement(e); i < rows.length; i += n) {
+      stmts.push(
+        this.db
+          .insert(e)
+          .values(rows.slice(i, i + n))
+          .onConflictDoUpdate({ target: [e.tenant, e.model, e.key], set: { jobId } }),
+      );
+    }
+    const [first, ...rest] = stmts;
+    if (first) await this.db.batch([first, ...rest]);
+  }
+
+  /**
+   * Statements that drop the cache entries a job's chunks hold (one document's, or all): the
+   * vector of deleted text goes with it. An entry another job has adopted since is not this
+   * job's any more, and stays.
+   */
+  private dropCached(jobId: string, documentId?: string) {
+    const e = schema.embeddingCache;
+    const ofJob = sql`SELECT cache_key FROM chunks WHERE job_id = ${jobId}${documentId ? sql` AND document_id = ${documentId}` : sql``} AND cache_key IS NOT NULL`;
+    return [
+      this.db.delete(e).where(sql`${e.jobId} = ${jobId} AND ${e.key} IN (${ofJob})`),
+    ] as const;
   }
 
   /**
@@ -722,14 +1349,14 @@ export class D1Store implements MetadataStore {
    * `chunk_terms` under its row's id, many chunks per statement through one JSON parameter (D1
    * binds at most 100 parameters, and a statement may be at most 100 KB).
    */
-  private keywordInserts(input: NewJob) {
-    const indexed = input.chunks.filter((c) => c.terms);
+  private keywordInserts(jobId: string, chunks: NewChunk[]) {
+    const indexed = chunks.filter((c) => c.terms);
     const out = [];
     for (let i = 0, n = rowsPerStatement(schema.keywordRows); i < indexed.length; i += n) {
       out.push(
         this.db
           .insert(schema.keywordRows)
-          .values(indexed.slice(i, i + n).map((c) => ({ chunkId: c.id, jobId: input.id }))),
+          .values(indexed.slice(i, i + n).map((c) => ({ chunkId: c.id, jobId }))),
       );
     }
     let pairs: [string, string][] = [];
@@ -765,7 +1392,7 @@ export class D1Store implements MetadataStore {
       JOIN jobs j ON j.id = c.job_id
       LEFT JOIN documents d ON d.job_id = c.job_id AND d.id = c.document_id
       WHERE chunk_terms MATCH ${q.match} AND j.tenant = ${q.tenant} AND j.model = ${q.model}
-        AND c.status = 'done'${filter}
+        AND c.status = 'done' AND d.state = 'current'${filter}
       ORDER BY bm25(chunk_terms), k.chunk_id
       LIMIT ${q.limit}`);
     return rows;
@@ -773,12 +1400,12 @@ export class D1Store implements MetadataStore {
 
   async listCollections(tenant: string): Promise<Collection[]> {
     const j = schema.jobs;
-    return this.db
+    const live = sql`SELECT d.collection AS name, count(*) AS documents, coalesce(sum(d.chunks), 0) AS chunks
+      FROM documents d WHERE d.tenant = ${tenant} AND d.state = 'current' GROUP BY d.collection`;
+    const rows = await this.db
       .select({
         name: j.collection,
         jobs: sql<number>`count(*)`,
-        documents: sql<number>`coalesce(sum(${j.documents}), 0)`,
-        chunks: sql<number>`coalesce(sum(${j.chunksDone}), 0)`,
         createdAt: sql<string>`min(${j.createdAt})`,
         updatedAt: sql<string>`max(coalesce(${j.completedAt}, ${j.createdAt}))`,
       })
@@ -787,6 +1414,17 @@ export class D1Store implements MetadataStore {
       .groupBy(j.collection)
       .orderBy(asc(j.collection))
       .all();
+    const counts = new Map(
+      (await this.db.all<{ name: string; documents: number; chunks: number }>(live)).map((r) => [
+        r.name,
+        r,
+      ]),
+    );
+    return rows.map((r) => ({
+      ...r,
+      documents: counts.get(r.name)?.documents ?? 0,
+      chunks: counts.get(r.name)?.chunks ?? 0,
+    }));
   }
 
   async findJobByIdempotencyKey(tenant: string, key: string) {
@@ -836,6 +1474,8 @@ export class D1Store implements MetadataStore {
         start: c.start,
         end: c.end,
         metadata: schema.documents.metadata,
+        headings: c.headings,
+        page: c.page,
       })
       .from(c)
       .innerJoin(schema.jobs, eq(schema.jobs.id, c.jobId))
@@ -865,6 +1505,8 @@ export class D1Store implements MetadataStore {
       start: r.start,
       end: r.end,
       metadata: r.metadata ?? {},
+      ...(r.headings?.length ? { headings: r.headings } : {}),
+      ...(r.page != null ? { page: r.page } : {}),
       ...(r.error ? { error: r.error } : {}),
     };
   }
@@ -885,10 +1527,16 @@ export class D1Store implements MetadataStore {
     return this.toChunks(tenant, rows);
   }
 
-  async getChunks(tenant: string, ids: string[]) {
+  async getChunks(tenant: string, ids: string[], opts: { currentOnly?: boolean } = {}) {
     if (ids.length === 0) return [];
     const rows = await this.chunkQuery()
-      .where(and(inArray(schema.chunks.id, ids), eq(schema.jobs.tenant, tenant)))
+      .where(
+        and(
+          inArray(schema.chunks.id, ids),
+          eq(schema.jobs.tenant, tenant),
+          opts.currentOnly ? eq(schema.documents.state, "current") : undefined,
+        ),
+      )
       .all();
     return this.toChunks(tenant, rows);
   }
@@ -898,9 +1546,10 @@ export class D1Store implements MetadataStore {
     chunkIds: string[],
     to: "done" | "failed",
     reason: string | null,
-  ) {
+  ): Promise<{ superseded: number }> {
     const j = schema.jobs;
     const stmts = [];
+    const promotions: number[] = [];
     for (let i = 0; i < chunkIds.length; i += 90) {
       const ids = chunkIds.slice(i, i + 90);
       stmts.push(
@@ -927,23 +1576,29 @@ export class D1Store implements MetadataStore {
           )
           .where(eq(j.id, jobId)),
       );
+      // The versions these chunks belong to may be complete now.
+      const touched = sql`n.id IN (SELECT document_id FROM chunks WHERE job_id = ${jobId} AND id IN (${sql.join(
+        ids.map((id) => sql`${id}`),
+        sql`, `,
+      )}))`;
+      promotions.push(stmts.length);
+      stmts.push(...this.promotion(jobId, touched));
     }
-    stmts.push(
-      this.db
-        .update(j)
-        .set({ status: SETTLED_STATUS, completedAt: SETTLED_AT })
-        .where(and(eq(j.id, jobId), inArray(j.status, ["queued", "running"]))),
-    );
+    stmts.push(this.settle(jobId));
     const [first, ...rest] = stmts;
-    if (first) await this.db.batch([first, ...rest]);
+    if (!first) return { superseded: 0 };
+    const results = (await this.db.batch([first, ...rest])) as { meta?: { changes?: number } }[];
+    return {
+      superseded: promotions.reduce((n, at) => n + (results[at]?.meta?.changes ?? 0), 0),
+    };
   }
 
   recordDone(jobId: string, chunkIds: string[]) {
     return this.record(jobId, chunkIds, "done", null);
   }
 
-  recordFailed(jobId: string, chunkIds: string[], reason: string) {
-    return this.record(jobId, chunkIds, "failed", reason);
+  async recordFailed(jobId: string, chunkIds: string[], reason: string) {
+    await this.record(jobId, chunkIds, "failed", reason);
   }
 
   async markStarted(jobId: string): Promise<void> {
@@ -955,11 +1610,24 @@ export class D1Store implements MetadataStore {
 
   async cancelJob(tenant: string, id: string): Promise<boolean> {
     const j = schema.jobs;
-    const r = await this.db
-      .update(j)
-      .set({ status: "cancelled", completedAt: new Date().toISOString() })
-      .where(and(eq(j.id, id), eq(j.tenant, tenant), inArray(j.status, ["queued", "running"])))
-      .run();
+    const d = schema.documents;
+    const [r] = await this.db.batch([
+      this.db
+        .update(j)
+        .set({ status: "cancelled", accepting: false, completedAt: new Date().toISOString() })
+        .where(and(eq(j.id, id), eq(j.tenant, tenant), inArray(j.status, ["queued", "running"]))),
+      // Its new versions never become current: the ones they would replace stay.
+      this.db
+        .update(d)
+        .set({ state: "cancelled", error: "its job was cancelled" })
+        .where(
+          and(
+            eq(d.jobId, id),
+            eq(d.state, "pending"),
+            sql`(SELECT status FROM jobs WHERE id = ${id}) = 'cancelled'`,
+          ),
+        ),
+    ]);
     return r.meta.changes > 0;
   }
 
@@ -975,6 +1643,7 @@ export class D1Store implements MetadataStore {
   async deleteJob(jobId: string): Promise<void> {
     await this.db.batch([
       ...this.dropKeywords(jobId),
+      ...this.dropCached(jobId),
       this.db.delete(schema.chunks).where(eq(schema.chunks.jobId, jobId)),
       this.db.delete(schema.documents).where(eq(schema.documents.jobId, jobId)),
       this.db.delete(schema.jobs).where(eq(schema.jobs.id, jobId)),

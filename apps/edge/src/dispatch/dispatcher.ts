@@ -169,21 +169,40 @@ export class Dispatcher extends DurableObject<Env> {
 
   // ---- RPC from the API ----
 
-  /** Adds a job's tasks (idempotent per task id) and hands them to ready workers. */
+  /**
+   * Adds a job's tasks (idempotent per task id) and hands them to ready workers. `accepting`:
+   * more are to come (a stream or an open job), so the job does not end with these; `cache`:
+   * the batch's embedding cache hits and misses, for the metrics.
+   */
   async enqueue(
     jobId: string,
     tenant: string,
     model: string,
     tasks: NewTask[],
-    opts: Partial<TaskOptions> = {},
+    opts: Partial<TaskOptions> & {
+      accepting?: boolean;
+      cache?: { hits: number; misses: number };
+    } = {},
   ): Promise<number> {
-    this.jobs.register(jobId, tenant);
+    this.jobs.register(jobId, tenant, opts.accepting ?? false);
     const added = this.queue.enqueue(jobId, tenant, model, tasks, {
       verify: opts.verify ?? this.defaultVerify,
       pool: opts.pool ?? "any",
     });
+    if (opts.cache?.hits)
+      this.metrics.count("p2pa_embedding_cache_hits_total", "", opts.cache.hits);
+    if (opts.cache?.misses)
+      this.metrics.count("p2pa_embedding_cache_misses_total", "", opts.cache.misses);
+    // A batch with nothing to compute (unchanged or cached) may be the job's last.
+    if (!opts.accepting) await this.results.settleJob(jobId);
     await this.pump();
     return added;
+  }
+
+  /** The job takes no more documents: it ends once its tasks have. */
+  async close(jobId: string): Promise<void> {
+    this.jobs.setAccepting(jobId, false);
+    await this.results.settleJob(jobId);
   }
 
   /** Stops dispatching a job's tasks and ends their leases; `purge` when the job is deleted. */

@@ -44,12 +44,32 @@ export class JobLog {
       // Deleted jobs are remembered by a one-way hash of their id, never the id itself.
       `CREATE TABLE IF NOT EXISTS deleted_jobs (hash TEXT PRIMARY KEY);
        DELETE FROM jobs WHERE deleted = 1;`,
+      // 1 while the job takes more documents: it cannot end, whatever its tasks say.
+      "ALTER TABLE jobs ADD COLUMN accepting INTEGER NOT NULL DEFAULT 0",
     ]);
   }
 
-  /** Records a job the first time its tasks arrive. */
-  register(jobId: string, tenant: string): void {
-    this.sql.exec("INSERT OR IGNORE INTO jobs (id, tenant) VALUES (?, ?)", jobId, tenant);
+  /** Records a job the first time its tasks arrive, and whether it takes more documents. */
+  register(jobId: string, tenant: string, accepting = false): void {
+    this.sql.exec(
+      "INSERT INTO jobs (id, tenant, accepting) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET accepting = excluded.accepting",
+      jobId,
+      tenant,
+      accepting ? 1 : 0,
+    );
+  }
+
+  setAccepting(jobId: string, accepting: boolean): void {
+    this.sql.exec("UPDATE jobs SET accepting = ? WHERE id = ?", accepting ? 1 : 0, jobId);
+  }
+
+  /** True while the job takes more documents. */
+  accepting(jobId: string): boolean {
+    return (
+      this.sql
+        .exec<{ a: number }>("SELECT accepting AS a FROM jobs WHERE id = ?", jobId)
+        .toArray()[0]?.a === 1
+    );
   }
 
   /**

@@ -62,5 +62,8 @@ export const METRIC_HELP = {
     "Known-answer checks answered, by verdict (pass, fail, unknown while no answer is known)",
   p2pa_dispatch_stalls_total:
     "Times the watchdog found ready work beside a worker with room (by who found it); each is repaired at once",
+  p2pa_embedding_cache_hits_total:
+    "Chunks submitted whose vector the embedding cache already held (no worker computed them)",
+  p2pa_embedding_cache_misses_total: "Chunks submitted that the embedding cache did not hold",
 } as const;
 export type MetricName = keyof typeof METRIC_HELP;

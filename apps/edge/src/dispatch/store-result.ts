@@ -1,10 +1,23 @@
 import type { MetadataStore } from "../db/store.js";
+import { pruneSuperseded } from "../ingest/versions.js";
 import { getVectorIndex } from "../vector/index.js";
 import type { JobLog } from "./job-log.js";
 import type { Metrics } from "./metrics.js";
 import type { JobNotifier } from "./notifier.js";
-import type { LeaseRow, TaskQueue, TaskRow } from "./task-queue.js";
+import type { ItemCopy, LeaseRow, QueuedItem, TaskQueue, TaskRow } from "./task-queue.js";
 import type { Verifier } from "./verify.js";
+
+/**
+ * What a chunk's vector carries: its search metadata (collection, filterable document keys)
+ * with the product's keys last, so a document key of the same name never replaces one.
+ */
+export function vectorMetadata(
+  item: Pick<QueuedItem, "documentId" | "index" | "meta">,
+  tenant: string,
+  jobId: string,
+): Record<string, string | number | boolean> {
+  return { ...item.meta, tenant, jobId, documentId: item.documentId, index: item.index };
+}
 
 /** What a checked result came to. */
 export type StoreOutcome =
@@ -91,41 +104,43 @@ export class ResultStore {
   ): Promise<StoreOutcome> {
     const items = task.items ?? [];
     const index = getVectorIndex(this.env, task.model);
+    // Copies (the same text elsewhere in the job) take their item's vector.
+    const stored: { item: ItemCopy; vector: Float32Array }[] = items.flatMap((it, i) => {
+      const vector = vectors[i] as Float32Array;
+      return [it, ...(it.copies ?? [])].map((item) => ({ item, vector }));
+    });
+    let superseded = 0;
     try {
       await index.upsert(
-        items.map((it, i) => ({
-          id: it.chunkId,
-          values: vectors[i] as Float32Array,
-          metadata: {
-            // The product's keys last: a document key of the same name never replaces one.
-            ...it.meta,
-            tenant: task.tenant,
-            jobId: task.jobId,
-            documentId: it.documentId,
-            index: it.index,
-          },
+        stored.map(({ item, vector }) => ({
+          id: item.chunkId,
+          values: vector,
+          metadata: vectorMetadata(item, task.tenant, task.jobId),
         })),
       );
-      await this.store.recordDone(
+      ({ superseded } = await this.store.recordDone(
         task.jobId,
-        items.map((it) => it.chunkId),
-      );
+        stored.map(({ item }) => item.chunkId),
+      ));
     } catch (err) {
       this.queue.abortStoring(task.id);
       console.error("storing task failed; requeued", task.id, err);
       return "unavailable";
     }
+    // A vector that passed its job's verification is known from now on.
+    if (task.verify !== "off") await this.cache(task, items, vectors);
+    if (superseded > 0) await pruneSuperseded(this.env, this.store, task.tenant);
     this.queue.finishStoring(task.id, donor, confirmed);
     if (confirmed) this.metrics.count("p2pa_results_confirmed_total");
     if (await this.jobs.isDeleted(task.jobId)) {
       // The job was deleted while this result was being written: take the vectors back out.
-      await index.deleteByIds(items.map((it) => it.chunkId));
+      await index.deleteByIds(stored.map(({ item }) => item.chunkId));
     }
     // A recomputed task's chunks were reported done already; only their vectors changed.
     if (!task.recompute)
       this.jobs.appendEvents(
         task.jobId,
-        items.map((it) => ({
+        stored.map(({ item: it }) => ({
           kind: "chunk" as const,
           data: { chunkId: it.chunkId, documentId: it.documentId, index: it.index, status: "done" },
         })),
@@ -133,10 +148,23 @@ export class ResultStore {
     this.metrics.count(
       task.recompute ? "p2pa_chunks_recomputed_total" : "p2pa_chunks_stored_total",
       "",
-      items.length,
+      stored.length,
     );
     await this.settleJob(task.jobId);
     return "stored";
+  }
+
+  /** Caches a stored result's vectors; a cache that cannot be written costs only a later miss. */
+  private async cache(task: TaskRow, items: QueuedItem[], vectors: Float32Array[]) {
+    const entries = items.flatMap((it, i) =>
+      it.cacheKey ? [{ key: it.cacheKey, vector: vectors[i] as Float32Array }] : [],
+    );
+    if (entries.length === 0) return;
+    try {
+      await this.store.cachePut(task.tenant, task.model, task.jobId, entries);
+    } catch (err) {
+      console.warn("embedding cache write failed", task.id, err);
+    }
   }
 
   /** A task used all its attempts: its chunks are marked failed with the reasons collected. */
@@ -145,15 +173,16 @@ export class ResultStore {
     if (!task?.items) return;
     const reasons = this.queue.errors(taskId).map((e) => e.reason);
     const reason = `failed after ${task.attempts} attempts: ${reasons.at(-1) ?? ""}`;
-    this.metrics.count("p2pa_chunks_failed_total", "", task.items.length);
+    const all: ItemCopy[] = task.items.flatMap((it) => [it, ...(it.copies ?? [])]);
+    this.metrics.count("p2pa_chunks_failed_total", "", all.length);
     await this.store.recordFailed(
       task.jobId,
-      task.items.map((i) => i.chunkId),
+      all.map((i) => i.chunkId),
       reason,
     );
     this.jobs.appendEvents(
       task.jobId,
-      task.items.map((it) => ({
+      all.map((it) => ({
         kind: "chunk" as const,
         data: {
           chunkId: it.chunkId,
@@ -167,14 +196,20 @@ export class ResultStore {
     await this.settleJob(task.jobId);
   }
 
-  /** Records the job's terminal event once no task of it can change any more. */
-  private async settleJob(jobId: string): Promise<void> {
-    if (this.queue.jobOpen(jobId)) {
+  /**
+   * Records the job's terminal event once no task of it can change any more and it takes no
+   * more documents.
+   */
+  async settleJob(jobId: string): Promise<void> {
+    if (this.queue.jobOpen(jobId) || this.jobs.accepting(jobId)) {
       await this.notifier.maybeNotifyProgress(jobId);
       return;
     }
     if (!this.jobs.markEnded(jobId)) return;
     const job = await this.store.getJobById(jobId);
+    // Versions it made that were superseded while it ran can go now.
+    const tenant = this.jobs.jobTenant(jobId);
+    if (tenant) await pruneSuperseded(this.env, this.store, tenant);
     this.jobs.appendEvents(jobId, [
       { kind: "end", data: { status: job?.status ?? "completed", chunks: job?.chunks } },
     ]);

@@ -9,6 +9,18 @@ export interface QueuedItem {
   text: string;
   /** Filterable metadata its vector carries (collection, document keys); never sent to workers. */
   meta?: Record<string, string | number | boolean>;
+  /** Its name in the embedding cache: a verified result is cached under it. */
+  cacheKey?: string;
+  /** Chunks of the same job with exactly this text: they get this item's vector, uncomputed. */
+  copies?: ItemCopy[];
+}
+
+/** A chunk that takes another item's vector (same text, same job). */
+export interface ItemCopy {
+  chunkId: string;
+  documentId: string;
+  index: number;
+  meta?: Record<string, string | number | boolean>;
 }
 
 export interface NewTask {

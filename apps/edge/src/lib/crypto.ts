@@ -1,6 +1,7 @@
-/** Hex SHA-256 of a string: how credentials are stored and how request bodies are fingerprinted. */
-export async function sha256Hex(input: string): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(input));
+/** Hex SHA-256 of a string or bytes: how credentials are stored and bodies fingerprinted. */
+export async function sha256Hex(input: string | Uint8Array): Promise<string> {
+  const bytes = typeof input === "string" ? new TextEncoder().encode(input) : input;
+  const digest = await crypto.subtle.digest("SHA-256", bytes);
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 

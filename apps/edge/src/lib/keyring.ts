@@ -273,7 +273,7 @@ export class Keyring {
       .first<{ version: number }>();
     if (!row) throw new Error(`could not add a key version for tenant "${tenant}"`);
     forgetTenant(tenant);
-    putKey(this.cacheKey(tenant, row.version), tenant, Promise.resolve(key));
+    putKey(this.keyCacheId(tenant, row.version), tenant, Promise.resolve(key));
     putNewest(tenant, row.version);
     return row.version;
   }
@@ -454,7 +454,7 @@ export class Keyring {
     }
     if (epoch === started) {
       // The row is in hand: prime the key cache so encrypt needs no second read.
-      const ck = this.cacheKey(tenant, row.version);
+      const ck = this.keyCacheId(tenant, row.version);
       if (!getKey(ck)) putKey(ck, tenant, this.unwrap(row, false));
       putNewest(tenant, row.version);
     }
@@ -484,18 +484,33 @@ export class Keyring {
     const newest = await this.newest(tenant);
     const versions = Array.from({ length: newest }, (_, i) => newest - i);
     return Promise.all(
-      versions.map(async (version) => ({ version, key: await this.termKey(tenant, version) })),
+      versions.map(async (version) => ({
+        version,
+        key: await this.macKey(tenant, version, "terms"),
+      })),
     );
   }
 
-  private termKey(tenant: string, version: number): Promise<CryptoKey> {
-    const ck = `${this.cacheKey(tenant, version)}\u0000terms`;
+  /**
+   * The embedding cache's MAC key for a tenant (its newest data key's, derived as the term keys
+   * are, for another purpose): cache entries are named by a keyed hash of their text, which means
+   * nothing without the key, and nothing at all once the tenant is erased. A rotation starts a
+   * new set of names (the old entries are misses, never wrong).
+   */
+  async embeddingCacheKey(tenant: string): Promise<CryptoKey> {
+    checkTenant(tenant);
+    this.scope();
+    return this.macKey(tenant, await this.newest(tenant), "cache");
+  }
+
+  private macKey(tenant: string, version: number, purpose: "terms" | "cache"): Promise<CryptoKey> {
+    const ck = `${this.keyCacheId(tenant, version)}\u0000${purpose}`;
     const hit = getKey(ck);
     if (hit) return hit;
     const promise = (async () => {
       const base = await this.unwrap(await this.keyRow(tenant, version), false, "HKDF");
       return crypto.subtle.deriveKey(
-        { name: "HKDF", hash: "SHA-256", salt: new Uint8Array(0), info: aad(tenant, "terms") },
+        { name: "HKDF", hash: "SHA-256", salt: new Uint8Array(0), info: aad(tenant, purpose) },
         base,
         { name: "HMAC", hash: "SHA-256", length: 256 },
         false,
@@ -508,7 +523,7 @@ export class Keyring {
 
   /** The unwrapped key of one version, cached per isolate. */
   private key(tenant: string, version: number): Promise<CryptoKey> {
-    const ck = this.cacheKey(tenant, version);
+    const ck = this.keyCacheId(tenant, version);
     const hit = getKey(ck);
     if (hit) return hit;
     const promise = (async () => this.unwrap(await this.keyRow(tenant, version), false))();
@@ -611,7 +626,7 @@ export class Keyring {
     return scope;
   }
 
-  private cacheKey(tenant: string, version: number): string {
+  private keyCacheId(tenant: string, version: number): string {
     return `${this.scope().id}\u0000${tenant}\u0000${version}`;
   }
 }

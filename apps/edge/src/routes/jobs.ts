@@ -1,47 +1,42 @@
 import { createRoute } from "@hono/zod-openapi";
 import {
+  AppendDocumentsRequest,
   type Chunk,
   ChunkPage,
   ChunkQuery,
+  type CreateJobOptions,
   CreateJobRequest,
-  chunkText,
-  DEFAULT_COLLECTION,
-  DEFAULT_MODEL,
   DEFAULT_WEBHOOK_EVENTS,
   ErrorBody,
-  getModel,
+  IngestReport,
   Job,
-  MODELS,
-  PII_KINDS,
-  type PiiKind,
-  type Privacy,
-  TASK_SIZE,
-  type Verification,
+  JobList,
+  JobListQuery,
 } from "@p2pa/shared";
+import type { Context } from "hono";
 import { z } from "zod";
-import { router } from "../app.js";
-import { keyringFor, openStore } from "../db/open.js";
-import type { NewJob } from "../db/store.js";
-import { sealItems } from "../dispatch/sealed-items.js";
+import { isMultipart, isNdjson, router } from "../app.js";
+import { openStore } from "../db/open.js";
 import { dispatcherFor } from "../dispatch/shards.js";
-import type { NewTask, QueuedItem, TaskOptions } from "../dispatch/task-queue.js";
-import { requireAuth, scoped } from "../lib/auth.js";
+import { readUpload } from "../ingest/files.js";
+import { feed, headerOptions, type Line, lines } from "../ingest/stream.js";
+import {
+  Ingestion,
+  type IngestTally,
+  type JobHeader,
+  redispatch,
+  resolveSettings,
+  type SourceDocument,
+  settingsOf,
+} from "../ingest/submit.js";
+import { type AppEnv, requireAuth, scoped } from "../lib/auth.js";
 import { newId, sha256Hex } from "../lib/crypto.js";
-import { AppError, noCapacity, notFound } from "../lib/errors.js";
-import { tokenCounter } from "../lib/tokens.js";
-import { maskPersonalData } from "../privacy/mask.js";
-import { indexHasher } from "../search/terms.js";
+import { AppError, notFound } from "../lib/errors.js";
 import { audit } from "../tenant/audit-log.js";
 import { deleteDocumentEverywhere, deleteJobEverywhere } from "../tenant/erase.js";
-import { assertChunkQuota } from "../tenant/limits.js";
-import { putRaw, rawKey } from "../tenant/raw.js";
-import { filterableKeys } from "../vector/config.js";
 import { getVectorIndex } from "../vector/index.js";
 import { assertTargetAllowed, webhookHub } from "../webhooks/index.js";
 import { newSecret } from "../webhooks/signing.js";
-
-// RPC payloads are capped; enqueue in slices well under the limit.
-const ENQUEUE_SLICE_CHARS = 4_000_000;
 
 const errors = {
   401: {
@@ -63,15 +58,47 @@ const createJob = createRoute({
   ...write,
   request: {
     headers: z.object({ "idempotency-key": z.string().min(1).max(255).optional() }),
-    body: { content: { "application/json": { schema: CreateJobRequest } }, required: true },
+    body: {
+      description:
+        'Documents as JSON; or as NDJSON (one document per line, read as a stream, optionally led by a line {"job": {...options}}); or as files (multipart/form-data: `file` fields, an `options` JSON field, a `metadata` JSON field for every file).',
+      content: {
+        "application/json": { schema: CreateJobRequest },
+        "application/x-ndjson": {
+          schema: { type: "string", description: "One DocumentInput per line." },
+        },
+        "multipart/form-data": {
+          schema: {
+            type: "object",
+            properties: {
+              file: {
+                type: "array",
+                items: { type: "string", format: "binary" },
+                description:
+                  "Plain text, Markdown, HTML or PDF files; each is one document named by its file name.",
+              },
+              options: { type: "string", description: "CreateJobOptions as JSON." },
+              metadata: { type: "string", description: "Metadata (JSON object) for every file." },
+            },
+            required: ["file"],
+          },
+        },
+      },
+      required: false,
+    },
   },
   responses: {
     202: {
-      description: "Accepted; poll the job or follow its progress",
-      content: { "application/json": { schema: Job } },
+      description:
+        "Accepted; poll the job or follow its progress. `ingest` says which documents were taken, unchanged or rejected.",
+      content: { "application/json": { schema: Job.extend({ ingest: IngestReport.optional() }) } },
     },
     409: {
-      description: "Idempotency-Key reused with a different body",
+      description:
+        "Idempotency-Key reused with a different body, or a document submitted by another request at the same moment",
+      content: { "application/json": { schema: ErrorBody } },
+    },
+    413: {
+      description: "A file or the upload is over its size or count limit",
       content: { "application/json": { schema: ErrorBody } },
     },
     429: {
@@ -154,149 +181,224 @@ const deleteDocument = createRoute({
   },
 });
 
-interface Plan {
-  job: Omit<
-    NewJob,
-    "idempotencyKey" | "requestHash" | "createdAt" | "tenant" | "createdBy" | "textRetentionDays"
-  >;
-  tasks: NewTask[];
-}
+const listJobs = createRoute({
+  method: "get",
+  path: "/v1/jobs",
+  summary: "The tenant's jobs, newest first",
+  ...read,
+  request: { query: JobListQuery },
+  responses: {
+    200: { description: "A page of jobs", content: { "application/json": { schema: JobList } } },
+    ...errors,
+  },
+});
 
-/** The deployment's verification policy for jobs that do not choose one (`VERIFICATION`). */
-function defaultVerification(env: Env): Verification {
-  const v: string = env.VERIFICATION;
-  return v === "always" || v === "off" ? v : "auto";
-}
-
-/** The kinds of personal data a job masks: its own choice, else the deployment's PII_MASK. */
-function maskedKinds(privacy: Privacy | undefined, env: Env): PiiKind[] {
-  const choice: string | readonly string[] = privacy?.mask ?? (env.PII_MASK as string);
-  if (choice === "all") return [...PII_KINDS];
-  const list = typeof choice === "string" ? choice.split(",").map((k) => k.trim()) : choice;
-  return PII_KINDS.filter((k) => list.includes(k));
-}
-
-/**
- * What each of a document's vectors carries for search filters beyond the product's own keys:
- * its collection and the filterable keys of its metadata (scalar values only, as Vectorize
- * indexes no others).
- */
-function searchMetadata(
-  collection: string,
-  metadata: Record<string, unknown> | undefined,
-  filterable: readonly string[],
-): Record<string, string | number | boolean> {
-  const out: Record<string, string | number | boolean> = { collection };
-  for (const key of filterable) {
-    const v = metadata?.[key];
-    if (typeof v === "string" || typeof v === "number" || typeof v === "boolean") out[key] = v;
-  }
-  return out;
-}
-
-/** Chunks the documents and groups the chunks into tasks; deterministic for a given job id. */
-function plan(jobId: string, body: CreateJobRequest, env: Env): Plan {
-  const model = body.model ?? DEFAULT_MODEL;
-  const info = getModel(model);
-  if (!info) {
-    throw new AppError(422, "unprocessable", `unknown model ${model}`, {
-      available: Object.keys(MODELS),
-    });
-  }
-  const maxChars = body.chunking?.maxChars ?? info.defaultChunkChars;
-  if (maxChars > info.maxChunkChars) {
-    throw new AppError(
-      422,
-      "unprocessable",
-      `chunking.maxChars ${maxChars} is over the largest chunk for model ${model} (${info.maxChunkChars})`,
-    );
-  }
-  const overlap = body.chunking?.overlap ?? Math.min(60, Math.floor(maxChars / 10));
-  if (overlap >= maxChars / 2) {
-    throw new AppError(
-      422,
-      "unprocessable",
-      "chunking.overlap must be less than half of chunking.maxChars",
-    );
-  }
-  // Chunks are cut to the model's token window, so the model never truncates one.
-  const count = tokenCounter(model);
-  const fits = count ? { fits: (t: string) => count(t) <= info.maxTokens } : {};
-  const documents: NewJob["documents"] = [];
-  const chunks: NewJob["chunks"] = [];
-  const items: QueuedItem[] = [];
-  const piiMask = maskedKinds(body.privacy, env);
-  const collection = body.collection ?? DEFAULT_COLLECTION;
-  const filterable = filterableKeys(env);
-  body.documents.forEach((d, seq) => {
-    const docId = d.id ?? `doc-${seq}`;
-    const meta = searchMetadata(collection, d.metadata, filterable);
-    documents.push({ seq, id: docId, metadata: d.metadata ?? null, chars: d.text.length });
-    for (const c of chunkText(d.text, { maxChars, overlap, ...fits })) {
-      const id = `${jobId}.${String(seq).padStart(5, "0")}.${String(c.index).padStart(5, "0")}`;
-      chunks.push({
-        id,
-        documentSeq: seq,
-        documentId: docId,
-        index: c.index,
-        text: c.text,
-        start: c.start,
-        end: c.end,
-      });
-      // The owner keeps the original; a volunteer gets the text with personal data masked.
-      const text = piiMask.length ? maskPersonalData(c.text, piiMask).text : c.text;
-      items.push({ chunkId: id, documentId: docId, index: c.index, text, meta });
-    }
-  });
-  const tasks: NewTask[] = [];
-  for (let i = 0; i < items.length; i += TASK_SIZE) {
-    tasks.push({ id: `${jobId}.t${i / TASK_SIZE}`, items: items.slice(i, i + TASK_SIZE) });
-  }
-  return {
-    job: {
-      id: jobId,
-      model,
-      collection,
-      chunking: { maxChars, overlap },
-      verification: body.verification ?? defaultVerification(env),
-      pool: body.pool ?? "any",
-      piiMask,
-      documents,
-      chunks,
+const appendDocuments = createRoute({
+  method: "post",
+  path: "/v1/jobs/{id}/documents",
+  summary: "Add documents to an open job (JSON or NDJSON)",
+  ...write,
+  request: {
+    params: JobParams,
+    body: {
+      content: {
+        "application/json": { schema: AppendDocumentsRequest },
+        "application/x-ndjson": {
+          schema: { type: "string", description: "One DocumentInput per line." },
+        },
+      },
+      required: false,
     },
-    tasks,
+  },
+  responses: {
+    202: {
+      description: "Taken; `ingest` says which documents were taken, unchanged or rejected",
+      content: { "application/json": { schema: Job.extend({ ingest: IngestReport }) } },
+    },
+    409: {
+      description: "The job takes no more documents (closed, ended or never opened)",
+      content: { "application/json": { schema: ErrorBody } },
+    },
+    ...errors,
+  },
+});
+
+const closeJob = createRoute({
+  method: "post",
+  path: "/v1/jobs/{id}/close",
+  summary: "Stop an open job taking documents: it completes once they are done",
+  ...write,
+  request: { params: JobParams },
+  responses: {
+    200: { description: "The closed job", content: { "application/json": { schema: Job } } },
+    409: {
+      description: "The job was not open",
+      content: { "application/json": { schema: ErrorBody } },
+    },
+    ...errors,
+  },
+});
+
+type Ctx = Context<AppEnv>;
+
+/** The JSON body a route validated (routes that also take NDJSON or files leave it untyped). */
+function validJson<T>(c: Ctx): T {
+  return (c.req as unknown as { valid(target: "json"): T }).valid("json");
+}
+
+function ingestReport(t: IngestTally) {
+  return {
+    accepted: t.accepted,
+    unchanged: t.unchanged,
+    rejected: t.rejected,
+    rejections: t.rejections,
   };
 }
 
-async function dispatch(
-  env: Env,
+/**
+ * A new job's header: its webhook endpoint (made now, its secret shown once), retention and
+ * idempotency fields.
+ */
+async function newJobHeader(
+  c: Ctx,
   jobId: string,
-  tenant: string,
-  model: string,
-  tasks: NewTask[],
-  opts: TaskOptions,
-) {
-  const dispatcher = dispatcherFor(env, model, jobId);
-  const keyring = keyringFor(env);
-  let slice: NewTask[] = [];
-  let size = 0;
+  options: CreateJobOptions,
+  idempotency: { key: string | null; requestHash: string | null },
+): Promise<{ header: JobHeader; secret: string | null }> {
+  const cred = c.get("credential");
+  const textRetentionDays =
+    options.retention !== undefined
+      ? options.retention.textDays
+      : ((await openStore(c.env).tenantSettings(cred.tenant))?.textRetentionDays ?? null);
+  let webhook: JobHeader["webhook"] = null;
+  let secret: string | null = null;
+  if (options.webhook) {
+    assertTargetAllowed(c.env, options.webhook.url);
+    secret = newSecret();
+    const ep = await webhookHub(c.env, cred.tenant).createEndpoint({
+      url: options.webhook.url,
+      events: options.webhook.events ?? DEFAULT_WEBHOOK_EVENTS,
+      jobId,
+      secret,
+    });
+    webhook = { id: ep.id, url: ep.url };
+  }
+  return {
+    header: {
+      createdBy: cred.id,
+      textRetentionDays,
+      idempotencyKey: idempotency.key,
+      requestHash: idempotency.requestHash,
+      webhook,
+    },
+    secret,
+  };
+}
+
+/** The 202 of a new job: the job (its webhook secret shown here, once) and what was taken. */
+async function accepted(c: Ctx, ingestion: Ingestion, secret: string | null) {
+  const job = await openStore(c.env).getJob(c.get("credential").tenant, ingestion.jobId);
+  if (!job) throw new Error(`job ${ingestion.jobId} vanished after submit`);
+  await audit(c, "job.created", job.id, {
+    model: job.model,
+    documents: job.documents,
+    chunks: job.chunks.total,
+  });
+  const body = {
+    ...job,
+    ...(job.webhook && secret ? { webhook: { ...job.webhook, secret } } : {}),
+    ingest: ingestReport(ingestion.tally),
+  };
+  return c.json(body, 202, { Location: `/v1/jobs/${job.id}` });
+}
+
+/** Nothing in the request could be taken: a 422 listing why, and no job. */
+function nothingTaken(t: IngestTally): never {
+  throw new AppError(422, "unprocessable", "no document of the request could be taken", {
+    rejections: t.rejections,
+    rejected: t.rejected,
+  });
+}
+
+/**
+ * Runs an ingest that may stop part way (quota, backlog, a cut stream): what was taken stays
+ * in the job, which is closed so it can complete, and the error says so.
+ */
+async function guarded(ingestion: Ingestion, keepOpen: boolean, run: () => Promise<void>) {
   try {
-    for (const t of tasks) {
-      // The coordinator keeps the text only sealed, like D1.
-      slice.push({ ...t, items: await sealItems(keyring, tenant, t.items) });
-      size += (slice.at(-1)?.items ?? []).reduce((n, i) => n + i.text.length + 64, 0);
-      if (size >= ENQUEUE_SLICE_CHARS) {
-        await dispatcher.enqueue(jobId, tenant, model, slice, opts);
-        slice = [];
-        size = 0;
+    await run();
+  } catch (err) {
+    if (ingestion.exists) {
+      await ingestion.close();
+      if (err instanceof AppError) {
+        throw new AppError(
+          err.status,
+          err.code,
+          `${err.message} (job ${ingestion.jobId} keeps the ${ingestion.tally.accepted} documents taken before this and is closed)`,
+          { jobId: ingestion.jobId, ingest: ingestReport(ingestion.tally) },
+          err.headers,
+        );
       }
     }
-    if (slice.length) await dispatcher.enqueue(jobId, tenant, model, slice, opts);
-  } catch (err) {
-    console.error("dispatch failed", jobId, err);
-    throw noCapacity("the coordinator is unavailable; retry with the same Idempotency-Key");
+    throw err;
   }
-  await openStore(env).markDispatched(jobId);
+  if (!keepOpen) await ingestion.close();
+}
+
+/** POST /v1/jobs with an NDJSON body. */
+async function submitStream(c: Ctx) {
+  const body = c.req.raw.body;
+  if (!body) throw new AppError(422, "validation_failed", "the NDJSON body is empty");
+  const source = lines(body)[Symbol.asyncIterator]();
+  const first = await source.next();
+  let options: CreateJobOptions = {};
+  let pending: Line | undefined = first.done ? undefined : first.value;
+  try {
+    const header = headerOptions(pending);
+    if (header) {
+      options = header;
+      pending = undefined;
+    }
+  } catch (err) {
+    throw new AppError(
+      422,
+      "validation_failed",
+      `line 1: invalid job options: ${(err as Error).message}`,
+    );
+  }
+  const settings = resolveSettings(c.env, options);
+  const jobId = newId("job");
+  const { header, secret } = await newJobHeader(c, jobId, options, {
+    key: null,
+    requestHash: null,
+  });
+  const ingestion = new Ingestion(c.env, c.get("credential"), jobId, settings, 0, header);
+  async function* rest(): AsyncGenerator<Line> {
+    if (pending) yield pending;
+    for (let n = await source.next(); !n.done; n = await source.next()) yield n.value;
+  }
+  await guarded(ingestion, options.open === true, () => feed(ingestion, rest()));
+  if (!ingestion.exists) nothingTaken(ingestion.tally);
+  return accepted(c, ingestion, secret);
+}
+
+/** POST /v1/jobs with files. */
+async function submitFiles(c: Ctx) {
+  const upload = await readUpload(c.req.raw);
+  const settings = resolveSettings(c.env, upload.options);
+  const jobId = newId("job");
+  const { header, secret } = await newJobHeader(c, jobId, upload.options, {
+    key: null,
+    requestHash: null,
+  });
+  const ingestion = new Ingestion(c.env, c.get("credential"), jobId, settings, 0, header);
+  ingestion.reject(upload.rejections);
+  if (upload.documents.length === 0) nothingTaken(ingestion.tally);
+  await guarded(ingestion, upload.options.open === true, async () => {
+    await ingestion.add(upload.documents, true);
+  });
+  if (!ingestion.exists) nothingTaken(ingestion.tally);
+  return accepted(c, ingestion, secret);
 }
 
 export const jobs = router();
@@ -305,10 +407,13 @@ jobs.use("/v1/jobs", requireAuth("api"));
 
 jobs
   .openapi(createJob, async (c) => {
-    const body = c.req.valid("json");
+    const type = c.req.header("content-type");
+    if (isNdjson(type)) return submitStream(c);
+    if (isMultipart(type)) return submitFiles(c);
+    // Validated against CreateJobRequest by the route (JSON bodies only; others branch above).
+    const body = validJson<CreateJobRequest>(c);
     const key = c.req.valid("header")["idempotency-key"] ?? null;
-    const cred = c.get("credential");
-    const tenant = cred.tenant;
+    const tenant = c.get("credential").tenant;
     const store = openStore(c.env);
     const requestHash = key ? await sha256Hex(JSON.stringify(body)) : null;
 
@@ -322,13 +427,7 @@ jobs
             "Idempotency-Key was already used with a different request body",
           );
         }
-        if (!prior.dispatched) {
-          const { tasks } = plan(prior.job.id, body, c.env);
-          await dispatch(c.env, prior.job.id, tenant, prior.job.model, tasks, {
-            verify: prior.job.verification,
-            pool: prior.job.pool,
-          });
-        }
+        if (!prior.dispatched) await redispatch(c.env, tenant, prior.job);
         return c.json(prior.job, 202, {
           "Idempotent-Replayed": "true",
           Location: `/v1/jobs/${prior.job.id}`,
@@ -336,87 +435,113 @@ jobs
       }
     }
 
+    const settings = resolveSettings(c.env, body);
     const jobId = newId("job");
-    const { job, tasks } = plan(jobId, body, c.env);
-    await assertChunkQuota(c.env, cred, job.chunks.length);
-    const textRetentionDays =
-      body.retention !== undefined
-        ? body.retention.textDays
-        : ((await store.tenantSettings(tenant))?.textRetentionDays ?? null);
-    // Refuse work the coordinator cannot hold rather than queue it without bound.
-    const backlog = await dispatcherFor(c.env, job.model, jobId).backlog();
-    const limit = Number(c.env.MAX_BACKLOG_TASKS) || 200_000;
-    if (backlog + tasks.length > limit) {
-      throw noCapacity(`the queue is full (${backlog} tasks waiting); retry later`, 30);
+    const { header, secret } = await newJobHeader(c, jobId, body, { key, requestHash });
+    const ingestion = new Ingestion(c.env, c.get("credential"), jobId, settings, 0, header);
+    const docs: SourceDocument[] = body.documents.map((d) => ({
+      id: d.id,
+      text: d.text,
+      metadata: d.metadata ?? null,
+    }));
+    try {
+      await ingestion.add(docs, body.open === true);
+    } catch (err) {
+      // A concurrent submit with the same Idempotency-Key won the race: answer with its job.
+      if (key && err instanceof AppError && err.status === 409) {
+        const prior = await store.findJobByIdempotencyKey(tenant, key);
+        if (prior && prior.job.id !== jobId) {
+          if (prior.requestHash !== requestHash)
+            throw new AppError(
+              409,
+              "conflict",
+              "Idempotency-Key was already used with a different request body",
+            );
+          return c.json(prior.job, 202, {
+            "Idempotent-Replayed": "true",
+            Location: `/v1/jobs/${prior.job.id}`,
+          });
+        }
+      }
+      throw err;
     }
-    let webhook: { id: string; url: string; secret: string } | null = null;
-    if (body.webhook) {
-      assertTargetAllowed(c.env, body.webhook.url);
-      const secret = newSecret();
-      const ep = await webhookHub(c.env, tenant).createEndpoint({
-        url: body.webhook.url,
-        events: body.webhook.events ?? DEFAULT_WEBHOOK_EVENTS,
-        jobId,
-        secret,
-      });
-      webhook = { id: ep.id, url: ep.url, secret };
+    if (!ingestion.exists) nothingTaken(ingestion.tally);
+    return accepted(c, ingestion, secret);
+  })
+  .openapi(listJobs, async (c) => {
+    const q = c.req.valid("query");
+    let before: [string, string] | undefined;
+    if (q.cursor) {
+      const at = decodeJsonCursor(q.cursor);
+      if (!at) throw new AppError(422, "validation_failed", "invalid cursor");
+      before = at;
     }
-    // Raw input first: once the job exists, what it was made from is already kept (sealed).
-    await putRaw(
-      c.env.RAW,
-      keyringFor(c.env),
-      tenant,
-      jobId,
-      body.documents.map((d, seq) => ({
-        seq,
-        id: job.documents[seq]?.id ?? `doc-${seq}`,
-        text: d.text,
-        metadata: d.metadata ?? null,
-      })),
+    const rows = await openStore(c.env).listJobs(c.get("credential").tenant, {
+      ...(q.status ? { status: q.status } : {}),
+      ...(q.collection ? { collection: q.collection } : {}),
+      ...(before ? { before } : {}),
+      limit: q.limit + 1,
+    });
+    const data = rows.slice(0, q.limit);
+    const last = data.at(-1);
+    const nextCursor =
+      rows.length > q.limit && last ? encodeJsonCursor([last.createdAt, last.id]) : null;
+    return c.json({ data, nextCursor }, 200);
+  })
+  .openapi(appendDocuments, async (c) => {
+    const { id } = c.req.valid("param");
+    const tenant = c.get("credential").tenant;
+    const store = openStore(c.env);
+    const job = await store.getJob(tenant, id);
+    if (!job) throw notFound("job");
+    if (!job.accepting)
+      throw new AppError(
+        409,
+        "conflict",
+        `job ${id} takes no more documents (${job.accepting ? "open" : job.status === "queued" || job.status === "running" ? "it was not opened with open: true, or was closed" : `it has ${job.status}`})`,
+      );
+    const ingestion = new Ingestion(
+      c.env,
+      c.get("credential"),
+      id,
+      settingsOf(c.env, job),
+      job.documents,
+      null,
     );
-    // The keyword index holds each chunk's words as hashes under the tenant's term key.
-    const hasher = await indexHasher(keyringFor(c.env), tenant);
-    const chunks = await Promise.all(
-      job.chunks.map(async (ch) => ({ ...ch, terms: await hasher.document(ch.text) })),
-    );
-    const created = await store.createJob({
-      ...job,
-      chunks,
-      tenant,
-      createdBy: cred.id,
-      textRetentionDays,
-      idempotencyKey: key,
-      requestHash,
-      createdAt: new Date().toISOString(),
-      webhook,
-    });
-    if (!created.created) {
-      // Lost a race with a concurrent submit of the same key.
-      await c.env.RAW.delete(rawKey(tenant, jobId));
-      if (created.requestHash !== requestHash)
-        throw new AppError(
-          409,
-          "conflict",
-          "Idempotency-Key was already used with a different request body",
-        );
-      return c.json(created.job, 202, {
-        "Idempotent-Replayed": "true",
-        Location: `/v1/jobs/${created.job.id}`,
-      });
+    let close = false;
+    if (isNdjson(c.req.header("content-type"))) {
+      const body = c.req.raw.body;
+      if (!body) throw new AppError(422, "validation_failed", "the NDJSON body is empty");
+      await guarded(ingestion, true, () => feed(ingestion, lines(body)));
+    } else {
+      const parsed = { data: validJson<AppendDocumentsRequest>(c) };
+      close = parsed.data.close === true;
+      await guarded(ingestion, !close, () =>
+        ingestion
+          .add(
+            parsed.data.documents.map((d) => ({
+              id: d.id,
+              text: d.text,
+              metadata: d.metadata ?? null,
+            })),
+            true,
+          )
+          .then(() => undefined),
+      );
     }
-    await audit(c, "job.created", jobId, {
-      model: job.model,
-      documents: job.documents.length,
-      chunks: job.chunks.length,
-      ...(key ? { idempotencyKey: key } : {}),
-    });
-    await dispatch(c.env, jobId, tenant, job.model, tasks, {
-      verify: job.verification,
-      pool: job.pool,
-    });
-    // The job's webhook secret is shown here, once.
-    const body202 = webhook ? { ...created.job, webhook } : created.job;
-    return c.json(body202, 202, { Location: `/v1/jobs/${jobId}` });
+    const now = (await store.getJob(tenant, id)) ?? job;
+    return c.json({ ...now, ingest: ingestReport(ingestion.tally) }, 202);
+  })
+  .openapi(closeJob, async (c) => {
+    const { id } = c.req.valid("param");
+    const tenant = c.get("credential").tenant;
+    const store = openStore(c.env);
+    const job = await store.getJob(tenant, id);
+    if (!job) throw notFound("job");
+    if (!(await store.closeJob(tenant, id)))
+      throw new AppError(409, "conflict", `job ${id} was not open`);
+    await dispatcherFor(c.env, job.model, id).close(id);
+    return c.json((await store.getJob(tenant, id)) ?? job, 200);
   })
   .openapi(getJob, async (c) => {
     const job = await openStore(c.env).getJob(c.get("credential").tenant, c.req.valid("param").id);
@@ -502,6 +627,21 @@ jobs
       rows.length > limit && page.length ? encodeCursor(page[page.length - 1]?.id ?? "") : null;
     return c.json({ data, nextCursor }, 200);
   });
+
+function encodeJsonCursor(at: [string, string]): string {
+  return encodeCursor(JSON.stringify(at));
+}
+
+function decodeJsonCursor(cursor: string): [string, string] | null {
+  try {
+    const v = JSON.parse(decodeCursor(cursor) ?? "");
+    return Array.isArray(v) && v.length === 2 && v.every((x) => typeof x === "string")
+      ? [v[0] as string, v[1] as string]
+      : null;
+  } catch {
+    return null;
+  }
+}
 
 function encodeCursor(id: string): string {
   return btoa(id).replaceAll("+", "-").replaceAll("/", "_").replaceAll("=", "");

@@ -29,6 +29,8 @@ const PRODUCT_FILTER_KEYS = ["jobId", "documentId", "collection"] as const;
  * by words should still be found for a top 10. Vectorize returns at most 100 matches.
  */
 const FUSION_DEPTH = { min: 50, max: 100, perResult: 3 } as const;
+/** Extra matches each list asks for beyond twice topK, for versions search may not show. */
+const VERSION_SLACK = 10;
 /** Vectorize's getByIds takes at most 20 ids per call. */
 const GET_BY_IDS_BATCH = 20;
 
@@ -43,13 +45,16 @@ export async function search(env: Env, tenant: string, req: Request): Promise<Se
   if (!getModel(model)) throw new AppError(422, "unprocessable", `unknown model ${model}`);
   const filter = checkedFilter(env, req);
   const store = openStore(env);
+  // A pending document version's vectors are in the index before it becomes current (and a
+  // superseded one's until they are pruned): each list reaches past topK so that the chunks
+  // search may not show still leave topK it may.
   const depth =
     req.mode === "hybrid"
       ? Math.min(
           FUSION_DEPTH.max,
           Math.max(FUSION_DEPTH.min, req.topK * FUSION_DEPTH.perResult, req.topK),
         )
-      : req.topK;
+      : Math.min(FUSION_DEPTH.max, req.topK * 2 + VERSION_SLACK);
 
   const [byVector, keywordHits] = await Promise.all([
     req.mode === "keyword" ? null : vectorList(env, tenant, model, req, filter, depth),
@@ -59,8 +64,10 @@ export async function search(env: Env, tenant: string, req: Request): Promise<Se
   const ranked = rank(req.mode, byVector ?? [], byKeyword).filter(
     (r) => req.minScore === undefined || r.score >= req.minScore,
   );
-  const top = ranked.slice(0, req.topK);
-  return { mode: req.mode, results: await materialise(env, store, tenant, model, req, top) };
+  // Ranked by depth, shown by topK: chunks of versions not (or no longer) current are dropped
+  // when materialised, and the next ones take their place.
+  const results = await materialise(env, store, tenant, model, req, ranked);
+  return { mode: req.mode, results: results.slice(0, req.topK) };
 }
 
 /**
@@ -170,17 +177,26 @@ async function materialise(
   tenant: string,
   model: string,
   req: Request,
-  top: Scored[],
+  ranked: Scored[],
 ): Promise<SearchResult[]> {
-  const ids = top.map((r) => r.id);
-  const [rows, vectors] = await Promise.all([
-    store.getChunks(tenant, ids),
-    req.includeVectors ? vectorsOf(env, model, ids) : new Map<string, number[]>(),
-  ]);
+  const rows = await store.getChunks(
+    tenant,
+    ranked.map((r) => r.id),
+    { currentOnly: true },
+  );
   const chunks = new Map(rows.map((r) => [r.id, r]));
+  // A vector whose chunk is gone (deleted a moment ago; Vectorize applies deletes later) or
+  // belongs to a version that is not current is not shown.
+  const top = ranked.filter((r) => chunks.has(r.id)).slice(0, req.topK);
+  const vectors = req.includeVectors
+    ? await vectorsOf(
+        env,
+        model,
+        top.map((r) => r.id),
+      )
+    : new Map<string, number[]>();
   return top.flatMap((r) => {
     const chunk = chunks.get(r.id);
-    // A vector whose chunk is gone (deleted a moment ago; Vectorize applies deletes later).
     if (!chunk) return [];
     const { status: _s, error: _e, text, metadata, ...rest } = chunk;
     const vector = vectors.get(r.id);

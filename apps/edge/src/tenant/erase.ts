@@ -31,8 +31,16 @@ export async function deleteJobEverywhere(env: Env, tenant: string, job: Job): P
   await deleteVectors(env, job.model, await store.chunkIds(job.id));
   await env.RAW.delete([rawKey(tenant, job.id), legacyRawKey(job.id)]);
   await ledger(env, tenant).unscheduleTextPurge(job.id);
+  const originals = await store.originalsOf(job.id);
   // The rows go last: until then a retry can still find what is left to delete.
   await store.deleteJob(job.id);
+  await dropOriginals(env, tenant, originals);
+}
+
+/** Deletes the originals no remaining document names (documents with the same bytes share one). */
+async function dropOriginals(env: Env, tenant: string, keys: string[]): Promise<void> {
+  const store = openStore(env);
+  for (const key of keys) if (!(await store.originalInUse(tenant, key))) await env.RAW.delete(key);
 }
 
 /**
@@ -43,13 +51,15 @@ export async function deleteDocumentEverywhere(
   env: Env,
   tenant: string,
   job: Job,
-  doc: { seq: number; id: string; chunkIds: string[] },
+  doc: { seq: number; id: string; rawKey: string | null; chunkIds: string[] },
 ): Promise<void> {
   const store = openStore(env);
   await dispatcherFor(env, job.model, job.id).forgetDocument(job.id, doc.id);
   await deleteVectors(env, job.model, doc.chunkIds);
-  await dropRawDocument(env.RAW, keyringFor(env), tenant, job.id, doc.seq);
+  // Jobs from before the document store kept one raw object per job.
+  if (!doc.rawKey) await dropRawDocument(env.RAW, keyringFor(env), tenant, job.id, doc.seq);
   await store.deleteDocument(job.id, doc.seq);
+  if (doc.rawKey) await dropOriginals(env, tenant, [doc.rawKey]);
 }
 
 /**
@@ -62,7 +72,9 @@ export async function purgeJobText(env: Env, tenant: string, jobId: string): Pro
   if (!job) return false;
   await dispatcherFor(env, job.model, jobId).purgeText(jobId);
   await env.RAW.delete([rawKey(tenant, jobId), legacyRawKey(jobId)]);
+  const originals = await store.originalsOf(jobId);
   await store.purgeText(jobId);
+  await dropOriginals(env, tenant, originals);
   return true;
 }
 

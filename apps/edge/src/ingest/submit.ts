@@ -1,0 +1,676 @@
+import {
+  type ChunkOptions,
+  chunkSections,
+  chunkText,
+  DEFAULT_COLLECTION,
+  DEFAULT_MODEL,
+  getModel,
+  type IngestRejection,
+  type Job,
+  MODELS,
+  PII_KINDS,
+  type PiiKind,
+  type Pool,
+  type Privacy,
+  type SectionChunk,
+  TASK_SIZE,
+  type Verification,
+} from "@p2pa/shared";
+import { keyringFor, openStore } from "../db/open.js";
+import type { Credential, LiveVersion, NewChunk, NewDocument } from "../db/store.js";
+import { sealItems } from "../dispatch/sealed-items.js";
+import { dispatcherFor } from "../dispatch/shards.js";
+import { vectorMetadata } from "../dispatch/store-result.js";
+import type { ItemCopy, NewTask, QueuedItem } from "../dispatch/task-queue.js";
+import { sha256Hex } from "../lib/crypto.js";
+import { AppError, noCapacity } from "../lib/errors.js";
+import { tokenCounter } from "../lib/tokens.js";
+import { maskPersonalData } from "../privacy/mask.js";
+import { indexHasher } from "../search/terms.js";
+import { assertChunkQuota } from "../tenant/limits.js";
+import { filterableKeys } from "../vector/config.js";
+import { getVectorIndex } from "../vector/index.js";
+import type { Section } from "./extract/index.js";
+import { detectLanguage } from "./extract/index.js";
+import { putOriginal } from "./originals.js";
+
+/**
+ * The submit flow every way in shares (a JSON job, an NDJSON stream, file uploads, appends to
+ * an open job): each document is checked against its live versions (unchanged: skipped; new:
+ * a version, pending while an older one is current), chunked along its sections, and each
+ * chunk's vector is looked up in the embedding cache; the rest become tasks. The job's rows
+ * are written in one transaction per batch, then the tasks go to the coordinator.
+ */
+
+// RPC payloads are capped; enqueue in slices well under the limit.
+const ENQUEUE_SLICE_CHARS = 4_000_000;
+/** Originals written to the document store at once. */
+const ORIGINAL_WRITES = 16;
+
+/** What a job's documents are computed with, resolved from the request and the deployment. */
+export interface JobSettings {
+  model: string;
+  collection: string;
+  chunking: { maxChars: number; overlap: number };
+  verification: Verification;
+  pool: Pool;
+  piiMask: PiiKind[];
+  keepOriginals: boolean;
+  /** Take vectors the embedding cache holds for the same text (results are cached either way). */
+  useCache: boolean;
+}
+
+/** The job options of a request (JSON body, NDJSON header line, or upload form). */
+export interface JobOptions {
+  model?: string | undefined;
+  collection?: string | undefined;
+  chunking?: { maxChars?: number | undefined; overlap?: number | undefined } | undefined;
+  verification?: Verification | undefined;
+  pool?: Pool | undefined;
+  privacy?: Privacy | undefined;
+  keepOriginals?: boolean | undefined;
+  cache?: boolean | undefined;
+}
+
+/** A document as it reaches the submit flow: its text (extracted for files) and its original. */
+export interface SourceDocument {
+  id?: string | undefined;
+  text: string;
+  metadata?: Record<string, unknown> | null | undefined;
+  /** Headings and pages of the text (files); absent: the whole text is one section. */
+  sections?: Section[] | undefined;
+  /** The bytes as submitted, with their media type; absent: the text is the original. */
+  original?: { bytes: Uint8Array; mediaType: string } | undefined;
+}
+
+/** The deployment's verification policy for jobs that do not choose one (`VERIFICATION`). */
+function defaultVerification(env: Env): Verification {
+  const v: string = env.VERIFICATION;
+  return v === "always" || v === "off" ? v : "auto";
+}
+
+/** The kinds of personal data a job masks: its own choice, else the deployment's PII_MASK. */
+function maskedKinds(privacy: Privacy | undefined, env: Env): PiiKind[] {
+  const choice: string | readonly string[] = privacy?.mask ?? (env.PII_MASK as string);
+  if (choice === "all") return [...PII_KINDS];
+  const list = typeof choice === "string" ? choice.split(",").map((k) => k.trim()) : choice;
+  return PII_KINDS.filter((k) => list.includes(k));
+}
+
+/** The job's settings, or a 422 naming what is wrong with the options. */
+export function resolveSettings(env: Env, o: JobOptions): JobSettings {
+  const model = o.model ?? DEFAULT_MODEL;
+  const info = getModel(model);
+  if (!info) {
+    throw new AppError(422, "unprocessable", `unknown model ${model}`, {
+      available: Object.keys(MODELS),
+    });
+  }
+  const maxChars = o.chunking?.maxChars ?? info.defaultChunkChars;
+  if (maxChars > info.maxChunkChars) {
+    throw new AppError(
+      422,
+      "unprocessable",
+      `chunking.maxChars ${maxChars} is over the largest chunk for model ${model} (${info.maxChunkChars})`,
+    );
+  }
+  const overlap = o.chunking?.overlap ?? Math.min(60, Math.floor(maxChars / 10));
+  if (overlap >= maxChars / 2) {
+    throw new AppError(
+      422,
+      "unprocessable",
+      "chunking.overlap must be less than half of chunking.maxChars",
+    );
+  }
+  return {
+    model,
+    collection: o.collection ?? DEFAULT_COLLECTION,
+    chunking: { maxChars, overlap },
+    verification: o.verification ?? defaultVerification(env),
+    pool: o.pool ?? "any",
+    piiMask: maskedKinds(o.privacy, env),
+    keepOriginals: o.keepOriginals ?? true,
+    useCache: o.cache ?? (env.EMBEDDING_CACHE as string) !== "off",
+  };
+}
+
+/**
+ * What each of a document's vectors carries for search filters beyond the product's own keys:
+ * its collection and the filterable keys of its metadata (scalar values only, as Vectorize
+ * indexes no others).
+ */
+function searchMetadata(
+  collection: string,
+  metadata: Record<string, unknown> | null | undefined,
+  filterable: readonly string[],
+): Record<string, string | number | boolean> {
+  const out: Record<string, string | number | boolean> = { collection };
+  for (const key of filterable) {
+    const v = metadata?.[key];
+    if (typeof v === "string" || typeof v === "number" || typeof v === "boolean") out[key] = v;
+  }
+  return out;
+}
+
+/** A batch of documents made ready: rows to write, vectors already known, tasks to hand out. */
+export interface PreparedBatch {
+  documents: NewDocument[];
+  chunks: NewChunk[];
+  tasks: NewTask[];
+  /** Vectors from the cache, written to the index before the rows. */
+  known: {
+    id: string;
+    values: Float32Array;
+    metadata: Record<string, string | number | boolean>;
+  }[];
+  unchanged: number;
+  rejections: IngestRejection[];
+  /** Seq numbers given to this batch's documents (taken or unchanged), from `firstSeq`. */
+  seqs: number;
+  cache: { hits: number; misses: number };
+}
+
+export interface PrepareContext {
+  env: Env;
+  tenant: string;
+  jobId: string;
+  settings: JobSettings;
+  /** The first document seq of the batch (a job's seqs run on across appends). */
+  firstSeq: number;
+  /** Refuses the batch (quota, backlog) once its size is known, before anything is written. */
+  check?: (size: { chunks: number; tasks: number }) => Promise<void>;
+}
+
+/** Where each source document stands before it is chunked. */
+type Decision =
+  | { kind: "new"; state: "current" | "pending"; version: number }
+  | { kind: "unchanged" }
+  | { kind: "rejected"; code: string; message: string };
+
+/** A new submission of a document against its live versions (see schema.documents). */
+function decide(jobId: string, fingerprint: string, live: LiveVersion[]): Decision {
+  const pending = live.find((v) => v.state === "pending");
+  const current = live.find((v) => v.state === "current");
+  const next = Math.max(0, ...live.map((v) => v.maxVersion)) + 1;
+  if (pending?.jobId === jobId)
+    return { kind: "rejected", code: "duplicate", message: "this job already has this document" };
+  // The newest submission wins: a version still pending is superseded by a newer one (it never
+  // becomes current), unless the newer one is the same.
+  if (pending) {
+    if (pending.fingerprint === fingerprint) return { kind: "unchanged" };
+    return { kind: "new", state: "pending", version: next };
+  }
+  if (current?.fingerprint === fingerprint) return { kind: "unchanged" };
+  return { kind: "new", state: current ? "pending" : "current", version: next };
+}
+
+/**
+ * Prepares one batch: versions, chunks (cut to the model's window along the document's
+ * sections), cache lookups, originals and keyword terms. Deterministic chunk and task ids for a
+ * given job and seq, so a retried submit re-creates the same ones.
+ */
+export async function prepareBatch(
+  ctx: PrepareContext,
+  docs: SourceDocument[],
+): Promise<PreparedBatch> {
+  const { env, tenant, jobId, settings } = ctx;
+  const store = openStore(env);
+  const keyring = keyringFor(env);
+  const now = new Date().toISOString();
+  const info = getModel(settings.model);
+  const count = tokenCounter(settings.model);
+  const chunkOptions: ChunkOptions = {
+    ...settings.chunking,
+    ...(count && info ? { fits: (t: string) => count(t) <= info.maxTokens } : {}),
+  };
+  const filterable = filterableKeys(env);
+
+  const hashes = await Promise.all(docs.map((d) => sha256Hex(d.original?.bytes ?? d.text)));
+  // The fingerprint holds the metadata as given: a detected language derives from the text.
+  const metadataOf = docs.map((d) => d.metadata ?? null);
+  const fingerprints = await Promise.all(
+    docs.map((_, i) =>
+      sha256Hex(
+        JSON.stringify([
+          hashes[i],
+          metadataOf[i],
+          settings.model,
+          settings.chunking,
+          settings.piiMask,
+        ]),
+      ),
+    ),
+  );
+  const named = docs.flatMap((d) => (d.id ? [d.id] : []));
+  const live = new Map<string, LiveVersion[]>();
+  for (const v of await store.liveVersions(tenant, settings.collection, named)) {
+    live.set(v.docKey, [...(live.get(v.docKey) ?? []), v]);
+  }
+
+  const out: PreparedBatch = {
+    documents: [],
+    chunks: [],
+    tasks: [],
+    known: [],
+    unchanged: 0,
+    rejections: [],
+    seqs: 0,
+    cache: { hits: 0, misses: 0 },
+  };
+  const items: QueuedItem[] = [];
+  const originals: { key: string; bytes: Uint8Array; mediaType: string }[] = [];
+  const seen = new Set<string>();
+  const languagePending: {
+    doc: NewDocument;
+    text: string;
+    meta: Record<string, string | number | boolean>;
+  }[] = [];
+  docs.forEach((d, i) => {
+    const fingerprint = fingerprints[i] as string;
+    const contentHash = hashes[i] as string;
+    const decision: Decision =
+      d.id && seen.has(d.id)
+        ? { kind: "rejected", code: "duplicate", message: "this request already has this id" }
+        : d.id
+          ? decide(jobId, fingerprint, live.get(d.id) ?? [])
+          : { kind: "new", state: "current", version: 1 };
+    if (d.id) seen.add(d.id);
+    if (decision.kind === "rejected") {
+      out.rejections.push({
+        ...(d.id ? { id: d.id } : {}),
+        code: decision.code,
+        message: decision.message,
+      });
+      return;
+    }
+    const seq = ctx.firstSeq + out.seqs++;
+    if (decision.kind === "unchanged") {
+      out.unchanged++;
+      return;
+    }
+    // A document without an id is a document of its own: named by its job and place.
+    const docId = d.id ?? `${jobId}-${seq}`;
+    const metadata = metadataOf[i] ?? null;
+    const rawKey = settings.keepOriginals ? originalKey(tenant, contentHash) : null;
+    if (rawKey)
+      originals.push({
+        key: rawKey,
+        bytes: d.original?.bytes ?? new TextEncoder().encode(d.text),
+        mediaType: d.original?.mediaType ?? "text/plain; charset=utf-8",
+      });
+    out.documents.push({
+      seq,
+      id: docId,
+      metadata,
+      chars: d.text.length,
+      docKey: docId,
+      state: decision.state,
+      version: decision.version,
+      contentHash,
+      fingerprint,
+      rawKey,
+      createdAt: now,
+    });
+    // Filled in once the batch is past its checks (language detection costs CPU per document).
+    const meta: Record<string, string | number | boolean> = {};
+    languagePending.push({ doc: out.documents.at(-1) as NewDocument, text: d.text, meta });
+    const pieces: SectionChunk[] = d.sections
+      ? chunkSections(d.text, d.sections, chunkOptions)
+      : chunkText(d.text, chunkOptions);
+    for (const c of pieces) {
+      const id = `${jobId}.${String(seq).padStart(5, "0")}.${String(c.index).padStart(5, "0")}`;
+      out.chunks.push({
+        id,
+        documentSeq: seq,
+        documentId: docId,
+        index: c.index,
+        text: c.text,
+        start: c.start,
+        end: c.end,
+        ...(c.headings?.length ? { headings: c.headings } : {}),
+        ...(c.page !== undefined ? { page: c.page } : {}),
+      });
+      // The owner keeps the original; a volunteer gets the text with personal data masked.
+      const text = settings.piiMask.length
+        ? maskPersonalData(c.text, settings.piiMask).text
+        : c.text;
+      items.push({ chunkId: id, documentId: docId, index: c.index, text, meta });
+    }
+  });
+
+  // What the batch would cost is known now: refuse it before anything is written.
+  await ctx.check?.({ chunks: out.chunks.length, tasks: Math.ceil(items.length / TASK_SIZE) });
+
+  // Each document's language, as metadata (unless it names one), and what its vectors carry.
+  for (const p of languagePending) {
+    p.doc.metadata = withLanguage(p.doc.metadata, p.text);
+    Object.assign(p.meta, searchMetadata(settings.collection, p.doc.metadata, filterable));
+  }
+
+  // The embedding cache is keyed by the exact text a worker would embed.
+  const cacheKey = await keyring.embeddingCacheKey(tenant);
+  const keys = await Promise.all(items.map((it) => macHex(cacheKey, it.text)));
+  const hits = settings.useCache
+    ? await store.cachedVectors(tenant, settings.model, keys)
+    : new Map<string, Float32Array>();
+  const byChunk = new Map(out.chunks.map((c) => [c.id, c]));
+  const leaders = new Map<string, QueuedItem>();
+  const work: QueuedItem[] = [];
+  items.forEach((it, i) => {
+    const key = keys[i] as string;
+    const chunk = byChunk.get(it.chunkId) as NewChunk;
+    chunk.cacheKey = key;
+    const vector = hits.get(key);
+    if (vector) {
+      chunk.cached = true;
+      out.cache.hits++;
+      out.known.push({
+        id: it.chunkId,
+        values: vector,
+        metadata: vectorMetadata(it, tenant, jobId),
+      });
+      return;
+    }
+    out.cache.misses++;
+    // The same text twice in one batch is computed once: the others are its copies.
+    const leader = leaders.get(key);
+    if (leader) {
+      const copy: ItemCopy = {
+        chunkId: it.chunkId,
+        documentId: it.documentId,
+        index: it.index,
+        ...(it.meta ? { meta: it.meta } : {}),
+      };
+      leader.copies = [...(leader.copies ?? []), copy];
+      return;
+    }
+    const lead = { ...it, cacheKey: key };
+    leaders.set(key, lead);
+    work.push(lead);
+  });
+  const prefix = ctx.firstSeq === 0 ? `${jobId}.t` : `${jobId}.s${ctx.firstSeq}.t`;
+  for (let i = 0; i < work.length; i += TASK_SIZE) {
+    out.tasks.push({ id: `${prefix}${i / TASK_SIZE}`, items: work.slice(i, i + TASK_SIZE) });
+  }
+
+  // Originals first: once the rows exist, what they were made from is already kept (sealed).
+  for (let i = 0; i < originals.length; i += ORIGINAL_WRITES) {
+    await Promise.all(
+      originals
+        .slice(i, i + ORIGINAL_WRITES)
+        .map((o) => putOriginal(env.RAW, keyring, tenant, o.key, o.bytes, o.mediaType)),
+    );
+  }
+  // The keyword index holds each chunk's words as hashes under the tenant's term key.
+  const hasher = await indexHasher(keyring, tenant);
+  await Promise.all(
+    out.chunks.map(async (ch) => {
+      ch.terms = await hasher.document(ch.text);
+    }),
+  );
+  return out;
+}
+
+/** The document's metadata with its detected language, unless it names one already. */
+function withLanguage(
+  metadata: Record<string, unknown> | null,
+  text: string,
+): Record<string, unknown> | null {
+  if (metadata && "lang" in metadata) return metadata;
+  const lang = detectLanguage(text);
+  return lang ? { ...(metadata ?? {}), lang } : metadata;
+}
+
+/** Where an original is kept: under the tenant and its content hash, so copies share one. */
+export function originalKey(tenant: string, contentHash: string): string {
+  return `raw/${tenant}/docs/${contentHash}`;
+}
+
+async function macHex(key: CryptoKey, text: string): Promise<string> {
+  const mac = await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(text));
+  return Array.from(new Uint8Array(mac, 0, 16), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Writes the vectors the cache already had, before the rows that say they are done. */
+export async function writeKnown(env: Env, model: string, batch: PreparedBatch): Promise<void> {
+  const index = getVectorIndex(env, model);
+  for (let i = 0; i < batch.known.length; i += 500)
+    await index.upsert(batch.known.slice(i, i + 500));
+}
+
+/** Refuses work the coordinator cannot hold rather than queue it without bound. */
+export async function assertBacklogRoom(
+  env: Env,
+  model: string,
+  jobId: string,
+  tasks: number,
+): Promise<void> {
+  const backlog = await dispatcherFor(env, model, jobId).backlog();
+  const limit = Number(env.MAX_BACKLOG_TASKS) || 200_000;
+  if (backlog + tasks > limit) {
+    throw noCapacity(`the queue is full (${backlog} tasks waiting); retry later`, 30);
+  }
+}
+
+/**
+ * Hands a batch's tasks to the job's shard (sealed, in slices under the RPC limit). With no
+ * task (everything unchanged or cached) the shard still learns of the job, and settles it
+ * unless it is accepting more documents.
+ */
+export async function dispatchTasks(
+  env: Env,
+  job: { id: string; tenant: string; model: string; verification: Verification; pool: Pool },
+  tasks: NewTask[],
+  extra: { accepting: boolean; cache: { hits: number; misses: number } },
+): Promise<void> {
+  const dispatcher = dispatcherFor(env, job.model, job.id);
+  const keyring = keyringFor(env);
+  // Slices before the last keep the job open on the shard; the last says what the batch does.
+  const during = { verify: job.verification, pool: job.pool, accepting: true };
+  let slice: NewTask[] = [];
+  let size = 0;
+  try {
+    for (const t of tasks) {
+      // The coordinator keeps the text only sealed, like D1.
+      slice.push({ ...t, items: await sealItems(keyring, job.tenant, t.items) });
+      size += (slice.at(-1)?.items ?? []).reduce((n, i) => n + i.text.length + 64, 0);
+      if (size >= ENQUEUE_SLICE_CHARS) {
+        await dispatcher.enqueue(job.id, job.tenant, job.model, slice, during);
+        slice = [];
+        size = 0;
+      }
+    }
+    await dispatcher.enqueue(job.id, job.tenant, job.model, slice, { ...during, ...extra });
+  } catch (err) {
+    console.error("dispatch failed", job.id, err);
+    throw noCapacity("the coordinator is unavailable; retry with the same Idempotency-Key");
+  }
+}
+
+/** What one request's documents came to, as the response reports it. */
+export interface IngestTally {
+  accepted: number;
+  unchanged: number;
+  rejected: number;
+  rejections: IngestRejection[];
+  tasks: number;
+}
+
+/** Rejections a response lists; the count covers all of them. */
+const MAX_LISTED_REJECTIONS = 100;
+
+/** The fields of a new job that are not its settings or its documents. */
+export interface JobHeader {
+  createdBy: string | null;
+  textRetentionDays: number | null;
+  idempotencyKey: string | null;
+  requestHash: string | null;
+  webhook: { id: string; url: string } | null;
+}
+
+/**
+ * One job being fed, batch by batch: the first batch creates it (with `accepting` set while
+ * more may follow), later ones append; `close` ends the intake. Every way in goes through
+ * here, so versions, cache, quotas and backlog are checked the same way for each.
+ */
+export class Ingestion {
+  readonly tally: IngestTally = {
+    accepted: 0,
+    unchanged: 0,
+    rejected: 0,
+    rejections: [],
+    tasks: 0,
+  };
+  private created: boolean;
+
+  constructor(
+    private readonly env: Env,
+    private readonly cred: Credential,
+    readonly jobId: string,
+    readonly settings: JobSettings,
+    private nextSeq: number,
+    private readonly header: JobHeader | null,
+  ) {
+    this.created = header === null;
+  }
+
+  /** True once the job exists (its first batch was taken). */
+  get exists(): boolean {
+    return this.created;
+  }
+
+  /** Notes rejections found before the submit flow (bad lines, unreadable files). */
+  reject(rejections: IngestRejection[]): void {
+    this.tally.rejected += rejections.length;
+    const room = MAX_LISTED_REJECTIONS - this.tally.rejections.length;
+    if (room > 0) this.tally.rejections.push(...rejections.slice(0, room));
+  }
+
+  /**
+   * Takes a batch: prepared, checked against quotas and the backlog, written, dispatched.
+   * `accepting`: more batches may follow, so the job stays open.
+   */
+  async add(docs: SourceDocument[], accepting: boolean): Promise<PreparedBatch> {
+    const { env, jobId, settings } = this;
+    const store = openStore(env);
+    const batch = await prepareBatch(
+      {
+        env,
+        tenant: this.cred.tenant,
+        jobId,
+        settings,
+        firstSeq: this.nextSeq,
+        check: async (size) => {
+          await assertChunkQuota(env, this.cred, size.chunks);
+          await assertBacklogRoom(env, settings.model, jobId, size.tasks);
+        },
+      },
+      docs,
+    );
+    this.reject(batch.rejections);
+    if (!this.created && batch.documents.length + batch.unchanged === 0) return batch;
+    await writeKnown(env, settings.model, batch);
+    if (!this.created) {
+      const header = this.header as JobHeader;
+      const made = await store.createJob({
+        id: jobId,
+        tenant: this.cred.tenant,
+        model: settings.model,
+        collection: settings.collection,
+        chunking: settings.chunking,
+        verification: settings.verification,
+        pool: settings.pool,
+        piiMask: settings.piiMask,
+        keepOriginals: settings.keepOriginals,
+        createdAt: new Date().toISOString(),
+        ...header,
+        documents: batch.documents,
+        chunks: batch.chunks,
+        unchanged: batch.unchanged,
+        accepting,
+      });
+      if (!made.created)
+        throw new AppError(409, "conflict", "this job was created by another request");
+      this.created = true;
+    } else if (
+      !(await store.appendDocuments({
+        jobId,
+        tenant: this.cred.tenant,
+        documents: batch.documents,
+        chunks: batch.chunks,
+        unchanged: batch.unchanged,
+      }))
+    ) {
+      throw new AppError(409, "conflict", `job ${jobId} takes no more documents (it was closed)`);
+    }
+    this.nextSeq += batch.seqs;
+    this.tally.accepted += batch.documents.length + batch.unchanged;
+    this.tally.unchanged += batch.unchanged;
+    this.tally.tasks += batch.tasks.length;
+    await dispatchTasks(env, { id: jobId, tenant: this.cred.tenant, ...settings }, batch.tasks, {
+      accepting,
+      cache: batch.cache,
+    });
+    await store.markDispatched(jobId);
+    return batch;
+  }
+
+  /** Ends the intake: the job completes once its chunks are done. */
+  async close(): Promise<void> {
+    if (!this.created) return;
+    await openStore(this.env).closeJob(this.cred.tenant, this.jobId);
+    await dispatcherFor(this.env, this.settings.model, this.jobId).close(this.jobId);
+  }
+}
+
+/** A job's settings as it was created (for appends and retried submits). */
+export function settingsOf(env: Env, job: Job): JobSettings {
+  return {
+    model: job.model,
+    collection: job.collection,
+    chunking: job.chunking,
+    verification: job.verification,
+    pool: job.pool,
+    piiMask: job.privacy.mask,
+    keepOriginals: job.keepOriginals,
+    useCache: (env.EMBEDDING_CACHE as string) !== "off",
+  };
+}
+
+/**
+ * A retried submit whose first try wrote the job but never reached the coordinator: its
+ * chunks still pending become tasks again, from the rows (the same chunk ids, so whatever the
+ * first try did hand over is not doubled).
+ */
+export async function redispatch(env: Env, tenant: string, job: Job): Promise<void> {
+  const store = openStore(env);
+  const settings = settingsOf(env, job);
+  const filterable = filterableKeys(env);
+  const work: QueuedItem[] = [];
+  for (let after: string | null = null; ; ) {
+    const page = await store.listChunks(tenant, job.id, after, 1000);
+    for (const c of page) {
+      if (c.status !== "pending" || c.text === null) continue;
+      const text = settings.piiMask.length
+        ? maskPersonalData(c.text, settings.piiMask).text
+        : c.text;
+      work.push({
+        chunkId: c.id,
+        documentId: c.documentId,
+        index: c.index,
+        text,
+        meta: searchMetadata(job.collection, c.metadata, filterable),
+      });
+    }
+    if (page.length < 1000) break;
+    after = page.at(-1)?.id ?? null;
+  }
+  const tasks: NewTask[] = [];
+  for (let i = 0; i < work.length; i += TASK_SIZE)
+    tasks.push({ id: `${job.id}.r${i / TASK_SIZE}`, items: work.slice(i, i + TASK_SIZE) });
+  await dispatchTasks(env, { ...job, tenant }, tasks, {
+    accepting: job.accepting,
+    cache: { hits: 0, misses: 0 },
+  });
+  await store.markDispatched(job.id);
+}
