@@ -270,6 +270,8 @@ export interface VersionRow {
   createdAt: string | null;
   prunedAt: string | null;
   model: string;
+  /** The status of the job that made the version. */
+  jobStatus: JobStatus;
 }
 
 export interface DocumentListFilter {
@@ -1131,6 +1133,7 @@ export class D1Store implements MetadataStore {
         createdAt: d.createdAt,
         prunedAt: d.prunedAt,
         model: schema.jobs.model,
+        jobStatus: schema.jobs.status,
       })
       .from(d)
       .innerJoin(schema.jobs, eq(schema.jobs.id, d.jobId));
@@ -1152,13 +1155,19 @@ export class D1Store implements MetadataStore {
 
   async listDocuments(tenant: string, q: DocumentListFilter) {
     const d = schema.documents;
-    const has = (states: string) =>
-      sql`EXISTS (SELECT 1 FROM documents s WHERE s.tenant = ${d.tenant} AND s.collection = ${d.collection} AND s.doc_key = ${d.docKey} AND s.state IN (${sql.raw(states)}))`;
+    // The same rule as a document's status (routes/documents.ts): a current version whose job
+    // still runs is being indexed.
+    const has = (states: string, job?: "running" | "ended") =>
+      sql`EXISTS (SELECT 1 FROM documents s JOIN jobs sj ON sj.id = s.job_id WHERE s.tenant = ${d.tenant} AND s.collection = ${d.collection} AND s.doc_key = ${d.docKey} AND s.state IN (${sql.raw(states)})${
+        job === undefined
+          ? sql``
+          : sql.raw(` AND sj.status ${job === "running" ? "" : "NOT "}IN ('queued', 'running')`)
+      })`;
     const status =
       q.status === "indexing"
-        ? has("'pending'")
+        ? sql`(${has("'pending'")} OR ${has("'current'", "running")})`
         : q.status === "ready"
-          ? sql`${has("'current'")} AND NOT ${has("'pending'")}`
+          ? sql`${has("'current'", "ended")} AND NOT ${has("'pending'")}`
           : q.status === "failed"
             ? sql`NOT ${has("'current', 'pending'")}`
             : undefined;
@@ -1214,9 +1223,10 @@ export class D1Store implements MetadataStore {
       ...this.dropKeywords(jobId, doc.id),
       ...this.dropCached(jobId, doc.id),
       this.db.delete(c).where(and(eq(c.jobId, jobId), eq(c.documentId, doc.id))),
+      // Its original is no longer its (the caller deletes it unless another row names it).
       this.db
         .update(d)
-        .set({ prunedAt: new Date().toISOString() })
+        .set({ prunedAt: new Date().toISOString(), rawKey: null })
         .where(and(eq(d.jobId, jobId), eq(d.seq, seq))),
     ]);
   }

@@ -115,7 +115,14 @@ function summaryOf(newest: VersionRow, live: VersionRow[]): DocumentSummary {
   return {
     id: newest.docKey,
     collection: newest.collection,
-    status: pending ? "indexing" : current ? "ready" : "failed",
+    // A first version is current from the start (there is nothing to replace), and searchable
+    // chunk by chunk: it is ready once its job has ended.
+    status:
+      pending || (current && (current.jobStatus === "queued" || current.jobStatus === "running"))
+        ? "indexing"
+        : current
+          ? "ready"
+          : "failed",
     metadata: (current ?? pending ?? newest).metadata ?? {},
     current: current ? versionOf(current) : null,
     pending: pending ? versionOf(pending) : null,

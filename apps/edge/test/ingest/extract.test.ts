@@ -292,6 +292,8 @@ describe("detectLanguage", () => {
       ),
     ).toBe("es");
     expect(detectLanguage("ok")).toBeNull();
+    // One short line is not enough to tell (tinyld would call this Dutch).
+    expect(detectLanguage("Note 1: 3f9a the tide tables for the harbour this week.")).toBeNull();
     expect(detectLanguage("12345 67 — !!")).toBeNull();
     expect(detectLanguage("")).toBeNull();
   });

@@ -4,8 +4,9 @@ import { detectAll } from "tinyld";
 // sentence of English, French, German or Spanish in our tests, where franc-min guessed
 // Bosnian for a short French line, and a fraction of eld's size.
 
-// Below this many letters no detector is reliable; tinyld itself answers "" for "ok".
-const MIN_LETTERS = 12;
+// Below this many letters no detector is reliable (tinyld calls a one-line English note Dutch
+// with confidence); it answers "" for "ok".
+const MIN_LETTERS = 60;
 // tinyld's confidence in its best guess (0..1): short or mixed texts score a few hundredths
 // ("Heron alpha counts seven lanterns" comes out Spanish at 0.04), clear ones near 1.
 const MIN_ACCURACY = 0.5;

@@ -1,0 +1,519 @@
+import { env } from "cloudflare:test";
+import { afterEach, describe, expect, it } from "vitest";
+import { getVectorIndex } from "../src/vector/index.js";
+import { call, errorOf, KEYS, originalsOf, TestWorker } from "./helpers.js";
+
+/**
+ * Documents as data, on the API and the coordinator in workerd with scripted workers: versions
+ * by id, unchanged documents, the embedding cache, NDJSON streams, file uploads, open jobs,
+ * listings and deletion.
+ */
+
+interface JobView {
+  id: string;
+  status: string;
+  documents: number;
+  documentsUnchanged: number;
+  accepting: boolean;
+  chunks: { total: number; done: number; failed: number; cached: number };
+  ingest?: {
+    accepted: number;
+    unchanged: number;
+    rejected: number;
+    rejections: { line?: number; file?: string; id?: string; code: string; message: string }[];
+  };
+}
+
+interface VersionView {
+  version: number;
+  state: string;
+  jobId: string;
+  chunks: number;
+  contentHash: string | null;
+  original: boolean;
+}
+
+interface DocumentView {
+  id: string;
+  collection: string;
+  status: string;
+  metadata: Record<string, unknown>;
+  current: VersionView | null;
+  pending: VersionView | null;
+  versions: VersionView[];
+}
+
+const uid = () => crypto.randomUUID().slice(0, 8);
+const open: TestWorker[] = [];
+
+afterEach(() => {
+  for (const w of open.splice(0)) w.ws.close();
+});
+
+async function worker(): Promise<TestWorker> {
+  const w = await TestWorker.connect();
+  open.push(w);
+  return w;
+}
+
+async function post(json: unknown, key: string = KEYS.api): Promise<JobView> {
+  const res = await call("/v1/jobs", { method: "POST", key, json });
+  expect(res.status, await res.clone().text()).toBe(202);
+  return (await res.json()) as JobView;
+}
+
+async function getJob(id: string): Promise<JobView> {
+  return (await (await call(`/v1/jobs/${id}`)).json()) as JobView;
+}
+
+async function getDocument(id: string, collection: string): Promise<DocumentView> {
+  const res = await call(`/v1/documents/${encodeURIComponent(id)}?collection=${collection}`);
+  expect(res.status, await res.clone().text()).toBe(200);
+  return (await res.json()) as DocumentView;
+}
+
+/** Answers tasks until the job has ended; returns how many tasks the worker computed. */
+async function computeAll(w: TestWorker, jobId: string): Promise<number> {
+  let tasks = 0;
+  w.ready(8);
+  for (;;) {
+    const j = await getJob(jobId);
+    if (j.status !== "queued" && j.status !== "running") return tasks;
+    const t = await w.next("task", 5000).catch(() => null);
+    if (!t) continue;
+    w.send(w.resultFor(t));
+    await w.next("ack");
+    tasks++;
+  }
+}
+
+async function chunkIdsOf(jobId: string): Promise<string[]> {
+  const page = (await (await call(`/v1/jobs/${jobId}/chunks?limit=1000`)).json()) as {
+    data: { id: string }[];
+  };
+  return page.data.map((c) => c.id);
+}
+
+const paragraph = (topic: string, n = 3) =>
+  Array.from(
+    { length: n },
+    (_, i) => `Paragraph ${i} on ${topic}: ${"a sentence that says something of it. ".repeat(30)}`,
+  ).join("\n\n");
+
+describe("versions by document id", () => {
+  it("keeps one current version: a new one is pending until all its chunks are stored, then replaces the old in one step", async () => {
+    const collection = `versions-${uid()}`;
+    const w = await worker();
+    const v1 = await post({
+      collection,
+      documents: [{ id: "guide/intro.md", text: paragraph("lighthouses") }],
+    });
+    // A first version has nothing to replace: it is current from the start, being indexed.
+    expect((await getDocument("guide/intro.md", collection)).status).toBe("indexing");
+    expect(await computeAll(w, v1.id)).toBeGreaterThan(0);
+    let doc = await getDocument("guide/intro.md", collection);
+    expect(doc).toMatchObject({ status: "ready", pending: null, current: { version: 1 } });
+    const v1Chunks = await chunkIdsOf(v1.id);
+
+    const v2 = await post({
+      collection,
+      // Long enough for several tasks, so part of it can be stored before the rest.
+      documents: [{ id: "guide/intro.md", text: paragraph("glaciers", 60) }],
+    });
+    expect((await getJob(v2.id)).chunks.total).toBeGreaterThan(32);
+    doc = await getDocument("guide/intro.md", collection);
+    expect(doc).toMatchObject({
+      status: "indexing",
+      current: { version: 1, jobId: v1.id, state: "current" },
+      pending: { version: 2, jobId: v2.id, state: "pending" },
+    });
+    // Half of the new version stored: the old one is still the current one.
+    w.ready(1);
+    const t = await w.next("task");
+    w.send(w.resultFor(t));
+    await w.next("ack");
+    doc = await getDocument("guide/intro.md", collection);
+    expect(doc.current?.jobId).toBe(v1.id);
+    expect(doc.pending?.jobId).toBe(v2.id);
+
+    await computeAll(w, v2.id);
+    doc = await getDocument("guide/intro.md", collection);
+    expect(doc.status).toBe("ready");
+    expect(doc.current).toMatchObject({ version: 2, jobId: v2.id });
+    expect(doc.pending).toBeNull();
+    expect(doc.versions.map((v) => [v.version, v.state, v.chunks])).toEqual([
+      [2, "current", (await getJob(v2.id)).chunks.total],
+      [1, "superseded", 0],
+    ]);
+    // The old version's chunks, vectors and original are gone; the new one's original is kept.
+    expect(await chunkIdsOf(v1.id)).toEqual([]);
+    expect(await getVectorIndex(env, "use-lite").getByIds(v1Chunks.slice(0, 20))).toEqual([]);
+    expect(await originalsOf(v1.id)).toEqual([]);
+    const [kept] = await originalsOf(v2.id);
+    expect(kept && (await env.RAW.head(kept))).toBeTruthy();
+    // The original comes back as it was sent.
+    const original = await call(
+      `/v1/documents/${encodeURIComponent("guide/intro.md")}/original?collection=${collection}`,
+    );
+    expect(original.status).toBe(200);
+    expect(await original.text()).toBe(paragraph("glaciers", 60));
+  });
+
+  it("skips documents sent again unchanged, and computes only those that changed", async () => {
+    const collection = `unchanged-${uid()}`;
+    const w = await worker();
+    const docs = Array.from({ length: 6 }, (_, i) => ({
+      id: `note-${i}`,
+      text: `Note ${i}: ${uid()} the tide tables for the harbour this week.`,
+      metadata: { n: i },
+    }));
+    const first = await post({ collection, documents: docs });
+    await computeAll(w, first.id);
+
+    const again = await post({ collection, documents: docs });
+    expect(again).toMatchObject({
+      status: "completed",
+      documents: 6,
+      documentsUnchanged: 6,
+      chunks: { total: 0 },
+      ingest: { accepted: 6, unchanged: 6, rejected: 0 },
+    });
+    // Nothing reached the worker for it.
+    w.ready(8);
+    await expect(w.next("task", 500)).rejects.toThrow();
+
+    // Metadata counts as a change, as text does; the other documents stay skipped.
+    const changed = docs.map((d, i) =>
+      i === 0 ? { ...d, text: `${d.text} Revised.` } : i === 1 ? { ...d, metadata: { n: 99 } } : d,
+    );
+    const third = await post({ collection, documents: changed });
+    expect(third).toMatchObject({ documentsUnchanged: 4, documents: 6 });
+    expect(third.chunks.total).toBe(2);
+    expect(await computeAll(w, third.id)).toBe(1);
+    // (Too short for its language to be told: no `lang` is guessed.)
+    expect((await getDocument("note-1", collection)).metadata).toEqual({ n: 99 });
+    // The same names in another collection are other documents.
+    const elsewhere = await post({ collection: `${collection}-b`, documents: docs });
+    expect(elsewhere.documentsUnchanged).toBe(0);
+  });
+
+  it("lets a newer submission supersede a version still pending", async () => {
+    const collection = `race-${uid()}`;
+    const w = await worker();
+    const v1 = await post({ collection, documents: [{ id: "d", text: paragraph("one") }] });
+    await computeAll(w, v1.id);
+    const v2 = await post({ collection, documents: [{ id: "d", text: paragraph("two") }] });
+    const v3 = await post({ collection, documents: [{ id: "d", text: paragraph("three") }] });
+    // v2 never becomes current, even when its chunks are stored after v3 was submitted.
+    await computeAll(w, v2.id);
+    let doc = await getDocument("d", collection);
+    expect(doc.current?.jobId).toBe(v1.id);
+    expect(doc.pending?.jobId).toBe(v3.id);
+    await computeAll(w, v3.id);
+    doc = await getDocument("d", collection);
+    expect(doc.current?.jobId).toBe(v3.id);
+    expect(doc.versions.map((v) => v.state)).toEqual(["current", "superseded", "superseded"]);
+    expect(await chunkIdsOf(v2.id)).toEqual([]);
+  });
+});
+
+describe("embedding cache", () => {
+  it("serves verified vectors of the same text without a worker, per tenant, and forgets them with their job", async () => {
+    const w = await worker();
+    const text = `The cache ${uid()} knows this sentence already.`;
+    const first = await post({ cache: true, documents: [{ text }, { text: `${text} Twice.` }] });
+    expect(first.chunks.cached).toBe(0);
+    await computeAll(w, first.id);
+    const [a] = await chunkIdsOf(first.id);
+
+    const hit = await post({ cache: true, documents: [{ text }] });
+    expect(hit).toMatchObject({ status: "completed", chunks: { total: 1, done: 1, cached: 1 } });
+    const [b] = await chunkIdsOf(hit.id);
+    const index = getVectorIndex(env, "use-lite");
+    const [va] = await index.getByIds([a as string]);
+    const [vb] = await index.getByIds([b as string]);
+    expect(Array.from(vb?.values ?? [])).toEqual(Array.from(va?.values ?? []));
+    expect(vb?.metadata).toMatchObject({ jobId: hit.id, tenant: "t1" });
+
+    // Off for one job: computed again. Another tenant's text is never served from t1's cache.
+    expect((await post({ cache: false, documents: [{ text }] })).chunks.cached).toBe(0);
+    expect((await post({ cache: true, documents: [{ text }] }, KEYS.other)).chunks.cached).toBe(0);
+
+    // The entry moved to the job that uses it now: deleting the first job keeps it ...
+    expect((await call(`/v1/jobs/${first.id}`, { method: "DELETE" })).status).toBe(204);
+    expect((await post({ cache: true, documents: [{ text }] })).chunks.cached).toBe(1);
+    const rows = () =>
+      env.DB.prepare("SELECT count(*) AS n FROM embedding_cache WHERE tenant = 't1' AND job_id = ?")
+        .bind(hit.id)
+        .first<{ n: number }>();
+    // ... (the latest hit adopted it again) ...
+    const latest = await env.DB.prepare(
+      "SELECT job_id AS j FROM embedding_cache WHERE tenant = 't1' ORDER BY created_at DESC LIMIT 1",
+    ).first<{ j: string }>();
+    expect(latest?.j).toBeTruthy();
+    expect((await rows())?.n ?? 0).toBeLessThanOrEqual(1);
+    // ... and deleting every job that held it takes it away.
+    const holders = await env.DB.prepare(
+      "SELECT DISTINCT job_id AS j FROM embedding_cache WHERE tenant = 't1'",
+    ).all<{ j: string }>();
+    for (const h of holders.results) await call(`/v1/jobs/${h.j}`, { method: "DELETE" });
+    expect((await post({ cache: true, documents: [{ text }] })).chunks.cached).toBe(0);
+  });
+
+  it("never caches results stored without verification", async () => {
+    const w = await worker();
+    const text = `Unverified ${uid()} results stay out of the cache.`;
+    const off = await post({ verification: "off", documents: [{ text }] });
+    await computeAll(w, off.id);
+    expect((await post({ cache: true, documents: [{ text }] })).chunks.cached).toBe(0);
+  });
+
+  it("computes a text repeated within one job once", async () => {
+    const w = await worker();
+    const text = `Boilerplate ${uid()}: all rights reserved.`;
+    const j = await post({ documents: [{ text }, { text }, { text }] });
+    expect(j.chunks.total).toBe(3);
+    w.ready(4);
+    const t = await w.next("task");
+    expect((t.items as unknown[]).length).toBe(1);
+    w.send(w.resultFor(t));
+    await w.next("ack");
+    expect(await getJob(j.id)).toMatchObject({ status: "completed", chunks: { done: 3 } });
+  });
+});
+
+describe("NDJSON streams", () => {
+  it("takes the good lines, reports the bad ones by line, and applies the header line's options", async () => {
+    const collection = `stream-${uid()}`;
+    const lines = [
+      JSON.stringify({ job: { collection } }),
+      JSON.stringify({ id: "s-1", text: "The first streamed document." }),
+      "{not json",
+      JSON.stringify({ id: "s-2", text: "The second streamed document.", metadata: { k: 1 } }),
+      JSON.stringify({ id: "s-3" }),
+      "",
+      JSON.stringify({ id: "s-1", text: "The same id again in one stream." }),
+      JSON.stringify({ text: "An anonymous document at the end." }),
+    ];
+    const res = await call("/v1/jobs", {
+      method: "POST",
+      headers: { "Content-Type": "application/x-ndjson" },
+      body: `${lines.join("\n")}\n`,
+    });
+    expect(res.status, await res.clone().text()).toBe(202);
+    const job = (await res.json()) as JobView & { collection: string };
+    expect(job.collection).toBe(collection);
+    expect(job.ingest).toMatchObject({ accepted: 3, unchanged: 0, rejected: 3 });
+    expect(job.ingest?.rejections.map((r) => [r.line, r.code])).toEqual([
+      [3, "invalid_json"],
+      [5, "validation_failed"],
+      [7, "duplicate"],
+    ]);
+    expect(job).toMatchObject({ documents: 3, accepting: false });
+    expect((await getDocument("s-2", collection)).metadata).toEqual({ k: 1 });
+  });
+
+  it("answers 422 when no line is a document, and creates no job", async () => {
+    const before = (await (await call("/v1/jobs?limit=100")).json()) as { data: unknown[] };
+    const res = await call("/v1/jobs", {
+      method: "POST",
+      headers: { "Content-Type": "application/x-ndjson" },
+      body: "nope\n{}\n",
+    });
+    expect((await errorOf(res)).status).toBe(422);
+    const after = (await (await call("/v1/jobs?limit=100")).json()) as { data: unknown[] };
+    expect(after.data.length).toBe(before.data.length);
+    const badHeader = await call("/v1/jobs", {
+      method: "POST",
+      headers: { "Content-Type": "application/x-ndjson" },
+      body: `${JSON.stringify({ job: { collection: "Not A Name" } })}\n{"text":"x"}\n`,
+    });
+    expect(await errorOf(badHeader)).toMatchObject({ status: 422 });
+  });
+});
+
+describe("open jobs", () => {
+  it("takes documents until closed, and completes only then", async () => {
+    const w = await worker();
+    const job = await post({ open: true, documents: [{ text: `Open ${uid()} first.` }] });
+    expect(job.accepting).toBe(true);
+    // Its one task is done, yet the job waits for more.
+    w.ready(1);
+    const t = await w.next("task");
+    w.send(w.resultFor(t));
+    await w.next("ack");
+    expect(await getJob(job.id)).toMatchObject({ status: "running", accepting: true });
+
+    const json = await call(`/v1/jobs/${job.id}/documents`, {
+      method: "POST",
+      json: { documents: [{ text: `Open ${uid()} second.` }] },
+    });
+    expect(json.status).toBe(202);
+    const nd = await call(`/v1/jobs/${job.id}/documents`, {
+      method: "POST",
+      headers: { "Content-Type": "application/x-ndjson" },
+      body: `${JSON.stringify({ text: `Open ${uid()} third.` })}\n`,
+    });
+    expect(((await nd.json()) as JobView).ingest?.accepted).toBe(1);
+    const closed = await call(`/v1/jobs/${job.id}/close`, { method: "POST", json: {} });
+    expect(closed.status).toBe(200);
+    expect(((await closed.json()) as JobView).accepting).toBe(false);
+    await computeAll(w, job.id);
+    expect(await getJob(job.id)).toMatchObject({
+      status: "completed",
+      documents: 3,
+      chunks: { done: 3 },
+    });
+    const late = await call(`/v1/jobs/${job.id}/documents`, {
+      method: "POST",
+      json: { documents: [{ text: "too late" }] },
+    });
+    expect(await errorOf(late)).toMatchObject({ status: 409, code: "conflict" });
+    expect(
+      (await errorOf(await call(`/v1/jobs/${job.id}/close`, { method: "POST", json: {} }))).status,
+    ).toBe(409);
+  });
+});
+
+describe("file uploads", () => {
+  const form = (files: [string, string | Uint8Array, string?][], options?: unknown) => {
+    const f = new FormData();
+    for (const [name, body, type] of files)
+      f.append("file", new File([body], name, type ? { type } : {}));
+    if (options !== undefined) f.append("options", JSON.stringify(options));
+    return f;
+  };
+
+  it("extracts Markdown into chunks with their headings, named by file", async () => {
+    const collection = `files-${uid()}`;
+    const md = `# Beekeeping\n\nHives need ${uid()} calm hands.\n\n## Winter\n\nBees cluster to keep warm.`;
+    const res = await call("/v1/jobs", {
+      method: "POST",
+      body: form([["notes/bees.md", md, "text/markdown"]], { collection }),
+    });
+    expect(res.status, await res.clone().text()).toBe(202);
+    const job = (await res.json()) as JobView;
+    const chunks = (await (await call(`/v1/jobs/${job.id}/chunks`)).json()) as {
+      data: { documentId: string; headings?: string[]; metadata: Record<string, unknown> }[];
+    };
+    expect(chunks.data.map((c) => c.headings)).toEqual([["Beekeeping"], ["Beekeeping", "Winter"]]);
+    expect(chunks.data[0]?.documentId).toBe("notes/bees.md");
+    expect(chunks.data[0]?.metadata).toMatchObject({ source: "notes/bees.md", format: "markdown" });
+  });
+
+  it("refuses what it cannot read with clear errors, keeping the files it can", async () => {
+    const exe = new Uint8Array([0x4d, 0x5a, 0x90, 0x00, 0x03]);
+    const none = await call("/v1/jobs", { method: "POST", body: form([["tool.exe", exe]]) });
+    const err = await errorOf(none);
+    expect(err).toMatchObject({ status: 422 });
+    expect(JSON.stringify(err)).toMatch(/unsupported_format/);
+
+    const mixed = await call("/v1/jobs", {
+      method: "POST",
+      body: form([
+        ["fake.pdf", "this is not a pdf"],
+        ["ok.txt", `Plain ${uid()} text is fine.`],
+      ]),
+    });
+    expect(mixed.status).toBe(202);
+    const job = (await mixed.json()) as JobView;
+    expect(job.ingest?.accepted).toBe(1);
+    expect(job.ingest?.rejections.map((r) => [r.file, r.code])).toEqual([
+      ["fake.pdf", "unsupported_format"],
+    ]);
+
+    const big = await call("/v1/jobs", {
+      method: "POST",
+      body: form([["big.txt", "x".repeat(10 * 1024 * 1024 + 1)]]),
+    });
+    expect(await errorOf(big)).toMatchObject({ status: 413, code: "payload_too_large" });
+    const many = await call("/v1/jobs", {
+      method: "POST",
+      body: form(Array.from({ length: 101 }, (_, i) => [`f${i}.txt`, `file ${i}`])),
+    });
+    expect(await errorOf(many)).toMatchObject({ status: 413 });
+    const badOptions = await call("/v1/jobs", {
+      method: "POST",
+      body: form([["a.txt", "some text"]], { collection: "UPPER" }),
+    });
+    expect(await errorOf(badOptions)).toMatchObject({ status: 422 });
+    const noFile = new FormData();
+    noFile.append("options", "{}");
+    expect((await errorOf(await call("/v1/jobs", { method: "POST", body: noFile }))).status).toBe(
+      422,
+    );
+  });
+});
+
+describe("listings and deletion", () => {
+  it("lists jobs newest first, page by page, and by status", async () => {
+    const made = [];
+    for (let i = 0; i < 3; i++) made.push((await post({ documents: [{ text: `list ${i}` }] })).id);
+    const seen: string[] = [];
+    let cursor: string | null = null;
+    do {
+      const page = (await (
+        await call(`/v1/jobs?limit=2${cursor ? `&cursor=${cursor}` : ""}`)
+      ).json()) as { data: { id: string; status: string }[]; nextCursor: string | null };
+      expect(page.data.length).toBeLessThanOrEqual(2);
+      seen.push(...page.data.map((j) => j.id));
+      cursor = page.nextCursor;
+    } while (cursor);
+    expect(new Set(seen).size).toBe(seen.length);
+    // Newest first: the three just made lead, in reverse order of creation.
+    expect(seen.slice(0, 3)).toEqual([...made].reverse());
+    const queued = (await (await call("/v1/jobs?status=queued&limit=100")).json()) as {
+      data: { status: string }[];
+    };
+    expect(queued.data.every((j) => j.status === "queued")).toBe(true);
+    expect((await call("/v1/jobs?cursor=%%%")).status).toBe(422);
+    expect((await call("/v1/jobs?status=nope")).status).toBe(422);
+  });
+
+  it("lists documents by collection and status, and deletes one everywhere", async () => {
+    const collection = `listing-${uid()}`;
+    const w = await worker();
+    const j = await post({
+      collection,
+      documents: ["a", "b", "c"].map((id) => ({ id, text: `Document ${id} ${uid()}.` })),
+    });
+    const listed = async (query: string) =>
+      (
+        (await (await call(`/v1/documents?collection=${collection}${query}`)).json()) as {
+          data: { id: string; status: string }[];
+        }
+      ).data.map((d) => `${d.id}:${d.status}`);
+    expect(await listed("")).toEqual(["a:indexing", "b:indexing", "c:indexing"]);
+    // Deleting a document whose version is still being indexed waits for the job.
+    const early = await call(`/v1/documents/a?collection=${collection}`, { method: "DELETE" });
+    expect(await errorOf(early)).toMatchObject({ status: 409 });
+    await computeAll(w, j.id);
+    expect(await listed("&status=ready")).toEqual(["a:ready", "b:ready", "c:ready"]);
+    expect(await listed("&status=indexing")).toEqual([]);
+    const page = (await (await call(`/v1/documents?collection=${collection}&limit=2`)).json()) as {
+      data: unknown[];
+      nextCursor: string;
+    };
+    expect(page.data.length).toBe(2);
+    const rest = (await (
+      await call(`/v1/documents?collection=${collection}&cursor=${page.nextCursor}`)
+    ).json()) as { data: { id: string }[] };
+    expect(rest.data.map((d) => d.id)).toEqual(["c"]);
+
+    const chunkIds = await chunkIdsOf(j.id);
+    const [original] = await originalsOf(j.id);
+    const del = await call(`/v1/documents/a?collection=${collection}`, { method: "DELETE" });
+    expect(del.status).toBe(204);
+    expect((await call(`/v1/documents/a?collection=${collection}`)).status).toBe(404);
+    expect(await listed("")).toEqual(["b:ready", "c:ready"]);
+    const left = await chunkIdsOf(j.id);
+    expect(left.length).toBe(chunkIds.length - 1);
+    expect(await getJob(j.id)).toMatchObject({ documents: 2 });
+    expect((await originalsOf(j.id)).length).toBe(2);
+    expect(original).toBeTruthy();
+    // Another tenant sees none of it.
+    expect(
+      (await call(`/v1/documents/b?collection=${collection}`, { key: KEYS.other })).status,
+    ).toBe(404);
+  });
+});
