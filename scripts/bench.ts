@@ -15,6 +15,9 @@
  * Then search (scripts/lib/search-bench.ts): latency over `--vectors` stored vectors against
  * one embeddings call, the index's recall@10 against exact search, and recall@1/@5 of the
  * vector, keyword and hybrid modes on paraphrase and exact-term queries.
+ *
+ * Then re-indexing (scripts/lib/reindex-bench.ts): the corpus submitted again with 90% of its
+ * documents unchanged, against its first index, on one system in the same run.
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -30,10 +33,11 @@ import {
   spawnWorker,
   startEdge,
 } from "./lib/local-edge.js";
+import { reindexBench } from "./lib/reindex-bench.js";
 import { encryptionCost } from "./lib/seal-cost.js";
 import { searchBench } from "./lib/search-bench.js";
 
-const ALL_SECTIONS = ["pipeline", "verification", "encryption", "search"];
+const ALL_SECTIONS = ["pipeline", "verification", "encryption", "search", "reindex"];
 const { values } = parseArgs({
   options: {
     runs: { type: "string", default: "3" },
@@ -228,6 +232,9 @@ const searchReport = sections.has("search")
       threads,
     })
   : null;
+const reindex = sections.has("reindex")
+  ? await reindexBench({ passages, runs, threads, batchSize })
+  : null;
 const result = {
   date: new Date().toISOString(),
   machine: { cpus: os.availableParallelism(), node: process.version },
@@ -241,6 +248,7 @@ const result = {
   verification,
   encryption,
   search: searchReport,
+  reindex,
 };
 if (a.length)
   console.log(
@@ -279,6 +287,10 @@ if (searchReport) {
         `  ${mode} on ${kind} queries (${q.n}): recall@1 ${q.at1.toFixed(3)}, recall@5 ${q.at5.toFixed(3)}`,
       );
 }
+if (reindex)
+  console.log(
+    `re-index with 90% unchanged: ${reindex.median.reindexDocsPerSecond.toFixed(0)} documents/s against ${reindex.median.firstDocsPerSecond.toFixed(0)} for the first index; wall time ratio ${reindex.median.ratio.toFixed(3)} (median of ${reindex.runs.length})`,
+  );
 mkdirSync(path.join(ROOT, "bench-results"), { recursive: true });
 // A partial run (--only) does not overwrite the full run's figures.
 const outFile =

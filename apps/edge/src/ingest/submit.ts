@@ -31,7 +31,7 @@ import { assertChunkQuota } from "../tenant/limits.js";
 import { filterableKeys } from "../vector/config.js";
 import { getVectorIndex } from "../vector/index.js";
 import type { Section } from "./extract/index.js";
-import { detectLanguage } from "./extract/index.js";
+import { detectLanguage, normaliseText } from "./extract/index.js";
 import { putOriginal } from "./originals.js";
 
 /**
@@ -226,6 +226,9 @@ export async function prepareBatch(
   const filterable = filterableKeys(env);
 
   const hashes = await Promise.all(docs.map((d) => sha256Hex(d.original?.bytes ?? d.text)));
+  // Extracted text is normalised already; a JSON or NDJSON document's is normalised here (its
+  // original stays as sent). Chunk offsets refer to the normalised text.
+  const texts = docs.map((d) => (d.sections ? d.text : normaliseText(d.text)));
   // The fingerprint holds the metadata as given: a detected language derives from the text.
   const metadataOf = docs.map((d) => d.metadata ?? null);
   const fingerprints = await Promise.all(
@@ -266,6 +269,7 @@ export async function prepareBatch(
     meta: Record<string, string | number | boolean>;
   }[] = [];
   docs.forEach((d, i) => {
+    const text = texts[i] as string;
     const fingerprint = fingerprints[i] as string;
     const contentHash = hashes[i] as string;
     const decision: Decision =
@@ -302,7 +306,7 @@ export async function prepareBatch(
       seq,
       id: docId,
       metadata,
-      chars: d.text.length,
+      chars: text.length,
       docKey: docId,
       state: decision.state,
       version: decision.version,
@@ -313,10 +317,10 @@ export async function prepareBatch(
     });
     // Filled in once the batch is past its checks (language detection costs CPU per document).
     const meta: Record<string, string | number | boolean> = {};
-    languagePending.push({ doc: out.documents.at(-1) as NewDocument, text: d.text, meta });
+    languagePending.push({ doc: out.documents.at(-1) as NewDocument, text, meta });
     const pieces: SectionChunk[] = d.sections
-      ? chunkSections(d.text, d.sections, chunkOptions)
-      : chunkText(d.text, chunkOptions);
+      ? chunkSections(text, d.sections, chunkOptions)
+      : chunkText(text, chunkOptions);
     for (const c of pieces) {
       const id = `${jobId}.${String(seq).padStart(5, "0")}.${String(c.index).padStart(5, "0")}`;
       out.chunks.push({
@@ -331,10 +335,10 @@ export async function prepareBatch(
         ...(c.page !== undefined ? { page: c.page } : {}),
       });
       // The owner keeps the original; a volunteer gets the text with personal data masked.
-      const text = settings.piiMask.length
+      const sent = settings.piiMask.length
         ? maskPersonalData(c.text, settings.piiMask).text
         : c.text;
-      items.push({ chunkId: id, documentId: docId, index: c.index, text, meta });
+      items.push({ chunkId: id, documentId: docId, index: c.index, text: sent, meta });
     }
   });
 
