@@ -217,6 +217,36 @@ describe("versions by document id", () => {
   });
 });
 
+describe("originals", () => {
+  it("keeps one sealed original per content, and none when the job says not to", async () => {
+    const collection = `originals-${uid()}`;
+    const text = `Shared ${uid()} content in two documents.`;
+    const kept = await post({
+      collection,
+      documents: [
+        { id: "one", text },
+        { id: "two", text },
+      ],
+    });
+    const keys = await originalsOf(kept.id);
+    expect(keys.length).toBe(1);
+    const obj = await env.RAW.get(keys[0] as string);
+    const bytes = new Uint8Array(await (obj as R2ObjectBody).arrayBuffer());
+    expect(new TextDecoder().decode(bytes.subarray(0, 4))).toBe("P2PA");
+    expect(new TextDecoder().decode(bytes)).not.toContain("Shared");
+
+    const none = await post({
+      collection,
+      keepOriginals: false,
+      documents: [{ id: "three", text: `Not ${uid()} kept.` }],
+    });
+    expect(await originalsOf(none.id)).toEqual([]);
+    expect(await getJob(none.id)).toMatchObject({ keepOriginals: false });
+    const res = await call(`/v1/documents/three/original?collection=${collection}`);
+    expect(await errorOf(res)).toMatchObject({ status: 404 });
+  });
+});
+
 describe("embedding cache", () => {
   it("serves verified vectors of the same text without a worker, per tenant, and forgets them with their job", async () => {
     const w = await worker();

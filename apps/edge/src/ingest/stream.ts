@@ -24,15 +24,18 @@ export async function* lines(body: ReadableStream<Uint8Array>): AsyncGenerator<L
   let skipping = false;
   for (;;) {
     const { done, value } = await reader.read();
-    if (value) buffer += value;
-    let at = buffer.indexOf("\n");
-    while (at !== -1) {
-      n++;
-      const text = buffer.slice(0, at).replace(/\r$/, "");
-      buffer = buffer.slice(at + 1);
-      if (skipping) skipping = false;
-      else if (text.trim()) yield { line: n, text };
-      at = buffer.indexOf("\n");
+    if (value) {
+      // Whole lines of what has arrived; the unfinished last one waits for the next read.
+      const parts = (buffer + value).split("\n");
+      buffer = parts.pop() ?? "";
+      for (const part of parts) {
+        n++;
+        if (skipping) skipping = false;
+        else {
+          const text = part.endsWith("\r") ? part.slice(0, -1) : part;
+          if (text.trim()) yield { line: n, text };
+        }
+      }
     }
     if (buffer.length > MAX_LINE_CHARS) {
       // Too long to be a document: reported once, then skipped to its end.
