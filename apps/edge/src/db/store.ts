@@ -133,10 +133,12 @@ export interface MetadataStore {
   listDocuments(tenant: string, q: DocumentListFilter): Promise<VersionRow[]>;
   /** Superseded versions whose chunks, vectors and original are still to be removed. */
   versionsToPrune(tenant: string, limit: number): Promise<VersionRow[]>;
-  /** Removes a superseded version's chunks, keyword entries and cache entries (its row stays). */
-  pruneVersion(jobId: string, seq: number): Promise<void>;
+  /** Removes superseded versions' chunks, keyword and cache entries (their rows stay). */
+  pruneVersions(versions: { jobId: string; seq: number }[]): Promise<void>;
   /** True when another live row still refers to the original under `rawKey`. */
   originalInUse(tenant: string, rawKey: string): Promise<boolean>;
+  /** Which of these originals a live row still names. */
+  originalsInUse(tenant: string, rawKeys: string[]): Promise<Set<string>>;
   /** A tenant's jobs, newest first. */
   listJobs(tenant: string, q: JobListFilter): Promise<Job[]>;
   /** Vectors cached for these keys (see embeddingCache). */
@@ -1210,25 +1212,51 @@ export class D1Store implements MetadataStore {
       .all();
   }
 
-  async pruneVersion(jobId: string, seq: number): Promise<void> {
+  async pruneVersions(versions: { jobId: string; seq: number }[]): Promise<void> {
     const d = schema.documents;
-    const doc = await this.db
-      .select({ id: d.id, tenant: d.tenant })
-      .from(d)
-      .where(and(eq(d.jobId, jobId), eq(d.seq, seq), eq(d.state, "superseded")))
-      .get();
-    if (!doc) return;
     const c = schema.chunks;
-    await this.db.batch([
-      ...this.dropKeywords(jobId, doc.id),
-      ...this.dropCached(jobId, doc.id),
-      this.db.delete(c).where(and(eq(c.jobId, jobId), eq(c.documentId, doc.id))),
-      // Its original is no longer its (the caller deletes it unless another row names it).
-      this.db
-        .update(d)
-        .set({ prunedAt: new Date().toISOString(), rawKey: null })
-        .where(and(eq(d.jobId, jobId), eq(d.seq, seq))),
-    ]);
+    const stmts = [];
+    const now = new Date().toISOString();
+    for (const { jobId, seq } of versions) {
+      const doc = await this.db
+        .select({ id: d.id })
+        .from(d)
+        .where(and(eq(d.jobId, jobId), eq(d.seq, seq), eq(d.state, "superseded")))
+        .get();
+      if (!doc) continue;
+      stmts.push(
+        ...this.dropKeywords(jobId, doc.id),
+        ...this.dropCached(jobId, doc.id),
+        this.db.delete(c).where(and(eq(c.jobId, jobId), eq(c.documentId, doc.id))),
+        // Its original is no longer its (the caller deletes it unless another row names it).
+        this.db
+          .update(d)
+          .set({ prunedAt: now, rawKey: null })
+          .where(and(eq(d.jobId, jobId), eq(d.seq, seq))),
+      );
+    }
+    const [first, ...rest] = stmts;
+    if (first) await this.db.batch([first, ...rest]);
+  }
+
+  async originalsInUse(tenant: string, rawKeys: string[]): Promise<Set<string>> {
+    const d = schema.documents;
+    const out = new Set<string>();
+    for (let i = 0; i < rawKeys.length; i += MAX_PARAMS - 2) {
+      const rows = await this.db
+        .selectDistinct({ k: d.rawKey })
+        .from(d)
+        .where(
+          and(
+            eq(d.tenant, tenant),
+            inArray(d.rawKey, rawKeys.slice(i, i + MAX_PARAMS - 2)),
+            isNull(d.prunedAt),
+          ),
+        )
+        .all();
+      for (const r of rows) if (r.k) out.add(r.k);
+    }
+    return out;
   }
 
   async originalsOf(jobId: string): Promise<string[]> {

@@ -129,7 +129,7 @@ export class ResultStore {
     }
     // A vector that passed its job's verification is known from now on.
     if (task.verify !== "off") await this.cache(task, items, vectors);
-    if (superseded > 0) await pruneSuperseded(this.env, this.store, task.tenant);
+    if (superseded > 0) this.prune(task.tenant);
     this.queue.finishStoring(task.id, donor, confirmed);
     if (confirmed) this.metrics.count("p2pa_results_confirmed_total");
     if (await this.jobs.isDeleted(task.jobId)) {
@@ -152,6 +152,32 @@ export class ResultStore {
     );
     await this.settleJob(task.jobId);
     return "stored";
+  }
+
+  /** Tenants whose superseded versions are being pruned now, and those asked for again. */
+  private readonly pruning = new Set<string>();
+  private readonly pruneAgain = new Set<string>();
+
+  /**
+   * Prunes a tenant's superseded versions in the background: results keep being stored
+   * meanwhile (search already ignores those versions). One pass per tenant at a time; asked
+   * while one runs, it runs once more after.
+   */
+  private prune(tenant: string): void {
+    if (this.pruning.has(tenant)) {
+      this.pruneAgain.add(tenant);
+      return;
+    }
+    this.pruning.add(tenant);
+    void (async () => {
+      do {
+        this.pruneAgain.delete(tenant);
+        await pruneSuperseded(this.env, this.store, tenant).catch((err) =>
+          console.warn("pruning failed", tenant, err),
+        );
+      } while (this.pruneAgain.has(tenant));
+      this.pruning.delete(tenant);
+    })();
   }
 
   /** Caches a stored result's vectors; a cache that cannot be written costs only a later miss. */
@@ -209,7 +235,7 @@ export class ResultStore {
     const job = await this.store.getJobById(jobId);
     // Versions it made that were superseded while it ran can go now.
     const tenant = this.jobs.jobTenant(jobId);
-    if (tenant) await pruneSuperseded(this.env, this.store, tenant);
+    if (tenant) this.prune(tenant);
     this.jobs.appendEvents(jobId, [
       { kind: "end", data: { status: job?.status ?? "completed", chunks: job?.chunks } },
     ]);

@@ -1,16 +1,23 @@
-import type { MetadataStore } from "../db/store.js";
+import type { MetadataStore, VersionRow } from "../db/store.js";
 import { getVectorIndex } from "../vector/index.js";
 
 // Vectorize deletes at most 1000 ids a call; smaller slices keep each call short.
 const IDS_PER_DELETE = 100;
-/** Versions pruned per pass; the next promotion picks up any left. */
-const PRUNE_BATCH = 50;
+/** Versions pruned per pass. */
+const PRUNE_BATCH = 100;
+
+/** A version's chunk ids: `<jobId>.<seq>.<index>`, as the submit flow made them. */
+function chunkIdsOf(v: VersionRow): string[] {
+  const doc = `${v.jobId}.${String(v.seq).padStart(5, "0")}`;
+  return Array.from({ length: v.chunks }, (_, i) => `${doc}.${String(i).padStart(5, "0")}`);
+}
 
 /**
  * Removes what superseded versions of a tenant's documents leave: their vectors, chunks,
- * keyword and cache entries, and their original unless a live version shares it. Search stops
- * showing a version the moment it is superseded (it reads current versions only); this takes
- * the leftovers away after. A failure leaves the version for the next pass.
+ * keyword and cache entries, and their originals unless a live version shares them. Search
+ * stops showing a version the moment it is superseded (it reads current versions only); this
+ * takes the leftovers away after, a batch of versions at a time. A failure leaves the batch
+ * for the next pass.
  */
 export async function pruneSuperseded(
   env: Env,
@@ -18,21 +25,28 @@ export async function pruneSuperseded(
   tenant: string,
 ): Promise<number> {
   let pruned = 0;
-  for (const v of await store.versionsToPrune(tenant, PRUNE_BATCH)) {
+  for (;;) {
+    const batch = await store.versionsToPrune(tenant, PRUNE_BATCH);
+    if (batch.length === 0) return pruned;
     try {
-      const doc = await store.getDocument(tenant, v.jobId, v.id);
-      const ids = doc?.chunkIds ?? [];
-      const index = getVectorIndex(env, v.model);
-      for (let i = 0; i < ids.length; i += IDS_PER_DELETE)
-        await index.deleteByIds(ids.slice(i, i + IDS_PER_DELETE));
-      await store.pruneVersion(v.jobId, v.seq);
-      if (v.rawKey && !(await store.originalInUse(tenant, v.rawKey)))
-        await env.RAW.delete(v.rawKey);
-      pruned++;
+      const byModel = new Map<string, string[]>();
+      for (const v of batch)
+        byModel.set(v.model, [...(byModel.get(v.model) ?? []), ...chunkIdsOf(v)]);
+      for (const [model, ids] of byModel) {
+        const index = getVectorIndex(env, model);
+        for (let i = 0; i < ids.length; i += IDS_PER_DELETE)
+          await index.deleteByIds(ids.slice(i, i + IDS_PER_DELETE));
+      }
+      await store.pruneVersions(batch.map((v) => ({ jobId: v.jobId, seq: v.seq })));
+      const originals = [...new Set(batch.flatMap((v) => (v.rawKey ? [v.rawKey] : [])))];
+      const inUse = await store.originalsInUse(tenant, originals);
+      const unused = originals.filter((k) => !inUse.has(k));
+      for (let i = 0; i < unused.length; i += 1000) await env.RAW.delete(unused.slice(i, i + 1000));
+      pruned += batch.length;
     } catch (err) {
-      console.warn("pruning a superseded version failed; it is retried later", v.jobId, err);
-      break;
+      console.warn("pruning superseded versions failed; they are retried later", tenant, err);
+      return pruned;
     }
+    if (batch.length < PRUNE_BATCH) return pruned;
   }
-  return pruned;
 }
