@@ -209,8 +209,8 @@ export const keywordRows = sqliteTable(
 
 /**
  * Vectors already computed, by (tenant, model, HMAC of the exact text embedded under the
- * tenant's cache key): a chunk found here goes to no worker. Only results that passed their
- * job's verification are written. `job_id` is the job whose chunk holds the vector now (a hit
+ * tenant's cache key): a chunk found here goes to no worker. Only results two donors agreed on
+ * are written. `job_id` is the job whose chunk holds the vector now (a hit
  * moves it to the new job), so deleting a job or a document takes its entries with it, and an
  * erased tenant's rows go with its keys.
  */

@@ -143,7 +143,7 @@ export interface MetadataStore {
   listJobs(tenant: string, q: JobListFilter): Promise<Job[]>;
   /** Vectors cached for these keys (see embeddingCache). */
   cachedVectors(tenant: string, model: string, keys: string[]): Promise<Map<string, Float32Array>>;
-  /** Caches verified vectors; an existing entry moves to `jobId`. */
+  /** Caches confirmed vectors; an existing entry moves to `jobId` and takes the new vector. */
   cachePut(tenant: string, model: string, jobId: string, entries: CacheEntry[]): Promise<void>;
   /** Chunks whose keyword-index terms match, best BM25 first (see KeywordQuery). */
   keywordSearch(q: KeywordQuery): Promise<{ id: string; score: number; terms: string }[]>;
@@ -1362,7 +1362,10 @@ export class D1Store implements MetadataStore {
         this.db
           .insert(e)
           .values(rows.slice(i, i + n))
-          .onConflictDoUpdate({ target: [e.tenant, e.model, e.key], set: { jobId } }),
+          .onConflictDoUpdate({
+            target: [e.tenant, e.model, e.key],
+            set: { jobId, vector: sql`excluded.vector` },
+          }),
       );
     }
     const [first, ...rest] = stmts;

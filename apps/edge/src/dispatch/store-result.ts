@@ -127,8 +127,10 @@ export class ResultStore {
       console.error("storing task failed; requeued", task.id, err);
       return "unavailable";
     }
-    // A vector that passed its job's verification is known from now on.
-    if (task.verify !== "off") await this.cache(task, items, vectors);
+    // A vector two donors agreed on is known from now on. One accepted on a donor's record
+    // alone is not cached: if that donor is caught later, its stored results are recomputed,
+    // but copies handed out from a cache would not be.
+    if (confirmed) await this.cache(task, items, vectors);
     if (superseded > 0) this.prune(task.tenant);
     this.queue.finishStoring(task.id, donor, confirmed);
     if (confirmed) this.metrics.count("p2pa_results_confirmed_total");
