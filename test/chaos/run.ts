@@ -168,14 +168,15 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   try {
     // Baseline: the same job with no faults.
     const t0 = Date.now();
-    const base = await client.post<JobOut>("/v1/jobs", { documents });
+    // The same documents twice, both computed: the cache would serve the second from the first.
+    const base = await client.post<JobOut>("/v1/jobs", { documents, cache: false });
     if (base?.status !== 202) throw new Error(`baseline submit failed: ${JSON.stringify(base)}`);
     await waitDone(base.body.id, Date.now() + o.timeoutMs);
     const baselineSeconds = (Date.now() - t0) / 1000;
     log(`baseline: ${base.body.chunks.total} chunks in ${baselineSeconds.toFixed(1)} s`);
 
     const t1 = Date.now();
-    const sub = await client.post<JobOut>("/v1/jobs", { documents });
+    const sub = await client.post<JobOut>("/v1/jobs", { documents, cache: false });
     if (sub?.status !== 202) throw new Error(`submit failed: ${JSON.stringify(sub)}`);
     const job = sub.body;
     let hostile: HostileReport | null = null;
