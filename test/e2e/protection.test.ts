@@ -56,10 +56,14 @@ describe("a protected system through a working day", () => {
     const words = (tag: string) =>
       Array.from({ length: 40 }, (_, i) => `${tag}${i} quartzite meridian ledger`).join(" ");
     const texts = { keep: words("keepsake"), drop: words("ephemera"), other: words("orchard") };
+    // Three documents of their own (one id is one document: the same id would make versions).
     const submit = async (text: string, retention?: object) => {
       const r = await sys.api<JobOut>("/v1/jobs", {
         ...as(writer.secret),
-        json: { documents: [{ id: "doc", text }], ...(retention ? { retention } : {}) },
+        json: {
+          documents: [{ id: `doc-${text.slice(0, 8)}`, text }],
+          ...(retention ? { retention } : {}),
+        },
       });
       expect(r.status).toBe(202);
       return r.body.id;

@@ -36,6 +36,7 @@ it("a worker killed with SIGKILL mid-job loses nothing and doubles nothing", asy
     total: submitted.body.chunks.total,
     done: submitted.body.chunks.total,
     failed: 0,
+    cached: 0,
   });
   const chunks = await allChunks(sys, id);
   expect(chunks.length).toBe(job.chunks.total);

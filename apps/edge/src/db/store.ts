@@ -134,7 +134,7 @@ export interface MetadataStore {
   /** Superseded versions whose chunks, vectors and original are still to be removed. */
   versionsToPrune(tenant: string, limit: number): Promise<VersionRow[]>;
   /** Removes superseded versions' chunks, keyword and cache entries (their rows stay). */
-  pruneVersions(versions: { jobId: string; seq: number }[]): Promise<void>;
+  pruneVersions(versions: { jobId: string; seq: number; id: string }[]): Promise<void>;
   /** True when another live row still refers to the original under `rawKey`. */
   originalInUse(tenant: string, rawKey: string): Promise<boolean>;
   /** Which of these originals a live row still names. */
@@ -1212,18 +1212,13 @@ export class D1Store implements MetadataStore {
       .all();
   }
 
-  async pruneVersions(versions: { jobId: string; seq: number }[]): Promise<void> {
+  async pruneVersions(versions: { jobId: string; seq: number; id: string }[]): Promise<void> {
     const d = schema.documents;
     const c = schema.chunks;
     const stmts = [];
     const now = new Date().toISOString();
-    for (const { jobId, seq } of versions) {
-      const doc = await this.db
-        .select({ id: d.id })
-        .from(d)
-        .where(and(eq(d.jobId, jobId), eq(d.seq, seq), eq(d.state, "superseded")))
-        .get();
-      if (!doc) continue;
+    for (const doc of versions) {
+      const { jobId, seq } = doc;
       stmts.push(
         ...this.dropKeywords(jobId, doc.id),
         ...this.dropCached(jobId, doc.id),
@@ -1232,7 +1227,7 @@ export class D1Store implements MetadataStore {
         this.db
           .update(d)
           .set({ prunedAt: now, rawKey: null })
-          .where(and(eq(d.jobId, jobId), eq(d.seq, seq))),
+          .where(and(eq(d.jobId, jobId), eq(d.seq, seq), eq(d.state, "superseded"))),
       );
     }
     const [first, ...rest] = stmts;

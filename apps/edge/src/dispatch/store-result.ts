@@ -109,7 +109,6 @@ export class ResultStore {
       const vector = vectors[i] as Float32Array;
       return [it, ...(it.copies ?? [])].map((item) => ({ item, vector }));
     });
-    let superseded = 0;
     try {
       await index.upsert(
         stored.map(({ item, vector }) => ({
@@ -118,10 +117,10 @@ export class ResultStore {
           metadata: vectorMetadata(item, task.tenant, task.jobId),
         })),
       );
-      ({ superseded } = await this.store.recordDone(
+      await this.store.recordDone(
         task.jobId,
         stored.map(({ item }) => item.chunkId),
-      ));
+      );
     } catch (err) {
       this.queue.abortStoring(task.id);
       console.error("storing task failed; requeued", task.id, err);
@@ -131,7 +130,6 @@ export class ResultStore {
     // alone is not cached: if that donor is caught later, its stored results are recomputed,
     // but copies handed out from a cache would not be.
     if (confirmed) await this.cache(task, items, vectors);
-    if (superseded > 0) this.prune(task.tenant);
     this.queue.finishStoring(task.id, donor, confirmed);
     if (confirmed) this.metrics.count("p2pa_results_confirmed_total");
     if (await this.jobs.isDeleted(task.jobId)) {
@@ -154,32 +152,6 @@ export class ResultStore {
     );
     await this.settleJob(task.jobId);
     return "stored";
-  }
-
-  /** Tenants whose superseded versions are being pruned now, and those asked for again. */
-  private readonly pruning = new Set<string>();
-  private readonly pruneAgain = new Set<string>();
-
-  /**
-   * Prunes a tenant's superseded versions in the background: results keep being stored
-   * meanwhile (search already ignores those versions). One pass per tenant at a time; asked
-   * while one runs, it runs once more after.
-   */
-  private prune(tenant: string): void {
-    if (this.pruning.has(tenant)) {
-      this.pruneAgain.add(tenant);
-      return;
-    }
-    this.pruning.add(tenant);
-    void (async () => {
-      do {
-        this.pruneAgain.delete(tenant);
-        await pruneSuperseded(this.env, this.store, tenant).catch((err) =>
-          console.warn("pruning failed", tenant, err),
-        );
-      } while (this.pruneAgain.has(tenant));
-      this.pruning.delete(tenant);
-    })();
   }
 
   /** Caches a stored result's vectors; a cache that cannot be written costs only a later miss. */
@@ -235,12 +207,13 @@ export class ResultStore {
     }
     if (!this.jobs.markEnded(jobId)) return;
     const job = await this.store.getJobById(jobId);
-    // Versions it made that were superseded while it ran can go now.
-    const tenant = this.jobs.jobTenant(jobId);
-    if (tenant) this.prune(tenant);
     this.jobs.appendEvents(jobId, [
       { kind: "end", data: { status: job?.status ?? "completed", chunks: job?.chunks } },
     ]);
     await this.notifier.notifyEnd(jobId);
+    // The versions this job replaced (search stopped showing them as each was replaced) and
+    // those superseded while it ran: their leftovers go now, with the job's end.
+    const tenant = this.jobs.jobTenant(jobId);
+    if (tenant) await pruneSuperseded(this.env, this.store, tenant);
   }
 }

@@ -16,8 +16,8 @@ function chunkIdsOf(v: VersionRow): string[] {
  * Removes what superseded versions of a tenant's documents leave: their vectors, chunks,
  * keyword and cache entries, and their originals unless a live version shares them. Search
  * stops showing a version the moment it is superseded (it reads current versions only); this
- * takes the leftovers away after, a batch of versions at a time. A failure leaves the batch
- * for the next pass.
+ * takes the leftovers away after (when a job ends), a batch of versions at a time. A failure
+ * leaves the batch for the next pass.
  */
 export async function pruneSuperseded(
   env: Env,
@@ -37,7 +37,7 @@ export async function pruneSuperseded(
         for (let i = 0; i < ids.length; i += IDS_PER_DELETE)
           await index.deleteByIds(ids.slice(i, i + IDS_PER_DELETE));
       }
-      await store.pruneVersions(batch.map((v) => ({ jobId: v.jobId, seq: v.seq })));
+      await store.pruneVersions(batch.map((v) => ({ jobId: v.jobId, seq: v.seq, id: v.id })));
       const originals = [...new Set(batch.flatMap((v) => (v.rawKey ? [v.rawKey] : [])))];
       const inUse = await store.originalsInUse(tenant, originals);
       const unused = originals.filter((k) => !inUse.has(k));
