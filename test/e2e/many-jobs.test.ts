@@ -19,8 +19,12 @@ import {
  */
 
 const JOB_BOUND_MS = 90_000;
-/** Longer than the 10 s after which an idle Durable Object may be hibernated. */
-const IDLE_GAP_MS = 12_000;
+/**
+ * Longer than the 10 s after which an idle Durable Object may be hibernated, plus the seconds
+ * the coordinator keeps working after a job reads completed (its end: webhooks, pruning the
+ * versions it replaced). 12 s was not enough once documents had versions.
+ */
+const IDLE_GAP_MS = 25_000;
 
 type Step = { jobs: number[]; sameTextsAs?: number } | { idle: number } | { restartWorker: true };
 

@@ -1089,7 +1089,9 @@ export class D1Store implements MetadataStore {
             version: d.version,
             fingerprint: d.fingerprint,
             jobId: d.jobId,
-            maxVersion: sql<number>`(SELECT max(m.version) FROM documents m WHERE m.tenant = ${d.tenant} AND m.collection = ${d.collection} AND m.doc_key = ${d.docKey})`,
+            // Qualified by hand: a one-table select renders its columns unqualified, and inside
+            // this subquery they would name the subquery's own rows.
+            maxVersion: sql<number>`(SELECT max(m.version) FROM documents m WHERE m.tenant = documents.tenant AND m.collection = documents.collection AND m.doc_key = documents.doc_key)`,
           })
           .from(d)
           .where(
@@ -1160,7 +1162,7 @@ export class D1Store implements MetadataStore {
     // The same rule as a document's status (routes/documents.ts): a current version whose job
     // still runs is being indexed.
     const has = (states: string, job?: "running" | "ended") =>
-      sql`EXISTS (SELECT 1 FROM documents s JOIN jobs sj ON sj.id = s.job_id WHERE s.tenant = ${d.tenant} AND s.collection = ${d.collection} AND s.doc_key = ${d.docKey} AND s.state IN (${sql.raw(states)})${
+      sql`EXISTS (SELECT 1 FROM documents s JOIN jobs sj ON sj.id = s.job_id WHERE s.tenant = documents.tenant AND s.collection = documents.collection AND s.doc_key = documents.doc_key AND s.state IN (${sql.raw(states)})${
         job === undefined
           ? sql``
           : sql.raw(` AND sj.status ${job === "running" ? "" : "NOT "}IN ('queued', 'running')`)
@@ -1180,9 +1182,9 @@ export class D1Store implements MetadataStore {
           sql`${d.docKey} IS NOT NULL`,
           q.collection ? eq(d.collection, q.collection) : undefined,
           // One row per document: its newest version.
-          sql`${d.version} = (SELECT max(m.version) FROM documents m WHERE m.tenant = ${d.tenant} AND m.collection = ${d.collection} AND m.doc_key = ${d.docKey})`,
+          sql`${d.version} = (SELECT max(m.version) FROM documents m WHERE m.tenant = documents.tenant AND m.collection = documents.collection AND m.doc_key = documents.doc_key)`,
           q.jobId
-            ? sql`EXISTS (SELECT 1 FROM documents s WHERE s.job_id = ${q.jobId} AND s.tenant = ${d.tenant} AND s.collection = ${d.collection} AND s.doc_key = ${d.docKey})`
+            ? sql`EXISTS (SELECT 1 FROM documents s WHERE s.job_id = ${q.jobId} AND s.tenant = documents.tenant AND s.collection = documents.collection AND s.doc_key = documents.doc_key)`
             : undefined,
           q.prefix ? sql`substr(${d.docKey}, 1, ${q.prefix.length}) = ${q.prefix}` : undefined,
           q.after
@@ -1565,15 +1567,21 @@ export class D1Store implements MetadataStore {
 
   async getChunks(tenant: string, ids: string[], opts: { currentOnly?: boolean } = {}) {
     if (ids.length === 0) return [];
-    const rows = await this.chunkQuery()
-      .where(
-        and(
-          inArray(schema.chunks.id, ids),
-          eq(schema.jobs.tenant, tenant),
-          opts.currentOnly ? eq(schema.documents.state, "current") : undefined,
-        ),
-      )
-      .all();
+    const rows: ChunkSelect[] = [];
+    // D1 binds at most 100 parameters per statement: the ids go in slices.
+    for (let i = 0; i < ids.length; i += MAX_PARAMS - 4) {
+      rows.push(
+        ...(await this.chunkQuery()
+          .where(
+            and(
+              inArray(schema.chunks.id, ids.slice(i, i + MAX_PARAMS - 4)),
+              eq(schema.jobs.tenant, tenant),
+              opts.currentOnly ? eq(schema.documents.state, "current") : undefined,
+            ),
+          )
+          .all()),
+      );
+    }
     return this.toChunks(tenant, rows);
   }
 

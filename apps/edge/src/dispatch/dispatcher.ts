@@ -193,8 +193,10 @@ export class Dispatcher extends DurableObject<Env> {
       this.metrics.count("p2pa_embedding_cache_hits_total", "", opts.cache.hits);
     if (opts.cache?.misses)
       this.metrics.count("p2pa_embedding_cache_misses_total", "", opts.cache.misses);
-    // A batch with nothing to compute (unchanged or cached) may be the job's last.
-    if (!opts.accepting) await this.results.settleJob(jobId);
+    // A last batch with nothing to compute (unchanged or cached) may end the job; one with
+    // tasks ends it when they are stored.
+    if (!opts.accepting && added === 0 && !this.queue.jobOpen(jobId))
+      await this.results.settleJob(jobId);
     await this.pump();
     return added;
   }

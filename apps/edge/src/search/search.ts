@@ -29,8 +29,6 @@ const PRODUCT_FILTER_KEYS = ["jobId", "documentId", "collection"] as const;
  * by words should still be found for a top 10. Vectorize returns at most 100 matches.
  */
 const FUSION_DEPTH = { min: 50, max: 100, perResult: 3 } as const;
-/** Extra matches each list asks for beyond twice topK, for versions search may not show. */
-const VERSION_SLACK = 10;
 /** Vectorize's getByIds takes at most 20 ids per call. */
 const GET_BY_IDS_BATCH = 20;
 
@@ -46,15 +44,15 @@ export async function search(env: Env, tenant: string, req: Request): Promise<Se
   const filter = checkedFilter(env, req);
   const store = openStore(env);
   // A pending document version's vectors are in the index before it becomes current (and a
-  // superseded one's until they are pruned): each list reaches past topK so that the chunks
-  // search may not show still leave topK it may.
+  // superseded one's until they are pruned): each list reaches as deep as Vectorize allows, so
+  // the chunks search may not show leave room for topK it may.
   const depth =
     req.mode === "hybrid"
       ? Math.min(
           FUSION_DEPTH.max,
           Math.max(FUSION_DEPTH.min, req.topK * FUSION_DEPTH.perResult, req.topK),
         )
-      : Math.min(FUSION_DEPTH.max, req.topK * 2 + VERSION_SLACK);
+      : FUSION_DEPTH.max;
 
   const [byVector, keywordHits] = await Promise.all([
     req.mode === "keyword" ? null : vectorList(env, tenant, model, req, filter, depth),
