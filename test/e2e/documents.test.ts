@@ -493,19 +493,15 @@ describe("document versions", () => {
     );
     // Never both versions at once, and one switch from version 1 to version 2, never back.
     expect(trace, "answers showing both versions (2)").not.toContain("2");
-    expect(trace.replaceAll("0", ""), "the sequence of versions search showed").toMatch(/^A+B+$/);
-    // Never neither: the current version is found while the next one is computed. Keyword
-    // answers hold to it. Vector answers may not yet: the index is asked for the 100 nearest
-    // vectors and a pending version much larger than that can fill them all (still open, see
-    // the documents issue), so their empties are reported, not asserted.
+    expect(trace, "the sequence of versions search showed").toMatch(/^A+B+$/);
+    // Never neither: the current version is found while the next one is computed, in both
+    // modes (the next version's vectors wait on the coordinator until it is complete, so they
+    // cannot crowd the current ones out of the index's nearest matches).
     const empty = answers.filter((x) => x.jobs.length === 0);
     expect(
-      empty.filter((x) => x.mode === "keyword").map((x) => `${x.mode}@${x.at}ms`),
-      `keyword answers that showed no version of swap-1 (trace ${trace})`,
+      empty.map((x) => `${x.mode}@${x.at}ms`),
+      `answers that showed no version of swap-1 (trace ${trace})`,
     ).toEqual([]);
-    console.log(
-      `swap: vector answers with no version: ${empty.filter((x) => x.mode === "vector").length}`,
-    );
     // Several answers on each side of the swap, in both modes.
     expect(count("keyword", "A") + count("vector", "A")).toBeGreaterThanOrEqual(3);
     expect(count("keyword", "B")).toBeGreaterThanOrEqual(1);

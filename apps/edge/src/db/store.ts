@@ -103,13 +103,23 @@ export interface MetadataStore {
   /** Chunks by id; `currentOnly`: only those of documents' current versions (what search shows). */
   getChunks(tenant: string, ids: string[], opts?: { currentOnly?: boolean }): Promise<ChunkRow[]>;
   /**
-   * Marks chunks done (once each) and moves the job's counters and status; a pending document
-   * version whose chunks are all done becomes current as its old version is superseded, in the
-   * same transaction. Idempotent. Returns how many versions it superseded.
+   * Marks chunks done (once each) and moves the job's counters. Idempotent. Returns `settled`:
+   * the seqs of the pending document versions these chunks belong to that have no chunk left
+   * to compute. They stay pending, and their job unfinished, until `promote` settles them (the
+   * caller writes their vectors to the index first, so a version never becomes current without
+   * them).
    */
-  recordDone(jobId: string, chunkIds: string[]): Promise<{ superseded: number }>;
-  /** Marks chunks failed (once each) with a reason and moves the job's counters and status. Idempotent. */
-  recordFailed(jobId: string, chunkIds: string[], reason: string): Promise<void>;
+  recordDone(jobId: string, chunkIds: string[]): Promise<{ settled: number[] }>;
+  /** Marks chunks failed (once each) with a reason, like `recordDone`. */
+  recordFailed(jobId: string, chunkIds: string[], reason: string): Promise<{ settled: number[] }>;
+  /** Seqs of the job's pending versions with no chunk left to compute (see `recordDone`). */
+  settledVersions(jobId: string): Promise<number[]>;
+  /**
+   * Settles these versions of the job in one transaction: one whose chunks are all done becomes
+   * current as its old version is superseded; one with a failed chunk fails and the current
+   * version stays. Then the job's status. Idempotent. Returns how many versions it superseded.
+   */
+  promote(jobId: string, seqs: number[]): Promise<{ superseded: number }>;
   markStarted(jobId: string): Promise<void>;
   /** Moves a queued or running job to cancelled; false when it had already ended. */
   cancelJob(tenant: string, id: string): Promise<boolean>;
@@ -455,13 +465,16 @@ function toJob(r: typeof schema.jobs.$inferSelect): Job {
 }
 
 /** Settles a job's status from its counters; applied after every counter change. */
+/** A job ends once it takes no more documents, its chunks are settled and so are its versions. */
+const JOB_SETTLED = sql`accepting = 0 AND chunks_done + chunks_failed >= chunks_total
+  AND NOT EXISTS (SELECT 1 FROM documents WHERE documents.job_id = jobs.id AND documents.state = 'pending')`;
 const SETTLED_STATUS = sql<JobStatus>`CASE
-  WHEN accepting = 1 OR chunks_done + chunks_failed < chunks_total THEN status
+  WHEN NOT (${JOB_SETTLED}) THEN status
   WHEN chunks_failed = 0 THEN 'completed'
   WHEN chunks_done = 0 THEN 'failed'
   ELSE 'completed_with_errors' END`;
 const SETTLED_AT = sql<string | null>`CASE
-  WHEN accepting = 0 AND chunks_done + chunks_failed >= chunks_total THEN strftime('%Y-%m-%dT%H:%M:%fZ','now')
+  WHEN ${JOB_SETTLED} THEN strftime('%Y-%m-%dT%H:%M:%fZ','now')
   ELSE completed_at END`;
 
 /** D1 implementation of the metadata store (drizzle-orm). */
@@ -1590,10 +1603,11 @@ export class D1Store implements MetadataStore {
     chunkIds: string[],
     to: "done" | "failed",
     reason: string | null,
-  ): Promise<{ superseded: number }> {
+  ): Promise<{ settled: number[] }> {
     const j = schema.jobs;
+    const d = schema.documents;
     const stmts = [];
-    const promotions: number[] = [];
+    const reads: number[] = [];
     for (let i = 0; i < chunkIds.length; i += 90) {
       const ids = chunkIds.slice(i, i + 90);
       stmts.push(
@@ -1620,29 +1634,76 @@ export class D1Store implements MetadataStore {
           )
           .where(eq(j.id, jobId)),
       );
-      // The versions these chunks belong to may be complete now.
-      const touched = sql`n.id IN (SELECT document_id FROM chunks WHERE job_id = ${jobId} AND id IN (${sql.join(
-        ids.map((id) => sql`${id}`),
-        sql`, `,
-      )}))`;
-      promotions.push(stmts.length);
-      stmts.push(...this.promotion(jobId, touched));
+      // The versions these chunks belong to that have nothing left to compute. Qualified by
+      // hand: a one-table select renders its columns unqualified.
+      reads.push(stmts.length);
+      stmts.push(
+        this.db
+          .select({ seq: d.seq })
+          .from(d)
+          .where(
+            sql`documents.job_id = ${jobId} AND documents.state = 'pending'
+              AND documents.id IN (SELECT document_id FROM chunks WHERE job_id = ${jobId} AND id IN (${sql.join(
+                ids.map((id) => sql`${id}`),
+                sql`, `,
+              )}))
+              AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.job_id = documents.job_id AND c.document_id = documents.id AND c.status = 'pending')`,
+          ),
+      );
     }
+    // A job none of whose versions waits (they were superseded or cancelled) may end here.
     stmts.push(this.settle(jobId));
     const [first, ...rest] = stmts;
-    if (!first) return { superseded: 0 };
-    const results = (await this.db.batch([first, ...rest])) as { meta?: { changes?: number } }[];
-    return {
-      superseded: promotions.reduce((n, at) => n + (results[at]?.meta?.changes ?? 0), 0),
-    };
+    if (!first) return { settled: [] };
+    const results = (await this.db.batch([first, ...rest])) as unknown[];
+    const settled = new Set<number>();
+    for (const at of reads)
+      for (const r of (results[at] ?? []) as { seq: number }[]) settled.add(r.seq);
+    return { settled: [...settled] };
   }
 
   recordDone(jobId: string, chunkIds: string[]) {
     return this.record(jobId, chunkIds, "done", null);
   }
 
-  async recordFailed(jobId: string, chunkIds: string[], reason: string) {
-    await this.record(jobId, chunkIds, "failed", reason);
+  recordFailed(jobId: string, chunkIds: string[], reason: string) {
+    return this.record(jobId, chunkIds, "failed", reason);
+  }
+
+  async settledVersions(jobId: string): Promise<number[]> {
+    const d = schema.documents;
+    const rows = await this.db
+      .select({ seq: d.seq })
+      .from(d)
+      .where(
+        sql`documents.job_id = ${jobId} AND documents.state = 'pending'
+          AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.job_id = documents.job_id AND c.document_id = documents.id AND c.status = 'pending')`,
+      )
+      .all();
+    return rows.map((r) => r.seq);
+  }
+
+  async promote(jobId: string, seqs: number[]): Promise<{ superseded: number }> {
+    const stmts = [];
+    const promotions: number[] = [];
+    for (let i = 0; i < seqs.length; i += MAX_PARAMS - 5) {
+      promotions.push(stmts.length);
+      stmts.push(
+        ...this.promotion(
+          jobId,
+          sql`n.seq IN (${sql.join(
+            seqs.slice(i, i + MAX_PARAMS - 5).map((q) => sql`${q}`),
+            sql`, `,
+          )})`,
+        ),
+      );
+    }
+    stmts.push(this.settle(jobId));
+    const [first, ...rest] = stmts;
+    if (!first) return { superseded: 0 };
+    const results = (await this.db.batch([first, ...rest])) as { meta?: { changes?: number } }[];
+    // The first statement of each promotion supersedes.
+    return { superseded: promotions.reduce((n, at) => n + (results[at]?.meta?.changes ?? 0), 0) };
   }
 
   async markStarted(jobId: string): Promise<void> {

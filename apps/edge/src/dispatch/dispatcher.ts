@@ -23,6 +23,7 @@ import { maskPersonalData } from "../privacy/mask.js";
 import { AlarmClock } from "./alarm.js";
 import { Canaries, canaryChunkId } from "./canary.js";
 import { recordFailure, recordSuccess } from "./error-budget.js";
+import { HeldVectors } from "./held-vectors.js";
 import { type JobEvent, JobLog } from "./job-log.js";
 import { Metrics } from "./metrics.js";
 import { JobNotifier } from "./notifier.js";
@@ -81,6 +82,7 @@ export const TENANT_HEADER = "X-P2PA-Tenant";
  */
 export class Dispatcher extends DurableObject<Env> {
   private readonly queue: TaskQueue;
+  private readonly held: HeldVectors;
   private readonly jobs: JobLog;
   private readonly notifier: JobNotifier;
   private readonly metrics: Metrics;
@@ -115,6 +117,7 @@ export class Dispatcher extends DurableObject<Env> {
     );
     this.store = openStore(env);
     this.jobs = new JobLog(ctx.storage.sql);
+    this.held = new HeldVectors(ctx.storage.sql);
     this.metrics = new Metrics(ctx.storage.sql);
     this.notifier = new JobNotifier(env, this.jobs, this.store);
     this.verifier = new Verifier(ctx.storage.sql, {
@@ -135,6 +138,7 @@ export class Dispatcher extends DurableObject<Env> {
       this.metrics,
       this.notifier,
       this.verifier,
+      this.held,
     );
     this.peers = new Peers(ctx);
     this.leaseMs = Number(env.LEASE_MS) || 60_000;
@@ -157,6 +161,7 @@ export class Dispatcher extends DurableObject<Env> {
       this.jobs.migrate();
       this.verifier.migrate();
       this.canaries.migrate();
+      this.held.migrate();
       this.metrics.count("p2pa_coordinator_starts_total");
       const recovered = this.queue.recoverStoring(Date.now());
       if (recovered) {
@@ -211,6 +216,7 @@ export class Dispatcher extends DurableObject<Env> {
   async cancel(jobId: string, purge = false): Promise<number> {
     const n = this.queue.cancelJob(jobId);
     this.verifier.forgetJob(jobId);
+    this.held.dropJob(jobId);
     if (purge) {
       // Deleted: nothing of the job's text, errors or events stays on the shard.
       this.jobs.markEnded(jobId);

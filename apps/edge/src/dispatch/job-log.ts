@@ -128,6 +128,14 @@ export class JobLog {
       }));
   }
 
+  /** True once the job's terminal event is recorded. */
+  isEnded(jobId: string): boolean {
+    return (
+      this.sql.exec<{ e: number }>("SELECT ended AS e FROM jobs WHERE id = ?", jobId).toArray()[0]
+        ?.e === 1
+    );
+  }
+
   /** True exactly once per job: the caller records its terminal event. */
   markEnded(jobId: string): boolean {
     return (

@@ -1,6 +1,8 @@
 import type { MetadataStore } from "../db/store.js";
 import { pruneSuperseded } from "../ingest/versions.js";
+import { versionName } from "../lib/chunk-ids.js";
 import { getVectorIndex } from "../vector/index.js";
+import type { HeldVectors } from "./held-vectors.js";
 import type { JobLog } from "./job-log.js";
 import type { Metrics } from "./metrics.js";
 import type { JobNotifier } from "./notifier.js";
@@ -18,6 +20,9 @@ export function vectorMetadata(
 ): Record<string, string | number | boolean> {
   return { ...item.meta, tenant, jobId, documentId: item.documentId, index: item.index };
 }
+
+/** Vectors per index write when a version's held vectors go in. */
+const UPSERT_BATCH = 500;
 
 /** What a checked result came to. */
 export type StoreOutcome =
@@ -57,7 +62,11 @@ export class ResultStore {
     private readonly metrics: Metrics,
     private readonly notifier: JobNotifier,
     private readonly verifier: Verifier,
+    private readonly held: HeldVectors,
   ) {}
+
+  /** Prune passes running per tenant, and whether another was asked for meanwhile. */
+  private readonly pruning = new Map<string, { again: boolean; done: Promise<void> }>();
 
   /**
    * Takes a task's checked vectors (one per item, in item order) from `donor`: judged under the
@@ -109,18 +118,23 @@ export class ResultStore {
       const vector = vectors[i] as Float32Array;
       return [it, ...(it.copies ?? [])].map((item) => ({ item, vector }));
     });
+    const ids = stored.map(({ item }) => item.chunkId);
+    const toVector = ({ item, vector }: (typeof stored)[number]): VectorizeVector => ({
+      id: item.chunkId,
+      values: vector,
+      metadata: vectorMetadata(item, task.tenant, task.jobId),
+    });
+    // A version that replaces a current one is held until it is complete, then written to the
+    // index whole, just before it becomes current. A first version is current from the start:
+    // its chunks become searchable as they arrive. A recomputed task's versions are settled:
+    // its corrected vectors replace the stored ones.
+    const held = task.recompute ? [] : stored.filter(({ item }) => item.pending);
+    const direct = task.recompute ? stored : stored.filter(({ item }) => !item.pending);
     try {
-      await index.upsert(
-        stored.map(({ item, vector }) => ({
-          id: item.chunkId,
-          values: vector,
-          metadata: vectorMetadata(item, task.tenant, task.jobId),
-        })),
-      );
-      await this.store.recordDone(
-        task.jobId,
-        stored.map(({ item }) => item.chunkId),
-      );
+      if (direct.length) await index.upsert(direct.map(toVector));
+      if (held.length) this.held.hold(task.jobId, held.map(toVector));
+      const { settled } = await this.store.recordDone(task.jobId, ids);
+      await this.promote(task.jobId, task.tenant, task.model, settled);
     } catch (err) {
       this.queue.abortStoring(task.id);
       console.error("storing task failed; requeued", task.id, err);
@@ -134,7 +148,8 @@ export class ResultStore {
     if (confirmed) this.metrics.count("p2pa_results_confirmed_total");
     if (await this.jobs.isDeleted(task.jobId)) {
       // The job was deleted while this result was being written: take the vectors back out.
-      await index.deleteByIds(stored.map(({ item }) => item.chunkId));
+      this.held.dropJob(task.jobId);
+      await index.deleteByIds(ids);
     }
     // A recomputed task's chunks were reported done already; only their vectors changed.
     if (!task.recompute)
@@ -152,6 +167,49 @@ export class ResultStore {
     );
     await this.settleJob(task.jobId);
     return "stored";
+  }
+
+  /**
+   * Settles versions with nothing left to compute: their held vectors go to the index first,
+   * then D1 makes each current (superseding the old) or failed in one step, so search, which
+   * shows current versions only, never sees a version without its vectors. What the new
+   * versions superseded is pruned soon after (its vectors would crowd the index's answers).
+   */
+  private async promote(jobId: string, tenant: string, model: string, seqs: number[]) {
+    if (seqs.length === 0) return;
+    const versions = seqs.map((q) => versionName(jobId, q));
+    const vectors = this.held.of(versions);
+    const index = getVectorIndex(this.env, model);
+    for (let i = 0; i < vectors.length; i += UPSERT_BATCH)
+      await index.upsert(vectors.slice(i, i + UPSERT_BATCH));
+    const { superseded } = await this.store.promote(jobId, seqs);
+    this.held.release(versions);
+    if (superseded > 0) this.prune(tenant);
+  }
+
+  /**
+   * Prunes a tenant's superseded versions off the result path, one pass at a time; promotions
+   * during a pass ask for one more after it.
+   */
+  private prune(tenant: string): Promise<void> {
+    const running = this.pruning.get(tenant);
+    if (running) {
+      running.again = true;
+      return running.done;
+    }
+    const state = { again: false, done: Promise.resolve() };
+    state.done = (async () => {
+      try {
+        do {
+          state.again = false;
+          await pruneSuperseded(this.env, this.store, tenant);
+        } while (state.again);
+      } finally {
+        this.pruning.delete(tenant);
+      }
+    })();
+    this.pruning.set(tenant, state);
+    return state.done;
   }
 
   /** Caches a stored result's vectors; a cache that cannot be written costs only a later miss. */
@@ -175,11 +233,12 @@ export class ResultStore {
     const reason = `failed after ${task.attempts} attempts: ${reasons.at(-1) ?? ""}`;
     const all: ItemCopy[] = task.items.flatMap((it) => [it, ...(it.copies ?? [])]);
     this.metrics.count("p2pa_chunks_failed_total", "", all.length);
-    await this.store.recordFailed(
+    const { settled } = await this.store.recordFailed(
       task.jobId,
       all.map((i) => i.chunkId),
       reason,
     );
+    await this.promote(task.jobId, task.tenant, task.model, settled);
     this.jobs.appendEvents(
       task.jobId,
       all.map((it) => ({
@@ -205,15 +264,22 @@ export class ResultStore {
       await this.notifier.maybeNotifyProgress(jobId);
       return;
     }
+    if (this.jobs.isEnded(jobId)) return;
+    const tenant = this.jobs.jobTenant(jobId);
+    // Versions a cut-off write left complete but pending settle now (their vectors are held).
+    const seqs = await this.store.settledVersions(jobId);
+    if (seqs.length && tenant) {
+      const job = await this.store.getJobById(jobId);
+      if (job) await this.promote(jobId, tenant, job.model, seqs);
+    }
     if (!this.jobs.markEnded(jobId)) return;
+    this.held.dropJob(jobId);
     const job = await this.store.getJobById(jobId);
     this.jobs.appendEvents(jobId, [
       { kind: "end", data: { status: job?.status ?? "completed", chunks: job?.chunks } },
     ]);
     await this.notifier.notifyEnd(jobId);
-    // The versions this job replaced (search stopped showing them as each was replaced) and
-    // those superseded while it ran: their leftovers go now, with the job's end.
-    const tenant = this.jobs.jobTenant(jobId);
-    if (tenant) await pruneSuperseded(this.env, this.store, tenant);
+    // What is left of the versions this job replaced, and of those superseded while it ran.
+    if (tenant) await this.prune(tenant);
   }
 }

@@ -13,6 +13,8 @@ export interface QueuedItem {
   cacheKey?: string;
   /** Chunks of the same job with exactly this text: they get this item's vector, uncomputed. */
   copies?: ItemCopy[];
+  /** Its version replaces a current one: its vector is held until the version is complete. */
+  pending?: true;
 }
 
 /** A chunk that takes another item's vector (same text, same job). */
@@ -21,6 +23,7 @@ export interface ItemCopy {
   documentId: string;
   index: number;
   meta?: Record<string, string | number | boolean>;
+  pending?: true;
 }
 
 export interface NewTask {

@@ -22,6 +22,7 @@ import { sealItems } from "../dispatch/sealed-items.js";
 import { dispatcherFor } from "../dispatch/shards.js";
 import { vectorMetadata } from "../dispatch/store-result.js";
 import type { ItemCopy, NewTask, QueuedItem } from "../dispatch/task-queue.js";
+import { chunkIdOf } from "../lib/chunk-ids.js";
 import { sha256Hex } from "../lib/crypto.js";
 import { AppError, noCapacity } from "../lib/errors.js";
 import { tokenCounter } from "../lib/tokens.js";
@@ -323,7 +324,7 @@ export async function prepareBatch(
       ? chunkSections(text, d.sections, chunkOptions)
       : chunkText(text, chunkOptions);
     for (const c of pieces) {
-      const id = `${jobId}.${String(seq).padStart(5, "0")}.${String(c.index).padStart(5, "0")}`;
+      const id = chunkIdOf(jobId, seq, c.index);
       out.chunks.push({
         id,
         documentSeq: seq,
@@ -339,7 +340,14 @@ export async function prepareBatch(
       const sent = settings.piiMask.length
         ? maskPersonalData(c.text, settings.piiMask).text
         : c.text;
-      items.push({ chunkId: id, documentId: docId, index: c.index, text: sent, meta });
+      items.push({
+        chunkId: id,
+        documentId: docId,
+        index: c.index,
+        text: sent,
+        meta,
+        ...(decision.state === "pending" ? { pending: true as const } : {}),
+      });
     }
   });
 
@@ -385,6 +393,7 @@ export async function prepareBatch(
         documentId: it.documentId,
         index: it.index,
         ...(it.meta ? { meta: it.meta } : {}),
+        ...(it.pending ? { pending: true as const } : {}),
       };
       leader.copies = [...(leader.copies ?? []), copy];
       return;

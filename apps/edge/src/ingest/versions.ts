@@ -1,4 +1,5 @@
 import type { MetadataStore, VersionRow } from "../db/store.js";
+import { chunkIdOf } from "../lib/chunk-ids.js";
 import { getVectorIndex } from "../vector/index.js";
 
 // Vectorize deletes at most 1000 ids a call; smaller slices keep each call short.
@@ -6,10 +7,9 @@ const IDS_PER_DELETE = 100;
 /** Versions pruned per pass. */
 const PRUNE_BATCH = 100;
 
-/** A version's chunk ids: `<jobId>.<seq>.<index>`, as the submit flow made them. */
+/** A version's chunk ids, as the submit flow made them. */
 function chunkIdsOf(v: VersionRow): string[] {
-  const doc = `${v.jobId}.${String(v.seq).padStart(5, "0")}`;
-  return Array.from({ length: v.chunks }, (_, i) => `${doc}.${String(i).padStart(5, "0")}`);
+  return Array.from({ length: v.chunks }, (_, i) => chunkIdOf(v.jobId, v.seq, i));
 }
 
 /**
