@@ -15,6 +15,7 @@ import type { VersionRow } from "../db/store.js";
 import { getOriginal } from "../ingest/originals.js";
 import { requireAuth, scoped } from "../lib/auth.js";
 import { sha256Hex } from "../lib/crypto.js";
+import { decodePairCursor, encodePairCursor } from "../lib/cursor.js";
 import { AppError, notFound } from "../lib/errors.js";
 import { audit } from "../tenant/audit-log.js";
 import { deleteDocumentEverywhere } from "../tenant/erase.js";
@@ -129,21 +130,6 @@ function summaryOf(newest: VersionRow, live: VersionRow[]): DocumentSummary {
   };
 }
 
-function encodeCursor(at: [string, string]): string {
-  return btoa(JSON.stringify(at)).replaceAll("+", "-").replaceAll("/", "_").replaceAll("=", "");
-}
-
-function decodeCursor(cursor: string): [string, string] | null {
-  try {
-    const v = JSON.parse(atob(cursor.replaceAll("-", "+").replaceAll("_", "/")));
-    return Array.isArray(v) && v.length === 2 && v.every((x) => typeof x === "string")
-      ? [v[0] as string, v[1] as string]
-      : null;
-  } catch {
-    return null;
-  }
-}
-
 export const documentRoutes = router();
 documentRoutes.use("/v1/documents", requireAuth("api"));
 documentRoutes.use("/v1/documents/*", requireAuth("api"));
@@ -161,7 +147,7 @@ documentRoutes
     const q = c.req.valid("query");
     let after: [string, string] | undefined;
     if (q.cursor) {
-      const at = decodeCursor(q.cursor);
+      const at = decodePairCursor(q.cursor);
       if (!at) throw new AppError(422, "validation_failed", "invalid cursor");
       after = at;
     }
@@ -188,7 +174,7 @@ documentRoutes
     );
     const last = page.at(-1);
     const nextCursor =
-      rows.length > q.limit && last ? encodeCursor([last.collection, last.docKey]) : null;
+      rows.length > q.limit && last ? encodePairCursor([last.collection, last.docKey]) : null;
     return c.json({ data, nextCursor }, 200);
   })
   .openapi(getOriginalRoute, async (c) => {

@@ -31,6 +31,7 @@ import {
 } from "../ingest/submit.js";
 import { type AppEnv, requireAuth, scoped } from "../lib/auth.js";
 import { newId, sha256Hex } from "../lib/crypto.js";
+import { decodeCursor, decodePairCursor, encodeCursor, encodePairCursor } from "../lib/cursor.js";
 import { AppError, notFound } from "../lib/errors.js";
 import { audit } from "../tenant/audit-log.js";
 import { deleteDocumentEverywhere, deleteJobEverywhere } from "../tenant/erase.js";
@@ -472,7 +473,7 @@ jobs
     const q = c.req.valid("query");
     let before: [string, string] | undefined;
     if (q.cursor) {
-      const at = decodeJsonCursor(q.cursor);
+      const at = decodePairCursor(q.cursor);
       if (!at) throw new AppError(422, "validation_failed", "invalid cursor");
       before = at;
     }
@@ -485,7 +486,7 @@ jobs
     const data = rows.slice(0, q.limit);
     const last = data.at(-1);
     const nextCursor =
-      rows.length > q.limit && last ? encodeJsonCursor([last.createdAt, last.id]) : null;
+      rows.length > q.limit && last ? encodePairCursor([last.createdAt, last.id]) : null;
     return c.json({ data, nextCursor }, 200);
   })
   .openapi(appendDocuments, async (c) => {
@@ -627,30 +628,3 @@ jobs
       rows.length > limit && page.length ? encodeCursor(page[page.length - 1]?.id ?? "") : null;
     return c.json({ data, nextCursor }, 200);
   });
-
-function encodeJsonCursor(at: [string, string]): string {
-  return encodeCursor(JSON.stringify(at));
-}
-
-function decodeJsonCursor(cursor: string): [string, string] | null {
-  try {
-    const v = JSON.parse(decodeCursor(cursor) ?? "");
-    return Array.isArray(v) && v.length === 2 && v.every((x) => typeof x === "string")
-      ? [v[0] as string, v[1] as string]
-      : null;
-  } catch {
-    return null;
-  }
-}
-
-function encodeCursor(id: string): string {
-  return btoa(id).replaceAll("+", "-").replaceAll("/", "_").replaceAll("=", "");
-}
-
-function decodeCursor(cursor: string): string | null {
-  try {
-    return atob(cursor.replaceAll("-", "+").replaceAll("_", "/"));
-  } catch {
-    return null;
-  }
-}
