@@ -269,36 +269,96 @@ describe("live progress and export, end to end", () => {
     const ids: number[] = [];
     let terminal: string | null = null;
     let cut = false;
-    const es = new EventSource(
-      `http://127.0.0.1:${proxyPort}/v1/jobs/${big.id}/events?chunks=true`,
-      {
-        fetch: (url, init) =>
-          fetch(url, {
-            ...init,
-            headers: { ...init.headers, Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}` },
-          }),
-      },
-    );
     let reconnects = 0;
-    es.addEventListener("open", () => reconnects++);
-    es.addEventListener("chunk", (e) => {
-      chunkIds.push((JSON.parse(e.data) as { chunkId: string }).chunkId);
-      ids.push(Number(e.lastEventId));
-      if (!cut && chunkIds.length >= 300) {
-        cut = true;
-        for (const s of sockets) s.destroy();
-      }
-    });
-    const done = new Promise<void>((resolve) => {
-      for (const t of ["completed", "completed_with_errors", "failed", "cancelled"]) {
-        es.addEventListener(t, () => {
-          terminal = t;
-          es.close();
-          resolve();
+    let lastId: string | null = null;
+    /** When the stream last delivered a byte (events, or the server's keepalive comments). */
+    let lastByteAt = Date.now();
+    // What the client saw go wrong, in order: a stream that ends without its terminal event
+    // shows here instead of as a bare timeout.
+    const errors: string[] = [];
+    const note = (what: string) =>
+      errors.push(`${((Date.now() - submittedAt) / 1000).toFixed(1)} s: ${what}`);
+    /**
+     * Streams the test opened again itself, as a resilient client does: after a 503 (which
+     * EventSource never retries) and after 45 s without a byte, when a healthy stream has had
+     * three keepalives. Both resume from the last event id.
+     */
+    let reopened = 0;
+    let es: EventSource | undefined;
+    const done = new Promise<void>((resolve, reject) => {
+      const fail = (why: string) =>
+        reject(new Error(`${why} (${chunkIds.length} chunk events):\n${errors.join("\n")}`));
+      const reopen = (why: string) => {
+        note(`opening the stream again: ${why}`);
+        es?.close();
+        if (++reopened > 4) return fail("the event stream kept failing");
+        lastByteAt = Date.now();
+        setTimeout(open, 1000);
+      };
+      const open = () => {
+        const source = new EventSource(
+          `http://127.0.0.1:${proxyPort}/v1/jobs/${big.id}/events?chunks=true`,
+          {
+            fetch: async (url, init) => {
+              const res = await fetch(url, {
+                ...init,
+                headers: {
+                  ...init.headers,
+                  Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}`,
+                  ...(lastId ? { "Last-Event-ID": lastId } : {}),
+                },
+              });
+              if (!res.body) return res;
+              const body = res.body.pipeThrough(
+                new TransformStream<Uint8Array, Uint8Array>({
+                  transform(chunk, out) {
+                    lastByteAt = Date.now();
+                    out.enqueue(chunk);
+                  },
+                }),
+              );
+              return new Response(body, { status: res.status, headers: res.headers });
+            },
+          },
+        );
+        es = source;
+        source.addEventListener("open", () => reconnects++);
+        source.addEventListener("progress", (e) => {
+          lastId = e.lastEventId;
         });
-      }
+        source.addEventListener("chunk", (e) => {
+          lastId = e.lastEventId;
+          chunkIds.push((JSON.parse(e.data) as { chunkId: string }).chunkId);
+          ids.push(Number(e.lastEventId));
+          if (!cut && chunkIds.length >= 300) {
+            cut = true;
+            for (const s of sockets) s.destroy();
+          }
+        });
+        for (const t of ["completed", "completed_with_errors", "failed", "cancelled"]) {
+          source.addEventListener(t, () => {
+            terminal = t;
+            source.close();
+            resolve();
+          });
+        }
+        source.addEventListener("error", (e) => {
+          const { code, message } = e as unknown as { code?: number; message?: string };
+          note(`${code ?? "-"} ${message ?? ""}`);
+          if (source !== es || source.readyState !== EventSource.CLOSED) return;
+          if (code === 503) reopen("503");
+          else fail("the event stream closed without a terminal event");
+        });
+      };
+      open();
+      const watch = setInterval(() => {
+        if (terminal) return clearInterval(watch);
+        if (Date.now() - lastByteAt > 45_000) reopen("45 s without a byte");
+      }, 5000);
     });
     await done;
+    if (reopened)
+      console.log(`event stream opened again ${reopened} time(s):\n${errors.join("\n")}`);
     const ranSeconds = (Date.now() - submittedAt) / 1000;
     proxy.close();
     // job.progress arrives signed, throttled to at most one a second (WEBHOOK_PROGRESS_SECONDS=1).
@@ -324,7 +384,7 @@ describe("live progress and export, end to end", () => {
     expect(chunkIds.length).toBe(big.chunks.total);
     expect(new Set(chunkIds).size).toBe(big.chunks.total);
     expect(ids).toEqual([...ids].sort((a, b) => a - b));
-  }, 180_000);
+  }, 240_000);
 
   it("exports a multi-thousand-chunk job as NDJSON equal line by line to the chunks API, gzipped on request", async () => {
     const job = await waitForJob<JobOut>(sys, big.id);

@@ -1031,18 +1031,12 @@ export class D1Store implements MetadataStore {
           ),
       );
     }
-    const seqs = input.documents.map((d) => d.seq);
-    for (let i = 0; i < seqs.length; i += MAX_PARAMS - 5) {
-      out.push(
-        ...this.promotion(
-          jobId,
-          sql`n.seq IN (${sql.join(
-            seqs.slice(i, i + MAX_PARAMS - 5).map((q) => sql`${q}`),
-            sql`, `,
-          )})`,
-        ),
-      );
-    }
+    out.push(
+      ...this.promotionsOf(
+        jobId,
+        input.documents.map((d) => d.seq),
+      ).stmts,
+    );
     return out;
   }
 
@@ -1052,6 +1046,19 @@ export class D1Store implements MetadataStore {
    * the current one is superseded (first, so the unique index on current versions holds); one
    * with a failed chunk and none left to do fails, and the current version stays.
    */
+  /** `promotion` for the job's versions `seqs`, in slices under D1's parameter limit. */
+  private promotionsOf(jobId: string, seqs: number[]) {
+    const stmts = [];
+    /** Where each slice's statements start (its first supersedes). */
+    const firsts: number[] = [];
+    for (let i = 0; i < seqs.length; i += MAX_PARAMS - 5) {
+      firsts.push(stmts.length);
+      const slice = seqs.slice(i, i + MAX_PARAMS - 5).map((q) => sql`${q}`);
+      stmts.push(...this.promotion(jobId, sql`n.seq IN (${sql.join(slice, sql`, `)})`));
+    }
+    return { stmts, firsts };
+  }
+
   private promotion(jobId: string, which: SQL) {
     const settledPending = sql`SELECT n.tenant, n.collection, n.doc_key FROM documents n
       WHERE n.job_id = ${jobId} AND n.state = 'pending' AND ${which}
@@ -1684,26 +1691,12 @@ export class D1Store implements MetadataStore {
   }
 
   async promote(jobId: string, seqs: number[]): Promise<{ superseded: number }> {
-    const stmts = [];
-    const promotions: number[] = [];
-    for (let i = 0; i < seqs.length; i += MAX_PARAMS - 5) {
-      promotions.push(stmts.length);
-      stmts.push(
-        ...this.promotion(
-          jobId,
-          sql`n.seq IN (${sql.join(
-            seqs.slice(i, i + MAX_PARAMS - 5).map((q) => sql`${q}`),
-            sql`, `,
-          )})`,
-        ),
-      );
-    }
-    stmts.push(this.settle(jobId));
-    const [first, ...rest] = stmts;
+    const { stmts, firsts } = this.promotionsOf(jobId, seqs);
+    const [first, ...rest] = [...stmts, this.settle(jobId)];
     if (!first) return { superseded: 0 };
     const results = (await this.db.batch([first, ...rest])) as { meta?: { changes?: number } }[];
     // The first statement of each promotion supersedes.
-    return { superseded: promotions.reduce((n, at) => n + (results[at]?.meta?.changes ?? 0), 0) };
+    return { superseded: firsts.reduce((n, at) => n + (results[at]?.meta?.changes ?? 0), 0) };
   }
 
   async markStarted(jobId: string): Promise<void> {
