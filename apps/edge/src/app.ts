@@ -6,6 +6,7 @@ import type { z } from "zod";
 import type { AppEnv } from "./lib/auth.js";
 import { AppError } from "./lib/errors.js";
 import { KeyringNotConfigured } from "./lib/keyring.js";
+import { SettingsInvalid, settings } from "./lib/settings.js";
 
 /** Largest request body the API reads (a job's text limit plus JSON overhead; file uploads). */
 export const MAX_BODY_BYTES = 32 * 1024 * 1024;
@@ -61,6 +62,12 @@ export function createApp() {
     c.req.header("Upgrade")?.toLowerCase() === "websocket" ? next() : headers(c, next),
   );
 
+  // A deployment whose variables cannot be read answers every API call with why (503).
+  app.use("/v1/*", async (c, next) => {
+    settings(c.env);
+    await next();
+  });
+
   const limit = bodyLimit({
     maxSize: MAX_BODY_BYTES,
     onError: () => {
@@ -97,6 +104,10 @@ export function createApp() {
   app.onError((err, c) => {
     if (err instanceof AppError) {
       return c.json(errorBody(err.code, err.message, err.details), err.status, err.headers);
+    }
+    if (err instanceof SettingsInvalid) {
+      console.error(err.message);
+      return c.json(errorBody("not_configured", err.message), 503);
     }
     if (err instanceof KeyringNotConfigured) {
       console.error(err.message);

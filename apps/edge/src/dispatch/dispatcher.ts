@@ -19,6 +19,7 @@ import {
 import { keyringFor, openStore } from "../db/open.js";
 import type { MetadataStore } from "../db/store.js";
 import { sha256Hex } from "../lib/crypto.js";
+import { settings } from "../lib/settings.js";
 import { maskPersonalData } from "../privacy/mask.js";
 import { AlarmClock } from "./alarm.js";
 import { Canaries, canaryChunkId } from "./canary.js";
@@ -110,11 +111,8 @@ export class Dispatcher extends DurableObject<Env> {
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
-    this.queue = new TaskQueue(
-      ctx.storage.sql,
-      MAX_ATTEMPTS,
-      Number(env.LEASE_GIVE_UP_MS) || 10 * 60_000,
-    );
+    const config = settings(env);
+    this.queue = new TaskQueue(ctx.storage.sql, MAX_ATTEMPTS, config.LEASE_GIVE_UP_MS);
     this.store = openStore(env);
     this.jobs = new JobLog(ctx.storage.sql);
     this.held = new HeldVectors(ctx.storage.sql);
@@ -122,14 +120,11 @@ export class Dispatcher extends DurableObject<Env> {
     this.notifier = new JobNotifier(env, this.jobs, this.store);
     this.verifier = new Verifier(ctx.storage.sql, {
       ...DEFAULT_VERIFY_POLICY,
-      agreeCosine: Number(env.VERIFY_MIN_COSINE) || DEFAULT_VERIFY_POLICY.agreeCosine,
-      spotRate: Number.isFinite(Number.parseFloat(env.VERIFY_SPOT_RATE))
-        ? Number.parseFloat(env.VERIFY_SPOT_RATE)
-        : DEFAULT_VERIFY_POLICY.spotRate,
+      agreeCosine: config.VERIFY_MIN_COSINE,
+      spotRate: config.VERIFY_SPOT_RATE,
     });
     this.canaries = new Canaries(ctx.storage.sql, this.verifier.policy.agreeCosine);
-    const v: string = env.VERIFICATION;
-    this.defaultVerify = v === "always" || v === "off" ? v : "auto";
+    this.defaultVerify = config.VERIFICATION;
     this.results = new ResultStore(
       env,
       this.queue,
@@ -141,9 +136,9 @@ export class Dispatcher extends DurableObject<Env> {
       this.held,
     );
     this.peers = new Peers(ctx);
-    this.leaseMs = Number(env.LEASE_MS) || 60_000;
-    this.leaseMaxMs = Math.max(this.leaseMs, Number(env.LEASE_MAX_MS) || 5 * 60_000);
-    this.maxConnectionsPerToken = Number(env.MAX_CONNECTIONS_PER_TOKEN) || 16;
+    this.leaseMs = config.LEASE_MS;
+    this.leaseMaxMs = config.LEASE_MAX_MS;
+    this.maxConnectionsPerToken = config.MAX_CONNECTIONS_PER_TOKEN;
     this.clock = new AlarmClock(ctx.storage, {
       leases: (now) => this.queue.nextWake(now),
       cooldowns: (now) => {
@@ -844,8 +839,7 @@ export class Dispatcher extends DurableObject<Env> {
 
   /** Share of leases that carry a known-answer check (`VERIFY_CANARY_RATE`). */
   private get canaryRate(): number {
-    const r = Number.parseFloat(this.env.VERIFY_CANARY_RATE);
-    return Number.isFinite(r) ? r : 0.1;
+    return settings(this.env).VERIFY_CANARY_RATE;
   }
 
   /** The watchdog's view of what a peer could lease (see `judge`). */

@@ -1,4 +1,5 @@
 import type { MetadataStore } from "../db/store.js";
+import { settings } from "../lib/settings.js";
 import { ledger } from "../tenant/limits.js";
 import { terminalEvent, webhookHub } from "../webhooks/index.js";
 import type { JobLog } from "./job-log.js";
@@ -45,7 +46,7 @@ export class JobNotifier {
 
   /** At most one job.progress event per job per WEBHOOK_PROGRESS_SECONDS. */
   async maybeNotifyProgress(jobId: string): Promise<void> {
-    const every = (Number(this.env.WEBHOOK_PROGRESS_SECONDS) || 10) * 1000;
+    const every = settings(this.env).WEBHOOK_PROGRESS_SECONDS * 1000;
     const last = this.progressSentAt.get(jobId) ?? 0;
     if (Date.now() - last < every) return;
     this.progressSentAt.set(jobId, Date.now());

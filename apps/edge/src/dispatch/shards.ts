@@ -1,12 +1,12 @@
 import { fnv1a } from "../lib/crypto.js";
+import { settings } from "../lib/settings.js";
 
 /**
  * Placement of work on Dispatcher shards: a job's tasks live on shard hash(jobId) % N of its
  * model, and each worker joins one shard of its model. See README.md in this folder.
  */
 export function shardCount(env: Env): number {
-  const n = Number(env.DISPATCH_SHARDS);
-  return Number.isInteger(n) && n > 0 ? n : 1;
+  return settings(env).DISPATCH_SHARDS;
 }
 
 export function dispatcherAt(env: Env, model: string, shard: number) {

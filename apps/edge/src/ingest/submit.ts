@@ -25,6 +25,7 @@ import type { ItemCopy, NewTask, QueuedItem } from "../dispatch/task-queue.js";
 import { chunkIdOf } from "../lib/chunk-ids.js";
 import { sha256Hex } from "../lib/crypto.js";
 import { AppError, noCapacity } from "../lib/errors.js";
+import { settings } from "../lib/settings.js";
 import { tokenCounter } from "../lib/tokens.js";
 import { maskPersonalData } from "../privacy/mask.js";
 import { indexHasher } from "../search/terms.js";
@@ -86,8 +87,7 @@ export interface SourceDocument {
 
 /** The deployment's verification policy for jobs that do not choose one (`VERIFICATION`). */
 function defaultVerification(env: Env): Verification {
-  const v: string = env.VERIFICATION;
-  return v === "always" || v === "off" ? v : "auto";
+  return settings(env).VERIFICATION;
 }
 
 /** The kinds of personal data a job masks: its own choice, else the deployment's PII_MASK. */
@@ -131,7 +131,7 @@ export function resolveSettings(env: Env, o: JobOptions): JobSettings {
     pool: o.pool ?? "any",
     piiMask: maskedKinds(o.privacy, env),
     keepOriginals: o.keepOriginals ?? true,
-    useCache: o.cache ?? (env.EMBEDDING_CACHE as string) !== "off",
+    useCache: o.cache ?? settings(env).EMBEDDING_CACHE === "on",
   };
 }
 
@@ -460,7 +460,7 @@ export async function assertBacklogRoom(
   tasks: number,
 ): Promise<void> {
   const backlog = await dispatcherFor(env, model, jobId).backlog();
-  const limit = Number(env.MAX_BACKLOG_TASKS) || 200_000;
+  const limit = settings(env).MAX_BACKLOG_TASKS;
   if (backlog + tasks > limit) {
     throw noCapacity(`the queue is full (${backlog} tasks waiting); retry later`, 30);
   }
@@ -647,7 +647,7 @@ export function settingsOf(env: Env, job: Job): JobSettings {
     pool: job.pool,
     piiMask: job.privacy.mask,
     keepOriginals: job.keepOriginals,
-    useCache: (env.EMBEDDING_CACHE as string) !== "off",
+    useCache: settings(env).EMBEDDING_CACHE === "on",
   };
 }
 

@@ -2,6 +2,7 @@ import { DurableObject } from "cloudflare:workers";
 import type { WebhookDelivery, WebhookEventType } from "@p2pa/shared";
 import { newId, tombstone } from "../lib/crypto.js";
 import { migrateOnce } from "../lib/do-schema.js";
+import { settings } from "../lib/settings.js";
 import { delayBefore, parseSchedule } from "./schedule.js";
 import { sign } from "./signing.js";
 import { checkTarget, parsePrivateTargets } from "./targets.js";
@@ -375,7 +376,7 @@ export class WebhookHub extends DurableObject<Env> {
       return;
     }
     const timestamp = Math.floor(started / 1000);
-    const signal = AbortSignal.timeout(Number(this.env.WEBHOOK_TIMEOUT_MS) || 15_000);
+    const signal = AbortSignal.timeout(settings(this.env).WEBHOOK_TIMEOUT_MS);
     let res: Response | null = null;
     let failure: AttemptError = "connection_failed";
     try {
