@@ -1,11 +1,14 @@
 import { randomBytes } from "node:crypto";
 import {
   CloseCode,
+  dispatchMessage,
   type EdgeMessage,
   EdgeMessage as EdgeMessageSchema,
   type Embed,
   encodeVector,
   MAX_CAPACITY,
+  type MessageByType,
+  type MessageHandlers,
   PROTOCOL_VERSION,
   parseMessage,
   TASK_SIZE,
@@ -45,26 +48,6 @@ export interface WorkerOptions {
 /** Tasks a worker holds at once: the batch being computed and two more batches waiting. */
 export function capacityFor(batchSize: number): number {
   return Math.min(MAX_CAPACITY, Math.max(2, Math.ceil((3 * batchSize) / TASK_SIZE)));
-}
-
-/** Each edge frame type, mapped to its message. */
-type EdgeMessageByType = { [M in EdgeMessage as M["type"]]: M };
-
-/** One handler per edge frame type, each given that type's message. */
-type EdgeHandlers = {
-  [K in EdgeMessage["type"]]: (msg: Extract<EdgeMessage, { type: K }>) => void;
-};
-
-/**
- * Calls the handler for `msg`'s type. `type` is `msg.type`, passed apart so that TypeScript
- * correlates the handler with its message without a cast.
- */
-function dispatchEdgeMessage<K extends keyof EdgeMessageByType>(
-  handlers: { [P in K]: (msg: EdgeMessageByType[P]) => void },
-  type: K,
-  msg: EdgeMessageByType[K],
-): void {
-  handlers[type](msg);
 }
 
 /** The worker's own view of its window, as `--status-port` reports it. */
@@ -118,7 +101,7 @@ export class Worker {
    * What the worker does with each edge frame, one entry per `EdgeMessage` type: a type added
    * to the protocol does not compile until it has one here.
    */
-  private readonly handlers: EdgeHandlers = {
+  private readonly handlers: MessageHandlers<EdgeMessage> = {
     welcome: (msg) => {
       this.stats.workerId = msg.workerId;
       this.stats.state = this.draining ? "draining" : "connected";
@@ -261,7 +244,11 @@ export class Worker {
       return;
     }
     const msg: EdgeMessage = parsed.message;
-    dispatchEdgeMessage(this.handlers, msg.type, msg);
+    dispatchMessage<MessageByType<EdgeMessage>, EdgeMessage["type"], void>(
+      this.handlers,
+      msg.type,
+      msg,
+    );
   }
 
   /** Runs queued work until none is left; real-time requests always go first. */

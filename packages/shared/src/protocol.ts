@@ -309,3 +309,28 @@ export function parseMessage<S extends z.ZodType>(
   }
   return { ok: true, message: parsed.data };
 }
+
+/** Each frame type of a message union, mapped to its message. */
+export type MessageByType<M extends { type: string }> = { [T in M as T["type"]]: T };
+
+/**
+ * One handler per frame type of the union `M`, each given that type's message (and `A`, what
+ * the receiving side adds, such as the socket): a type added to the protocol does not compile
+ * until each side has a handler for it.
+ */
+export type MessageHandlers<M extends { type: string }, R = void, A extends unknown[] = []> = {
+  [K in M["type"]]: (msg: Extract<M, { type: K }>, ...args: A) => R;
+};
+
+/**
+ * Calls the handler for `msg`'s type. `type` is `msg.type`, passed apart so that TypeScript
+ * correlates the handler with its message without a cast.
+ */
+export function dispatchMessage<
+  T extends Record<string, unknown>,
+  K extends keyof T,
+  R,
+  A extends unknown[] = [],
+>(handlers: { [P in K]: (msg: T[P], ...args: A) => R }, type: K, msg: T[K], ...args: A): R {
+  return handlers[type](msg, ...args);
+}

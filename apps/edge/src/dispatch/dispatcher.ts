@@ -4,12 +4,15 @@ import {
   CloseCode,
   checkEmbedding,
   decodeVector,
+  dispatchMessage,
   type EdgeMessage,
   type EmbedResult,
   type ErrorInfo,
   getModel,
   type Hello,
   MAX_CAPACITY,
+  type MessageByType,
+  type MessageHandlers,
   type PiiKind,
   PROTOCOL_VERSION,
   parseMessage,
@@ -28,7 +31,7 @@ import { HeldVectors } from "./held-vectors.js";
 import { type JobEvent, JobLog } from "./job-log.js";
 import { Metrics } from "./metrics.js";
 import { JobNotifier } from "./notifier.js";
-import { INITIAL_EARNED, limitFor, Peers, roomFor } from "./peers.js";
+import { INITIAL_EARNED, limitFor, type Peer, Peers, roomFor } from "./peers.js";
 import { type Bucket, take } from "./rate-limit.js";
 import { type EmbedOutcome, RealtimeLane } from "./realtime-lane.js";
 import { checkResult } from "./result-check.js";
@@ -403,48 +406,52 @@ export class Dispatcher extends DurableObject<Env> {
       this.protocolError(ws, "hello_required", "send hello before anything else");
       return;
     }
-    switch (msg.type) {
-      case "hello":
-        await this.onHello(ws, msg);
-        return;
-      case "ready":
-        this.peers.update(ws, (p) => {
-          p.capacity = msg.capacity;
-        });
-        await this.pump();
-        return;
-      case "heartbeat":
-        await this.onHeartbeat(ws, msg.leaseIds, msg.capacity);
-        return;
-      case "result":
-        await this.onResult(ws, msg);
-        return;
-      case "task_failed":
-        await this.onTaskFailed(ws, msg.leaseId, msg.taskId, msg.error);
-        return;
-      case "release":
-        this.queue.release(msg.leaseIds, peer.workerId);
-        await this.pump();
-        return;
-      case "draining":
-        this.peers.update(ws, (p) => {
-          p.draining = true;
-        });
-        return;
-      case "embed_result":
-        this.onEmbedResult(ws, msg);
-        return;
-      case "embed_failed": {
-        const settled = this.lane.settle(msg.requestId, peer.workerId, {
-          ok: false,
-          code: "failed",
-          message: `worker reported ${msg.error.code}: ${msg.error.message}`,
-        });
-        if (settled) this.charge(ws, `real-time request failed (${msg.error.code})`);
-        return;
-      }
-    }
+    await dispatchMessage<
+      MessageByType<WorkerMessage>,
+      WorkerMessage["type"],
+      Promise<void>,
+      [WebSocket, Readonly<Peer>]
+    >(this.handlers, msg.type, msg, ws, peer);
   }
+
+  /**
+   * What the coordinator does with each worker frame, one entry per `WorkerMessage` type: a
+   * type added to the protocol does not compile until it has one here.
+   */
+  private readonly handlers: MessageHandlers<
+    WorkerMessage,
+    Promise<void>,
+    [WebSocket, Readonly<Peer>]
+  > = {
+    hello: (msg, ws) => this.onHello(ws, msg),
+    ready: async (msg, ws) => {
+      this.peers.update(ws, (p) => {
+        p.capacity = msg.capacity;
+      });
+      await this.pump();
+    },
+    heartbeat: (msg, ws) => this.onHeartbeat(ws, msg.leaseIds, msg.capacity),
+    result: (msg, ws) => this.onResult(ws, msg),
+    task_failed: (msg, ws) => this.onTaskFailed(ws, msg.leaseId, msg.taskId, msg.error),
+    release: async (msg, _ws, peer) => {
+      this.queue.release(msg.leaseIds, peer.workerId);
+      await this.pump();
+    },
+    draining: async (_msg, ws) => {
+      this.peers.update(ws, (p) => {
+        p.draining = true;
+      });
+    },
+    embed_result: async (msg, ws) => this.onEmbedResult(ws, msg),
+    embed_failed: async (msg, ws, peer) => {
+      const settled = this.lane.settle(msg.requestId, peer.workerId, {
+        ok: false,
+        code: "failed",
+        message: `worker reported ${msg.error.code}: ${msg.error.message}`,
+      });
+      if (settled) this.charge(ws, `real-time request failed (${msg.error.code})`);
+    },
+  };
 
   override async webSocketClose(ws: WebSocket, code: number): Promise<void> {
     await this.disconnect(ws);
