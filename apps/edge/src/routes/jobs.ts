@@ -35,7 +35,7 @@ import { decodeCursor, decodePairCursor, encodeCursor, encodePairCursor } from "
 import { AppError, notFound } from "../lib/errors.js";
 import { audit } from "../tenant/audit-log.js";
 import { deleteDocumentEverywhere, deleteJobEverywhere } from "../tenant/erase.js";
-import { getVectorIndex } from "../vector/index.js";
+import { getVectorIndex, vectorsOf } from "../vector/index.js";
 import { assertTargetAllowed, webhookHub } from "../webhooks/index.js";
 import { newSecret } from "../webhooks/signing.js";
 
@@ -612,13 +612,10 @@ jobs
     const page = rows.slice(0, limit);
     let data: Chunk[] = page;
     if (includeVectors) {
-      const index = getVectorIndex(c.env, job.model);
-      const vectors = new Map<string, number[]>();
-      const done = page.filter((r) => r.status === "done").map((r) => r.id);
-      for (let i = 0; i < done.length; i += 20) {
-        for (const v of await index.getByIds(done.slice(i, i + 20)))
-          vectors.set(v.id, Array.from(v.values));
-      }
+      const vectors = await vectorsOf(
+        getVectorIndex(c.env, job.model),
+        page.filter((r) => r.status === "done").map((r) => r.id),
+      );
       data = page.map((r) => {
         const v = vectors.get(r.id);
         return v ? { ...r, vector: v } : r;

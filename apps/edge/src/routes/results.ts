@@ -6,11 +6,9 @@ import { openStore } from "../db/open.js";
 import { requireAuth, scoped } from "../lib/auth.js";
 import { notFound } from "../lib/errors.js";
 import { audit } from "../tenant/audit-log.js";
-import { getVectorIndex } from "../vector/index.js";
+import { getVectorIndex, vectorsOf } from "../vector/index.js";
 
 const PAGE = 200;
-// Vectorize's getByIds reads at most 20 ids per call.
-const IDS_PER_READ = 20;
 
 const exportResults = createRoute({
   method: "get",
@@ -59,12 +57,10 @@ resultRoutes.openapi(exportResults, async (c) => {
         return;
       }
       after = rows[rows.length - 1]?.id ?? null;
-      const vectors = new Map<string, number[]>();
-      const done = rows.filter((r) => r.status === "done").map((r) => r.id);
-      for (let i = 0; i < done.length; i += IDS_PER_READ) {
-        for (const v of await index.getByIds(done.slice(i, i + IDS_PER_READ)))
-          vectors.set(v.id, Array.from(v.values));
-      }
+      const vectors = await vectorsOf(
+        index,
+        rows.filter((r) => r.status === "done").map((r) => r.id),
+      );
       let out = "";
       for (const r of rows)
         out += `${JSON.stringify({ ...r, vector: vectors.get(r.id) ?? null })}\n`;

@@ -15,7 +15,7 @@ import { embedNow } from "../lib/realtime.js";
 import { assertWithinWindow } from "../lib/tokens.js";
 import { filterableKeys } from "../vector/config.js";
 import { compileFilter } from "../vector/filter.js";
-import { getVectorIndex } from "../vector/index.js";
+import { getVectorIndex, vectorsOf } from "../vector/index.js";
 import { fuse, fusionMatches, type Ranked } from "./fuse.js";
 import { queryTerms, wordsHeld } from "./terms.js";
 
@@ -29,8 +29,6 @@ const PRODUCT_FILTER_KEYS = ["jobId", "documentId", "collection"] as const;
  * by words should still be found for a top 10. Vectorize returns at most 100 matches.
  */
 const FUSION_DEPTH = { min: 50, max: 100, perResult: 3 } as const;
-/** Vectorize's getByIds takes at most 20 ids per call. */
-const GET_BY_IDS_BATCH = 20;
 
 /**
  * One search: the query's vector against the model's index, its words against the keyword
@@ -188,8 +186,7 @@ async function materialise(
   const top = ranked.filter((r) => chunks.has(r.id)).slice(0, req.topK);
   const vectors = req.includeVectors
     ? await vectorsOf(
-        env,
-        model,
+        getVectorIndex(env, model),
         top.map((r) => r.id),
       )
     : new Map<string, number[]>();
@@ -211,14 +208,4 @@ async function materialise(
       },
     ];
   });
-}
-
-async function vectorsOf(env: Env, model: string, ids: string[]): Promise<Map<string, number[]>> {
-  const index = getVectorIndex(env, model);
-  const out = new Map<string, number[]>();
-  for (let i = 0; i < ids.length; i += GET_BY_IDS_BATCH) {
-    for (const v of await index.getByIds(ids.slice(i, i + GET_BY_IDS_BATCH)))
-      out.set(v.id, Array.from(v.values));
-  }
-  return out;
 }

@@ -44,3 +44,16 @@ export function localVectorIndex(
     describe: async () => object.describe(),
   };
 }
+
+/** Vectorize's getByIds reads at most 20 ids per call. */
+const IDS_PER_READ = 20;
+
+/** The stored values of these vector ids (chunk ids), read in the slices the index allows. */
+export async function vectorsOf(index: VectorIndex, ids: string[]): Promise<Map<string, number[]>> {
+  const out = new Map<string, number[]>();
+  for (let i = 0; i < ids.length; i += IDS_PER_READ) {
+    for (const v of await index.getByIds(ids.slice(i, i + IDS_PER_READ)))
+      out.set(v.id, Array.from(v.values));
+  }
+  return out;
+}
