@@ -13,6 +13,9 @@ import {
 
 export { DEV_CREDENTIALS, freePort };
 
+/** How long a GET from the tests waits for an answer before it is sent again (once). */
+const GET_TIMEOUT_MS = 30_000;
+
 /** A job as the API returns it (the fields the end-to-end tests read). */
 export interface JobOut {
   id: string;
@@ -64,6 +67,9 @@ export async function startSystem(
       const method = init.method ?? (init.json === undefined ? "GET" : "POST");
       const request = () =>
         fetch(`${sys.edge.url}${pathname}`, {
+          // wrangler dev's proxy sometimes holds a request until its client gives up (seen
+          // right after a large submit); a GET is safe to send again, so it gets a deadline.
+          ...(method === "GET" ? { signal: AbortSignal.timeout(GET_TIMEOUT_MS) } : {}),
           method,
           headers: {
             Authorization: `Bearer ${init.admin ? DEV_CREDENTIALS.adminKey : DEV_CREDENTIALS.apiKey}`,
@@ -74,8 +80,13 @@ export async function startSystem(
         });
       // A kept-alive socket the server closed while this process was busy (the model runs
       // in-process in some tests) fails once; a GET is safe to send again on a new one.
-      const res = await request().catch((err: { cause?: { code?: string } }) => {
-        if (method === "GET" && err.cause?.code === "UND_ERR_SOCKET") return request();
+      const res = await request().catch((err: { name?: string; cause?: { code?: string } }) => {
+        if (method !== "GET") throw err;
+        if (err.name === "TimeoutError") {
+          console.warn(`GET ${pathname}: no answer in ${GET_TIMEOUT_MS} ms; sent again`);
+          return request();
+        }
+        if (err.cause?.code === "UND_ERR_SOCKET") return request();
         throw err;
       });
       const text = await res.text();

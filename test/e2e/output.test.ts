@@ -280,8 +280,8 @@ describe("live progress and export, end to end", () => {
       errors.push(`${((Date.now() - submittedAt) / 1000).toFixed(1)} s: ${what}`);
     /**
      * Streams the test opened again itself, as a resilient client does: after a 503 (which
-     * EventSource never retries) and after 45 s without a byte, when a healthy stream has had
-     * three keepalives. Both resume from the last event id.
+     * EventSource never retries) and after 25 s without a byte, when a healthy stream has had
+     * a keepalive comment (sent every 15 s). Both resume from the last event id.
      */
     let reopened = 0;
     let es: EventSource | undefined;
@@ -353,7 +353,7 @@ describe("live progress and export, end to end", () => {
       open();
       const watch = setInterval(() => {
         if (terminal) return clearInterval(watch);
-        if (Date.now() - lastByteAt > 45_000) reopen("45 s without a byte");
+        if (Date.now() - lastByteAt > 25_000) reopen("25 s without a byte");
       }, 5000);
     });
     await done;
