@@ -1,6 +1,7 @@
 import { env, runInDurableObject } from "cloudflare:test";
 import type { ApiKey, Quotas, Scope, Usage } from "@p2pa/shared";
 import { describe, expect, it } from "vitest";
+import { sha256Hex } from "../src/lib/crypto.js";
 import { type AuditEntry, verifyChain } from "../src/tenant/audit.js";
 import type { TenantLedger } from "../src/tenant/ledger.js";
 import { call, errorOf, KEYS, originalsOf, TestWorker } from "./helpers.js";
@@ -15,11 +16,6 @@ type AuditPage = { data: AuditEntry[]; nextCursor: string | null };
 
 const uid = () => crypto.randomUUID().slice(0, 8);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function sha256Hex(s: string): Promise<string> {
-  const d = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(s));
-  return Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, "0")).join("");
-}
 
 /**
  * A tenant of its own with `n` API keys, stored the way setup.ts stores the test keys (hashed,

@@ -2,6 +2,7 @@ import { env } from "cloudflare:test";
 import { exports } from "cloudflare:workers";
 import { encodeVector, PROTOCOL_VERSION } from "@p2pa/shared";
 import { expect } from "vitest";
+import { sha256Hex } from "../src/lib/crypto.js";
 
 export const KEYS = {
   api: "test_api_key",
@@ -158,8 +159,7 @@ export const job = async (id: string) =>
 /** A new worker token of tenant t1 (another donor), stored hashed as the API stores them. */
 export async function workerToken(name: string, tenant = "t1"): Promise<string> {
   const token = `wt_${name}_${crypto.randomUUID()}`;
-  const d = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(token));
-  const hash = Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, "0")).join("");
+  const hash = await sha256Hex(token);
   await env.DB.prepare(
     "INSERT INTO credentials (id, kind, tenant, hash) VALUES (?, 'worker', ?, ?)",
   )

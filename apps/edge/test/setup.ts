@@ -1,4 +1,5 @@
 import { applyD1Migrations, env } from "cloudflare:test";
+import { sha256Hex } from "../src/lib/crypto.js";
 import { KEYS } from "./helpers.js";
 
 // Every test file starts from the schema the deployed database has, plus test credentials.
@@ -6,11 +7,6 @@ await applyD1Migrations(
   env.DB,
   (env as unknown as { TEST_MIGRATIONS: Parameters<typeof applyD1Migrations>[1] }).TEST_MIGRATIONS,
 );
-
-async function sha256Hex(s: string): Promise<string> {
-  const d = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(s));
-  return Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, "0")).join("");
-}
 
 await env.DB.batch([
   env.DB.prepare(

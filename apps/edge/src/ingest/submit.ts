@@ -7,7 +7,6 @@ import {
   getModel,
   type IngestRejection,
   type Job,
-  MODELS,
   PII_KINDS,
   type PiiKind,
   type Pool,
@@ -24,7 +23,7 @@ import { vectorMetadata } from "../dispatch/store-result.js";
 import type { ItemCopy, NewTask, QueuedItem } from "../dispatch/task-queue.js";
 import { chunkIdOf } from "../lib/chunk-ids.js";
 import { sha256Hex } from "../lib/crypto.js";
-import { AppError, noCapacity } from "../lib/errors.js";
+import { AppError, noCapacity, requireModel } from "../lib/errors.js";
 import { settings } from "../lib/settings.js";
 import { tokenCounter } from "../lib/tokens.js";
 import { maskPersonalData } from "../privacy/mask.js";
@@ -101,12 +100,7 @@ function maskedKinds(privacy: Privacy | undefined, env: Env): PiiKind[] {
 /** The job's settings, or a 422 naming what is wrong with the options. */
 export function resolveSettings(env: Env, o: JobOptions): JobSettings {
   const model = o.model ?? DEFAULT_MODEL;
-  const info = getModel(model);
-  if (!info) {
-    throw new AppError(422, "unprocessable", `unknown model ${model}`, {
-      available: Object.keys(MODELS),
-    });
-  }
+  const info = requireModel(model);
   const maxChars = o.chunking?.maxChars ?? info.defaultChunkChars;
   if (maxChars > info.maxChunkChars) {
     throw new AppError(

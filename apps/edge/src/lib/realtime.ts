@@ -1,6 +1,6 @@
-import { decodeVector, getModel } from "@p2pa/shared";
+import { decodeVector } from "@p2pa/shared";
 import { shardsFrom } from "../dispatch/shards.js";
-import { AppError, noCapacity } from "./errors.js";
+import { noCapacity, requireModel } from "./errors.js";
 
 /**
  * Embeds texts now, on a connected worker, through the priority lane: the request jumps
@@ -12,8 +12,7 @@ export async function embedNow(
   texts: string[],
   scope: { tenant: string; pool?: "any" | "own" },
 ): Promise<{ vectors: Float32Array[]; tokens: number }> {
-  const info = getModel(model);
-  if (!info) throw new AppError(422, "unprocessable", `unknown model ${model}`);
+  const info = requireModel(model);
   let last = "";
   for (const shard of shardsFrom(env, model)) {
     const r = await shard.embed(model, texts, undefined, scope);

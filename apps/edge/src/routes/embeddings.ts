@@ -1,14 +1,8 @@
 import { createRoute } from "@hono/zod-openapi";
-import {
-  EmbeddingsRequest,
-  EmbeddingsResponse,
-  ErrorBody,
-  encodeVector,
-  getModel,
-} from "@p2pa/shared";
+import { EmbeddingsRequest, EmbeddingsResponse, ErrorBody, encodeVector } from "@p2pa/shared";
 import { router } from "../app.js";
 import { requireAuth, scoped } from "../lib/auth.js";
-import { AppError } from "../lib/errors.js";
+import { AppError, requireModel } from "../lib/errors.js";
 import { embedNow } from "../lib/realtime.js";
 import { assertWithinWindow } from "../lib/tokens.js";
 
@@ -42,8 +36,7 @@ embeddingRoutes.use("/v1/embeddings", requireAuth("api"));
 
 embeddingRoutes.openapi(embeddings, async (c) => {
   const req = c.req.valid("json");
-  const info = getModel(req.model);
-  if (!info) throw new AppError(422, "unprocessable", `unknown model ${req.model}`);
+  const info = requireModel(req.model);
   if (req.dimensions !== undefined && req.dimensions !== info.dimension) {
     throw new AppError(
       422,

@@ -1,11 +1,11 @@
-import { CloseCode, DEFAULT_MODEL, getModel, MODELS } from "@p2pa/shared";
+import { CloseCode, DEFAULT_MODEL, MODELS } from "@p2pa/shared";
 import { createMiddleware } from "hono/factory";
 import { router } from "../app.js";
 import { D1Store } from "../db/store.js";
 import { CREDENTIAL_HEADER, TENANT_HEADER } from "../dispatch/dispatcher.js";
 import { dispatcherFor, shardsFrom } from "../dispatch/shards.js";
 import { type AppEnv, bearer, lookupCredential, requireAuth, requireScope } from "../lib/auth.js";
-import { AppError } from "../lib/errors.js";
+import { AppError, requireModel } from "../lib/errors.js";
 import { getVectorIndex } from "../vector/index.js";
 
 /**
@@ -43,10 +43,10 @@ const refuseSocketWithCloseCode = createMiddleware<AppEnv>(async (c, next) => {
 export const workerRoutes = router()
   .get("/v1/workers/connect", refuseSocketWithCloseCode, requireAuth("worker"), async (c) => {
     if (c.req.header("Upgrade")?.toLowerCase() !== "websocket") {
-      throw new AppError(426 as 400, "bad_request", "this endpoint expects a WebSocket upgrade");
+      throw new AppError(426, "bad_request", "this endpoint expects a WebSocket upgrade");
     }
     const model = c.req.query("model") ?? DEFAULT_MODEL;
-    if (!getModel(model)) throw new AppError(422, "unprocessable", `unknown model ${model}`);
+    requireModel(model);
     // The Dispatcher learns who connects from the route alone: whatever the client sent
     // under these names is replaced.
     const cred = c.get("credential");
@@ -59,7 +59,7 @@ export const workerRoutes = router()
   })
   .get("/v1/workers", requireAuth("api"), requireScope("jobs:read"), async (c) => {
     const model = c.req.query("model") ?? DEFAULT_MODEL;
-    if (!getModel(model)) throw new AppError(422, "unprocessable", `unknown model ${model}`);
+    requireModel(model);
     const cred = c.get("credential");
     if (cred.kind === "admin") {
       // Operators see the whole fleet, every shard's queue and the index.

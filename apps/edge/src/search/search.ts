@@ -1,6 +1,5 @@
 import {
   DEFAULT_MODEL,
-  getModel,
   type SearchFilter,
   type SearchMode,
   type SearchRequest,
@@ -10,7 +9,7 @@ import {
 import type { z } from "zod";
 import { keyringFor, openStore } from "../db/open.js";
 import { FILTER_METADATA, type MetadataStore } from "../db/store.js";
-import { AppError } from "../lib/errors.js";
+import { AppError, requireModel } from "../lib/errors.js";
 import { embedNow } from "../lib/realtime.js";
 import { assertWithinWindow } from "../lib/tokens.js";
 import { filterableKeys } from "../vector/config.js";
@@ -38,7 +37,7 @@ const FUSION_DEPTH = { min: 50, max: 100, perResult: 3 } as const;
  */
 export async function search(env: Env, tenant: string, req: Request): Promise<SearchResponse> {
   const model = req.model ?? DEFAULT_MODEL;
-  if (!getModel(model)) throw new AppError(422, "unprocessable", `unknown model ${model}`);
+  requireModel(model);
   const filter = checkedFilter(env, req);
   const store = openStore(env);
   // A pending document version's vectors are in the index before it becomes current (and a

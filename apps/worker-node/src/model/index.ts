@@ -3,7 +3,6 @@ export { type BenchResult, benchEmbedder, benchSentences } from "./bench-model.j
 export { ModelIntegrityError, sha256File } from "./files.js";
 export { loadModel } from "./load.js";
 export {
-  BUILTIN_MANIFESTS,
   MANIFEST_FILE,
   ModelFile,
   ModelManifest,

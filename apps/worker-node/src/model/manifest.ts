@@ -67,11 +67,6 @@ export const USE_LITE_MANIFEST: ModelManifest = Object.freeze({
   files: [],
 });
 
-/** Models known by id without a manifest URL or folder. */
-export const BUILTIN_MANIFESTS: Readonly<Record<string, ModelManifest>> = Object.freeze({
-  "use-lite": USE_LITE_MANIFEST,
-});
-
 /** Parses and validates manifest JSON, with an error naming where it came from. */
 export function parseManifest(json: unknown, origin: string): ModelManifest {
   const r = ModelManifest.safeParse(json);
