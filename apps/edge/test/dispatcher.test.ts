@@ -3,7 +3,16 @@ import { encodeVector, PROTOCOL_VERSION, TASK_SIZE } from "@p2pa/shared";
 import { describe, expect, it } from "vitest";
 import type { Dispatcher } from "../src/dispatch/dispatcher.js";
 import { dispatcherFor } from "../src/dispatch/shards.js";
-import { call, job, KEYS, originalsOf, submit, TestWorker, workerToken } from "./helpers.js";
+import {
+  call,
+  job,
+  KEYS,
+  originalsOf,
+  roundTrip,
+  submit,
+  TestWorker,
+  workerToken,
+} from "./helpers.js";
 
 const stub = (jobId: string) => dispatcherFor(env, "use-lite", jobId);
 
@@ -14,12 +23,14 @@ describe("Dispatcher", () => {
     w.ready(2);
     const t1 = await w.next("task");
     const t2 = await w.next("task");
-    await new Promise((r) => setTimeout(r, 100));
+    // Every frame sent before the probe is handled by its answer: no task came.
+    await roundTrip(w);
     expect(w.count("task")).toBe(0); // the third task waits for room
     expect((await job(j.id)).status).toBe("running");
     // Restating the same capacity (a repeated frame) opens no extra room.
     w.ready(2);
-    await new Promise((r) => setTimeout(r, 100));
+    // Every frame sent before the probe is handled by its answer: no task came.
+    await roundTrip(w);
     expect(w.count("task")).toBe(0);
 
     w.send(w.resultFor(t1));
@@ -99,7 +110,8 @@ describe("Dispatcher", () => {
     const b = await TestWorker.connect();
     b.ready(1);
     // a's leases wait out a short grace period for a reconnect before anyone else gets them.
-    await new Promise((r) => setTimeout(r, 150));
+    // Every frame sent before the probe is handled by its answer: no task came.
+    await roundTrip(b);
     expect(b.count("task")).toBe(0);
     await runInDurableObject(stub(j.id), async (_o: Dispatcher, state) => {
       const d = state.storage.sql
@@ -256,7 +268,8 @@ describe("Dispatcher", () => {
       reason: expect.stringMatching(/cancelled/),
     });
     w.ready(5);
-    await new Promise((r) => setTimeout(r, 150));
+    // Every frame sent before the probe is handled by its answer: no task came.
+    await roundTrip(w);
     expect(w.count("task")).toBe(0);
     expect((await call(`/v1/jobs/${j.id}/cancel`, { method: "POST", json: {} })).status).toBe(409);
     expect((await job(j.id)).status).toBe("cancelled");
@@ -302,7 +315,8 @@ describe("Dispatcher", () => {
       message: expect.stringMatching(/no new tasks/),
     });
     w.ready(4);
-    await new Promise((r) => setTimeout(r, 200));
+    // Every frame sent before the probe is handled by its answer: no task came.
+    await roundTrip(w);
     expect(w.count("task")).toBe(0);
     // Another worker is unaffected.
     const other = await TestWorker.connect();
