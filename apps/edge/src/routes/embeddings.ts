@@ -5,6 +5,7 @@ import { requireAuth, scoped } from "../lib/auth.js";
 import { AppError, requireModel } from "../lib/errors.js";
 import { embedNow } from "../lib/realtime.js";
 import { assertWithinWindow } from "../lib/tokens.js";
+import { errors, json } from "./openapi.js";
 
 const embeddings = createRoute({
   method: "post",
@@ -19,15 +20,9 @@ const embeddings = createRoute({
       description: "One embedding per input, in input order",
       content: { "application/json": { schema: EmbeddingsResponse } },
     },
-    401: {
-      description: "Missing or invalid credentials",
-      content: { "application/json": { schema: ErrorBody } },
-    },
-    422: { description: "Invalid request", content: { "application/json": { schema: ErrorBody } } },
-    503: {
-      description: "No worker can embed now; see Retry-After",
-      content: { "application/json": { schema: ErrorBody } },
-    },
+    401: errors[401],
+    422: errors[422],
+    503: json(ErrorBody, "No worker can embed now; see Retry-After"),
   },
 });
 

@@ -1,5 +1,5 @@
 import { createRoute } from "@hono/zod-openapi";
-import { ErrorBody, type Job } from "@p2pa/shared";
+import type { Job } from "@p2pa/shared";
 import { streamSSE } from "hono/streaming";
 import { z } from "zod";
 import { router } from "../app.js";
@@ -7,6 +7,7 @@ import { openStore } from "../db/open.js";
 import { dispatcherFor } from "../dispatch/shards.js";
 import { requireAuth, scoped } from "../lib/auth.js";
 import { AppError, notFound } from "../lib/errors.js";
+import { errors, IdParam } from "./openapi.js";
 
 /** Progress events are coalesced to at most one per interval. */
 const PROGRESS_MS = 500;
@@ -22,7 +23,7 @@ const events = createRoute({
   description:
     "Events: `progress` (coalesced: status, chunks done/failed/total, chunks/s), `chunk` (one per chunk when `chunks=true`), and one terminal event (`completed`, `completed_with_errors`, `failed` or `cancelled`) before the stream closes. Event ids are positions in the job's event log: reconnecting with `Last-Event-ID` resumes after it without gaps or repeats.",
   request: {
-    params: z.object({ id: z.string().min(1).max(64) }),
+    params: IdParam,
     query: z.object({ chunks: z.enum(["true", "false", "1", "0"]).optional() }),
     headers: z.object({ "last-event-id": z.string().max(32).optional() }),
   },
@@ -32,11 +33,8 @@ const events = createRoute({
       content: { "text/event-stream": { schema: z.string() } },
     },
     204: { description: "The client has already seen the terminal event" },
-    401: {
-      description: "Missing or invalid credentials",
-      content: { "application/json": { schema: ErrorBody } },
-    },
-    404: { description: "Not found", content: { "application/json": { schema: ErrorBody } } },
+    401: errors[401],
+    404: errors[404],
   },
 });
 

@@ -38,17 +38,8 @@ import { deleteDocumentEverywhere, deleteJobEverywhere } from "../tenant/erase.j
 import { getVectorIndex, vectorsOf } from "../vector/index.js";
 import { assertTargetAllowed, webhookHub } from "../webhooks/index.js";
 import { newSecret } from "../webhooks/signing.js";
+import { errors, IdParam, json } from "./openapi.js";
 
-const errors = {
-  401: {
-    description: "Missing or invalid credentials",
-    content: { "application/json": { schema: ErrorBody } },
-  },
-  404: { description: "Not found", content: { "application/json": { schema: ErrorBody } } },
-  422: { description: "Invalid request", content: { "application/json": { schema: ErrorBody } } },
-};
-
-const JobParams = z.object({ id: z.string().min(1).max(64) });
 const write = scoped("jobs:write");
 const read = scoped("jobs:read");
 
@@ -93,23 +84,12 @@ const createJob = createRoute({
         "Accepted; poll the job or follow its progress. `ingest` says which documents were taken, unchanged or rejected.",
       content: { "application/json": { schema: Job.extend({ ingest: IngestReport.optional() }) } },
     },
-    409: {
-      description:
-        "Idempotency-Key reused with a different body, or a document submitted by another request at the same moment",
-      content: { "application/json": { schema: ErrorBody } },
-    },
-    413: {
-      description: "A file or the upload is over its size or count limit",
-      content: { "application/json": { schema: ErrorBody } },
-    },
-    429: {
-      description: "A rate limit or quota is reached; see Retry-After",
-      content: { "application/json": { schema: ErrorBody } },
-    },
-    503: {
-      description: "No capacity to accept the job now",
-      content: { "application/json": { schema: ErrorBody } },
-    },
+    409: json(
+      ErrorBody,
+      "Idempotency-Key reused with a different body, or a document submitted by another request at the same moment",
+    ),
+    413: json(ErrorBody, "A file or the upload is over its size or count limit"),
+    503: json(ErrorBody, "No capacity to accept the job now"),
     ...errors,
   },
 });
@@ -119,7 +99,7 @@ const getJob = createRoute({
   path: "/v1/jobs/{id}",
   summary: "A job's status and progress",
   ...read,
-  request: { params: JobParams },
+  request: { params: IdParam },
   responses: {
     200: { description: "The job", content: { "application/json": { schema: Job } } },
     ...errors,
@@ -131,7 +111,7 @@ const listChunks = createRoute({
   path: "/v1/jobs/{id}/chunks",
   summary: "A job's chunks, page by page",
   ...read,
-  request: { params: JobParams, query: ChunkQuery },
+  request: { params: IdParam, query: ChunkQuery },
   responses: {
     200: {
       description: "A page of chunks",
@@ -146,13 +126,10 @@ const cancelJob = createRoute({
   path: "/v1/jobs/{id}/cancel",
   summary: "Stop a job: no more tasks are handed out and current leases end",
   ...write,
-  request: { params: JobParams },
+  request: { params: IdParam },
   responses: {
     200: { description: "The cancelled job", content: { "application/json": { schema: Job } } },
-    409: {
-      description: "The job has already ended",
-      content: { "application/json": { schema: ErrorBody } },
-    },
+    409: json(ErrorBody, "The job has already ended"),
     ...errors,
   },
 });
@@ -162,7 +139,7 @@ const deleteJob = createRoute({
   path: "/v1/jobs/{id}",
   summary: "Delete a job with its chunks, vectors and raw documents",
   ...write,
-  request: { params: JobParams },
+  request: { params: IdParam },
   responses: { 204: { description: "Deleted" }, ...errors },
 });
 
@@ -171,13 +148,10 @@ const deleteDocument = createRoute({
   path: "/v1/jobs/{id}/documents/{documentId}",
   summary: "Delete one document of an ended job: its chunks, vectors and raw text",
   ...write,
-  request: { params: JobParams.extend({ documentId: z.string().min(1).max(128) }) },
+  request: { params: IdParam.extend({ documentId: z.string().min(1).max(128) }) },
   responses: {
     204: { description: "Deleted" },
-    409: {
-      description: "The job is still running",
-      content: { "application/json": { schema: ErrorBody } },
-    },
+    409: json(ErrorBody, "The job is still running"),
     ...errors,
   },
 });
@@ -200,7 +174,7 @@ const appendDocuments = createRoute({
   summary: "Add documents to an open job (JSON or NDJSON)",
   ...write,
   request: {
-    params: JobParams,
+    params: IdParam,
     body: {
       content: {
         "application/json": { schema: AppendDocumentsRequest },
@@ -216,10 +190,7 @@ const appendDocuments = createRoute({
       description: "Taken; `ingest` says which documents were taken, unchanged or rejected",
       content: { "application/json": { schema: Job.extend({ ingest: IngestReport }) } },
     },
-    409: {
-      description: "The job takes no more documents (closed, ended or never opened)",
-      content: { "application/json": { schema: ErrorBody } },
-    },
+    409: json(ErrorBody, "The job takes no more documents (closed, ended or never opened)"),
     ...errors,
   },
 });
@@ -229,13 +200,10 @@ const closeJob = createRoute({
   path: "/v1/jobs/{id}/close",
   summary: "Stop an open job taking documents: it completes once they are done",
   ...write,
-  request: { params: JobParams },
+  request: { params: IdParam },
   responses: {
     200: { description: "The closed job", content: { "application/json": { schema: Job } } },
-    409: {
-      description: "The job was not open",
-      content: { "application/json": { schema: ErrorBody } },
-    },
+    409: json(ErrorBody, "The job was not open"),
     ...errors,
   },
 });

@@ -1,5 +1,4 @@
 import { createRoute } from "@hono/zod-openapi";
-import { ErrorBody } from "@p2pa/shared";
 import { z } from "zod";
 import { router } from "../app.js";
 import { openStore } from "../db/open.js";
@@ -7,6 +6,7 @@ import { requireAuth, scoped } from "../lib/auth.js";
 import { notFound } from "../lib/errors.js";
 import { audit } from "../tenant/audit-log.js";
 import { getVectorIndex, vectorsOf } from "../vector/index.js";
+import { errors, IdParam } from "./openapi.js";
 
 const PAGE = 200;
 
@@ -15,18 +15,15 @@ const exportResults = createRoute({
   path: "/v1/jobs/{id}/results",
   summary: "Stream a job's chunks with their vectors as NDJSON (gzip when accepted)",
   ...scoped("jobs:read"),
-  request: { params: z.object({ id: z.string().min(1).max(64) }) },
+  request: { params: IdParam },
   responses: {
     200: {
       description:
         "One JSON object per line: id, documentId, index, text, metadata, status, vector",
       content: { "application/x-ndjson": { schema: z.string() } },
     },
-    401: {
-      description: "Missing or invalid credentials",
-      content: { "application/json": { schema: ErrorBody } },
-    },
-    404: { description: "Not found", content: { "application/json": { schema: ErrorBody } } },
+    401: errors[401],
+    404: errors[404],
   },
 });
 
