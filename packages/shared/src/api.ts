@@ -22,9 +22,16 @@ export const WEBHOOK_EVENT_TYPES = [
 export const WebhookEventType = z.enum(WEBHOOK_EVENT_TYPES).meta({ id: "WebhookEventType" });
 export type WebhookEventType = z.infer<typeof WebhookEventType>;
 
-export const JobStatus = z
-  .enum(["queued", "running", "completed", "completed_with_errors", "failed", "cancelled"])
-  .meta({ id: "JobStatus" });
+/** A job's states, in the order a job moves through them (D1's column takes the same list). */
+export const JOB_STATUSES = [
+  "queued",
+  "running",
+  "completed",
+  "completed_with_errors",
+  "failed",
+  "cancelled",
+] as const;
+export const JobStatus = z.enum(JOB_STATUSES).meta({ id: "JobStatus" });
 export type JobStatus = z.infer<typeof JobStatus>;
 
 /** A lone half of a surrogate pair: D1 stores it as U+FFFD while workers get it raw. */
@@ -129,14 +136,16 @@ export const ChunkingInput = z
   })
   .meta({ id: "Chunking" });
 
-export const Verification = z.enum(["auto", "always", "off"]).meta({
+export const VERIFICATIONS = ["auto", "always", "off"] as const;
+export const Verification = z.enum(VERIFICATIONS).meta({
   id: "Verification",
   description:
     "How workers' results are verified before they are stored. auto: a second donor confirms the results of new, recently wrong or spot-checked workers whenever one is connected; always: every task is confirmed by two donors (the job waits for a second one); off: the first valid result is stored.",
 });
 export type Verification = z.infer<typeof Verification>;
 
-export const Pool = z.enum(["any", "own"]).meta({
+export const POOLS = ["any", "own"] as const;
+export const Pool = z.enum(POOLS).meta({
   id: "Pool",
   description:
     "Which workers may see the text: any connected worker, or only workers that joined with this tenant's own worker tokens.",

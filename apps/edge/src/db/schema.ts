@@ -1,4 +1,4 @@
-import type { PiiKind } from "@p2pa/shared";
+import { JOB_STATUSES, type PiiKind, POOLS, VERIFICATIONS } from "@p2pa/shared";
 import { sql } from "drizzle-orm";
 import {
   blob,
@@ -50,7 +50,7 @@ export const jobs = sqliteTable(
     id: text("id").primaryKey(),
     tenant: text("tenant").notNull(),
     status: text("status", {
-      enum: ["queued", "running", "completed", "completed_with_errors", "failed", "cancelled"],
+      enum: JOB_STATUSES,
     }).notNull(),
     model: text("model").notNull(),
     /** The tenant's named namespace the job's documents live in; search can target it. */
@@ -62,13 +62,9 @@ export const jobs = sqliteTable(
     chunkMaxChars: integer("chunk_max_chars").notNull(),
     chunkOverlap: integer("chunk_overlap").notNull(),
     /** How results are verified: auto (by each worker's record), always, off. */
-    verification: text("verification", { enum: ["auto", "always", "off"] })
-      .notNull()
-      .default("auto"),
+    verification: text("verification", { enum: VERIFICATIONS }).notNull().default("auto"),
     /** Who may compute the job: any worker, or only workers of the job's own tenant. */
-    pool: text("pool", { enum: ["any", "own"] })
-      .notNull()
-      .default("any"),
+    pool: text("pool", { enum: POOLS }).notNull().default("any"),
     /** Kinds of personal data masked in the text workers get (JSON array; empty: none). */
     piiMask: text("pii_mask", { mode: "json" }).$type<PiiKind[]>().notNull().default([]),
     idempotencyKey: text("idempotency_key"),

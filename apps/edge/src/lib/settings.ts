@@ -1,3 +1,4 @@
+import { VERIFICATIONS } from "@p2pa/shared";
 import { z } from "zod";
 import { DEFAULT_VERIFY_POLICY } from "../dispatch/verify.js";
 
@@ -20,7 +21,7 @@ const SettingsSchema = z.object({
   /** How long after a lease is reassigned a late result from it still counts. */
   LEASE_GIVE_UP_MS: count(10 * 60_000, 1000),
   /** Verification for jobs that do not choose one. */
-  VERIFICATION: z.enum(["auto", "always", "off"]).default("auto"),
+  VERIFICATION: z.enum(VERIFICATIONS).default("auto"),
   /** Cosine two donors' vectors must reach to agree. */
   VERIFY_MIN_COSINE: z.coerce.number().gt(0).max(1).default(DEFAULT_VERIFY_POLICY.agreeCosine),
   /** Share of a trusted donor's results sent to a second donor anyway. */
