@@ -2,12 +2,21 @@ import { readFileSync } from "node:fs";
 import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import type {
+  Document,
+  DocumentList,
+  ErrorBody,
+  IngestReport,
+  Job,
+  JobList,
+  SearchResponse,
+} from "@p2pa/shared";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   allChunks,
-  type ChunkOut,
   cosine,
   DEV_CREDENTIALS,
+  type SubmittedJob,
   type System,
   startSystem,
   waitForJob,
@@ -26,61 +35,6 @@ const FIXTURES = path.resolve(
   "../fixtures/documents",
 );
 const fixture = (name: string) => readFileSync(path.join(FIXTURES, name));
-
-interface JobBody {
-  id: string;
-  status: string;
-  collection: string;
-  documents: number;
-  documentsUnchanged: number;
-  accepting: boolean;
-  chunks: { total: number; done: number; failed: number; cached: number };
-  createdAt: string;
-  completedAt?: string;
-}
-interface Ingest {
-  accepted: number;
-  unchanged: number;
-  rejected: number;
-  rejections: { line?: number; file?: string; id?: string; code: string; message: string }[];
-}
-type Submitted = JobBody & { ingest: Ingest };
-interface ErrorOut {
-  error: { code: string; message: string; details?: unknown };
-}
-interface Version {
-  version: number;
-  state: string;
-  jobId: string;
-  chunks: number;
-  chars: number;
-  original: boolean;
-}
-interface DocumentOut {
-  id: string;
-  collection: string;
-  status: string;
-  metadata: Record<string, unknown>;
-  current: Version | null;
-  pending: Version | null;
-  versions: Version[];
-}
-interface Hit {
-  score: number;
-  chunk: {
-    id: string;
-    jobId: string;
-    documentId: string;
-    collection: string;
-    text?: string | null;
-    headings?: string[];
-    page?: number;
-  };
-}
-interface SearchOut {
-  results: Hit[];
-}
-type Chunk = ChunkOut & { headings?: string[]; page?: number };
 
 let sys: System;
 /** Every job this file made, in the order it made them (for the listing test). */
@@ -158,20 +112,20 @@ async function api<T = unknown>(
 
 /** POST /v1/jobs with JSON, remembering the job. */
 async function submit(json: Record<string, unknown>) {
-  const r = await api<Submitted>("/v1/jobs", { json });
+  const r = await api<SubmittedJob>("/v1/jobs", { json });
   expect(r.status, JSON.stringify(r.body)).toBe(202);
   made.push(r.body.id);
   return r.body;
 }
 
 async function completed(id: string, timeoutMs = 180_000) {
-  const job = await waitForJob<JobBody>(sys, id, timeoutMs);
+  const job = await waitForJob<Job>(sys, id, timeoutMs);
   expect(job.status, JSON.stringify(job)).toBe("completed");
   return job;
 }
 
 async function search(json: Record<string, unknown>) {
-  const r = await api<SearchOut>("/v1/search", { json });
+  const r = await api<SearchResponse>("/v1/search", { json });
   if (r.status !== 200) {
     // The edge's own account of the failure, for the report.
     await new Promise((res) => setTimeout(res, 500));
@@ -226,7 +180,7 @@ describe("file uploads", () => {
     form.append("options", JSON.stringify({ collection: "files" }));
     form.append("metadata", JSON.stringify({ batch: "fixtures" }));
     const t0 = Date.now();
-    const up = await send<Submitted>("/v1/jobs", { body: form });
+    const up = await send<SubmittedJob>("/v1/jobs", { body: form });
     expect(up.status, JSON.stringify(up.body)).toBe(202);
     made.push(up.body.id);
     expect(up.body.ingest).toMatchObject({ accepted: 3, unchanged: 0, rejected: 0 });
@@ -236,7 +190,7 @@ describe("file uploads", () => {
       `upload of 3 files: ${job.chunks.total} chunks, completed in ${Date.now() - t0} ms`,
     );
 
-    const pdf = await api<DocumentOut>("/v1/documents/report.pdf?collection=files");
+    const pdf = await api<Document>("/v1/documents/report.pdf?collection=files");
     expect(pdf.status).toBe(200);
     expect(pdf.body.status).toBe("ready");
     expect(pdf.body.metadata).toMatchObject({
@@ -246,13 +200,13 @@ describe("file uploads", () => {
       title: "Three Short Reports",
       pages: 3,
     });
-    const md = await api<DocumentOut>("/v1/documents/guide.md?collection=files");
+    const md = await api<Document>("/v1/documents/guide.md?collection=files");
     expect(md.body.metadata).toMatchObject({
       source: "guide.md",
       format: "markdown",
       title: "Field Notes on Patient Crafts",
     });
-    const html = await api<DocumentOut>("/v1/documents/article.html?collection=files");
+    const html = await api<Document>("/v1/documents/article.html?collection=files");
     expect(html.body.metadata).toMatchObject({
       format: "html",
       title: "Ice and Spruce: Two Slow Processes",
@@ -298,7 +252,7 @@ describe("file uploads", () => {
         heading: "Beekeeping",
       },
     ];
-    const byChunk = new Map((await allChunks(sys, job.id, false)).map((c) => [c.id, c as Chunk]));
+    const byChunk = new Map((await allChunks(sys, job.id, false)).map((c) => [c.id, c]));
     for (const c of cases) {
       const results = await search({
         query: c.query,
@@ -334,27 +288,22 @@ describe("file uploads", () => {
   }, 240_000);
 
   it("refuses a PDF without a text layer, alone (422) or beside a good file (202)", async () => {
-    const jobsBefore = (await api<{ data: JobBody[] }>("/v1/jobs?limit=100")).body.data.length;
+    const jobsBefore = (await api<JobList>("/v1/jobs?limit=100")).body.data.length;
     const alone = new FormData();
     alone.append(
       "file",
       new Blob([fixture("scanned.pdf")], { type: "application/pdf" }),
       "scanned.pdf",
     );
-    const refused = await send<ErrorOut>("/v1/jobs", { body: alone });
+    const refused = await send<ErrorBody>("/v1/jobs", { body: alone });
     expect(refused.status, JSON.stringify(refused.body)).toBe(422);
-    const details = refused.body.error.details as {
-      rejections: Ingest["rejections"];
-      rejected: number;
-    };
+    const details = refused.body.error.details as Pick<IngestReport, "rejections" | "rejected">;
     expect(details.rejected).toBe(1);
     expect(details.rejections).toEqual([
       expect.objectContaining({ file: "scanned.pdf", code: "no_text_layer" }),
     ]);
     // No job was made for nothing.
-    expect((await api<{ data: JobBody[] }>("/v1/jobs?limit=100")).body.data.length).toBe(
-      jobsBefore,
-    );
+    expect((await api<JobList>("/v1/jobs?limit=100")).body.data.length).toBe(jobsBefore);
 
     const mixed = new FormData();
     mixed.append(
@@ -364,7 +313,7 @@ describe("file uploads", () => {
     );
     mixed.append("file", new Blob([fixture("notes.txt")], { type: "text/plain" }), "notes.txt");
     mixed.append("options", JSON.stringify({ collection: "mixed" }));
-    const taken = await send<Submitted>("/v1/jobs", { body: mixed });
+    const taken = await send<SubmittedJob>("/v1/jobs", { body: mixed });
     expect(taken.status, JSON.stringify(taken.body)).toBe(202);
     made.push(taken.body.id);
     expect(taken.body.ingest.accepted).toBe(1);
@@ -387,7 +336,7 @@ describe("file uploads", () => {
     const form = new FormData();
     const big = new Uint8Array(10 * 1024 * 1024 + 1).fill(0x61);
     form.append("file", new Blob([big], { type: "text/plain" }), "big.txt");
-    const r = await send<ErrorOut>("/v1/jobs", { body: form });
+    const r = await send<ErrorBody>("/v1/jobs", { body: form });
     expect(r.status, JSON.stringify(r.body)).toBe(413);
     expect(r.body.error.code).toBe("payload_too_large");
     expect(r.body.error.message).toMatch(/big\.txt/);
@@ -445,7 +394,7 @@ describe("document versions", () => {
     });
     expect(b.ingest).toMatchObject({ accepted: 1, unchanged: 0, rejected: 0 });
     expect(b.chunks.total).toBeGreaterThan(100);
-    const during = await api<DocumentOut>(`/v1/documents/swap-1?collection=${COLLECTION}`);
+    const during = await api<Document>(`/v1/documents/swap-1?collection=${COLLECTION}`);
     expect(during.body.status).toBe("indexing");
     expect(during.body.current).toMatchObject({ version: 1, jobId: a.id, state: "current" });
     expect(during.body.pending).toMatchObject({ version: 2, jobId: b.id, state: "pending" });
@@ -453,7 +402,7 @@ describe("document versions", () => {
     // Search as fast as one client can, alternating modes, until a little after job B ends.
     const answers: { mode: string; jobs: string[]; at: number; n: number }[] = [];
     let endedAt: number | null = null;
-    const watcher = waitForJob<JobBody>(sys, b.id, 240_000).then((j) => {
+    const watcher = waitForJob<Job>(sys, b.id, 240_000).then((j) => {
       endedAt = Date.now();
       return j;
     });
@@ -510,7 +459,7 @@ describe("document versions", () => {
     // Version 2 is current; version 1 is superseded and its chunks are gone (pruned once job B
     // ended, which may follow its completion by a moment).
     const doc = await until("version 1 to be pruned", async () => {
-      const r = await api<DocumentOut>(`/v1/documents/swap-1?collection=${COLLECTION}`);
+      const r = await api<Document>(`/v1/documents/swap-1?collection=${COLLECTION}`);
       return r.body.versions[1]?.chunks === 0 ? r.body : undefined;
     });
     expect(doc.status).toBe("ready");
@@ -550,7 +499,7 @@ describe("document versions", () => {
       ["keyword", 100],
       ["hybrid", 20],
     ] as const) {
-      const r = await api<SearchOut>("/v1/search", {
+      const r = await api<SearchResponse>("/v1/search", {
         json: { query: "ferry crossing passengers", mode, topK, collections: ["deep"] },
       });
       // Soft: each mode is reported on its own.
@@ -607,7 +556,7 @@ describe("unchanged documents", () => {
     expect(new Set(chunks.map((c) => c.documentId))).toEqual(changedIds);
     expect((await workDone()).stored - after.stored).toBe(5);
 
-    const changed = await api<DocumentOut>("/v1/documents/same-25?collection=same");
+    const changed = await api<Document>("/v1/documents/same-25?collection=same");
     expect(changed.body.current?.jobId).toBe(third.id);
     // Versions are numbered per document: the second one is 2, whatever other documents did.
     expect
@@ -619,7 +568,7 @@ describe("unchanged documents", () => {
         [2, "current"],
         [1, "superseded"],
       ]);
-    const kept = await api<DocumentOut>("/v1/documents/same-24?collection=same");
+    const kept = await api<Document>("/v1/documents/same-24?collection=same");
     expect(kept.body.current).toMatchObject({ version: 1, jobId: first.id });
     expect(kept.body.versions).toHaveLength(1);
     // Search finds the edited text, from its new version.
@@ -639,7 +588,7 @@ describe("embedding cache", () => {
     const originals = corpus("orig", 20, "cached");
     // Vectors enter the cache once a second donor (another worker token) has confirmed them.
     const second = await sys.addWorker(["--threads", "1"], SECOND_DONOR);
-    let first: Submitted;
+    let first: SubmittedJob;
     try {
       first = await submit({
         documents: originals,
@@ -744,7 +693,7 @@ async function rssBytes(pid: number): Promise<number> {
 }
 
 interface StreamRun {
-  job: Submitted;
+  job: SubmittedJob;
   ms: number;
   rssBefore: number;
   rssPeak: number;
@@ -814,7 +763,7 @@ async function streamDocuments(n: number, collection: string): Promise<StreamRun
         doneBeforeEnd = await until(
           "chunks computed while the stream is open",
           async () => {
-            const r = await api<{ data: JobBody[] }>(`/v1/jobs?collection=${collection}&limit=1`);
+            const r = await api<JobList>(`/v1/jobs?collection=${collection}&limit=1`);
             const j = r.body.data[0];
             return j && j.chunks.done > 0 ? j.chunks.done : undefined;
           },
@@ -848,7 +797,7 @@ async function streamDocuments(n: number, collection: string): Promise<StreamRun
     },
   });
   const t0 = Date.now();
-  const r = await send<Submitted>("/v1/jobs", {
+  const r = await send<SubmittedJob>("/v1/jobs", {
     body,
     type: "application/x-ndjson",
     duplex: true,
@@ -899,8 +848,8 @@ describe("NDJSON streaming", () => {
       const { job } = run;
       // The one worker needs minutes for all of them; the intake is what this test is about
       // (a small job may have completed already).
-      const cancelled = await api<JobBody>(`/v1/jobs/${job.id}/cancel`, { method: "POST" });
-      const now = (await api<JobBody>(`/v1/jobs/${job.id}`)).body;
+      const cancelled = await api<Job>(`/v1/jobs/${job.id}/cancel`, { method: "POST" });
+      const now = (await api<Job>(`/v1/jobs/${job.id}`)).body;
       phase("cancelled");
       expect(cancelled.status === 200 ? now.status : `${cancelled.status} ${now.status}`).toMatch(
         /^(cancelled|409 completed|409 cancelled)$/,
@@ -928,9 +877,7 @@ describe("NDJSON streaming", () => {
       expect(run.doneBeforeEnd, "chunks computed before the upload ended").toBeGreaterThan(0);
       // Spot checks: the first, a middle and the last document are there as sent.
       for (const i of [0, Math.floor(n / 2), n - 1]) {
-        const d = await api<DocumentOut>(
-          `/v1/documents/${collection}-${i}?collection=${collection}`,
-        );
+        const d = await api<Document>(`/v1/documents/${collection}-${i}?collection=${collection}`);
         expect(d.status, `${collection}-${i}`).toBe(200);
         expect(d.body.versions[0]?.jobId).toBe(job.id);
       }
@@ -947,12 +894,12 @@ describe("NDJSON streaming", () => {
       lines.push(JSON.stringify({ id: `once-${i}`, text: `Filler line ${i} about pears.` }));
     lines.push(JSON.stringify({ id: "twice", text: "The second text of a twice-sent document." }));
     lines.push(JSON.stringify({ id: "after", text: "A line after the repeat." }));
-    const r = await send<Submitted>("/v1/jobs", {
+    const r = await send<SubmittedJob>("/v1/jobs", {
       body: `${lines.join("\n")}\n`,
       type: "application/x-ndjson",
     });
     // Whatever the answer, the jobs it made are listed later.
-    const mine = await api<{ data: JobBody[] }>("/v1/jobs?collection=repeats");
+    const mine = await api<JobList>("/v1/jobs?collection=repeats");
     made.push(...mine.body.data.map((j) => j.id).reverse());
     expect(r.status, JSON.stringify(r.body).slice(0, 500)).toBe(202);
     expect(r.body.ingest).toMatchObject({ accepted: 602, rejected: 1 });
@@ -960,7 +907,7 @@ describe("NDJSON streaming", () => {
       expect.objectContaining({ line: 603, id: "twice", code: "duplicate" }),
     ]);
     await api(`/v1/jobs/${r.body.id}/cancel`, { method: "POST" });
-    const twice = await api<DocumentOut>("/v1/documents/twice?collection=repeats");
+    const twice = await api<Document>("/v1/documents/twice?collection=repeats");
     expect(twice.body.versions.map((v) => v.version)).toEqual([1]);
   }, 60_000);
 
@@ -989,14 +936,14 @@ describe("open jobs", () => {
     expect(job.accepting).toBe(true);
     expect(job.documents).toBe(3);
 
-    const json = await api<Submitted>(`/v1/jobs/${job.id}/documents`, {
+    const json = await api<SubmittedJob>(`/v1/jobs/${job.id}/documents`, {
       json: { documents: docs.slice(3, 5) },
     });
     expect(json.status, JSON.stringify(json.body)).toBe(202);
     expect(json.body.ingest).toMatchObject({ accepted: 2, rejected: 0 });
     expect(json.body.accepting).toBe(true);
 
-    const ndjson = await send<Submitted>(`/v1/jobs/${job.id}/documents`, {
+    const ndjson = await send<SubmittedJob>(`/v1/jobs/${job.id}/documents`, {
       body: `${docs
         .slice(5, 7)
         .map((d) => JSON.stringify(d))
@@ -1009,15 +956,15 @@ describe("open jobs", () => {
 
     // Every chunk is computed, yet an open job does not complete.
     const open = await until("the 7 chunks to be done", async () => {
-      const r = await api<JobBody>(`/v1/jobs/${job.id}`);
+      const r = await api<Job>(`/v1/jobs/${job.id}`);
       return r.body.chunks.done === 7 ? r.body : undefined;
     });
     expect(open.accepting).toBe(true);
     expect(["queued", "running"]).toContain(open.status);
     await new Promise((r) => setTimeout(r, 1000));
-    expect((await api<JobBody>(`/v1/jobs/${job.id}`)).body.status).not.toBe("completed");
+    expect((await api<Job>(`/v1/jobs/${job.id}`)).body.status).not.toBe("completed");
 
-    const closed = await api<JobBody>(`/v1/jobs/${job.id}/close`, { method: "POST" });
+    const closed = await api<Job>(`/v1/jobs/${job.id}/close`, { method: "POST" });
     expect(closed.status, JSON.stringify(closed.body)).toBe(200);
     expect(closed.body.accepting).toBe(false);
     const done = await completed(job.id, 30_000);
@@ -1026,23 +973,23 @@ describe("open jobs", () => {
     const chunks = await allChunks(sys, job.id, false);
     expect(chunks.map((c) => c.documentId).sort()).toEqual(docs.map((d) => d.id).sort());
 
-    const late = await api<ErrorOut>(`/v1/jobs/${job.id}/documents`, {
+    const late = await api<ErrorBody>(`/v1/jobs/${job.id}/documents`, {
       json: { documents: [{ id: "open-late", text: "one more" }] },
     });
     expect(late.status).toBe(409);
-    const lateNd = await send<ErrorOut>(`/v1/jobs/${job.id}/documents`, {
+    const lateNd = await send<ErrorBody>(`/v1/jobs/${job.id}/documents`, {
       body: `${JSON.stringify({ id: "open-late", text: "one more" })}\n`,
       type: "application/x-ndjson",
     });
     expect(lateNd.status).toBe(409);
     expect((await api(`/v1/jobs/${job.id}/close`, { method: "POST" })).status).toBe(409);
-    expect((await api<JobBody>(`/v1/jobs/${job.id}`)).body.documents).toBe(7);
+    expect((await api<Job>(`/v1/jobs/${job.id}`)).body.documents).toBe(7);
   }, 120_000);
 });
 
 describe("listings and deletion", () => {
   it("lists jobs newest first with a working cursor and filters", async () => {
-    const all = await api<{ data: JobBody[]; nextCursor: string | null }>("/v1/jobs?limit=100");
+    const all = await api<JobList>("/v1/jobs?limit=100");
     expect(all.status).toBe(200);
     expect(all.body.nextCursor).toBeNull();
     const ids = all.body.data.map((j) => j.id);
@@ -1063,8 +1010,7 @@ describe("listings and deletion", () => {
     let pages = 0;
     do {
       const q: string = `/v1/jobs?limit=3${cursor ? `&cursor=${cursor}` : ""}`;
-      const page: { status: number; body: { data: JobBody[]; nextCursor: string | null } } =
-        await api(q);
+      const page: { status: number; body: JobList } = await api(q);
       expect(page.status).toBe(200);
       expect(page.body.data.length).toBeLessThanOrEqual(3);
       paged.push(...page.body.data.map((j) => j.id));
@@ -1074,16 +1020,16 @@ describe("listings and deletion", () => {
     expect(paged).toEqual(ids);
     expect(pages).toBe(Math.ceil(ids.length / 3));
 
-    const done = await api<{ data: JobBody[] }>("/v1/jobs?status=completed&limit=100");
+    const done = await api<JobList>("/v1/jobs?status=completed&limit=100");
     expect(done.body.data.length).toBeGreaterThan(0);
     expect(done.body.data.map((j) => j.id)).toEqual(
       all.body.data.filter((j) => j.status === "completed").map((j) => j.id),
     );
-    const cancelled = await api<{ data: JobBody[] }>("/v1/jobs?status=cancelled&limit=100");
+    const cancelled = await api<JobList>("/v1/jobs?status=cancelled&limit=100");
     expect(cancelled.body.data.map((j) => j.id)).toEqual(
       all.body.data.filter((j) => j.status === "cancelled").map((j) => j.id),
     );
-    const swaps = await api<{ data: JobBody[] }>("/v1/jobs?collection=swaps");
+    const swaps = await api<JobList>("/v1/jobs?collection=swaps");
     expect(swaps.body.data.map((j) => j.id)).toEqual(
       all.body.data.filter((j) => j.collection === "swaps").map((j) => j.id),
     );
@@ -1098,7 +1044,7 @@ describe("listings and deletion", () => {
     let cursor: string | null = null;
     do {
       const q: string = `/v1/documents?collection=listing&prefix=list-1&limit=2${cursor ? `&cursor=${cursor}` : ""}`;
-      const page: { body: { data: DocumentOut[]; nextCursor: string | null } } = await api(q);
+      const page: { body: DocumentList } = await api(q);
       for (const d of page.body.data) {
         expect(d.collection).toBe("listing");
         expect(d.status).toBe("ready");
@@ -1108,7 +1054,7 @@ describe("listings and deletion", () => {
       cursor = page.body.nextCursor;
     } while (cursor);
     expect(seen).toEqual(["list-1", "list-10", "list-11"]);
-    const byJob = await api<{ data: DocumentOut[] }>(`/v1/documents?jobId=${job.id}&limit=100`);
+    const byJob = await api<DocumentList>(`/v1/documents?jobId=${job.id}&limit=100`);
     expect(byJob.body.data.map((d) => d.id).sort()).toEqual(docs.map((d) => d.id).sort());
   }, 60_000);
 
@@ -1153,7 +1099,7 @@ describe("listings and deletion", () => {
       ).not.toContain("doomed/clock");
     }
     // The other document of the job stays.
-    expect((await api<DocumentOut>("/v1/documents/keeper?collection=deletions")).body.status).toBe(
+    expect((await api<Document>("/v1/documents/keeper?collection=deletions")).body.status).toBe(
       "ready",
     );
     expect(

@@ -2,6 +2,16 @@ import type { ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import type {
+  AuditEntrySchema,
+  Chunk,
+  ChunkPage,
+  IngestReport,
+  Job,
+  WebhookDelivery,
+  WebhookEventType,
+} from "@p2pa/shared";
+import type { z } from "zod";
 import {
   DEV_CREDENTIALS,
   freePort,
@@ -16,13 +26,54 @@ export { DEV_CREDENTIALS, freePort };
 /** How long a GET from the tests waits for an answer before it is sent again (once). */
 const GET_TIMEOUT_MS = 30_000;
 
-/** A job as the API returns it (the fields the end-to-end tests read). */
-export interface JobOut {
-  id: string;
-  status: string;
-  chunks: { total: number; done: number; failed: number };
-  completedAt?: string;
-  webhook?: { id: string; url: string; secret: string };
+/*
+ * Responses are typed with @p2pa/shared's schema types (Job, Chunk, SearchResponse, Document,
+ * ...). The few shapes below have no shared schema; they are declared here once.
+ */
+
+/** A submission or append as the edge answers it (202): the job and what was taken of it. */
+export type SubmittedJob = Job & { ingest: IngestReport };
+
+/** GET /v1/webhooks/{id}/deliveries. */
+export interface WebhookDeliveryList {
+  data: WebhookDelivery[];
+}
+
+/** A webhook's signed payload: every job event carries the job as it is then. */
+export interface WebhookPayload {
+  type: WebhookEventType;
+  timestamp: string;
+  data: Job;
+}
+
+/** The data of a `chunk` event on GET /v1/jobs/{id}/events (the field the tests read). */
+export interface ChunkEvent {
+  chunkId: string;
+}
+
+/** A page of GET /v1/audit (only the entry has a shared schema). */
+export interface AuditLogPage {
+  data: z.infer<typeof AuditEntrySchema>[];
+}
+
+/** GET /v1/audit/verify. */
+export interface AuditVerification {
+  ok: boolean;
+  entries: number;
+}
+
+/** A donor's verification record in a shard's stats. */
+export interface DonorRecord {
+  donor: string;
+  agreed: number;
+  disagreed: number;
+  quarantinedAt: number | null;
+}
+
+/** GET /v1/workers with the operator's key (the fields the end-to-end tests read). */
+export interface FleetStats {
+  vectors: number;
+  shards: { tasks: Record<string, number>; donors?: DonorRecord[] }[];
 }
 
 export interface System {
@@ -144,28 +195,16 @@ export async function waitForJob<T extends { status: string }>(
   }
 }
 
-export interface ChunkOut {
-  id: string;
-  documentId: string;
-  index: number;
-  text: string | null;
-  status: string;
-  vector?: number[];
-}
-
 export async function allChunks(
   sys: System,
   jobId: string,
   includeVectors = true,
-): Promise<ChunkOut[]> {
-  const out: ChunkOut[] = [];
+): Promise<Chunk[]> {
+  const out: Chunk[] = [];
   let cursor: string | null = null;
   do {
     const q: string = `limit=500&includeVectors=${includeVectors}${cursor ? `&cursor=${cursor}` : ""}`;
-    const { body }: { body: { data: ChunkOut[]; nextCursor: string | null } } = await sys.api<{
-      data: ChunkOut[];
-      nextCursor: string | null;
-    }>(`/v1/jobs/${jobId}/chunks?${q}`);
+    const { body }: { body: ChunkPage } = await sys.api<ChunkPage>(`/v1/jobs/${jobId}/chunks?${q}`);
     out.push(...body.data);
     cursor = body.nextCursor;
   } while (cursor);

@@ -1,14 +1,8 @@
 import type { ChildProcess } from "node:child_process";
+import type { EmbeddingsResponse, Job, SearchResponse } from "@p2pa/shared";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { windowDisagreements } from "../../scripts/lib/agreement.js";
-import {
-  DEV_CREDENTIALS,
-  freePort,
-  type JobOut,
-  type System,
-  startSystem,
-  waitForJob,
-} from "./harness.js";
+import { DEV_CREDENTIALS, freePort, type System, startSystem, waitForJob } from "./harness.js";
 
 /**
  * One running system through twenty ordinary jobs, as a user lives with it: sizes from 1 to
@@ -72,12 +66,12 @@ const documentsFor = (k: number, n: number) =>
   }));
 
 async function realtimeCalls() {
-  const emb = await sys.api<{ data: { embedding: number[] }[] }>("/v1/embeddings", {
+  const emb = await sys.api<EmbeddingsResponse>("/v1/embeddings", {
     json: { model: "use-lite", input: ["hello world", "a second input"] },
   });
   expect(emb.status).toBe(200);
   expect(emb.body.data.map((d) => d.embedding.length)).toEqual([512, 512]);
-  const search = await sys.api<{ results: { chunk: { text: string } }[] }>("/v1/search", {
+  const search = await sys.api<SearchResponse>("/v1/search", {
     json: { query: "what topic 3 talks about", topK: 3 },
   });
   expect(search.status).toBe(200);
@@ -123,16 +117,16 @@ describe("one system through many jobs", () => {
         const documents = documentsFor(step.sameTextsAs ?? k, n).map((d) =>
           repeat ? { text: d.text } : d,
         );
-        const res = await sys.api<JobOut>("/v1/jobs", {
+        const res = await sys.api<Job>("/v1/jobs", {
           json: { documents, ...(repeat ? { cache: false } : {}) },
         });
         expect(res.status, JSON.stringify(res.body)).toBe(202);
         batch.push({ k, n, id: res.body.id, at: Date.now() });
       }
       for (const b of batch) {
-        let job: JobOut;
+        let job: Job;
         try {
-          job = await waitForJob<JobOut>(sys, b.id, JOB_BOUND_MS);
+          job = await waitForJob<Job>(sys, b.id, JOB_BOUND_MS);
         } catch (err) {
           const workers = await sys.api("/v1/workers", { admin: true });
           throw new Error(

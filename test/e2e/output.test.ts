@@ -1,17 +1,20 @@
 import { createServer, type IncomingHttpHeaders, request, type Server } from "node:http";
 import { connect, createServer as createTcpServer, type Socket } from "node:net";
 import { gunzipSync } from "node:zlib";
+import type { Chunk, Job, WebhookEndpoint } from "@p2pa/shared";
 import { EventSource } from "eventsource";
 import { Webhook } from "standardwebhooks";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { generatedPassages } from "../../scripts/lib/corpus.js";
 import {
   allChunks,
+  type ChunkEvent,
   DEV_CREDENTIALS,
   freePort,
-  type JobOut,
   type System,
   startSystem,
+  type WebhookDeliveryList,
+  type WebhookPayload,
   waitForJob,
 } from "./harness.js";
 
@@ -72,21 +75,18 @@ async function until<T>(
 describe("webhooks, end to end", () => {
   it("retries a receiver that is down, then delivers once, signed, under one webhook-id", async () => {
     const rx = await receiver((n) => (n < 2 ? 503 : 200));
-    const ep = await sys.api<{ id: string; secret: string }>("/v1/webhooks", {
+    const ep = await sys.api<WebhookEndpoint & { secret: string }>("/v1/webhooks", {
       json: { url: rx.url },
     });
     expect(ep.status).toBe(201);
-    const job = await sys.api<JobOut>("/v1/jobs", {
+    const job = await sys.api<Job>("/v1/jobs", {
       json: { documents: [{ text: "Webhooks should arrive once." }] },
     });
     await waitForJob(sys, job.body.id);
     await until("the delivery", async () => rx.got.find((g) => g.answered === 200));
     const wh = new Webhook(ep.body.secret);
     for (const g of rx.got) {
-      const payload = wh.verify(g.body, g.headers as Record<string, string>) as {
-        type: string;
-        data: { id: string; status: string };
-      };
+      const payload = wh.verify(g.body, g.headers as Record<string, string>) as WebhookPayload;
       expect(payload).toMatchObject({
         type: "job.completed",
         data: { id: job.body.id, status: "completed" },
@@ -106,14 +106,7 @@ describe("webhooks, end to end", () => {
     expect(() => wh.verify(first.body, later)).toThrow();
 
     const deliveries = await until("the delivered record", async () => {
-      const d = await sys.api<{
-        data: {
-          id: string;
-          status: string;
-          attempts: number;
-          attemptLog: { responseCode: number }[];
-        }[];
-      }>(`/v1/webhooks/${ep.body.id}/deliveries`);
+      const d = await sys.api<WebhookDeliveryList>(`/v1/webhooks/${ep.body.id}/deliveries`);
       return d.body.data.find((x) => x.status === "delivered") ? d.body.data : null;
     });
     expect(deliveries[0]).toMatchObject({
@@ -137,23 +130,16 @@ describe("webhooks, end to end", () => {
 
   it("gives up on a receiver that never recovers: exhausted, with attempts on the schedule", async () => {
     const rx = await receiver(() => 500);
-    const job = await sys.api<JobOut>("/v1/jobs", {
+    const job = await sys.api<Job>("/v1/jobs", {
       json: { documents: [{ text: "Nobody is listening." }], webhook: { url: rx.url } },
     });
     expect(job.body.webhook?.secret).toMatch(/^whsec_/);
     await waitForJob(sys, job.body.id);
-    const hook = job.body.webhook as NonNullable<JobOut["webhook"]>;
+    const hook = job.body.webhook as Required<NonNullable<Job["webhook"]>>;
     const d = await until(
       "exhaustion",
       async () => {
-        const r = await sys.api<{
-          data: {
-            status: string;
-            attempts: number;
-            nextAttemptAt: string | null;
-            attemptLog: { at: string }[];
-          }[];
-        }>(`/v1/webhooks/${hook.id}/deliveries`);
+        const r = await sys.api<WebhookDeliveryList>(`/v1/webhooks/${hook.id}/deliveries`);
         return r.body.data[0]?.status === "exhausted" ? r.body.data[0] : null;
       },
       30_000,
@@ -198,10 +184,10 @@ describe("webhook delivery under a slow receiver and an edge restart", () => {
     });
     const port = await freePort();
     await new Promise<void>((r) => server.listen(port, "127.0.0.1", r));
-    const slow = await sys.api<{ id: string }>("/v1/webhooks", {
+    const slow = await sys.api<WebhookEndpoint>("/v1/webhooks", {
       json: { url: `http://127.0.0.1:${port}/slow`, events: ["job.completed"] },
     });
-    const job = await sys.api<JobOut>("/v1/jobs", {
+    const job = await sys.api<Job>("/v1/jobs", {
       json: { documents: [{ text: "Deliver me through a restart." }] },
     });
     await waitForJob(sys, job.body.id);
@@ -214,12 +200,7 @@ describe("webhook delivery under a slow receiver and an edge restart", () => {
       60_000,
     );
     const d = await until("the delivered record", async () => {
-      const r = await sys.api<{
-        data: {
-          status: string;
-          attemptLog: { responseCode: number | null; error: string | null }[];
-        }[];
-      }>(`/v1/webhooks/${slow.body.id}/deliveries`);
+      const r = await sys.api<WebhookDeliveryList>(`/v1/webhooks/${slow.body.id}/deliveries`);
       return r.body.data[0]?.status === "delivered" ? r.body.data[0] : null;
     });
     expect(d.attemptLog[0]).toMatchObject({
@@ -235,7 +216,7 @@ describe("webhook delivery under a slow receiver and an edge restart", () => {
 });
 
 describe("live progress and export, end to end", () => {
-  let big: JobOut;
+  let big: Job;
 
   it("an eventsource client cut off mid-job resumes without losing or repeating events", async () => {
     // A TCP proxy in front of the edge lets the test cut the stream like a network would.
@@ -259,12 +240,12 @@ describe("live progress and export, end to end", () => {
 
     // An endpoint for throttled progress events only, while the big job runs.
     const progressRx = await receiver(() => 200);
-    const progressEp = await sys.api<{ id: string; secret: string }>("/v1/webhooks", {
+    const progressEp = await sys.api<WebhookEndpoint & { secret: string }>("/v1/webhooks", {
       json: { url: progressRx.url, events: ["job.progress"] },
     });
     const documents = generatedPassages(2400, 200, 800, 5).map((text) => ({ text }));
     const submittedAt = Date.now();
-    big = (await sys.api<JobOut>("/v1/jobs", { json: { documents } })).body;
+    big = (await sys.api<Job>("/v1/jobs", { json: { documents } })).body;
     const chunkIds: string[] = [];
     const ids: number[] = [];
     let terminal: string | null = null;
@@ -328,7 +309,7 @@ describe("live progress and export, end to end", () => {
         });
         source.addEventListener("chunk", (e) => {
           lastId = e.lastEventId;
-          chunkIds.push((JSON.parse(e.data) as { chunkId: string }).chunkId);
+          chunkIds.push((JSON.parse(e.data) as ChunkEvent).chunkId);
           ids.push(Number(e.lastEventId));
           if (!cut && chunkIds.length >= 300) {
             cut = true;
@@ -364,13 +345,7 @@ describe("live progress and export, end to end", () => {
     // job.progress arrives signed, throttled to at most one a second (WEBHOOK_PROGRESS_SECONDS=1).
     const wh = new Webhook(progressEp.body.secret);
     const progress = progressRx.got
-      .map(
-        (g) =>
-          wh.verify(g.body, g.headers as Record<string, string>) as {
-            type: string;
-            data: { id: string; chunks: { done: number } };
-          },
-      )
+      .map((g) => wh.verify(g.body, g.headers as Record<string, string>) as WebhookPayload)
       .filter((p) => p.data.id === big.id);
     expect(progress.length).toBeGreaterThanOrEqual(2);
     expect(progress.length).toBeLessThanOrEqual(Math.ceil(ranSeconds) + 1);
@@ -387,7 +362,7 @@ describe("live progress and export, end to end", () => {
   }, 240_000);
 
   it("exports a multi-thousand-chunk job as NDJSON equal line by line to the chunks API, gzipped on request", async () => {
-    const job = await waitForJob<JobOut>(sys, big.id);
+    const job = await waitForJob<Job>(sys, big.id);
     expect(job.status).toBe("completed");
     const api = await allChunks(sys, big.id);
     const raw = await new Promise<Buffer>((resolve, reject) => {
@@ -407,7 +382,7 @@ describe("live progress and export, end to end", () => {
     expect(lines.length).toBe(api.length);
     expect(api.length).toBeGreaterThan(2000);
     lines.forEach((line, i) => {
-      const l = JSON.parse(line) as { id: string; text: string; vector: number[] };
+      const l = JSON.parse(line) as Pick<Chunk, "id" | "text" | "vector">;
       const c = api[i];
       expect(l.id).toBe(c?.id);
       expect(l.text).toBe(c?.text);

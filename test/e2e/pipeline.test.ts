@@ -1,3 +1,4 @@
+import type { Job, SearchResponse } from "@p2pa/shared";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { generatedPassages, TOPICS } from "../../scripts/lib/corpus.js";
@@ -5,7 +6,7 @@ import {
   allChunks,
   cosine,
   DEV_CREDENTIALS,
-  type JobOut,
+  type FleetStats,
   type System,
   startSystem,
   waitForJob,
@@ -24,7 +25,7 @@ afterAll(async () => {
 });
 
 describe("the whole pipeline on real parts", () => {
-  let job: JobOut;
+  let job: Job;
 
   it("embeds a few hundred documents on two real workers, one vector per chunk", async () => {
     const documents = [
@@ -35,9 +36,9 @@ describe("the whole pipeline on real parts", () => {
         metadata: { generated: true },
       })),
     ];
-    const submitted = await sys.api<JobOut>("/v1/jobs", { json: { documents } });
+    const submitted = await sys.api<Job>("/v1/jobs", { json: { documents } });
     expect(submitted.status).toBe(202);
-    job = await waitForJob<JobOut>(sys, submitted.body.id);
+    job = await waitForJob<Job>(sys, submitted.body.id);
     expect(job.status).toBe("completed");
     expect(job.chunks.done).toBe(job.chunks.total);
     expect(job.chunks.failed).toBe(0);
@@ -53,20 +54,20 @@ describe("the whole pipeline on real parts", () => {
       expect(Math.abs(Math.hypot(...(c.vector ?? [])) - 1)).toBeLessThan(1e-3);
     }
     // Nothing else was written: the index holds exactly one vector per chunk.
-    const stats = await sys.api<{ vectors: number }>("/v1/workers", { admin: true });
+    const stats = await sys.api<FleetStats>("/v1/workers", { admin: true });
     expect(stats.body.vectors).toBe(job.chunks.total);
   }, 180_000);
 
   it("finds the source document first when searching for a paraphrase", async () => {
     for (const t of TOPICS) {
-      const { status, body } = await sys.api<{
-        results: { score: number; chunk: { documentId: string; jobId: string } }[];
-      }>("/v1/search", { json: { query: t.paraphrase, topK: 3, filter: { jobId: job.id } } });
+      const { status, body } = await sys.api<SearchResponse>("/v1/search", {
+        json: { query: t.paraphrase, topK: 3, filter: { jobId: job.id } },
+      });
       expect(status).toBe(200);
       expect(body.results[0]?.chunk.documentId, `query "${t.paraphrase}"`).toBe(t.id);
       expect(body.results[0]?.chunk.jobId).toBe(job.id);
     }
-    const byDoc = await sys.api<{ results: { chunk: { documentId: string } }[] }>("/v1/search", {
+    const byDoc = await sys.api<SearchResponse>("/v1/search", {
       json: { query: "bread", topK: 5, filter: { documentId: "volcano" } },
     });
     expect(byDoc.body.results.map((r) => r.chunk.documentId)).toEqual(["volcano"]);

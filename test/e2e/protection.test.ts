@@ -1,9 +1,17 @@
 import { spawnSync } from "node:child_process";
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
+import type { ApiKey, Job, SearchResponse } from "@p2pa/shared";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ROOT } from "../../scripts/lib/local-edge.js";
-import { allChunks, type JobOut, type System, startSystem, waitForJob } from "./harness.js";
+import {
+  type AuditLogPage,
+  type AuditVerification,
+  allChunks,
+  type System,
+  startSystem,
+  waitForJob,
+} from "./harness.js";
 
 let sys: System;
 
@@ -43,7 +51,7 @@ describe("a protected system through a working day", () => {
   it("scopes keys, seals text on disk, purges by retention, keeps its audit chain across a restart", async () => {
     // Keys as a tenant's admin would hand them out.
     const mk = async (label: string, scopes: string[], quotas?: object) => {
-      const r = await sys.api<{ id: string; secret: string }>("/v1/keys", {
+      const r = await sys.api<ApiKey & { secret: string }>("/v1/keys", {
         json: { label, scopes, ...(quotas ? { quotas } : {}) },
       });
       expect(r.status).toBe(201);
@@ -58,7 +66,7 @@ describe("a protected system through a working day", () => {
     const texts = { keep: words("keepsake"), drop: words("ephemera"), other: words("orchard") };
     // Three documents of their own (one id is one document: the same id would make versions).
     const submit = async (text: string, retention?: object) => {
-      const r = await sys.api<JobOut>("/v1/jobs", {
+      const r = await sys.api<Job>("/v1/jobs", {
         ...as(writer.secret),
         json: {
           documents: [{ id: `doc-${text.slice(0, 8)}`, text }],
@@ -84,12 +92,12 @@ describe("a protected system through a working day", () => {
       const chunks = await allChunks(sys, drop);
       return chunks.length > 0 && chunks.every((c) => c.text === null);
     });
-    const job = (await sys.api<{ retention: { textPurgedAt?: string } }>(`/v1/jobs/${drop}`)).body;
+    const job = (await sys.api<Job>(`/v1/jobs/${drop}`)).body;
     expect(job.retention.textPurgedAt).toBeTruthy();
-    const search = await sys.api<{ results: { chunk: { jobId: string; text: string | null } }[] }>(
-      "/v1/search",
-      { ...as(reader.secret), json: { query: texts.drop.slice(0, 200), topK: 3 } },
-    );
+    const search = await sys.api<SearchResponse>("/v1/search", {
+      ...as(reader.secret),
+      json: { query: texts.drop.slice(0, 200), topK: 3 },
+    });
     expect(search.status).toBe(200);
     expect(search.body.results[0]?.chunk.jobId).toBe(drop);
     expect(search.body.results[0]?.chunk.text).toBeNull();
@@ -114,11 +122,9 @@ describe("a protected system through a working day", () => {
     await sys.restartEdge();
     const kept = await allChunks(sys, keep);
     expect(kept.map((c) => c.text).join(" ")).toContain("keepsake0 quartzite");
-    const verify = await sys.api<{ ok: boolean; entries: number }>("/v1/audit/verify");
+    const verify = await sys.api<AuditVerification>("/v1/audit/verify");
     expect(verify.body.ok).toBe(true);
-    const log = await sys.api<{ data: { action: string; actor: string; target: string }[] }>(
-      "/v1/audit?limit=500",
-    );
+    const log = await sys.api<AuditLogPage>("/v1/audit?limit=500");
     const actions = log.body.data.map((e) => e.action);
     expect(actions.filter((a) => a === "key.created")).toHaveLength(3);
     expect(actions.filter((a) => a === "job.created")).toHaveLength(3);

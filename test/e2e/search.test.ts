@@ -1,6 +1,7 @@
+import type { CollectionList, ErrorBody, Job, SearchResponse, SearchResult } from "@p2pa/shared";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TOPICS } from "../../scripts/lib/corpus.js";
-import { allChunks, type JobOut, type System, startSystem, waitForJob } from "./harness.js";
+import { allChunks, type System, startSystem, waitForJob } from "./harness.js";
 
 /**
  * Search as a user drives it, on the real system with a real worker: collections, every filter
@@ -8,27 +9,9 @@ import { allChunks, type JobOut, type System, startSystem, waitForJob } from "./
  * threshold, and the errors a careless client gets.
  */
 
-interface Result {
-  score: number;
-  scores: { vector?: number; keyword?: number };
-  chunk: {
-    id: string;
-    jobId: string;
-    documentId: string;
-    collection: string;
-    text?: string | null;
-    metadata?: Record<string, unknown>;
-    vector?: number[];
-  };
-}
-interface SearchOut {
-  mode: string;
-  results: Result[];
-}
-
 let sys: System;
-let manuals: JobOut;
-let news: JobOut;
+let manuals: Job;
+let news: Job;
 
 /** Manuals: near-identical pump descriptions told apart only by their model codes. */
 const PUMPS = ["QX-7731", "QX-7739", "QR-7731", "QV-2208"].map((code, i) => ({
@@ -50,7 +33,7 @@ const TOPIC_DOCS = TOPICS.slice(0, 8).map((t, i) => ({
 }));
 
 async function search(json: Record<string, unknown>) {
-  return sys.api<SearchOut>("/v1/search", { json });
+  return sys.api<SearchResponse>("/v1/search", { json });
 }
 
 /** Every document id a filter lets through, searching with a topK above the corpus size. */
@@ -68,15 +51,15 @@ async function idsFor(filter: Record<string, unknown>, collections?: string[]) {
 beforeAll(async () => {
   sys = await startSystem();
   await sys.addWorker();
-  const a = await sys.api<JobOut>("/v1/jobs", {
+  const a = await sys.api<Job>("/v1/jobs", {
     json: { documents: PUMPS, collection: "manuals", verification: "off" },
   });
-  const b = await sys.api<JobOut>("/v1/jobs", {
+  const b = await sys.api<Job>("/v1/jobs", {
     json: { documents: TOPIC_DOCS, collection: "news", verification: "off" },
   });
   expect([a.status, b.status]).toEqual([202, 202]);
-  manuals = await waitForJob<JobOut>(sys, a.body.id);
-  news = await waitForJob<JobOut>(sys, b.body.id);
+  manuals = await waitForJob<Job>(sys, a.body.id);
+  news = await waitForJob<Job>(sys, b.body.id);
   expect([manuals.status, news.status]).toEqual(["completed", "completed"]);
 }, 180_000);
 
@@ -94,10 +77,7 @@ describe("collections", () => {
     expect(await idsFor({}, ["empty"])).toEqual([]);
     expect(await idsFor({ collection: { $ne: "news" } })).toEqual(PUMPS.map((d) => d.id).sort());
 
-    const listed = await sys.api<{
-      data: { name: string; jobs: number; documents: number; chunks: number }[];
-      filterable: string[];
-    }>("/v1/collections");
+    const listed = await sys.api<CollectionList>("/v1/collections");
     expect(
       listed.body.data.map(({ name, jobs, documents }) => ({ name, jobs, documents })),
     ).toEqual([
@@ -106,9 +86,7 @@ describe("collections", () => {
     ]);
     expect(listed.body.filterable).toEqual(["category", "source", "lang", "year", "author"]);
     const chunks = await allChunks(sys, news.id);
-    expect(new Set(chunks.map((c) => (c as { collection?: string }).collection))).toEqual(
-      new Set(["news"]),
-    );
+    expect(new Set(chunks.map((c) => c.collection))).toEqual(new Set(["news"]));
   });
 });
 
@@ -211,7 +189,7 @@ describe("what comes back", () => {
   it("includes text, metadata and vectors as asked, and applies a score threshold", async () => {
     const t = TOPICS[0] as (typeof TOPICS)[number];
     const full = await search({ query: t.paraphrase, topK: 3, includeVectors: true });
-    const first = full.body.results[0] as Result;
+    const first = full.body.results[0] as SearchResult;
     expect(first.chunk.text).toBe(t.text);
     expect(first.chunk.metadata).toMatchObject({ category: "science" });
     expect(first.chunk.vector).toHaveLength(512);
@@ -251,7 +229,7 @@ describe("bad input", () => {
       [{ query: "x", minScore: "high" }, /minScore/],
     ];
     for (const [json, message] of bad) {
-      const r = await sys.api<{ error: { code: string; message: string } }>("/v1/search", {
+      const r = await sys.api<ErrorBody>("/v1/search", {
         json,
       });
       expect(r.status, JSON.stringify(json)).toBe(422);
@@ -260,7 +238,7 @@ describe("bad input", () => {
         JSON.stringify(json),
       ).toMatch(message);
     }
-    const job = await sys.api<{ error: { message: string } }>("/v1/jobs", {
+    const job = await sys.api<ErrorBody>("/v1/jobs", {
       json: { documents: [{ text: "hello" }], collection: "../etc" },
     });
     expect(job.status).toBe(422);

@@ -1,10 +1,18 @@
 import path from "node:path";
+import type { Job } from "@p2pa/shared";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Embedder, loadModel } from "../../apps/worker-node/src/model/index.js";
 import { generatedPassages } from "../../scripts/lib/corpus.js";
 import { ROOT } from "../../scripts/lib/local-edge.js";
 import { randomUnit, ScriptedDonor, type TaskFrame } from "../../scripts/lib/scripted-donor.js";
-import { allChunks, cosine, type JobOut, type System, startSystem, waitForJob } from "./harness.js";
+import {
+  allChunks,
+  cosine,
+  type FleetStats,
+  type System,
+  startSystem,
+  waitForJob,
+} from "./harness.js";
 
 /**
  * Untrusted donors on real parts: two real p2pa-worker processes (two tokens) beside a
@@ -31,14 +39,8 @@ const MIN_COSINE = 0.999;
 let sys: System;
 let model: Embedder;
 
-interface DonorView {
-  donor: string;
-  agreed: number;
-  disagreed: number;
-  quarantinedAt: number | null;
-}
 const records = async () => {
-  const { body } = await sys.api<{ shards: { donors?: DonorView[] }[] }>("/v1/workers", {
+  const { body } = await sys.api<FleetStats>("/v1/workers", {
     admin: true,
   });
   return body.shards.flatMap((s) => s.donors ?? []);
@@ -81,9 +83,9 @@ describe("dishonest donors beside honest ones", () => {
     await liar.connect();
     await lazy.connect();
     const documents = generatedPassages(500, 120, 400, 91).map((text) => ({ text }));
-    const res = await sys.api<JobOut>("/v1/jobs", { json: { documents } });
+    const res = await sys.api<Job>("/v1/jobs", { json: { documents } });
     expect(res.status).toBe(202);
-    const job = await waitForJob<JobOut>(sys, res.body.id, 240_000);
+    const job = await waitForJob<Job>(sys, res.body.id, 240_000);
     expect(job).toMatchObject({ status: "completed", chunks: { failed: 0 } });
     await assertModelsOwnVectors(job.id);
     expect(liar.closeCode).toBe(4403);
@@ -113,7 +115,7 @@ describe("dishonest donors beside honest ones", () => {
     );
     await turncoat.connect();
     const documents = generatedPassages(1800, 120, 400, 92).map((text) => ({ text }));
-    const res = await sys.api<JobOut>("/v1/jobs", { json: { documents } });
+    const res = await sys.api<Job>("/v1/jobs", { json: { documents } });
     expect(res.status).toBe(202);
     // Honest until its record says it is trusted, then it lies.
     const deadline = Date.now() + 240_000;
@@ -123,7 +125,7 @@ describe("dishonest donors beside honest ones", () => {
       else await new Promise((r) => setTimeout(r, 300));
     }
     expect(lying).toBe(true);
-    const job = await waitForJob<JobOut>(sys, res.body.id, 240_000);
+    const job = await waitForJob<Job>(sys, res.body.id, 240_000);
     expect(job.status).toBe("completed");
     // Caught by spot checks, quarantined, and what it stored unconfirmed is computed again.
     for (;;) {
@@ -134,10 +136,7 @@ describe("dishonest donors beside honest ones", () => {
     }
     expect(turncoat.closeCode).toBe(4403);
     for (;;) {
-      const { body } = await sys.api<{ shards: { tasks: Record<string, number> }[] }>(
-        "/v1/workers",
-        { admin: true },
-      );
+      const { body } = await sys.api<FleetStats>("/v1/workers", { admin: true });
       const open = body.shards.reduce(
         (n, s) => n + (s.tasks.pending ?? 0) + (s.tasks.leased ?? 0),
         0,
@@ -171,11 +170,11 @@ describe("dishonest donors beside honest ones", () => {
     const documents = Array.from({ length: 120 }, (_, i) => ({
       text: `Ticket ${i}: ${personal[i % personal.length]} wrote about order ORD-${1000 + i} and a late delivery.`,
     }));
-    const res = await sys.api<JobOut>("/v1/jobs", {
+    const res = await sys.api<Job>("/v1/jobs", {
       json: { documents, privacy: { mask: "all" }, verification: "off" },
     });
     expect(res.status).toBe(202);
-    const job = await waitForJob<JobOut>(sys, res.body.id, 120_000);
+    const job = await waitForJob<Job>(sys, res.body.id, 120_000);
     expect(job.status).toBe("completed");
     const tasks = seen.received.filter((f) => f.type === "task");
     expect(tasks.length).toBeGreaterThan(0);
