@@ -3,6 +3,7 @@ import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
 import { secureHeaders } from "hono/secure-headers";
 import type { z } from "zod";
+import { openStore } from "./db/open.js";
 import type { AppEnv } from "./lib/auth.js";
 import { AppError } from "./lib/errors.js";
 import { KeyringNotConfigured } from "./lib/keyring.js";
@@ -63,8 +64,10 @@ export function createApp() {
   );
 
   // A deployment whose variables cannot be read answers every API call with why (503).
+  // Every route then finds its metadata store on the context (cheap: keys load on first use).
   app.use("/v1/*", async (c, next) => {
     settings(c.env);
+    c.set("store", openStore(c.env));
     await next();
   });
 

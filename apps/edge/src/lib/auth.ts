@@ -7,7 +7,11 @@ import { limitRequests } from "../tenant/limits.js";
 import { sha256Hex } from "./crypto.js";
 import { AppError } from "./errors.js";
 
-export type AppEnv = { Bindings: Env; Variables: { credential: Credential } };
+export type AppEnv = {
+  Bindings: Env;
+  /** `store`: this request's metadata store, set for every `/v1/*` route (see createApp). */
+  Variables: { credential: Credential; store: D1Store };
+};
 
 // Credentials are looked up by hash; a short per-isolate cache keeps D1 off the hot path.
 // Revocation takes effect within CACHE_MS (at once on the isolate that revoked).
@@ -148,7 +152,7 @@ export function requireAuth(kind: Credential["kind"]) {
       if (Date.now() - last > TOUCH_MS) {
         touched.set(cred.id, Date.now());
         if (touched.size > 10_000) touched.clear();
-        defer(new D1Store(c.env.DB).touchCredential(cred.id).catch(() => undefined));
+        defer(c.var.store.touchCredential(cred.id).catch(() => undefined));
       }
     }
     if (cred.kind !== "worker") {

@@ -10,8 +10,8 @@ import {
   ErrorBody,
 } from "@p2pa/shared";
 import { router } from "../app.js";
-import { keyringFor, openStore } from "../db/open.js";
-import type { VersionRow } from "../db/store.js";
+import { keyringFor } from "../db/open.js";
+import type { D1Store, VersionRow } from "../db/store.js";
 import { getOriginal } from "../ingest/originals.js";
 import { requireAuth, scoped } from "../lib/auth.js";
 import { sha256Hex } from "../lib/crypto.js";
@@ -81,8 +81,13 @@ const deleteDocument = createRoute({
  * A document's versions, newest first, from its id and (optional) collection: without one,
  * the collection that holds a document of that id, which must be only one.
  */
-async function versionsOf(env: Env, tenant: string, id: string, collection: string | undefined) {
-  const rows = await openStore(env).documentVersions(tenant, collection, id);
+async function versionsOf(
+  store: D1Store,
+  tenant: string,
+  id: string,
+  collection: string | undefined,
+) {
+  const rows = await store.documentVersions(tenant, collection, id);
   if (rows.length === 0) throw notFound("document");
   const collections = [...new Set(rows.map((r) => r.collection))];
   if (collections.length > 1)
@@ -138,7 +143,7 @@ documentRoutes
   .openapi(getDocument, async (c) => {
     const { id } = c.req.valid("param");
     const { collection } = c.req.valid("query");
-    const rows = await versionsOf(c.env, c.get("credential").tenant, id, collection);
+    const rows = await versionsOf(c.var.store, c.get("credential").tenant, id, collection);
     const newest = rows[0];
     if (!newest) throw notFound("document");
     return c.json({ ...summaryOf(newest, rows), versions: rows.map(versionOf) }, 200);
@@ -152,7 +157,7 @@ documentRoutes
       after = at;
     }
     const tenant = c.get("credential").tenant;
-    const store = openStore(c.env);
+    const store = c.var.store;
     const rows = await store.listDocuments(tenant, {
       ...(q.collection ? { collection: q.collection } : {}),
       ...(q.status ? { status: q.status } : {}),
@@ -181,7 +186,7 @@ documentRoutes
     const { id } = c.req.valid("param");
     const { collection } = c.req.valid("query");
     const tenant = c.get("credential").tenant;
-    const rows = await versionsOf(c.env, tenant, id, collection);
+    const rows = await versionsOf(c.var.store, tenant, id, collection);
     const current = rows.find((v) => v.state === "current");
     if (!current?.rawKey) throw notFound("original (the job chose not to keep it)");
     const got = await getOriginal(c.env.RAW, keyringFor(c.env), tenant, current.rawKey);
@@ -196,8 +201,8 @@ documentRoutes
     const { id } = c.req.valid("param");
     const { collection } = c.req.valid("query");
     const tenant = c.get("credential").tenant;
-    const store = openStore(c.env);
-    const rows = await versionsOf(c.env, tenant, id, collection);
+    const store = c.var.store;
+    const rows = await versionsOf(c.var.store, tenant, id, collection);
     for (const v of rows) {
       const job = await store.getJob(tenant, v.jobId);
       if (job && (job.status === "queued" || job.status === "running") && v.prunedAt === null)

@@ -3,7 +3,6 @@ import type { Job } from "@p2pa/shared";
 import { streamSSE } from "hono/streaming";
 import { z } from "zod";
 import { router } from "../app.js";
-import { openStore } from "../db/open.js";
 import { dispatcherFor } from "../dispatch/shards.js";
 import { requireAuth, scoped } from "../lib/auth.js";
 import { AppError, notFound } from "../lib/errors.js";
@@ -56,7 +55,7 @@ eventRoutes.openapi(events, async (c) => {
       );
   }
   const tenant = c.get("credential").tenant;
-  const store = openStore(c.env);
+  const store = c.var.store;
   const first = await store.getJob(tenant, id);
   if (!first) throw notFound("job");
   const dispatcher = dispatcherFor(c.env, first.model, id);

@@ -16,7 +16,6 @@ import {
 import type { Context } from "hono";
 import { z } from "zod";
 import { isMultipart, isNdjson, router } from "../app.js";
-import { openStore } from "../db/open.js";
 import { dispatcherFor } from "../dispatch/shards.js";
 import { readUpload } from "../ingest/files.js";
 import { feed, headerOptions, type Line, lines } from "../ingest/stream.js";
@@ -238,7 +237,7 @@ async function newJobHeader(
   const textRetentionDays =
     options.retention !== undefined
       ? options.retention.textDays
-      : ((await openStore(c.env).tenantSettings(cred.tenant))?.textRetentionDays ?? null);
+      : ((await c.var.store.tenantSettings(cred.tenant))?.textRetentionDays ?? null);
   let webhook: JobHeader["webhook"] = null;
   let secret: string | null = null;
   if (options.webhook) {
@@ -266,7 +265,7 @@ async function newJobHeader(
 
 /** The 202 of a new job: the job (its webhook secret shown here, once) and what was taken. */
 async function accepted(c: Ctx, ingestion: Ingestion, secret: string | null) {
-  const job = await openStore(c.env).getJob(c.get("credential").tenant, ingestion.jobId);
+  const job = await c.var.store.getJob(c.get("credential").tenant, ingestion.jobId);
   if (!job) throw new Error(`job ${ingestion.jobId} vanished after submit`);
   await audit(c, "job.created", job.id, {
     model: job.model,
@@ -383,7 +382,7 @@ jobs
     const body = validJson<CreateJobRequest>(c);
     const key = c.req.valid("header")["idempotency-key"] ?? null;
     const tenant = c.get("credential").tenant;
-    const store = openStore(c.env);
+    const store = c.var.store;
     const requestHash = key ? await sha256Hex(JSON.stringify(body)) : null;
 
     if (key) {
@@ -445,7 +444,7 @@ jobs
       if (!at) throw new AppError(422, "validation_failed", "invalid cursor");
       before = at;
     }
-    const rows = await openStore(c.env).listJobs(c.get("credential").tenant, {
+    const rows = await c.var.store.listJobs(c.get("credential").tenant, {
       ...(q.status ? { status: q.status } : {}),
       ...(q.collection ? { collection: q.collection } : {}),
       ...(before ? { before } : {}),
@@ -460,7 +459,7 @@ jobs
   .openapi(appendDocuments, async (c) => {
     const { id } = c.req.valid("param");
     const tenant = c.get("credential").tenant;
-    const store = openStore(c.env);
+    const store = c.var.store;
     const job = await store.getJob(tenant, id);
     if (!job) throw notFound("job");
     if (!job.accepting)
@@ -504,7 +503,7 @@ jobs
   .openapi(closeJob, async (c) => {
     const { id } = c.req.valid("param");
     const tenant = c.get("credential").tenant;
-    const store = openStore(c.env);
+    const store = c.var.store;
     const job = await store.getJob(tenant, id);
     if (!job) throw notFound("job");
     if (!(await store.closeJob(tenant, id)))
@@ -513,14 +512,14 @@ jobs
     return c.json((await store.getJob(tenant, id)) ?? job, 200);
   })
   .openapi(getJob, async (c) => {
-    const job = await openStore(c.env).getJob(c.get("credential").tenant, c.req.valid("param").id);
+    const job = await c.var.store.getJob(c.get("credential").tenant, c.req.valid("param").id);
     if (!job) throw notFound("job");
     return c.json(job, 200);
   })
   .openapi(cancelJob, async (c) => {
     const { id } = c.req.valid("param");
     const tenant = c.get("credential").tenant;
-    const store = openStore(c.env);
+    const store = c.var.store;
     const job = await store.getJob(tenant, id);
     if (!job) throw notFound("job");
     if (!(await store.cancelJob(tenant, id))) {
@@ -533,7 +532,7 @@ jobs
   .openapi(deleteJob, async (c) => {
     const { id } = c.req.valid("param");
     const tenant = c.get("credential").tenant;
-    const job = await openStore(c.env).getJob(tenant, id);
+    const job = await c.var.store.getJob(tenant, id);
     if (!job) throw notFound("job");
     await deleteJobEverywhere(c.env, tenant, job);
     await audit(c, "job.deleted", id, { documents: job.documents, chunks: job.chunks.total });
@@ -542,7 +541,7 @@ jobs
   .openapi(deleteDocument, async (c) => {
     const { id, documentId } = c.req.valid("param");
     const tenant = c.get("credential").tenant;
-    const store = openStore(c.env);
+    const store = c.var.store;
     const job = await store.getJob(tenant, id);
     if (!job) throw notFound("job");
     const doc = await store.getDocument(tenant, id, documentId);
@@ -567,7 +566,7 @@ jobs
     const { id } = c.req.valid("param");
     const { cursor, limit, includeVectors } = c.req.valid("query");
     const tenant = c.get("credential").tenant;
-    const store = openStore(c.env);
+    const store = c.var.store;
     const job = await store.getJob(tenant, id);
     if (!job) throw notFound("job");
     let after: string | null = null;

@@ -2,7 +2,6 @@ import { createRoute } from "@hono/zod-openapi";
 import { ApiKey, CreateKeyRequest, MODELS, type Scope, UpdateKeyRequest } from "@p2pa/shared";
 import { z } from "zod";
 import { router } from "../app.js";
-import { openStore } from "../db/open.js";
 import { shardsFrom } from "../dispatch/shards.js";
 import { forgetCredential, requireAuth, scoped } from "../lib/auth.js";
 import { newId, sha256Hex } from "../lib/crypto.js";
@@ -80,7 +79,7 @@ keyRoutes
     }
     const secret = newSecret(body.kind);
     const id = newId(body.kind === "api" ? "key" : "wtk");
-    const store = openStore(c.env);
+    const store = c.var.store;
     await store.createCredential({
       id,
       kind: body.kind,
@@ -107,13 +106,10 @@ keyRoutes
     });
   })
   .openapi(list, async (c) => {
-    return c.json(
-      { data: await openStore(c.env).listCredentials(c.get("credential").tenant) },
-      200,
-    );
+    return c.json({ data: await c.var.store.listCredentials(c.get("credential").tenant) }, 200);
   })
   .openapi(get, async (c) => {
-    const key = await openStore(c.env).getCredential(
+    const key = await c.var.store.getCredential(
       c.get("credential").tenant,
       c.req.valid("param").id,
     );
@@ -124,7 +120,7 @@ keyRoutes
     const { id } = c.req.valid("param");
     const patch = c.req.valid("json");
     const tenant = c.get("credential").tenant;
-    const store = openStore(c.env);
+    const store = c.var.store;
     const before = await store.getCredential(tenant, id);
     if (!before || before.revokedAt) throw notFound("key");
     if (before.kind === "admin")
@@ -141,7 +137,7 @@ keyRoutes
   .openapi(revoke, async (c) => {
     const { id } = c.req.valid("param");
     const tenant = c.get("credential").tenant;
-    const store = openStore(c.env);
+    const store = c.var.store;
     const key = await store.getCredential(tenant, id);
     if (!key || key.revokedAt) throw notFound("key");
     if (key.kind === "admin")

@@ -1,7 +1,6 @@
 import { createRoute } from "@hono/zod-openapi";
 import { z } from "zod";
 import { router } from "../app.js";
-import { openStore } from "../db/open.js";
 import { requireAuth, scoped } from "../lib/auth.js";
 import { notFound } from "../lib/errors.js";
 import { audit } from "../tenant/audit-log.js";
@@ -33,7 +32,7 @@ resultRoutes.use("/v1/jobs/:id/results", requireAuth("api"));
 resultRoutes.openapi(exportResults, async (c) => {
   const { id } = c.req.valid("param");
   const tenant = c.get("credential").tenant;
-  const store = openStore(c.env);
+  const store = c.var.store;
   const job = await store.getJob(tenant, id);
   if (!job) throw notFound("job");
   // An export hands out the job's text and vectors at once: the log says who took it.

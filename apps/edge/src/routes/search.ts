@@ -1,7 +1,6 @@
 import { createRoute } from "@hono/zod-openapi";
 import { CollectionList, ErrorBody, SearchRequest, SearchResponse } from "@p2pa/shared";
 import { router } from "../app.js";
-import { openStore } from "../db/open.js";
 import { requireAuth, scoped } from "../lib/auth.js";
 import { search } from "../search/search.js";
 import { filterableKeys } from "../vector/config.js";
@@ -44,6 +43,6 @@ searchRoutes.openapi(searchRoute, async (c) =>
 );
 
 searchRoutes.openapi(collections, async (c) => {
-  const data = await openStore(c.env).listCollections(c.get("credential").tenant);
+  const data = await c.var.store.listCollections(c.get("credential").tenant);
   return c.json({ data, filterable: filterableKeys(c.env) }, 200);
 });

@@ -2,7 +2,8 @@ import { createRoute } from "@hono/zod-openapi";
 import { AuditEntrySchema, AuditQuery, Quotas, TenantPolicy, Usage } from "@p2pa/shared";
 import { z } from "zod";
 import { router } from "../app.js";
-import { keyringFor, openStore } from "../db/open.js";
+import { keyringFor } from "../db/open.js";
+import type { D1Store } from "../db/store.js";
 import { clientAddress, forgetCredential, hasScope, requireAuth, scoped } from "../lib/auth.js";
 import { AppError } from "../lib/errors.js";
 import { decodeCursor } from "../tenant/audit.js";
@@ -137,8 +138,7 @@ const rewrap = createRoute({
   },
 });
 
-async function usageOf(env: Env, tenant: string): Promise<Usage> {
-  const store = openStore(env);
+async function usageOf(env: Env, store: D1Store, tenant: string): Promise<Usage> {
   const [quotas, keys, chunks, byKey, rate] = await Promise.all([
     tenantQuotas(env, tenant),
     store.listCredentials(tenant),
@@ -171,7 +171,7 @@ tenantRoutes.use("/v1/admin/*", requireAuth("admin"));
 tenantRoutes
   .openapi(usage, async (c) => {
     const cred = c.get("credential");
-    const all = await usageOf(c.env, cred.tenant);
+    const all = await usageOf(c.env, c.var.store, cred.tenant);
     // Only an admin key sees the tenant's other keys; any other key sees itself.
     const keys = hasScope(cred, "admin") ? all.keys : all.keys.filter((k) => k.id === cred.id);
     return c.json({ ...all, keys }, 200);
@@ -195,13 +195,13 @@ tenantRoutes
     c.json(await ledger(c.env, c.get("credential").tenant).verify(), 200),
   )
   .openapi(getPolicy, async (c) => {
-    const s = await openStore(c.env).tenantSettings(c.get("credential").tenant);
+    const s = await c.var.store.tenantSettings(c.get("credential").tenant);
     return c.json({ retention: { textDays: s?.textRetentionDays ?? null } }, 200);
   })
   .openapi(putPolicy, async (c) => {
     const body = c.req.valid("json");
     const tenant = c.get("credential").tenant;
-    const store = openStore(c.env);
+    const store = c.var.store;
     const before = (await store.tenantSettings(tenant))?.textRetentionDays ?? null;
     await store.putTenantSettings(tenant, { textRetentionDays: body.retention.textDays });
     await audit(c, "policy.changed", tenant, {
@@ -228,7 +228,7 @@ tenantRoutes
         `erasing a tenant cannot be undone: repeat its name as ?confirm=${tenant}`,
       );
     }
-    const keys = await openStore(c.env).listCredentials(tenant);
+    const keys = await c.var.store.listCredentials(tenant);
     const r = await eraseTenant(c.env, tenant);
     for (const k of keys) forgetCredential(k.id);
     return c.json({ erased: tenant, jobs: r.jobs }, 200);
@@ -236,7 +236,7 @@ tenantRoutes
   .openapi(operatorQuotas, async (c) => {
     const { tenant } = c.req.valid("param");
     const quotas = c.req.valid("json");
-    const store = openStore(c.env);
+    const store = c.var.store;
     const before = (await store.tenantSettings(tenant))?.quotas ?? {};
     await store.putTenantSettings(tenant, { quotas });
     forgetTenantQuotas(tenant);
@@ -253,7 +253,7 @@ tenantRoutes
     return c.json(quotas, 200);
   })
   .openapi(operatorUsage, async (c) =>
-    c.json(await usageOf(c.env, c.req.valid("param").tenant), 200),
+    c.json(await usageOf(c.env, c.var.store, c.req.valid("param").tenant), 200),
   )
   .openapi(operatorErase, async (c) => {
     const { tenant } = c.req.valid("param");
@@ -264,7 +264,7 @@ tenantRoutes
         "an operator erases its own tenant with DELETE /v1/tenant",
       );
     }
-    const keys = await openStore(c.env).listCredentials(tenant);
+    const keys = await c.var.store.listCredentials(tenant);
     const r = await eraseTenant(c.env, tenant);
     for (const k of keys) forgetCredential(k.id);
     await audit(c, "tenant.erased", tenant, { jobs: r.jobs });
