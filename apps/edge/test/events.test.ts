@@ -1,6 +1,6 @@
 import { TASK_SIZE } from "@p2pa/shared";
 import { expect, it } from "vitest";
-import { call, submit, TestWorker } from "./helpers.js";
+import { call, KEYS, submit, TestWorker } from "./helpers.js";
 
 interface Sse {
   event: string;
@@ -118,4 +118,56 @@ it("ends a cancelled job's stream with a cancelled event", async () => {
   await call(`/v1/jobs/${j.id}/cancel`, { method: "POST", json: {} });
   const all = await events;
   expect(all.at(-1)?.event).toBe("cancelled");
+});
+
+/** Reads of job records for live progress, over all shards (`/v1/metrics`). */
+async function progressReads(): Promise<number> {
+  const text = await (await call("/v1/metrics", { key: KEYS.admin })).text();
+  return text
+    .split("\n")
+    .filter((l) => l.startsWith("p2pa_progress_reads_total"))
+    .reduce((n, l) => n + Number(l.split(" ").at(-1)), 0);
+}
+
+it("pushes one job to fifty streams with a read per pass, not per stream, and reads nothing while it is idle", async () => {
+  const j = await submit(64);
+  const w = await TestWorker.connect();
+  let opened = 0;
+  const streams = await Promise.all(
+    Array.from({ length: 50 }, () => call(`/v1/jobs/${j.id}/events?chunks=true`)),
+  );
+  const all = streams.map((res) =>
+    readEvents(res, (e, seen) => {
+      if (seen.length === 1) opened++;
+      return TERMINAL.includes(e.event);
+    }),
+  );
+  await expect.poll(() => opened, { timeout: 10_000 }).toBe(50);
+  // A stream that opened during a pass gets one more pass of its own: let that one finish.
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  let before = await progressReads();
+  for (let quiet = false; !quiet; ) {
+    await sleep(300);
+    const now = await progressReads();
+    quiet = now === before;
+    before = now;
+  }
+  // Fifty streams polling every 200 ms would read the job hundreds of times in this second.
+  await sleep(1000);
+  expect(await progressReads()).toBe(before);
+
+  await runJob(j.chunks.total, w);
+  for (const events of await Promise.all(all)) {
+    expect(events.filter((e) => e.event === "chunk").length).toBe(j.chunks.total);
+    expect(events.at(-1)).toMatchObject({
+      event: "completed",
+      data: { chunks: { done: j.chunks.total, total: j.chunks.total } },
+    });
+  }
+  const tasks = Math.ceil(j.chunks.total / TASK_SIZE);
+  // A pass per result, one for a held-back progress frame and one for the end, at most.
+  const reads = (await progressReads()) - before;
+  expect(reads).toBeGreaterThan(0);
+  expect(reads).toBeLessThanOrEqual(tasks * 3 + 3);
+  w.ws.close();
 });

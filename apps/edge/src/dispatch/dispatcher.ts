@@ -29,6 +29,7 @@ import { Canaries, canaryChunkId } from "./canary.js";
 import { recordFailure, recordSuccess } from "./error-budget.js";
 import { HeldVectors } from "./held-vectors.js";
 import { type JobEvent, JobLog } from "./job-log.js";
+import { JobWatch } from "./job-watch.js";
 import { Metrics } from "./metrics.js";
 import { JobNotifier } from "./notifier.js";
 import { INITIAL_EARNED, limitFor, type Peer, Peers, roomFor } from "./peers.js";
@@ -88,6 +89,8 @@ export class Dispatcher extends DurableObject<Env> {
   private readonly queue: TaskQueue;
   private readonly held: HeldVectors;
   private readonly jobs: JobLog;
+  /** Live progress streams, pushed as the job log grows. */
+  private readonly watchers: JobWatch;
   private readonly notifier: JobNotifier;
   private readonly metrics: Metrics;
   private readonly store: MetadataStore;
@@ -118,6 +121,12 @@ export class Dispatcher extends DurableObject<Env> {
     this.queue = new TaskQueue(ctx.storage.sql, MAX_ATTEMPTS, config.LEASE_GIVE_UP_MS);
     this.store = openStore(env);
     this.jobs = new JobLog(ctx.storage.sql);
+    this.watchers = new JobWatch(
+      this.jobs,
+      (jobId) => this.store.getJobById(jobId),
+      () => this.metrics.count("p2pa_progress_reads_total"),
+    );
+    this.jobs.listen((jobId) => this.watchers.changed(jobId));
     this.held = new HeldVectors(ctx.storage.sql);
     this.metrics = new Metrics(ctx.storage.sql);
     this.notifier = new JobNotifier(env, this.jobs, this.store);
@@ -243,6 +252,14 @@ export class Dispatcher extends DurableObject<Env> {
   /** A job's event log after `afterSeq` (chunk results and the terminal event). */
   async events(jobId: string, afterSeq: number, limit = 1000): Promise<JobEvent[]> {
     return this.jobs.events(jobId, afterSeq, limit);
+  }
+
+  /**
+   * The job's live progress as Server-Sent Events after event id `after`, pushed as its log
+   * grows and closed after its terminal event (see JobWatch). The caller has checked the tenant.
+   */
+  async watchEvents(jobId: string, after: number, chunks: boolean): Promise<ReadableStream> {
+    return this.watchers.open(jobId, after, chunks);
   }
 
   /** Tasks waiting for a worker: what the API checks before accepting more work. */

@@ -16,7 +16,18 @@ export interface JobEvent {
 }
 
 export class JobLog {
+  private readonly listeners: ((jobId: string) => void)[] = [];
+
   constructor(private readonly sql: SqlStorage) {}
+
+  /** Calls `fn` with a job's id whenever its log grows or the job is deleted. */
+  listen(fn: (jobId: string) => void): void {
+    this.listeners.push(fn);
+  }
+
+  private changed(jobId: string): void {
+    for (const fn of this.listeners) fn(jobId);
+  }
 
   /** Creates the tables; run once under blockConcurrencyWhile. */
   migrate(): void {
@@ -82,6 +93,7 @@ export class JobLog {
     this.sql.exec("DELETE FROM jobs WHERE id = ?", jobId);
     this.sql.exec("DELETE FROM job_events WHERE job_id = ?", jobId);
     this.sql.exec("INSERT OR IGNORE INTO deleted_jobs (hash) VALUES (?)", hash);
+    this.changed(jobId);
   }
 
   /** A document of the job was deleted: its chunk events go, the rest of the log stays. */
@@ -109,6 +121,7 @@ export class JobLog {
         JSON.stringify(e.data),
       );
     }
+    if (events.length > 0) this.changed(jobId);
   }
 
   /** A job's events after `afterSeq`, oldest first. */

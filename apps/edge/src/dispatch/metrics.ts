@@ -50,6 +50,8 @@ export const METRIC_HELP = {
   p2pa_coordinator_starts_total:
     "Times the shard's Durable Object started (first use, after hibernation or eviction, after a crash)",
   p2pa_tasks_recovered_total: "Tasks found mid-write at start and put back in the queue",
+  p2pa_progress_reads_total:
+    "Reads of a job's record for its live progress streams (one per pass, for all its streams)",
   p2pa_leases_reconciled_total:
     "Leases a worker did not have (lost task frames), requeued without counting an attempt",
   p2pa_results_held_total:
