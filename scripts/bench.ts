@@ -23,7 +23,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { loadModel } from "../apps/worker-node/src/model/index.js";
+import { benchEmbedder, loadModel } from "../apps/worker-node/src/model/index.js";
 import { BENCH_CHUNKING, useLiteChunker } from "./lib/chunking.js";
 import { generatedPassages } from "./lib/corpus.js";
 import {
@@ -75,12 +75,9 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 async function direct(): Promise<number> {
   const embedder = await loadModel("use-lite", { cacheDir, threads });
   await embedder.embed(texts.slice(0, batchSize)); // warm-up
-  const t0 = performance.now();
-  for (let i = 0; i < texts.length; i += batchSize)
-    await embedder.embed(texts.slice(i, i + batchSize));
-  const seconds = (performance.now() - t0) / 1000;
+  const { perSecond } = await benchEmbedder(embedder, texts, batchSize);
   await embedder.dispose();
-  return texts.length / seconds;
+  return perSecond;
 }
 
 const SECOND_DONOR = "p2pa_bench_second_donor";

@@ -1,7 +1,7 @@
 import { DEV_CREDENTIALS } from "./local-edge.js";
 
 /** A worker's own account of itself, from `p2pa-worker --status-port`. */
-export interface WorkerStatus {
+interface WorkerStatus {
   stats: { state: string; workerId: string | null; chunksDone: number; tasksDone: number } | null;
   window: {
     capacity: number;
@@ -13,7 +13,7 @@ export interface WorkerStatus {
 }
 
 /** The Dispatcher's account of one worker, from `GET /v1/workers`. */
-export interface EdgeWorker {
+interface EdgeWorker {
   id: string;
   capacity: number;
   /** The most the edge lets it hold now (what it earned, its error budget). */
@@ -25,12 +25,12 @@ export interface EdgeWorker {
   chunksDone: number;
 }
 
-export async function workerStatus(port: number): Promise<WorkerStatus> {
+async function workerStatus(port: number): Promise<WorkerStatus> {
   const r = await fetch(`http://127.0.0.1:${port}/status`, { signal: AbortSignal.timeout(5000) });
   return (await r.json()) as WorkerStatus;
 }
 
-export async function edgeWorkers(edgeUrl: string): Promise<EdgeWorker[]> {
+async function edgeWorkers(edgeUrl: string): Promise<EdgeWorker[]> {
   const r = await fetch(`${edgeUrl}/v1/workers`, {
     headers: { Authorization: `Bearer ${DEV_CREDENTIALS.adminKey}` },
     signal: AbortSignal.timeout(10_000),

@@ -101,7 +101,7 @@ export interface EdgeOptions {
  * The deployment key that seals this local state's data (P2PA_DATA_KEYS), made on first use
  * and kept beside the state it protects, so a restart reads what the last run wrote.
  */
-export function localDataKeys(persistTo: string): string {
+function localDataKeys(persistTo: string): string {
   const file = path.join(persistTo, "p2pa-data-keys");
   if (!existsSync(file)) {
     mkdirSync(persistTo, { recursive: true });

@@ -11,7 +11,7 @@ import { DEV_CREDENTIALS, prepareLocalDatabase, spawnWorker, startEdge } from ".
  * completion, documents per second, and the chunks computed.
  */
 
-export interface ReindexRun {
+interface ReindexRun {
   firstSeconds: number;
   reindexSeconds: number;
   /** reindexSeconds / firstSeconds. */

@@ -63,7 +63,7 @@ export interface AuditVerification {
 }
 
 /** A donor's verification record in a shard's stats. */
-export interface DonorRecord {
+interface DonorRecord {
   donor: string;
   agreed: number;
   disagreed: number;

@@ -10,7 +10,7 @@ import { KeyringNotConfigured } from "./lib/keyring.js";
 import { SettingsInvalid, settings } from "./lib/settings.js";
 
 /** Largest request body the API reads (a job's text limit plus JSON overhead; file uploads). */
-export const MAX_BODY_BYTES = 32 * 1024 * 1024;
+const MAX_BODY_BYTES = 32 * 1024 * 1024;
 
 /** NDJSON, one document per line: read as a stream, so it has no size limit. */
 export const isNdjson = (type: string | undefined) =>
@@ -41,7 +41,7 @@ export function router() {
   return new OpenAPIHono<AppEnv>({ defaultHook: validationHook });
 }
 
-export function errorBody(code: string, message: string, details?: unknown) {
+function errorBody(code: string, message: string, details?: unknown) {
   return { error: { code, message, ...(details === undefined ? {} : { details }) } };
 }
 

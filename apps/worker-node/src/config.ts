@@ -62,7 +62,7 @@ const positiveInt = (name: string, max: number) =>
     .min(1, `${name} must be at least 1`)
     .max(max, `${name} must be at most ${max}`);
 
-export const Config = z.object({
+const Config = z.object({
   server: z
     .string({ error: "--server is required (or set P2PA_SERVER)" })
     .url("--server must be a URL such as http://127.0.0.1:8787")
@@ -85,7 +85,7 @@ export const Config = z.object({
     .default(path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), ".cache"), "p2pa")),
   statusPort: positiveInt("--status-port", 65535).optional(),
 });
-export type Config = z.infer<typeof Config>;
+type Config = z.infer<typeof Config>;
 
 export type CliAction =
   | { kind: "help" }

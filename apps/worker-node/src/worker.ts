@@ -19,7 +19,7 @@ import ReconnectingWebSocket from "partysocket/ws";
 import WS from "ws";
 import type { Embedder } from "./model/index.js";
 
-export type ConnectionState = "connecting" | "connected" | "reconnecting" | "draining" | "stopped";
+type ConnectionState = "connecting" | "connected" | "reconnecting" | "draining" | "stopped";
 
 export interface WorkerStats {
   state: ConnectionState;
@@ -46,7 +46,7 @@ export interface WorkerOptions {
 }
 
 /** Tasks a worker holds at once: the batch being computed and two more batches waiting. */
-export function capacityFor(batchSize: number): number {
+function capacityFor(batchSize: number): number {
   return Math.min(MAX_CAPACITY, Math.max(2, Math.ceil((3 * batchSize) / TASK_SIZE)));
 }
 

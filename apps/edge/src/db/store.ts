@@ -28,6 +28,7 @@ import {
 } from "drizzle-orm";
 import { type DrizzleD1Database, drizzle } from "drizzle-orm/d1";
 import { AppError } from "../lib/errors.js";
+import { slices } from "../lib/slices.js";
 import * as schema from "./schema.js";
 
 /**
@@ -384,6 +385,13 @@ export interface WorkerInfo {
 
 // D1 binds at most 100 parameters per statement.
 const MAX_PARAMS = 99;
+
+/** `ids` in slices that fit one statement beside its `others` other bound parameters. */
+function bindable<T>(ids: readonly T[], others: number): T[][] {
+  return slices(ids, MAX_PARAMS - others);
+}
+/** Reads sent to D1 together in one batch. */
+const READS_PER_BATCH = 50;
 /** Terms per keyword-index statement: well under D1's 100 KB statement limit. */
 const KEYWORD_STATEMENT_BYTES = 80_000;
 
@@ -429,9 +437,9 @@ function toFloat32(b: ArrayBuffer | Uint8Array | number[]): Float32Array {
   return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
 }
 
-/** Rows per multi-row INSERT: drizzle binds every column of the table, defaults included. */
-function rowsPerStatement(table: Table): number {
-  return Math.floor(MAX_PARAMS / Object.keys(getTableColumns(table)).length);
+/** `rows` in slices of one multi-row INSERT each: drizzle binds every column, defaults included. */
+function insertable<R>(table: Table, rows: readonly R[]): R[][] {
+  return slices(rows, Math.floor(MAX_PARAMS / Object.keys(getTableColumns(table)).length));
 }
 
 function toJob(r: typeof schema.jobs.$inferSelect): Job {
@@ -812,7 +820,7 @@ export class D1Store implements MetadataStore {
     ids: string[],
   ): Promise<Map<string, "active" | "revoked" | "quarantined">> {
     const out = new Map<string, "active" | "revoked" | "quarantined">();
-    for (let i = 0; i < ids.length; i += 90) {
+    for (const slice of bindable(ids, 0)) {
       const rows = await this.db
         .select({
           id: schema.credentials.id,
@@ -821,7 +829,7 @@ export class D1Store implements MetadataStore {
           expiresAt: schema.credentials.expiresAt,
         })
         .from(schema.credentials)
-        .where(inArray(schema.credentials.id, ids.slice(i, i + 90)))
+        .where(inArray(schema.credentials.id, slice))
         .all();
       const now = new Date().toISOString();
       for (const r of rows)
@@ -971,7 +979,7 @@ export class D1Store implements MetadataStore {
     // A new pending version supersedes one still pending from an earlier job (the newest wins).
     const d = schema.documents;
     const pendingKeys = docRows.filter((r) => r.state === "pending").map((r) => r.docKey);
-    for (let i = 0; i < pendingKeys.length; i += MAX_PARAMS - 5) {
+    for (const keys of bindable(pendingKeys, 5)) {
       out.push(
         db
           .update(d)
@@ -982,14 +990,13 @@ export class D1Store implements MetadataStore {
               eq(d.collection, collection),
               eq(d.state, "pending"),
               ne(d.jobId, jobId),
-              inArray(d.docKey, pendingKeys.slice(i, i + MAX_PARAMS - 5)),
+              inArray(d.docKey, keys),
             ),
           ),
       );
     }
-    for (let i = 0, n = rowsPerStatement(schema.documents); i < docRows.length; i += n) {
-      out.push(db.insert(schema.documents).values(docRows.slice(i, i + n)));
-    }
+    for (const rows of insertable(schema.documents, docRows))
+      out.push(db.insert(schema.documents).values(rows));
     const sealed = await Promise.all(
       input.chunks.map((c) => this.seal.encrypt(tenant, c.text, c.id)),
     );
@@ -1007,28 +1014,21 @@ export class D1Store implements MetadataStore {
       page: c.page ?? null,
       cacheKey: c.cacheKey ?? null,
     }));
-    for (let i = 0, n = rowsPerStatement(schema.chunks); i < chunkRows.length; i += n) {
-      out.push(db.insert(schema.chunks).values(chunkRows.slice(i, i + n)));
-    }
+    for (const rows of insertable(schema.chunks, chunkRows))
+      out.push(db.insert(schema.chunks).values(rows));
     out.push(...this.keywordInserts(jobId, input.chunks));
     // A hit moves the cache entry to this job: it goes when the chunk that now uses it goes.
     const hits = [
       ...new Set(input.chunks.flatMap((c) => (c.cached && c.cacheKey ? [c.cacheKey] : []))),
     ];
     const model = sql`(SELECT model FROM jobs WHERE id = ${jobId})`;
-    for (let i = 0; i < hits.length; i += MAX_PARAMS - 5) {
+    for (const keys of bindable(hits, 5)) {
       const e = schema.embeddingCache;
       out.push(
         db
           .update(e)
           .set({ jobId })
-          .where(
-            and(
-              eq(e.tenant, tenant),
-              sql`${e.model} = ${model}`,
-              inArray(e.key, hits.slice(i, i + MAX_PARAMS - 5)),
-            ),
-          ),
+          .where(and(eq(e.tenant, tenant), sql`${e.model} = ${model}`, inArray(e.key, keys))),
       );
     }
     out.push(
@@ -1051,10 +1051,10 @@ export class D1Store implements MetadataStore {
     const stmts = [];
     /** Where each slice's statements start (its first supersedes). */
     const firsts: number[] = [];
-    for (let i = 0; i < seqs.length; i += MAX_PARAMS - 5) {
+    for (const slice of bindable(seqs, 5)) {
       firsts.push(stmts.length);
-      const slice = seqs.slice(i, i + MAX_PARAMS - 5).map((q) => sql`${q}`);
-      stmts.push(...this.promotion(jobId, sql`n.seq IN (${sql.join(slice, sql`, `)})`));
+      const bound = slice.map((q) => sql`${q}`);
+      stmts.push(...this.promotion(jobId, sql`n.seq IN (${sql.join(bound, sql`, `)})`));
     }
     return { stmts, firsts };
   }
@@ -1100,7 +1100,7 @@ export class D1Store implements MetadataStore {
     const d = schema.documents;
     const unique = [...new Set(keys)];
     const reads = [];
-    for (let i = 0; i < unique.length; i += MAX_PARAMS - 4) {
+    for (const keys of bindable(unique, 4)) {
       reads.push(
         this.db
           .select({
@@ -1118,15 +1118,14 @@ export class D1Store implements MetadataStore {
             and(
               eq(d.tenant, tenant),
               eq(d.collection, collection),
-              inArray(d.docKey, unique.slice(i, i + MAX_PARAMS - 4)),
+              inArray(d.docKey, keys),
               inArray(d.state, ["current", "pending"]),
             ),
           ),
       );
     }
     const out: LiveVersion[] = [];
-    for (let i = 0; i < reads.length; i += 50) {
-      const [first, ...more] = reads.slice(i, i + 50);
+    for (const [first, ...more] of slices(reads, READS_PER_BATCH)) {
       if (!first) break;
       for (const rows of await this.db.batch([first, ...more]))
         for (const r of rows)
@@ -1259,17 +1258,11 @@ export class D1Store implements MetadataStore {
   async originalsInUse(tenant: string, rawKeys: string[]): Promise<Set<string>> {
     const d = schema.documents;
     const out = new Set<string>();
-    for (let i = 0; i < rawKeys.length; i += MAX_PARAMS - 2) {
+    for (const keys of bindable(rawKeys, 2)) {
       const rows = await this.db
         .selectDistinct({ k: d.rawKey })
         .from(d)
-        .where(
-          and(
-            eq(d.tenant, tenant),
-            inArray(d.rawKey, rawKeys.slice(i, i + MAX_PARAMS - 2)),
-            isNull(d.prunedAt),
-          ),
-        )
+        .where(and(eq(d.tenant, tenant), inArray(d.rawKey, keys), isNull(d.prunedAt)))
         .all();
       for (const r of rows) if (r.k) out.add(r.k);
     }
@@ -1289,9 +1282,9 @@ export class D1Store implements MetadataStore {
   async liveRows(tenant: string, names: [string, string][]) {
     const d = schema.documents;
     const out: VersionRow[] = [];
-    for (let i = 0; i < names.length; i += 45) {
-      const pairs = names.slice(i, i + 45).map(([col, key]) => sql`(${col}, ${key})`);
-      if (pairs.length === 0) break;
+    // Two parameters a pair, beside the version query's own.
+    for (const slice of slices(names, 45)) {
+      const pairs = slice.map(([col, key]) => sql`(${col}, ${key})`);
       out.push(
         ...(await this.versionQuery()
           .where(
@@ -1341,20 +1334,16 @@ export class D1Store implements MetadataStore {
     const e = schema.embeddingCache;
     const out = new Map<string, Float32Array>();
     const unique = [...new Set(keys)];
-    const per = MAX_PARAMS - 3;
     const reads = [];
-    for (let i = 0; i < unique.length; i += per) {
+    for (const slice of bindable(unique, 3)) {
       reads.push(
         this.db
           .select({ key: e.key, vector: e.vector })
           .from(e)
-          .where(
-            and(eq(e.tenant, tenant), eq(e.model, model), inArray(e.key, unique.slice(i, i + per))),
-          ),
+          .where(and(eq(e.tenant, tenant), eq(e.model, model), inArray(e.key, slice))),
       );
     }
-    for (let i = 0; i < reads.length; i += 50) {
-      const [first, ...more] = reads.slice(i, i + 50);
+    for (const [first, ...more] of slices(reads, READS_PER_BATCH)) {
       if (!first) break;
       for (const rows of await this.db.batch([first, ...more]))
         for (const r of rows) out.set(r.key, toFloat32(r.vector));
@@ -1374,11 +1363,11 @@ export class D1Store implements MetadataStore {
       createdAt: now,
     }));
     const stmts = [];
-    for (let i = 0, n = rowsPerStatement(e); i < rows.length; i += n) {
+    for (const slice of insertable(e, rows)) {
       stmts.push(
         this.db
           .insert(e)
-          .values(rows.slice(i, i + n))
+          .values(slice)
           .onConflictDoUpdate({
             target: [e.tenant, e.model, e.key],
             set: { jobId, vector: sql`excluded.vector` },
@@ -1410,13 +1399,10 @@ export class D1Store implements MetadataStore {
   private keywordInserts(jobId: string, chunks: NewChunk[]) {
     const indexed = chunks.filter((c) => c.terms);
     const out = [];
-    for (let i = 0, n = rowsPerStatement(schema.keywordRows); i < indexed.length; i += n) {
+    for (const slice of insertable(schema.keywordRows, indexed))
       out.push(
-        this.db
-          .insert(schema.keywordRows)
-          .values(indexed.slice(i, i + n).map((c) => ({ chunkId: c.id, jobId }))),
+        this.db.insert(schema.keywordRows).values(slice.map((c) => ({ chunkId: c.id, jobId }))),
       );
-    }
     let pairs: [string, string][] = [];
     let bytes = 0;
     const flush = () => {
@@ -1589,12 +1575,12 @@ export class D1Store implements MetadataStore {
     if (ids.length === 0) return [];
     const rows: ChunkSelect[] = [];
     // D1 binds at most 100 parameters per statement: the ids go in slices.
-    for (let i = 0; i < ids.length; i += MAX_PARAMS - 4) {
+    for (const slice of bindable(ids, 4)) {
       rows.push(
         ...(await this.chunkQuery()
           .where(
             and(
-              inArray(schema.chunks.id, ids.slice(i, i + MAX_PARAMS - 4)),
+              inArray(schema.chunks.id, slice),
               eq(schema.jobs.tenant, tenant),
               opts.currentOnly ? eq(schema.documents.state, "current") : undefined,
             ),
@@ -1615,8 +1601,8 @@ export class D1Store implements MetadataStore {
     const d = schema.documents;
     const stmts = [];
     const reads: number[] = [];
-    for (let i = 0; i < chunkIds.length; i += 90) {
-      const ids = chunkIds.slice(i, i + 90);
+    // The update binds four values beside the ids, the read two.
+    for (const ids of bindable(chunkIds, 4)) {
       stmts.push(
         this.db
           .update(schema.chunks)
@@ -1764,5 +1750,3 @@ export class D1Store implements MetadataStore {
       .where(eq(schema.workers.id, id));
   }
 }
-
-export type { JobStatus };

@@ -1,8 +1,9 @@
 import { versionOf } from "../lib/chunk-ids.js";
 import { migrateOnce } from "../lib/do-schema.js";
+import { slices } from "../lib/slices.js";
 
 /** Durable Object SQL binds at most 100 parameters per statement. */
-const IDS_PER_STATEMENT = 90;
+const IDS_PER_STATEMENT = 99;
 
 /**
  * Vectors of document versions that are still being computed, kept on the coordinator until
@@ -49,8 +50,7 @@ export class HeldVectors {
   /** The held vectors of these versions, ready for the index. */
   of(versions: string[]): VectorizeVector[] {
     const out: VectorizeVector[] = [];
-    for (let i = 0; i < versions.length; i += IDS_PER_STATEMENT) {
-      const slice = versions.slice(i, i + IDS_PER_STATEMENT);
+    for (const slice of slices(versions, IDS_PER_STATEMENT)) {
       const rows = this.sql.exec<{ chunk_id: string; vector: ArrayBuffer; metadata: string }>(
         `SELECT chunk_id, vector, metadata FROM held_vectors WHERE version IN (${slice.map(() => "?").join(", ")})`,
         ...slice,
@@ -67,13 +67,11 @@ export class HeldVectors {
 
   /** Forgets these versions' vectors (they are in the index now, or never will be). */
   release(versions: string[]): void {
-    for (let i = 0; i < versions.length; i += IDS_PER_STATEMENT) {
-      const slice = versions.slice(i, i + IDS_PER_STATEMENT);
+    for (const slice of slices(versions, IDS_PER_STATEMENT))
       this.sql.exec(
         `DELETE FROM held_vectors WHERE version IN (${slice.map(() => "?").join(", ")})`,
         ...slice,
       );
-    }
   }
 
   /** Forgets everything held for a job (it ended, was cancelled or deleted). */

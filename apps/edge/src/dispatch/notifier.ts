@@ -5,7 +5,7 @@ import { terminalEvent, webhookHub } from "../webhooks/index.js";
 import type { JobLog } from "./job-log.js";
 
 /** How long a failed hand-over to the webhook hub waits before the next try. */
-export const NOTIFY_RETRY_MS = 5_000;
+const NOTIFY_RETRY_MS = 5_000;
 
 /** Hands a shard's job events to the tenants' webhook hubs. */
 export class JobNotifier {

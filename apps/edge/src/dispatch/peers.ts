@@ -2,10 +2,7 @@ import type { Hello } from "@p2pa/shared";
 import { allowedInFlight, type Budget, freshBudget } from "./error-budget.js";
 
 /** What a worker said about itself in `hello`. */
-export type PeerHello = Pick<
-  Hello,
-  "models" | "device" | "threads" | "batchSize" | "version" | "name"
->;
+type PeerHello = Pick<Hello, "models" | "device" | "threads" | "batchSize" | "version" | "name">;
 
 /**
  * Tasks a new connection may hold before it has finished any; each stored task earns one more

@@ -4,7 +4,7 @@ export interface Bucket {
   at: number;
 }
 
-export const MESSAGE_RATE = { rate: 200, burst: 400 } as const;
+const MESSAGE_RATE = { rate: 200, burst: 400 } as const;
 
 /** Takes one token; returns the new bucket and whether the message may pass. */
 export function take(

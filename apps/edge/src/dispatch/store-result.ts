@@ -1,7 +1,7 @@
 import type { MetadataStore } from "../db/store.js";
 import { pruneSuperseded } from "../ingest/versions.js";
 import { versionName } from "../lib/chunk-ids.js";
-import { getVectorIndex } from "../vector/index.js";
+import { getVectorIndex, upsertVectors } from "../vector/index.js";
 import type { HeldVectors } from "./held-vectors.js";
 import type { JobLog } from "./job-log.js";
 import type { Metrics } from "./metrics.js";
@@ -20,9 +20,6 @@ export function vectorMetadata(
 ): Record<string, string | number | boolean> {
   return { ...item.meta, tenant, jobId, documentId: item.documentId, index: item.index };
 }
-
-/** Vectors per index write when a version's held vectors go in. */
-const UPSERT_BATCH = 500;
 
 /** What a checked result came to. */
 export type StoreOutcome =
@@ -180,8 +177,7 @@ export class ResultStore {
     const versions = seqs.map((q) => versionName(jobId, q));
     const vectors = this.held.of(versions);
     const index = getVectorIndex(this.env, model);
-    for (let i = 0; i < vectors.length; i += UPSERT_BATCH)
-      await index.upsert(vectors.slice(i, i + UPSERT_BATCH));
+    await upsertVectors(index, vectors);
     const { superseded } = await this.store.promote(jobId, seqs);
     this.held.release(versions);
     if (superseded > 0) this.prune(tenant);

@@ -85,7 +85,7 @@ const LEASABLE = `state = 'pending' AND model = ? AND not_before <= ?
   AND NOT EXISTS (SELECT 1 FROM json_each(tasks.answered) WHERE value = ?)`;
 
 /** Backoff before retrying a failed task: 0.5 s doubling per failure, at most 30 s. */
-export function retryDelay(failures: number): number {
+function retryDelay(failures: number): number {
   return Math.min(30_000, 500 * 2 ** Math.max(0, failures - 1));
 }
 

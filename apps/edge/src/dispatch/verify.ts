@@ -56,7 +56,7 @@ export type Verdict =
   | { kind: "disagree"; exhausted: boolean };
 
 /** Lowest cosine over vector pairs, or -1 when the shapes differ. */
-export function minCosine(a: Float32Array[], b: Float32Array[]): number {
+function minCosine(a: Float32Array[], b: Float32Array[]): number {
   if (a.length !== b.length) return -1;
   let min = 1;
   for (let i = 0; i < a.length; i++) {

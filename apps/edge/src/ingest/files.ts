@@ -10,7 +10,7 @@ import type { SourceDocument } from "./submit.js";
  * options), `metadata` (JSON, given to every file's document).
  */
 
-export const UPLOAD_LIMITS = {
+const UPLOAD_LIMITS = {
   /** Largest file read. */
   maxFileBytes: 10 * 1024 * 1024,
   /** Most files in one upload. */
@@ -24,7 +24,7 @@ export interface Upload {
 }
 
 /** A file name as a document id: its characters outside the id alphabet become `_`. */
-export function documentIdOf(filename: string): string {
+function documentIdOf(filename: string): string {
   const base = filename.replaceAll("\\", "/").replace(/^\/+/, "");
   return base.replace(/[^\w.:@/-]/g, "_").slice(0, 128) || "file";
 }

@@ -64,7 +64,7 @@ export function headerOptions(first: Line | undefined): CreateJobOptions | null 
 }
 
 /** One line as a document, or why it is not one. */
-export function parseLine(l: Line): SourceDocument | IngestRejection {
+function parseLine(l: Line): SourceDocument | IngestRejection {
   if ("tooLong" in l)
     return {
       line: l.line,

@@ -25,12 +25,13 @@ import { chunkIdOf } from "../lib/chunk-ids.js";
 import { sha256Hex } from "../lib/crypto.js";
 import { AppError, noCapacity, requireModel } from "../lib/errors.js";
 import { settings } from "../lib/settings.js";
+import { slices } from "../lib/slices.js";
 import { tokenCounter } from "../lib/tokens.js";
 import { maskPersonalData } from "../privacy/mask.js";
 import { indexHasher } from "../search/terms.js";
 import { assertChunkQuota } from "../tenant/limits.js";
 import { filterableKeys } from "../vector/config.js";
-import { getVectorIndex } from "../vector/index.js";
+import { getVectorIndex, upsertVectors } from "../vector/index.js";
 import type { Section } from "./extract/index.js";
 import { detectLanguage, normaliseText } from "./extract/index.js";
 import { putOriginal } from "./originals.js";
@@ -165,7 +166,7 @@ export interface PreparedBatch {
   cache: { hits: number; misses: number };
 }
 
-export interface PrepareContext {
+interface PrepareContext {
   env: Env;
   tenant: string;
   jobId: string;
@@ -174,6 +175,11 @@ export interface PrepareContext {
   firstSeq: number;
   /** Refuses the batch (quota, backlog) once its size is known, before anything is written. */
   check?: (size: { chunks: number; tasks: number }) => Promise<void>;
+}
+
+/** Work in tasks of TASK_SIZE items, named `<prefix><n>` (deterministic, so retries match). */
+function tasksOf(prefix: string, work: QueuedItem[]): NewTask[] {
+  return slices(work, TASK_SIZE).map((items, n) => ({ id: `${prefix}${n}`, items }));
 }
 
 /** Where each source document stands before it is chunked. */
@@ -205,10 +211,7 @@ function decide(jobId: string, fingerprint: string, live: LiveVersion[]): Decisi
  * sections), cache lookups, originals and keyword terms. Deterministic chunk and task ids for a
  * given job and seq, so a retried submit re-creates the same ones.
  */
-export async function prepareBatch(
-  ctx: PrepareContext,
-  docs: SourceDocument[],
-): Promise<PreparedBatch> {
+async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promise<PreparedBatch> {
   const { env, tenant, jobId, settings } = ctx;
   const store = openStore(env);
   const keyring = keyringFor(env);
@@ -397,16 +400,12 @@ export async function prepareBatch(
     work.push(lead);
   });
   const prefix = ctx.firstSeq === 0 ? `${jobId}.t` : `${jobId}.s${ctx.firstSeq}.t`;
-  for (let i = 0; i < work.length; i += TASK_SIZE) {
-    out.tasks.push({ id: `${prefix}${i / TASK_SIZE}`, items: work.slice(i, i + TASK_SIZE) });
-  }
+  out.tasks.push(...tasksOf(prefix, work));
 
   // Originals first: once the rows exist, what they were made from is already kept (sealed).
-  for (let i = 0; i < originals.length; i += ORIGINAL_WRITES) {
+  for (const group of slices(originals, ORIGINAL_WRITES)) {
     await Promise.all(
-      originals
-        .slice(i, i + ORIGINAL_WRITES)
-        .map((o) => putOriginal(env.RAW, keyring, tenant, o.key, o.bytes, o.mediaType)),
+      group.map((o) => putOriginal(env.RAW, keyring, tenant, o.key, o.bytes, o.mediaType)),
     );
   }
   // The keyword index holds each chunk's words as hashes under the tenant's term key.
@@ -430,7 +429,7 @@ function withLanguage(
 }
 
 /** Where an original is kept: under the tenant and its content hash, so copies share one. */
-export function originalKey(tenant: string, contentHash: string): string {
+function originalKey(tenant: string, contentHash: string): string {
   return `raw/${tenant}/docs/${contentHash}`;
 }
 
@@ -440,14 +439,13 @@ async function macHex(key: CryptoKey, text: string): Promise<string> {
 }
 
 /** Writes the vectors the cache already had, before the rows that say they are done. */
-export async function writeKnown(env: Env, model: string, batch: PreparedBatch): Promise<void> {
+async function writeKnown(env: Env, model: string, batch: PreparedBatch): Promise<void> {
   const index = getVectorIndex(env, model);
-  for (let i = 0; i < batch.known.length; i += 500)
-    await index.upsert(batch.known.slice(i, i + 500));
+  await upsertVectors(index, batch.known);
 }
 
 /** Refuses work the coordinator cannot hold rather than queue it without bound. */
-export async function assertBacklogRoom(
+async function assertBacklogRoom(
   env: Env,
   model: string,
   jobId: string,
@@ -465,7 +463,7 @@ export async function assertBacklogRoom(
  * task (everything unchanged or cached) the shard still learns of the job, and settles it
  * unless it is accepting more documents.
  */
-export async function dispatchTasks(
+async function dispatchTasks(
   env: Env,
   job: { id: string; tenant: string; model: string; verification: Verification; pool: Pool },
   tasks: NewTask[],
@@ -673,9 +671,7 @@ export async function redispatch(env: Env, tenant: string, job: Job): Promise<vo
     if (page.length < 1000) break;
     after = page.at(-1)?.id ?? null;
   }
-  const tasks: NewTask[] = [];
-  for (let i = 0; i < work.length; i += TASK_SIZE)
-    tasks.push({ id: `${job.id}.r${i / TASK_SIZE}`, items: work.slice(i, i + TASK_SIZE) });
+  const tasks = tasksOf(`${job.id}.r`, work);
   await dispatchTasks(env, { ...job, tenant }, tasks, {
     accepting: job.accepting,
     cache: { hits: 0, misses: 0 },

@@ -1,9 +1,8 @@
 import type { MetadataStore, VersionRow } from "../db/store.js";
 import { chunkIdOf } from "../lib/chunk-ids.js";
-import { getVectorIndex } from "../vector/index.js";
+import { slices } from "../lib/slices.js";
+import { deleteVectors, getVectorIndex } from "../vector/index.js";
 
-// Vectorize deletes at most 1000 ids a call; smaller slices keep each call short.
-const IDS_PER_DELETE = 100;
 /** Versions pruned per pass. */
 const PRUNE_BATCH = 100;
 
@@ -30,18 +29,18 @@ export async function pruneSuperseded(
     if (batch.length === 0) return pruned;
     try {
       const byModel = new Map<string, string[]>();
-      for (const v of batch)
-        byModel.set(v.model, [...(byModel.get(v.model) ?? []), ...chunkIdsOf(v)]);
-      for (const [model, ids] of byModel) {
-        const index = getVectorIndex(env, model);
-        for (let i = 0; i < ids.length; i += IDS_PER_DELETE)
-          await index.deleteByIds(ids.slice(i, i + IDS_PER_DELETE));
+      for (const v of batch) {
+        const ids = byModel.get(v.model) ?? [];
+        ids.push(...chunkIdsOf(v));
+        byModel.set(v.model, ids);
       }
+      for (const [model, ids] of byModel) await deleteVectors(getVectorIndex(env, model), ids);
       await store.pruneVersions(batch.map((v) => ({ jobId: v.jobId, seq: v.seq, id: v.id })));
       const originals = [...new Set(batch.flatMap((v) => (v.rawKey ? [v.rawKey] : [])))];
       const inUse = await store.originalsInUse(tenant, originals);
       const unused = originals.filter((k) => !inUse.has(k));
-      for (let i = 0; i < unused.length; i += 1000) await env.RAW.delete(unused.slice(i, i + 1000));
+      // R2 deletes at most 1000 keys a call.
+      for (const keys of slices(unused, 1000)) await env.RAW.delete(keys);
       pruned += batch.length;
     } catch (err) {
       console.warn("pruning superseded versions failed; they are retried later", tenant, err);

@@ -1,4 +1,4 @@
-import { type Quotas, SCOPES, type Scope } from "@p2pa/shared";
+import { SCOPES, type Scope } from "@p2pa/shared";
 import type { Context } from "hono";
 import { createMiddleware } from "hono/factory";
 import type { Credential } from "../db/store.js";
@@ -187,5 +187,3 @@ export function requireScope(scope: Scope) {
 export function scoped(scope: Scope) {
   return { middleware: requireScope(scope), security: [{ bearer: [scope] }] };
 }
-
-export type { Quotas };

@@ -13,7 +13,7 @@ export interface Ranked {
  * Ties (the same sum) go to the chunk ranked higher in the first list, then by id, so results
  * are stable from one call to the next.
  */
-export const RRF_K = 60;
+const RRF_K = 60;
 
 export function fuse(lists: Ranked[][], k = RRF_K): Ranked[] {
   const sums = new Map<string, { score: number; first: number }>();

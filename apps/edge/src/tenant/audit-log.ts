@@ -23,14 +23,3 @@ export async function audit(
     details,
   });
 }
-
-/** An action the system took on its own (retention), in the tenant's log. */
-export async function auditSystem(
-  env: Env,
-  tenant: string,
-  action: AuditAction,
-  target: string | null,
-  details: Record<string, unknown> = {},
-): Promise<void> {
-  await ledger(env, tenant).append({ actor: "system", action, target, details });
-}

@@ -1,22 +1,13 @@
 import type { Job } from "@p2pa/shared";
 import { keyringFor, openStore } from "../db/open.js";
 import { dispatcherFor } from "../dispatch/shards.js";
-import { getVectorIndex } from "../vector/index.js";
+import { deleteVectors, getVectorIndex } from "../vector/index.js";
 import { webhookHub } from "../webhooks/index.js";
 import { ledger } from "./limits.js";
 import { dropRawDocument, rawKey } from "./raw.js";
 
-// Vectorize deletes at most 1000 ids a call; smaller slices keep each call short.
-const IDS_PER_DELETE = 100;
-
 /** Where jobs made before raw objects were sealed kept their request. */
 const legacyRawKey = (jobId: string) => `jobs/${jobId}/request.json`;
-
-async function deleteVectors(env: Env, model: string, ids: string[]): Promise<void> {
-  const index = getVectorIndex(env, model);
-  for (let i = 0; i < ids.length; i += IDS_PER_DELETE)
-    await index.deleteByIds(ids.slice(i, i + IDS_PER_DELETE));
-}
 
 /**
  * Deletes a job and every trace of it: its tasks, leases and event log on the coordinator,
@@ -28,7 +19,7 @@ export async function deleteJobEverywhere(env: Env, tenant: string, job: Job): P
   await store.cancelJob(tenant, job.id);
   await dispatcherFor(env, job.model, job.id).cancel(job.id, true);
   await webhookHub(env, tenant).deleteJob(job.id);
-  await deleteVectors(env, job.model, await store.chunkIds(job.id));
+  await deleteVectors(getVectorIndex(env, job.model), await store.chunkIds(job.id));
   await env.RAW.delete([rawKey(tenant, job.id), legacyRawKey(job.id)]);
   await ledger(env, tenant).unscheduleTextPurge(job.id);
   const originals = await store.originalsOf(job.id);
@@ -55,7 +46,7 @@ export async function deleteDocumentEverywhere(
 ): Promise<void> {
   const store = openStore(env);
   await dispatcherFor(env, job.model, job.id).forgetDocument(job.id, doc.id);
-  await deleteVectors(env, job.model, doc.chunkIds);
+  await deleteVectors(getVectorIndex(env, job.model), doc.chunkIds);
   // Jobs from before the document store kept one raw object per job.
   if (!doc.rawKey) await dropRawDocument(env.RAW, keyringFor(env), tenant, job.id, doc.seq);
   await store.deleteDocument(job.id, doc.seq);

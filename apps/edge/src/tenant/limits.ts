@@ -7,7 +7,7 @@ const CACHE_MS = 30_000;
 const tenantCache = new Map<string, { at: number; quotas: Quotas }>();
 
 /** The deployment's limits for tenants that have none of their own (`DEFAULT_QUOTAS`). */
-export function defaultQuotas(env: Env): Quotas {
+function defaultQuotas(env: Env): Quotas {
   const raw: string = env.DEFAULT_QUOTAS;
   if (!raw) return {};
   const parsed = Quotas.safeParse(JSON.parse(raw));

@@ -1,7 +1,7 @@
 import type { Keyring } from "../lib/keyring.js";
 
 /** One line of a job's raw object: a document as it was submitted. */
-export interface RawDocument {
+interface RawDocument {
   seq: number;
   id: string;
   text: string;
@@ -17,7 +17,7 @@ export function rawKey(tenant: string, jobId: string): string {
  * Keeps a job's documents as submitted, as one object sealed under the tenant's key (bound to
  * its R2 key), so a copy of the bucket alone reveals nothing.
  */
-export async function putRaw(
+async function putRaw(
   bucket: R2Bucket,
   keyring: Keyring,
   tenant: string,
@@ -33,7 +33,7 @@ export async function putRaw(
 }
 
 /** A job's raw documents, or null when none are kept (deleted, purged, never kept). */
-export async function getRaw(
+async function getRaw(
   bucket: R2Bucket,
   keyring: Keyring,
   tenant: string,

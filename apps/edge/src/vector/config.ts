@@ -21,10 +21,10 @@ export const METADATA_INDEXES: readonly string[] = ["tenant", "jobId", "document
  * Keys the product writes into every vector's metadata. A document metadata key of the same
  * name is never copied into the vector (the product's value wins) and cannot be made filterable.
  */
-export const RESERVED_METADATA_KEYS: readonly string[] = [...METADATA_INDEXES, "index"];
+const RESERVED_METADATA_KEYS: readonly string[] = [...METADATA_INDEXES, "index"];
 
 /** Vectorize allows 10 metadata indexes per index; the product uses the rest of them. */
-export const MAX_METADATA_INDEXES = 10;
+const MAX_METADATA_INDEXES = 10;
 
 /**
  * The document metadata keys a search can filter on (`FILTERABLE_METADATA`, comma-separated).
@@ -42,7 +42,7 @@ export function filterableKeys(env: Pick<Env, "FILTERABLE_METADATA"> | undefined
 }
 
 /** Every metadata index of a model's index: the product's own, then the filterable keys. */
-export function metadataIndexes(env: Pick<Env, "FILTERABLE_METADATA"> | undefined): string[] {
+function metadataIndexes(env: Pick<Env, "FILTERABLE_METADATA"> | undefined): string[] {
   return [...METADATA_INDEXES, ...filterableKeys(env)];
 }
 

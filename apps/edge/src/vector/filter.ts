@@ -257,7 +257,7 @@ function membershipSql(e: string, t: string, values: Scalar[], params: SqlValue[
 }
 
 /** What a non-scalar value (array or object) reads as: it matches only $ne and $nin. */
-export const NOT_INDEXED: unique symbol = Symbol("not indexed");
+const NOT_INDEXED: unique symbol = Symbol("not indexed");
 
 /**
  * The value of metadata key `key` as a filter sees it, read the way `json_extract` does:

@@ -1,8 +1,8 @@
+import { slices } from "../lib/slices.js";
 import { localIndexName } from "./config.js";
 import type { LocalVectorIndex } from "./local-index.js";
 import type { VectorIndex } from "./types.js";
 
-export type { LocalIndexConfig } from "./config.js";
 export type { VectorIndex } from "./types.js";
 
 /**
@@ -47,13 +47,28 @@ export function localVectorIndex(
 
 /** Vectorize's getByIds reads at most 20 ids per call. */
 const IDS_PER_READ = 20;
+/** Vectorize deletes at most 1000 ids a call; smaller slices keep each call short. */
+const IDS_PER_DELETE = 100;
+/** Vectorize upserts at most 1000 vectors a call (5000 over HTTP); 500 keeps a call small. */
+const VECTORS_PER_UPSERT = 500;
 
 /** The stored values of these vector ids (chunk ids), read in the slices the index allows. */
 export async function vectorsOf(index: VectorIndex, ids: string[]): Promise<Map<string, number[]>> {
   const out = new Map<string, number[]>();
-  for (let i = 0; i < ids.length; i += IDS_PER_READ) {
-    for (const v of await index.getByIds(ids.slice(i, i + IDS_PER_READ)))
-      out.set(v.id, Array.from(v.values));
-  }
+  for (const slice of slices(ids, IDS_PER_READ))
+    for (const v of await index.getByIds(slice)) out.set(v.id, Array.from(v.values));
   return out;
+}
+
+/** Deletes these vector ids, in the slices the index allows. */
+export async function deleteVectors(index: VectorIndex, ids: readonly string[]): Promise<void> {
+  for (const slice of slices(ids, IDS_PER_DELETE)) await index.deleteByIds(slice);
+}
+
+/** Writes these vectors, in the slices the index allows. */
+export async function upsertVectors(
+  index: VectorIndex,
+  vectors: readonly VectorizeVector[],
+): Promise<void> {
+  for (const slice of slices(vectors, VECTORS_PER_UPSERT)) await index.upsert(slice);
 }

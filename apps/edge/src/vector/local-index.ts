@@ -10,7 +10,7 @@ const SCHEMA_VERSION = 1;
  * Vectorize v2's limits (developers.cloudflare.com/vectorize/platform/limits and the query()
  * reference), enforced locally so that what works here also works in production.
  */
-export const VECTORIZE_LIMITS = {
+const VECTORIZE_LIMITS = {
   maxDimensions: 1536,
   maxIdBytes: 64,
   maxNamespaceBytes: 64,

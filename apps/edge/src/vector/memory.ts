@@ -50,8 +50,8 @@ export interface Entry {
  * wide margin over 0.98 for data less clustered than ours; 20 per result kept recall@50 at
  * 0.999 and recall@100 at 0.998 (R 1000 and 2000).
  */
-export const RESCORE_PER_RESULT = 20;
-export const RESCORE_MIN = 800;
+const RESCORE_PER_RESULT = 20;
+const RESCORE_MIN = 800;
 
 /**
  * A search scores more candidates while any result lies within this many bits of the widest
@@ -63,8 +63,8 @@ export const RESCORE_MIN = 800;
  * margin of 2, 4, 6 and 8 bits gave 0.93, 0.96, 0.994 (the whole mix) and 0.996, the median
  * query still scoring 844 and one in ten over 4,000.
  */
-export const EDGE_MARGIN_BITS = 6;
-export const MAX_WIDENING = 16;
+const EDGE_MARGIN_BITS = 6;
+const MAX_WIDENING = 16;
 
 export function rescoreCount(topK: number): number {
   return Math.max(RESCORE_PER_RESULT * topK, RESCORE_MIN);

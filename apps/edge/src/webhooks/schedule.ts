@@ -3,7 +3,7 @@
  * after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h (8 attempts over about 27 hours).
  * Deployments (and tests) set their own with WEBHOOK_SCHEDULE, seconds separated by commas.
  */
-export const DEFAULT_SCHEDULE_SECONDS = [0, 5, 300, 1800, 7200, 18000, 36000, 36000];
+const DEFAULT_SCHEDULE_SECONDS = [0, 5, 300, 1800, 7200, 18000, 36000, 36000];
 
 /** Parses WEBHOOK_SCHEDULE; falls back to the default on anything malformed. */
 export function parseSchedule(raw: string | undefined): number[] {

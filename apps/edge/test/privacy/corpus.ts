@@ -10,7 +10,7 @@
 import { rng } from "../../../../scripts/lib/corpus.js";
 import { PII_KINDS, type PiiKind, PLACEHOLDERS } from "../../src/privacy/mask.js";
 
-export interface Item {
+interface Item {
   kind: PiiKind;
   value: string;
   start: number;
@@ -18,12 +18,12 @@ export interface Item {
 }
 
 /** A text with its personal data items, in order, not overlapping. */
-export interface PositiveSample {
+interface PositiveSample {
   text: string;
   items: Item[];
 }
 
-export const NEGATIVE_CATEGORIES = [
+const NEGATIVE_CATEGORIES = [
   "date",
   "time",
   "order_id",
@@ -45,10 +45,10 @@ export const NEGATIVE_CATEGORIES = [
   "identifier",
   "table_row",
 ] as const;
-export type NegativeCategory = (typeof NEGATIVE_CATEGORIES)[number];
+type NegativeCategory = (typeof NEGATIVE_CATEGORIES)[number];
 
 /** A text with one ordinary value in it; nothing in it may be masked. */
-export interface NegativeSample<C extends string = NegativeCategory> {
+interface NegativeSample<C extends string = NegativeCategory> {
   text: string;
   category: C;
   value: string;
@@ -61,8 +61,6 @@ export interface PrivacyCorpus {
   /** URLs without credentials, which stay as they are. */
   plainUrls: NegativeSample<"plain_url">[];
 }
-
-export { PLACEHOLDERS };
 
 // ---------------------------------------------------------------------------------------
 // Seeded randomness
@@ -1261,7 +1259,7 @@ export function buildPrivacyCorpus(seed = 20260415): PrivacyCorpus {
 // ---------------------------------------------------------------------------------------
 // Scoring
 
-export interface KindScore {
+interface KindScore {
   items: number;
   masked: number;
 }

@@ -13,7 +13,7 @@ const segment = z
   .refine((s) => !s.includes(".."), "must not contain '..'");
 
 /** One file of a model, verified by SHA-256 after download and before every use. */
-export const ModelFile = z.object({
+const ModelFile = z.object({
   /** File name inside the model's folder, e.g. "model.onnx". */
   name: segment,
   /** Lower-case hex SHA-256 of the file's bytes. */
@@ -21,7 +21,6 @@ export const ModelFile = z.object({
   /** Where to download it; relative URLs resolve against the manifest's URL (default: `name`). */
   url: z.string().optional(),
 });
-export type ModelFile = z.infer<typeof ModelFile>;
 
 /** Describes a model: its inputs, tokenizer, pooling and files. */
 export const ModelManifest = z.object({

@@ -27,7 +27,7 @@ export type AttrValue =
   | { t: { type: OnnxElemType; dims: number[]; raw: Uint8Array } };
 
 /** ONNX ops run by onnxruntime's CPU provider at this opset (axes as inputs for Reduce*). */
-export const OPSET = 18;
+const OPSET = 18;
 // IR 8 is the newest onnx-proto 8.0.1 knows and the one opset 18 requires.
 const IR_VERSION = 8;
 
@@ -53,7 +53,7 @@ export function int64Bytes(values: readonly (number | bigint)[]): Uint8Array {
 }
 
 /** Little-endian bytes of float32 values. */
-export function float32Bytes(values: ArrayLike<number>): Uint8Array {
+function float32Bytes(values: ArrayLike<number>): Uint8Array {
   return new Uint8Array(Float32Array.from(values).buffer);
 }
 

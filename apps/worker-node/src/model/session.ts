@@ -3,7 +3,7 @@ import os from "node:os";
 import { InferenceSession } from "onnxruntime-node";
 
 /** Default inference threads: every core the process may use. */
-export function defaultThreads(): number {
+function defaultThreads(): number {
   return os.availableParallelism();
 }
 

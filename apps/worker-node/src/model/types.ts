@@ -3,10 +3,10 @@
 // file imports only the manifest's types, so the model files form no import cycle.
 import type { ModelManifest } from "./manifest.js";
 
-export type { ModelFile, ModelManifest } from "./manifest.js";
+export type { ModelManifest } from "./manifest.js";
 
 /** A text cut to `maxTokens` at embed time (the last resort; chunkers should prevent it). */
-export interface TruncationEvent {
+interface TruncationEvent {
   /** Position of the text in the `embed` call. */
   index: number;
   /** Tokens the text had. */

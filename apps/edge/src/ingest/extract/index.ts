@@ -15,7 +15,6 @@ export { detectLanguage } from "./language.js";
 export { normaliseText } from "./normalise.js";
 export {
   ExtractError,
-  type ExtractErrorCode,
   type Extracted,
   type Section,
   type SourceFormat,

@@ -71,7 +71,7 @@ export function declaredDimension(session: InferenceSession, output: string): nu
 }
 
 /** Cuts ids to `max`, keeping a trailing special token ([SEP]) as HF's own truncation does. */
-export function truncateIds(ids: number[], max: number, specialIds: ReadonlySet<number>): number[] {
+function truncateIds(ids: number[], max: number, specialIds: ReadonlySet<number>): number[] {
   if (ids.length <= max) return ids;
   const last = ids.at(-1) as number;
   return specialIds.has(last) && max > 1 ? [...ids.slice(0, max - 1), last] : ids.slice(0, max);
@@ -137,7 +137,7 @@ function l2normalize(v: Float32Array): Float32Array {
 }
 
 /** Checks the session's inputs are BERT-style ones this runner can feed. */
-export function checkBertInputs(session: InferenceSession): void {
+function checkBertInputs(session: InferenceSession): void {
   const unknown = session.inputNames.filter((n) => !KNOWN_INPUTS.has(n));
   if (unknown.length > 0 || !session.inputNames.includes("input_ids")) {
     throw new Error(

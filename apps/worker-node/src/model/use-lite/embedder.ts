@@ -31,7 +31,7 @@ interface ConversionRecord {
  * Returns the cached `<cacheDir>/use-lite/model.onnx` if its recorded SHA-256 still matches
  * (and it came from the same package version and converter), else converts and caches anew.
  */
-export async function ensureUseLiteOnnx(
+async function ensureUseLiteOnnx(
   cacheDir: string,
   source: UseLiteSource = resolveUseLiteSource(),
 ): Promise<{ info: LoadInfo; bytes?: Uint8Array }> {
@@ -60,7 +60,7 @@ export async function ensureUseLiteOnnx(
 }
 
 /** The sparse input of a batch: [sentence, position] pairs and their token ids. */
-export function sparseBatch(batch: number[][]): { indices: Int32Array; values: Int32Array } {
+function sparseBatch(batch: number[][]): { indices: Int32Array; values: Int32Array } {
   const n = batch.reduce((a, ids) => a + ids.length, 0);
   const indices = new Int32Array(2 * n);
   const values = new Int32Array(n);

@@ -9,7 +9,7 @@
 import { type GraphBuilder, type OnnxElemType, OnnxType } from "../onnx-builder.js";
 
 /** One attribute of a TF.js `modelTopology` node (protobuf JSON). */
-export interface TfAttr {
+interface TfAttr {
   i?: string | number;
   b?: boolean;
   f?: number;
@@ -66,7 +66,7 @@ function unsupported(node: TfNode, what: string): never {
 }
 
 /** Integer attribute (TF.js stores int64 attributes as strings). */
-export function attrInt(node: TfNode, name: string, dflt = 0): number {
+function attrInt(node: TfNode, name: string, dflt = 0): number {
   const v = node.attr?.[name]?.i;
   return v === undefined ? dflt : Number(v);
 }
@@ -87,7 +87,7 @@ function attrString(node: TfNode, name: string): string | undefined {
 }
 
 /** ONNX element type of a TF dtype attribute such as `T` or `DstT`. */
-export function attrType(node: TfNode, name: string): OnnxElemType {
+function attrType(node: TfNode, name: string): OnnxElemType {
   const t = node.attr?.[name]?.type;
   const mapped = t === undefined ? undefined : TF_DTYPES[String(t)];
   if (mapped === undefined) unsupported(node, `dtype ${name}=${String(t)}`);
@@ -303,11 +303,3 @@ export function emitOp(
   const out = h(c);
   return Array.isArray(out) ? out : [out];
 }
-
-/** TF op types this converter maps (for diagnostics and tests). */
-export const SUPPORTED_TF_OPS: readonly string[] = [
-  ...Object.keys(handlers),
-  "Conv2D",
-  "Const",
-  "Placeholder",
-].sort();

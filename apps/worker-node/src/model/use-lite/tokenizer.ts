@@ -4,7 +4,7 @@ import { readFile } from "node:fs/promises";
 import path from "node:path";
 import type { UseVocabulary } from "@p2pa/shared";
 
-export { normalizeUseInput, UNKNOWN_ID, UseTokenizer, type UseVocabulary } from "@p2pa/shared";
+export { UseTokenizer, type UseVocabulary } from "@p2pa/shared";
 
 /** Loads vocab.json from the USE-lite package folder (`dist/`). */
 export async function loadUseVocabulary(dir: string): Promise<UseVocabulary> {
