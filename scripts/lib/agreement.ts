@@ -42,11 +42,14 @@ async function edgeWorkers(edgeUrl: string): Promise<EdgeWorker[]> {
 /**
  * Compares what each worker believes about its window with what the Dispatcher believes about
  * it, at a quiet moment (no work in flight). Returns one line per disagreement; empty when
- * both sides agree on every worker: capacity, the leases held, and room.
+ * both sides agree on every worker: capacity, the leases held, and room. With `credits`, also
+ * the chunks the edge credited it with (counted per connection at the edge: only for workers
+ * that have kept one connection since they started).
  */
 export async function windowDisagreements(
   edgeUrl: string,
   statusPorts: number[],
+  opts: { credits?: boolean } = {},
 ): Promise<string[]> {
   const [edge, workers] = await Promise.all([
     edgeWorkers(edgeUrl),
@@ -72,6 +75,10 @@ export async function windowDisagreements(
     if (e.capacity !== w.capacity || e.held !== w.leaseIds.length || !roomAgrees)
       out.push(
         `${id}: edge capacity ${e.capacity} limit ${e.limit} room ${e.room} held ${e.held}; worker capacity ${w.capacity} room ${w.room} holds ${w.leaseIds.length}`,
+      );
+    if (opts.credits && e.chunksDone !== s.stats?.chunksDone)
+      out.push(
+        `${id}: the edge credits ${e.chunksDone} chunks, the worker counts ${s.stats?.chunksDone}`,
       );
   }
   return out;

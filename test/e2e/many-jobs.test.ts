@@ -78,12 +78,12 @@ async function realtimeCalls() {
   expect(search.body.results.length).toBe(3);
 }
 
-/** The edge's and the worker's accounts of the worker's window, once all work is acked. */
+/** The edge's and the worker's accounts of the worker's window and credits, once all work is acked. */
 async function windowsAgree(): Promise<string[]> {
   let last: string[] = [];
   // A result's ack may still be on the wire when the job reads completed.
   for (let i = 0; i < 20; i++) {
-    last = await windowDisagreements(sys.edge.url, [statusPort]);
+    last = await windowDisagreements(sys.edge.url, [statusPort], { credits: true });
     if (last.length === 0) return last;
     await new Promise((r) => setTimeout(r, 100));
   }

@@ -24,6 +24,7 @@ type ConnectionState = "connecting" | "connected" | "reconnecting" | "draining" 
 export interface WorkerStats {
   state: ConnectionState;
   workerId: string | null;
+  /** Tasks and chunks the edge stored or accepted (what it credits this worker with). */
   tasksDone: number;
   chunksDone: number;
   embedsDone: number;
@@ -132,6 +133,16 @@ export class Worker {
       void this.drain();
     },
     ack: (msg) => {
+      const t = this.held.get(msg.leaseId);
+      // Credited as the edge credits it: a result it stored, or accepted to confirm later.
+      if (
+        t &&
+        this.outbox.has(msg.leaseId) &&
+        (msg.status === "stored" || msg.status === "accepted")
+      ) {
+        this.stats.tasksDone++;
+        this.stats.chunksDone += t.items.length;
+      }
       this.held.delete(msg.leaseId);
       this.outbox.delete(msg.leaseId);
       if (msg.status === "rejected") {
@@ -355,8 +366,6 @@ export class Worker {
       };
       this.outbox.set(t.leaseId, result);
       this.send(result);
-      this.stats.tasksDone++;
-      this.stats.chunksDone += t.items.length;
     }
     // The results are out: the edge opens this much room as each arrives, and so do we.
     this.computing = 0;

@@ -227,4 +227,70 @@ describe("the worker's window, outbox and session", () => {
     expect(w.stats.state).toBe("stopped");
     expect(w.window().leaseIds).toEqual([]);
   });
+
+  it("counts as done only what the edge stored or accepted, as the edge credits it", async () => {
+    const before = conns.length;
+    const events: [string, Record<string, unknown> | undefined][] = [];
+    const w = new Worker({
+      url,
+      token: "t",
+      embedder,
+      batchSize: 8,
+      threads: 1,
+      device: "cpu",
+      name: "test",
+      version: "test",
+      onEvent: (e, d) => events.push([e, d]),
+    });
+    const conn = await until(
+      () => (conns.length > before ? conns.at(-1) : undefined),
+      "a connection",
+    );
+    await until(() => conn.frames.find((f) => f.type === "hello"), "hello");
+    const ts = [task(7, 2), task(8, 3), task(9, 4), task(10, 5)];
+    for (const t of ts) conn.ws.send(JSON.stringify(t));
+    await until(
+      () => (conn.frames.filter((f) => f.type === "result").length === 4 ? true : undefined),
+      "four results",
+    );
+    // Nothing is credited before the edge says what it made of each result.
+    expect(w.stats).toMatchObject({ tasksDone: 0, chunksDone: 0 });
+    const ack = (t: (typeof ts)[number], status: string, extra = {}) =>
+      conn.ws.send(
+        JSON.stringify({
+          type: "ack",
+          v: PROTOCOL_VERSION,
+          taskId: t.taskId,
+          leaseId: t.leaseId,
+          status,
+          ...extra,
+        }),
+      );
+    const [stored, accepted, duplicate, rejected] = ts as [
+      (typeof ts)[number],
+      (typeof ts)[number],
+      (typeof ts)[number],
+      (typeof ts)[number],
+    ];
+    ack(stored, "stored");
+    ack(accepted, "accepted");
+    ack(duplicate, "duplicate");
+    ack(rejected, "rejected", { reason: "vector dimension 384, expected 512" });
+    // An ack for a lease it does not hold, and a second ack for one it did: no effect.
+    ack({ ...stored, leaseId: "lease-unknown" }, "stored");
+    ack(stored, "stored");
+    // Frames are handled in order: once the next task's result is out, those acks were read.
+    const last = task(11, 1);
+    conn.ws.send(JSON.stringify(last));
+    await until(() => conn.frames.find((f) => f.leaseId === last.leaseId), "the last result");
+    ack(last, "stored");
+    await until(() => (w.window().leaseIds.length === 0 ? true : undefined), "the acks");
+    expect(w.stats).toMatchObject({ tasksDone: 3, chunksDone: 2 + 3 + 1, rejected: 1 });
+    expect(events).toContainEqual([
+      "rejected",
+      { taskId: rejected.taskId, reason: "vector dimension 384, expected 512" },
+    ]);
+    expect(w.window()).toMatchObject({ room: 2, awaitingAck: 0, leaseIds: [] });
+    await w.stop(2000);
+  });
 });

@@ -727,7 +727,9 @@ export class Dispatcher extends DurableObject<Env> {
       return;
     }
     if (outcome === "stored" || outcome === "accepted") {
-      const n = task.items?.length ?? 0;
+      // Every item it computed, a hidden known-answer check included: the worker counts the
+      // same, and a credit that left the check out would tell it which tasks held one.
+      const n = expected.length;
       const before = this.peers.get(ws)?.earned ?? 0;
       const peer = this.peers.update(ws, (p) => {
         p.chunksDone += n;
