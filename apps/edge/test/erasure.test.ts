@@ -4,6 +4,7 @@ import {
   runDurableObjectAlarm,
   runInDurableObject,
 } from "cloudflare:test";
+import type { WebhookDelivery as Delivery } from "@p2pa/shared";
 import { PROTOCOL_VERSION } from "@p2pa/shared";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { dispatcherAt, shardCount } from "../src/dispatch/shards.js";
@@ -12,7 +13,6 @@ import { DecryptError, Keyring } from "../src/lib/keyring.js";
 import { ledger } from "../src/tenant/limits.js";
 import { localIndexName } from "../src/vector/config.js";
 import { getVectorIndex } from "../src/vector/index.js";
-import type { Delivery } from "../src/webhooks/hub.js";
 import { webhookHub } from "../src/webhooks/index.js";
 import { call, KEYS, originalsOf, TestWorker, workerToken } from "./helpers.js";
 

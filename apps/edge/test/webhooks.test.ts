@@ -1,7 +1,8 @@
 import { env, runInDurableObject } from "cloudflare:test";
+import type { WebhookDelivery as Delivery } from "@p2pa/shared";
 import { Webhook } from "standardwebhooks";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import type { Delivery, WebhookHub } from "../src/webhooks/hub.js";
+import type { WebhookHub } from "../src/webhooks/hub.js";
 import { webhookHub } from "../src/webhooks/index.js";
 import { delayBefore, parseSchedule } from "../src/webhooks/schedule.js";
 import { newSecret, sign } from "../src/webhooks/signing.js";

@@ -169,6 +169,7 @@ export class Dispatcher extends DurableObject<Env> {
       this.verifier.migrate();
       this.canaries.migrate();
       this.held.migrate();
+      this.metrics.migrate();
       this.metrics.count("p2pa_coordinator_starts_total");
       const recovered = this.queue.recoverStoring(Date.now());
       if (recovered) {

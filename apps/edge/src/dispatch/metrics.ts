@@ -1,25 +1,23 @@
+import { migrateOnce } from "../lib/do-schema.js";
+
 /**
  * Counters a shard keeps in its SQLite storage, so they survive restarts: frames refused by
  * kind, results stored, duplicated or rejected, leases expired, tasks failed. Exposed through
  * `GET /v1/metrics` in the Prometheus text format.
  */
 export class Metrics {
-  private migrated = false;
-
   constructor(private readonly sql: SqlStorage) {}
 
-  private ensure(): void {
-    if (this.migrated) return;
-    this.sql.exec(
+  /** Creates the table; run once under blockConcurrencyWhile. */
+  migrate(): void {
+    migrateOnce(this.sql, "metrics", [
       "CREATE TABLE IF NOT EXISTS metrics (name TEXT NOT NULL, label TEXT NOT NULL DEFAULT '', value INTEGER NOT NULL, PRIMARY KEY (name, label))",
-    );
-    this.migrated = true;
+    ]);
   }
 
   /** Adds `by` to a counter, optionally split by one label value. */
   count(name: MetricName, label = "", by = 1): void {
     if (by === 0) return;
-    this.ensure();
     this.sql.exec(
       "INSERT INTO metrics (name, label, value) VALUES (?, ?, ?) ON CONFLICT (name, label) DO UPDATE SET value = value + excluded.value",
       name,
@@ -29,7 +27,6 @@ export class Metrics {
   }
 
   snapshot(): { name: string; label: string; value: number }[] {
-    this.ensure();
     return this.sql
       .exec<{ name: string; label: string; value: number }>(
         "SELECT name, label, value FROM metrics ORDER BY name, label",

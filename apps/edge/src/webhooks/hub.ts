@@ -1,5 +1,5 @@
 import { DurableObject } from "cloudflare:workers";
-import type { WebhookDelivery, WebhookEventType } from "@p2pa/shared";
+import type { WebhookDelivery, WebhookEndpoint, WebhookEventType } from "@p2pa/shared";
 import { newId, tombstone } from "../lib/crypto.js";
 import { migrateOnce } from "../lib/do-schema.js";
 import { settings } from "../lib/settings.js";
@@ -7,36 +7,11 @@ import { delayBefore, parseSchedule } from "./schedule.js";
 import { sign } from "./signing.js";
 import { checkTarget, parsePrivateTargets } from "./targets.js";
 
-export interface Endpoint {
-  id: string;
-  url: string;
-  events: WebhookEventType[];
-  /** Set for a job's own webhook: it receives only that job's events. */
-  jobId: string | null;
-  createdAt: string;
-}
+/** An endpoint as the hub lists it: its signing secret is shown only when it is created. */
+export type Endpoint = Omit<WebhookEndpoint, "secret">;
 
 /** How an attempt failed, and no more: see WebhookHub.attempt. */
 export type AttemptError = NonNullable<WebhookDelivery["attemptLog"][number]["error"]>;
-
-export interface Delivery {
-  id: string;
-  endpointId: string;
-  eventType: string;
-  jobId: string | null;
-  status: "pending" | "delivered" | "exhausted" | "cancelled";
-  attempts: number;
-  nextAttemptAt: string | null;
-  createdAt: string;
-  lastResponseCode: number | null;
-  lastLatencyMs: number | null;
-  attemptLog: {
-    at: string;
-    responseCode: number | null;
-    latencyMs: number | null;
-    error: AttemptError | null;
-  }[];
-}
 
 const BATCH = 25;
 /** How long a deleted job's id keeps late events for it out. */
@@ -227,14 +202,14 @@ export class WebhookHub extends DurableObject<Env> {
     return endpoints.length;
   }
 
-  async deliveries(endpointId: string, limit = 100): Promise<Delivery[]> {
+  async deliveries(endpointId: string, limit = 100): Promise<WebhookDelivery[]> {
     const rows = this.sql
       .exec<{
         id: string;
         endpoint_id: string;
         event_type: string;
         job_id: string | null;
-        status: Delivery["status"];
+        status: WebhookDelivery["status"];
         attempts: number;
         next_attempt_at: number | null;
         created_at: string;
