@@ -1,7 +1,7 @@
 import { createServer, type IncomingHttpHeaders, request, type Server } from "node:http";
 import { connect, createServer as createTcpServer, type Socket } from "node:net";
 import { gunzipSync } from "node:zlib";
-import type { Chunk, Job, WebhookEndpoint } from "@p2pa/shared";
+import { type Chunk, type Job, TERMINAL_STATUSES, type WebhookEndpoint } from "@p2pa/shared";
 import { EventSource } from "eventsource";
 import { Webhook } from "standardwebhooks";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -316,7 +316,7 @@ describe("live progress and export, end to end", () => {
             for (const s of sockets) s.destroy();
           }
         });
-        for (const t of ["completed", "completed_with_errors", "failed", "cancelled"]) {
+        for (const t of TERMINAL_STATUSES) {
           source.addEventListener(t, () => {
             terminal = t;
             source.close();

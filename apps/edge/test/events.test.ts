@@ -1,4 +1,4 @@
-import { TASK_SIZE } from "@p2pa/shared";
+import { TASK_SIZE, TERMINAL_STATUSES } from "@p2pa/shared";
 import { expect, it } from "vitest";
 import { call, KEYS, submit, TestWorker } from "./helpers.js";
 
@@ -53,7 +53,7 @@ async function runJob(jobChunks: number, w: TestWorker) {
   }
 }
 
-const TERMINAL = ["completed", "completed_with_errors", "failed", "cancelled"];
+const TERMINAL: readonly string[] = TERMINAL_STATUSES;
 
 it("streams progress, per-chunk events and one terminal event, then closes", async () => {
   const j = await submit(100);

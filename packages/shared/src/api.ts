@@ -33,6 +33,17 @@ export const JOB_STATUSES = [
 ] as const;
 export const JobStatus = z.enum(JOB_STATUSES).meta({ id: "JobStatus" });
 export type JobStatus = z.infer<typeof JobStatus>;
+/** The states a job ends in: each has its webhook event (`job.<status>`) and live event. */
+export const TERMINAL_STATUSES = [
+  "completed",
+  "completed_with_errors",
+  "failed",
+  "cancelled",
+] as const satisfies readonly JobStatus[];
+export type TerminalStatus = (typeof TERMINAL_STATUSES)[number];
+/** True once a job has ended (it will not run again). */
+export const isTerminal = (status: string): status is TerminalStatus =>
+  (TERMINAL_STATUSES as readonly string[]).includes(status);
 
 /** A lone half of a surrogate pair: D1 stores it as U+FFFD while workers get it raw. */
 const UNPAIRED_SURROGATE =

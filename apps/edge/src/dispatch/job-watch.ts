@@ -1,4 +1,4 @@
-import type { Job } from "@p2pa/shared";
+import { isTerminal, type Job } from "@p2pa/shared";
 import type { JobLog } from "./job-log.js";
 
 /** How long a change waits for others before the streams hear of it. */
@@ -180,7 +180,7 @@ export class JobWatch {
       for (const e of batch) {
         if (e.kind === "end") {
           // The terminal event may be newer than the record read for this pass.
-          const fresh = job.status === "queued" || job.status === "running" ? await reread() : job;
+          const fresh = isTerminal(job.status) ? job : await reread();
           const final = fresh ?? job;
           const status = (JSON.parse(e.data) as { status?: string }).status ?? final.status;
           this.progress(w, final, true);

@@ -8,6 +8,7 @@ import {
   type DocumentSummary,
   type DocumentVersion,
   ErrorBody,
+  isTerminal,
 } from "@p2pa/shared";
 import { router } from "../app.js";
 import { keyringFor } from "../db/open.js";
@@ -124,7 +125,7 @@ function summaryOf(newest: VersionRow, live: VersionRow[]): DocumentSummary {
     // A first version is current from the start (there is nothing to replace), and searchable
     // chunk by chunk: it is ready once its job has ended.
     status:
-      pending || (current && (current.jobStatus === "queued" || current.jobStatus === "running"))
+      pending || (current && !isTerminal(current.jobStatus))
         ? "indexing"
         : current
           ? "ready"
@@ -205,7 +206,7 @@ documentRoutes
     const rows = await versionsOf(c.var.store, tenant, id, collection);
     for (const v of rows) {
       const job = await store.getJob(tenant, v.jobId);
-      if (job && (job.status === "queued" || job.status === "running") && v.prunedAt === null)
+      if (job && !isTerminal(job.status) && v.prunedAt === null)
         throw new AppError(
           409,
           "conflict",

@@ -1,4 +1,5 @@
 import { createRoute } from "@hono/zod-openapi";
+import { isTerminal } from "@p2pa/shared";
 import { z } from "zod";
 import { router } from "../app.js";
 import { dispatcherFor } from "../dispatch/shards.js";
@@ -53,7 +54,7 @@ eventRoutes.openapi(events, async (c) => {
   const dispatcher = dispatcherFor(c.env, first.model, id);
 
   const backlog = await dispatcher.events(id, after, 1);
-  const ended = first.status !== "queued" && first.status !== "running";
+  const ended = isTerminal(first.status);
   if (ended && backlog.length === 0 && after > 0) {
     // Everything up to the terminal event was delivered: tell EventSource not to reconnect.
     return c.body(null, 204) as never;

@@ -9,6 +9,7 @@ import {
   DEFAULT_WEBHOOK_EVENTS,
   ErrorBody,
   IngestReport,
+  isTerminal,
   Job,
   JobList,
   JobListQuery,
@@ -466,7 +467,7 @@ jobs
       throw new AppError(
         409,
         "conflict",
-        `job ${id} takes no more documents (${job.accepting ? "open" : job.status === "queued" || job.status === "running" ? "it was not opened with open: true, or was closed" : `it has ${job.status}`})`,
+        `job ${id} takes no more documents (${job.accepting ? "open" : !isTerminal(job.status) ? "it was not opened with open: true, or was closed" : `it has ${job.status}`})`,
       );
     const ingestion = new Ingestion(
       c.env,
@@ -546,7 +547,7 @@ jobs
     if (!job) throw notFound("job");
     const doc = await store.getDocument(tenant, id, documentId);
     if (!doc) throw notFound("document");
-    if (job.status === "queued" || job.status === "running") {
+    if (!isTerminal(job.status)) {
       throw new AppError(
         409,
         "conflict",

@@ -1,4 +1,4 @@
-import type { WebhookEventType } from "@p2pa/shared";
+import { isTerminal, type WebhookEventType } from "@p2pa/shared";
 import { AppError } from "../lib/errors.js";
 import { checkTarget, parsePrivateTargets } from "./targets.js";
 
@@ -15,13 +15,5 @@ export function assertTargetAllowed(env: Env, url: string): void {
 
 /** The webhook event for a job's terminal status. */
 export function terminalEvent(status: string): WebhookEventType | null {
-  switch (status) {
-    case "completed":
-    case "completed_with_errors":
-    case "failed":
-    case "cancelled":
-      return `job.${status}`;
-    default:
-      return null;
-  }
+  return isTerminal(status) ? `job.${status}` : null;
 }
