@@ -7,6 +7,7 @@ import { eventRoutes } from "./routes/events.js";
 import { jobs } from "./routes/jobs.js";
 import { keyRoutes } from "./routes/keys.js";
 import { metricRoutes } from "./routes/metrics.js";
+import { errors, IdParam } from "./routes/openapi.js";
 import { resultRoutes } from "./routes/results.js";
 import { searchRoutes } from "./routes/search.js";
 import { tenantRoutes } from "./routes/tenant.js";
@@ -70,10 +71,15 @@ app.route("/", tenantRoutes);
 
 // Routes written without createRoute still belong in the document (and in the cross-tenant
 // walk of every route).
-const plain = (description: string) => ({ 200: { description } });
+const plain = (description: string) => ({
+  200: { description },
+  401: errors[401],
+  403: errors[403],
+});
 app.openAPIRegistry.registerPath({
   method: "get",
   path: "/v1/workers",
+  operationId: "listWorkers",
   summary: "Connected workers: your own (operators: the whole fleet, queues and index)",
   security: [{ bearer: ["jobs:read"] }],
   responses: plain("Workers per shard"),
@@ -81,18 +87,27 @@ app.openAPIRegistry.registerPath({
 app.openAPIRegistry.registerPath({
   method: "get",
   path: "/v1/workers/connect",
+  operationId: "connectWorker",
   summary: "A worker joins over WebSocket with its worker token (the p2pa protocol)",
-  responses: { 101: { description: "Switching to the WebSocket protocol" } },
+  responses: {
+    101: { description: "Switching to the WebSocket protocol" },
+    // A refused upgrade is closed with a code (4401, 4403, 4426) rather than answered.
+    200: { description: "Never sent: the request either upgrades or is closed with a code" },
+    401: errors[401],
+  },
 });
 app.openAPIRegistry.registerPath({
   method: "delete",
   path: "/v1/workers/tokens/{id}",
+  request: { params: IdParam },
+  operationId: "revokeWorkerToken",
   summary: "Operator: revoke any worker token and close its connections",
-  responses: plain("Revoked"),
+  responses: { ...plain("Revoked"), 404: errors[404] },
 });
 app.openAPIRegistry.registerPath({
   method: "get",
   path: "/v1/metrics",
+  operationId: "getMetrics",
   summary: "Operator: Prometheus metrics of every shard",
   responses: plain("Metrics in the Prometheus text format"),
 });
@@ -107,7 +122,12 @@ app.doc31("/openapi.json", {
     title: "p2pa API",
     version: "0.1.0",
     description: "Turn documents into searchable vectors on donated compute.",
+    license: { name: "Apache-2.0", url: "https://www.apache.org/licenses/LICENSE-2.0" },
   },
+  servers: [
+    { url: "http://127.0.0.1:8787", description: "Local (npm start)" },
+    { url: "/", description: "The deployment serving this document" },
+  ],
   security: [{ bearer: [] }],
 });
 

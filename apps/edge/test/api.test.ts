@@ -327,4 +327,37 @@ describe("service endpoints", () => {
       expect.arrayContaining(["CreateJobRequest", "Job", "Error"]),
     );
   });
+
+  it("describes every operation for a generated client: a unique operationId, a summary, its errors and path parameters", async () => {
+    type Operation = {
+      operationId?: string;
+      summary?: string;
+      responses: Record<string, unknown>;
+      parameters?: { in: string; name: string }[];
+    };
+    const doc = (await (await call("/openapi.json", { key: null })).json()) as {
+      info: { license?: unknown };
+      servers?: unknown[];
+      paths: Record<string, Record<string, Operation>>;
+    };
+    expect(doc.info.license).toBeDefined();
+    expect(doc.servers?.length).toBeGreaterThan(0);
+    const ids: string[] = [];
+    const problems: string[] = [];
+    for (const [path, methods] of Object.entries(doc.paths))
+      for (const [method, op] of Object.entries(methods)) {
+        const where = `${method.toUpperCase()} ${path}`;
+        if (!op.operationId) problems.push(`${where}: no operationId`);
+        else ids.push(op.operationId);
+        if (!op.summary) problems.push(`${where}: no summary`);
+        const codes = Object.keys(op.responses);
+        if (!codes.some((c) => c.startsWith("2"))) problems.push(`${where}: no 2xx response`);
+        if (!codes.some((c) => c.startsWith("4"))) problems.push(`${where}: no 4xx response`);
+        for (const [, name] of path.matchAll(/\{(\w+)\}/g))
+          if (!op.parameters?.some((p) => p.in === "path" && p.name === name))
+            problems.push(`${where}: path parameter ${name} not declared`);
+      }
+    expect(problems).toEqual([]);
+    expect(new Set(ids).size).toBe(ids.length);
+  });
 });

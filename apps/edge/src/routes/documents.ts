@@ -34,6 +34,7 @@ const write = scoped("jobs:write");
 const getDocument = createRoute({
   method: "get",
   path: "/v1/documents/{id}",
+  operationId: "getDocument",
   summary: "A document: its current version, a pending one, and every version",
   description: "Ids holding `/` are sent URL-encoded (%2F).",
   ...read,
@@ -44,6 +45,7 @@ const getDocument = createRoute({
 const listDocuments = createRoute({
   method: "get",
   path: "/v1/documents",
+  operationId: "listDocuments",
   summary: "The tenant's documents by collection and id, page by page",
   ...read,
   request: { query: DocumentListQuery },
@@ -53,6 +55,7 @@ const listDocuments = createRoute({
 const getOriginalRoute = createRoute({
   method: "get",
   path: "/v1/documents/{id}/original",
+  operationId: "getDocumentOriginal",
   summary: "The original of a document's current version, as it was submitted",
   ...read,
   request: { params: DocumentParams, query: DocumentQuery },
@@ -68,6 +71,7 @@ const getOriginalRoute = createRoute({
 const deleteDocument = createRoute({
   method: "delete",
   path: "/v1/documents/{id}",
+  operationId: "deleteDocument",
   summary: "Delete a document: every version's chunks, vectors and original",
   ...write,
   request: { params: DocumentParams, query: DocumentQuery },

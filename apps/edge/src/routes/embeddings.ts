@@ -10,6 +10,7 @@ import { errors, json } from "./openapi.js";
 const embeddings = createRoute({
   method: "post",
   path: "/v1/embeddings",
+  operationId: "createEmbeddings",
   summary: "OpenAI-compatible embeddings, computed now by a connected worker",
   ...scoped("search"),
   request: {

@@ -10,6 +10,7 @@ import { errors, IdParam } from "./openapi.js";
 const events = createRoute({
   method: "get",
   path: "/v1/jobs/{id}/events",
+  operationId: "streamJobEvents",
   summary: "Live progress as Server-Sent Events; resume with Last-Event-ID",
   ...scoped("jobs:read"),
   description:

@@ -46,6 +46,7 @@ const read = scoped("jobs:read");
 const createJob = createRoute({
   method: "post",
   path: "/v1/jobs",
+  operationId: "createJob",
   summary: "Submit documents to chunk and embed",
   ...write,
   request: {
@@ -97,6 +98,7 @@ const createJob = createRoute({
 const getJob = createRoute({
   method: "get",
   path: "/v1/jobs/{id}",
+  operationId: "getJob",
   summary: "A job's status and progress",
   ...read,
   request: { params: IdParam },
@@ -109,6 +111,7 @@ const getJob = createRoute({
 const listChunks = createRoute({
   method: "get",
   path: "/v1/jobs/{id}/chunks",
+  operationId: "listJobChunks",
   summary: "A job's chunks, page by page",
   ...read,
   request: { params: IdParam, query: ChunkQuery },
@@ -124,6 +127,7 @@ const listChunks = createRoute({
 const cancelJob = createRoute({
   method: "post",
   path: "/v1/jobs/{id}/cancel",
+  operationId: "cancelJob",
   summary: "Stop a job: no more tasks are handed out and current leases end",
   ...write,
   request: { params: IdParam },
@@ -137,6 +141,7 @@ const cancelJob = createRoute({
 const deleteJob = createRoute({
   method: "delete",
   path: "/v1/jobs/{id}",
+  operationId: "deleteJob",
   summary: "Delete a job with its chunks, vectors and raw documents",
   ...write,
   request: { params: IdParam },
@@ -146,6 +151,7 @@ const deleteJob = createRoute({
 const deleteDocument = createRoute({
   method: "delete",
   path: "/v1/jobs/{id}/documents/{documentId}",
+  operationId: "deleteJobDocument",
   summary: "Delete one document of an ended job: its chunks, vectors and raw text",
   ...write,
   request: { params: IdParam.extend({ documentId: z.string().min(1).max(128) }) },
@@ -159,6 +165,7 @@ const deleteDocument = createRoute({
 const listJobs = createRoute({
   method: "get",
   path: "/v1/jobs",
+  operationId: "listJobs",
   summary: "The tenant's jobs, newest first",
   ...read,
   request: { query: JobListQuery },
@@ -171,6 +178,7 @@ const listJobs = createRoute({
 const appendDocuments = createRoute({
   method: "post",
   path: "/v1/jobs/{id}/documents",
+  operationId: "appendJobDocuments",
   summary: "Add documents to an open job (JSON or NDJSON)",
   ...write,
   request: {
@@ -198,6 +206,7 @@ const appendDocuments = createRoute({
 const closeJob = createRoute({
   method: "post",
   path: "/v1/jobs/{id}/close",
+  operationId: "closeJob",
   summary: "Stop an open job taking documents: it completes once they are done",
   ...write,
   request: { params: IdParam },

@@ -18,6 +18,7 @@ const DEFAULT_SCOPES: Scope[] = ["jobs:write", "jobs:read", "search", "webhooks"
 const create = createRoute({
   method: "post",
   path: "/v1/keys",
+  operationId: "createKey",
   summary: "Create an API key or a worker token; its secret is returned once",
   ...admin,
   request: {
@@ -28,6 +29,7 @@ const create = createRoute({
 const list = createRoute({
   method: "get",
   path: "/v1/keys",
+  operationId: "listKeys",
   summary: "The tenant's keys and worker tokens (never their secrets)",
   ...admin,
   responses: { 200: json(z.object({ data: z.array(ApiKey) }), "Keys, newest first"), ...errors },
@@ -35,6 +37,7 @@ const list = createRoute({
 const get = createRoute({
   method: "get",
   path: "/v1/keys/{id}",
+  operationId: "getKey",
   summary: "One key",
   ...admin,
   request: { params: Id },
@@ -43,6 +46,7 @@ const get = createRoute({
 const update = createRoute({
   method: "patch",
   path: "/v1/keys/{id}",
+  operationId: "updateKey",
   summary: "Rename a key or change its own limits",
   ...admin,
   request: {
@@ -54,6 +58,7 @@ const update = createRoute({
 const revoke = createRoute({
   method: "delete",
   path: "/v1/keys/{id}",
+  operationId: "revokeKey",
   summary: "Revoke a key or worker token (connected workers using it are disconnected)",
   ...admin,
   request: { params: Id },

@@ -12,6 +12,7 @@ const PAGE = 200;
 const exportResults = createRoute({
   method: "get",
   path: "/v1/jobs/{id}/results",
+  operationId: "exportJobResults",
   summary: "Stream a job's chunks with their vectors as NDJSON (gzip when accepted)",
   ...scoped("jobs:read"),
   request: { params: IdParam },

@@ -9,6 +9,7 @@ import { errors, json } from "./openapi.js";
 const searchRoute = createRoute({
   method: "post",
   path: "/v1/search",
+  operationId: "search",
   summary: "Search stored chunks by meaning, by words, or both",
   ...scoped("search"),
   request: { body: { content: { "application/json": { schema: SearchRequest } }, required: true } },
@@ -25,6 +26,7 @@ const searchRoute = createRoute({
 const collections = createRoute({
   method: "get",
   path: "/v1/collections",
+  operationId: "listCollections",
   summary: "List the tenant's collections and the metadata keys searches can filter on",
   ...scoped("search"),
   responses: {

@@ -36,12 +36,14 @@ const EncryptionInfo = z
 const usage = createRoute({
   method: "get",
   path: "/v1/usage",
+  operationId: "getUsage",
   summary: "The tenant's usage against its limits, in total and per key (admin keys: every key)",
   responses: { 200: json(Usage, "Usage"), ...errors },
 });
 const auditList = createRoute({
   method: "get",
   path: "/v1/audit",
+  operationId: "listAuditEntries",
   summary: "The tenant's audit log: who did what, when, from where",
   ...admin,
   request: { query: AuditQuery },
@@ -56,6 +58,7 @@ const auditList = createRoute({
 const auditVerify = createRoute({
   method: "get",
   path: "/v1/audit/verify",
+  operationId: "verifyAuditLog",
   summary: "Recompute the audit log's hash chain: any changed or removed entry shows",
   ...admin,
   responses: { 200: json(VerifyResult, "The chain's state"), ...errors },
@@ -63,6 +66,7 @@ const auditVerify = createRoute({
 const getPolicy = createRoute({
   method: "get",
   path: "/v1/tenant/policy",
+  operationId: "getTenantPolicy",
   summary: "The tenant's default text retention",
   ...admin,
   responses: { 200: json(TenantPolicy, "Policy"), ...errors },
@@ -70,6 +74,7 @@ const getPolicy = createRoute({
 const putPolicy = createRoute({
   method: "put",
   path: "/v1/tenant/policy",
+  operationId: "setTenantPolicy",
   summary: "Set the tenant's default text retention (jobs may choose their own)",
   ...admin,
   request: { body: { content: { "application/json": { schema: TenantPolicy } }, required: true } },
@@ -78,6 +83,7 @@ const putPolicy = createRoute({
 const encryption = createRoute({
   method: "get",
   path: "/v1/tenant/encryption",
+  operationId: "getTenantEncryption",
   summary: "The tenant's data key versions (never the keys)",
   ...admin,
   responses: { 200: json(EncryptionInfo, "Key versions"), ...errors },
@@ -85,6 +91,7 @@ const encryption = createRoute({
 const rotate = createRoute({
   method: "post",
   path: "/v1/tenant/encryption/rotate",
+  operationId: "rotateTenantKey",
   summary: "Start a new data key: new text is sealed with it, older text stays readable",
   ...admin,
   responses: { 200: json(EncryptionInfo, "Key versions"), ...errors },
@@ -92,6 +99,7 @@ const rotate = createRoute({
 const erase = createRoute({
   method: "delete",
   path: "/v1/tenant",
+  operationId: "eraseTenant",
   summary: "Erase the tenant: every job, document, vector, webhook, key, audit entry and data key",
   ...admin,
   request: { query: z.object({ confirm: z.string().max(64) }) },
@@ -103,6 +111,7 @@ const erase = createRoute({
 const operatorQuotas = createRoute({
   method: "put",
   path: "/v1/admin/tenants/{tenant}/quotas",
+  operationId: "setTenantQuotas",
   summary: "Operator: set a tenant's limits",
   request: {
     params: TenantParam,
@@ -113,6 +122,7 @@ const operatorQuotas = createRoute({
 const operatorUsage = createRoute({
   method: "get",
   path: "/v1/admin/tenants/{tenant}/usage",
+  operationId: "getTenantUsage",
   summary: "Operator: a tenant's usage",
   request: { params: TenantParam },
   responses: { 200: json(Usage, "Usage"), ...errors },
@@ -120,6 +130,7 @@ const operatorUsage = createRoute({
 const operatorErase = createRoute({
   method: "delete",
   path: "/v1/admin/tenants/{tenant}",
+  operationId: "eraseTenantAsOperator",
   summary: "Operator: erase a tenant",
   request: { params: TenantParam },
   responses: {
@@ -130,6 +141,7 @@ const operatorErase = createRoute({
 const rewrap = createRoute({
   method: "post",
   path: "/v1/admin/encryption/rewrap",
+  operationId: "rewrapTenantKeys",
   summary:
     "Operator: rewrap every tenant key with the current deployment key (rotating P2PA_DATA_KEYS)",
   responses: {

@@ -21,6 +21,7 @@ const manage = scoped("webhooks");
 const create = createRoute({
   method: "post",
   path: "/v1/webhooks",
+  operationId: "createWebhook",
   summary: "Add a webhook endpoint; its signing secret is returned once",
   ...manage,
   request: {
@@ -31,6 +32,7 @@ const create = createRoute({
 const list = createRoute({
   method: "get",
   path: "/v1/webhooks",
+  operationId: "listWebhooks",
   summary: "The account's webhook endpoints",
   ...manage,
   responses: { 200: json(z.object({ data: z.array(WebhookEndpoint) }), "Endpoints"), ...errors },
@@ -38,6 +40,7 @@ const list = createRoute({
 const update = createRoute({
   method: "patch",
   path: "/v1/webhooks/{id}",
+  operationId: "updateWebhook",
   summary: "Change an endpoint's URL or events (its secret stays)",
   ...manage,
   request: {
@@ -52,6 +55,7 @@ const update = createRoute({
 const remove = createRoute({
   method: "delete",
   path: "/v1/webhooks/{id}",
+  operationId: "deleteWebhook",
   summary: "Remove an endpoint; its pending deliveries are cancelled",
   ...manage,
   request: { params: Id },
@@ -60,6 +64,7 @@ const remove = createRoute({
 const deliveries = createRoute({
   method: "get",
   path: "/v1/webhooks/{id}/deliveries",
+  operationId: "listWebhookDeliveries",
   summary: "Deliveries to an endpoint, newest first, with every attempt",
   ...manage,
   request: { params: Id },
@@ -68,6 +73,7 @@ const deliveries = createRoute({
 const redeliver = createRoute({
   method: "post",
   path: "/v1/webhooks/{id}/deliveries/{deliveryId}/redeliver",
+  operationId: "redeliverWebhook",
   summary: "Send a delivery again (same webhook-id), from the start of the schedule",
   ...manage,
   request: { params: Id.extend({ deliveryId: z.string().min(1).max(64) }) },
