@@ -80,7 +80,7 @@ const task = (n: number, items = 3) => ({
     text: `hello world ${n} ${i}`,
   })),
 });
-const newWorker = () =>
+const newWorker = (more: Partial<ConstructorParameters<typeof Worker>[0]> = {}) =>
   new Worker({
     url,
     token: "t",
@@ -90,6 +90,7 @@ const newWorker = () =>
     device: "cpu",
     name: "test",
     version: "test",
+    ...more,
   });
 
 describe("the worker's window, outbox and session", () => {
@@ -231,17 +232,7 @@ describe("the worker's window, outbox and session", () => {
   it("counts as done only what the edge stored or accepted, as the edge credits it", async () => {
     const before = conns.length;
     const events: [string, Record<string, unknown> | undefined][] = [];
-    const w = new Worker({
-      url,
-      token: "t",
-      embedder,
-      batchSize: 8,
-      threads: 1,
-      device: "cpu",
-      name: "test",
-      version: "test",
-      onEvent: (e, d) => events.push([e, d]),
-    });
+    const w = newWorker({ onEvent: (e, d) => events.push([e, d]) });
     const conn = await until(
       () => (conns.length > before ? conns.at(-1) : undefined),
       "a connection",
