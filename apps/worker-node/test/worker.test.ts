@@ -80,6 +80,16 @@ const task = (n: number, items = 3) => ({
     text: `hello world ${n} ${i}`,
   })),
 });
+/** The edge's answer to a result: what it made of the task's lease. */
+const ackFrame = (t: { taskId: string; leaseId: string }, status: string, extra = {}) =>
+  JSON.stringify({
+    type: "ack",
+    v: PROTOCOL_VERSION,
+    taskId: t.taskId,
+    leaseId: t.leaseId,
+    status,
+    ...extra,
+  });
 const newWorker = (more: Partial<ConstructorParameters<typeof Worker>[0]> = {}) =>
   new Worker({
     url,
@@ -120,16 +130,7 @@ describe("the worker's window, outbox and session", () => {
     expect((beat.leaseIds as string[]).sort()).toEqual([t1.leaseId, t2.leaseId].sort());
     // No credit frames exist any more: room is never granted as an increment.
     expect(conn.frames.some((f) => f.type === "credit")).toBe(false);
-    for (const t of [t1, t2])
-      conn.ws.send(
-        JSON.stringify({
-          type: "ack",
-          v: PROTOCOL_VERSION,
-          taskId: t.taskId,
-          leaseId: t.leaseId,
-          status: "stored",
-        }),
-      );
+    for (const t of [t1, t2]) conn.ws.send(ackFrame(t, "stored"));
     await until(() => (w.window().leaseIds.length === 0 ? true : undefined), "acks to land");
     expect(w.stats.chunksDone).toBe(6);
     await w.stop(2000);
@@ -161,15 +162,7 @@ describe("the worker's window, outbox and session", () => {
     );
     expect(resent.leaseId).toBe(t.leaseId);
     expect(w.window().leaseIds).toEqual([t.leaseId]);
-    second.ws.send(
-      JSON.stringify({
-        type: "ack",
-        v: PROTOCOL_VERSION,
-        taskId: t.taskId,
-        leaseId: t.leaseId,
-        status: "duplicate",
-      }),
-    );
+    second.ws.send(ackFrame(t, "duplicate"));
     await until(() => (w.window().awaitingAck === 0 ? true : undefined), "the ack");
     await w.stop(2000);
   }, 20_000);
@@ -215,15 +208,7 @@ describe("the worker's window, outbox and session", () => {
     // The batch in progress is finished and delivered, then acknowledged before it exits.
     const result = await until(() => conn.frames.find((f) => f.type === "result"), "the result");
     expect(result.leaseId).toBe(busy.leaseId);
-    conn.ws.send(
-      JSON.stringify({
-        type: "ack",
-        v: PROTOCOL_VERSION,
-        taskId: busy.taskId,
-        leaseId: busy.leaseId,
-        status: "stored",
-      }),
-    );
+    conn.ws.send(ackFrame(busy, "stored"));
     await stopping;
     expect(w.stats.state).toBe("stopped");
     expect(w.window().leaseIds).toEqual([]);
@@ -247,16 +232,7 @@ describe("the worker's window, outbox and session", () => {
     // Nothing is credited before the edge says what it made of each result.
     expect(w.stats).toMatchObject({ tasksDone: 0, chunksDone: 0 });
     const ack = (t: (typeof ts)[number], status: string, extra = {}) =>
-      conn.ws.send(
-        JSON.stringify({
-          type: "ack",
-          v: PROTOCOL_VERSION,
-          taskId: t.taskId,
-          leaseId: t.leaseId,
-          status,
-          ...extra,
-        }),
-      );
+      conn.ws.send(ackFrame(t, status, extra));
     const [stored, accepted, duplicate, rejected] = ts as [
       (typeof ts)[number],
       (typeof ts)[number],
