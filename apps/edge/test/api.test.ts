@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import committed from "../../../packages/shared/src/client/openapi.json";
 import { tokenCounter } from "../src/lib/tokens.js";
 import { call, errorOf, KEYS } from "./helpers.js";
 
@@ -359,5 +360,10 @@ describe("service endpoints", () => {
       }
     expect(problems).toEqual([]);
     expect(new Set(ids).size).toBe(ids.length);
+  });
+
+  it("is the document the typed client was generated from (run `npm run client` after an API change)", async () => {
+    const served = await (await call("/openapi.json", { key: null })).json();
+    expect(served).toEqual(committed);
   });
 });
