@@ -1,4 +1,5 @@
-import { MODELS } from "@p2pa/shared";
+import { MODELS, WorkerList } from "@p2pa/shared";
+import { z } from "zod";
 import { createApp } from "./app.js";
 import { shardsFrom } from "./dispatch/shards.js";
 import { documentRoutes } from "./routes/documents.js";
@@ -82,7 +83,15 @@ app.openAPIRegistry.registerPath({
   operationId: "listWorkers",
   summary: "Connected workers: your own (operators: the whole fleet, queues and index)",
   security: [{ bearer: ["jobs:read"] }],
-  responses: plain("Workers per shard"),
+  request: { query: z.object({ model: z.string().optional() }) },
+  responses: {
+    200: {
+      description: "Workers per shard; operators also see queues, health, donors and the index",
+      content: { "application/json": { schema: WorkerList } },
+    },
+    401: errors[401],
+    403: errors[403],
+  },
 });
 app.openAPIRegistry.registerPath({
   method: "get",

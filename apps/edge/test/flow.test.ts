@@ -58,6 +58,32 @@ describe("flow control", () => {
     }
   });
 
+  it("lists each connected worker with what it said about itself and what it has done lately", async () => {
+    const w = await connect({ name: "lab-gpu", device: "cuda", threads: 8, version: "9.9.9" });
+    w.ready(2);
+    const j = await submit(96);
+    await workThrough(w, 96 / TASK_SIZE, 2);
+    expect(await job(j.id)).toMatchObject({ status: "completed" });
+    const list = (await (await call("/v1/workers")).json()) as {
+      shards: { workers: Record<string, unknown>[] }[];
+    };
+    const [me] = list.shards.flatMap((s) => s.workers);
+    expect(me).toMatchObject({
+      name: "lab-gpu",
+      device: "cuda",
+      threads: 8,
+      version: "9.9.9",
+      models: ["use-lite"],
+      held: 0,
+      failures: 0,
+      chunksDone: 96,
+    });
+    // 96 chunks within the last minute, over at least the one second the rate is taken over.
+    expect(me?.chunksPerSecond).toBeGreaterThan(1);
+    expect(me?.chunksPerSecond).toBeLessThanOrEqual(96);
+    expect(Date.parse(String(me?.connectedAt))).toBeLessThanOrEqual(Date.now());
+  });
+
   it("hands back a lease the worker never got (a lost task frame) without charging an attempt", async () => {
     const j = await submit(2 * TASK_SIZE);
     const w = await connect();

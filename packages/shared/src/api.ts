@@ -716,3 +716,85 @@ export const WebhookDelivery = z
   })
   .meta({ id: "WebhookDelivery" });
 export type WebhookDelivery = z.infer<typeof WebhookDelivery>;
+
+/** One connected worker as GET /v1/workers lists it. */
+export const WorkerInfo = z
+  .object({
+    id: z.string(),
+    token: z
+      .string()
+      .meta({ description: "The worker token it joined with (what an operator revokes)." }),
+    name: z.string().nullable(),
+    version: z.string().nullable(),
+    models: z.array(z.string()),
+    device: z.string().nullable(),
+    threads: z.number().int().nullable(),
+    connectedAt: z.string(),
+    capacity: z.number().int().meta({ description: "Tasks the worker says it can hold at once." }),
+    limit: z.number().int().meta({
+      description:
+        "The most it may hold now: its capacity within what it earned and its error budget.",
+    }),
+    held: z.number().int().meta({ description: "Tasks it holds now (open leases)." }),
+    room: z.number().int(),
+    draining: z.boolean(),
+    coolingDown: z.boolean(),
+    failures: z.number().int().meta({
+      description:
+        "Failures since its last good result (its error budget: 2 throttle it to one task, 5 cool it down).",
+    }),
+    chunksDone: z.number().int().meta({ description: "Chunks credited on this connection." }),
+    chunksPerSecond: z
+      .number()
+      .meta({ description: "Chunks credited per second over the last minute." }),
+  })
+  .meta({ id: "WorkerInfo" });
+export type WorkerInfo = z.infer<typeof WorkerInfo>;
+
+export const DonorReputation = z
+  .object({
+    donor: z.string(),
+    agreed: z.number().int().meta({ description: "Results another donor confirmed." }),
+    disagreed: z
+      .number()
+      .int()
+      .meta({ description: "Times it was outvoted by two donors that agreed." }),
+    streak: z.number().int(),
+    quarantinedAt: z.number().nullable(),
+    reason: z.string().nullable(),
+    trusted: z.boolean(),
+  })
+  .meta({ id: "DonorReputation" });
+
+export const WorkerList = z
+  .object({
+    model: z.string(),
+    vectors: z
+      .number()
+      .int()
+      .optional()
+      .meta({ description: "Vectors in the model's index (operators)." }),
+    shards: z.array(
+      z.object({
+        workers: z.array(WorkerInfo),
+        tasks: z
+          .record(z.string(), z.number())
+          .optional()
+          .meta({ description: "Tasks by state (operators)." }),
+        health: z
+          .object({
+            readyTasks: z.number().int(),
+            oldestReadyMs: z.number(),
+            workers: z.number().int(),
+            workersWithRoom: z.number().int(),
+            stalled: z.boolean(),
+          })
+          .optional(),
+        donors: z.array(DonorReputation).optional().meta({
+          description: "Each donor's verification record (operators).",
+        }),
+      }),
+    ),
+  })
+  .meta({ id: "WorkerList" });
+export type WorkerList = z.infer<typeof WorkerList>;

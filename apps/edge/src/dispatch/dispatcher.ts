@@ -17,6 +17,7 @@ import {
   PROTOCOL_VERSION,
   parseMessage,
   type TaskResult,
+  type WorkerList,
   WorkerMessage,
 } from "@p2pa/shared";
 import { keyringFor, openStore } from "../db/open.js";
@@ -32,39 +33,27 @@ import { type JobEvent, JobLog } from "./job-log.js";
 import { JobWatch } from "./job-watch.js";
 import { Metrics } from "./metrics.js";
 import { JobNotifier } from "./notifier.js";
-import { INITIAL_EARNED, limitFor, type Peer, Peers, roomFor } from "./peers.js";
+import {
+  INITIAL_EARNED,
+  limitFor,
+  type Peer,
+  Peers,
+  rateOf,
+  recordChunks,
+  roomFor,
+} from "./peers.js";
 import { type Bucket, take } from "./rate-limit.js";
 import { type EmbedOutcome, RealtimeLane } from "./realtime-lane.js";
 import { checkResult } from "./result-check.js";
 import { openItems, sealItems } from "./sealed-items.js";
 import { ResultStore } from "./store-result.js";
 import { type LeasedTask, type NewTask, type TaskOptions, TaskQueue } from "./task-queue.js";
-import { DEFAULT_VERIFY_POLICY, type DonorRecord, Verifier } from "./verify.js";
-import { judge, type ShardHealth, STALL_MS } from "./watchdog.js";
+import { DEFAULT_VERIFY_POLICY, Verifier } from "./verify.js";
+import { judge, STALL_MS } from "./watchdog.js";
 
-export interface DispatcherStats {
-  workers: {
-    id: string;
-    /** The worker token it joined with (what an operator revokes). */
-    token: string;
-    models: string[];
-    /** Tasks the worker says it can hold at once. */
-    capacity: number;
-    /** The most the Dispatcher lets it hold now: capacity within what it earned and its budget. */
-    limit: number;
-    /** Tasks it holds now (open leases awaiting its result). */
-    held: number;
-    /** Tasks the Dispatcher would lease to it now: capacity within its budget, less held. */
-    room: number;
-    draining: boolean;
-    coolingDown: boolean;
-    chunksDone: number;
-  }[];
-  tasks: Record<string, number>;
-  health: ShardHealth;
-  /** Each donor's verification record on this shard (operators only). */
-  donors?: (DonorRecord & { trusted: boolean })[];
-}
+/** A snapshot of the shard: one entry of GET /v1/workers. */
+type ShardListing = WorkerList["shards"][number];
+export type DispatcherStats = Required<Omit<ShardListing, "donors">> & Pick<ShardListing, "donors">;
 
 const MAX_ATTEMPTS = 5;
 /** How long a disconnected worker's leases wait for it to reconnect before being requeued. */
@@ -343,14 +332,21 @@ export class Dispatcher extends DurableObject<Env> {
       workers: listed.map(({ peer, held, room }) => ({
         id: peer.workerId,
         token: peer.credentialId,
+        name: peer.hello?.name ?? null,
+        version: peer.hello?.version ?? null,
         models: peer.hello?.models.map((m) => m.id) ?? [],
+        device: peer.hello?.device ?? null,
+        threads: peer.hello?.threads ?? null,
+        connectedAt: new Date(peer.connectedAt ?? now).toISOString(),
         capacity: peer.capacity,
         limit: limitFor(peer, now),
         held,
         room,
         draining: peer.draining,
         coolingDown: peer.budget.coolUntil > now,
+        failures: peer.budget.failures,
         chunksDone: peer.chunksDone,
+        chunksPerSecond: rateOf(peer, now),
       })),
       tasks: this.queue.counts(),
       health: judge(this.queue.ready(now), rooms, now, this.leasableSince(now)),
@@ -734,6 +730,7 @@ export class Dispatcher extends DurableObject<Env> {
       const before = this.peers.get(ws)?.earned ?? 0;
       const peer = this.peers.update(ws, (p) => {
         p.chunksDone += n;
+        recordChunks(p, n, Date.now());
         p.budget = recordSuccess(p.budget);
         p.earned = Math.min(MAX_CAPACITY, p.earned + 1);
       });

@@ -28,8 +28,35 @@ export interface Peer {
   earned: number;
   draining: boolean;
   chunksDone: number;
+  /** Chunks credited per RATE_BUCKET_MS bucket over the last RATE_WINDOW_MS: [bucket, chunks]. */
+  recent: [number, number][];
+  /** Epoch ms the socket was accepted. */
+  connectedAt: number;
   badFrames: number;
   budget: Budget;
+}
+
+/** The window a worker's current rate is measured over, in buckets of RATE_BUCKET_MS. */
+const RATE_WINDOW_MS = 60_000;
+const RATE_BUCKET_MS = 5_000;
+
+/** Counts `n` credited chunks into the peer's recent buckets (call inside `update`). */
+export function recordChunks(peer: Peer, n: number, now: number): void {
+  const bucket = Math.floor(now / RATE_BUCKET_MS);
+  const oldest = bucket - RATE_WINDOW_MS / RATE_BUCKET_MS;
+  const recent = (peer.recent ?? []).filter(([b]) => b > oldest);
+  const last = recent.at(-1);
+  if (last && last[0] === bucket) last[1] += n;
+  else recent.push([bucket, n]);
+  peer.recent = recent;
+}
+
+/** Chunks per second over the last minute (or since it connected, when that is shorter). */
+export function rateOf(peer: Readonly<Peer>, now: number): number {
+  const oldest = Math.floor(now / RATE_BUCKET_MS) - RATE_WINDOW_MS / RATE_BUCKET_MS;
+  const chunks = (peer.recent ?? []).reduce((n, [b, c]) => (b > oldest ? n + c : n), 0);
+  const span = Math.min(RATE_WINDOW_MS, Math.max(now - (peer.connectedAt ?? now), 1000));
+  return Math.round((chunks * 10_000) / span) / 10;
 }
 
 /**
@@ -61,6 +88,8 @@ export class Peers {
       earned: INITIAL_EARNED,
       draining: false,
       chunksDone: 0,
+      recent: [],
+      connectedAt: Date.now(),
       badFrames: 0,
       budget: freshBudget(),
     };

@@ -840,6 +840,17 @@ export interface components {
             state: "pending" | "current" | "superseded" | "failed" | "cancelled";
             version: number;
         } | null;
+        DonorReputation: {
+            /** @description Results another donor confirmed. */
+            agreed: number;
+            /** @description Times it was outvoted by two donors that agreed. */
+            disagreed: number;
+            donor: string;
+            quarantinedAt: number | null;
+            reason: string | null;
+            streak: number;
+            trusted: boolean;
+        };
         EmbeddingsRequest: {
             dimensions?: number;
             /** @enum {string} */
@@ -1114,6 +1125,53 @@ export interface components {
         };
         /** @enum {string} */
         WebhookEventType: "job.completed" | "job.completed_with_errors" | "job.failed" | "job.cancelled" | "job.progress";
+        WorkerInfo: {
+            /** @description Tasks the worker says it can hold at once. */
+            capacity: number;
+            /** @description Chunks credited on this connection. */
+            chunksDone: number;
+            /** @description Chunks credited per second over the last minute. */
+            chunksPerSecond: number;
+            connectedAt: string;
+            coolingDown: boolean;
+            device: string | null;
+            draining: boolean;
+            /** @description Failures since its last good result (its error budget: 2 throttle it to one task, 5 cool it down). */
+            failures: number;
+            /** @description Tasks it holds now (open leases). */
+            held: number;
+            id: string;
+            /** @description The most it may hold now: its capacity within what it earned and its error budget. */
+            limit: number;
+            models: string[];
+            name: string | null;
+            room: number;
+            threads: number | null;
+            /** @description The worker token it joined with (what an operator revokes). */
+            token: string;
+            version: string | null;
+        };
+        WorkerList: {
+            model: string;
+            shards: {
+                /** @description Each donor's verification record (operators). */
+                donors?: components["schemas"]["DonorReputation"][];
+                health?: {
+                    oldestReadyMs: number;
+                    readyTasks: number;
+                    stalled: boolean;
+                    workers: number;
+                    workersWithRoom: number;
+                };
+                /** @description Tasks by state (operators). */
+                tasks?: {
+                    [key: string]: number;
+                };
+                workers: components["schemas"]["WorkerInfo"][];
+            }[];
+            /** @description Vectors in the model's index (operators). */
+            vectors?: number;
+        };
     };
     responses: never;
     parameters: never;
@@ -4046,19 +4104,23 @@ export interface operations {
     };
     listWorkers: {
         parameters: {
-            query?: never;
+            query?: {
+                model?: string;
+            };
             header?: never;
             path?: never;
             cookie?: never;
         };
         requestBody?: never;
         responses: {
-            /** @description Workers per shard */
+            /** @description Workers per shard; operators also see queues, health, donors and the index */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
+                content: {
+                    "application/json": components["schemas"]["WorkerList"];
+                };
             };
             /** @description Missing, invalid, revoked or expired credentials */
             401: {
