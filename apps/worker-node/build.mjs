@@ -1,13 +1,14 @@
-// Bundles the CLI into one ESM file. Workspace code (@p2pa/shared) is bundled in;
+// Bundles each program into one ESM file. Workspace code (@p2pa/shared) is bundled in;
 // published dependencies stay external and are installed with the package.
 import { readFileSync } from "node:fs";
 import { build } from "esbuild";
 
 const pkg = JSON.parse(readFileSync(new URL("./package.json", import.meta.url), "utf8"));
 
+// Two programs: the donor's worker (p2pa-worker) and the submitter's command line (p2pa).
 await build({
-  entryPoints: ["src/cli.ts"],
-  outfile: "dist/cli.js",
+  entryPoints: { cli: "src/cli.ts", p2pa: "src/p2pa.ts" },
+  outdir: "dist",
   bundle: true,
   platform: "node",
   target: "node20",

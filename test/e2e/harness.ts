@@ -1,5 +1,6 @@
 import type { ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
+import { connect, createServer as createTcpServer, type Socket } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import type {
@@ -212,3 +213,40 @@ export async function allChunks(
 }
 
 export { cosine } from "@p2pa/shared";
+
+/**
+ * A TCP proxy in front of the edge that a test cuts like a network would: `cut` drops every
+ * connection open through it; new ones are taken as before.
+ */
+export async function cuttableProxy(
+  edgeUrl: string,
+): Promise<{ url: string; cut(): void; close(): Promise<void> }> {
+  const port = await freePort();
+  const edgePort = Number(new URL(edgeUrl).port);
+  const sockets = new Set<Socket>();
+  const proxy = createTcpServer((client) => {
+    const upstream = connect(edgePort, "127.0.0.1");
+    client.pipe(upstream).pipe(client);
+    sockets.add(client);
+    const drop = () => {
+      client.destroy();
+      upstream.destroy();
+      sockets.delete(client);
+    };
+    client.on("error", drop);
+    upstream.on("error", drop);
+    client.on("close", drop);
+  });
+  await new Promise<void>((r) => proxy.listen(port, "127.0.0.1", r));
+  return {
+    url: `http://127.0.0.1:${port}`,
+    cut: () => {
+      for (const s of sockets) s.destroy();
+    },
+    close: () =>
+      new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        proxy.close(() => r());
+      }),
+  };
+}

@@ -1,5 +1,4 @@
 import { createServer, type IncomingHttpHeaders, request, type Server } from "node:http";
-import { connect, createServer as createTcpServer, type Socket } from "node:net";
 import { gunzipSync } from "node:zlib";
 import { type Chunk, type Job, TERMINAL_STATUSES, type WebhookEndpoint } from "@p2pa/shared";
 import { EventSource } from "eventsource";
@@ -9,6 +8,7 @@ import { generatedPassages } from "../../scripts/lib/corpus.js";
 import {
   allChunks,
   type ChunkEvent,
+  cuttableProxy,
   DEV_CREDENTIALS,
   freePort,
   type System,
@@ -220,23 +220,7 @@ describe("live progress and export, end to end", () => {
 
   it("an eventsource client cut off mid-job resumes without losing or repeating events", async () => {
     // A TCP proxy in front of the edge lets the test cut the stream like a network would.
-    const proxyPort = await freePort();
-    const edgePort = Number(new URL(sys.edge.url).port);
-    const sockets = new Set<Socket>();
-    const proxy = createTcpServer((client) => {
-      const upstream = connect(edgePort, "127.0.0.1");
-      client.pipe(upstream).pipe(client);
-      sockets.add(client);
-      const drop = () => {
-        client.destroy();
-        upstream.destroy();
-        sockets.delete(client);
-      };
-      client.on("error", drop);
-      upstream.on("error", drop);
-      client.on("close", drop);
-    });
-    await new Promise<void>((r) => proxy.listen(proxyPort, "127.0.0.1", r));
+    const proxy = await cuttableProxy(sys.edge.url);
 
     // An endpoint for throttled progress events only, while the big job runs.
     const progressRx = await receiver(() => 200);
@@ -277,31 +261,28 @@ describe("live progress and export, end to end", () => {
         setTimeout(open, 1000);
       };
       const open = () => {
-        const source = new EventSource(
-          `http://127.0.0.1:${proxyPort}/v1/jobs/${big.id}/events?chunks=true`,
-          {
-            fetch: async (url, init) => {
-              const res = await fetch(url, {
-                ...init,
-                headers: {
-                  ...init.headers,
-                  Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}`,
-                  ...(lastId ? { "Last-Event-ID": lastId } : {}),
+        const source = new EventSource(`${proxy.url}/v1/jobs/${big.id}/events?chunks=true`, {
+          fetch: async (url, init) => {
+            const res = await fetch(url, {
+              ...init,
+              headers: {
+                ...init.headers,
+                Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}`,
+                ...(lastId ? { "Last-Event-ID": lastId } : {}),
+              },
+            });
+            if (!res.body) return res;
+            const body = res.body.pipeThrough(
+              new TransformStream<Uint8Array, Uint8Array>({
+                transform(chunk, out) {
+                  lastByteAt = Date.now();
+                  out.enqueue(chunk);
                 },
-              });
-              if (!res.body) return res;
-              const body = res.body.pipeThrough(
-                new TransformStream<Uint8Array, Uint8Array>({
-                  transform(chunk, out) {
-                    lastByteAt = Date.now();
-                    out.enqueue(chunk);
-                  },
-                }),
-              );
-              return new Response(body, { status: res.status, headers: res.headers });
-            },
+              }),
+            );
+            return new Response(body, { status: res.status, headers: res.headers });
           },
-        );
+        });
         es = source;
         source.addEventListener("open", () => reconnects++);
         source.addEventListener("progress", (e) => {
@@ -313,7 +294,7 @@ describe("live progress and export, end to end", () => {
           ids.push(Number(e.lastEventId));
           if (!cut && chunkIds.length >= 300) {
             cut = true;
-            for (const s of sockets) s.destroy();
+            proxy.cut();
           }
         });
         for (const t of TERMINAL_STATUSES) {
@@ -341,7 +322,7 @@ describe("live progress and export, end to end", () => {
     if (reopened)
       console.log(`event stream opened again ${reopened} time(s):\n${errors.join("\n")}`);
     const ranSeconds = (Date.now() - submittedAt) / 1000;
-    proxy.close();
+    await proxy.close();
     // job.progress arrives signed, throttled to at most one a second (WEBHOOK_PROGRESS_SECONDS=1).
     const wh = new Webhook(progressEp.body.secret);
     const progress = progressRx.got

@@ -10,6 +10,10 @@ const BANNER =
 
 /** The TypeScript types of an OpenAPI document's paths and schemas, as committed in schema.ts. */
 export async function openapiTypes(doc: unknown): Promise<string> {
-  const ast = await openapiTS(doc as OpenAPI3, { alphabetize: true });
+  const ast = await openapiTS(doc as OpenAPI3, {
+    alphabetize: true,
+    // A field with a default may be left out of a request.
+    defaultNonNullable: false,
+  });
   return BANNER + astToString(ast);
 }

@@ -81,7 +81,8 @@ export async function unwrap<T>(
   try {
     result = await call;
   } catch (err) {
-    const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message;
+    const c = (err as { cause?: { code?: string; message?: string } }).cause;
+    const cause = c?.code ?? c?.message ?? (err as Error).message;
     throw new ApiError(0, "network", `cannot reach the server (${cause})`);
   }
   const { data, error, response } = result;

@@ -771,7 +771,7 @@ export interface components {
              * @default api
              * @enum {string}
              */
-            kind: "api" | "worker";
+            kind?: "api" | "worker";
             label: string;
             quotas?: {
                 chunksPerDay?: number;
@@ -1005,11 +1005,11 @@ export interface components {
             collections?: components["schemas"]["CollectionName"][];
             filter?: components["schemas"]["SearchFilter"];
             /** @default true */
-            includeMetadata: boolean;
+            includeMetadata?: boolean;
             /** @default true */
-            includeText: boolean;
+            includeText?: boolean;
             /** @default false */
-            includeVectors: boolean;
+            includeVectors?: boolean;
             /** @description Leave out results whose score is below this: a cosine similarity in vector mode, a BM25 score in keyword mode, a fused reciprocal-rank score in hybrid mode. */
             minScore?: number;
             mode?: components["schemas"]["SearchMode"];
@@ -1021,7 +1021,7 @@ export interface components {
             pool?: "any" | "own";
             query: string;
             /** @default 10 */
-            topK: number;
+            topK?: number;
         };
         SearchResponse: {
             mode: components["schemas"]["SearchMode"];
