@@ -4,6 +4,16 @@ import { Presets, SingleBar } from "cli-progress";
 /** How often a log line reports progress when stderr is not a terminal. */
 const LOG_EVERY_MS = 5000;
 
+/** "1m 05s" for what is left at the current rate, "-" while there is no rate yet. */
+function timeLeft(chunks: number, rate: number): string {
+  if (chunks <= 0) return "0s";
+  if (rate <= 0) return "-";
+  const s = Math.ceil(chunks / rate);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, "0")}s`;
+  return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+}
+
 interface Tracked {
   total: number;
   settled: number;
@@ -41,10 +51,8 @@ export async function follow(
   const bar = tty
     ? new SingleBar(
         {
-          format:
-            "{bar} {percentage}% | {value}/{total} chunks | {rate} chunks/s | ETA {eta_formatted}",
+          format: "{bar} {percentage}% | {value}/{total} chunks | {rate} chunks/s | ETA {left}",
           barsize: 30,
-          etaBuffer: 40,
           hideCursor: true,
           stream: process.stderr,
           barCompleteChar: "█",
@@ -54,7 +62,8 @@ export async function follow(
       )
     : null;
   const start = sum();
-  bar?.start(start.total, start.settled, { rate: "0" });
+  const startedAt = Date.now();
+  bar?.start(start.total, start.settled, { rate: "0.0", left: "-" });
   let lastLog = 0;
   const log = (line: string) => {
     if (!opts.quiet) process.stderr.write(bar ? `\r\x1b[2K${line}\n` : `${line}\n`);
@@ -63,7 +72,10 @@ export async function follow(
     const s = sum();
     if (bar) {
       bar.setTotal(s.total);
-      bar.update(s.settled, { rate: s.rate.toFixed(1) });
+      bar.update(s.settled, {
+        rate: s.rate.toFixed(1),
+        left: timeLeft(s.total - s.settled, s.rate),
+      });
     } else if (!opts.quiet && Date.now() - lastLog >= LOG_EVERY_MS) {
       lastLog = Date.now();
       process.stderr.write(`chunks ${s.settled}/${s.total} (${s.rate.toFixed(1)} chunks/s)\n`);
@@ -106,7 +118,13 @@ export async function follow(
         }),
       ),
     );
-    bar?.update(sum().settled, { rate: "0.0" });
+    // The last frame shows the whole run's average rate.
+    const end = sum();
+    const secs = Math.max((Date.now() - startedAt) / 1000, 0.001);
+    bar?.update(end.settled, {
+      rate: ((end.settled - start.settled) / secs).toFixed(1),
+      left: "0s",
+    });
     bar?.stop();
     if (!bar && !opts.quiet) {
       const s = sum();
