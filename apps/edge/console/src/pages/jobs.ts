@@ -65,8 +65,8 @@ function IngestResult({ job }: { job: SubmittedJob }) {
       ${fmt.int(job.documents)} documents, ${fmt.int(job.chunks.total)} chunks
       ${
         r
-          ? html` · ingest: ${r.accepted} accepted, ${r.unchanged} unchanged,
-            <span class=${r.rejected ? "bad" : ""}>${r.rejected} rejected</span>`
+          ? html` · ingest: ${r.accepted} accepted, ${r.unchanged} unchanged,${" "}<span
+              class=${r.rejected ? "bad" : ""}>${r.rejected} rejected</span>`
           : null
       }
     </div>

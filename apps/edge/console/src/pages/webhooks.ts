@@ -147,7 +147,7 @@ function DeliveryCard({
       <b>${d.eventType}</b>
       ${d.jobId ? html`<a class="mono" href=${jobHref(d.jobId)}>${d.jobId}</a>` : null}
       <span class="mono muted small">${d.id}</span>
-      <span class="muted small">${d.attempts} attempt${d.attempts === 1 ? "" : "s"}</span>
+      <span class="muted small" title="Attempts logged (a redelivery starts a new round)">${d.attemptLog.length} attempt${d.attemptLog.length === 1 ? "" : "s"}</span>
       ${d.nextAttemptAt ? html`<span class="muted small">next ${fmt.time(d.nextAttemptAt)}</span>` : null}
       <span class="grow"></span>
       <button class="btn btn-small" disabled=${busy} onClick=${onRedeliver}>Redeliver</button>
