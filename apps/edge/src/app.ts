@@ -41,6 +41,16 @@ export function router() {
   return new OpenAPIHono<AppEnv>({ defaultHook: validationHook });
 }
 
+/**
+ * Whether a request carries a body. An action with nothing to say (cancel, redeliver, rotate)
+ * is a bodiless POST, as browsers and `curl -X POST` send it: it needs no Content-Type.
+ */
+function hasBody(req: Request): boolean {
+  const length = req.headers.get("Content-Length");
+  if (length !== null) return length.trim() !== "0";
+  return req.headers.has("Transfer-Encoding") || req.body !== null;
+}
+
 function errorBody(code: string, message: string, details?: unknown) {
   return { error: { code, message, ...(details === undefined ? {} : { details }) } };
 }
@@ -88,7 +98,9 @@ export function createApp() {
     if (c.req.method === "POST" || c.req.method === "PUT" || c.req.method === "PATCH") {
       const type = c.req.header("Content-Type") ?? "";
       const ingest = c.req.method === "POST" && INGEST_PATH.test(c.req.path);
+      // Documents always come as a body; anything else may be a bare action.
       if (
+        (ingest || hasBody(c.req.raw)) &&
         !/^application\/([\w.+-]*\+)?json\b/i.test(type) &&
         !(ingest && (isNdjson(type) || isMultipart(type)))
       ) {

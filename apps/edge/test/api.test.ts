@@ -212,6 +212,28 @@ describe("POST /v1/jobs", () => {
     expect(await errorOf(huge)).toMatchObject({ status: 413, code: "payload_too_large" });
   });
 
+  it("takes a bodiless POST for an action, and asks for a body where one is needed", async () => {
+    const text = `Nobody has sent this sentence before: ${crypto.randomUUID()}.`;
+    const a = (await (
+      await call("/v1/jobs", { method: "POST", json: { documents: [{ text }] } })
+    ).json()) as { id: string };
+    // As a browser's fetch or `curl -X POST` sends it: no body, no Content-Type.
+    const cancel = await call(`/v1/jobs/${a.id}/cancel`, { method: "POST" });
+    expect(cancel.status).toBe(200);
+    expect(((await cancel.json()) as { status: string }).status).toBe("cancelled");
+    const zero = await call(`/v1/jobs/${a.id}/cancel`, {
+      method: "POST",
+      headers: { "Content-Length": "0" },
+    });
+    // Read by the route itself: the job has ended now.
+    expect(await errorOf(zero)).toMatchObject({ status: 409, code: "conflict" });
+    // A create with no body is refused for what it lacks, never with a 500.
+    const empty = await errorOf(await call("/v1/jobs", { method: "POST" }));
+    expect([400, 415, 422]).toContain(empty.status);
+    const hook = await errorOf(await call("/v1/webhooks", { method: "POST" }));
+    expect([400, 415, 422]).toContain(hook.status);
+  });
+
   it("answers unknown ids and routes with 404 and bad cursors with 422", async () => {
     expect(await errorOf(await call("/v1/jobs/job_nope"))).toMatchObject({
       status: 404,
