@@ -1,72 +1,14 @@
 import { createRequire } from "node:module";
-import { ErrorCode } from "@p2pa/shared";
 import { HELP, parseConfig } from "./config.js";
-import { pickDevice } from "./device.js";
+import { type LoadedModel, loadOnDevice, pickDevice } from "./device.js";
+import { runDoctor } from "./doctor.js";
 import { UserError } from "./errors.js";
-import { type Embedder, loadModel } from "./model/index.js";
+import { preflight } from "./preflight.js";
 import { StatusReporter, serveStatus } from "./status.js";
 import { Worker } from "./worker.js";
 
 const require = createRequire(import.meta.url);
 const { version } = require("../package.json") as { version: string };
-
-/** Checks the server answers and takes the token before any socket is opened. */
-/** How long the worker keeps trying a server it cannot reach at start before it gives up. */
-const REACH_TRIES_MS = 60_000;
-
-async function preflight(server: string, token: string, log: (line: string) => void): Promise<URL> {
-  const base = new URL(server.replace(/^ws/, "http"));
-  const probe = new URL("/v1/workers/connect", base);
-  let res: Response | null = null;
-  // A server that is restarting or briefly unreachable is waited for, as the connection is
-  // once running; a wrong address still fails within a minute, with what to check.
-  const deadline = Date.now() + REACH_TRIES_MS;
-  for (let delay = 500; res === null; delay = Math.min(delay * 2, 8000)) {
-    try {
-      res = await fetch(probe, {
-        headers: { Authorization: `Bearer ${token}` },
-        signal: AbortSignal.timeout(10_000),
-      });
-    } catch (err) {
-      const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message;
-      if (Date.now() + delay > deadline)
-        throw new UserError(
-          `cannot reach the server at ${base.origin} (${cause})`,
-          "Check --server and that the server is running.",
-          3,
-        );
-      log(`cannot reach ${base.origin} yet (${cause}); trying again in ${delay / 1000} s`);
-      await new Promise((r) => setTimeout(r, delay));
-    }
-  }
-  if (res.status === 401)
-    throw new UserError("the server rejected the token", "Ask the operator for a worker token.", 4);
-  if (res.status === 403) {
-    const body = (await res.json().catch(() => null)) as {
-      error?: { code?: string; message?: string };
-    } | null;
-    if (body?.error?.code === ErrorCode.enum.quarantined)
-      throw new UserError(
-        `the server quarantined this token: ${body.error.message ?? ""}`,
-        "Check this machine's model and hardware, then ask the operator for a new token.",
-        4,
-      );
-    throw new UserError(
-      "that token is an API key, not a worker token",
-      "Use the worker token the operator gave you.",
-      4,
-    );
-  }
-  if (res.status !== 426)
-    throw new UserError(
-      `unexpected answer ${res.status} from ${probe.href}`,
-      "Is --server a p2pa server?",
-      3,
-    );
-  const ws = new URL(probe);
-  ws.protocol = base.protocol === "https:" ? "wss:" : "ws:";
-  return ws;
-}
 
 export async function main(argv: string[]): Promise<number> {
   const action = parseConfig(argv, process.env);
@@ -80,36 +22,26 @@ export async function main(argv: string[]): Promise<number> {
   }
   const { config } = action;
   for (const w of action.warnings) process.stderr.write(`p2pa-worker: warning: ${w}\n`);
+  if (action.kind === "doctor")
+    return runDoctor(config, { json: action.json, out: process.stdout, env: process.env });
   const url = await preflight(config.server, config.token, (line) =>
     process.stderr.write(`${new Date().toISOString()} ${line}\n`),
   );
   let worker: Worker | null = null;
-  let device = pickDevice(config.device);
-  const label = { model: config.model, device: device.name as string, threads: config.threads };
+  const picked = pickDevice(config.device);
+  const label = { model: config.model, device: picked.name as string, threads: config.threads };
   const status = new StatusReporter(() => worker, label);
-  status.log(`loading model ${config.model} on ${device.name} (cache ${config.cacheDir})`);
-  const load = () =>
-    loadModel(config.model, {
+  status.log(`loading model ${config.model} on ${picked.name} (cache ${config.cacheDir})`);
+  let loaded: LoadedModel;
+  try {
+    loaded = await loadOnDevice(config.model, picked, {
       cacheDir: config.cacheDir,
       threads: config.threads,
-      executionProviders: device.executionProviders,
       onTruncate: (e) =>
         status.log(
           `a text over the model's window (${e.tokens} > ${e.maxTokens} tokens) was truncated`,
         ),
     });
-  let embedder: Embedder;
-  try {
-    try {
-      embedder = await load();
-    } catch (err) {
-      if (device.name !== "cuda") throw err;
-      // CUDA was chosen or found but cannot start a session here: the CPU always can.
-      status.log(`CUDA unavailable (${(err as Error).message}); using the CPU`);
-      device = pickDevice("cpu");
-      label.device = device.name;
-      embedder = await load();
-    }
   } catch (err) {
     throw new UserError(
       `cannot load model ${config.model}: ${(err as Error).message}`,
@@ -117,6 +49,9 @@ export async function main(argv: string[]): Promise<number> {
       5,
     );
   }
+  const { embedder, device } = loaded;
+  if (loaded.cudaError) status.log(`CUDA unavailable (${loaded.cudaError}); using the CPU`);
+  label.device = device.name;
   url.searchParams.set("model", embedder.manifest.id);
   status.log(
     `model ready: ${embedder.manifest.id} (${embedder.manifest.dimension} dimensions); connecting to ${url.origin}`,
@@ -166,7 +101,7 @@ export async function main(argv: string[]): Promise<number> {
   status.start();
   if (config.statusPort !== undefined) {
     try {
-      await serveStatus(config.statusPort, () => worker, label);
+      await serveStatus(config.statusPort, status);
     } catch (err) {
       throw new UserError(
         `cannot serve status on 127.0.0.1:${config.statusPort} (${(err as Error).message})`,

@@ -7,6 +7,7 @@ import { UserError } from "./errors.js";
 export const HELP = `p2pa-worker: donate compute to a p2pa server
 
 Usage: P2PA_TOKEN=TOKEN p2pa-worker --server URL [options]
+       P2PA_TOKEN=TOKEN p2pa-worker doctor --server URL [options] [--json]
 
 Give the worker join token from the operator in the environment, as P2PA_TOKEN: a --token
 flag works too, but other users of this machine can read it in the process list (ps).
@@ -28,6 +29,18 @@ Options (each also read from the environment variable shown):
                       (default: off)                               (P2PA_STATUS_PORT)
   -h, --help          show this help
   -v, --version       print the version
+
+p2pa-worker doctor checks this machine and the settings above without taking any work:
+Node.js version, that the server answers, that it accepts the token as a worker token,
+that the model loads from --cache-dir and embeds a sentence, and which device runs it
+(for --device cuda, whether CUDA can start; a normal start would fall back to the CPU).
+Each check prints ok or FAIL with what to do; later checks are skipped after a failure.
+It exits 0 when every check passed, 1 otherwise.
+  --json              print one JSON object {ok, checks: [{name, ok, detail, hint?}]}
+
+On a terminal the worker shows one live line: state, model and device, chunks per second,
+how busy the model was (share of the last few seconds spent computing), tasks it holds
+(leased and not yet finished), and the chunks the server credited it with.
 
 Stop with Ctrl-C: the worker finishes or hands back what it holds and exits.
 The worker keeps no copy of the text it processes; only model files are cached.`;
@@ -85,19 +98,22 @@ const Config = z.object({
     .default(path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), ".cache"), "p2pa")),
   statusPort: positiveInt("--status-port", 65535).optional(),
 });
-type Config = z.infer<typeof Config>;
+export type WorkerConfig = z.infer<typeof Config>;
 
 export type CliAction =
   | { kind: "help" }
   | { kind: "version" }
   /** `warnings` are for the person starting the worker, one line each, before it connects. */
-  | { kind: "run"; config: Config; warnings: string[] };
+  | { kind: "run"; config: WorkerConfig; warnings: string[] }
+  /** `p2pa-worker doctor`: the same settings, checked instead of run. */
+  | { kind: "doctor"; config: WorkerConfig; warnings: string[]; json: boolean };
 
 /** Reads flags, then the environment; throws UserError with what to fix. */
 export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): CliAction {
   let values: Record<string, string | boolean | undefined>;
+  let positionals: string[];
   try {
-    ({ values } = parseArgs({
+    ({ values, positionals } = parseArgs({
       args: argv,
       options: {
         server: { type: "string" },
@@ -110,17 +126,24 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): CliAction {
         "cache-dir": { type: "string" },
         "status-port": { type: "string" },
         insecure: { type: "boolean" },
+        json: { type: "boolean" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "v" },
       },
       strict: true,
-      allowPositionals: false,
+      allowPositionals: true,
     }));
   } catch (err) {
     throw new UserError(`${(err as Error).message}`, "Run p2pa-worker --help for the options.");
   }
   if (values.help) return { kind: "help" };
   if (values.version) return { kind: "version" };
+  const command = commandOf(positionals);
+  if (values.json && command !== "doctor")
+    throw new UserError(
+      "--json is for p2pa-worker doctor",
+      "Run p2pa-worker --help for the options.",
+    );
   const pick = (flag: string, envName: string) =>
     (values[flag] as string | undefined) ?? env[envName] ?? undefined;
   const raw = {
@@ -158,5 +181,24 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): CliAction {
       `--insecure: the worker token and every text travel unencrypted to ${server.host}`,
     );
   }
-  return { kind: "run", config, warnings };
+  return command === "doctor"
+    ? { kind: "doctor", config, warnings, json: values.json === true }
+    : { kind: "run", config, warnings };
+}
+
+/** The one subcommand there is, or none (run the worker). */
+function commandOf(positionals: string[]): "doctor" | null {
+  const [first, ...rest] = positionals;
+  if (first === undefined) return null;
+  if (first !== "doctor")
+    throw new UserError(
+      `unknown command "${first}"`,
+      "The only command is doctor; run p2pa-worker --help for the options.",
+    );
+  if (rest.length)
+    throw new UserError(
+      `unexpected argument "${rest[0]}"`,
+      "Run p2pa-worker --help for the options.",
+    );
+  return "doctor";
 }

@@ -1,6 +1,8 @@
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
+import { type Embedder, loadModel } from "./model/index.js";
+import type { LoadOptions } from "./model/types.js";
 
 export type DeviceChoice = "auto" | "cpu" | "cuda";
 
@@ -35,4 +37,34 @@ export function pickDevice(choice: DeviceChoice): Device {
   if (choice === "cuda" || cudaProviderPresent())
     return { name: "cuda", executionProviders: ["cuda", "cpu"] };
   return { name: "cpu", executionProviders: ["cpu"] };
+}
+
+/** A model loaded for a device, as the worker runs it. */
+export interface LoadedModel {
+  embedder: Embedder;
+  /** Where it runs: the CPU when CUDA was picked but could not start. */
+  device: Device;
+  /** Why CUDA could not start, when it was picked and the CPU took over; else null. */
+  cudaError: string | null;
+}
+
+/**
+ * Loads the model on the device picked, falling back to the CPU when a CUDA session cannot
+ * start (no driver, no CUDA provider library): the CPU always can, and a donor's worker should
+ * still run. The caller says whether that fallback is worth a warning.
+ */
+export async function loadOnDevice(
+  model: string,
+  device: Device,
+  opts: Omit<LoadOptions, "executionProviders">,
+): Promise<LoadedModel> {
+  const load = (d: Device) =>
+    loadModel(model, { ...opts, executionProviders: d.executionProviders });
+  try {
+    return { embedder: await load(device), device, cudaError: null };
+  } catch (err) {
+    if (device.name !== "cuda") throw err;
+    const cpu = pickDevice("cpu");
+    return { embedder: await load(cpu), device: cpu, cudaError: (err as Error).message };
+  }
 }

@@ -2,27 +2,76 @@ import { once } from "node:events";
 import { createServer, type Server } from "node:http";
 import type { Worker } from "./worker.js";
 
+/** What the status line reads from a worker. */
+export type StatusSource = Pick<Worker, "stats" | "window" | "inferenceMsAt" | "tasksHeld">;
+
+interface StatusLabel {
+  model: string;
+  device: string;
+  threads: number;
+}
+
+/** The figures the status line and `/status` show, over the reporter's window. */
+export interface StatusFigures {
+  /** Chunks credited per second. */
+  chunksPerSecond: number;
+  /** Share of wall time the model spent running, 0-100. */
+  busyPercent: number;
+  /** Tasks leased to this worker and not yet finished. */
+  tasksHeld: number;
+  /** Wall time the two rates above were measured over. */
+  windowMs: number;
+}
+
+interface Sample {
+  at: number;
+  inferenceMs: number;
+  chunks: number;
+}
+
+interface ReporterOptions {
+  /** The clock, in ms, on the same scale as performance.now() (what the worker times with). */
+  now?: () => number;
+}
+
+/** How far back rate and busy % look on a terminal: long enough not to flicker between batches. */
+const TTY_WINDOW_MS = 5_000;
+const TTY_INTERVAL_MS = 500;
+/** Without a terminal, one line every interval, about that interval. */
+const LOG_INTERVAL_MS = 10_000;
+/** Longest model label shown: a model URL or path would push the line past ~100 columns. */
+const MODEL_LABEL_MAX = 16;
+
 /**
- * What the donor sees: on a terminal one live line (state, model, device, tasks, rate);
- * elsewhere plain timestamped log lines, one per event and a progress line every 10 s.
+ * What the donor sees: on a terminal one live line (state, model, device, rate, model busy %,
+ * tasks held, credit earned); elsewhere plain timestamped log lines, one per event and the same
+ * figures every 10 s.
  */
 export class StatusReporter {
   private timer: ReturnType<typeof setInterval> | null = null;
-  private lastChunks = 0;
-  private lastAt = Date.now();
-  private rate = 0;
+  /** Readings at each tick, oldest first, reaching just past the window. */
+  private readonly samples: Sample[] = [];
   private readonly tty: boolean;
+  private readonly windowMs: number;
+  private readonly now: () => number;
 
   constructor(
-    private readonly worker: () => Worker | null,
-    private readonly label: { model: string; device: string; threads: number },
-    private readonly out: NodeJS.WriteStream = process.stderr,
+    readonly worker: () => StatusSource | null,
+    readonly label: StatusLabel,
+    private readonly out: NodeJS.WritableStream & {
+      isTTY?: boolean;
+      columns?: number;
+    } = process.stderr,
+    opts: ReporterOptions = {},
   ) {
     this.tty = Boolean(out.isTTY) && process.env.CI !== "true";
+    this.windowMs = this.tty ? TTY_WINDOW_MS : LOG_INTERVAL_MS;
+    this.now = opts.now ?? (() => performance.now());
+    this.samples.push(this.read(this.now()));
   }
 
   start(): void {
-    this.timer = setInterval(() => this.tick(), this.tty ? 500 : 10_000);
+    this.timer = setInterval(() => this.tick(), this.tty ? TTY_INTERVAL_MS : LOG_INTERVAL_MS);
     this.timer.unref();
   }
 
@@ -38,55 +87,100 @@ export class StatusReporter {
     if (this.tty) this.draw();
   }
 
-  private tick(): void {
-    const w = this.worker();
-    if (!w) return;
-    const now = Date.now();
-    const dt = (now - this.lastAt) / 1000;
-    const instant = (w.stats.chunksDone - this.lastChunks) / Math.max(dt, 0.001);
-    // Smooth the rate so the line does not flicker between batches.
-    this.rate = this.rate === 0 ? instant : this.rate * 0.7 + instant * 0.3;
-    this.lastChunks = w.stats.chunksDone;
-    this.lastAt = now;
+  /** Takes a reading and shows it: redraws the live line, or logs a line. */
+  tick(): void {
+    const now = this.now();
+    this.samples.push(this.read(now));
+    // Keep the newest reading at or before the window's start as the base of the rates.
+    while (this.samples.length > 1 && (this.samples[1] as Sample).at <= now - this.windowMs)
+      this.samples.shift();
     if (this.tty) this.draw();
     else this.log(this.line());
   }
 
-  line(): string {
+  private read(at: number): Sample {
     const w = this.worker();
-    const s = w?.stats;
-    const state = s?.state ?? "loading";
-    const { model, device, threads } = this.label;
-    return `${state.padEnd(12)} ${model} on ${device} x${threads}  tasks ${s?.tasksDone ?? 0}  chunks ${s?.chunksDone ?? 0}  queries ${s?.embedsDone ?? 0}  ${this.rate.toFixed(1)} chunks/s`;
+    return { at, inferenceMs: w?.inferenceMsAt(at) ?? 0, chunks: w?.stats.chunksDone ?? 0 };
+  }
+
+  /** Rates since the oldest reading kept (the last window), to now. */
+  figures(): StatusFigures {
+    const now = this.now();
+    const current = this.read(now);
+    const base = this.samples[0] ?? current;
+    const span = now - base.at;
+    const per = (delta: number) => (span > 0 ? delta / span : 0);
+    return {
+      chunksPerSecond: 1000 * per(current.chunks - base.chunks),
+      busyPercent: Math.min(100, Math.max(0, 100 * per(current.inferenceMs - base.inferenceMs))),
+      tasksHeld: this.worker()?.tasksHeld() ?? 0,
+      windowMs: span,
+    };
+  }
+
+  line(): string {
+    const s = this.worker()?.stats;
+    const f = this.figures();
+    const { device, threads } = this.label;
+    const rate = f.chunksPerSecond.toFixed(f.chunksPerSecond < 100 ? 1 : 0);
+    const queries = s?.embedsDone ?? 0;
+    return [
+      (s?.state ?? "loading").padEnd(12),
+      `${shorten(this.label.model, MODEL_LABEL_MAX)} ${device} x${threads}`,
+      `${rate} chunks/s`,
+      `busy ${f.busyPercent.toFixed(0).padStart(3)}%`,
+      `held ${f.tasksHeld}`,
+      `credit ${compact(s?.chunksDone ?? 0)} chunks`,
+      // Real-time queries are shown once there are any: most workers only ever see batches.
+      ...(queries ? [`${compact(queries)} queries`] : []),
+    ].join("  ");
   }
 
   private draw(): void {
     const dot =
       this.worker()?.stats.state === "connected" ? "\x1b[32m●\x1b[0m" : "\x1b[33m●\x1b[0m";
-    this.out.write(`\r\x1b[2K${dot} ${this.line()}`);
+    // A line wider than the terminal wraps, and `\r` then redraws only its last row.
+    const width = (this.out.columns ?? 0) > 2 ? (this.out.columns as number) - 3 : Infinity;
+    this.out.write(`\r\x1b[2K${dot} ${this.line().slice(0, width)}`);
   }
+}
+
+/** Keeps the start and the end of a long label (a model URL or path), which tell most. */
+function shorten(text: string, max: number): string {
+  if (text.length <= max) return text;
+  const head = Math.ceil((max - 1) / 2);
+  return `${text.slice(0, head)}…${text.slice(text.length - (max - 1 - head))}`;
+}
+
+/** 1234 as is, 123456 as 123k, 12345678 as 12.3M: a count that grows for days keeps its width. */
+function compact(n: number): string {
+  if (n < 100_000) return String(n);
+  if (n < 1_000_000) return `${Math.round(n / 1000)}k`;
+  return `${(n / 1_000_000).toFixed(1)}M`;
 }
 
 /**
  * `--status-port`: the worker's state as JSON on 127.0.0.1 only, for a donor's monitoring and
  * for checking the edge's picture of this worker against the worker's own.
  */
-export async function serveStatus(
-  port: number,
-  worker: () => Worker | null,
-  label: { model: string; device: string; threads: number },
-): Promise<Server> {
+export async function serveStatus(port: number, status: StatusReporter): Promise<Server> {
   const server = createServer((req, res) => {
     if (req.method !== "GET" || req.url !== "/status") {
       res.writeHead(404, { "Content-Type": "application/json" });
       res.end(JSON.stringify({ error: { code: "not_found", message: "try GET /status" } }));
       return;
     }
-    const w = worker();
+    const w = status.worker();
+    const f = w ? status.figures() : null;
     const body = {
-      ...label,
+      ...status.label,
       stats: w?.stats ?? null,
       window: w?.window() ?? null,
+      busyPercent: f ? Math.round(f.busyPercent * 10) / 10 : null,
+      tasksHeld: f?.tasksHeld ?? null,
+      chunksPerSecond: f ? Math.round(f.chunksPerSecond * 100) / 100 : null,
+      /** What busyPercent and chunksPerSecond were measured over. */
+      measuredOverMs: f ? Math.round(f.windowMs) : null,
     };
     res.writeHead(200, { "Content-Type": "application/json", "Cache-Control": "no-store" });
     res.end(JSON.stringify(body));

@@ -30,7 +30,10 @@ export interface WorkerStats {
   embedsDone: number;
   rejected: number;
   startedAt: number;
-  /** Milliseconds spent running the model: with uptime, how busy this worker is. */
+  /**
+   * Milliseconds spent running the model (tasks and real-time requests), counted when each
+   * call ends: with uptime, how busy this worker is. `inferenceMsAt` adds the call under way.
+   */
   inferenceMs: number;
 }
 
@@ -92,6 +95,8 @@ export class Worker {
   /** Keeps this process's identity across reconnects, so its leases survive a dropped link. */
   private readonly session = randomBytes(18).toString("base64url");
   private busy = false;
+  /** When the model call under way began (performance.now()); null while the model is idle. */
+  private inferringSince: number | null = null;
   /** Tasks in the batch being computed now: their room opens when their results go out. */
   private computing = 0;
   private draining = false;
@@ -298,7 +303,7 @@ export class Worker {
     try {
       if (req.model !== embedder.manifest.id)
         throw new Error(`this worker serves ${embedder.manifest.id}, not ${req.model}`);
-      const vectors = await embedder.embed(req.texts);
+      const vectors = await this.infer(req.texts);
       const tokens = req.texts.reduce((n, t) => n + embedder.countTokens(t), 0);
       this.send({
         type: "embed_result",
@@ -328,8 +333,7 @@ export class Worker {
     const started = performance.now();
     let vectors: Float32Array[];
     try {
-      vectors = await this.opts.embedder.embed(batch.flatMap((t) => t.items.map((i) => i.text)));
-      this.stats.inferenceMs += performance.now() - started;
+      vectors = await this.infer(batch.flatMap((t) => t.items.map((i) => i.text)));
     } catch (err) {
       for (const t of batch) {
         this.send({
@@ -369,6 +373,33 @@ export class Worker {
     }
     // The results are out: the edge opens this much room as each arrives, and so do we.
     this.computing = 0;
+  }
+
+  /** Runs the model once, counting the time it is busy. */
+  private async infer(texts: string[]): Promise<Float32Array[]> {
+    const started = performance.now();
+    this.inferringSince = started;
+    try {
+      return await this.opts.embedder.embed(texts);
+    } finally {
+      this.inferringSince = null;
+      this.stats.inferenceMs += performance.now() - started;
+    }
+  }
+
+  /**
+   * Milliseconds the model has run until `now` (a performance.now() reading), the call under
+   * way included: a batch that takes longer than a status interval still shows as busy while
+   * it runs, not all at once when it ends.
+   */
+  inferenceMsAt(now = performance.now()): number {
+    const running = this.inferringSince === null ? 0 : Math.max(0, now - this.inferringSince);
+    return this.stats.inferenceMs + running;
+  }
+
+  /** Tasks leased to this worker and not yet finished: queued, computing, or awaiting an ack. */
+  tasksHeld(): number {
+    return this.leaseIds().length;
   }
 
   private settleIfIdle(): void {

@@ -139,6 +139,25 @@ describe("worker configuration", () => {
       expect(isLoopbackHost(h)).toBe(false);
   });
 
+  it("takes doctor as a command, with the same settings and rules, and --json only there", () => {
+    const env = { P2PA_SERVER: "http://127.0.0.1:8787", P2PA_TOKEN: "t" };
+    const a = parseConfig(["doctor", "--device", "cuda", "--json"], env);
+    expect(a).toMatchObject({ kind: "doctor", json: true, warnings: [] });
+    if (a.kind !== "doctor") throw new Error("expected doctor");
+    expect(a.config).toMatchObject({ server: "http://127.0.0.1:8787", token: "t", device: "cuda" });
+    expect(parseConfig(["doctor"], env)).toMatchObject({ kind: "doctor", json: false });
+    // The same address rules as a normal start: no plain text to another machine.
+    expect(fails(["doctor", "--server", "http://p2pa.example.com", "--token", "t"])).toMatch(
+      /not encrypted/,
+    );
+    expect(fails(["doctor", "--token", "t"])).toMatch(/--server is required/);
+    expect(fails(["--json"], env)).toMatch(/--json is for p2pa-worker doctor/);
+    expect(fails(["docter"], env)).toMatch(/unknown command "docter"/);
+    expect(fails(["doctor", "now"], env)).toMatch(/unexpected argument "now"/);
+    expect(HELP).toMatch(/^ {7}P2PA_TOKEN=TOKEN p2pa-worker doctor --server URL/m);
+    expect(HELP).toMatch(/^ {2}--json {14}print one JSON object/m);
+  });
+
   it("answers --help and --version without needing a server", () => {
     expect(parseConfig(["--help"], {}).kind).toBe("help");
     expect(parseConfig(["-v"], {}).kind).toBe("version");

@@ -214,6 +214,46 @@ describe("the worker's window, outbox and session", () => {
     expect(w.window().leaseIds).toEqual([]);
   });
 
+  it("counts the model's time while a batch runs, and every task it holds until acked", async () => {
+    const before = conns.length;
+    const slow: Embedder = Object.create(embedder, {
+      embed: {
+        value: async (texts: string[]) => {
+          await sleep(400);
+          return embedder.embed(texts);
+        },
+      },
+    });
+    const w = newWorker({ embedder: slow, batchSize: 3 });
+    const conn = await until(
+      () => (conns.length > before ? conns.at(-1) : undefined),
+      "a connection",
+    );
+    await until(() => conn.frames.find((f) => f.type === "hello"), "hello");
+    const [busy, waiting] = [task(12), task(13)];
+    conn.ws.send(JSON.stringify(busy));
+    conn.ws.send(JSON.stringify(waiting));
+    await until(() => (w.window().computing === 1 ? true : undefined), "a batch under way");
+    await sleep(200);
+    // Mid-batch: nothing finished yet, but the model has been busy all along.
+    expect(w.stats.inferenceMs).toBe(0);
+    expect(w.inferenceMsAt()).toBeGreaterThanOrEqual(150);
+    expect(w.tasksHeld()).toBe(2);
+    await until(
+      () => (conn.frames.filter((f) => f.type === "result").length === 2 ? true : undefined),
+      "both results",
+    );
+    // Results sent but not acknowledged are still held: the edge has not taken them yet.
+    expect(w.tasksHeld()).toBe(2);
+    expect(w.stats.inferenceMs).toBeGreaterThanOrEqual(800);
+    expect(w.inferenceMsAt()).toBe(w.stats.inferenceMs);
+    conn.ws.send(ackFrame(busy, "stored"));
+    await until(() => (w.tasksHeld() === 1 ? true : undefined), "one ack");
+    conn.ws.send(ackFrame(waiting, "accepted"));
+    await until(() => (w.tasksHeld() === 0 ? true : undefined), "both acks");
+    await w.stop(2000);
+  });
+
   it("counts as done only what the edge stored or accepted, as the edge credits it", async () => {
     const before = conns.length;
     const events: [string, Record<string, unknown> | undefined][] = [];

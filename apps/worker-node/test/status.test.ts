@@ -1,0 +1,224 @@
+import type { AddressInfo } from "node:net";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { StatusReporter, type StatusSource, serveStatus } from "../src/status.js";
+import type { WindowView, WorkerStats } from "../src/worker.js";
+
+// The status line and /status against a worker whose counters the test sets, on a clock the
+// test moves: what the donor sees for a given state of the worker.
+
+/** A worker as the status line reads it; `busyMs` is what the model ran until now. */
+class FakeWorker implements StatusSource {
+  stats: WorkerStats = {
+    state: "connected",
+    workerId: "wkr_1",
+    tasksDone: 0,
+    chunksDone: 0,
+    embedsDone: 0,
+    rejected: 0,
+    startedAt: 0,
+    inferenceMs: 0,
+  };
+  busyMs = 0;
+  held = 0;
+  window(): WindowView {
+    return { capacity: 3, queued: 0, computing: 0, room: 3, awaitingAck: 0, leaseIds: [] };
+  }
+  inferenceMsAt(): number {
+    return this.busyMs;
+  }
+  tasksHeld(): number {
+    return this.held;
+  }
+}
+
+/** A write stream that keeps what it is given. */
+function fakeStream(isTTY: boolean, columns?: number) {
+  const chunks: string[] = [];
+  return {
+    chunks,
+    stream: {
+      isTTY,
+      columns,
+      write(s: string) {
+        chunks.push(s);
+        return true;
+      },
+    } as unknown as NodeJS.WriteStream,
+  };
+}
+
+let clock = 0;
+const now = () => clock;
+const label = { model: "use-lite", device: "cpu", threads: 2 };
+
+beforeEach(() => {
+  clock = 0;
+  // The reporter treats CI as no terminal; these tests say what the stream is themselves.
+  vi.stubEnv("CI", "");
+});
+afterEach(() => {
+  vi.unstubAllEnvs();
+});
+
+/** Moves the clock in the reporter's steps on a terminal, with the model busy `share` of it. */
+function run(reporter: StatusReporter, w: FakeWorker, ms: number, share: number, chunksPerS = 0) {
+  for (let t = 0; t < ms; t += 500) {
+    clock += 500;
+    w.busyMs += 500 * share;
+    w.stats.chunksDone += (chunksPerS * 500) / 1000;
+    reporter.tick();
+  }
+}
+
+describe("the status line on a terminal", () => {
+  it("redraws one line in place with rate, busy %, tasks held and credit", () => {
+    const w = new FakeWorker();
+    const { chunks, stream } = fakeStream(true);
+    const reporter = new StatusReporter(() => w, label, stream, { now });
+    w.held = 6;
+    w.stats.embedsDone = 3;
+    run(reporter, w, 6000, 0.75, 40);
+    const last = chunks.at(-1) as string;
+    // Cleared and redrawn from the start of the line, never a new line.
+    expect(last.startsWith("\r\x1b[2K")).toBe(true);
+    expect(chunks.join("")).not.toContain("\n");
+    expect(last).toContain("connected");
+    expect(last).toContain("use-lite cpu x2");
+    expect(last).toContain("40.0 chunks/s");
+    expect(last).toContain("busy  75%");
+    expect(last).toContain("held 6");
+    expect(last).toContain("credit 240 chunks");
+    expect(last).toContain("3 queries");
+  });
+
+  it("measures busy % over the last few seconds, not since the start", () => {
+    const w = new FakeWorker();
+    const { chunks, stream } = fakeStream(true);
+    const reporter = new StatusReporter(() => w, label, stream, { now });
+    run(reporter, w, 20_000, 1);
+    expect(chunks.at(-1)).toContain("busy 100%");
+    // Idle for 6 s after 20 s flat out: 77% since the start, nothing in the last 5 s.
+    run(reporter, w, 6000, 0);
+    expect(chunks.at(-1)).toContain("busy   0%");
+    expect(chunks.at(-1)).toContain("0.0 chunks/s");
+    // Half of the last window busy.
+    run(reporter, w, 2500, 1);
+    expect(reporter.figures().busyPercent).toBeCloseTo(50, 0);
+  });
+
+  it("shows the credit the edge acked, and tasks held falling as acks come", () => {
+    const w = new FakeWorker();
+    const { chunks, stream } = fakeStream(true);
+    const reporter = new StatusReporter(() => w, label, stream, { now });
+    w.held = 4;
+    run(reporter, w, 500, 0);
+    expect(chunks.at(-1)).toContain("held 4");
+    expect(chunks.at(-1)).toContain("credit 0 chunks");
+    w.held = 1;
+    w.stats.tasksDone = 3;
+    w.stats.chunksDone = 96;
+    run(reporter, w, 500, 0);
+    expect(chunks.at(-1)).toContain("held 1");
+    expect(chunks.at(-1)).toContain("credit 96 chunks");
+  });
+
+  it("fits about 100 columns with big counts and a long model, and never wraps a narrow terminal", () => {
+    const w = new FakeWorker();
+    w.stats = { ...w.stats, state: "reconnecting", chunksDone: 12_345_678 };
+    w.held = 64;
+    const long = {
+      model: "https://models.example.com/sentence-transformers/all-MiniLM-L6-v2/p2pa-model.json",
+      device: "cuda",
+      threads: 16,
+    };
+    const reporter = new StatusReporter(() => w, long, fakeStream(true).stream, { now });
+    run(reporter, w, 1000, 1, 2500);
+    const line = reporter.line();
+    expect(line.length).toBeLessThanOrEqual(100);
+    expect(line).toContain("credit 12.3M chunks");
+    expect(line).toContain("2500 chunks/s");
+    expect(line).toContain("https://…el.json cuda x16");
+    expect(line).not.toContain("queries");
+    w.stats.embedsDone = 456_789;
+    expect(reporter.line()).toContain("457k queries");
+    const narrow = fakeStream(true, 60);
+    const small = new StatusReporter(() => w, long, narrow.stream, { now });
+    small.tick();
+    // After the coloured dot and its space, at most columns - 3 characters of the line.
+    const drawn = (narrow.chunks.at(-1) as string).split("\x1b[0m ")[1] ?? "";
+    expect(drawn.length).toBe(57);
+    expect(small.line().startsWith(drawn)).toBe(true);
+  });
+});
+
+describe("the status log without a terminal", () => {
+  it("logs the same figures every interval, measured over that interval", () => {
+    const w = new FakeWorker();
+    const { chunks, stream } = fakeStream(false);
+    const reporter = new StatusReporter(() => w, label, stream, { now });
+    w.held = 2;
+    clock += 10_000;
+    w.busyMs += 10_000;
+    w.stats.chunksDone += 500;
+    reporter.tick();
+    clock += 10_000;
+    w.busyMs += 2_500;
+    w.stats.chunksDone += 100;
+    w.stats.tasksDone = 19;
+    reporter.tick();
+    expect(chunks).toHaveLength(2);
+    const last = chunks.at(-1) as string;
+    expect(last).toMatch(/^\d{4}-\d\d-\d\dT[\d:.]+Z connected/);
+    expect(last.endsWith("\n")).toBe(true);
+    expect(last).not.toContain("\x1b");
+    expect(last).toContain("busy  25%");
+    expect(last).toContain("10.0 chunks/s");
+    expect(last).toContain("held 2");
+    expect(last).toContain("credit 600 chunks");
+  });
+});
+
+describe("--status-port", () => {
+  it("adds busy %, tasks held and the rate to the JSON, keeping stats and window", async () => {
+    const w = new FakeWorker();
+    w.stats.chunksDone = 42;
+    w.held = 5;
+    const reporter = new StatusReporter(() => w, label, fakeStream(true).stream, { now });
+    run(reporter, w, 5000, 0.4, 10);
+    const server = await serveStatus(0, reporter);
+    try {
+      const port = (server.address() as AddressInfo).port;
+      const body = (await (await fetch(`http://127.0.0.1:${port}/status`)).json()) as Record<
+        string,
+        unknown
+      >;
+      expect(body).toMatchObject({
+        model: "use-lite",
+        device: "cpu",
+        threads: 2,
+        stats: { state: "connected", workerId: "wkr_1", chunksDone: 92 },
+        window: { capacity: 3, room: 3, leaseIds: [] },
+        busyPercent: 40,
+        tasksHeld: 5,
+        chunksPerSecond: 10,
+        measuredOverMs: 5000,
+      });
+      const missing = await fetch(`http://127.0.0.1:${port}/nope`);
+      expect(missing.status).toBe(404);
+    } finally {
+      server.close();
+    }
+  });
+
+  it("answers nulls before the worker exists", async () => {
+    const reporter = new StatusReporter(() => null, label, fakeStream(false).stream, { now });
+    const server = await serveStatus(0, reporter);
+    try {
+      const port = (server.address() as AddressInfo).port;
+      const body = await (await fetch(`http://127.0.0.1:${port}/status`)).json();
+      expect(body).toMatchObject({ stats: null, window: null, busyPercent: null, tasksHeld: null });
+    } finally {
+      server.close();
+    }
+  });
+});
