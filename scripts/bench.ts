@@ -4,6 +4,9 @@
  *   (b) the same chunks through the local edge and one p2pa-worker, submit to `completed`.
  * Prints chunks/s for each, the ratio b/a (median of runs), and writes bench-results/bench.json.
  *
+ * Then the coordinator's capacity (scripts/lib/capacity-bench.ts): chunks/s one Dispatcher shard moves
+ * with donors that answer at once, documents/s submitted, and bytes on the wire per chunk.
+ *
  * Then the cost of verification: the same corpus through the edge and two workers of two
  * different tokens, once with verification off and twice with the default policy (auto) on
  * one system: a first job while both donors are new (every result confirmed by the other),
@@ -24,6 +27,7 @@ import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { benchEmbedder, loadModel } from "../apps/worker-node/src/model/index.js";
+import { capacityBench } from "./lib/capacity-bench.js";
 import { BENCH_CHUNKING, useLiteChunker } from "./lib/chunking.js";
 import { generatedPassages } from "./lib/corpus.js";
 import {
@@ -37,7 +41,7 @@ import { reindexBench } from "./lib/reindex-bench.js";
 import { encryptionCost } from "./lib/seal-cost.js";
 import { searchBench } from "./lib/search-bench.js";
 
-const ALL_SECTIONS = ["pipeline", "verification", "encryption", "search", "reindex"];
+const ALL_SECTIONS = ["pipeline", "capacity", "verification", "encryption", "search", "reindex"];
 const { values } = parseArgs({
   options: {
     runs: { type: "string", default: "3" },
@@ -48,6 +52,10 @@ const { values } = parseArgs({
     only: { type: "string", default: ALL_SECTIONS.join(",") },
     vectors: { type: "string", default: "100000" },
     "search-queries": { type: "string", default: "200" },
+    // The coordinator's capacity: one-sentence documents in one job, instant donors.
+    "capacity-documents": { type: "string", default: "20000" },
+    "capacity-donors": { type: "string", default: "4" },
+    "capacity-window": { type: "string", default: "16" },
     // Another checkout (built, with node_modules) to compare data protection's cost against.
     "baseline-dir": { type: "string" },
   },
@@ -211,6 +219,14 @@ for (let r = 0; r < (sections.has("pipeline") ? runs : 0); r++) {
   );
 }
 const ratios = a.map((x, i) => (b[i] as number) / x);
+const capacity = sections.has("capacity")
+  ? await capacityBench({
+      documents: Number(values["capacity-documents"]),
+      donors: Number(values["capacity-donors"]),
+      capacity: Number(values["capacity-window"]),
+      runs,
+    })
+  : null;
 const verification: Record<string, { chunksPerSecond: number[]; resultsPerTask: number[] }> = {};
 for (let r = 0; r < (sections.has("verification") ? Number(values["verify-runs"]) : 0); r++) {
   for (const [label, v] of Object.entries(await verificationCost())) {
@@ -242,6 +258,7 @@ const result = {
   direct: { chunksPerSecond: a, median: median(a) },
   endToEnd: { chunksPerSecond: b, median: median(b) },
   ratio: { perRun: ratios, median: median(ratios) },
+  capacity,
   verification,
   encryption,
   search: searchReport,
@@ -251,6 +268,12 @@ if (a.length)
   console.log(
     `median: (a) ${result.direct.median.toFixed(1)} chunks/s  (b) ${result.endToEnd.median.toFixed(1)} chunks/s  b/a ${result.ratio.median.toFixed(3)}`,
   );
+if (capacity) {
+  const c = capacity.median;
+  console.log(
+    `coordinator capacity (one shard, ${capacity.donors} instant donors of window ${capacity.capacity}, median of ${capacity.runs.length}): dispatch ${c.chunksPerSecond.toFixed(0)} chunks/s, submit ${c.documentsPerSecond.toFixed(0)} documents/s; per chunk ${c.bytesPerChunkToDonor.toFixed(0)} B to donors, ${c.bytesPerChunkFromDonor.toFixed(0)} B from donors`,
+  );
+}
 const off = median(verification.off?.chunksPerSecond ?? [1]);
 for (const [label, v] of Object.entries(verification)) {
   const cps = median(v.chunksPerSecond);

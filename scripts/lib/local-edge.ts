@@ -220,3 +220,40 @@ export function spawnWorker(
     detached,
   });
 }
+
+/** The longest a job status call took in this process: the edge's answer time under load. */
+let slowestStatus = 0;
+export const slowestStatusMs = () => slowestStatus;
+
+/**
+ * Polls a job until it ends and returns the completion time the edge recorded (so a status
+ * call held up on its way back does not count). A status call that does not come back within
+ * `callTimeoutMs` is asked again, as a client would: wrangler dev's local proxy sometimes
+ * holds a request under load. Fails if the job ends other than completed, or after `timeoutMs`.
+ */
+export async function waitForCompletion<J extends { status: string; completedAt?: string | null }>(
+  url: string,
+  id: string,
+  headers: Record<string, string>,
+  { pollMs = 50, callTimeoutMs = 10_000, timeoutMs = 30 * 60_000 } = {},
+): Promise<{ completedAt: number; job: J }> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const t0 = performance.now();
+    const res = await fetch(`${url}/v1/jobs/${id}`, {
+      headers,
+      signal: AbortSignal.timeout(callTimeoutMs),
+    }).catch(() => null);
+    slowestStatus = Math.max(slowestStatus, performance.now() - t0);
+    if (res?.ok) {
+      const job = (await res.json()) as J;
+      if (job.status !== "queued" && job.status !== "running") {
+        if (job.status !== "completed") throw new Error(`job ${id} ended ${job.status}`);
+        return { completedAt: Date.parse(job.completedAt ?? "") || Date.now(), job };
+      }
+      if (Date.now() > deadline)
+        throw new Error(`job ${id} did not complete: ${JSON.stringify(job)}`);
+    }
+    await new Promise((r) => setTimeout(r, pollMs));
+  }
+}

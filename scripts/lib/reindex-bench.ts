@@ -1,7 +1,14 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { DEV_CREDENTIALS, prepareLocalDatabase, spawnWorker, startEdge } from "./local-edge.js";
+import {
+  DEV_CREDENTIALS,
+  prepareLocalDatabase,
+  slowestStatusMs,
+  spawnWorker,
+  startEdge,
+  waitForCompletion,
+} from "./local-edge.js";
 
 /**
  * Re-indexing a corpus in which 90% of the documents are unchanged, against indexing it the
@@ -41,9 +48,6 @@ interface JobOut {
   chunks: { total: number; done: number; failed: number; cached: number };
 }
 
-/** The slowest job status call of the run (wrangler dev's proxy sometimes holds one). */
-let slowestStatusMs = 0;
-
 /**
  * Submits and waits for the job. Its time is from the submit's start to the completion time
  * the edge records, so a status call held up on its way back does not count.
@@ -57,23 +61,8 @@ async function timedJob(url: string, body: unknown): Promise<{ seconds: number; 
   });
   if (res.status !== 202) throw new Error(`submit failed: ${res.status} ${await res.text()}`);
   const { id } = (await res.json()) as JobOut;
-  for (;;) {
-    const t0 = performance.now();
-    const got = await fetch(`${url}/v1/jobs/${id}`, {
-      headers,
-      signal: AbortSignal.timeout(10_000),
-    }).catch(() => null);
-    slowestStatusMs = Math.max(slowestStatusMs, performance.now() - t0);
-    // A status call that did not come back is asked again, as a client would.
-    if (!got?.ok) continue;
-    const job = (await got.json()) as JobOut;
-    if (job.status !== "queued" && job.status !== "running") {
-      if (job.status !== "completed") throw new Error(`job ${id} ended ${job.status}`);
-      const done = Date.parse(job.completedAt ?? "") || Date.now();
-      return { seconds: (done - started) / 1000, job };
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  const { completedAt, job } = await waitForCompletion<JobOut>(url, id, headers);
+  return { seconds: (completedAt - started) / 1000, job };
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
@@ -138,7 +127,7 @@ export async function reindexBench(opts: {
   }
   return {
     runs,
-    slowestStatusMs,
+    slowestStatusMs: slowestStatusMs(),
     median: {
       ratio: median(runs.map((r) => r.ratio)),
       firstDocsPerSecond: median(runs.map((r) => r.documents / r.firstSeconds)),

@@ -17,14 +17,25 @@ export interface TaskFrame {
 export class ScriptedDonor {
   readonly received: { type: string; [k: string]: unknown }[] = [];
   tasks = 0;
+  /** Chunks answered so far (items of the tasks answered). */
+  chunks = 0;
+  /** Bytes of every frame received from the edge, and of every result sent to it. */
+  bytesIn = 0;
+  bytesOut = 0;
+  /** When the first task arrived (Date.now()), or null. */
+  firstTaskAt: number | null = null;
   closeCode: number | null = null;
   private ws!: WebSocket;
+  /** A vector returned again (a fixed answer) is encoded once. */
+  private readonly encoded = new WeakMap<Float32Array, string>();
 
   constructor(
     private readonly server: string,
     private readonly token: string,
     private readonly answer: (task: TaskFrame, n: number) => Promise<Float32Array[]>,
     private readonly capacity = 2,
+    /** Keep every frame received (tests read them); a benchmark keeps none. */
+    private readonly keepFrames = true,
   ) {}
 
   async connect(): Promise<void> {
@@ -34,7 +45,10 @@ export class ScriptedDonor {
     this.ws.on("close", (code) => {
       this.closeCode = code;
     });
-    this.ws.on("message", (raw) => void this.onFrame(String(raw)));
+    this.ws.on("message", (raw: Buffer) => {
+      this.bytesIn += raw.length;
+      void this.onFrame(String(raw));
+    });
     await new Promise<void>((resolve, reject) => {
       this.ws.once("open", () => resolve());
       this.ws.once("error", reject);
@@ -70,23 +84,34 @@ export class ScriptedDonor {
 
   private async onFrame(raw: string): Promise<void> {
     const frame = JSON.parse(raw) as { type: string } & Partial<TaskFrame>;
-    this.received.push(frame);
+    if (this.keepFrames) this.received.push(frame);
     if (frame.type !== "task") return;
     const task = frame as TaskFrame;
+    this.firstTaskAt ??= Date.now();
     const vectors = await this.answer(task, this.tasks++);
     if (this.ws.readyState !== WebSocket.OPEN) return;
-    this.ws.send(
-      JSON.stringify({
-        type: "result",
-        v: PROTOCOL_VERSION,
-        taskId: task.taskId,
-        leaseId: task.leaseId,
-        vectors: task.items.map((it, i) => ({
-          chunkId: it.chunkId,
-          vector: encodeVector(vectors[i] as Float32Array),
-        })),
-      }),
-    );
+    const payload = JSON.stringify({
+      type: "result",
+      v: PROTOCOL_VERSION,
+      taskId: task.taskId,
+      leaseId: task.leaseId,
+      vectors: task.items.map((it, i) => ({
+        chunkId: it.chunkId,
+        vector: this.encode(vectors[i] as Float32Array),
+      })),
+    });
+    this.bytesOut += Buffer.byteLength(payload);
+    this.chunks += task.items.length;
+    this.ws.send(payload);
+  }
+
+  private encode(v: Float32Array): string {
+    let s = this.encoded.get(v);
+    if (s === undefined) {
+      s = encodeVector(v);
+      this.encoded.set(v, s);
+    }
+    return s;
   }
 }
 

@@ -26,8 +26,10 @@ import {
   killTree,
   prepareLocalDatabase,
   ROOT,
+  slowestStatusMs,
   spawnWorker,
   startEdge,
+  waitForCompletion,
 } from "./local-edge.js";
 import { ScriptedDonor } from "./scripted-donor.js";
 import { searchCorpus } from "./search-corpus.js";
@@ -121,30 +123,14 @@ async function submit(url: string, key: string, body: unknown): Promise<{ id: st
   }
 }
 
-/** The longest a job status call took during the fill: the edge's answer time under load. */
-let slowestStatusMs = 0;
-
 async function waitForJobs(url: string, ids: string[], timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  for (const id of ids) {
-    for (;;) {
-      const t0 = performance.now();
-      const res = await fetch(`${url}/v1/jobs/${id}`, {
-        headers,
-        signal: AbortSignal.timeout(60_000),
-      }).catch(() => null);
-      slowestStatusMs = Math.max(slowestStatusMs, performance.now() - t0);
-      // A status call that found the edge too busy to answer is asked again, as a client would.
-      if (!res?.ok) continue;
-      const job = (await res.json()) as { status: string; chunks: { done: number; total: number } };
-      if (job.status === "completed") break;
-      if (job.status !== "queued" && job.status !== "running")
-        throw new Error(`job ${id} ended ${job.status}`);
-      if (Date.now() > deadline)
-        throw new Error(`job ${id} did not complete: ${JSON.stringify(job)}`);
-      await new Promise((r) => setTimeout(r, 500));
-    }
-  }
+  for (const id of ids)
+    await waitForCompletion(url, id, headers, {
+      pollMs: 500,
+      callTimeoutMs: 60_000,
+      timeoutMs: Math.max(0, deadline - Date.now()),
+    });
 }
 
 async function waitForWorker(url: string, timeoutMs: number): Promise<void> {
@@ -321,7 +307,7 @@ export async function searchBench(opts: {
       },
       recallAt10: recallSum / queries.length,
       fillSeconds,
-      slowestStatusMs,
+      slowestStatusMs: slowestStatusMs(),
       quality,
     };
   } catch (err) {

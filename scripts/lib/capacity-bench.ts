@@ -1,0 +1,147 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { rng } from "./corpus.js";
+import {
+  DEV_CREDENTIALS,
+  prepareLocalDatabase,
+  startEdge,
+  waitForCompletion,
+} from "./local-edge.js";
+import { randomUnit, ScriptedDonor } from "./scripted-donor.js";
+
+/**
+ * The coordinator's own capacity: donors that answer every task at once with a valid vector
+ * (protocol-level, no model), so only the edge's work per chunk counts. One Dispatcher shard,
+ * verification off and no known-answer checks (they are trust's cost, measured elsewhere).
+ * Per run, on a fresh local system:
+ *   - submission: documents/s of one POST /v1/jobs of `documents` one-sentence documents,
+ *     from the request's first byte to the 202;
+ *   - dispatch: chunks/s from the first task a donor received to the completion time the
+ *     edge records;
+ *   - bytes on the wire per chunk, edge to donor (task frames, acks) and donor to edge
+ *     (results), as the donors counted them.
+ */
+
+interface CapacityRun {
+  documents: number;
+  submitSeconds: number;
+  documentsPerSecond: number;
+  dispatchSeconds: number;
+  chunksPerSecond: number;
+  bytesPerChunkToDonor: number;
+  bytesPerChunkFromDonor: number;
+}
+
+export interface CapacityReport {
+  donors: number;
+  capacity: number;
+  runs: CapacityRun[];
+  median: Omit<CapacityRun, "documents" | "submitSeconds" | "dispatchSeconds">;
+}
+
+const headers = {
+  Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}`,
+  "Content-Type": "application/json",
+};
+
+const WORDS =
+  "river bridge library garden museum festival harbour market school station orchard tower valley council".split(
+    " ",
+  );
+
+/** `n` distinct one-sentence documents (no two share a text, so nothing is served from cache). */
+function sentences(n: number, seed: number): string[] {
+  const r = rng(seed);
+  const pick = () => WORDS[Math.floor(r() * WORDS.length)] as string;
+  return Array.from(
+    { length: n },
+    (_, i) =>
+      `Note ${seed}-${i}: the ${pick()} near the ${pick()} opened after the ${pick()} closed.`,
+  );
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
+
+async function oneRun(documents: number, donors: number, capacity: number, seed: number) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "p2pa-capacity-"));
+  await prepareLocalDatabase(dir);
+  const edge = await startEdge({
+    port: 8791,
+    persistTo: dir,
+    vars: { DISPATCH_SHARDS: "1", VERIFY_CANARY_RATE: "0", VERIFICATION: "off" },
+  });
+  // Every donor answers every item with the same valid unit vector, encoded once.
+  const answer = randomUnit();
+  const pool = Array.from(
+    { length: donors },
+    () =>
+      new ScriptedDonor(
+        edge.url,
+        DEV_CREDENTIALS.workerToken,
+        async (t) => t.items.map(() => answer),
+        capacity,
+        false,
+      ),
+  );
+  try {
+    for (const d of pool) await d.connect();
+    const body = JSON.stringify({
+      documents: sentences(documents, seed).map((text) => ({ text })),
+      verification: "off",
+    });
+    const t0 = Date.now();
+    const res = await fetch(`${edge.url}/v1/jobs`, { method: "POST", headers, body });
+    const submitted = Date.now();
+    if (res.status !== 202) throw new Error(`submit failed: ${res.status} ${await res.text()}`);
+    const { id, chunks } = (await res.json()) as { id: string; chunks: { total: number } };
+    const { completedAt } = await waitForCompletion(edge.url, id, headers);
+    const firstTask = Math.min(...pool.map((d) => d.firstTaskAt ?? Number.POSITIVE_INFINITY));
+    const answered = pool.reduce((n, d) => n + d.chunks, 0);
+    if (answered < chunks.total)
+      throw new Error(`donors answered ${answered} chunks of ${chunks.total}`);
+    const dispatchSeconds = (completedAt - firstTask) / 1000;
+    const run: CapacityRun = {
+      documents,
+      submitSeconds: (submitted - t0) / 1000,
+      documentsPerSecond: documents / ((submitted - t0) / 1000),
+      dispatchSeconds,
+      chunksPerSecond: chunks.total / dispatchSeconds,
+      bytesPerChunkToDonor: pool.reduce((n, d) => n + d.bytesIn, 0) / chunks.total,
+      bytesPerChunkFromDonor: pool.reduce((n, d) => n + d.bytesOut, 0) / chunks.total,
+    };
+    return run;
+  } finally {
+    for (const d of pool) d.close();
+    await edge.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+export async function capacityBench(opts: {
+  documents: number;
+  donors: number;
+  capacity: number;
+  runs: number;
+}): Promise<CapacityReport> {
+  const runs: CapacityRun[] = [];
+  for (let r = 0; r < opts.runs; r++) {
+    const run = await oneRun(opts.documents, opts.donors, opts.capacity, 7000 + r);
+    console.log(
+      `capacity run ${r + 1}: submit ${run.documentsPerSecond.toFixed(0)} documents/s, dispatch ${run.chunksPerSecond.toFixed(0)} chunks/s, ${run.bytesPerChunkToDonor.toFixed(0)} B/chunk to donors, ${run.bytesPerChunkFromDonor.toFixed(0)} B/chunk from donors`,
+    );
+    runs.push(run);
+  }
+  const m = (k: keyof CapacityRun) => median(runs.map((r) => r[k]));
+  return {
+    donors: opts.donors,
+    capacity: opts.capacity,
+    runs,
+    median: {
+      documentsPerSecond: m("documentsPerSecond"),
+      chunksPerSecond: m("chunksPerSecond"),
+      bytesPerChunkToDonor: m("bytesPerChunkToDonor"),
+      bytesPerChunkFromDonor: m("bytesPerChunkFromDonor"),
+    },
+  };
+}
