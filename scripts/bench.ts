@@ -53,9 +53,10 @@ const { values } = parseArgs({
     vectors: { type: "string", default: "100000" },
     "search-queries": { type: "string", default: "200" },
     // The coordinator's capacity: one-sentence documents in one job, instant donors.
-    "capacity-documents": { type: "string", default: "20000" },
+    "capacity-documents": { type: "string", default: "10000" },
     "capacity-donors": { type: "string", default: "4" },
     "capacity-window": { type: "string", default: "16" },
+    profile: { type: "boolean", default: false },
     // Another checkout (built, with node_modules) to compare data protection's cost against.
     "baseline-dir": { type: "string" },
   },
@@ -225,6 +226,9 @@ const capacity = sections.has("capacity")
       donors: Number(values["capacity-donors"]),
       capacity: Number(values["capacity-window"]),
       runs,
+      ...(values.profile
+        ? { profile: path.join(ROOT, "bench-results", "capacity.cpuprofile") }
+        : {}),
     })
   : null;
 const verification: Record<string, { chunksPerSecond: number[]; resultsPerTask: number[] }> = {};

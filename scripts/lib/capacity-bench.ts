@@ -8,6 +8,7 @@ import {
   startEdge,
   waitForCompletion,
 } from "./local-edge.js";
+import { EdgeProfiler } from "./profile.js";
 import { randomUnit, ScriptedDonor } from "./scripted-donor.js";
 
 /**
@@ -21,6 +22,8 @@ import { randomUnit, ScriptedDonor } from "./scripted-donor.js";
  *     edge records;
  *   - bytes on the wire per chunk, edge to donor (task frames, acks) and donor to edge
  *     (results), as the donors counted them.
+ * `--profile` writes a CPU profile of the edge over the first run's submit and dispatch to
+ * bench-results/capacity.cpuprofile and prints where its time went.
  */
 
 interface CapacityRun {
@@ -63,7 +66,13 @@ function sentences(n: number, seed: number): string[] {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
-async function oneRun(documents: number, donors: number, capacity: number, seed: number) {
+async function oneRun(
+  documents: number,
+  donors: number,
+  capacity: number,
+  seed: number,
+  profile: string | null,
+) {
   const dir = mkdtempSync(path.join(os.tmpdir(), "p2pa-capacity-"));
   await prepareLocalDatabase(dir);
   const edge = await startEdge({
@@ -86,6 +95,7 @@ async function oneRun(documents: number, donors: number, capacity: number, seed:
   );
   try {
     for (const d of pool) await d.connect();
+    const profiler = profile ? await EdgeProfiler.start(edge.inspectorPort) : null;
     const body = JSON.stringify({
       documents: sentences(documents, seed).map((text) => ({ text })),
       verification: "off",
@@ -96,6 +106,7 @@ async function oneRun(documents: number, donors: number, capacity: number, seed:
     if (res.status !== 202) throw new Error(`submit failed: ${res.status} ${await res.text()}`);
     const { id, chunks } = (await res.json()) as { id: string; chunks: { total: number } };
     const { completedAt } = await waitForCompletion(edge.url, id, headers);
+    if (profiler && profile) console.log(await profiler.stop(profile));
     const firstTask = Math.min(...pool.map((d) => d.firstTaskAt ?? Number.POSITIVE_INFINITY));
     const answered = pool.reduce((n, d) => n + d.chunks, 0);
     if (answered < chunks.total)
@@ -123,10 +134,18 @@ export async function capacityBench(opts: {
   donors: number;
   capacity: number;
   runs: number;
+  /** Write a CPU profile of the edge during the first run to this file. */
+  profile?: string;
 }): Promise<CapacityReport> {
   const runs: CapacityRun[] = [];
   for (let r = 0; r < opts.runs; r++) {
-    const run = await oneRun(opts.documents, opts.donors, opts.capacity, 7000 + r);
+    const run = await oneRun(
+      opts.documents,
+      opts.donors,
+      opts.capacity,
+      7000 + r,
+      r === 0 ? (opts.profile ?? null) : null,
+    );
     console.log(
       `capacity run ${r + 1}: submit ${run.documentsPerSecond.toFixed(0)} documents/s, dispatch ${run.chunksPerSecond.toFixed(0)} chunks/s, ${run.bytesPerChunkToDonor.toFixed(0)} B/chunk to donors, ${run.bytesPerChunkFromDonor.toFixed(0)} B/chunk from donors`,
     );

@@ -84,6 +84,8 @@ export async function prepareLocalDatabase(
 export interface LocalEdge {
   url: string;
   process: ChildProcess;
+  /** wrangler dev's DevTools port for the Worker and its Durable Objects (scripts/lib/profile.ts). */
+  inspectorPort: number;
   /** Output so far, for diagnosing a failed test. */
   output(): string;
   stop(signal?: NodeJS.Signals): Promise<void>;
@@ -117,6 +119,7 @@ export async function startEdge(opts: EdgeOptions): Promise<LocalEdge> {
     P2PA_DATA_KEYS: localDataKeys(opts.persistTo),
     ...opts.vars,
   };
+  const inspectorPort = await freePort();
   const args = [
     WRANGLER,
     "dev",
@@ -129,7 +132,7 @@ export async function startEdge(opts: EdgeOptions): Promise<LocalEdge> {
     "--show-interactive-dev-session=false",
     // Its own inspector port, so several edges (tests, benchmarks) can run at once.
     "--inspector-port",
-    String(await freePort()),
+    String(inspectorPort),
     "--log-level",
     opts.inheritOutput ? "info" : "warn",
     ...Object.entries(vars).flatMap(([k, v]) => ["--var", `${k}:${v}`]),
@@ -168,6 +171,7 @@ export async function startEdge(opts: EdgeOptions): Promise<LocalEdge> {
   return {
     url,
     process: child,
+    inspectorPort,
     output: () => log,
     async stop(signal = "SIGTERM") {
       if (child.exitCode !== null || child.signalCode !== null) return;

@@ -59,6 +59,43 @@ describe("Dispatcher", () => {
     w.ws.close();
   });
 
+  it("writes results that come in together in shared writes, each chunk once", async () => {
+    const tasks = 8;
+    const j = await submit(tasks * TASK_SIZE);
+    const writes = async () =>
+      Number(
+        /^p2pa_result_writes_total (\d+)$/m.exec(
+          await (await call("/v1/metrics", { key: KEYS.admin })).text(),
+        )?.[1] ?? 0,
+      );
+    const before = await writes();
+    // A new connection holds two tasks until it has earned more: four workers hold all eight.
+    const workers = await Promise.all([0, 1, 2, 3].map(() => TestWorker.connect()));
+    const leased = [];
+    for (const w of workers) {
+      w.ready(2);
+      leased.push({ w, t: await w.next("task") }, { w, t: await w.next("task") });
+    }
+    // Every result at once, as a fast fleet sends them; one of them twice.
+    for (const { w, t } of leased) w.send(w.resultFor(t));
+    const [first] = leased as [(typeof leased)[number]];
+    first.w.send(first.w.resultFor(first.t));
+    const acks = [];
+    for (const { w } of leased) acks.push(await w.next("ack"));
+    acks.push(await first.w.next("ack"));
+    expect(acks.filter((a) => a.status === "stored")).toHaveLength(tasks);
+    expect(acks.filter((a) => a.status === "duplicate")).toHaveLength(1);
+    expect(await job(j.id)).toMatchObject({
+      status: "completed",
+      chunks: { total: tasks * TASK_SIZE, done: tasks * TASK_SIZE, failed: 0 },
+    });
+    // The results that waited for the first write went in together.
+    const shared = (await writes()) - before;
+    expect(shared).toBeGreaterThanOrEqual(1);
+    expect(shared).toBeLessThan(tasks);
+    for (const w of workers) w.ws.close();
+  });
+
   it("rejects results that do not hold up and requeues the task", async () => {
     const j = await submit(5);
     const w = await TestWorker.connect();

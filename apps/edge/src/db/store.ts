@@ -111,6 +111,13 @@ export interface MetadataStore {
    * them).
    */
   recordDone(jobId: string, chunkIds: string[]): Promise<{ settled: number[] }>;
+  /**
+   * `recordDone` for the chunks of several jobs in one transaction (one round trip): each
+   * job's `settled` seqs, by job id.
+   */
+  recordDoneAll(
+    groups: readonly { jobId: string; chunkIds: readonly string[] }[],
+  ): Promise<Map<string, number[]>>;
   /** Marks chunks failed (once each) with a reason, like `recordDone`. */
   recordFailed(jobId: string, chunkIds: string[], reason: string): Promise<{ settled: number[] }>;
   /** Seqs of the job's pending versions with no chunk left to compute (see `recordDone`). */
@@ -1592,75 +1599,83 @@ export class D1Store implements MetadataStore {
   }
 
   private async record(
-    jobId: string,
-    chunkIds: string[],
+    groups: readonly { jobId: string; chunkIds: readonly string[] }[],
     to: "done" | "failed",
     reason: string | null,
-  ): Promise<{ settled: number[] }> {
+  ): Promise<Map<string, number[]>> {
     const j = schema.jobs;
     const d = schema.documents;
     const stmts = [];
-    const reads: number[] = [];
-    // The update binds four values beside the ids, the read two.
-    for (const ids of bindable(chunkIds, 4)) {
-      stmts.push(
-        this.db
-          .update(schema.chunks)
-          .set({ status: to, error: reason })
-          .where(
-            and(
-              eq(schema.chunks.jobId, jobId),
-              inArray(schema.chunks.id, ids),
-              eq(schema.chunks.status, "pending"),
+    const reads: { at: number; jobId: string }[] = [];
+    for (const { jobId, chunkIds } of groups) {
+      // The update binds four values beside the ids, the read two.
+      for (const ids of bindable(chunkIds, 4)) {
+        stmts.push(
+          this.db
+            .update(schema.chunks)
+            .set({ status: to, error: reason })
+            .where(
+              and(
+                eq(schema.chunks.jobId, jobId),
+                inArray(schema.chunks.id, ids),
+                eq(schema.chunks.status, "pending"),
+              ),
             ),
-          ),
-      );
-      // changes() is the row count of the UPDATE just before it in this transaction, so the
-      // counter moves by exactly the chunks that changed state: replays add nothing.
-      stmts.push(
-        this.db
-          .update(j)
-          .set(
-            to === "done"
-              ? { chunksDone: sql`chunks_done + changes()` }
-              : { chunksFailed: sql`chunks_failed + changes()` },
-          )
-          .where(eq(j.id, jobId)),
-      );
-      // The versions these chunks belong to that have nothing left to compute. Qualified by
-      // hand: a one-table select renders its columns unqualified.
-      reads.push(stmts.length);
-      stmts.push(
-        this.db
-          .select({ seq: d.seq })
-          .from(d)
-          .where(
-            sql`documents.job_id = ${jobId} AND documents.state = 'pending'
+        );
+        // changes() is the row count of the UPDATE just before it in this transaction, so the
+        // counter moves by exactly the chunks that changed state: replays add nothing.
+        stmts.push(
+          this.db
+            .update(j)
+            .set(
+              to === "done"
+                ? { chunksDone: sql`chunks_done + changes()` }
+                : { chunksFailed: sql`chunks_failed + changes()` },
+            )
+            .where(eq(j.id, jobId)),
+        );
+        // The versions these chunks belong to that have nothing left to compute. Qualified by
+        // hand: a one-table select renders its columns unqualified.
+        reads.push({ at: stmts.length, jobId });
+        stmts.push(
+          this.db
+            .select({ seq: d.seq })
+            .from(d)
+            .where(
+              sql`documents.job_id = ${jobId} AND documents.state = 'pending'
               AND documents.id IN (SELECT document_id FROM chunks WHERE job_id = ${jobId} AND id IN (${sql.join(
                 ids.map((id) => sql`${id}`),
                 sql`, `,
               )}))
               AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.job_id = documents.job_id AND c.document_id = documents.id AND c.status = 'pending')`,
-          ),
-      );
+            ),
+        );
+      }
+      // A job none of whose versions waits (they were superseded or cancelled) may end here.
+      stmts.push(this.settle(jobId));
     }
-    // A job none of whose versions waits (they were superseded or cancelled) may end here.
-    stmts.push(this.settle(jobId));
+    const settled = new Map<string, Set<number>>(groups.map((g) => [g.jobId, new Set()]));
     const [first, ...rest] = stmts;
-    if (!first) return { settled: [] };
-    const results = (await this.db.batch([first, ...rest])) as unknown[];
-    const settled = new Set<number>();
-    for (const at of reads)
-      for (const r of (results[at] ?? []) as { seq: number }[]) settled.add(r.seq);
-    return { settled: [...settled] };
+    if (first) {
+      const results = (await this.db.batch([first, ...rest])) as unknown[];
+      for (const { at, jobId } of reads)
+        for (const r of (results[at] ?? []) as { seq: number }[]) settled.get(jobId)?.add(r.seq);
+    }
+    return new Map([...settled].map(([jobId, seqs]) => [jobId, [...seqs]]));
   }
 
-  recordDone(jobId: string, chunkIds: string[]) {
-    return this.record(jobId, chunkIds, "done", null);
+  async recordDone(jobId: string, chunkIds: string[]) {
+    const settled = await this.record([{ jobId, chunkIds }], "done", null);
+    return { settled: settled.get(jobId) ?? [] };
   }
 
-  recordFailed(jobId: string, chunkIds: string[], reason: string) {
-    return this.record(jobId, chunkIds, "failed", reason);
+  recordDoneAll(groups: readonly { jobId: string; chunkIds: readonly string[] }[]) {
+    return this.record(groups, "done", null);
+  }
+
+  async recordFailed(jobId: string, chunkIds: string[], reason: string) {
+    const settled = await this.record([{ jobId, chunkIds }], "failed", reason);
+    return { settled: settled.get(jobId) ?? [] };
   }
 
   async settledVersions(jobId: string): Promise<number[]> {

@@ -21,6 +21,19 @@ export function vectorMetadata(
   return { ...item.meta, tenant, jobId, documentId: item.documentId, index: item.index };
 }
 
+/** Most tasks, and vectors, one group write takes (D1's statements, the index's upserts). */
+const MAX_WRITE_TASKS = 64;
+const MAX_WRITE_VECTORS = 2048;
+
+/** A judged result waiting for its group write. */
+interface PendingWrite {
+  task: TaskRow;
+  donor: string;
+  vectors: Float32Array[];
+  confirmed: boolean;
+  resolve(outcome: StoreOutcome): void;
+}
+
 /** What a checked result came to. */
 export type StoreOutcome =
   /** Written now: exactly one stored result for each of the task's chunks. */
@@ -101,21 +114,88 @@ export class ResultStore {
     };
   }
 
-  /** Writes a judged result: vectors, then D1, then the task is done. */
-  private async write(
+  /**
+   * Writes a judged result: vectors, then D1, then the task is done. Results that come in while
+   * a write is on its way wait for it and then go together, in one vector upsert and one D1
+   * transaction (group commit): one result alone is written at once, and under load the
+   * writes grow instead of queueing one round trip per task.
+   */
+  private write(
     task: TaskRow,
     donor: string,
     vectors: Float32Array[],
     confirmed: boolean,
   ): Promise<StoreOutcome> {
+    return new Promise((resolve) => {
+      this.waiting.push({ task, donor, vectors, confirmed, resolve });
+      this.writing ??= this.writeAll().finally(() => {
+        this.writing = null;
+      });
+    });
+  }
+
+  /** Results judged and waiting for the next group write. */
+  private readonly waiting: PendingWrite[] = [];
+  /** The group writes running now, while results keep coming in. */
+  private writing: Promise<void> | null = null;
+
+  private async writeAll(): Promise<void> {
+    while (this.waiting.length) {
+      const group: PendingWrite[] = [];
+      let vectors = 0;
+      while (this.waiting.length && group.length < MAX_WRITE_TASKS && vectors < MAX_WRITE_VECTORS) {
+        const w = this.waiting.shift() as PendingWrite;
+        group.push(w);
+        vectors += w.vectors.length;
+      }
+      this.metrics.count("p2pa_result_writes_total");
+      const outcome = await this.writeGroup(group);
+      for (const w of group) w.resolve(outcome);
+    }
+  }
+
+  /** One group write. Any failure puts every task of the group back: each write is idempotent. */
+  private async writeGroup(group: PendingWrite[]): Promise<StoreOutcome> {
+    const writes = group.map((w) => ({ w, ...this.vectorsOf(w) }));
+    try {
+      const direct = new Map<string, VectorizeVector[]>();
+      for (const { w, direct: d, held } of writes) {
+        if (d.length) direct.set(w.task.model, [...(direct.get(w.task.model) ?? []), ...d]);
+        if (held.length) this.held.hold(w.task.jobId, held);
+      }
+      for (const [model, vs] of direct) await upsertVectors(getVectorIndex(this.env, model), vs);
+      const byJob = new Map<string, string[]>();
+      for (const { w, ids } of writes)
+        byJob.set(w.task.jobId, [...(byJob.get(w.task.jobId) ?? []), ...ids]);
+      const settled = await this.store.recordDoneAll(
+        [...byJob].map(([jobId, chunkIds]) => ({ jobId, chunkIds })),
+      );
+      for (const [jobId, seqs] of settled) {
+        const t = group.find((w) => w.task.jobId === jobId)?.task as TaskRow;
+        await this.promote(jobId, t.tenant, t.model, seqs);
+      }
+    } catch (err) {
+      for (const { task } of group) this.queue.abortStoring(task.id);
+      console.error(
+        "storing tasks failed; requeued",
+        group.map((w) => w.task.id),
+        err,
+      );
+      return "unavailable";
+    }
+    for (const { w, ids, stored } of writes) await this.written(w, ids, stored);
+    for (const jobId of new Set(group.map((w) => w.task.jobId))) await this.settleJob(jobId);
+    return "stored";
+  }
+
+  /** A result's vectors: those written to the index now, and those held for their version. */
+  private vectorsOf({ task, vectors }: PendingWrite) {
     const items = task.items ?? [];
-    const index = getVectorIndex(this.env, task.model);
     // Copies (the same text elsewhere in the job) take their item's vector.
     const stored: { item: ItemCopy; vector: Float32Array }[] = items.flatMap((it, i) => {
       const vector = vectors[i] as Float32Array;
       return [it, ...(it.copies ?? [])].map((item) => ({ item, vector }));
     });
-    const ids = stored.map(({ item }) => item.chunkId);
     const toVector = ({ item, vector }: (typeof stored)[number]): VectorizeVector => ({
       id: item.chunkId,
       values: vector,
@@ -125,28 +205,31 @@ export class ResultStore {
     // index whole, just before it becomes current. A first version is current from the start:
     // its chunks become searchable as they arrive. A recomputed task's versions are settled:
     // its corrected vectors replace the stored ones.
-    const held = task.recompute ? [] : stored.filter(({ item }) => item.pending);
-    const direct = task.recompute ? stored : stored.filter(({ item }) => !item.pending);
-    try {
-      if (direct.length) await index.upsert(direct.map(toVector));
-      if (held.length) this.held.hold(task.jobId, held.map(toVector));
-      const { settled } = await this.store.recordDone(task.jobId, ids);
-      await this.promote(task.jobId, task.tenant, task.model, settled);
-    } catch (err) {
-      this.queue.abortStoring(task.id);
-      console.error("storing task failed; requeued", task.id, err);
-      return "unavailable";
-    }
+    const pending = (x: (typeof stored)[number]) => !task.recompute && x.item.pending === true;
+    return {
+      stored,
+      ids: stored.map(({ item }) => item.chunkId),
+      direct: stored.filter((x) => !pending(x)).map(toVector),
+      held: stored.filter(pending).map(toVector),
+    };
+  }
+
+  /** What follows a task's write: the cache, the task done, its events and counters. */
+  private async written(
+    { task, donor, vectors, confirmed }: PendingWrite,
+    ids: string[],
+    stored: { item: ItemCopy }[],
+  ): Promise<void> {
     // A vector two donors agreed on is known from now on. One accepted on a donor's record
     // alone is not cached: if that donor is caught later, its stored results are recomputed,
     // but copies handed out from a cache would not be.
-    if (confirmed) await this.cache(task, items, vectors);
+    if (confirmed) await this.cache(task, task.items ?? [], vectors);
     this.queue.finishStoring(task.id, donor, confirmed);
     if (confirmed) this.metrics.count("p2pa_results_confirmed_total");
     if (await this.jobs.isDeleted(task.jobId)) {
       // The job was deleted while this result was being written: take the vectors back out.
       this.held.dropJob(task.jobId);
-      await index.deleteByIds(ids);
+      await getVectorIndex(this.env, task.model).deleteByIds(ids);
     }
     // A recomputed task's chunks were reported done already; only their vectors changed.
     if (!task.recompute)
@@ -162,8 +245,6 @@ export class ResultStore {
       "",
       stored.length,
     );
-    await this.settleJob(task.jobId);
-    return "stored";
   }
 
   /**
