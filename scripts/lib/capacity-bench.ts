@@ -17,12 +17,12 @@ import { randomUnit, ScriptedDonor } from "./scripted-donor.js";
  * verification off and no known-answer checks (they are trust's cost, measured elsewhere).
  * Per run, on a fresh local system:
  *   - submission: documents/s of one POST /v1/jobs of `documents` one-sentence documents,
- *     from the request's first byte to the 202;
- *   - dispatch: chunks/s from the first task a donor received to the completion time the
- *     edge records;
+ *     from the request's first byte to the 202, with no donor connected;
+ *   - dispatch: the donors join, then chunks/s from the first task a donor received to the
+ *     completion time the edge records;
  *   - bytes on the wire per chunk, edge to donor (task frames, acks) and donor to edge
  *     (results), as the donors counted them.
- * `--profile` writes a CPU profile of the edge over the first run's submit and dispatch to
+ * `--profile` writes a CPU profile of the edge over the first run's dispatch (from the 202) to
  * bench-results/capacity.cpuprofile and prints where its time went.
  */
 
@@ -94,8 +94,6 @@ async function oneRun(
       ),
   );
   try {
-    for (const d of pool) await d.connect();
-    const profiler = profile ? await EdgeProfiler.start(edge.inspectorPort) : null;
     const body = JSON.stringify({
       documents: sentences(documents, seed).map((text) => ({ text })),
       verification: "off",
@@ -105,6 +103,9 @@ async function oneRun(
     const submitted = Date.now();
     if (res.status !== 202) throw new Error(`submit failed: ${res.status} ${await res.text()}`);
     const { id, chunks } = (await res.json()) as { id: string; chunks: { total: number } };
+    // The donors join once the job is in, so the two phases are measured apart.
+    const profiler = profile ? await EdgeProfiler.start(edge.inspectorPort) : null;
+    await Promise.all(pool.map((d) => d.connect()));
     const { completedAt } = await waitForCompletion(edge.url, id, headers);
     if (profiler && profile) console.log(await profiler.stop(profile));
     const firstTask = Math.min(...pool.map((d) => d.firstTaskAt ?? Number.POSITIVE_INFINITY));

@@ -161,6 +161,13 @@ export class TaskQueue {
       ALTER TABLE leases ADD COLUMN canary_id INTEGER;
       ALTER TABLE leases ADD COLUMN canary_chunk TEXT;
     `,
+      `
+      -- every pump asks when the next retry comes due: without this it reads every queued
+      -- task (1.2 ms at 10,000 tasks, on every result). Partial, so that leasing (not_before
+      -- <= now) keeps tasks_ready, whose order it needs.
+      CREATE INDEX IF NOT EXISTS tasks_retry ON tasks (not_before)
+        WHERE state = 'pending' AND not_before > 0;
+    `,
     ]);
   }
 
@@ -743,7 +750,7 @@ export class TaskQueue {
       .one().d;
     const retry = this.sql
       .exec<{ d: number | null }>(
-        "SELECT min(not_before) AS d FROM tasks WHERE state = 'pending' AND not_before > ?",
+        "SELECT min(not_before) AS d FROM tasks INDEXED BY tasks_retry WHERE state = 'pending' AND not_before > 0 AND not_before > ?",
         now,
       )
       .one().d;
