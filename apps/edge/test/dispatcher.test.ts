@@ -9,6 +9,7 @@ import {
   KEYS,
   originalsOf,
   roundTrip,
+  storedOriginal,
   submit,
   TestWorker,
   workerToken,
@@ -334,14 +335,14 @@ describe("Dispatcher", () => {
     ).data.map((c) => c.id);
     const originals = await originalsOf(j.id);
     expect(originals.length).toBe(3);
-    for (const key of originals) expect(await env.RAW.head(key)).not.toBeNull();
+    for (const key of originals) expect(await storedOriginal(key)).not.toBeNull();
     expect((await call(`/v1/jobs/${j.id}`, { method: "DELETE", key: KEYS.other })).status).toBe(
       404,
     );
     expect((await call(`/v1/jobs/${j.id}`, { method: "DELETE" })).status).toBe(204);
     expect((await call(`/v1/jobs/${j.id}`)).status).toBe(404);
     expect((await call(`/v1/jobs/${j.id}`, { method: "DELETE" })).status).toBe(404);
-    for (const key of originals) expect(await env.RAW.head(key)).toBeNull();
+    for (const key of originals) expect(await storedOriginal(key)).toBeNull();
     const { getVectorIndex } = await import("../src/vector/index.js");
     expect(await getVectorIndex(env, "use-lite").getByIds(chunkIds)).toEqual([]);
     w.ws.close();

@@ -1,7 +1,15 @@
 import { env } from "cloudflare:test";
 import { afterEach, describe, expect, it } from "vitest";
 import { getVectorIndex } from "../src/vector/index.js";
-import { call, errorOf, KEYS, originalsOf, TestWorker, workerToken } from "./helpers.js";
+import {
+  call,
+  errorOf,
+  KEYS,
+  originalsOf,
+  storedOriginal,
+  TestWorker,
+  workerToken,
+} from "./helpers.js";
 
 /**
  * Documents as data, on the API and the coordinator in workerd with scripted workers: versions
@@ -176,7 +184,7 @@ describe("versions by document id", () => {
     expect(await index.getByIds(v1Chunks.slice(0, 20))).toEqual([]);
     expect(await originalsOf(v1.id)).toEqual([]);
     const [kept] = await originalsOf(v2.id);
-    expect(kept && (await env.RAW.head(kept))).toBeTruthy();
+    expect(kept && (await storedOriginal(kept))).toBeTruthy();
     // The original comes back as it was sent.
     const original = await call(
       `/v1/documents/${encodeURIComponent("guide/intro.md")}/original?collection=${collection}`,
@@ -256,10 +264,27 @@ describe("originals", () => {
     });
     const keys = await originalsOf(kept.id);
     expect(keys.length).toBe(1);
-    const obj = await env.RAW.get(keys[0] as string);
-    const bytes = new Uint8Array(await (obj as R2ObjectBody).arrayBuffer());
-    expect(new TextDecoder().decode(bytes.subarray(0, 4))).toBe("P2PA");
+    const bytes = (await storedOriginal(keys[0] as string)) as Uint8Array;
+    // A short text's original is a sealed row in D1.
+    expect(keys[0]).toMatch(/^inline\//);
+    expect(new TextDecoder().decode(bytes).startsWith("p2pa1.")).toBe(true);
     expect(new TextDecoder().decode(bytes)).not.toContain("Shared");
+
+    // A text over 8 KiB is an R2 object; small or large, it comes back as it was sent.
+    const long = `Long ${uid()} ${"a paragraph of words that goes on ".repeat(300)}`;
+    const big = await post({ collection, documents: [{ id: "long", text: long }] });
+    const [bigKey] = await originalsOf(big.id);
+    expect(bigKey).toMatch(/^raw\//);
+    expect(await env.RAW.head(bigKey as string)).not.toBeNull();
+    for (const [id, want] of [
+      ["one", text],
+      ["long", long],
+    ] as const) {
+      const res = await call(`/v1/documents/${id}/original?collection=${collection}`);
+      expect(res.status).toBe(200);
+      expect(res.headers.get("Content-Type")).toBe("text/plain; charset=utf-8");
+      expect(await res.text()).toBe(want);
+    }
 
     const none = await post({
       collection,

@@ -14,7 +14,7 @@ import { ledger } from "../src/tenant/limits.js";
 import { localIndexName } from "../src/vector/config.js";
 import { getVectorIndex } from "../src/vector/index.js";
 import { webhookHub } from "../src/webhooks/index.js";
-import { call, KEYS, originalsOf, TestWorker, workerToken } from "./helpers.js";
+import { call, KEYS, originalsOf, storedOriginal, TestWorker, workerToken } from "./helpers.js";
 
 /*
  * Erasure, proven by looking everywhere: every D1 table, every R2 object and every Durable
@@ -169,14 +169,16 @@ async function scanEverything(needles: string[], tenant: string): Promise<Scan> 
         const where = `d1:${table}.${column}`;
         look(where, text);
         if (text && Keyring.isCiphertext(text)) {
-          // Chunk text is sealed for the job's tenant with the chunk id as context.
+          // Chunk text is sealed for the job's tenant with the chunk id as context, a small
+          // original with its key.
           const jobId = typeof row.job_id === "string" ? row.job_id : null;
           const id = typeof row.id === "string" ? row.id : null;
+          const key = typeof row.key === "string" ? row.key : null;
           const plain = await openText(
             kr,
             text,
             [jobId && jobTenant.get(jobId), row.tenant as string | undefined, tenant, ...tenants],
-            [id, jobId],
+            [id, jobId, key],
           );
           if (plain === null) scan.opaque.push(`${where} (row ${id ?? "?"})`);
           else look(where, plain, "decrypted");
@@ -462,19 +464,35 @@ async function readEvents(res: Response): Promise<Sse[]> {
 
 const needlesOf = (docs: Doc[]) => docs.flatMap((d) => [...d.words, d.id]);
 
+/** Where a document's original is found, opened: an R2 object, or a small text's D1 row. */
+const ORIGINAL_PLACES = ["r2:body [decrypted]", "d1:originals.body [decrypted]"];
+
+/** Places that hold both a document's chunk text and its original. */
+function expectTextAndOriginal(places: string[], what: string) {
+  expect(places, what).toContain("d1:chunks.text [decrypted]");
+  expect(
+    places.filter((p) => ORIGINAL_PLACES.includes(p)),
+    `${what}: its original`,
+  ).toHaveLength(1);
+}
+
+/** Opens an original as kept (sealed bytes from R2, or a sealed text row from D1). */
+async function openOriginal(tenant: string, key: string, sealed: Uint8Array): Promise<string> {
+  return key.startsWith("inline/")
+    ? await keyring().decrypt(tenant, utf8.decode(sealed), key)
+    : utf8.decode(await keyring().decryptBytes(tenant, sealed, key));
+}
+
 /** What the scan must see of a live job: text via decryption in D1 and R2, ids in every store. */
 async function expectLiveJob(scan: Scan, jobId: string, docs: Doc[], what: string) {
   const all = describeHits(scan.hits);
   expect(scan.opaque, `${what}: sealed values the scan could not open`).toEqual([]);
   const textHits = scan.hits.filter((h) => docs.some((d) => d.words.includes(h.needle)));
-  expect(placesOf(textHits), `${what}: where the documents' text was found\n${all}`).toEqual(
-    expect.arrayContaining(["d1:chunks.text [decrypted]", "r2:body [decrypted]"]),
-  );
-  for (const d of docs) {
-    const places = placesOf(scan.hits.filter((h) => d.words.includes(h.needle)));
-    expect(places, `${what}: text of ${d.id}`).toContain("d1:chunks.text [decrypted]");
-    expect(places, `${what}: text of ${d.id}`).toContain("r2:body [decrypted]");
-  }
+  for (const d of docs)
+    expectTextAndOriginal(
+      placesOf(scan.hits.filter((h) => d.words.includes(h.needle))),
+      `${what}: text of ${d.id}\n${all}`,
+    );
   // Sealed at rest: the plaintext is never in a store as is.
   expect(
     textHits.filter((h) => h.via === "plain"),
@@ -491,7 +509,7 @@ async function expectLiveJob(scan: Scan, jobId: string, docs: Doc[], what: strin
   const originals = await originalsOf(jobId);
   expect(originals.length, `${what}: originals named by the job's documents`).toBeGreaterThan(0);
   for (const key of originals)
-    expect(await env.RAW.head(key), `${what}: original ${key} in R2`).not.toBeNull();
+    expect(await storedOriginal(key), `${what}: original ${key} kept`).not.toBeNull();
 }
 
 /** Workers of the running test: closed after it, so a failed test leaves no worker holding tasks. */
@@ -671,9 +689,9 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
     ).toEqual([[j.id, digest]]);
     // The other two documents are all still there, in D1 and in the (rewritten) raw object.
     for (const d of [keepA, keepB]) {
-      const places = placesOf(after.hits.filter((h) => d.words.includes(h.needle)));
-      expect(places, `text of ${d.id}`).toEqual(
-        expect.arrayContaining(["d1:chunks.text [decrypted]", "r2:body [decrypted]"]),
+      expectTextAndOriginal(
+        placesOf(after.hits.filter((h) => d.words.includes(h.needle))),
+        `text of ${d.id}`,
       );
     }
     // Their originals are still kept; the deleted one's is gone.
@@ -681,17 +699,9 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
     expect(kept.length).toBe(2);
     const texts = [];
     for (const key of kept) {
-      const raw = await env.RAW.get(key);
-      expect(raw).not.toBeNull();
-      texts.push(
-        utf8.decode(
-          await keyring().decryptBytes(
-            a.tenant,
-            new Uint8Array(await (raw as R2ObjectBody).arrayBuffer()),
-            key,
-          ),
-        ),
-      );
+      const sealed = await storedOriginal(key);
+      expect(sealed).not.toBeNull();
+      texts.push(await openOriginal(a.tenant, key, sealed as Uint8Array));
     }
     expect(texts.sort()).toEqual([keepA.text, keepB.text].sort());
 
@@ -790,9 +800,7 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
       .first<{ id: string; text: string }>()) as { id: string; text: string };
     expect(Keyring.isCiphertext(copy.text)).toBe(true);
     const rawCopyKey = (await originalsOf(j1.id))[0] as string;
-    const rawCopy = new Uint8Array(
-      await ((await env.RAW.get(rawCopyKey)) as R2ObjectBody).arrayBuffer(),
-    );
+    const rawCopy = (await storedOriginal(rawCopyKey)) as Uint8Array;
     expect(await keyring().decrypt(a.tenant, copy.text, copy.id)).toMatch(/quokka|wombat/);
 
     const needles = [
@@ -820,7 +828,9 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
         "d1:jobs.tenant",
         "d1:tenant_keys.tenant",
         `do:TenantLedger(${a.tenant}).audit.tenant`,
-        "r2:key",
+        // The documents are short texts: their originals are rows of D1, keyed by tenant.
+        "d1:originals.tenant",
+        "d1:originals.key",
       ]),
     );
     expect(placesOf(before.hits, extra.id)).toEqual(
@@ -869,9 +879,7 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
     await expect(keyring().decrypt(a.tenant, copy.text, copy.id)).rejects.toBeInstanceOf(
       DecryptError,
     );
-    await expect(keyring().decryptBytes(a.tenant, rawCopy, rawCopyKey)).rejects.toBeInstanceOf(
-      DecryptError,
-    );
+    await expect(openOriginal(a.tenant, rawCopyKey, rawCopy)).rejects.toBeInstanceOf(DecryptError);
     // The ledger holds no audit entry, schedule, or (in memory) rate state of the tenant either.
     expect(await ledger(env, a.tenant).usage()).toEqual({ requestsLastMinute: {} });
     expect((await ledger(env, a.tenant).list()).data).toEqual([]);
@@ -925,7 +933,7 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
     const purgedChunks = await chunksOf(j0.id, a.key);
     expect(purgedChunks.map((c) => c.text)).toEqual(chunkIds.map(() => null));
     expect(await originalsOf(j0.id)).toEqual([]);
-    for (const key of originals0) expect(await env.RAW.head(key)).toBeNull();
+    for (const key of originals0) expect(await storedOriginal(key)).toBeNull();
     const scan = await scanEverything(
       [...needlesOf(long), j30.id, ...short.flatMap((d) => d.words)],
       a.tenant,
@@ -959,7 +967,7 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
     const job30 = await getJob(j30.id, a.key);
     expect(job30.retention).toEqual({ textDays: 30 });
     expect((await chunksOf(j30.id, a.key)).every((c) => c.text !== null)).toBe(true);
-    for (const key of await originalsOf(j30.id)) expect(await env.RAW.head(key)).not.toBeNull();
+    for (const key of await originalsOf(j30.id)) expect(await storedOriginal(key)).not.toBeNull();
     await expectLiveJob(
       await scanEverything([...needlesOf(long), j30.id], a.tenant),
       j30.id,
@@ -1029,9 +1037,7 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
     const before = await scanEverything([...needles, ...kept.words], a.tenant);
     const places = placesOf(before.hits.filter((h) => gone.words.includes(h.needle)));
     console.log(`failed job, before: text of the failed document in\n  ${places.join("\n  ")}`);
-    expect(places).toEqual(
-      expect.arrayContaining(["d1:chunks.text [decrypted]", "r2:body [decrypted]"]),
-    );
+    expectTextAndOriginal(places, "the failed document");
 
     const del = await call(`/v1/jobs/${kept1.id}/documents/${encodeURIComponent(gone.id)}`, {
       method: "DELETE",
@@ -1053,8 +1059,9 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
       "after deleting a failed job's document and purging text",
     );
     // The document that stays keeps its text.
-    expect(placesOf(after.hits.filter((h) => kept.words.includes(h.needle)))).toEqual(
-      expect.arrayContaining(["d1:chunks.text [decrypted]", "r2:body [decrypted]"]),
+    expectTextAndOriginal(
+      placesOf(after.hits.filter((h) => kept.words.includes(h.needle))),
+      "the document that stays",
     );
   });
 });

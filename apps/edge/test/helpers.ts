@@ -201,7 +201,7 @@ export async function roundTrip(w: TestWorker, timeoutMs = 5000): Promise<void> 
   }
 }
 
-/** The R2 keys of the originals a job's documents name. */
+/** The keys of the originals a job's documents name (R2 objects, or small texts in D1). */
 export async function originalsOf(jobId: string): Promise<string[]> {
   const rows = await env.DB.prepare(
     "SELECT DISTINCT raw_key AS k FROM documents WHERE job_id = ? AND raw_key IS NOT NULL ORDER BY raw_key",
@@ -209,4 +209,28 @@ export async function originalsOf(jobId: string): Promise<string[]> {
     .bind(jobId)
     .all<{ k: string }>();
   return rows.results.map((r) => r.k);
+}
+
+/**
+ * An original as kept, sealed: an R2 object's bytes, or a small text's row in D1 (keys under
+ * `inline/`), as UTF-8. Null when it is not kept.
+ */
+export async function storedOriginal(key: string): Promise<Uint8Array | null> {
+  if (key.startsWith("inline/")) {
+    const row = await env.DB.prepare("SELECT body FROM originals WHERE key = ?")
+      .bind(key)
+      .first<{ body: string }>();
+    return row ? new TextEncoder().encode(row.body) : null;
+  }
+  const obj = await env.RAW.get(key);
+  return obj ? new Uint8Array(await obj.arrayBuffer()) : null;
+}
+
+/** Every original a tenant has kept, in R2 or D1, by key. */
+export async function keptOriginals(tenant: string): Promise<string[]> {
+  const r2 = await env.RAW.list({ prefix: `raw/${tenant}/` });
+  const d1 = await env.DB.prepare("SELECT key FROM originals WHERE tenant = ?")
+    .bind(tenant)
+    .all<{ key: string }>();
+  return [...r2.objects.map((o) => o.key), ...d1.results.map((r) => r.key)].sort();
 }

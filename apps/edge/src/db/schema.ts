@@ -226,6 +226,24 @@ export const embeddingCache = sqliteTable(
   ],
 );
 
+/**
+ * Originals of small text documents (sent as JSON or NDJSON text), sealed, kept here rather
+ * than as one R2 object each: a submit of 10,000 sentences was 10,000 object writes. Keyed like
+ * R2's originals, under the tenant and the content's hash (`inline/<tenant>/<sha256>`), so
+ * documents with the same text share one row; see ingest/originals.ts.
+ */
+export const originals = sqliteTable(
+  "originals",
+  {
+    key: text("key").primaryKey(),
+    tenant: text("tenant").notNull(),
+    mediaType: text("media_type").notNull(),
+    /** The text, sealed under the tenant's key bound to `key`. */
+    body: text("body").notNull(),
+  },
+  (t) => [index("originals_tenant").on(t.tenant)],
+);
+
 /** Volunteer workers seen by the coordinator. */
 export const workers = sqliteTable("workers", {
   id: text("id").primaryKey(),

@@ -153,10 +153,17 @@ export interface MetadataStore {
   versionsToPrune(tenant: string, limit: number): Promise<VersionRow[]>;
   /** Removes superseded versions' chunks, keyword and cache entries (their rows stay). */
   pruneVersions(versions: { jobId: string; seq: number; id: string }[]): Promise<void>;
-  /** True when another live row still refers to the original under `rawKey`. */
-  originalInUse(tenant: string, rawKey: string): Promise<boolean>;
   /** Which of these originals a live row still names. */
   originalsInUse(tenant: string, rawKeys: string[]): Promise<Set<string>>;
+  /** Keeps small originals (sealed by the caller) in D1; one already kept is left as it is. */
+  putOriginals(
+    tenant: string,
+    rows: { key: string; mediaType: string; body: string }[],
+  ): Promise<void>;
+  /** A small original kept in D1, sealed, or null. */
+  getOriginal(tenant: string, key: string): Promise<{ mediaType: string; body: string } | null>;
+  /** Deletes small originals kept in D1. */
+  deleteOriginals(tenant: string, keys: string[]): Promise<void>;
   /** A tenant's jobs, newest first. */
   listJobs(tenant: string, q: JobListFilter): Promise<Job[]>;
   /** Vectors cached for these keys (see embeddingCache). */
@@ -399,8 +406,8 @@ function bindable<T>(ids: readonly T[], others: number): T[][] {
 }
 /** Reads sent to D1 together in one batch. */
 const READS_PER_BATCH = 50;
-/** Terms per keyword-index statement: well under D1's 100 KB statement limit. */
-const KEYWORD_STATEMENT_BYTES = 80_000;
+/** Bytes of values per many-row statement (keyword terms, originals): well under D1's 100 KB statement limit. */
+const STATEMENT_BYTES = 80_000;
 
 /**
  * A string as a quoted SQL literal. Only for raw statements that go into a `batch`: drizzle's
@@ -798,6 +805,7 @@ export class D1Store implements MetadataStore {
       this.db.delete(schema.credentials).where(eq(schema.credentials.tenant, tenant)),
       this.db.delete(schema.tenantSettings).where(eq(schema.tenantSettings.tenant, tenant)),
       this.db.delete(schema.embeddingCache).where(eq(schema.embeddingCache.tenant, tenant)),
+      this.db.delete(schema.originals).where(eq(schema.originals.tenant, tenant)),
     ]);
   }
 
@@ -1307,15 +1315,50 @@ export class D1Store implements MetadataStore {
     return out;
   }
 
-  async originalInUse(tenant: string, rawKey: string): Promise<boolean> {
-    const d = schema.documents;
+  async putOriginals(tenant: string, rows: { key: string; mediaType: string; body: string }[]) {
+    // Many rows a statement through one JSON literal (D1 binds at most 100 parameters, and a
+    // statement may be at most 100 KB), all in one batch.
+    const stmts: ReturnType<typeof this.db.run>[] = [];
+    let group: [string, string, string][] = [];
+    let bytes = 0;
+    const flush = () => {
+      if (group.length === 0) return;
+      stmts.push(
+        this.db.run(sql`INSERT OR IGNORE INTO originals (key, tenant, media_type, body)
+          SELECT json_extract(p.value, '$[0]'), ${literal(tenant)}, json_extract(p.value, '$[1]'),
+            json_extract(p.value, '$[2]') FROM json_each(${literal(JSON.stringify(group))}) p`),
+      );
+      group = [];
+      bytes = 0;
+    };
+    for (const r of rows) {
+      const size = r.key.length + r.mediaType.length + r.body.length + 12;
+      if (bytes + size > STATEMENT_BYTES) flush();
+      group.push([r.key, r.mediaType, r.body]);
+      bytes += size;
+    }
+    flush();
+    const [first, ...rest] = stmts;
+    if (first) await this.db.batch([first, ...rest]);
+  }
+
+  async getOriginal(tenant: string, key: string) {
+    const o = schema.originals;
     const row = await this.db
-      .select({ n: sql<number>`1` })
-      .from(d)
-      .where(and(eq(d.tenant, tenant), eq(d.rawKey, rawKey), isNull(d.prunedAt)))
-      .limit(1)
+      .select({ mediaType: o.mediaType, body: o.body })
+      .from(o)
+      .where(and(eq(o.tenant, tenant), eq(o.key, key)))
       .get();
-    return row !== undefined;
+    return row ?? null;
+  }
+
+  async deleteOriginals(tenant: string, keys: string[]) {
+    const o = schema.originals;
+    const stmts = bindable(keys, 1).map((slice) =>
+      this.db.delete(o).where(and(eq(o.tenant, tenant), inArray(o.key, slice))),
+    );
+    const [first, ...rest] = stmts;
+    if (first) await this.db.batch([first, ...rest]);
   }
 
   async listJobs(tenant: string, q: JobListFilter): Promise<Job[]> {
@@ -1424,7 +1467,7 @@ export class D1Store implements MetadataStore {
     };
     for (const c of indexed) {
       const terms = c.terms as string;
-      if (bytes + terms.length > KEYWORD_STATEMENT_BYTES) flush();
+      if (bytes + terms.length > STATEMENT_BYTES) flush();
       pairs.push([c.id, terms]);
       bytes += terms.length + c.id.length + 8;
     }

@@ -34,7 +34,7 @@ import { filterableKeys } from "../vector/config.js";
 import { getVectorIndex, upsertVectors } from "../vector/index.js";
 import type { Section } from "./extract/index.js";
 import { detectLanguage, normaliseText } from "./extract/index.js";
-import { putOriginal } from "./originals.js";
+import { type NewOriginal, originalKey, putOriginals } from "./originals.js";
 
 /**
  * The submit flow every way in shares (a JSON job, an NDJSON stream, file uploads, appends to
@@ -46,8 +46,6 @@ import { putOriginal } from "./originals.js";
 
 // RPC payloads are capped; enqueue in slices well under the limit.
 const ENQUEUE_SLICE_CHARS = 4_000_000;
-/** Originals written to the document store at once. */
-const ORIGINAL_WRITES = 16;
 
 /** What a job's documents are computed with, resolved from the request and the deployment. */
 export interface JobSettings {
@@ -260,7 +258,7 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
     cache: { hits: 0, misses: 0 },
   };
   const items: QueuedItem[] = [];
-  const originals: { key: string; bytes: Uint8Array; mediaType: string }[] = [];
+  const originals: NewOriginal[] = [];
   const seen = new Set<string>();
   const languagePending: {
     doc: NewDocument;
@@ -294,13 +292,18 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
     // A document without an id is a document of its own: named by its job and place.
     const docId = d.id ?? `${jobId}-${seq}`;
     const metadata = metadataOf[i] ?? null;
-    const rawKey = settings.keepOriginals ? originalKey(tenant, contentHash) : null;
+    const rawKey = settings.keepOriginals
+      ? originalKey(tenant, contentHash, {
+          file: d.original !== undefined,
+          bytes: d.original?.bytes.length ?? new TextEncoder().encode(d.text).length,
+        })
+      : null;
     if (rawKey)
-      originals.push({
-        key: rawKey,
-        bytes: d.original?.bytes ?? new TextEncoder().encode(d.text),
-        mediaType: d.original?.mediaType ?? "text/plain; charset=utf-8",
-      });
+      originals.push(
+        d.original
+          ? { key: rawKey, bytes: d.original.bytes, mediaType: d.original.mediaType }
+          : { key: rawKey, text: d.text, mediaType: "text/plain; charset=utf-8" },
+      );
     out.documents.push({
       seq,
       id: docId,
@@ -403,11 +406,7 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
   out.tasks.push(...tasksOf(prefix, work));
 
   // Originals first: once the rows exist, what they were made from is already kept (sealed).
-  for (const group of slices(originals, ORIGINAL_WRITES)) {
-    await Promise.all(
-      group.map((o) => putOriginal(env.RAW, keyring, tenant, o.key, o.bytes, o.mediaType)),
-    );
-  }
+  await putOriginals(env, store, keyring, tenant, originals);
   // The keyword index holds each chunk's words as hashes under the tenant's term key.
   const hasher = await indexHasher(keyring, tenant);
   await Promise.all(
@@ -426,11 +425,6 @@ function withLanguage(
   if (metadata && "lang" in metadata) return metadata;
   const lang = detectLanguage(text);
   return lang ? { ...(metadata ?? {}), lang } : metadata;
-}
-
-/** Where an original is kept: under the tenant and its content hash, so copies share one. */
-function originalKey(tenant: string, contentHash: string): string {
-  return `raw/${tenant}/docs/${contentHash}`;
 }
 
 async function macHex(key: CryptoKey, text: string): Promise<string> {

@@ -1,7 +1,7 @@
 import type { MetadataStore, VersionRow } from "../db/store.js";
 import { chunkIdOf } from "../lib/chunk-ids.js";
-import { slices } from "../lib/slices.js";
 import { deleteVectors, getVectorIndex } from "../vector/index.js";
+import { dropOriginals } from "./originals.js";
 
 /** Versions pruned per pass. */
 const PRUNE_BATCH = 100;
@@ -36,11 +36,12 @@ export async function pruneSuperseded(
       }
       for (const [model, ids] of byModel) await deleteVectors(getVectorIndex(env, model), ids);
       await store.pruneVersions(batch.map((v) => ({ jobId: v.jobId, seq: v.seq, id: v.id })));
-      const originals = [...new Set(batch.flatMap((v) => (v.rawKey ? [v.rawKey] : [])))];
-      const inUse = await store.originalsInUse(tenant, originals);
-      const unused = originals.filter((k) => !inUse.has(k));
-      // R2 deletes at most 1000 keys a call.
-      for (const keys of slices(unused, 1000)) await env.RAW.delete(keys);
+      await dropOriginals(
+        env,
+        store,
+        tenant,
+        batch.flatMap((v) => (v.rawKey ? [v.rawKey] : [])),
+      );
       pruned += batch.length;
     } catch (err) {
       console.warn("pruning superseded versions failed; they are retried later", tenant, err);

@@ -194,7 +194,7 @@ documentRoutes
     const rows = await versionsOf(c.var.store, tenant, id, collection);
     const current = rows.find((v) => v.state === "current");
     if (!current?.rawKey) throw notFound("original (the job chose not to keep it)");
-    const got = await getOriginal(c.env.RAW, keyringFor(c.env), tenant, current.rawKey);
+    const got = await getOriginal(c.env, c.var.store, keyringFor(c.env), tenant, current.rawKey);
     if (!got) throw notFound("original");
     return c.body(new Uint8Array(got.bytes), 200, {
       "Content-Type": got.mediaType,

@@ -1,6 +1,7 @@
 import type { Job } from "@p2pa/shared";
 import { keyringFor, openStore } from "../db/open.js";
 import { dispatcherFor } from "../dispatch/shards.js";
+import { dropOriginals } from "../ingest/originals.js";
 import { deleteVectors, getVectorIndex } from "../vector/index.js";
 import { webhookHub } from "../webhooks/index.js";
 import { ledger } from "./limits.js";
@@ -25,13 +26,7 @@ export async function deleteJobEverywhere(env: Env, tenant: string, job: Job): P
   const originals = await store.originalsOf(job.id);
   // The rows go last: until then a retry can still find what is left to delete.
   await store.deleteJob(job.id);
-  await dropOriginals(env, tenant, originals);
-}
-
-/** Deletes the originals no remaining document names (documents with the same bytes share one). */
-async function dropOriginals(env: Env, tenant: string, keys: string[]): Promise<void> {
-  const store = openStore(env);
-  for (const key of keys) if (!(await store.originalInUse(tenant, key))) await env.RAW.delete(key);
+  await dropOriginals(env, store, tenant, originals);
 }
 
 /**
@@ -50,7 +45,7 @@ export async function deleteDocumentEverywhere(
   // Jobs from before the document store kept one raw object per job.
   if (!doc.rawKey) await dropRawDocument(env.RAW, keyringFor(env), tenant, job.id, doc.seq);
   await store.deleteDocument(job.id, doc.seq);
-  if (doc.rawKey) await dropOriginals(env, tenant, [doc.rawKey]);
+  if (doc.rawKey) await dropOriginals(env, store, tenant, [doc.rawKey]);
 }
 
 /**
@@ -65,7 +60,7 @@ export async function purgeJobText(env: Env, tenant: string, jobId: string): Pro
   await env.RAW.delete([rawKey(tenant, jobId), legacyRawKey(jobId)]);
   const originals = await store.originalsOf(jobId);
   await store.purgeText(jobId);
-  await dropOriginals(env, tenant, originals);
+  await dropOriginals(env, store, tenant, originals);
   return true;
 }
 
