@@ -273,10 +273,10 @@ if (a.length)
     `median: (a) ${result.direct.median.toFixed(1)} chunks/s  (b) ${result.endToEnd.median.toFixed(1)} chunks/s  b/a ${result.ratio.median.toFixed(3)}`,
   );
 if (capacity) {
-  const c = capacity.median;
-  console.log(
-    `coordinator capacity (one shard, ${capacity.donors} instant donors of window ${capacity.capacity}, median of ${capacity.runs.length}): dispatch ${c.chunksPerSecond.toFixed(0)} chunks/s, submit ${c.documentsPerSecond.toFixed(0)} documents/s; per chunk ${c.bytesPerChunkToDonor.toFixed(0)} B to donors, ${c.bytesPerChunkFromDonor.toFixed(0)} B from donors`,
-  );
+  for (const [frames, { median: c, runs: rs }] of Object.entries(capacity.frames))
+    console.log(
+      `coordinator capacity, ${frames} results (one shard, ${capacity.donors} instant donors of window ${capacity.capacity}, median of ${rs.length}): dispatch ${c.chunksPerSecond.toFixed(0)} chunks/s, submit ${c.documentsPerSecond.toFixed(0)} documents/s; per chunk ${c.bytesPerChunkToDonor.toFixed(0)} B to donors, ${c.bytesPerChunkFromDonor.toFixed(0)} B from donors`,
+    );
 }
 const off = median(verification.off?.chunksPerSecond ?? [1]);
 for (const [label, v] of Object.entries(verification)) {

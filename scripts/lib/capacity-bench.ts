@@ -36,11 +36,19 @@ interface CapacityRun {
   bytesPerChunkFromDonor: number;
 }
 
+/** How the donors send results: binary float32 frames (p2pa-worker), or JSON (older workers). */
+type ResultFrames = "binary" | "json";
+
+interface CapacityFigures {
+  runs: CapacityRun[];
+  median: Omit<CapacityRun, "documents" | "submitSeconds" | "dispatchSeconds">;
+}
+
 export interface CapacityReport {
   donors: number;
   capacity: number;
-  runs: CapacityRun[];
-  median: Omit<CapacityRun, "documents" | "submitSeconds" | "dispatchSeconds">;
+  /** By how the donors sent results, measured in alternation in the same run. */
+  frames: Record<ResultFrames, CapacityFigures>;
 }
 
 const headers = {
@@ -72,6 +80,7 @@ async function oneRun(
   capacity: number,
   seed: number,
   profile: string | null,
+  frames: ResultFrames,
 ) {
   const dir = mkdtempSync(path.join(os.tmpdir(), "p2pa-capacity-"));
   await prepareLocalDatabase(dir);
@@ -91,6 +100,7 @@ async function oneRun(
         async (t) => t.items.map(() => answer),
         capacity,
         false,
+        frames === "binary",
       ),
   );
   try {
@@ -138,30 +148,38 @@ export async function capacityBench(opts: {
   /** Write a CPU profile of the edge during the first run to this file. */
   profile?: string;
 }): Promise<CapacityReport> {
-  const runs: CapacityRun[] = [];
+  const runs: Record<ResultFrames, CapacityRun[]> = { binary: [], json: [] };
   for (let r = 0; r < opts.runs; r++) {
-    const run = await oneRun(
-      opts.documents,
-      opts.donors,
-      opts.capacity,
-      7000 + r,
-      r === 0 ? (opts.profile ?? null) : null,
-    );
-    console.log(
-      `capacity run ${r + 1}: submit ${run.documentsPerSecond.toFixed(0)} documents/s, dispatch ${run.chunksPerSecond.toFixed(0)} chunks/s, ${run.bytesPerChunkToDonor.toFixed(0)} B/chunk to donors, ${run.bytesPerChunkFromDonor.toFixed(0)} B/chunk from donors`,
-    );
-    runs.push(run);
+    for (const frames of ["binary", "json"] as const) {
+      const run = await oneRun(
+        opts.documents,
+        opts.donors,
+        opts.capacity,
+        7000 + r,
+        r === 0 && frames === "binary" ? (opts.profile ?? null) : null,
+        frames,
+      );
+      console.log(
+        `capacity run ${r + 1}, ${frames} results: submit ${run.documentsPerSecond.toFixed(0)} documents/s, dispatch ${run.chunksPerSecond.toFixed(0)} chunks/s, ${run.bytesPerChunkToDonor.toFixed(0)} B/chunk to donors, ${run.bytesPerChunkFromDonor.toFixed(0)} B/chunk from donors`,
+      );
+      runs[frames].push(run);
+    }
   }
-  const m = (k: keyof CapacityRun) => median(runs.map((r) => r[k]));
+  const figures = (rs: CapacityRun[]): CapacityFigures => {
+    const m = (k: keyof CapacityRun) => median(rs.map((r) => r[k]));
+    return {
+      runs: rs,
+      median: {
+        documentsPerSecond: m("documentsPerSecond"),
+        chunksPerSecond: m("chunksPerSecond"),
+        bytesPerChunkToDonor: m("bytesPerChunkToDonor"),
+        bytesPerChunkFromDonor: m("bytesPerChunkFromDonor"),
+      },
+    };
+  };
   return {
     donors: opts.donors,
     capacity: opts.capacity,
-    runs,
-    median: {
-      documentsPerSecond: m("documentsPerSecond"),
-      chunksPerSecond: m("chunksPerSecond"),
-      bytesPerChunkToDonor: m("bytesPerChunkToDonor"),
-      bytesPerChunkFromDonor: m("bytesPerChunkFromDonor"),
-    },
+    frames: { binary: figures(runs.binary), json: figures(runs.json) },
   };
 }

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { encodeVector, PROTOCOL_VERSION } from "@p2pa/shared";
+import { encodeResultFrame, encodeVector, PROTOCOL_VERSION } from "@p2pa/shared";
 import WebSocket from "ws";
 
 /** A task as the edge sends it. */
@@ -36,6 +36,8 @@ export class ScriptedDonor {
     private readonly capacity = 2,
     /** Keep every frame received (tests read them); a benchmark keeps none. */
     private readonly keepFrames = true,
+    /** Send results as binary float32 frames (offered in hello), as p2pa-worker does. */
+    private readonly binary = false,
   ) {}
 
   async connect(): Promise<void> {
@@ -73,6 +75,7 @@ export class ScriptedDonor {
         threads: 1,
         batchSize: 32,
         capacity: this.capacity,
+        ...(this.binary ? { binaryResults: true } : {}),
       }),
     );
     await welcomed;
@@ -90,16 +93,25 @@ export class ScriptedDonor {
     this.firstTaskAt ??= Date.now();
     const vectors = await this.answer(task, this.tasks++);
     if (this.ws.readyState !== WebSocket.OPEN) return;
-    const payload = JSON.stringify({
-      type: "result",
-      v: PROTOCOL_VERSION,
-      taskId: task.taskId,
-      leaseId: task.leaseId,
-      vectors: task.items.map((it, i) => ({
-        chunkId: it.chunkId,
-        vector: this.encode(vectors[i] as Float32Array),
-      })),
-    });
+    const payload = this.binary
+      ? encodeResultFrame({
+          taskId: task.taskId,
+          leaseId: task.leaseId,
+          vectors: task.items.map((it, i) => ({
+            chunkId: it.chunkId,
+            values: vectors[i] as Float32Array,
+          })),
+        })
+      : JSON.stringify({
+          type: "result",
+          v: PROTOCOL_VERSION,
+          taskId: task.taskId,
+          leaseId: task.leaseId,
+          vectors: task.items.map((it, i) => ({
+            chunkId: it.chunkId,
+            vector: this.encode(vectors[i] as Float32Array),
+          })),
+        });
     this.bytesOut += Buffer.byteLength(payload);
     this.chunks += task.items.length;
     this.ws.send(payload);

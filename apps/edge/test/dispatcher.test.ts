@@ -1,10 +1,11 @@
 import { env, runInDurableObject } from "cloudflare:test";
-import { encodeVector, PROTOCOL_VERSION, TASK_SIZE } from "@p2pa/shared";
+import { encodeResultFrame, encodeVector, PROTOCOL_VERSION, TASK_SIZE } from "@p2pa/shared";
 import { describe, expect, it } from "vitest";
 import type { Dispatcher } from "../src/dispatch/dispatcher.js";
 import { dispatcherFor } from "../src/dispatch/shards.js";
 import {
   call,
+  type Frame,
   job,
   KEYS,
   originalsOf,
@@ -95,6 +96,66 @@ describe("Dispatcher", () => {
     expect(shared).toBeGreaterThanOrEqual(1);
     expect(shared).toBeLessThan(tasks);
     for (const w of workers) w.ws.close();
+  });
+
+  it("takes results as binary float32 frames from a worker that offers them, bit for bit", async () => {
+    const j = await submit(TASK_SIZE + 4); // 2 tasks
+    const w = await TestWorker.connect({ binaryResults: true });
+    expect(w.welcome).toMatchObject({ binaryResults: true });
+    w.ready(2);
+    const tasks = [await w.next("task"), await w.next("task")];
+    const sent = new Map<string, Float32Array>();
+    const frameOf = (t: Frame, mangle?: (b: Uint8Array) => Uint8Array) => {
+      const vectors = (t.items as { chunkId: string }[]).map(({ chunkId }, i) => {
+        // Not an axis: every bit of the mantissas must come through.
+        const v = Float32Array.from({ length: 512 }, (_, k) => Math.sin(i * 17 + k * 0.37));
+        const n = Math.hypot(...v);
+        const values = v.map((x) => x / n);
+        sent.set(chunkId, values);
+        return { chunkId, values };
+      });
+      const frame = encodeResultFrame({
+        taskId: t.taskId as string,
+        leaseId: t.leaseId as string,
+        vectors,
+      });
+      return mangle ? mangle(frame) : frame;
+    };
+    // A frame cut short is a typed error; the task is not stored and stays this worker's.
+    w.send(frameOf(tasks[0] as Frame, (b) => b.subarray(0, b.length - 4)));
+    expect(await w.next("error")).toMatchObject({ code: "bad_message" });
+    for (const t of tasks) {
+      w.send(frameOf(t));
+      expect(await w.next("ack")).toMatchObject({ taskId: t.taskId, status: "stored" });
+    }
+    expect(await job(j.id)).toMatchObject({
+      status: "completed",
+      chunks: { total: TASK_SIZE + 4, done: TASK_SIZE + 4, failed: 0 },
+    });
+    const page = (await (
+      await call(`/v1/jobs/${j.id}/chunks?limit=1000&includeVectors=true`)
+    ).json()) as { data: { id: string; vector: number[] }[] };
+    expect(page.data).toHaveLength(TASK_SIZE + 4);
+    for (const c of page.data)
+      expect(Buffer.from(Float32Array.from(c.vector).buffer)).toEqual(
+        Buffer.from((sent.get(c.id) as Float32Array).buffer),
+      );
+    w.ws.close();
+
+    // A worker that did not offer binary frames is told so, and is answered in JSON.
+    await submit(1);
+    const plain = await TestWorker.connect();
+    expect(plain.welcome?.binaryResults).toBeUndefined();
+    plain.ready(1);
+    const t = await plain.next("task");
+    plain.send(frameOf(t));
+    expect(await plain.next("error")).toMatchObject({
+      code: "bad_message",
+      message: expect.stringMatching(/not offered/),
+    });
+    plain.send(plain.resultFor(t));
+    expect(await plain.next("ack")).toMatchObject({ status: "stored" });
+    plain.ws.close();
   });
 
   it("rejects results that do not hold up and requeues the task", async () => {

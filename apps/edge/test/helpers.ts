@@ -44,6 +44,8 @@ export type Frame = Record<string, unknown> & { type: string };
 /** A protocol-speaking worker inside the test, over a real WebSocket to the edge. */
 export class TestWorker {
   readonly frames: Frame[] = [];
+  /** The edge's welcome to this connection. */
+  welcome: Frame | null = null;
   private waiters: (() => void)[] = [];
   private constructor(readonly ws: WebSocket) {
     ws.addEventListener("message", (e) => {
@@ -73,7 +75,7 @@ export class TestWorker {
       capacity: 0,
       ...hello,
     });
-    await w.next("welcome");
+    w.welcome = await w.next("welcome");
     return w;
   }
 
@@ -100,8 +102,8 @@ export class TestWorker {
     this.send({ type: "ready", v: PROTOCOL_VERSION, capacity });
   }
 
-  send(f: Frame | string) {
-    this.ws.send(typeof f === "string" ? f : JSON.stringify(f));
+  send(f: Frame | string | Uint8Array) {
+    this.ws.send(typeof f === "string" || f instanceof Uint8Array ? f : JSON.stringify(f));
   }
 
   /** Resolves with the first unread frame of a type. */

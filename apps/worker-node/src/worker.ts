@@ -5,7 +5,9 @@ import {
   type EdgeMessage,
   EdgeMessage as EdgeMessageSchema,
   type Embed,
+  encodeResultFrame,
   encodeVector,
+  LITTLE_ENDIAN,
   MAX_CAPACITY,
   type MessageByType,
   type MessageHandlers,
@@ -20,6 +22,14 @@ import WS from "ws";
 import type { Embedder } from "./model/index.js";
 
 type ConnectionState = "connecting" | "connected" | "reconnecting" | "draining" | "stopped";
+
+/** A task's result, kept until the edge acknowledges it (sent again after a reconnect). */
+interface Outgoing {
+  taskId: string;
+  leaseId: string;
+  vectors: { chunkId: string; values: Float32Array }[];
+  elapsedMs?: number;
+}
 
 export interface WorkerStats {
   state: ConnectionState;
@@ -46,6 +56,8 @@ export interface WorkerOptions {
   device: string;
   name: string;
   version: string;
+  /** Offer results as binary frames (default); false keeps to JSON, as workers before them. */
+  binaryResults?: boolean;
   onEvent?: (event: string, detail?: Record<string, unknown>) => void;
 }
 
@@ -91,7 +103,9 @@ export class Worker {
   /** Leases being computed or awaiting an ack, by lease id. */
   private readonly held = new Map<string, Task>();
   /** Results sent but not yet acknowledged; re-sent after a reconnect. */
-  private readonly outbox = new Map<string, WorkerMessage>();
+  private readonly outbox = new Map<string, Outgoing>();
+  /** The edge takes results as binary frames (it said so in `welcome`). */
+  private binaryResults = false;
   /** Keeps this process's identity across reconnects, so its leases survive a dropped link. */
   private readonly session = randomBytes(18).toString("base64url");
   private busy = false;
@@ -114,7 +128,8 @@ export class Worker {
       this.emit("connected", { workerId: msg.workerId });
       // After a reconnect: deliver what was computed meanwhile. The edge counts the leases
       // this worker still holds against its capacity, so nothing else needs restating.
-      for (const m of this.outbox.values()) this.send(m);
+      this.binaryResults = msg.binaryResults === true && LITTLE_ENDIAN;
+      for (const r of this.outbox.values()) this.sendResult(r);
       if (this.heartbeat) clearInterval(this.heartbeat);
       this.heartbeat = setInterval(() => {
         this.send({
@@ -190,6 +205,23 @@ export class Worker {
     if (this.socket.readyState === WS.OPEN) this.socket.send(JSON.stringify(msg));
   }
 
+  /** A task's result: one binary frame of raw float32 where the edge takes it, else JSON. */
+  private sendResult(r: Outgoing): void {
+    if (this.socket.readyState !== WS.OPEN) return;
+    if (this.binaryResults) {
+      this.socket.send(encodeResultFrame(r));
+      return;
+    }
+    this.send({
+      type: "result",
+      v: PROTOCOL_VERSION,
+      taskId: r.taskId,
+      leaseId: r.leaseId,
+      vectors: r.vectors.map((x) => ({ chunkId: x.chunkId, vector: encodeVector(x.values) })),
+      ...(r.elapsedMs === undefined ? {} : { elapsedMs: r.elapsedMs }),
+    });
+  }
+
   /** Tasks this worker can hold at once; 0 once it is draining. */
   private get capacity(): number {
     return this.draining ? 0 : capacityFor(this.opts.batchSize);
@@ -226,6 +258,8 @@ export class Worker {
       threads: this.opts.threads,
       batchSize: this.opts.batchSize,
       capacity: this.capacity,
+      // Results as raw float32 frames, where the edge takes them (its welcome says).
+      binaryResults: LITTLE_ENDIAN && this.opts.binaryResults !== false,
     });
   }
 
@@ -357,19 +391,17 @@ export class Worker {
     for (const t of batch) {
       const mine = vectors.slice(offset, offset + t.items.length);
       offset += t.items.length;
-      const result: WorkerMessage = {
-        type: "result",
-        v: PROTOCOL_VERSION,
+      const result: Outgoing = {
         taskId: t.taskId,
         leaseId: t.leaseId,
         vectors: t.items.map((item, i) => ({
           chunkId: item.chunkId,
-          vector: encodeVector(mine[i] as Float32Array),
+          values: mine[i] as Float32Array,
         })),
         elapsedMs,
       };
       this.outbox.set(t.leaseId, result);
-      this.send(result);
+      this.sendResult(result);
     }
     // The results are out: the edge opens this much room as each arrives, and so do we.
     this.computing = 0;

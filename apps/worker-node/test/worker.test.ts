@@ -3,7 +3,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { PROTOCOL_VERSION } from "@p2pa/shared";
+import { decodeResultFrame, decodeVector, PROTOCOL_VERSION } from "@p2pa/shared";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type WebSocket, WebSocketServer } from "ws";
 import { type Embedder, loadModel, MANIFEST_FILE } from "../src/model/index.js";
@@ -19,6 +19,8 @@ let work: string;
 let embedder: Embedder;
 let wss: WebSocketServer;
 let url: string;
+/** Whether the scripted edge takes binary results (as edges before them did not). */
+let edgeTakesBinary = false;
 /** Every connection the scripted edge accepted, with what it received. */
 const conns: { ws: WebSocket; frames: Frame[] }[] = [];
 
@@ -35,8 +37,12 @@ beforeAll(async () => {
   wss.on("connection", (ws) => {
     const conn = { ws, frames: [] as Frame[] };
     conns.push(conn);
-    ws.on("message", (raw) => {
-      const f = JSON.parse(String(raw)) as Frame;
+    ws.on("message", (raw: Buffer, isBinary: boolean) => {
+      // A binary frame is a result as raw float32: kept decoded, marked as such.
+      const decoded = isBinary ? decodeResultFrame(new Uint8Array(raw).slice().buffer) : null;
+      const f = decoded
+        ? ({ ...(decoded.ok ? decoded.message : decoded.error), binary: true } as Frame)
+        : (JSON.parse(String(raw)) as Frame);
       conn.frames.push(f);
       if (f.type === "hello")
         ws.send(
@@ -46,6 +52,7 @@ beforeAll(async () => {
             workerId: `wkr_${conns.length}`,
             leaseMs: 60_000,
             heartbeatMs: 100,
+            ...(edgeTakesBinary && f.binaryResults ? { binaryResults: true } : {}),
           }),
         );
     });
@@ -299,5 +306,39 @@ describe("the worker's window, outbox and session", () => {
     ]);
     expect(w.window()).toMatchObject({ room: 2, awaitingAck: 0, leaseIds: [] });
     await w.stop(2000);
+  });
+});
+
+describe("results on the wire", () => {
+  it("sends each result as one binary float32 frame to an edge that takes them, JSON to one that does not", async () => {
+    const embedded = await embedder.embed(task(9).items.map((i) => i.text));
+    for (const binary of [true, false]) {
+      edgeTakesBinary = binary;
+      const before = conns.length;
+      const w = newWorker();
+      const conn = await until(
+        () => (conns.length > before ? conns.at(-1) : undefined),
+        "a connection",
+      );
+      const hello = await until(() => conn.frames.find((f) => f.type === "hello"), "hello");
+      // The worker always offers; the edge decides.
+      expect(hello.binaryResults).toBe(true);
+      const t = task(9);
+      conn.ws.send(JSON.stringify(t));
+      const r = await until(() => conn.frames.find((f) => f.type === "result"), "a result");
+      expect(r.binary === true).toBe(binary);
+      expect(r).toMatchObject({ taskId: t.taskId, leaseId: t.leaseId });
+      const vectors = (
+        r.vectors as { chunkId: string; values?: Float32Array; vector?: string }[]
+      ).map((v) => v.values ?? decodeVector(v.vector as string));
+      // Either way, exactly the model's numbers.
+      vectors.forEach((v, i) => {
+        expect(Array.from(v as Float32Array)).toEqual(Array.from(embedded[i] as Float32Array));
+      });
+      conn.ws.send(ackFrame(t, "stored"));
+      await until(() => (w.stats.chunksDone === 3 ? true : undefined), "the ack");
+      await w.stop(2000);
+    }
+    edgeTakesBinary = false;
   });
 });

@@ -4,5 +4,6 @@ export * from "./base64.js";
 export * from "./chunker.js";
 export * from "./models.js";
 export * from "./protocol.js";
+export * from "./result-frame.js";
 export * from "./tokenizers/use-lite.js";
 export * from "./vector-codec.js";

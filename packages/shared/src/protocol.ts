@@ -2,7 +2,9 @@ import { z } from "zod";
 
 /**
  * The worker <-> edge protocol. Every frame is a JSON object with a `type` and the protocol
- * version `v`. Vectors travel as base64 float32 (see vector-codec.ts).
+ * version `v`. Vectors travel as base64 float32 (see vector-codec.ts), except task results
+ * between a worker and an edge that both offered binary frames in `hello`/`welcome`: those
+ * are one binary frame of raw float32 each (result-frame.ts).
  *
  * Flow: worker sends `hello`, edge answers `welcome`. Flow control is by absolute window,
  * never by increments: the worker states how many tasks it can hold at once (`capacity`, in
@@ -87,6 +89,8 @@ export const Hello = z.object({
   batchSize: z.number().int().positive().max(4096),
   /** Tasks the worker can hold at once (queued and computing); 0 takes only real-time work. */
   capacity: z.number().int().min(0).max(MAX_CAPACITY),
+  /** The worker can send results as binary frames (result-frame.ts), if the edge can take them. */
+  binaryResults: z.boolean().optional(),
 });
 export type Hello = z.infer<typeof Hello>;
 
@@ -189,6 +193,8 @@ export const Welcome = z.object({
   leaseMs: z.number().int().positive(),
   /** How often the worker should send `heartbeat`. */
   heartbeatMs: z.number().int().positive(),
+  /** The edge takes results as binary frames from this worker (it offered them in `hello`). */
+  binaryResults: z.boolean().optional(),
 });
 export type Welcome = z.infer<typeof Welcome>;
 

@@ -1,8 +1,10 @@
 import { DurableObject } from "cloudflare:workers";
 import {
   type Ack,
+  type BinaryResult,
   CloseCode,
   checkEmbedding,
+  decodeResultFrame,
   decodeVector,
   dispatchMessage,
   type EdgeMessage,
@@ -10,6 +12,7 @@ import {
   type ErrorInfo,
   getModel,
   type Hello,
+  isResultFrame,
   MAX_CAPACITY,
   type MessageByType,
   type MessageHandlers,
@@ -398,6 +401,17 @@ export class Dispatcher extends DurableObject<Env> {
       this.protocolError(ws, "rate_limited", "too many messages; slow down");
       return;
     }
+    if (typeof raw !== "string" && isResultFrame(raw)) {
+      // A result as raw float32, from a worker that offered it in its hello.
+      if (!peer.hello?.binaryResults) {
+        this.protocolError(ws, "bad_message", "binary results were not offered in hello");
+        return;
+      }
+      const result = decodeResultFrame(raw);
+      if (!result.ok) this.protocolError(ws, result.error.code, result.error.message);
+      else await this.onResult(ws, result.message);
+      return;
+    }
     const parsed = parseMessage(WorkerMessage, raw);
     if (!parsed.ok) {
       if (parsed.error.code === "unsupported_version") {
@@ -526,6 +540,7 @@ export class Dispatcher extends DurableObject<Env> {
         batchSize: msg.batchSize,
         version: msg.version,
         name: msg.name,
+        binaryResults: msg.binaryResults === true,
       };
       p.capacity = msg.capacity;
     });
@@ -542,6 +557,7 @@ export class Dispatcher extends DurableObject<Env> {
       workerId,
       leaseMs: this.leaseMs,
       heartbeatMs: this.heartbeatMs,
+      ...(msg.binaryResults ? { binaryResults: true } : {}),
     });
     // A token revoked since the upgrade was checked (the API caches credentials briefly).
     this.lastRevalidation = 0;
@@ -651,7 +667,7 @@ export class Dispatcher extends DurableObject<Env> {
     }
   }
 
-  private async onResult(ws: WebSocket, msg: TaskResult): Promise<void> {
+  private async onResult(ws: WebSocket, msg: TaskResult | BinaryResult): Promise<void> {
     const workerId = this.peers.get(ws)?.workerId;
     const ack = (status: Ack["status"], reason?: string) => {
       this.metrics.count("p2pa_results_total", status);

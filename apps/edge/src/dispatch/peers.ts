@@ -2,7 +2,10 @@ import type { Hello } from "@p2pa/shared";
 import { allowedInFlight, type Budget, freshBudget } from "./error-budget.js";
 
 /** What a worker said about itself in `hello`. */
-type PeerHello = Pick<Hello, "models" | "device" | "threads" | "batchSize" | "version" | "name">;
+type PeerHello = Pick<
+  Hello,
+  "models" | "device" | "threads" | "batchSize" | "version" | "name" | "binaryResults"
+>;
 
 /**
  * Tasks a new connection may hold before it has finished any; each stored task earns one more

@@ -1,4 +1,10 @@
-import { checkEmbedding, decodeVector, getModel, type TaskResult } from "@p2pa/shared";
+import {
+  type BinaryResult,
+  checkEmbedding,
+  decodeVector,
+  getModel,
+  type TaskResult,
+} from "@p2pa/shared";
 
 export type CheckedResult = { ok: true; vectors: Float32Array[] } | { ok: false; problem: string };
 
@@ -9,7 +15,7 @@ export type CheckedResult = { ok: true; vectors: Float32Array[] } | { ok: false;
 export function checkResult(
   items: { chunkId: string }[],
   model: string,
-  msg: TaskResult,
+  msg: TaskResult | BinaryResult,
 ): CheckedResult {
   const fail = (problem: string): CheckedResult => ({ ok: false, problem });
   const info = getModel(model);
@@ -21,7 +27,8 @@ export function checkResult(
     const got = msg.vectors[i];
     if (!got || got.chunkId !== items[i]?.chunkId)
       return fail(`vector ${i} is for ${got?.chunkId}, expected ${items[i]?.chunkId}`);
-    const v = decodeVector(got.vector);
+    // A binary frame's vectors are numbers already; a JSON frame's are base64.
+    const v = "values" in got ? got.values : decodeVector(got.vector);
     if (!v) return fail(`vector ${i} is not base64 float32`);
     const why = checkEmbedding(v, info.dimension);
     if (why) return fail(`vector ${i}: ${why}`);
