@@ -137,8 +137,8 @@ describe("Dispatcher", () => {
     ).json()) as { data: { id: string; vector: number[] }[] };
     expect(page.data).toHaveLength(TASK_SIZE + 4);
     for (const c of page.data)
-      expect(Buffer.from(Float32Array.from(c.vector).buffer)).toEqual(
-        Buffer.from((sent.get(c.id) as Float32Array).buffer),
+      expect(new Uint8Array(Float32Array.from(c.vector).buffer)).toEqual(
+        new Uint8Array((sent.get(c.id) as Float32Array).buffer),
       );
     w.ws.close();
 

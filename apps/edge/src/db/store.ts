@@ -415,8 +415,86 @@ const STATEMENT_BYTES = 80_000;
  * builders), so these carry their values inline, quotes doubled.
  */
 function literal(s: string) {
-  return sql.raw(`'${s.replaceAll("'", "''")}'`);
+  return sql.raw(quoted(s));
 }
+
+/** A string as a quoted SQL literal's text, quotes doubled. */
+function quoted(s: string): string {
+  return `'${s.replaceAll("'", "''")}'`;
+}
+
+/**
+ * Rows into `table` many to a statement, through one JSON literal each (`json_each`): D1 binds
+ * at most 100 parameters, so bound inserts of a 15-column row took one statement per 6 rows,
+ * some 3,500 statements for 10,000 documents, each a query of its own. Values are JSON scalars
+ * (a JSON column's value goes as its JSON text); `prefix` picks INSERT or INSERT OR IGNORE.
+ */
+function jsonRowInserts(
+  db: DrizzleD1Database<typeof schema>,
+  table: string,
+  columns: readonly string[],
+  rows: readonly (string | number | null)[][],
+  prefix = "INSERT",
+) {
+  const out: ReturnType<typeof db.run>[] = [];
+  const names = columns.map((c) => `"${c}"`).join(", ");
+  const values = columns.map((_, i) => `json_extract(p.value, '$[${i}]')`).join(", ");
+  let group: string[] = [];
+  let bytes = 0;
+  const flush = () => {
+    if (group.length === 0) return;
+    out.push(
+      db.run(
+        sql.raw(
+          `${prefix} INTO "${table}" (${names}) SELECT ${values} FROM json_each(${quoted(`[${group.join(",")}]`)}) p`,
+        ),
+      ),
+    );
+    group = [];
+    bytes = 0;
+  };
+  for (const row of rows) {
+    const json = JSON.stringify(row);
+    if (bytes + json.length > STATEMENT_BYTES) flush();
+    group.push(json);
+    bytes += json.length + 1;
+  }
+  flush();
+  return out;
+}
+
+/** The columns a new document's row is written with (the others keep their defaults). */
+const DOCUMENT_COLUMNS = [
+  "job_id",
+  "seq",
+  "id",
+  "tenant",
+  "collection",
+  "doc_key",
+  "state",
+  "version",
+  "content_hash",
+  "fingerprint",
+  "raw_key",
+  "metadata",
+  "chars",
+  "chunks",
+  "created_at",
+] as const;
+/** The columns a new chunk's row is written with. */
+const CHUNK_COLUMNS = [
+  "id",
+  "job_id",
+  "document_id",
+  "idx",
+  "text",
+  "start",
+  "end",
+  "status",
+  "headings",
+  "page",
+  "cache_key",
+] as const;
 
 /** A compiled filter's SQL with its `?` placeholders bound, in order, as a drizzle fragment. */
 function boundCondition(c: { sql: string; params: (string | number | null)[] }) {
@@ -1010,8 +1088,30 @@ export class D1Store implements MetadataStore {
           ),
       );
     }
-    for (const rows of insertable(schema.documents, docRows))
-      out.push(db.insert(schema.documents).values(rows));
+    out.push(
+      ...jsonRowInserts(
+        db,
+        "documents",
+        DOCUMENT_COLUMNS,
+        docRows.map((r) => [
+          r.jobId,
+          r.seq,
+          r.id,
+          r.tenant,
+          r.collection,
+          r.docKey,
+          r.state,
+          r.version,
+          r.contentHash,
+          r.fingerprint,
+          r.rawKey,
+          r.metadata === null ? null : JSON.stringify(r.metadata),
+          r.chars,
+          r.chunks,
+          r.createdAt,
+        ]),
+      ),
+    );
     const sealed = await Promise.all(
       input.chunks.map((c) => this.seal.encrypt(tenant, c.text, c.id)),
     );
@@ -1029,8 +1129,26 @@ export class D1Store implements MetadataStore {
       page: c.page ?? null,
       cacheKey: c.cacheKey ?? null,
     }));
-    for (const rows of insertable(schema.chunks, chunkRows))
-      out.push(db.insert(schema.chunks).values(rows));
+    out.push(
+      ...jsonRowInserts(
+        db,
+        "chunks",
+        CHUNK_COLUMNS,
+        chunkRows.map((r) => [
+          r.id,
+          r.jobId,
+          r.documentId,
+          r.index,
+          r.text,
+          r.start,
+          r.end,
+          r.status,
+          r.headings === null ? null : JSON.stringify(r.headings),
+          r.page,
+          r.cacheKey,
+        ]),
+      ),
+    );
     out.push(...this.keywordInserts(jobId, input.chunks));
     // A hit moves the cache entry to this job: it goes when the chunk that now uses it goes.
     const hits = [
@@ -1316,29 +1434,13 @@ export class D1Store implements MetadataStore {
   }
 
   async putOriginals(tenant: string, rows: { key: string; mediaType: string; body: string }[]) {
-    // Many rows a statement through one JSON literal (D1 binds at most 100 parameters, and a
-    // statement may be at most 100 KB), all in one batch.
-    const stmts: ReturnType<typeof this.db.run>[] = [];
-    let group: [string, string, string][] = [];
-    let bytes = 0;
-    const flush = () => {
-      if (group.length === 0) return;
-      stmts.push(
-        this.db.run(sql`INSERT OR IGNORE INTO originals (key, tenant, media_type, body)
-          SELECT json_extract(p.value, '$[0]'), ${literal(tenant)}, json_extract(p.value, '$[1]'),
-            json_extract(p.value, '$[2]') FROM json_each(${literal(JSON.stringify(group))}) p`),
-      );
-      group = [];
-      bytes = 0;
-    };
-    for (const r of rows) {
-      const size = r.key.length + r.mediaType.length + r.body.length + 12;
-      if (bytes + size > STATEMENT_BYTES) flush();
-      group.push([r.key, r.mediaType, r.body]);
-      bytes += size;
-    }
-    flush();
-    const [first, ...rest] = stmts;
+    const [first, ...rest] = jsonRowInserts(
+      this.db,
+      "originals",
+      ["key", "tenant", "media_type", "body"],
+      rows.map((r) => [r.key, tenant, r.mediaType, r.body]),
+      "INSERT OR IGNORE",
+    );
     if (first) await this.db.batch([first, ...rest]);
   }
 
@@ -1449,10 +1551,14 @@ export class D1Store implements MetadataStore {
   private keywordInserts(jobId: string, chunks: NewChunk[]) {
     const indexed = chunks.filter((c) => c.terms);
     const out = [];
-    for (const slice of insertable(schema.keywordRows, indexed))
-      out.push(
-        this.db.insert(schema.keywordRows).values(slice.map((c) => ({ chunkId: c.id, jobId }))),
-      );
+    out.push(
+      ...jsonRowInserts(
+        this.db,
+        "keyword_rows",
+        ["chunk_id", "job_id"],
+        indexed.map((c) => [c.id, jobId]),
+      ),
+    );
     let pairs: [string, string][] = [];
     let bytes = 0;
     const flush = () => {
