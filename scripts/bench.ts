@@ -32,6 +32,7 @@ import { BENCH_CHUNKING, useLiteChunker } from "./lib/chunking.js";
 import { generatedPassages } from "./lib/corpus.js";
 import {
   DEV_CREDENTIALS,
+  freePort,
   prepareLocalDatabase,
   ROOT,
   spawnWorker,
@@ -187,19 +188,35 @@ async function warmUp(url: string) {
   }
 }
 
-async function endToEnd(): Promise<number> {
+/**
+ * (b): the corpus through the edge and one worker. Also how busy the worker's model was over
+ * the job's wall time, from the worker's own count of time in the model (--status-port).
+ */
+async function endToEnd(): Promise<{ chunksPerSecond: number; modelBusy: number }> {
   const dir = mkdtempSync(path.join(os.tmpdir(), "p2pa-bench-"));
   await prepareLocalDatabase(dir);
   const edge = await startEdge({ port: 8790, persistTo: dir });
+  const statusPort = await freePort();
   const worker = spawnWorker(edge.url, DEV_CREDENTIALS.workerToken, [
     "--threads",
     String(threads),
     "--batch-size",
     String(batchSize),
+    "--status-port",
+    String(statusPort),
   ]);
+  const inferenceMs = async () =>
+    (
+      (await (await fetch(`http://127.0.0.1:${statusPort}/status`)).json()) as {
+        stats: { inferenceMs: number };
+      }
+    ).stats.inferenceMs;
   try {
     await warmUp(edge.url);
-    return await runJob(edge.url, "off");
+    const before = await inferenceMs();
+    const chunksPerSecond = await runJob(edge.url, "off");
+    const wallMs = (1000 * texts.length) / chunksPerSecond;
+    return { chunksPerSecond, modelBusy: ((await inferenceMs()) - before) / wallMs };
   } finally {
     worker.kill("SIGKILL");
     await edge.stop();
@@ -212,11 +229,15 @@ console.log(
 );
 const a: number[] = [];
 const b: number[] = [];
+/** The worker's model: share of the job's wall time it was computing, per run of (b). */
+const busy: number[] = [];
 for (let r = 0; r < (sections.has("pipeline") ? runs : 0); r++) {
   a.push(await direct());
-  b.push(await endToEnd());
+  const e2e = await endToEnd();
+  b.push(e2e.chunksPerSecond);
+  busy.push(e2e.modelBusy);
   console.log(
-    `run ${r + 1}: (a) direct ${a[r]?.toFixed(1)} chunks/s  (b) end-to-end ${b[r]?.toFixed(1)} chunks/s  b/a ${((b[r] as number) / (a[r] as number)).toFixed(3)}`,
+    `run ${r + 1}: (a) direct ${a[r]?.toFixed(1)} chunks/s  (b) end-to-end ${b[r]?.toFixed(1)} chunks/s  b/a ${((b[r] as number) / (a[r] as number)).toFixed(3)}  model busy ${(100 * e2e.modelBusy).toFixed(1)}% of the job's wall time`,
   );
 }
 const ratios = a.map((x, i) => (b[i] as number) / x);
@@ -229,6 +250,7 @@ const capacity = sections.has("capacity")
       ...(values.profile
         ? { profile: path.join(ROOT, "bench-results", "capacity.cpuprofile") }
         : {}),
+      ...(values["baseline-dir"] ? { baselineDir: values["baseline-dir"] } : {}),
     })
   : null;
 const verification: Record<string, { chunksPerSecond: number[]; resultsPerTask: number[] }> = {};
@@ -260,7 +282,7 @@ const result = {
   batchSize,
   runs,
   direct: { chunksPerSecond: a, median: median(a) },
-  endToEnd: { chunksPerSecond: b, median: median(b) },
+  endToEnd: { chunksPerSecond: b, median: median(b), modelBusy: busy },
   ratio: { perRun: ratios, median: median(ratios) },
   capacity,
   verification,
@@ -270,12 +292,17 @@ const result = {
 };
 if (a.length)
   console.log(
-    `median: (a) ${result.direct.median.toFixed(1)} chunks/s  (b) ${result.endToEnd.median.toFixed(1)} chunks/s  b/a ${result.ratio.median.toFixed(3)}`,
+    `median: (a) ${result.direct.median.toFixed(1)} chunks/s  (b) ${result.endToEnd.median.toFixed(1)} chunks/s  b/a ${result.ratio.median.toFixed(3)}; model busy ${(100 * median(busy)).toFixed(1)}% of the job's wall time`,
   );
 if (capacity) {
   for (const [frames, { median: c, runs: rs }] of Object.entries(capacity.frames))
     console.log(
       `coordinator capacity, ${frames} results (one shard, ${capacity.donors} instant donors of window ${capacity.capacity}, median of ${rs.length}): dispatch ${c.chunksPerSecond.toFixed(0)} chunks/s, submit ${c.documentsPerSecond.toFixed(0)} documents/s; per chunk ${c.bytesPerChunkToDonor.toFixed(0)} B to donors, ${c.bytesPerChunkFromDonor.toFixed(0)} B from donors`,
+    );
+  const b = capacity.baseline;
+  if (b)
+    console.log(
+      `  baseline edge (${b.dir}): dispatch ${b.figures.median.chunksPerSecond.toFixed(0)} chunks/s, submit ${b.figures.median.documentsPerSecond.toFixed(0)} documents/s, ${b.figures.median.bytesPerChunkFromDonor.toFixed(0)} B/chunk from donors; this/baseline: dispatch ${b.ratio.chunksPerSecond.toFixed(2)}x, submit ${b.ratio.documentsPerSecond.toFixed(2)}x`,
     );
 }
 const off = median(verification.off?.chunksPerSecond ?? [1]);

@@ -2,12 +2,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { rng } from "./corpus.js";
-import {
-  DEV_CREDENTIALS,
-  prepareLocalDatabase,
-  startEdge,
-  waitForCompletion,
-} from "./local-edge.js";
+import * as here from "./local-edge.js";
+import { waitForCompletion } from "./local-edge.js";
 import { EdgeProfiler } from "./profile.js";
 import { randomUnit, ScriptedDonor } from "./scripted-donor.js";
 
@@ -49,12 +45,13 @@ export interface CapacityReport {
   capacity: number;
   /** By how the donors sent results, measured in alternation in the same run. */
   frames: Record<ResultFrames, CapacityFigures>;
+  /** A baseline checkout's edge in the same run (JSON donors), and this/baseline ratios. */
+  baseline: {
+    dir: string;
+    figures: CapacityFigures;
+    ratio: { chunksPerSecond: number; documentsPerSecond: number };
+  } | null;
 }
-
-const headers = {
-  Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}`,
-  "Content-Type": "application/json",
-};
 
 const WORDS =
   "river bridge library garden museum festival harbour market school station orchard tower valley council".split(
@@ -74,7 +71,11 @@ function sentences(n: number, seed: number): string[] {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
+/** What a checkout's harness offers: this one's, or a baseline checkout's (`--baseline-dir`). */
+type Harness = Pick<typeof here, "prepareLocalDatabase" | "startEdge" | "DEV_CREDENTIALS">;
+
 async function oneRun(
+  harness: Harness,
   documents: number,
   donors: number,
   capacity: number,
@@ -82,10 +83,15 @@ async function oneRun(
   profile: string | null,
   frames: ResultFrames,
 ) {
+  const { DEV_CREDENTIALS } = harness;
+  const headers = {
+    Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}`,
+    "Content-Type": "application/json",
+  };
   const dir = mkdtempSync(path.join(os.tmpdir(), "p2pa-capacity-"));
-  await prepareLocalDatabase(dir);
-  const edge = await startEdge({
-    port: 8791,
+  await harness.prepareLocalDatabase(dir);
+  const edge = await harness.startEdge({
+    port: await here.freePort(),
     persistTo: dir,
     vars: { DISPATCH_SHARDS: "1", VERIFY_CANARY_RATE: "0", VERIFICATION: "off" },
   });
@@ -114,7 +120,8 @@ async function oneRun(
     if (res.status !== 202) throw new Error(`submit failed: ${res.status} ${await res.text()}`);
     const { id, chunks } = (await res.json()) as { id: string; chunks: { total: number } };
     // The donors join once the job is in, so the two phases are measured apart.
-    const profiler = profile ? await EdgeProfiler.start(edge.inspectorPort) : null;
+    const profiler =
+      profile && edge.inspectorPort ? await EdgeProfiler.start(edge.inspectorPort) : null;
     await Promise.all(pool.map((d) => d.connect()));
     const { completedAt } = await waitForCompletion(edge.url, id, headers);
     if (profiler && profile) console.log(await profiler.stop(profile));
@@ -147,11 +154,22 @@ export async function capacityBench(opts: {
   runs: number;
   /** Write a CPU profile of the edge during the first run to this file. */
   profile?: string;
+  /** Another checkout (built, with node_modules) whose edge runs the same jobs, for ratios. */
+  baselineDir?: string;
 }): Promise<CapacityReport> {
   const runs: Record<ResultFrames, CapacityRun[]> = { binary: [], json: [] };
+  const baselineRuns: CapacityRun[] = [];
+  const baseline = opts.baselineDir
+    ? ((await import(path.resolve(opts.baselineDir, "scripts/lib/local-edge.ts"))) as Harness)
+    : null;
+  const log = (r: number, what: string, run: CapacityRun) =>
+    console.log(
+      `capacity run ${r + 1}, ${what}: submit ${run.documentsPerSecond.toFixed(0)} documents/s, dispatch ${run.chunksPerSecond.toFixed(0)} chunks/s, ${run.bytesPerChunkToDonor.toFixed(0)} B/chunk to donors, ${run.bytesPerChunkFromDonor.toFixed(0)} B/chunk from donors`,
+    );
   for (let r = 0; r < opts.runs; r++) {
     for (const frames of ["binary", "json"] as const) {
       const run = await oneRun(
+        here,
         opts.documents,
         opts.donors,
         opts.capacity,
@@ -159,10 +177,22 @@ export async function capacityBench(opts: {
         r === 0 && frames === "binary" ? (opts.profile ?? null) : null,
         frames,
       );
-      console.log(
-        `capacity run ${r + 1}, ${frames} results: submit ${run.documentsPerSecond.toFixed(0)} documents/s, dispatch ${run.chunksPerSecond.toFixed(0)} chunks/s, ${run.bytesPerChunkToDonor.toFixed(0)} B/chunk to donors, ${run.bytesPerChunkFromDonor.toFixed(0)} B/chunk from donors`,
-      );
+      log(r, `${frames} results`, run);
       runs[frames].push(run);
+    }
+    if (baseline) {
+      // The baseline's donors send JSON: what every edge before binary frames took.
+      const run = await oneRun(
+        baseline,
+        opts.documents,
+        opts.donors,
+        opts.capacity,
+        7000 + r,
+        null,
+        "json",
+      );
+      log(r, "baseline edge", run);
+      baselineRuns.push(run);
     }
   }
   const figures = (rs: CapacityRun[]): CapacityFigures => {
@@ -177,9 +207,22 @@ export async function capacityBench(opts: {
       },
     };
   };
+  const mine = figures(runs.binary);
+  const base = baselineRuns.length ? figures(baselineRuns) : null;
   return {
     donors: opts.donors,
     capacity: opts.capacity,
-    frames: { binary: figures(runs.binary), json: figures(runs.json) },
+    frames: { binary: mine, json: figures(runs.json) },
+    baseline:
+      base && opts.baselineDir
+        ? {
+            dir: opts.baselineDir,
+            figures: base,
+            ratio: {
+              chunksPerSecond: mine.median.chunksPerSecond / base.median.chunksPerSecond,
+              documentsPerSecond: mine.median.documentsPerSecond / base.median.documentsPerSecond,
+            },
+          }
+        : null,
   };
 }
