@@ -101,7 +101,8 @@ describe.skipIf(!HAVE_CHROMIUM)(
       await page.click('button[type="submit"]');
       await page.waitForSelector("nav");
       await expect(text("h1")).resolves.toBe("Jobs");
-      await expect(text(".content")).resolves.toContain("No jobs yet");
+      // The list loads after the page: wait for what it says, not for the first text.
+      await page.locator(".content .empty", { hasText: "No jobs yet" }).waitFor();
       // The key is kept for this tab only.
       const stored = await page.evaluate(
         `[sessionStorage.getItem("${KEY_ITEM}"), localStorage.length]`,
@@ -131,7 +132,8 @@ describe.skipIf(!HAVE_CHROMIUM)(
       expect(jobId).toMatch(/^job_/);
 
       // The list shows it with a live progress bar.
-      const row = page.locator("tbody tr", { hasText: jobId });
+      // The job's own row (a job page's document rows hold the id too, as a prefix).
+      const row = page.locator("tbody tr", { has: page.locator(`a:text-is("${jobId}")`) });
       await row.waitFor();
       await shot("02-jobs-running");
 
@@ -159,6 +161,7 @@ describe.skipIf(!HAVE_CHROMIUM)(
 
       // Back on the list, the row says completed at 100%.
       await page.click('nav a:has-text("Jobs")');
+      await page.waitForSelector('h1:text-is("Jobs")');
       await expect(row.locator(".badge").textContent()).resolves.toBe("completed");
       await expect(row.locator(".progress-label").innerText()).resolves.toBe("100%");
       await shot("04-jobs");
