@@ -97,6 +97,9 @@ const ackFrame = (t: { taskId: string; leaseId: string }, status: string, extra 
     status,
     ...extra,
   });
+/** The first connection the scripted edge accepts after it had `before`. */
+const newConnection = (before: number) =>
+  until(() => (conns.length > before ? conns.at(-1) : undefined), "a connection");
 const newWorker = (more: Partial<ConstructorParameters<typeof Worker>[0]> = {}) =>
   new Worker({
     url,
@@ -146,10 +149,7 @@ describe("the worker's window, outbox and session", () => {
   it("re-sends unacknowledged results after a dropped connection, under the same session", async () => {
     const before = conns.length;
     const w = newWorker();
-    const first = await until(
-      () => (conns.length > before ? conns.at(-1) : undefined),
-      "a connection",
-    );
+    const first = await newConnection(before);
     const hello1 = await until(() => first.frames.find((f) => f.type === "hello"), "hello");
     const t = task(3);
     first.ws.send(JSON.stringify(t));
@@ -195,10 +195,7 @@ describe("the worker's window, outbox and session", () => {
       name: "test",
       version: "test",
     });
-    const conn = await until(
-      () => (conns.length > before ? conns.at(-1) : undefined),
-      "a connection",
-    );
+    const conn = await newConnection(before);
     await until(() => conn.frames.find((f) => f.type === "hello"), "hello");
     const [busy, waiting] = [task(5), task(6)];
     conn.ws.send(JSON.stringify(busy));
@@ -232,10 +229,7 @@ describe("the worker's window, outbox and session", () => {
       },
     });
     const w = newWorker({ embedder: slow, batchSize: 3 });
-    const conn = await until(
-      () => (conns.length > before ? conns.at(-1) : undefined),
-      "a connection",
-    );
+    const conn = await newConnection(before);
     await until(() => conn.frames.find((f) => f.type === "hello"), "hello");
     const [busy, waiting] = [task(12), task(13)];
     conn.ws.send(JSON.stringify(busy));
@@ -265,10 +259,7 @@ describe("the worker's window, outbox and session", () => {
     const before = conns.length;
     const events: [string, Record<string, unknown> | undefined][] = [];
     const w = newWorker({ onEvent: (e, d) => events.push([e, d]) });
-    const conn = await until(
-      () => (conns.length > before ? conns.at(-1) : undefined),
-      "a connection",
-    );
+    const conn = await newConnection(before);
     await until(() => conn.frames.find((f) => f.type === "hello"), "hello");
     const ts = [task(7, 2), task(8, 3), task(9, 4), task(10, 5)];
     for (const t of ts) conn.ws.send(JSON.stringify(t));
@@ -316,10 +307,7 @@ describe("results on the wire", () => {
       edgeTakesBinary = binary;
       const before = conns.length;
       const w = newWorker();
-      const conn = await until(
-        () => (conns.length > before ? conns.at(-1) : undefined),
-        "a connection",
-      );
+      const conn = await newConnection(before);
       const hello = await until(() => conn.frames.find((f) => f.type === "hello"), "hello");
       // The worker always offers; the edge decides.
       expect(hello.binaryResults).toBe(true);
