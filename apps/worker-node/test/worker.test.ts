@@ -97,6 +97,16 @@ const ackFrame = (t: { taskId: string; leaseId: string }, status: string, extra 
     status,
     ...extra,
   });
+/** The real model, each call `ms` slower: time for a test to act mid-batch. */
+const slowed = (ms: number): Embedder =>
+  Object.create(embedder, {
+    embed: {
+      value: async (texts: string[]) => {
+        await sleep(ms);
+        return embedder.embed(texts);
+      },
+    },
+  });
 /** The first connection the scripted edge accepts after it had `before`. */
 const newConnection = (before: number) =>
   until(() => (conns.length > before ? conns.at(-1) : undefined), "a connection");
@@ -177,14 +187,7 @@ describe("the worker's window, outbox and session", () => {
   it("drains: says so, hands back what it has not started, finishes the rest, and states a window of 0", async () => {
     const before = conns.length;
     // The real model, slowed down so the test can stop the worker mid-batch.
-    const slow: Embedder = Object.create(embedder, {
-      embed: {
-        value: async (texts: string[]) => {
-          await sleep(400);
-          return embedder.embed(texts);
-        },
-      },
-    });
+    const slow = slowed(400);
     const w = new Worker({
       url,
       token: "t",
@@ -220,14 +223,7 @@ describe("the worker's window, outbox and session", () => {
 
   it("counts the model's time while a batch runs, and every task it holds until acked", async () => {
     const before = conns.length;
-    const slow: Embedder = Object.create(embedder, {
-      embed: {
-        value: async (texts: string[]) => {
-          await sleep(400);
-          return embedder.embed(texts);
-        },
-      },
-    });
+    const slow = slowed(400);
     const w = newWorker({ embedder: slow, batchSize: 3 });
     const conn = await newConnection(before);
     await until(() => conn.frames.find((f) => f.type === "hello"), "hello");
