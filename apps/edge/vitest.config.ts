@@ -1,30 +1,39 @@
 import path from "node:path";
 import { cloudflareTest, readD1Migrations } from "@cloudflare/vitest-pool-workers";
 import { defineConfig } from "vitest/config";
+import { startPostgres } from "../../scripts/lib/postgres.js";
 
 const root = path.resolve(import.meta.dirname, "../..");
 
 export default defineConfig({
   plugins: [
-    cloudflareTest(async () => ({
-      wrangler: { configPath: path.join(root, "wrangler.toml") },
-      remoteBindings: false,
-      miniflare: {
-        bindings: {
-          VECTOR_BACKEND: "local",
-          // A fixed test deployment key (base64 of 32 bytes); never a real deployment's.
-          P2PA_DATA_KEYS: `test:${Buffer.alloc(32, 7).toString("base64")}`,
-          // Small, so a test can fill the queue.
-          MAX_BACKLOG_TASKS: "200",
-          // Scripted test donors answer by position, not by text; canary tests turn them on.
-          VERIFY_CANARY_RATE: "0",
-          // For the same reason their vectors do not belong to a text: tests of the embedding
-          // cache turn it on per job.
-          EMBEDDING_CACHE: "off",
-          TEST_MIGRATIONS: await readD1Migrations(path.join(root, "migrations")),
+    cloudflareTest(async () => {
+      // A real Postgres with pgvector for the Postgres metadata store and vector index: PGlite
+      // over the wire protocol behind the WebSocket proxy the Neon driver needs. It lives as
+      // long as this test process.
+      const postgres = await startPostgres({ keepProcessAlive: false });
+      return {
+        wrangler: { configPath: path.join(root, "wrangler.toml") },
+        remoteBindings: false,
+        miniflare: {
+          bindings: {
+            VECTOR_BACKEND: "local",
+            // A fixed test deployment key (base64 of 32 bytes); never a real deployment's.
+            P2PA_DATA_KEYS: `test:${Buffer.alloc(32, 7).toString("base64")}`,
+            // Small, so a test can fill the queue.
+            MAX_BACKLOG_TASKS: "200",
+            // Scripted test donors answer by position, not by text; canary tests turn them on.
+            VERIFY_CANARY_RATE: "0",
+            // For the same reason their vectors do not belong to a text: tests of the embedding
+            // cache turn it on per job.
+            EMBEDDING_CACHE: "off",
+            TEST_MIGRATIONS: await readD1Migrations(path.join(root, "migrations")),
+            DATABASE_URL: postgres.url,
+            PG_WS_PROXY: postgres.wsProxy,
+          },
         },
-      },
-    })),
+      };
+    }),
   ],
   test: {
     name: "edge",

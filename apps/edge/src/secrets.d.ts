@@ -5,5 +5,9 @@ declare namespace Cloudflare {
     P2PA_DATA_KEYS?: string;
     /** Bootstrap credentials: lines of `kind:tenant:sha256hex`. */
     P2PA_CREDENTIALS?: string;
+    /** Postgres connection string, when the metadata store or the vector index is Postgres. */
+    DATABASE_URL?: string;
+    /** A WebSocket proxy of one's own in front of Postgres (`host:port/path`), instead of Neon's. */
+    PG_WS_PROXY?: string;
   }
 }
