@@ -97,7 +97,7 @@ describe("the whole pipeline on real parts", () => {
     expect(floats.data[0]?.embedding.length).toBe(512);
     await expect(
       client.embeddings.create({ model: "no-such-model", input: "x" }),
-    ).rejects.toMatchObject({ status: 422 });
+    ).rejects.toMatchObject({ status: 404, code: "model_not_found" });
   }, 60_000);
 });
 

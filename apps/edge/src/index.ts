@@ -1,13 +1,15 @@
-import { MODELS, WorkerList } from "@p2pa/shared";
+import { WorkerList } from "@p2pa/shared";
 import { z } from "zod";
 import { createApp } from "./app.js";
 import { shardsFrom } from "./dispatch/shards.js";
+import { modelIds } from "./lib/models.js";
 import { documentRoutes } from "./routes/documents.js";
 import { embeddingRoutes } from "./routes/embeddings.js";
 import { eventRoutes } from "./routes/events.js";
 import { jobs } from "./routes/jobs.js";
 import { keyRoutes } from "./routes/keys.js";
 import { metricRoutes } from "./routes/metrics.js";
+import { modelRoutes } from "./routes/models.js";
 import { errors, IdParam } from "./routes/openapi.js";
 import { resultRoutes } from "./routes/results.js";
 import { searchRoutes } from "./routes/search.js";
@@ -33,7 +35,7 @@ app.get("/healthz", async (c) => {
       .first<{ ok: number }>()
       .catch(() => null),
     Promise.all(
-      Object.keys(MODELS).flatMap((model) =>
+      modelIds(c.env).flatMap((model) =>
         shardsFrom(c.env, model, 0).map((s, shard) =>
           s.stats().then(
             (st) => ({ model, shard, ...st.health }),
@@ -65,6 +67,7 @@ app.route("/", eventRoutes);
 app.route("/", webhookRoutes);
 app.route("/", searchRoutes);
 app.route("/", embeddingRoutes);
+app.route("/", modelRoutes);
 app.route("/", workerRoutes);
 app.route("/", metricRoutes);
 app.route("/", keyRoutes);

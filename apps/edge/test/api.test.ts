@@ -1,3 +1,4 @@
+import { env } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import committed from "../../../packages/shared/src/client/openapi.json";
 import { tokenCounter } from "../src/lib/tokens.js";
@@ -184,8 +185,9 @@ describe("POST /v1/jobs", () => {
     expect(
       await errorOf(await post({ json: { documents: docs(1), model: "gpt-17" } })),
     ).toMatchObject({
-      status: 422,
-      code: "unprocessable",
+      status: 404,
+      code: "model_not_found",
+      details: { available: ["use-lite"] },
     });
     expect(
       (await errorOf(await post({ json: { documents: docs(1), chunking: { maxChars: 5000 } } })))
@@ -263,7 +265,7 @@ describe("chunking for the model's window", () => {
     const page = (await (await call(`/v1/jobs/${job.id}/chunks?limit=1000`)).json()) as {
       data: { text: string }[];
     };
-    const count = tokenCounter("use-lite") as (t: string) => number;
+    const count = await tokenCounter(env, "use-lite");
     expect(page.data.length).toBeGreaterThan(3);
     for (const c of page.data) expect(count(c.text)).toBeLessThanOrEqual(128);
   });

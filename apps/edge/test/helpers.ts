@@ -54,8 +54,13 @@ export class TestWorker {
     });
   }
 
-  static async connect(hello: Partial<Frame> = {}, token = KEYS.worker): Promise<TestWorker> {
-    const res = await call("/v1/workers/connect", {
+  static async connect(
+    hello: Partial<Frame> = {},
+    token = KEYS.worker,
+    model?: string,
+  ): Promise<TestWorker> {
+    const query = model ? `?model=${encodeURIComponent(model)}` : "";
+    const res = await call(`/v1/workers/connect${query}`, {
       key: token,
       headers: { Upgrade: "websocket" },
     });

@@ -618,6 +618,7 @@ export const ErrorCode = z.enum([
   "forbidden",
   "quarantined",
   "not_found",
+  "model_not_found",
   "conflict",
   "payload_too_large",
   "unsupported_media_type",
@@ -798,3 +799,28 @@ export const WorkerList = z
   })
   .meta({ id: "WorkerList" });
 export type WorkerList = z.infer<typeof WorkerList>;
+
+/** A model this deployment serves, as GET /v1/models lists it (OpenAI's shape, and more). */
+export const ModelObject = z
+  .object({
+    id: z.string(),
+    object: z.literal("model"),
+    created: z.number().int().meta({ description: "Unix seconds; 0 for a built-in model." }),
+    owned_by: z.string(),
+    dimension: z.number().int(),
+    maxTokens: z.number().int().meta({ description: "The model's token window." }),
+    defaultChunkChars: z.number().int(),
+    maxChunkChars: z.number().int(),
+    manifest: z
+      .object({ url: z.string(), sha256: z.string() })
+      .optional()
+      .meta({ description: "Where workers fetch the model (absent for a built-in model)." }),
+    workers: z.number().int().meta({ description: "Workers connected for it now." }),
+  })
+  .meta({ id: "Model" });
+export type ModelObject = z.infer<typeof ModelObject>;
+
+export const ModelList = z
+  .object({ object: z.literal("list"), data: z.array(ModelObject) })
+  .meta({ id: "ModelList" });
+export type ModelList = z.infer<typeof ModelList>;

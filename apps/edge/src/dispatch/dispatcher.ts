@@ -10,7 +10,6 @@ import {
   type EdgeMessage,
   type EmbedResult,
   type ErrorInfo,
-  getModel,
   type Hello,
   isResultFrame,
   MAX_CAPACITY,
@@ -26,6 +25,7 @@ import {
 import { keyringFor, openStore } from "../db/open.js";
 import type { MetadataStore } from "../db/store.js";
 import { sha256Hex } from "../lib/crypto.js";
+import { findModel } from "../lib/models.js";
 import { settings } from "../lib/settings.js";
 import { maskPersonalData } from "../privacy/mask.js";
 import { AlarmClock } from "./alarm.js";
@@ -510,15 +510,24 @@ export class Dispatcher extends DurableObject<Env> {
   // ---- handlers ----
 
   private async onHello(ws: WebSocket, msg: Hello): Promise<void> {
-    const unknown = msg.models.find(
-      (m) => getModel(m.id) && getModel(m.id)?.dimension !== m.dimension,
-    );
-    if (unknown) {
+    // A shard serves the model in its name (`<model>:<n>`, see shards.ts); the worker connected
+    // for it, so its hello must offer it, with the dimension the deployment registered.
+    const name = this.ctx.id.name ?? "";
+    const model = name.slice(0, name.lastIndexOf(":"));
+    const offered = msg.models.find((m) => m.id === model);
+    const registered = findModel(this.env, model);
+    const problem =
+      model && !offered
+        ? `this connection is for model ${model}; the hello offers ${msg.models.map((m) => m.id).join(", ")}`
+        : offered && registered && offered.dimension !== registered.dimension
+          ? `model ${model} returns ${offered.dimension} dimensions; this deployment registered it with ${registered.dimension}`
+          : null;
+    if (problem) {
       this.send(ws, {
         type: "error",
         v: PROTOCOL_VERSION,
         code: "model_mismatch",
-        message: `model ${unknown.id} has the wrong dimension`,
+        message: problem,
       });
       ws.close(CloseCode.protocolError, "model mismatch");
       return;
@@ -605,7 +614,7 @@ export class Dispatcher extends DurableObject<Env> {
     const peer = this.peers.get(ws);
     const want = this.lane.expected(msg.requestId);
     if (!peer || !want || want.workerId !== peer.workerId) return;
-    const dimension = getModel(want.model)?.dimension ?? 0;
+    const dimension = findModel(this.env, want.model)?.dimension ?? 0;
     let problem: string | null =
       msg.vectors.length === want.count
         ? null
@@ -694,7 +703,7 @@ export class Dispatcher extends DurableObject<Env> {
       return ack("rejected", "no valid lease for this task");
     }
     const expected = [...(task.items ?? []), ...(lease.canary ? [lease.canary] : [])];
-    const checked = checkResult(expected, task.model, msg);
+    const checked = checkResult(expected, findModel(this.env, task.model), msg);
     if (!checked.ok) {
       ack("rejected", checked.problem);
       await this.onTaskFailed(ws, msg.leaseId, msg.taskId, {

@@ -1,10 +1,4 @@
-import {
-  type BinaryResult,
-  checkEmbedding,
-  decodeVector,
-  getModel,
-  type TaskResult,
-} from "@p2pa/shared";
+import { type BinaryResult, checkEmbedding, decodeVector, type TaskResult } from "@p2pa/shared";
 
 export type CheckedResult = { ok: true; vectors: Float32Array[] } | { ok: false; problem: string };
 
@@ -14,12 +8,12 @@ export type CheckedResult = { ok: true; vectors: Float32Array[] } | { ok: false;
  */
 export function checkResult(
   items: { chunkId: string }[],
-  model: string,
+  model: { id: string; dimension: number } | undefined,
   msg: TaskResult | BinaryResult,
 ): CheckedResult {
   const fail = (problem: string): CheckedResult => ({ ok: false, problem });
-  const info = getModel(model);
-  if (!info) return fail(`unknown model ${model}`);
+  const info = model;
+  if (!info) return fail("the task's model is no longer served");
   if (msg.vectors.length !== items.length)
     return fail(`expected ${items.length} vectors, got ${msg.vectors.length}`);
   const vectors: Float32Array[] = [];

@@ -4,7 +4,6 @@ import {
   chunkText,
   DEFAULT_COLLECTION,
   DEFAULT_MODEL,
-  getModel,
   type IngestRejection,
   type Job,
   PII_KINDS,
@@ -23,7 +22,8 @@ import { vectorMetadata } from "../dispatch/store-result.js";
 import type { ItemCopy, NewTask, QueuedItem } from "../dispatch/task-queue.js";
 import { chunkIdOf } from "../lib/chunk-ids.js";
 import { sha256Hex } from "../lib/crypto.js";
-import { AppError, noCapacity, requireModel } from "../lib/errors.js";
+import { AppError, noCapacity } from "../lib/errors.js";
+import { requireModel } from "../lib/models.js";
 import { settings } from "../lib/settings.js";
 import { slices } from "../lib/slices.js";
 import { tokenCounter } from "../lib/tokens.js";
@@ -99,7 +99,7 @@ function maskedKinds(privacy: Privacy | undefined, env: Env): PiiKind[] {
 /** The job's settings, or a 422 naming what is wrong with the options. */
 export function resolveSettings(env: Env, o: JobOptions): JobSettings {
   const model = o.model ?? DEFAULT_MODEL;
-  const info = requireModel(model);
+  const info = requireModel(env, model);
   const maxChars = o.chunking?.maxChars ?? info.defaultChunkChars;
   if (maxChars > info.maxChunkChars) {
     throw new AppError(
@@ -214,11 +214,11 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
   const store = openStore(env);
   const keyring = keyringFor(env);
   const now = new Date().toISOString();
-  const info = getModel(settings.model);
-  const count = tokenCounter(settings.model);
+  const info = requireModel(env, settings.model);
+  const count = await tokenCounter(env, settings.model);
   const chunkOptions: ChunkOptions = {
     ...settings.chunking,
-    ...(count && info ? { fits: (t: string) => count(t) <= info.maxTokens } : {}),
+    fits: (t: string) => count(t) <= info.maxTokens,
   };
   const filterable = filterableKeys(env);
 

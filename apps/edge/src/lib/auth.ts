@@ -94,12 +94,12 @@ export function clientAddress(c: Context): string | null {
  * (`admin`) key is also an API key of its tenant; operator-only routes ask for `admin`. API
  * requests are then counted against the key's and the tenant's request rate.
  */
-export function requireAuth(kind: Credential["kind"]) {
+export function requireAuth(kind: Credential["kind"] | "any") {
   return createMiddleware<AppEnv>(async (c, next) => {
     // Routers mounted on overlapping paths each guard their own: authenticate (and count) once.
     if (c.get("credential")) {
       const have = c.get("credential").kind;
-      if (have === kind || (kind === "api" && have === "admin")) return next();
+      if (kind === "any" || have === kind || (kind === "api" && have === "admin")) return next();
     }
     const secret = bearer(c.req.header("Authorization"));
     if (!secret) {
@@ -118,7 +118,7 @@ export function requireAuth(kind: Credential["kind"]) {
     if (cred.expired) {
       throw new AppError(401, "expired", `this key expired at ${cred.expiresAt}`);
     }
-    const fits = cred.kind === kind || (kind === "api" && cred.kind === "admin");
+    const fits = kind === "any" || cred.kind === kind || (kind === "api" && cred.kind === "admin");
     if (!fits) {
       throw new AppError(
         403,

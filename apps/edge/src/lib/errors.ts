@@ -1,4 +1,4 @@
-import { type ErrorCode, getModel, MODELS, type ModelInfo } from "@p2pa/shared";
+import type { ErrorCode } from "@p2pa/shared";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 
 /** An error the client caused or must handle; rendered as `{"error": {code, message, details}}`. */
@@ -22,13 +22,3 @@ export const noCapacity = (message: string, retryAfterSeconds = 5) =>
   new AppError(503, "no_capacity", message, undefined, {
     "Retry-After": String(retryAfterSeconds),
   });
-
-/** The model named `model`, or a 422 that lists the models this deployment knows. */
-export function requireModel(model: string): ModelInfo {
-  const info = getModel(model);
-  if (!info)
-    throw new AppError(422, "unprocessable", `unknown model ${model}`, {
-      available: Object.keys(MODELS),
-    });
-  return info;
-}

@@ -1,6 +1,7 @@
 import { decodeVector } from "@p2pa/shared";
 import { shardsFrom } from "../dispatch/shards.js";
-import { noCapacity, requireModel } from "./errors.js";
+import { noCapacity } from "./errors.js";
+import { requireModel } from "./models.js";
 
 /**
  * Embeds texts now, on a connected worker, through the priority lane: the request jumps
@@ -12,7 +13,7 @@ export async function embedNow(
   texts: string[],
   scope: { tenant: string; pool?: "any" | "own" },
 ): Promise<{ vectors: Float32Array[]; tokens: number }> {
-  const info = requireModel(model);
+  const info = requireModel(env, model);
   let last = "";
   for (const shard of shardsFrom(env, model)) {
     const r = await shard.embed(model, texts, undefined, scope);

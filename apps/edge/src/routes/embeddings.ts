@@ -2,7 +2,8 @@ import { createRoute } from "@hono/zod-openapi";
 import { EmbeddingsRequest, EmbeddingsResponse, ErrorBody, encodeVector } from "@p2pa/shared";
 import { router } from "../app.js";
 import { requireAuth, scoped } from "../lib/auth.js";
-import { AppError, requireModel } from "../lib/errors.js";
+import { AppError } from "../lib/errors.js";
+import { requireModel } from "../lib/models.js";
 import { embedNow } from "../lib/realtime.js";
 import { assertWithinWindow } from "../lib/tokens.js";
 import { errors, json } from "./openapi.js";
@@ -22,6 +23,7 @@ const embeddings = createRoute({
       content: { "application/json": { schema: EmbeddingsResponse } },
     },
     401: errors[401],
+    404: errors[404],
     422: errors[422],
     503: json(ErrorBody, "No worker can embed now; see Retry-After"),
   },
@@ -32,7 +34,7 @@ embeddingRoutes.use("/v1/embeddings", requireAuth("api"));
 
 embeddingRoutes.openapi(embeddings, async (c) => {
   const req = c.req.valid("json");
-  const info = requireModel(req.model);
+  const info = requireModel(c.env, req.model);
   if (req.dimensions !== undefined && req.dimensions !== info.dimension) {
     throw new AppError(
       422,
@@ -41,7 +43,7 @@ embeddingRoutes.openapi(embeddings, async (c) => {
     );
   }
   const inputs = typeof req.input === "string" ? [req.input] : req.input;
-  assertWithinWindow(req.model, inputs, "input");
+  await assertWithinWindow(c.env, req.model, inputs, "input");
   const { vectors, tokens } = await embedNow(c.env, req.model, inputs, {
     tenant: c.get("credential").tenant,
     ...(req.pool ? { pool: req.pool } : {}),

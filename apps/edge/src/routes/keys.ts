@@ -1,11 +1,12 @@
 import { createRoute } from "@hono/zod-openapi";
-import { ApiKey, CreateKeyRequest, MODELS, type Scope, UpdateKeyRequest } from "@p2pa/shared";
+import { ApiKey, CreateKeyRequest, type Scope, UpdateKeyRequest } from "@p2pa/shared";
 import { z } from "zod";
 import { router } from "../app.js";
 import { shardsFrom } from "../dispatch/shards.js";
 import { forgetCredential, requireAuth, scoped } from "../lib/auth.js";
 import { newId, sha256Hex } from "../lib/crypto.js";
 import { AppError, notFound } from "../lib/errors.js";
+import { modelIds } from "../lib/models.js";
 import { audit } from "../tenant/audit-log.js";
 import { errors, IdParam, json } from "./openapi.js";
 
@@ -152,7 +153,7 @@ keyRoutes
     // A revoked worker token's live connections close now, on every shard.
     if (key.kind === "worker")
       await Promise.all(
-        Object.keys(MODELS).flatMap((m) => shardsFrom(c.env, m, 0).map((s) => s.revalidateNow())),
+        modelIds(c.env).flatMap((m) => shardsFrom(c.env, m, 0).map((s) => s.revalidateNow())),
       );
     await audit(c, "key.revoked", id, { kind: key.kind, label: key.label });
     return c.body(null, 204);

@@ -1,8 +1,8 @@
-import { MODELS } from "@p2pa/shared";
 import { router } from "../app.js";
 import { METRIC_HELP } from "../dispatch/metrics.js";
 import { shardsFrom } from "../dispatch/shards.js";
 import { requireAuth } from "../lib/auth.js";
+import { modelIds } from "../lib/models.js";
 
 type Labels = Record<string, string | number>;
 type Row = { labels: Labels; value: number };
@@ -35,7 +35,7 @@ export const metricRoutes = router().get("/v1/metrics", requireAuth("admin"), as
   const gauge = (name: keyof typeof GAUGE_HELP, labels: Labels, value: number) =>
     gauges.set(name, [...(gauges.get(name) ?? []), { labels, value }]);
   const tasksByState = new Map<string, number>();
-  for (const model of Object.keys(MODELS)) {
+  for (const model of modelIds(c.env)) {
     const shards = shardsFrom(c.env, model, 0);
     const snapshots = await Promise.all(shards.map((s) => Promise.all([s.counters(), s.stats()])));
     let connected = 0;

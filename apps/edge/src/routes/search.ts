@@ -17,6 +17,7 @@ const searchRoute = createRoute({
     200: json(SearchResponse, "Best matches first"),
     401: errors[401],
     403: errors[403],
+    404: errors[404],
     422: errors[422],
     429: errors[429],
     503: json(ErrorBody, "No worker can embed the query now (vector and hybrid); see Retry-After"),

@@ -1,11 +1,12 @@
-import { CloseCode, DEFAULT_MODEL, MODELS } from "@p2pa/shared";
+import { CloseCode, DEFAULT_MODEL } from "@p2pa/shared";
 import { createMiddleware } from "hono/factory";
 import { router } from "../app.js";
 import { D1Store } from "../db/store.js";
 import { CREDENTIAL_HEADER, TENANT_HEADER } from "../dispatch/dispatcher.js";
 import { dispatcherFor, shardsFrom } from "../dispatch/shards.js";
 import { type AppEnv, bearer, lookupCredential, requireAuth, requireScope } from "../lib/auth.js";
-import { AppError, requireModel } from "../lib/errors.js";
+import { AppError } from "../lib/errors.js";
+import { modelIds, requireModel } from "../lib/models.js";
 import { getVectorIndex } from "../vector/index.js";
 
 /**
@@ -46,7 +47,7 @@ export const workerRoutes = router()
       throw new AppError(426, "bad_request", "this endpoint expects a WebSocket upgrade");
     }
     const model = c.req.query("model") ?? DEFAULT_MODEL;
-    requireModel(model);
+    requireModel(c.env, model);
     // The Dispatcher learns who connects from the route alone: whatever the client sent
     // under these names is replaced.
     const cred = c.get("credential");
@@ -59,7 +60,7 @@ export const workerRoutes = router()
   })
   .get("/v1/workers", requireAuth("api"), requireScope("jobs:read"), async (c) => {
     const model = c.req.query("model") ?? DEFAULT_MODEL;
-    requireModel(model);
+    requireModel(c.env, model);
     const cred = c.get("credential");
     if (cred.kind === "admin") {
       // Operators see the whole fleet, every shard's queue and the index.
@@ -78,7 +79,7 @@ export const workerRoutes = router()
     const id = c.req.param("id");
     if (!(await new D1Store(c.env.DB).revokeCredential(id, "worker")))
       throw new AppError(404, "not_found", `no active worker token ${id}`);
-    const shards = Object.keys(MODELS).flatMap((m) => shardsFrom(c.env, m, 0));
+    const shards = modelIds(c.env).flatMap((m) => shardsFrom(c.env, m, 0));
     const closed = (await Promise.all(shards.map((s) => s.revalidateNow()))).reduce(
       (n, k) => n + k,
       0,

@@ -9,7 +9,8 @@ import {
 import type { z } from "zod";
 import { keyringFor, openStore } from "../db/open.js";
 import { FILTER_METADATA, type MetadataStore } from "../db/store.js";
-import { AppError, requireModel } from "../lib/errors.js";
+import { AppError } from "../lib/errors.js";
+import { requireModel } from "../lib/models.js";
 import { embedNow } from "../lib/realtime.js";
 import { assertWithinWindow } from "../lib/tokens.js";
 import { filterableKeys } from "../vector/config.js";
@@ -37,7 +38,7 @@ const FUSION_DEPTH = { min: 50, max: 100, perResult: 3 } as const;
  */
 export async function search(env: Env, tenant: string, req: Request): Promise<SearchResponse> {
   const model = req.model ?? DEFAULT_MODEL;
-  requireModel(model);
+  requireModel(env, model);
   const filter = checkedFilter(env, req);
   const store = openStore(env);
   // A pending document version's vectors are in the index before it becomes current (and a
@@ -108,7 +109,7 @@ async function vectorList(
   filter: SearchFilter,
   depth: number,
 ): Promise<Ranked[]> {
-  assertWithinWindow(model, [req.query], "query");
+  await assertWithinWindow(env, model, [req.query], "query");
   const {
     vectors: [vector],
   } = await embedNow(env, model, [req.query], { tenant, ...(req.pool ? { pool: req.pool } : {}) });

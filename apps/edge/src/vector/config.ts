@@ -1,4 +1,4 @@
-import { getModel } from "@p2pa/shared";
+import { findModel } from "../lib/models.js";
 
 /**
  * How a local index is set up, the counterpart of `wrangler vectorize create --dimensions`
@@ -58,9 +58,9 @@ export function localIndexName(model: string): string {
  */
 export function configForName(
   name: string | undefined,
-  env?: Pick<Env, "FILTERABLE_METADATA">,
+  env: Pick<Env, "FILTERABLE_METADATA" | "MODELS">,
 ): LocalIndexConfig | undefined {
   if (!name?.startsWith("index:")) return undefined;
-  const model = getModel(name.slice("index:".length));
+  const model = findModel(env, name.slice("index:".length));
   return model && { dimensions: model.dimension, metadataIndexes: metadataIndexes(env) };
 }

@@ -404,6 +404,43 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/models": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List the models this deployment serves, with their connected workers
+         * @description OpenAI's model list, with what a client or a worker needs besides: each model's dimension, token window and chunk sizes, and where workers fetch it. Any key or worker token may read it.
+         */
+        get: operations["listModels"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/models/{model}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One model of this deployment */
+        get: operations["getModel"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/search": {
         parameters: {
             query?: never;
@@ -889,7 +926,7 @@ export interface components {
         Error: {
             error: {
                 /** @enum {string} */
-                code: "bad_request" | "invalid_json" | "validation_failed" | "unauthorized" | "forbidden" | "quarantined" | "not_found" | "conflict" | "payload_too_large" | "unsupported_media_type" | "unprocessable" | "rate_limited" | "quota_exceeded" | "expired" | "not_configured" | "no_capacity" | "internal";
+                code: "bad_request" | "invalid_json" | "validation_failed" | "unauthorized" | "forbidden" | "quarantined" | "not_found" | "model_not_found" | "conflict" | "payload_too_large" | "unsupported_media_type" | "unprocessable" | "rate_limited" | "quota_exceeded" | "expired" | "not_configured" | "no_capacity" | "internal";
                 details?: unknown;
                 message: string;
             };
@@ -960,6 +997,31 @@ export interface components {
         };
         /** @enum {string} */
         JobStatus: "queued" | "running" | "completed" | "completed_with_errors" | "failed" | "cancelled";
+        Model: {
+            /** @description Unix seconds; 0 for a built-in model. */
+            created: number;
+            defaultChunkChars: number;
+            dimension: number;
+            id: string;
+            /** @description Where workers fetch the model (absent for a built-in model). */
+            manifest?: {
+                sha256: string;
+                url: string;
+            };
+            maxChunkChars: number;
+            /** @description The model's token window. */
+            maxTokens: number;
+            /** @enum {string} */
+            object: "model";
+            owned_by: string;
+            /** @description Workers connected for it now. */
+            workers: number;
+        };
+        ModelList: {
+            data: components["schemas"]["Model"][];
+            /** @enum {string} */
+            object: "list";
+        };
         /** @enum {string} */
         PiiKind: "email" | "phone" | "card" | "iban" | "ip" | "ssn" | "secret_url";
         /**
@@ -1220,7 +1282,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1290,7 +1352,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1361,7 +1423,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1428,7 +1490,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1505,7 +1567,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1570,7 +1632,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1684,7 +1746,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1754,7 +1816,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1822,7 +1884,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1901,7 +1963,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1954,6 +2016,15 @@ export interface operations {
             };
             /** @description Missing, invalid, revoked or expired credentials */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2023,7 +2094,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2146,7 +2217,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2240,7 +2311,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2305,7 +2376,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2372,7 +2443,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2452,7 +2523,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2519,7 +2590,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2642,7 +2713,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2717,7 +2788,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2795,7 +2866,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2835,7 +2906,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2884,7 +2955,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2953,7 +3024,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3020,7 +3091,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3085,7 +3156,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3156,7 +3227,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3221,6 +3292,75 @@ export interface operations {
             };
         };
     };
+    listModels: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Every model, built-in first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelList"];
+                };
+            };
+            /** @description Missing, invalid, revoked or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    getModel: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                model: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The model */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Model"];
+                };
+            };
+            /** @description Missing, invalid, revoked or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     search: {
         parameters: {
             query?: never;
@@ -3254,6 +3394,15 @@ export interface operations {
             };
             /** @description The key lacks the route's scope */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3331,7 +3480,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3396,7 +3545,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3461,7 +3610,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3526,7 +3675,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3595,7 +3744,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3660,7 +3809,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3727,7 +3876,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3796,7 +3945,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3861,7 +4010,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3932,7 +4081,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -4001,7 +4150,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -4073,7 +4222,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -4212,7 +4361,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not found (or another tenant's) */
+            /** @description Not found (or another tenant's); `model_not_found` for a model this deployment does not serve, with `details.available` */
             404: {
                 headers: {
                     [name: string]: unknown;
