@@ -1,11 +1,15 @@
 import { createRequire } from "node:module";
 import { HELP, parseConfig } from "./config.js";
-import { type LoadedModel, loadOnDevice, pickDevice } from "./device.js";
+import { pickDevice } from "./device.js";
 import { runDoctor } from "./doctor.js";
 import { UserError } from "./errors.js";
-import { preflight } from "./preflight.js";
+import { InferenceGate } from "./inference-gate.js";
+import { httpBase, preflight } from "./preflight.js";
+import { loadServedModel, type ServedLoad } from "./resolve-model.js";
+import { ModelNotServed } from "./served.js";
 import { StatusReporter, serveStatus } from "./status.js";
-import { Worker } from "./worker.js";
+import { Worker, type WorkerStats } from "./worker.js";
+import { WorkerGroup } from "./worker-group.js";
 
 const require = createRequire(import.meta.url);
 const { version } = require("../package.json") as { version: string };
@@ -24,80 +28,138 @@ export async function main(argv: string[]): Promise<number> {
   for (const w of action.warnings) process.stderr.write(`p2pa-worker: warning: ${w}\n`);
   if (action.kind === "doctor")
     return runDoctor(config, { json: action.json, out: process.stdout, env: process.env });
-  const url = await preflight(config.server, config.token, (line) =>
-    process.stderr.write(`${new Date().toISOString()} ${line}\n`),
-  );
-  let worker: Worker | null = null;
+  const log = (line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`);
+  const url = await preflight(config.server, config.token, log);
+  const base = httpBase(config.server);
+  const several = config.models.length > 1;
+  let group: WorkerGroup | null = null;
   const picked = pickDevice(config.device);
-  const label = { model: config.model, device: picked.name as string, threads: config.threads };
-  const status = new StatusReporter(() => worker, label);
-  status.log(`loading model ${config.model} on ${picked.name} (cache ${config.cacheDir})`);
-  let loaded: LoadedModel;
+  const label = {
+    model: config.models.join(","),
+    device: picked.name as string,
+    threads: config.threads,
+  };
+  const status = new StatusReporter(() => group, label);
+  const models: ServedLoad[] = [];
   try {
-    loaded = await loadOnDevice(config.model, picked, {
-      cacheDir: config.cacheDir,
-      threads: config.threads,
-      onTruncate: (e) =>
-        status.log(
-          `a text over the model's window (${e.tokens} > ${e.maxTokens} tokens) was truncated`,
-        ),
-    });
-  } catch (err) {
-    throw new UserError(
-      `cannot load model ${config.model}: ${(err as Error).message}`,
-      "Check --model and --cache-dir.",
-      5,
-    );
-  }
-  const { embedder, device } = loaded;
-  if (loaded.cudaError) status.log(`CUDA unavailable (${loaded.cudaError}); using the CPU`);
-  label.device = device.name;
-  url.searchParams.set("model", embedder.manifest.id);
-  status.log(
-    `model ready: ${embedder.manifest.id} (${embedder.manifest.dimension} dimensions); connecting to ${url.origin}`,
-  );
-
-  let fatal: string | null = null;
-  const done = new Promise<void>((resolve) => {
-    worker = new Worker({
-      url: url.href,
-      token: config.token,
-      embedder,
-      batchSize: config.batchSize,
-      threads: config.threads,
-      device: device.name,
-      name: config.name,
-      version,
-      onEvent: (event, detail) => {
-        if (event === "connected") status.log(`connected as ${detail?.workerId}`);
-        else if (event === "disconnected")
-          status.log(
-            `disconnected (${detail?.code}${detail?.reason ? ` ${detail.reason}` : ""}); reconnecting`,
-          );
-        else if (event === "rejected") status.log(`result rejected: ${detail?.reason}`);
-        else if (event === "edge_error")
-          status.log(`server says: ${detail?.code} ${detail?.message}`);
-        else if (event === "fatal") {
-          fatal = `the server closed the connection for good (${detail?.code} ${detail?.reason})`;
-          resolve();
-        }
-      },
-    });
-    let stopping = false;
-    const onSignal = (sig: NodeJS.Signals) => {
-      if (stopping) {
-        status.log(`${sig} again: exiting now; the server requeues unfinished work`);
-        process.exit(130);
-      }
-      stopping = true;
-      status.log(
-        `${sig}: finishing current work, handing back the rest (Ctrl-C again to quit at once)`,
+    for (const spec of config.models) {
+      const about = several ? `${spec}: ` : "";
+      status.log(`loading model ${spec} on ${picked.name} (cache ${config.cacheDir})`);
+      const loaded = await loadServedModel(spec, {
+        base,
+        token: config.token,
+        device: picked,
+        load: {
+          cacheDir: config.cacheDir,
+          threads: config.threads,
+          onTruncate: (e) =>
+            status.log(
+              `${about}a text over the model's window (${e.tokens} > ${e.maxTokens} tokens) was truncated`,
+            ),
+        },
+        log: (line) => status.log(line),
+      });
+      models.push(loaded);
+      if (loaded.cudaError)
+        status.log(`${about}CUDA unavailable (${loaded.cudaError}); using the CPU`);
+    }
+    const ids = models.map((m) => m.embedder.manifest.id);
+    const twice = ids.find((id, i) => ids.indexOf(id) !== i);
+    if (twice)
+      throw new UserError(
+        `two --model values are both model ${twice}`,
+        "Name each model once: one connection serves it.",
       );
-      void worker?.stop().then(resolve);
-    };
-    process.on("SIGINT", onSignal);
-    process.on("SIGTERM", onSignal);
+  } catch (err) {
+    await Promise.all(models.map((m) => m.embedder.dispose()));
+    throw err;
+  }
+  label.device = [...new Set(models.map((m) => m.device.name))].join("+");
+  if (several) label.model = models.map((m) => m.embedder.manifest.id).join(",");
+  for (const { embedder } of models)
+    status.log(
+      `model ready: ${embedder.manifest.id} (${embedder.manifest.dimension} dimensions); connecting to ${url.origin}`,
+    );
+
+  /** Why the worker ends other than by a signal: the first connection closed for good. */
+  let ending: UserError | null = null;
+  let stopping = false;
+  let finished!: () => void;
+  const done = new Promise<void>((resolve) => {
+    finished = resolve;
   });
+  const stopAll = () => {
+    stopping = true;
+    void workers.stop().then(finished);
+  };
+  /** A connection ended for good: the worker ends, with `err`, once the others have drained. */
+  const end = (err: UserError, id: string, why: string) => {
+    ending ??= err;
+    if (stopping) return;
+    if (several) status.log(`${id}: ${why}; stopping the other models' connections`);
+    stopAll();
+  };
+  // Models take turns on the cores: each session is given every thread.
+  const gate = several ? new InferenceGate() : undefined;
+  const workers = new WorkerGroup(
+    models.map(({ embedder, device }) => {
+      const id = embedder.manifest.id;
+      const about = several ? `${id}: ` : "";
+      const connect = new URL(url);
+      connect.searchParams.set("model", id);
+      const worker = new Worker({
+        url: connect.href,
+        token: config.token,
+        embedder,
+        batchSize: config.batchSize,
+        threads: config.threads,
+        device: device.name,
+        name: config.name,
+        version,
+        ...(gate ? { gate } : {}),
+        onEvent: (event, detail) => {
+          if (event === "connected") status.log(`${about}connected as ${detail?.workerId}`);
+          else if (event === "disconnected")
+            status.log(
+              `${about}disconnected (${detail?.code}${detail?.reason ? ` ${detail.reason}` : ""}); reconnecting`,
+            );
+          else if (event === "rejected") status.log(`${about}result rejected: ${detail?.reason}`);
+          else if (event === "edge_error")
+            status.log(`${about}server says: ${detail?.code} ${detail?.message}`);
+          else if (event === "fatal")
+            end(
+              new UserError(
+                `the server closed the ${several ? `${id} ` : ""}connection for good (${detail?.code} ${detail?.reason})`,
+                undefined,
+                4,
+              ),
+              id,
+              "closed for good",
+            );
+          else if (event === "not_served")
+            end(
+              new ModelNotServed(base.origin, id, (detail?.available as string[]) ?? []),
+              id,
+              "the server does not serve this model",
+            );
+        },
+      });
+      return { model: id, worker };
+    }),
+  );
+  group = workers;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (stopping) {
+      status.log(`${sig} again: exiting now; the server requeues unfinished work`);
+      process.exit(130);
+    }
+    status.log(
+      `${sig}: finishing current work, handing back the rest (Ctrl-C again to quit at once)`,
+    );
+    stopAll();
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
   status.start();
   if (config.statusPort !== undefined) {
     try {
@@ -112,14 +174,21 @@ export async function main(argv: string[]): Promise<number> {
   }
   await done;
   status.stop();
-  await embedder.dispose();
-  if (fatal) throw new UserError(fatal, undefined, 4);
-  const s = (worker as Worker | null)?.stats;
-  const busy = s ? (100 * s.inferenceMs) / Math.max(1, Date.now() - s.startedAt) : 0;
-  status.log(
-    `stopped: ${s?.tasksDone ?? 0} tasks, ${s?.chunksDone ?? 0} chunks, ${s?.embedsDone ?? 0} queries; model busy ${busy.toFixed(0)}% of the time`,
-  );
+  await Promise.all(models.map((m) => m.embedder.dispose()));
+  if (ending) throw ending;
+  status.log(`stopped: ${summary(workers)}`);
   return 0;
+}
+
+/** What the worker did, for its last line: counts, how busy the model was, each model's own. */
+function summary(group: WorkerGroup): string {
+  const counts = (s: WorkerStats) =>
+    `${s.tasksDone} tasks, ${s.chunksDone} chunks, ${s.embedsDone} queries`;
+  const s = group.stats;
+  const busy = (100 * s.inferenceMs) / Math.max(1, Date.now() - s.startedAt);
+  const line = `${counts(s)}; model busy ${busy.toFixed(0)}% of the time`;
+  if (group.members.length < 2) return line;
+  return `${line} (${group.members.map((m) => `${m.model}: ${counts(m.worker.stats)}`).join("; ")})`;
 }
 
 main(process.argv.slice(2)).then(

@@ -20,6 +20,12 @@ Options (each also read from the environment variable shown):
   --insecure          allow http:// or ws:// to another machine; the token and
                       all texts then travel unencrypted            (P2PA_INSECURE=1)
   --model ID|PATH|URL model to serve (default: use-lite)           (P2PA_MODEL)
+                      ID: use-lite (built in) or a model the server lists (loaded
+                      from the manifest it names); PATH: a model folder; URL: a
+                      p2pa-model.json manifest. Repeat --model, or separate with
+                      commas (P2PA_MODEL=use-lite,minilm), to serve several at
+                      once: one connection each, the models taking turns on the
+                      threads. A model the server does not serve ends the worker.
   --device D          auto, cpu or cuda (default: auto, the best found) (P2PA_DEVICE)
   --threads N         inference threads (default: all cores)       (P2PA_THREADS)
   --batch-size N      texts per inference batch (default: 32)      (P2PA_BATCH_SIZE)
@@ -32,18 +38,28 @@ Options (each also read from the environment variable shown):
 
 p2pa-worker doctor checks this machine and the settings above without taking any work:
 Node.js version, that the server answers, that it accepts the token as a worker token,
-that the model loads from --cache-dir and embeds a sentence, and which device runs it
-(for --device cuda, whether CUDA can start; a normal start would fall back to the CPU).
-Each check prints ok or FAIL with what to do; later checks are skipped after a failure.
-It exits 0 when every check passed, 1 otherwise.
+that the server serves each model, that each loads from --cache-dir and embeds a sentence,
+and which device runs them (for --device cuda, whether CUDA can start; a normal start would
+fall back to the CPU). Each check prints ok or FAIL with what to do; later checks are
+skipped after a failure (each model is still checked). It exits 0 when every check passed,
+1 otherwise.
   --json              print one JSON object {ok, checks: [{name, ok, detail, hint?}]}
 
 On a terminal the worker shows one live line: state, model and device, chunks per second,
 how busy the model was (share of the last few seconds spent computing), tasks it holds
-(leased and not yet finished), and the chunks the server credited it with.
+(leased and not yet finished), and the chunks the server credited it with; with several
+models, their sums (without a terminal, each model's own too, every 10 s).
 
 Stop with Ctrl-C: the worker finishes or hands back what it holds and exits.
-The worker keeps no copy of the text it processes; only model files are cached.`;
+The worker keeps no copy of the text it processes; only model files are cached.
+
+Exit codes: 0 stopped, 2 bad settings, 3 the server cannot be reached or is not a p2pa
+server, 4 the server refused the token or closed the connection for good, 5 a model cannot
+be found or loaded, 6 the server does not serve a model asked for, 1 an internal error,
+130 a second Ctrl-C.`;
+
+/** What the worker serves when neither --model nor P2PA_MODEL names a model. */
+const DEFAULT_MODEL = "use-lite";
 
 /** Printed at start-up when the token came from argv, which `ps` shows to every local user. */
 export const TOKEN_FLAG_WARNING =
@@ -86,7 +102,7 @@ const Config = z.object({
   token: z
     .string({ error: "--token is required (or set P2PA_TOKEN)" })
     .min(1, "--token must not be empty"),
-  model: z.string().min(1).default("use-lite"),
+  models: z.array(z.string()).min(1).default([DEFAULT_MODEL]),
   device: z
     .enum(["auto", "cpu", "cuda"], { error: "--device must be auto, cpu or cuda" })
     .default("auto"),
@@ -110,7 +126,7 @@ export type CliAction =
 
 /** Reads flags, then the environment; throws UserError with what to fix. */
 export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): CliAction {
-  let values: Record<string, string | boolean | undefined>;
+  let values: Record<string, string | string[] | boolean | undefined>;
   let positionals: string[];
   try {
     ({ values, positionals } = parseArgs({
@@ -118,7 +134,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): CliAction {
       options: {
         server: { type: "string" },
         token: { type: "string" },
-        model: { type: "string" },
+        model: { type: "string", multiple: true },
         device: { type: "string" },
         threads: { type: "string" },
         "batch-size": { type: "string" },
@@ -149,7 +165,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): CliAction {
   const raw = {
     server: pick("server", "P2PA_SERVER"),
     token: pick("token", "P2PA_TOKEN"),
-    model: pick("model", "P2PA_MODEL"),
+    models: modelsFrom((values.model as string[] | undefined) ?? env.P2PA_MODEL),
     device: pick("device", "P2PA_DEVICE"),
     threads: pick("threads", "P2PA_THREADS"),
     batchSize: pick("batch-size", "P2PA_BATCH_SIZE"),
@@ -184,6 +200,27 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): CliAction {
   return command === "doctor"
     ? { kind: "doctor", config, warnings, json: values.json === true }
     : { kind: "run", config, warnings };
+}
+
+/**
+ * The models asked for, in order, without repeats: --model may be given several times and each
+ * value (and P2PA_MODEL) may list several, separated by commas.
+ */
+function modelsFrom(given: string[] | string | undefined): string[] | undefined {
+  if (given === undefined) return undefined;
+  const models: string[] = [];
+  for (const value of Array.isArray(given) ? given : [given]) {
+    for (const part of value.split(",")) {
+      const model = part.trim();
+      if (!model)
+        throw new UserError(
+          `--model "${value}" has an empty model name`,
+          "Name each model: an id such as use-lite, a model folder or a manifest URL, separated by commas.",
+        );
+      if (!models.includes(model)) models.push(model);
+    }
+  }
+  return models;
 }
 
 /** The one subcommand there is, or none (run the worker). */

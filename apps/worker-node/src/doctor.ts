@@ -2,10 +2,11 @@ import { createRequire } from "node:module";
 import path from "node:path";
 import pc from "picocolors";
 import type { WorkerConfig } from "./config.js";
-import { type LoadedModel, loadOnDevice, pickDevice } from "./device.js";
+import { pickDevice } from "./device.js";
 import { UserError } from "./errors.js";
 import type { Embedder } from "./model/index.js";
-import { judgeProbe, type ProbeVerdict, reachServer } from "./preflight.js";
+import { httpBase, judgeProbe, type ProbeVerdict, reachServer } from "./preflight.js";
+import { loadServedModel, type ServedLoad } from "./resolve-model.js";
 
 const require = createRequire(import.meta.url);
 const { engines } = require("../package.json") as { engines: { node: string } };
@@ -30,11 +31,14 @@ interface Outcome {
 /** What one check learns for the checks after it. */
 interface Found {
   verdict?: ProbeVerdict;
-  loaded?: LoadedModel;
+  /** The models that loaded, in the order asked for. */
+  loaded: ServedLoad[];
 }
 
 interface Check {
   name: string;
+  /** Model checks do not need each other: one model failing leaves the others to be checked. */
+  kind?: "model";
   run(config: WorkerConfig, found: Found): Promise<Outcome>;
 }
 
@@ -114,24 +118,30 @@ const tokenCheck: Check = {
   },
 };
 
-const modelCheck: Check = {
-  name: "model",
+/**
+ * One --model value: the server serves it (as its model list says, where it has one), it loads
+ * (from the manifest the server names, for a model known only by name) and embeds a sentence.
+ */
+const modelCheck = (spec: string, name: string): Check => ({
+  name,
+  kind: "model",
   async run(config, found) {
     const started = performance.now();
+    let served: ServedLoad;
     try {
-      found.loaded = await loadOnDevice(config.model, pickDevice(config.device), {
-        cacheDir: config.cacheDir,
-        threads: config.threads,
+      served = await loadServedModel(spec, {
+        base: httpBase(config.server),
+        token: config.token,
+        device: pickDevice(config.device),
+        load: { cacheDir: config.cacheDir, threads: config.threads },
       });
     } catch (err) {
-      return {
-        ok: false,
-        detail: `cannot load model ${config.model}: ${(err as Error).message}`,
-        hint: `Check --model and --cache-dir (${config.cacheDir}).`,
-      };
+      if (err instanceof UserError) return failure(err);
+      throw err;
     }
+    found.loaded.push(served);
     const loadMs = performance.now() - started;
-    const { embedder } = found.loaded;
+    const { embedder } = served;
     const { manifest, info } = embedder;
     const from = info.reused ? "from" : "into";
     const loaded = `${manifest.id} loaded ${from} ${path.dirname(info.modelPath)} in ${loadMs.toFixed(0)} ms`;
@@ -150,10 +160,10 @@ const modelCheck: Check = {
     if (problem) return { ok: false, detail: `${loaded}, but ${problem}`, hint: damaged };
     return {
       ok: true,
-      detail: `${loaded}; ${manifest.dimension} dimensions, ${timed.msPer.toFixed(1)} ms per embedding`,
+      detail: `${loaded}; ${manifest.dimension} dimensions, ${timed.msPer.toFixed(1)} ms per embedding${served.served ? "; the server serves it" : ""}`,
     };
   },
-};
+});
 
 /** Embeds the sample sentence: once to warm up, then timed; returns the last vector. */
 async function timeSample(embedder: Embedder): Promise<{ vector: Float32Array; msPer: number }> {
@@ -184,8 +194,10 @@ const CUDA_HINT =
 
 const deviceCheck: Check = {
   name: "device",
-  async run(config, { loaded }) {
-    if (!loaded) throw new Error("the device check needs the loaded model");
+  async run(config, found) {
+    // Every model is loaded for the same device: one that could not start CUDA says why.
+    const loaded = found.loaded.find((l) => l.cudaError) ?? found.loaded[0];
+    if (!loaded) throw new Error("the device check needs a loaded model");
     const { device, cudaError } = loaded;
     const runs = `${device.name} (execution providers: ${device.executionProviders.join(", ")}; ${config.threads} threads)`;
     if (cudaError && config.device === "cuda")
@@ -215,33 +227,35 @@ const deviceCheck: Check = {
  * reported as skipped. Returns the exit code: 0 when every check passed, 1 otherwise.
  */
 export async function runDoctor(config: WorkerConfig, opts: DoctorOptions): Promise<number> {
+  const several = config.models.length > 1;
   const checks = [
     nodeCheck(opts.nodeVersion ?? process.versions.node),
     serverCheck,
     tokenCheck,
-    modelCheck,
+    ...config.models.map((spec) => modelCheck(spec, several ? `model ${spec}` : "model")),
     deviceCheck,
   ];
   const render = lineRenderer(opts);
-  const found: Found = {};
+  const found: Found = { loaded: [] };
   const results: CheckResult[] = [];
-  let failed: string | null = null;
+  let failed: Check | null = null;
   try {
     for (const check of checks) {
-      const result: CheckResult = failed
+      const blocked = failed !== null && !(check.kind === "model" && failed.kind === "model");
+      const result: CheckResult = blocked
         ? {
             name: check.name,
             ok: false,
-            detail: `not run: the ${failed} check failed`,
+            detail: `not run: the ${failed?.name} check failed`,
             skipped: true,
           }
         : { name: check.name, ...(await check.run(config, found)) };
-      if (!result.ok && !failed) failed = check.name;
+      if (!result.ok && !failed) failed = check;
       results.push(result);
       if (!opts.json) opts.out.write(render(result));
     }
   } finally {
-    await found.loaded?.embedder.dispose();
+    await Promise.all(found.loaded.map((l) => l.embedder.dispose()));
   }
   const ok = failed === null;
   if (opts.json) opts.out.write(`${JSON.stringify({ ok, checks: results })}\n`);
@@ -249,7 +263,7 @@ export async function runDoctor(config: WorkerConfig, opts: DoctorOptions): Prom
     opts.out.write(
       ok
         ? `all ${results.length} checks passed\n`
-        : `the ${failed} check failed: fix it and run doctor again\n`,
+        : `the ${failed?.name} check failed: fix it and run doctor again\n`,
     );
   return ok ? 0 : 1;
 }

@@ -1,5 +1,6 @@
 import { ErrorCode } from "@p2pa/shared";
 import { UserError } from "./errors.js";
+import { refusalOf } from "./served.js";
 
 /** How long the worker keeps trying a server it cannot reach at start before it gives up. */
 const REACH_TRIES_MS = 60_000;
@@ -15,6 +16,11 @@ export interface ProbeAnswer {
   ms: number;
 }
 
+/** The server as an http(s) URL (a ws:// or wss:// --server is asked over http:// or https://). */
+export function httpBase(server: string): URL {
+  return new URL(server.replace(/^ws/, "http"));
+}
+
 /**
  * Asks the connect route over plain HTTP, with the token. A server that is restarting or briefly
  * unreachable is waited for up to `waitMs` (as the connection is once running); a wrong address
@@ -25,7 +31,7 @@ export async function reachServer(
   token: string,
   opts: { waitMs: number; log?: (line: string) => void },
 ): Promise<ProbeAnswer> {
-  const base = new URL(server.replace(/^ws/, "http"));
+  const base = httpBase(server);
   const probe = new URL("/v1/workers/connect", base);
   const deadline = Date.now() + opts.waitMs;
   for (let delay = 500; ; delay = Math.min(delay * 2, 8000)) {
@@ -65,7 +71,8 @@ function whyUnreachable(err: unknown): string {
 
 /**
  * What an answer to the probe means. A p2pa server answers a plain GET of the WebSocket route
- * with 426 once the token is a worker token's; 401 and 403 say what is wrong with the token.
+ * with 426 once the token is a worker token's (or refuses the model it defaults to, after the
+ * token); 401 and 403 say what is wrong with the token.
  * `failed` names what the person should look at: the server address or the token.
  */
 export type ProbeVerdict =
@@ -98,9 +105,14 @@ export async function judgeProbe({ base, probe, res }: ProbeAnswer): Promise<Pro
       ),
     );
   }
+  // A server that checks the model before the upgrade refuses the default one it was asked about:
+  // it took the token (that is checked first), and each model is asked about on its own.
+  const refused =
+    (res.status === 404 || res.status === 422) &&
+    refusalOf(res.status, await res.json().catch(() => null)) !== null;
   // Nothing else reads the body; dropping it frees the connection.
   await res.body?.cancel().catch(() => undefined);
-  if (res.status !== 426)
+  if (res.status !== 426 && !refused)
     return {
       ok: false,
       failed: "server",

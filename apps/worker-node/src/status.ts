@@ -2,8 +2,19 @@ import { once } from "node:events";
 import { createServer, type Server } from "node:http";
 import type { Worker } from "./worker.js";
 
-/** What the status line reads from a worker. */
-export type StatusSource = Pick<Worker, "stats" | "window" | "inferenceMsAt" | "tasksHeld">;
+/**
+ * What the status line reads from a worker; `models`, from a worker that serves several models
+ * (one connection each), lists them, each read the same way.
+ */
+export type StatusSource = Pick<Worker, "stats" | "window" | "inferenceMsAt" | "tasksHeld"> & {
+  models?(): ModelPart[];
+};
+
+/** One model of a worker that serves several, and its connection. */
+export interface ModelPart {
+  model: string;
+  source: StatusSource;
+}
 
 interface StatusLabel {
   model: string;
@@ -23,10 +34,15 @@ export interface StatusFigures {
   windowMs: number;
 }
 
-interface Sample {
-  at: number;
+interface Reading {
   inferenceMs: number;
   chunks: number;
+}
+
+interface Sample extends Reading {
+  at: number;
+  /** Each model's reading, in the order `models()` lists them. */
+  parts: Reading[];
 }
 
 interface ReporterOptions {
@@ -100,33 +116,62 @@ export class StatusReporter {
 
   private read(at: number): Sample {
     const w = this.worker();
-    return { at, inferenceMs: w?.inferenceMsAt(at) ?? 0, chunks: w?.stats.chunksDone ?? 0 };
+    return {
+      at,
+      ...reading(w, at),
+      parts: (w?.models?.() ?? []).map((p) => reading(p.source, at)),
+    };
   }
 
   /** Rates since the oldest reading kept (the last window), to now. */
   figures(): StatusFigures {
+    return this.measure(this.worker(), (s) => s);
+  }
+
+  /** Each model's figures, where the worker serves several models; else an empty list. */
+  modelFigures(): { part: ModelPart; figures: StatusFigures }[] {
+    return (this.worker()?.models?.() ?? []).map((part, i) => ({
+      part,
+      figures: this.measure(part.source, (s) => s.parts[i]),
+    }));
+  }
+
+  /** Figures of `source`, whose reading in each sample `pick` finds. */
+  private measure(
+    source: StatusSource | null,
+    pick: (s: Sample) => Reading | undefined,
+  ): StatusFigures {
     const now = this.now();
-    const current = this.read(now);
-    const base = this.samples[0] ?? current;
-    const span = now - base.at;
+    const current = pick(this.read(now)) ?? reading(source, now);
+    const oldest = this.samples[0];
+    // A model not yet read when the window began counts from now: no rate rather than a wrong one.
+    const base = (oldest && pick(oldest)) ?? current;
+    const span = oldest ? now - oldest.at : 0;
     const per = (delta: number) => (span > 0 ? delta / span : 0);
     return {
       chunksPerSecond: 1000 * per(current.chunks - base.chunks),
       busyPercent: Math.min(100, Math.max(0, 100 * per(current.inferenceMs - base.inferenceMs))),
-      tasksHeld: this.worker()?.tasksHeld() ?? 0,
+      tasksHeld: source?.tasksHeld() ?? 0,
       windowMs: span,
     };
   }
 
   line(): string {
-    const s = this.worker()?.stats;
+    const w = this.worker();
+    const s = w?.stats;
     const f = this.figures();
+    const parts = w?.models?.() ?? [];
+    const several = parts.length > 1;
     const { device, threads } = this.label;
     const rate = f.chunksPerSecond.toFixed(f.chunksPerSecond < 100 ? 1 : 0);
     const queries = s?.embedsDone ?? 0;
-    return [
-      (s?.state ?? "loading").padEnd(12),
-      `${shorten(this.label.model, MODEL_LABEL_MAX)} ${device} x${threads}`,
+    const model =
+      several && this.label.model.length > MODEL_LABEL_MAX
+        ? `${parts.length} models`
+        : shorten(this.label.model, MODEL_LABEL_MAX);
+    const line = [
+      stateText(s?.state, parts).padEnd(12),
+      `${model} ${device} x${threads}`,
       `${rate} chunks/s`,
       `busy ${f.busyPercent.toFixed(0).padStart(3)}%`,
       `held ${f.tasksHeld}`,
@@ -134,6 +179,13 @@ export class StatusReporter {
       // Real-time queries are shown once there are any: most workers only ever see batches.
       ...(queries ? [`${compact(queries)} queries`] : []),
     ].join("  ");
+    // A log line has room for each model's own; the live line keeps to one terminal row.
+    if (this.tty || !several) return line;
+    const each = parts.map(
+      ({ model, source }) =>
+        `${model}: ${source.stats.state}, held ${source.tasksHeld()}, credit ${compact(source.stats.chunksDone)} chunks`,
+    );
+    return `${line}  [${each.join("; ")}]`;
   }
 
   private draw(): void {
@@ -143,6 +195,20 @@ export class StatusReporter {
     const width = (this.out.columns ?? 0) > 2 ? (this.out.columns as number) - 3 : Infinity;
     this.out.write(`\r\x1b[2K${dot} ${this.line().slice(0, width)}`);
   }
+}
+
+function reading(source: StatusSource | null, at: number): Reading {
+  return { inferenceMs: source?.inferenceMsAt(at) ?? 0, chunks: source?.stats.chunksDone ?? 0 };
+}
+
+/**
+ * The state column: the worker's state; for several models whose connections disagree, how many
+ * are connected.
+ */
+function stateText(state: string | undefined, parts: readonly ModelPart[]): string {
+  if (parts.length < 2) return state ?? "loading";
+  const up = parts.filter((p) => p.source.stats.state === "connected").length;
+  return up === 0 || up === parts.length ? (state ?? "loading") : `${up}/${parts.length} connected`;
 }
 
 /** Keeps the start and the end of a long label (a model URL or path), which tell most. */
@@ -159,6 +225,14 @@ function compact(n: number): string {
   return `${(n / 1_000_000).toFixed(1)}M`;
 }
 
+function rounded(f: StatusFigures) {
+  return {
+    busyPercent: Math.round(f.busyPercent * 10) / 10,
+    tasksHeld: f.tasksHeld,
+    chunksPerSecond: Math.round(f.chunksPerSecond * 100) / 100,
+  };
+}
+
 /**
  * `--status-port`: the worker's state as JSON on 127.0.0.1 only, for a donor's monitoring and
  * for checking the edge's picture of this worker against the worker's own.
@@ -172,15 +246,23 @@ export async function serveStatus(port: number, status: StatusReporter): Promise
     }
     const w = status.worker();
     const f = w ? status.figures() : null;
+    const models = w?.models
+      ? status.modelFigures().map(({ part, figures }) => ({
+          model: part.model,
+          stats: part.source.stats,
+          window: part.source.window(),
+          ...rounded(figures),
+        }))
+      : undefined;
     const body = {
       ...status.label,
       stats: w?.stats ?? null,
       window: w?.window() ?? null,
-      busyPercent: f ? Math.round(f.busyPercent * 10) / 10 : null,
-      tasksHeld: f?.tasksHeld ?? null,
-      chunksPerSecond: f ? Math.round(f.chunksPerSecond * 100) / 100 : null,
+      ...(f ? rounded(f) : { busyPercent: null, tasksHeld: null, chunksPerSecond: null }),
       /** What busyPercent and chunksPerSecond were measured over. */
       measuredOverMs: f ? Math.round(f.windowMs) : null,
+      // Each model's connection, where the worker serves models (their sums are above).
+      ...(models ? { models } : {}),
     };
     res.writeHead(200, { "Content-Type": "application/json", "Cache-Control": "no-store" });
     res.end(JSON.stringify(body));

@@ -19,9 +19,12 @@ import {
 } from "@p2pa/shared";
 import ReconnectingWebSocket from "partysocket/ws";
 import WS from "ws";
+import type { InferenceGate } from "./inference-gate.js";
 import type { Embedder } from "./model/index.js";
+import { upgradeRefusal } from "./served.js";
 
-type ConnectionState = "connecting" | "connected" | "reconnecting" | "draining" | "stopped";
+/** Where a worker's connection stands. */
+export type ConnectionState = "connecting" | "connected" | "reconnecting" | "draining" | "stopped";
 
 /** A task's result, kept until the edge acknowledges it (sent again after a reconnect). */
 interface Outgoing {
@@ -58,8 +61,18 @@ export interface WorkerOptions {
   version: string;
   /** Offer results as binary frames (default); false keeps to JSON, as workers before them. */
   binaryResults?: boolean;
+  /** Shared by the workers of one process that serves several models: one model runs at a time. */
+  gate?: InferenceGate;
+  /**
+   * What the worker reports: connected, disconnected, rejected, edge_error, protocol_error;
+   * fatal (closed for good: the token or the protocol) and not_served (the server refused the
+   * model at connect, `detail.available` listing what it serves) end it.
+   */
   onEvent?: (event: string, detail?: Record<string, unknown>) => void;
 }
+
+/** The edge's error code for a hello whose model is not the connection's, or has another dimension. */
+const MODEL_MISMATCH = "model_mismatch";
 
 /** Tasks a worker holds at once: the batch being computed and two more batches waiting. */
 function capacityFor(batchSize: number): number {
@@ -116,6 +129,10 @@ export class Worker {
   private draining = false;
   private heartbeat: ReturnType<typeof setInterval> | null = null;
   private idleWaiters: (() => void)[] = [];
+  /** What the server serves, once it refused this worker's model at connect. */
+  private refusedWith: string[] | null = null;
+  /** Why the server refused this worker's hello for its model (another id or dimension). */
+  private mismatch: string | null = null;
 
   /**
    * What the worker does with each edge frame, one entry per `EdgeMessage` type: a type added
@@ -172,16 +189,29 @@ export class Worker {
       this.settleIfIdle();
     },
     error: (msg) => {
+      // The connection's model is not the one the hello offers: every reconnect would be too.
+      if (msg.code === MODEL_MISMATCH) this.mismatch = msg.message;
       this.emit("edge_error", { code: msg.code, message: msg.message });
     },
   };
 
   constructor(private readonly opts: WorkerOptions) {
     const token = opts.token;
+    const refused = (available: string[]) => {
+      this.refusedWith = available;
+    };
     // ws takes headers; the browser WebSocket API partysocket mimics does not.
     class AuthedWebSocket extends WS {
       constructor(address: string, protocols?: string | string[]) {
         super(address, protocols, { headers: { Authorization: `Bearer ${token}` } });
+        // The server answered the upgrade over HTTP: read why before the attempt is dropped, so
+        // a model it does not serve ends the worker instead of being asked for again and again.
+        this.on("unexpected-response", (_req, res) => {
+          void upgradeRefusal(res).then((available) => {
+            if (available) refused(available);
+            this.terminate();
+          });
+        });
       }
     }
     this.socket = new ReconnectingWebSocket(opts.url, [], {
@@ -271,20 +301,37 @@ export class Worker {
     // Real-time requests are answered on the connection they came on, so those go.
     this.embeds.length = 0;
     if (this.stats.state === "stopped") return;
+    if (this.refusedWith) {
+      this.end();
+      this.emit("not_served", {
+        model: this.opts.embedder.manifest.id,
+        available: this.refusedWith,
+      });
+      return;
+    }
     this.stats.state = this.draining ? "draining" : "reconnecting";
     this.emit("disconnected", { code, reason });
-    // A revoked token, another protocol version, or a token over its connection limit:
-    // reconnecting would only be refused again.
+    // A revoked token, another protocol version, a token over its connection limit, or a model
+    // the server registered otherwise: reconnecting would only be refused again.
     if (
       code === CloseCode.unauthorized ||
       code === CloseCode.unsupportedVersion ||
       code === CloseCode.tooManyConnections ||
-      code === CloseCode.quarantined
+      code === CloseCode.quarantined ||
+      (code === CloseCode.protocolError && this.mismatch !== null)
     ) {
+      this.end();
       this.emit("fatal", { code, reason });
-      this.socket.close();
+      return;
     }
     this.settleIfIdle();
+  }
+
+  /** Closed for good by the server: no reconnecting, and nothing left to wait for. */
+  private end(): void {
+    this.stats.state = "stopped";
+    this.socket.close();
+    for (const w of this.idleWaiters.splice(0)) w();
   }
 
   private async onMessage(data: string): Promise<void> {
@@ -337,7 +384,7 @@ export class Worker {
     try {
       if (req.model !== embedder.manifest.id)
         throw new Error(`this worker serves ${embedder.manifest.id}, not ${req.model}`);
-      const vectors = await this.infer(req.texts);
+      const vectors = await this.infer(req.texts, true);
       const tokens = req.texts.reduce((n, t) => n + embedder.countTokens(t), 0);
       this.send({
         type: "embed_result",
@@ -367,7 +414,10 @@ export class Worker {
     const started = performance.now();
     let vectors: Float32Array[];
     try {
-      vectors = await this.infer(batch.flatMap((t) => t.items.map((i) => i.text)));
+      vectors = await this.infer(
+        batch.flatMap((t) => t.items.map((i) => i.text)),
+        false,
+      );
     } catch (err) {
       for (const t of batch) {
         this.send({
@@ -407,16 +457,22 @@ export class Worker {
     this.computing = 0;
   }
 
-  /** Runs the model once, counting the time it is busy. */
-  private async infer(texts: string[]): Promise<Float32Array[]> {
-    const started = performance.now();
-    this.inferringSince = started;
-    try {
-      return await this.opts.embedder.embed(texts);
-    } finally {
-      this.inferringSince = null;
-      this.stats.inferenceMs += performance.now() - started;
-    }
+  /**
+   * Runs the model once, counting the time it is busy; with a gate, in this model's turn (a
+   * real-time request's turn comes first), and the wait for it is not counted.
+   */
+  private infer(texts: string[], realtime: boolean): Promise<Float32Array[]> {
+    const run = async () => {
+      const started = performance.now();
+      this.inferringSince = started;
+      try {
+        return await this.opts.embedder.embed(texts);
+      } finally {
+        this.inferringSince = null;
+        this.stats.inferenceMs += performance.now() - started;
+      }
+    };
+    return this.opts.gate ? this.opts.gate.run(realtime, run) : run();
   }
 
   /**

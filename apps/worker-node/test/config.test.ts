@@ -45,7 +45,7 @@ describe("worker configuration", () => {
       token: "t",
       threads: 3,
       batchSize: 8,
-      model: "use-lite",
+      models: ["use-lite"],
     });
     expect(run([], { P2PA_SERVER: "https://x.example", P2PA_TOKEN: "tok" })).toMatchObject({
       server: "https://x.example",
@@ -73,6 +73,34 @@ describe("worker configuration", () => {
     expect(fails(["--server", "https://x"])).toMatch(/--token is required/);
     expect(fails(["--server", "https://x", "--token", "t", "--status-port", "70000"])).toMatch(
       /--status-port must be at most 65535/,
+    );
+  });
+
+  it("takes several models: --model again, comma-separated, or P2PA_MODEL, each once", () => {
+    const base = ["--server", "https://x", "--token", "t"];
+    expect(run(base).models).toEqual(["use-lite"]);
+    expect(run([...base, "--model", "use-lite", "--model", "./models/minilm"]).models).toEqual([
+      "use-lite",
+      "./models/minilm",
+    ]);
+    expect(
+      run([...base, "--model", "use-lite, minilm", "--model", "https://m.example/p2pa-model.json"])
+        .models,
+    ).toEqual(["use-lite", "minilm", "https://m.example/p2pa-model.json"]);
+    expect(run(base, { P2PA_MODEL: "minilm,use-lite" }).models).toEqual(["minilm", "use-lite"]);
+    // Flags win over the environment, as for every option; a model named twice is served once.
+    expect(run([...base, "--model", "minilm"], { P2PA_MODEL: "use-lite" }).models).toEqual([
+      "minilm",
+    ]);
+    expect(run([...base, "--model", "minilm,minilm", "--model", "minilm"]).models).toEqual([
+      "minilm",
+    ]);
+    const empty = failure([...base, "--model", "use-lite,,minilm"]);
+    expect(empty.message).toBe('--model "use-lite,,minilm" has an empty model name');
+    expect(empty.hint).toMatch(/separated by commas/);
+    expect(fails(base, { P2PA_MODEL: "" })).toMatch(/has an empty model name/);
+    expect(HELP).toMatch(
+      /Repeat --model, or separate with\s+commas \(P2PA_MODEL=use-lite,minilm\)/,
     );
   });
 

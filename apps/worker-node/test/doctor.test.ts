@@ -1,5 +1,5 @@
 import { once } from "node:events";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
@@ -7,6 +7,8 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseConfig } from "../src/config.js";
 import { type CheckResult, meetsRange, runDoctor } from "../src/doctor.js";
+import { MANIFEST_FILE } from "../src/model/index.js";
+import { tinyManifest, writeTinyBert } from "./fixtures/tiny-bert.js";
 
 // `p2pa-worker doctor` against real HTTP servers on this machine (none listening, one that
 // refuses the token, one that takes it) and the real use-lite model, converted into a cache
@@ -39,6 +41,46 @@ async function answering(status: number, body?: unknown): Promise<string> {
   await once(server, "listening");
   servers.push(server);
   return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+/**
+ * A server that takes the token and lists the models it serves (`GET /v1/models/{id}`: 200, or
+ * 404 model_not_found naming them), as an edge with a model list does.
+ */
+async function serving(models: Record<string, number>): Promise<string> {
+  const server = createServer((req, res) => {
+    const json = (status: number, body: unknown) => {
+      res.writeHead(status, { "Content-Type": "application/json" });
+      res.end(JSON.stringify(body));
+    };
+    if (!req.headers.authorization?.startsWith("Bearer ")) return json(401, {});
+    if (req.url === "/v1/workers/connect") return json(426, {});
+    const id = /^\/v1\/models\/([^/]+)$/.exec(req.url ?? "")?.[1];
+    if (id === undefined) return json(404, { error: { code: "not_found", message: "no route" } });
+    const dimension = models[decodeURIComponent(id)];
+    if (dimension === undefined)
+      return json(404, {
+        error: {
+          code: "model_not_found",
+          message: `model ${id} is not served here`,
+          details: { available: Object.keys(models) },
+        },
+      });
+    json(200, { id, object: "model", dimension, maxTokens: 128, workers: 1 });
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  servers.push(server);
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+/** A folder holding the tiny test model, whose manifest calls it `tiny-bert`. */
+async function tinyFolder(): Promise<string> {
+  const dir = path.join(cacheDir, "folders", "tiny-bert");
+  await mkdir(dir, { recursive: true });
+  const files = await writeTinyBert(dir);
+  await writeFile(path.join(dir, MANIFEST_FILE), JSON.stringify(tinyManifest("tiny-bert", files)));
+  return dir;
 }
 
 /** An address where nothing listens: a port the system gave out and took back. */
@@ -143,6 +185,29 @@ describe("p2pa-worker doctor", () => {
     );
   });
 
+  it("takes a refusal of the default model at the probe as a server that took the token", async () => {
+    // A server that checks the model before the upgrade: the token was checked first.
+    for (const [status, code] of [
+      [404, "model_not_found"],
+      [422, "unprocessable"],
+    ] as const) {
+      const url = await answering(status, {
+        error: { code, message: "unknown model use-lite", details: { available: ["minilm"] } },
+      });
+      // A cache of its own: the test of a first load below wants the shared one empty.
+      const own = path.join(cacheDir, "probe");
+      const run = await doctor(["--server", url, "--json", "--cache-dir", own]);
+      const report = JSON.parse(run.text) as { checks: CheckResult[] };
+      expect(report.checks.slice(1, 3)).toEqual([
+        { name: "server", ok: true, detail: expect.stringMatching(/answered in \d+ ms$/) },
+        { name: "token", ok: true, detail: "accepted as a worker token" },
+      ]);
+    }
+    // Any other 404 is no p2pa server.
+    const run = await doctor(["--server", await answering(404, { error: { code: "not_found" } })]);
+    expect(lineOf(run.text, "server")).toMatch(/^FAIL\s+server\s+unexpected answer 404/);
+  });
+
   it("fails the server check on something that is not a p2pa server", async () => {
     const run = await doctor(["--server", await answering(200)]);
     expect(run.code).toBe(1);
@@ -229,6 +294,56 @@ describe("p2pa-worker doctor", () => {
     expect(plain.text).not.toMatch(/[✓✗]/);
     expect(plain.text).not.toContain("\x1b[");
     expect(plain.text).toMatch(/^FAIL\s+token/m);
+  });
+});
+
+describe("p2pa-worker doctor with several models", () => {
+  it("checks each model, saying plainly which one the server does not serve", async () => {
+    const tiny = await tinyFolder();
+    const url = await serving({ "use-lite": 512 });
+    const run = await doctor(["--server", url, "--device", "cpu", "--model", `use-lite,${tiny}`]);
+    expect(run.code).toBe(1);
+    expect(lineOf(run.text, "model use-lite")).toMatch(
+      /^ok\s+model use-lite use-lite loaded (into|from) .* in \d+ ms; 512 dimensions, \d+\.\d ms per embedding; the server serves it$/,
+    );
+    expect(lineOf(run.text, `model ${tiny}`)).toBe(
+      `FAIL model ${tiny} the server at ${url} does not serve model "tiny-bert"; it serves: use-lite. Start with --model <one of them>, or ask its operator to add it`,
+    );
+    expect(lineOf(run.text, "device")).toMatch(
+      new RegExp(`^skip\\s+device\\s+not run: the model ${tiny} check failed$`),
+    );
+  });
+
+  it("checks the models after one the server does not serve, and asks before loading it", async () => {
+    const tiny = await tinyFolder();
+    const url = await serving({ "tiny-bert": 32, minilm: 384 });
+    const run = await doctor([
+      "--server",
+      url,
+      "--device",
+      "cpu",
+      "--model",
+      "use-lite",
+      "--model",
+      tiny,
+      "--json",
+    ]);
+    expect(run.code).toBe(1);
+    const report = JSON.parse(run.text) as { ok: boolean; checks: CheckResult[] };
+    expect(report.checks.map((c) => [c.name, c.ok, c.skipped ?? false])).toEqual([
+      ["node", true, false],
+      ["server", true, false],
+      ["token", true, false],
+      ["model use-lite", false, false],
+      [`model ${tiny}`, true, false],
+      ["device", false, true],
+    ]);
+    expect(report.checks[3]?.detail).toBe(
+      `the server at ${url} does not serve model "use-lite"; it serves: tiny-bert, minilm. Start with --model <one of them>, or ask its operator to add it`,
+    );
+    expect(report.checks[4]?.detail).toMatch(
+      /^tiny-bert loaded from .*; 32 dimensions.*; the server serves it$/,
+    );
   });
 });
 

@@ -2,6 +2,7 @@ import type { AddressInfo } from "node:net";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { StatusReporter, type StatusSource, serveStatus } from "../src/status.js";
 import type { WindowView, WorkerStats } from "../src/worker.js";
+import { combinedState, WorkerGroup } from "../src/worker-group.js";
 
 // The status line and /status against a worker whose counters the test sets, on a clock the
 // test moves: what the donor sees for a given state of the worker.
@@ -20,14 +21,25 @@ class FakeWorker implements StatusSource {
   };
   busyMs = 0;
   held = 0;
+  leaseIds: string[] = [];
   window(): WindowView {
-    return { capacity: 3, queued: 0, computing: 0, room: 3, awaitingAck: 0, leaseIds: [] };
+    return {
+      capacity: 3,
+      queued: 0,
+      computing: 0,
+      room: 3,
+      awaitingAck: 0,
+      leaseIds: this.leaseIds,
+    };
   }
   inferenceMsAt(): number {
     return this.busyMs;
   }
   tasksHeld(): number {
     return this.held;
+  }
+  async stop(): Promise<void> {
+    this.stats.state = "stopped";
   }
 }
 
@@ -220,5 +232,122 @@ describe("--status-port", () => {
     } finally {
       server.close();
     }
+  });
+});
+
+describe("a worker serving several models", () => {
+  /** Two models' connections, seen as one worker, and each on its own. */
+  function twoModels() {
+    const lite = new FakeWorker();
+    const bert = new FakeWorker();
+    bert.stats.workerId = "wkr_2";
+    const group = new WorkerGroup([
+      { model: "use-lite", worker: lite },
+      { model: "tiny-bert", worker: bert },
+    ]);
+    return { lite, bert, group };
+  }
+  const both = { model: "use-lite,tiny-bert", device: "cpu", threads: 2 };
+
+  it("shows the sums on one line, how many connections are up, and each model in the log", () => {
+    const { lite, bert, group } = twoModels();
+    const tty = fakeStream(true);
+    const live = new StatusReporter(() => group, both, tty.stream, { now });
+    lite.held = 2;
+    bert.held = 3;
+    for (let t = 0; t < 5000; t += 500) {
+      clock += 500;
+      lite.busyMs += 500 * 0.5;
+      bert.busyMs += 500 * 0.25;
+      lite.stats.chunksDone += 10;
+      bert.stats.chunksDone += 5;
+      live.tick();
+    }
+    const line = tty.chunks.at(-1) as string;
+    expect(line).toContain("connected");
+    expect(line).toContain("2 models cpu x2");
+    expect(line).toContain("30.0 chunks/s");
+    expect(line).toContain("busy  75%");
+    expect(line).toContain("held 5");
+    expect(line).toContain("credit 150 chunks");
+    // The live line keeps to one row: no per-model list there.
+    expect(line).not.toContain("tiny-bert");
+
+    bert.stats.state = "reconnecting";
+    expect(live.line().startsWith("1/2 connected")).toBe(true);
+
+    const log = fakeStream(false);
+    const logged = new StatusReporter(() => group, both, log.stream, { now });
+    clock += 10_000;
+    logged.tick();
+    expect(log.chunks.at(-1)).toContain(
+      "[use-lite: connected, held 2, credit 100 chunks; tiny-bert: reconnecting, held 3, credit 50 chunks]",
+    );
+  });
+
+  it("serves the sums and each model's own figures on --status-port", async () => {
+    const { lite, bert, group } = twoModels();
+    lite.leaseIds = ["l1"];
+    bert.leaseIds = ["l2", "l3"];
+    lite.held = 1;
+    bert.held = 2;
+    const reporter = new StatusReporter(() => group, both, fakeStream(true).stream, { now });
+    for (let t = 0; t < 5000; t += 500) {
+      clock += 500;
+      lite.busyMs += 500 * 0.4;
+      lite.stats.chunksDone += 10;
+      reporter.tick();
+    }
+    const server = await serveStatus(0, reporter);
+    try {
+      const port = (server.address() as AddressInfo).port;
+      const body = await (await fetch(`http://127.0.0.1:${port}/status`)).json();
+      expect(body).toMatchObject({
+        model: "use-lite,tiny-bert",
+        stats: { state: "connected", workerId: null, chunksDone: 100 },
+        window: { capacity: 6, room: 6, leaseIds: ["l1", "l2", "l3"] },
+        busyPercent: 40,
+        tasksHeld: 3,
+        chunksPerSecond: 20,
+        models: [
+          {
+            model: "use-lite",
+            stats: { workerId: "wkr_1", chunksDone: 100 },
+            window: { capacity: 3, leaseIds: ["l1"] },
+            busyPercent: 40,
+            tasksHeld: 1,
+            chunksPerSecond: 20,
+          },
+          {
+            model: "tiny-bert",
+            stats: { workerId: "wkr_2", chunksDone: 0 },
+            busyPercent: 0,
+            tasksHeld: 2,
+            chunksPerSecond: 0,
+          },
+        ],
+      });
+    } finally {
+      server.close();
+    }
+  });
+
+  it("reads one model as that worker itself: the same figures and JSON as before", () => {
+    const w = new FakeWorker();
+    const group = new WorkerGroup([{ model: "use-lite", worker: w }]);
+    expect(group.stats).toBe(w.stats);
+    expect(group.window()).toEqual(w.window());
+    const reporter = new StatusReporter(() => group, label, fakeStream(false).stream, { now });
+    expect(reporter.line()).not.toContain("[");
+    expect(reporter.line()).toContain("use-lite cpu x2");
+  });
+
+  it("shows one state for connections that disagree: the one that needs attention first", () => {
+    expect(combinedState(["connected", "connected"])).toBe("connected");
+    expect(combinedState(["connected", "reconnecting"])).toBe("reconnecting");
+    expect(combinedState(["connecting", "connected"])).toBe("connecting");
+    expect(combinedState(["draining", "stopped"])).toBe("draining");
+    expect(combinedState(["connected", "stopped"])).toBe("draining");
+    expect(combinedState(["stopped", "stopped"])).toBe("stopped");
   });
 });

@@ -21,6 +21,8 @@ let wss: WebSocketServer;
 let url: string;
 /** Whether the scripted edge takes binary results (as edges before them did not). */
 let edgeTakesBinary = false;
+/** Set: the scripted edge refuses every hello with this reason, as a shard refuses another model. */
+let refuseHello: string | null = null;
 /** Every connection the scripted edge accepted, with what it received. */
 const conns: { ws: WebSocket; frames: Frame[] }[] = [];
 
@@ -44,7 +46,17 @@ beforeAll(async () => {
         ? ({ ...(decoded.ok ? decoded.message : decoded.error), binary: true } as Frame)
         : (JSON.parse(String(raw)) as Frame);
       conn.frames.push(f);
-      if (f.type === "hello")
+      if (f.type === "hello" && refuseHello) {
+        ws.send(
+          JSON.stringify({
+            type: "error",
+            v: PROTOCOL_VERSION,
+            code: "model_mismatch",
+            message: refuseHello,
+          }),
+        );
+        ws.close(4400, "model mismatch");
+      } else if (f.type === "hello")
         ws.send(
           JSON.stringify({
             type: "welcome",
@@ -293,6 +305,30 @@ describe("the worker's window, outbox and session", () => {
     ]);
     expect(w.window()).toMatchObject({ room: 2, awaitingAck: 0, leaseIds: [] });
     await w.stop(2000);
+  });
+});
+
+describe("a hello the edge refuses", () => {
+  it("ends the worker when the edge refuses its model, without reconnecting", async () => {
+    refuseHello = "model tiny returns 32 dimensions; this deployment registered it with 384";
+    const before = conns.length;
+    const events: [string, Record<string, unknown> | undefined][] = [];
+    const w = newWorker({ onEvent: (e, d) => events.push([e, d]) });
+    try {
+      const fatal = await until(() => events.find(([e]) => e === "fatal"), "the end");
+      expect(fatal[1]).toEqual({ code: 4400, reason: "model mismatch" });
+      expect(events).toContainEqual([
+        "edge_error",
+        { code: "model_mismatch", message: refuseHello },
+      ]);
+      expect(w.stats.state).toBe("stopped");
+      // Longer than the first reconnection delay: no second attempt.
+      await sleep(1200);
+      expect(conns.length).toBe(before + 1);
+    } finally {
+      refuseHello = null;
+      await w.stop(1000);
+    }
   });
 });
 

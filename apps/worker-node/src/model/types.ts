@@ -65,6 +65,11 @@ export interface LoadOptions {
   threads?: number;
   /** onnxruntime execution providers, best first (default ["cpu"]; see src/device.ts). */
   executionProviders?: readonly string[];
+  /**
+   * SHA-256 (lower-case hex) the manifest at a manifest URL must have, as the server's model
+   * list states it: a manifest that differs is refused before any file it lists is fetched.
+   */
+  manifestSha256?: string;
   /** fetch used for manifest URLs (default: the global fetch). */
   fetch?: typeof fetch;
   /** Called for each text truncated at embed time. */

@@ -115,6 +115,42 @@ describe("HF model from a manifest URL", () => {
   });
 });
 
+describe("HF model from a manifest URL with a stated SHA-256", () => {
+  test("loads when the manifest's bytes match, and refuses one that differs before any file", async () => {
+    const manifest = await readFile(path.join(served, "tiny.json"));
+    const sha256 = createHash("sha256").update(manifest).digest("hex");
+    const cacheDir = path.join(work, "cache-stated");
+    const url = `${base}/tiny.json`;
+
+    const before = requests.length;
+    const wrong = "f".repeat(64);
+    const err = await load(url, cacheDir, { manifestSha256: wrong }).catch((x: unknown) => x);
+    expect(err).toBeInstanceOf(ModelIntegrityError);
+    expect(String((err as Error).message)).toContain(
+      `SHA-256 mismatch for model file ${MANIFEST_FILE} from ${url}: expected ${wrong}, got ${sha256}`,
+    );
+    // Only the manifest was asked for; nothing it lists was fetched or kept.
+    expect(requests.slice(before)).toEqual(["/models/tiny.json"]);
+    await expect(readdir(path.join(cacheDir, "tiny-bert"))).rejects.toThrow(/ENOENT/);
+
+    const e = await load(url, cacheDir, { manifestSha256: sha256 });
+    expect(e.manifest.id).toBe("tiny-bert");
+    expect(e.info.reused).toBe(false);
+    const [v] = await e.embed(["hello world"]);
+    expect(v).toHaveLength(32);
+
+    // A copy remembered after the check stands in for it, with no request at all...
+    const cached = requests.length;
+    expect((await load(url, cacheDir, { manifestSha256: sha256 })).info.reused).toBe(true);
+    expect(requests.length).toBe(cached);
+    // ...but never for another stated hash: that manifest is fetched and checked again.
+    await expect(load(url, cacheDir, { manifestSha256: wrong })).rejects.toThrow(
+      ModelIntegrityError,
+    );
+    expect(requests.slice(cached)).toEqual(["/models/tiny.json"]);
+  });
+});
+
 describe("HF model from a local folder", () => {
   test("with a p2pa-model.json", async () => {
     const dir = path.join(work, "folder-manifest");

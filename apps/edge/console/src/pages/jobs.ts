@@ -2,6 +2,7 @@ import { html } from "htm/preact";
 import { useEffect, useState } from "preact/hooks";
 import { type IngestReport, isActive, type Job, jobHref, type SubmittedJob } from "../jobs.js";
 import { followJob, type LiveState } from "../live.js";
+import { ModelSelect } from "../models.js";
 import { type Session, unwrap } from "../session.js";
 import { Badge, Card, Empty, ErrorBox, fmt, Page, Progress, useAction, useAsync } from "../ui.js";
 
@@ -101,6 +102,7 @@ function NewJob({
   const [text, setText] = useState("");
   const [by, setBy] = useState<"paragraph" | "line">("paragraph");
   const [collection, setCollection] = useState("");
+  const [model, setModel] = useState("");
   const [metadata, setMetadata] = useState("");
   const [files, setFiles] = useState<File[]>([]);
   const [submitted, setSubmitted] = useState<SubmittedJob | null>(null);
@@ -122,6 +124,7 @@ function NewJob({
             body: {
               documents: docs.map((t) => (meta ? { text: t, metadata: meta } : { text: t })),
               ...(collection.trim() ? { collection: collection.trim() } : {}),
+              ...(model ? { model } : {}),
             },
           }),
         );
@@ -129,8 +132,11 @@ function NewJob({
         if (files.length === 0) throw new Error("Choose at least one file.");
         const form = new FormData();
         for (const f of files) form.append("file", f, f.name);
-        if (collection.trim())
-          form.append("options", JSON.stringify({ collection: collection.trim() }));
+        const options = {
+          ...(collection.trim() ? { collection: collection.trim() } : {}),
+          ...(model ? { model } : {}),
+        };
+        if (Object.keys(options).length) form.append("options", JSON.stringify(options));
         if (meta) form.append("metadata", JSON.stringify(meta));
         job = await unwrap(
           session.client.api.POST("/v1/jobs", {
@@ -190,6 +196,7 @@ function NewJob({
           Collection <span class="muted">(optional)</span>
           <input name="collection" placeholder="default" value=${collection} onInput=${(e: Event) => setCollection((e.target as HTMLInputElement).value)} />
         </label>
+        <${ModelSelect} session=${session} value=${model} onChange=${setModel} />
         <label class="grow">
           Metadata for every document <span class="muted">(optional JSON)</span>
           <input name="metadata" class="mono" placeholder='{"lang": "en"}' value=${metadata} onInput=${(e: Event) => setMetadata((e.target as HTMLInputElement).value)} />

@@ -2,6 +2,7 @@ import type { components } from "@p2pa/shared/client";
 import { html } from "htm/preact";
 import { useState } from "preact/hooks";
 import { documentHref, jobHref } from "../jobs.js";
+import { ModelSelect } from "../models.js";
 import { type Session, unwrap } from "../session.js";
 import { Card, Empty, ErrorBox, Page, useAction, useAsync } from "../ui.js";
 
@@ -73,6 +74,7 @@ export function SearchPage({ session }: { session: Session }) {
   const [query, setQuery] = useState("");
   const [topK, setTopK] = useState(10);
   const [mode, setMode] = useState<Mode>("vector");
+  const [model, setModel] = useState("");
   const [collections, setCollections] = useState<string[]>([]);
   const [rows, setRows] = useState<FilterRow[]>([]);
   const [answer, setAnswer] = useState<SearchResponse | null>(null);
@@ -89,6 +91,7 @@ export function SearchPage({ session }: { session: Session }) {
         query: query.trim(),
         topK,
         mode,
+        ...(model ? { model } : {}),
         ...(collections.length ? { collections } : {}),
         ...(filter ? { filter } : {}),
       };
@@ -128,6 +131,7 @@ export function SearchPage({ session }: { session: Session }) {
               <option value="hybrid">both (hybrid)</option>
             </select>
           </label>
+          <${ModelSelect} session=${session} value=${model} onChange=${setModel} />
           <label class="inline">
             Collections
             <select

@@ -150,10 +150,15 @@ export async function loadHfFromFolder(dir: string, opts: LoadOptions): Promise<
  * are not downloaded again. The manifest itself is remembered per URL in
  * `<cacheDir>/manifests/`, so once everything is cached a load makes no HTTP request at all:
  * a manifest URL is treated as immutable (publish a new URL for a new model version).
+ * With `opts.manifestSha256` the manifest's bytes must hash to it, or nothing is downloaded.
  */
 export async function loadHfFromUrl(url: string, opts: LoadOptions): Promise<Embedder> {
   const fetchImpl = opts.fetch ?? globalThis.fetch;
-  const pointer = path.join(opts.cacheDir, "manifests", `${sha256Hex(url).slice(0, 32)}.json`);
+  const expected = opts.manifestSha256;
+  // A manifest checked against a stated SHA-256 is remembered under that hash too: a copy
+  // remembered without the check, or against another hash, is not trusted in its place.
+  const key = expected ? `${url}#sha256=${expected}` : url;
+  const pointer = path.join(opts.cacheDir, "manifests", `${sha256Hex(key).slice(0, 32)}.json`);
 
   const remembered = await readJsonIfPresent(pointer);
   if (remembered !== undefined) {
@@ -167,7 +172,18 @@ export async function loadHfFromUrl(url: string, opts: LoadOptions): Promise<Emb
 
   const res = await fetchImpl(url);
   if (!res.ok) throw new Error(`Fetching model manifest ${url} failed: HTTP ${res.status}`);
-  const manifest = parseManifest(await res.json(), url);
+  const bytes = new Uint8Array(await res.arrayBuffer());
+  if (expected) {
+    const actual = sha256Hex(bytes);
+    if (actual !== expected) throw new ModelIntegrityError(MANIFEST_FILE, expected, actual, url);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(new TextDecoder().decode(bytes));
+  } catch (err) {
+    throw new Error(`Model manifest ${url} is not JSON: ${(err as Error).message}`);
+  }
+  const manifest = parseManifest(json, url);
   requireHf(manifest, url);
   const dir = path.join(opts.cacheDir, manifest.id);
   await mkdir(dir, { recursive: true });
