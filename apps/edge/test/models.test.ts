@@ -184,10 +184,7 @@ describe("a registered model", () => {
 
     const ids: string[] = [];
     while (ids.length < chunks.data.length) {
-      const task = (await mine.next("task")) as { taskId: string; leaseId: string } & Record<
-        string,
-        unknown
-      >;
+      const task = await mine.next("task");
       const items = task.items as { chunkId: string }[];
       mine.send({
         type: "result",
@@ -230,6 +227,18 @@ describe("a registered model", () => {
     // Nor is a worker that connected for the model but offers another one.
     const wrong = await TestWorker.connect({}, KEYS.worker, "tiny").catch((e: Error) => e);
     expect((wrong as Error).message).toMatch(/no welcome frame; have \["error"\]/);
+  });
+
+  it("writes each model to its own Vectorize binding in production, and names a missing one", () => {
+    const backend = vars.VECTOR_BACKEND;
+    vars.VECTOR_BACKEND = "vectorize";
+    try {
+      expect(getVectorIndex(env, "use-lite")).toBe(env.VECTORIZE);
+      expect(() => getVectorIndex(env, "tiny")).toThrow(/bind a Vectorize index as VECTORIZE_TINY/);
+      expect(() => getVectorIndex(env, "nope")).toThrow(/does not serve model "nope"/);
+    } finally {
+      vars.VECTOR_BACKEND = backend as string;
+    }
   });
 
   it("answers 503 naming the tokenizer when its files do not match their SHA-256", async () => {

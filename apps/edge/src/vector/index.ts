@@ -1,3 +1,5 @@
+import { AppError } from "../lib/errors.js";
+import { requireModel } from "../lib/models.js";
 import { slices } from "../lib/slices.js";
 import { localIndexName } from "./config.js";
 import type { LocalVectorIndex } from "./local-index.js";
@@ -6,18 +8,25 @@ import type { VectorIndex } from "./types.js";
 export type { VectorIndex } from "./types.js";
 
 /**
- * The vector index of `model`: the Vectorize binding when `VECTOR_BACKEND` is "vectorize",
+ * The vector index of `model`: its Vectorize binding when `VECTOR_BACKEND` is "vectorize",
  * otherwise the model's `LocalVectorIndex` Durable Object behind the same interface, so
- * callers never know which one they hold.
- *
- * Production binds a single Vectorize index (p2pa-use-lite), so `model` only selects the
- * local object today; a second model needs a second binding here.
+ * callers never know which one they hold. Each model has an index of its own, so vectors of
+ * different models never mix: use-lite's binding is VECTORIZE, a registered model's the one
+ * its entry in MODELS names (VECTORIZE_<ID> by default).
  */
 export function getVectorIndex(env: Env, model: string): VectorIndex {
   if (env.VECTOR_BACKEND === "vectorize") {
+    const binding = requireModel(env, model).vectorize;
+    const index = (env as unknown as Record<string, unknown>)[binding];
+    if (!index)
+      throw new AppError(
+        503,
+        "not_configured",
+        `model ${model} has no vector index: bind a Vectorize index as ${binding} in wrangler.toml`,
+      );
     // `wrangler types` declares the binding as the beta `VectorizeIndex`; a v2 index answers
     // with the v2 shapes (`mutationId`, `vectorCount`). See types.ts.
-    return env.VECTORIZE as unknown as Vectorize;
+    return index as Vectorize;
   }
   return localVectorIndex(env.LOCAL_VECTORS, localIndexName(model));
 }
