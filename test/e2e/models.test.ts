@@ -143,6 +143,38 @@ describe("two models on one deployment", () => {
     }
   }, 60_000);
 
+  it("shows the models and searches one of them from the command line", async () => {
+    const p2pa = (args: string[]) =>
+      new Promise<string>((resolve, reject) => {
+        const child = spawn(
+          process.execPath,
+          [path.join(ROOT, "apps", "worker-node", "bin", "p2pa.js"), ...args],
+          {
+            env: {
+              ...process.env,
+              P2PA_SERVER: sys.edge.url,
+              P2PA_API_KEY: DEV_CREDENTIALS.apiKey,
+              NO_COLOR: "1",
+            },
+            stdio: ["ignore", "pipe", "pipe"],
+          },
+        );
+        let out = "";
+        child.stdout.on("data", (d) => (out += d));
+        child.stderr.on("data", (d) => (out += d));
+        child.on("close", (code) => (code === 0 ? resolve(out) : reject(new Error(out))));
+      });
+    const table = await p2pa(["models"]);
+    expect(table).toMatch(/use-lite\s+512\s+128\s+600\s+2\s+built in/);
+    expect(table).toContain(manifestUrl);
+    const job = jobs.get(TINY) as Job;
+    const chunk = (await allChunks(sys, job.id, false))[5];
+    const found = JSON.parse(
+      await p2pa(["search", "--json", "--model", TINY, "--mode", "vector", chunk?.text ?? ""]),
+    ) as SearchResponse;
+    expect(found.results[0]?.chunk.id).toBe(chunk?.id);
+  }, 60_000);
+
   it("tells a worker started with a model the deployment does not serve, and it stops", async () => {
     const child = spawn(
       process.execPath,

@@ -135,6 +135,7 @@ function program(): Command {
     .description("Index files and folders (text, Markdown, HTML, PDF, DOCX) and follow the job")
     .argument("<paths...>", "files or folders; a folder's files are named by their path in it")
     .option("-c, --collection <name>", "the collection to index into")
+    .option("--model <id>", "the model to embed with (p2pa models lists them)")
     .option(
       "-m, --metadata <json>",
       "metadata (a JSON object) for every document",
@@ -155,6 +156,7 @@ function program(): Command {
       const options = {
         ...(o.options ?? {}),
         ...(o.collection ? { collection: o.collection } : {}),
+        ...(o.model ? { model: o.model } : {}),
       };
       const jobs: (Job & { ingest: Schemas["IngestReport"] })[] = [];
       const uploads = batches(files);
@@ -220,6 +222,7 @@ function program(): Command {
     .argument("<query>", "what to look for, in your words")
     .option("-n, --top-k <n>", "results to show", positive, 5)
     .option("-c, --collection <name...>", "collections to search (default: all)")
+    .option("--model <id>", "the model whose index to search (default: use-lite)")
     .option(
       "-f, --filter <key=value>",
       "metadata filter, repeatable (=, !=, <, <=, >, >=)",
@@ -236,6 +239,7 @@ function program(): Command {
             ...(o.collection ? { collections: o.collection } : {}),
             ...(o.filter ? { filter: o.filter } : {}),
             ...(o.mode ? { mode: o.mode } : {}),
+            ...(o.model ? { model: o.model } : {}),
           },
         }),
       );
@@ -341,11 +345,35 @@ function program(): Command {
     });
 
   prog
-    .command("workers")
-    .description("Connected workers (an operator key lists the whole fleet)")
+    .command("models")
+    .description("The models this deployment serves, with the workers connected for each")
     .action(async (_o, cmd: Command) => {
       const { client, out } = context(cmd);
-      const list = await unwrap(client.api.GET("/v1/workers"));
+      const list = await unwrap(client.api.GET("/v1/models"));
+      if (out.json) return printJson(list);
+      table(
+        out,
+        ["MODEL", "DIMENSIONS", "TOKENS", "CHUNK CHARS", "WORKERS", "MANIFEST"],
+        list.data.map((m) => [
+          m.id,
+          m.dimension,
+          m.maxTokens,
+          m.defaultChunkChars,
+          m.workers,
+          m.manifest?.url ?? "built in",
+        ]),
+      );
+    });
+
+  prog
+    .command("workers")
+    .description("Connected workers (an operator key lists the whole fleet)")
+    .option("--model <id>", "the model whose workers to list (default: use-lite)")
+    .action(async (o, cmd: Command) => {
+      const { client, out } = context(cmd);
+      const list = await unwrap(
+        client.api.GET("/v1/workers", { params: { query: o.model ? { model: o.model } : {} } }),
+      );
       if (out.json) return printJson(list);
       const workers = list.shards.flatMap((s) => s.workers);
       table(
