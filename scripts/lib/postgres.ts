@@ -23,6 +23,8 @@ export interface LocalPostgres {
   url: string;
   /** The Neon driver's `wsProxy` setting for this server (`PG_WS_PROXY`): `127.0.0.1:PORT/v2`. */
   wsProxy: string;
+  /** Runs SQL statements directly (seeding, tests), outside any client connection. */
+  exec(sql: string): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -60,6 +62,9 @@ export async function startPostgres(options: PostgresOptions = {}): Promise<Loca
   return {
     url: `postgres://postgres:postgres@${host}:${port}/postgres`,
     wsProxy: proxy.wsProxy,
+    async exec(sql) {
+      await db.exec(sql);
+    },
     async stop() {
       await proxy.stop();
       await server.stop();
@@ -95,6 +100,8 @@ export async function startWsProxy(
       connected = true;
       for (const b of early.splice(0)) socket.write(b);
     });
+    const terminates = terminateWatcher();
+    let terminated = false;
     ws.on("message", (data: Buffer | ArrayBuffer | Buffer[]) => {
       const bytes = Array.isArray(data)
         ? Buffer.concat(data)
@@ -103,10 +110,23 @@ export async function startWsProxy(
           : Buffer.from(data);
       if (connected) socket.write(bytes);
       else early.push(bytes);
+      // A client that says Terminate is done. Postgres would close the connection; pglite-socket
+      // keeps it, counted against maxConnections, for as long as the WebSocket stays open, and a
+      // client in workerd leaves that open until its request ends. So the proxy ends the TCP
+      // side at once and leaves the WebSocket to the client, which no longer reads from it.
+      if (terminates(bytes)) {
+        terminated = true;
+        if (connected) socket.end();
+        else socket.once("connect", () => socket.end());
+      }
     });
     socket.on("data", (chunk) => ws.send(chunk));
-    socket.on("close", () => ws.close());
-    socket.on("error", () => ws.close());
+    socket.on("close", () => {
+      if (!terminated) ws.close();
+    });
+    socket.on("error", () => {
+      if (!terminated) ws.close();
+    });
     ws.on("close", () => socket.destroy());
     ws.on("error", () => socket.destroy());
   });
@@ -120,5 +140,38 @@ export async function startWsProxy(
         wss.close();
         http.close(() => resolve());
       }),
+  };
+}
+
+/**
+ * Follows the client's half of the Postgres protocol, chunk by chunk, and says when it has sent
+ * Terminate ('X'). Message bodies are counted, not kept. The first message has no type byte,
+ * and neither has the startup message that follows an 8-byte SSL or GSS encryption request.
+ */
+function terminateWatcher(): (chunk: Buffer) => boolean {
+  let startup = true;
+  let header = Buffer.alloc(0);
+  let skip = 0;
+  return (chunk) => {
+    let at = 0;
+    while (at < chunk.length) {
+      if (skip > 0) {
+        const n = Math.min(skip, chunk.length - at);
+        skip -= n;
+        at += n;
+        continue;
+      }
+      const size = startup ? 4 : 5;
+      const take = Math.min(size - header.length, chunk.length - at);
+      header = Buffer.concat([header, chunk.subarray(at, at + take)]);
+      at += take;
+      if (header.length < size) return false;
+      const length = header.readInt32BE(size - 4);
+      if (!startup && header[0] === 0x58) return true;
+      if (startup) startup = length === 8;
+      skip = length - 4;
+      header = Buffer.alloc(0);
+    }
+    return false;
   };
 }

@@ -4,9 +4,11 @@
  *   expression indexes that stand in for Vectorize metadata indexes (the local index's Durable
  *   Object SQLite, or D1 with another JSON column);
  * - `compileTests` / `compileMatcher`: to JS predicates over values already in memory (the
- *   local index's in-memory form, see memory.ts).
+ *   local index's in-memory form, see memory.ts);
+ * - and, in postgres-filter.ts, from the same validated clauses (`parseFilter`) to a Postgres
+ *   condition over a jsonb column (the pgvector index, pgvector.ts).
  *
- * Semantics, strictly typed in both (tests/vector/filter-semantics.test.ts checks they agree):
+ * Semantics, strictly typed in all (tests/vector/filter-semantics.test.ts checks they agree):
  * - a key is read like SQLite's `json_extract(metadata, '$."a"."b"')`: dots descend into
  *   objects only (never into arrays or strings); a key the vector lacks and an explicit JSON
  *   null are the same "missing" value;
@@ -21,8 +23,8 @@
  *   never match a missing key or a value of another type; booleans and null cannot be ranged.
  *
  * Long strings: Vectorize indexes only the first 64 bytes of a string value, so to its filters
- * two values that share their first 64 bytes are equal. Here strings compare whole, in both
- * compilers, because a truncated comparison cannot use a SQLite expression index on the
+ * two values that share their first 64 bytes are equal. Here strings compare whole, in every
+ * compiler, because a truncated comparison cannot use a SQLite expression index on the
  * json_extract expression and, cut on character boundaries, is not even order-preserving (so
  * ranges could not be served by an index either). The two can only disagree on strings longer
  * than about 60 bytes; the product's indexed keys (tenant, job and document ids) are shorter.
@@ -47,11 +49,11 @@ const COLUMN = "metadata";
 const MAX_FILTER_BYTES = 2048;
 const MAX_KEY_CHARS = 512;
 
-type Scalar = string | number | boolean;
-type RangeOp = "$lt" | "$lte" | "$gt" | "$gte";
+export type Scalar = string | number | boolean;
+export type RangeOp = "$lt" | "$lte" | "$gt" | "$gte";
 
 /** A filter reduced to its conditions, all validated. */
-type Clause =
+export type Clause =
   | { key: string; op: "$eq" | "$ne"; value: Scalar | null }
   | { key: string; op: RangeOp; value: string | number }
   | { key: string; op: "$in" | "$nin"; values: Scalar[] };
@@ -97,9 +99,13 @@ export function checkKey(key: string): void {
 /**
  * Validates a filter and lists its conditions. `indexed` holds the keys that have a metadata
  * index: Vectorize cannot filter on any other key (such vectors silently never match there),
- * so the local index refuses the filter instead of answering differently.
+ * so the local index refuses the filter instead of answering differently. Every compiler starts
+ * here, so all of them accept and refuse the same filters with the same messages.
  */
-function parseFilter(filter: VectorizeVectorMetadataFilter, indexed: readonly string[]): Clause[] {
+export function parseFilter(
+  filter: VectorizeVectorMetadataFilter,
+  indexed: readonly string[],
+): Clause[] {
   const entries = Object.entries(filter);
   if (entries.length === 0) throw new Error("filter must not be empty");
   if (new TextEncoder().encode(JSON.stringify(filter)).byteLength >= MAX_FILTER_BYTES)

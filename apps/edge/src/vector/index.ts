@@ -3,14 +3,16 @@ import { requireModel } from "../lib/models.js";
 import { slices } from "../lib/slices.js";
 import { localIndexName } from "./config.js";
 import type { LocalVectorIndex } from "./local-index.js";
+import { modelPgvectorIndex } from "./pgvector.js";
 import type { VectorIndex } from "./types.js";
 
 export type { VectorIndex } from "./types.js";
 
 /**
- * The vector index of `model`: its Vectorize binding when `VECTOR_BACKEND` is "vectorize",
- * otherwise the model's `LocalVectorIndex` Durable Object behind the same interface, so
- * callers never know which one they hold. Each model has an index of its own, so vectors of
+ * The vector index of `model`: its Vectorize binding when `VECTOR_BACKEND` is "vectorize", its
+ * table in Postgres (`DATABASE_URL`, pgvector.ts) when it is "pgvector", otherwise the model's
+ * `LocalVectorIndex` Durable Object, all behind the same interface, so callers never know
+ * which one they hold. Each model has an index of its own, so vectors of
  * different models never mix: use-lite's binding is VECTORIZE, a registered model's the one
  * its entry in MODELS names (VECTORIZE_<ID> by default).
  */
@@ -28,6 +30,7 @@ export function getVectorIndex(env: Env, model: string): VectorIndex {
     // with the v2 shapes (`mutationId`, `vectorCount`). See types.ts.
     return index as Vectorize;
   }
+  if (env.VECTOR_BACKEND === "pgvector") return modelPgvectorIndex(env, model);
   return localVectorIndex(env.LOCAL_VECTORS, localIndexName(model));
 }
 

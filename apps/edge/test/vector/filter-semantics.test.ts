@@ -1,5 +1,6 @@
 import { env, runInDurableObject } from "cloudflare:test";
-import { beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { postgresPool } from "../../src/db/postgres.js";
 import {
   compareCodePoints,
   compileFilter,
@@ -7,11 +8,13 @@ import {
   indexedValue,
   type SqlValue,
 } from "../../src/vector/filter.js";
+import { compilePostgresFilter } from "../../src/vector/postgres-filter.js";
 
-// One table of (filter, expected matches) over one set of documents, run three ways: the JS
-// matcher, the SQL condition in a Durable Object's SQLite (the local index's column), and the
-// SQL condition in D1 under another column expression (as the product's D1 queries use it).
-// All three must give exactly the expected ids.
+// One table of (filter, expected matches) over one set of documents, run four ways: the JS
+// matcher, the SQL condition in a Durable Object's SQLite (the local index's column), the SQL
+// condition in D1 under another column expression (as the product's D1 queries use it), and the
+// Postgres condition over jsonb (the pgvector index's column). All must give exactly the
+// expected ids.
 
 /** Every stored value that is present (not missing, not JSON null). */
 const PRESENT = [
@@ -180,6 +183,68 @@ describe("metadata filter semantics, JS and SQL alike", () => {
     });
   });
 
+  describe("in Postgres, over a jsonb column", () => {
+    const table = `filter_cases_${crypto.randomUUID().slice(0, 8)}`;
+    /** Runs `work` on a pool of its own, ended afterwards (a pool belongs to the request). */
+    const withPostgres = async <T>(work: (pool: ReturnType<typeof postgresPool>) => Promise<T>) => {
+      const pool = postgresPool(env);
+      try {
+        return await work(pool);
+      } finally {
+        await pool.end();
+      }
+    };
+    const run = (filter: VectorizeVectorMetadataFilter) =>
+      withPostgres(async (pool) => {
+        const c = compilePostgresFilter(filter, KEYS, { column: "c.doc" });
+        const { rows } = await pool.query<{ name: string }>(
+          `SELECT c.name FROM ${table} AS c WHERE ${c.sql}`,
+          c.params,
+        );
+        return rows.map((r) => r.name).sort();
+      });
+
+    beforeAll(async () => {
+      await withPostgres(async (pool) => {
+        await pool.query(`CREATE TABLE ${table} (name text PRIMARY KEY, doc jsonb NOT NULL)`);
+        await pool.query(`INSERT INTO ${table} SELECT * FROM unnest($1::text[], $2::jsonb[])`, [
+          Object.keys(DOCS),
+          Object.values(DOCS).map((d) => JSON.stringify(d)),
+        ]);
+      });
+    });
+    afterAll(() => withPostgres((pool) => pool.query(`DROP TABLE IF EXISTS ${table}`)));
+
+    it("compilePostgresFilter gives the same", async () => {
+      for (const [filter, expected] of CASES)
+        expect({ filter, got: await run(filter) }).toEqual({ filter, got: [...expected].sort() });
+    });
+
+    it("agrees with the JS matcher on strings Postgres cannot hold, instead of failing", async () => {
+      // U+0000 and lone surrogates never reach jsonb, so equality with them never matches and a
+      // range bound holding U+0000 selects what the code point order says.
+      const filters: VectorizeVectorMetadataFilter[] = [
+        { v: "abc\u0000" },
+        { v: { $ne: "abc\u0000" } },
+        { v: { $in: ["abc", "\u0000", "\uD800"] } },
+        { v: { $nin: ["\u0000", 5] } },
+        { v: "\uDFFF" },
+        { v: { $ne: "\uD83D" } },
+        { v: { $lt: "abc\u0000" } },
+        { v: { $lte: "abc\u0000x" } },
+        { v: { $gt: "abc\u0000" } },
+        { v: { $gte: "ab\u0000" } },
+        { v: { $gt: "\u0000" } },
+        { v: { $lt: "\u0000" } },
+      ];
+      for (const filter of filters) {
+        const match = compileMatcher(filter, KEYS);
+        const expected = ALL.filter((name) => match((key) => indexedValue(DOCS[name], key)));
+        expect({ filter, got: await run(filter) }).toEqual({ filter, got: expected.sort() });
+      }
+    });
+  });
+
   it("rejects the same filters with the same errors", () => {
     const bad: [unknown, RegExp][] = [
       [{}, /must not be empty/],
@@ -199,6 +264,7 @@ describe("metadata filter semantics, JS and SQL alike", () => {
       const f = filter as VectorizeVectorMetadataFilter;
       expect(() => compileFilter(f, KEYS)).toThrow(error);
       expect(() => compileMatcher(f, KEYS)).toThrow(error);
+      expect(() => compilePostgresFilter(f, KEYS)).toThrow(error);
     }
   });
 

@@ -1,0 +1,156 @@
+/**
+ * What every stand-in for a Vectorize index enforces and returns the same way: Vectorize v2's
+ * limits (developers.cloudflare.com/vectorize/platform/limits and the query() reference), the
+ * checks on vectors, ids and queries with their error messages, and the shape of metadata a
+ * query returns. The pgvector index uses these; they are the rules local-index.ts applies.
+ */
+
+export const VECTORIZE_LIMITS = {
+  maxDimensions: 1536,
+  maxIdBytes: 64,
+  maxNamespaceBytes: 64,
+  maxMetadataBytes: 10 * 1024,
+  /** Vectors per insert/upsert call through a Workers binding. */
+  maxBatch: 1000,
+  defaultTopK: 5,
+  /** topK without values and with metadata "none" or "indexed". */
+  maxTopK: 100,
+  /** topK with `returnValues: true` or `returnMetadata: "all"`. */
+  maxTopKWithData: 50,
+  maxMetadataIndexes: 10,
+  /** Vectorize indexes (and returns as "indexed") only the first 64 bytes of a string. */
+  indexedStringBytes: 64,
+} as const;
+
+const utf8 = new TextEncoder();
+const fromUtf8 = new TextDecoder();
+
+/** A validated vector: float32 values as stored, metadata as its JSON text. */
+export interface Prepared {
+  id: string;
+  namespace: string | null;
+  metadata: string | null;
+  values: Float32Array;
+}
+
+/** Checks one vector of a write against Vectorize's limits. */
+export function prepare(v: VectorizeVector): Prepared {
+  if (typeof v?.id !== "string" || v.id.length === 0)
+    throw new Error("every vector needs a non-empty string id");
+  if (byteLength(v.id) > VECTORIZE_LIMITS.maxIdBytes)
+    throw new Error(`vector id "${v.id}" is longer than ${VECTORIZE_LIMITS.maxIdBytes} bytes`);
+  const values = toFloat32(v.values, `vector "${v.id}"`);
+  const namespace = v.namespace ?? null;
+  if (namespace !== null && byteLength(namespace) > VECTORIZE_LIMITS.maxNamespaceBytes)
+    throw new Error(
+      `namespace "${namespace}" is longer than ${VECTORIZE_LIMITS.maxNamespaceBytes} bytes`,
+    );
+  const metadata = v.metadata === undefined ? null : JSON.stringify(v.metadata);
+  if (metadata !== null && byteLength(metadata) > VECTORIZE_LIMITS.maxMetadataBytes)
+    throw new Error(`metadata of "${v.id}" is over ${VECTORIZE_LIMITS.maxMetadataBytes} bytes`);
+  return { id: v.id, namespace, metadata, values };
+}
+
+/** Checks a write's batch size and every vector in it, and that all have `dimensions`. */
+export function prepareBatch(vectors: VectorizeVector[], dimensions: number): Prepared[] {
+  if (!Array.isArray(vectors)) throw new Error("vectors must be an array");
+  if (vectors.length > VECTORIZE_LIMITS.maxBatch)
+    throw new Error(`at most ${VECTORIZE_LIMITS.maxBatch} vectors per call, got ${vectors.length}`);
+  const rows = vectors.map(prepare);
+  for (const r of rows) {
+    if (r.values.length !== dimensions)
+      throw new Error(
+        `vector "${r.id}" has ${r.values.length} dimensions; the index has ${dimensions} dimensions`,
+      );
+  }
+  return rows;
+}
+
+/** Copies values into a float32 array of their own (the stored form) and checks them. */
+export function toFloat32(values: VectorFloatArray | number[], what: string): Float32Array {
+  if (!Array.isArray(values) && !(values instanceof Float32Array || values instanceof Float64Array))
+    throw new Error(`${what} must be an array of numbers`);
+  const v = new Float32Array(values);
+  for (let i = 0; i < v.length; i++) {
+    if (!Number.isFinite(v[i])) throw new Error(`${what} has a non-finite value at ${i}`);
+  }
+  return v;
+}
+
+export function checkIds(ids: string[]): string[] {
+  if (!Array.isArray(ids) || ids.some((id) => typeof id !== "string"))
+    throw new Error("ids must be an array of strings");
+  return ids;
+}
+
+/** A query's options checked: topK within Vectorize's bounds, and the metadata level asked. */
+export function queryOptions(options: VectorizeQueryOptions): {
+  topK: number;
+  returnValues: boolean;
+  level: VectorizeMetadataRetrievalLevel;
+} {
+  const { topK = VECTORIZE_LIMITS.defaultTopK, returnValues = false } = options;
+  const level = metadataLevel(options.returnMetadata);
+  const max =
+    returnValues || level === "all" ? VECTORIZE_LIMITS.maxTopKWithData : VECTORIZE_LIMITS.maxTopK;
+  if (!Number.isInteger(topK) || topK < 1 || topK > max)
+    throw new Error(
+      `topK must be an integer from 1 to ${max} ` +
+        `(${VECTORIZE_LIMITS.maxTopKWithData} with returnValues or returnMetadata "all"), got ${topK}`,
+    );
+  return { topK, returnValues, level };
+}
+
+function metadataLevel(
+  m: VectorizeQueryOptions["returnMetadata"],
+): VectorizeMetadataRetrievalLevel {
+  // The boolean form is the v1 API: true meant everything.
+  if (m === undefined || m === false) return "none";
+  if (m === true) return "all";
+  if (m === "none" || m === "indexed" || m === "all") return m;
+  throw new Error(`returnMetadata must be "none", "indexed" or "all", got ${String(m)}`);
+}
+
+export function parseMetadata(
+  json: string | null,
+): Record<string, VectorizeVectorMetadata> | undefined {
+  return json === null ? undefined : (JSON.parse(json) as Record<string, VectorizeVectorMetadata>);
+}
+
+/**
+ * What Vectorize returns for `returnMetadata: "indexed"`: only the indexed keys with scalar
+ * values, strings cut to their first 64 bytes on a character boundary.
+ */
+export function pickIndexed(
+  metadata: Record<string, VectorizeVectorMetadata> | undefined,
+  keys: readonly string[],
+): Record<string, VectorizeVectorMetadata> {
+  const out: Record<string, unknown> = {};
+  for (const key of keys) {
+    const path = key.split(".");
+    let value: unknown = metadata;
+    for (const seg of path) value = (value as Record<string, unknown> | undefined)?.[seg];
+    if (typeof value === "string") value = truncateUtf8(value, VECTORIZE_LIMITS.indexedStringBytes);
+    else if (typeof value !== "number" && typeof value !== "boolean") continue;
+    let target = out;
+    for (const seg of path.slice(0, -1)) {
+      target[seg] ??= {};
+      target = target[seg] as Record<string, unknown>;
+    }
+    target[path[path.length - 1] as string] = value;
+  }
+  return out as Record<string, VectorizeVectorMetadata>;
+}
+
+function truncateUtf8(s: string, maxBytes: number): string {
+  const bytes = utf8.encode(s);
+  if (bytes.length <= maxBytes) return s;
+  let end = maxBytes;
+  // Back off while the first byte left out continues a character, so none is cut in half.
+  while (end > 0 && ((bytes[end] as number) & 0xc0) === 0x80) end--;
+  return fromUtf8.decode(bytes.subarray(0, end));
+}
+
+function byteLength(s: string): number {
+  return utf8.encode(s).byteLength;
+}
