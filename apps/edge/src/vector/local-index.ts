@@ -3,47 +3,20 @@ import { configForName, type LocalIndexConfig } from "./config.js";
 import { checkKey, compileTests, indexedValue, metadataExpression } from "./filter.js";
 import { type Entry, MemoryIndex } from "./memory.js";
 import { norm } from "./topk.js";
+import {
+  checkDimensions,
+  checkIds,
+  checkMetadataIndexCount,
+  prepareBatch,
+  queryOptions,
+  queryVector,
+  returnedMetadata,
+  type StoredVector,
+  toMatch,
+  vectorsByIds,
+} from "./vectorize-rules.js";
 
 const SCHEMA_VERSION = 1;
-
-/**
- * Vectorize v2's limits (developers.cloudflare.com/vectorize/platform/limits and the query()
- * reference), enforced locally so that what works here also works in production.
- */
-const VECTORIZE_LIMITS = {
-  maxDimensions: 1536,
-  maxIdBytes: 64,
-  maxNamespaceBytes: 64,
-  maxMetadataBytes: 10 * 1024,
-  /** Vectors per insert/upsert call through a Workers binding. */
-  maxBatch: 1000,
-  defaultTopK: 5,
-  /** topK without values and with metadata "none" or "indexed". */
-  maxTopK: 100,
-  /** topK with `returnValues: true` or `returnMetadata: "all"`. */
-  maxTopKWithData: 50,
-  maxMetadataIndexes: 10,
-  /** Vectorize indexes (and returns as "indexed") only the first 64 bytes of a string. */
-  indexedStringBytes: 64,
-} as const;
-
-const utf8 = new TextEncoder();
-const fromUtf8 = new TextDecoder();
-
-/** A stored vector as read back for results. */
-type StoredRow = {
-  namespace: string | null;
-  metadata: string | null;
-  vec: ArrayBuffer;
-};
-
-/** A validated vector, ready to bind. */
-interface Prepared {
-  id: string;
-  namespace: string | null;
-  metadata: string | null;
-  values: Float32Array;
-}
 
 /**
  * The local stand-in for a Vectorize index (Vectorize has no local simulator): the same
@@ -129,20 +102,12 @@ export class LocalVectorIndex extends DurableObject<Env> {
   }
 
   private applyConfig({ dimensions, metadataIndexes = [] }: LocalIndexConfig): void {
-    if (
-      !Number.isInteger(dimensions) ||
-      dimensions < 1 ||
-      dimensions > VECTORIZE_LIMITS.maxDimensions
-    )
-      throw new Error(`dimensions must be an integer from 1 to ${VECTORIZE_LIMITS.maxDimensions}`);
+    checkDimensions(dimensions);
     if (this.dimensions !== 0 && this.dimensions !== dimensions)
       throw new Error(`index has ${this.dimensions} dimensions; it cannot change to ${dimensions}`);
     for (const key of metadataIndexes) checkKey(key);
     const keys = [...new Set([...this.metadataIndexes, ...metadataIndexes])];
-    if (keys.length > VECTORIZE_LIMITS.maxMetadataIndexes)
-      throw new Error(
-        `an index has at most ${VECTORIZE_LIMITS.maxMetadataIndexes} metadata indexes`,
-      );
+    checkMetadataIndexCount(keys);
     this.ctx.storage.transactionSync(() => {
       this.setMeta("dimensions", String(dimensions));
       this.setMeta("metadata_indexes", JSON.stringify(keys));
@@ -170,20 +135,9 @@ export class LocalVectorIndex extends DurableObject<Env> {
   }
 
   private write(vectors: VectorizeVector[], overwrite: boolean): VectorizeAsyncMutation {
-    if (!Array.isArray(vectors)) throw new Error("vectors must be an array");
-    if (vectors.length > VECTORIZE_LIMITS.maxBatch)
-      throw new Error(
-        `at most ${VECTORIZE_LIMITS.maxBatch} vectors per call, got ${vectors.length}`,
-      );
-    const rows = vectors.map(prepare);
     // First write fixes the dimensions of an unconfigured index; the whole batch must agree.
+    const rows = prepareBatch(vectors, this.dimensions);
     const dims = this.dimensions || (rows[0]?.values.length ?? 0);
-    for (const r of rows) {
-      if (r.values.length !== dims)
-        throw new Error(
-          `vector "${r.id}" has ${r.values.length} dimensions; the index has ${dims} dimensions`,
-        );
-    }
     const sql = `INSERT INTO vectors (id, namespace, norm, metadata, vec) VALUES (?, ?, ?, ?, ?)
       ON CONFLICT (id) DO ${
         overwrite
@@ -216,63 +170,31 @@ export class LocalVectorIndex extends DurableObject<Env> {
     vector: VectorFloatArray | number[],
     options: VectorizeQueryOptions = {},
   ): Promise<VectorizeMatches> {
-    const {
-      topK = VECTORIZE_LIMITS.defaultTopK,
-      returnValues = false,
-      namespace,
-      filter,
-    } = options;
-    const level = metadataLevel(options.returnMetadata);
-    const max =
-      returnValues || level === "all" ? VECTORIZE_LIMITS.maxTopKWithData : VECTORIZE_LIMITS.maxTopK;
-    if (!Number.isInteger(topK) || topK < 1 || topK > max)
-      throw new Error(
-        `topK must be an integer from 1 to ${max} ` +
-          `(${VECTORIZE_LIMITS.maxTopKWithData} with returnValues or returnMetadata "all"), got ${topK}`,
-      );
-    const q = toFloat32(vector, "query vector");
+    const { topK, returnValues, level } = queryOptions(options);
+    const { namespace, filter } = options;
+    const q = queryVector(vector, this.dimensions);
     if (this.dimensions === 0) return { matches: [], count: 0 };
-    if (q.length !== this.dimensions)
-      throw new Error(
-        `query vector has ${q.length} dimensions; the index has ${this.dimensions} dimensions`,
-      );
 
     // Before loading anything, so that a filter that cannot run costs nothing.
     const tests = filter === undefined ? undefined : compileTests(filter, this.metadataIndexes);
     const memory = this.loadMemory();
     const top = memory.search(q, topK, { namespace, tests });
 
-    const matches: VectorizeMatch[] = top.map(({ id, score, namespace: ns }) =>
-      ns === null ? { id, score } : { id, score, namespace: ns },
-    );
+    const matches = top.map(({ id, score, namespace: ns }) => toMatch(id, score, ns));
     if (returnValues) {
       for (const m of matches) m.values = Array.from(memory.valuesOf(m.id) ?? []);
     }
     if (level !== "none" && matches.length > 0) {
       const rows = this.metadataByIds(matches.map((m) => m.id));
-      for (const m of matches) {
-        const json = rows.get(m.id) ?? null;
-        if (level === "all") m.metadata = parseMetadata(json) ?? {};
-        else m.metadata = pickIndexed(parseMetadata(json), this.metadataIndexes);
-      }
+      for (const m of matches)
+        m.metadata = returnedMetadata(level, rows.get(m.id) ?? null, this.metadataIndexes);
     }
     return { matches, count: matches.length };
   }
 
   /** The stored vectors with these ids, in the order asked; unknown ids are left out. */
   async getByIds(ids: string[]): Promise<VectorizeVector[]> {
-    const rows = this.rowsByIds(checkIds(ids));
-    const out: VectorizeVector[] = [];
-    for (const id of new Set(ids)) {
-      const row = rows.get(id);
-      if (!row) continue;
-      const v: VectorizeVector = { id, values: Array.from(new Float32Array(row.vec)) };
-      if (row.namespace !== null) v.namespace = row.namespace;
-      const metadata = parseMetadata(row.metadata);
-      if (metadata) v.metadata = metadata;
-      out.push(v);
-    }
-    return out;
+    return vectorsByIds(ids, this.rowsByIds(checkIds(ids)));
   }
 
   /** Removes the vectors with these ids; unknown ids are ignored. */
@@ -345,14 +267,20 @@ export class LocalVectorIndex extends DurableObject<Env> {
     return new Map(Array.from(cursor, (r) => [r.id, r.metadata]));
   }
 
-  private rowsByIds(ids: string[]): Map<string, StoredRow> {
-    const out = new Map<string, StoredRow>();
+  private rowsByIds(ids: string[]): Map<string, StoredVector> {
+    const out = new Map<string, StoredVector>();
     if (ids.length === 0) return out;
-    const cursor = this.sql.exec<StoredRow & { id: string }>(
+    const cursor = this.sql.exec<{
+      id: string;
+      namespace: string | null;
+      metadata: string | null;
+      vec: ArrayBuffer;
+    }>(
       "SELECT id, namespace, metadata, vec FROM vectors WHERE id IN (SELECT value FROM json_each(?))",
       JSON.stringify(ids),
     );
-    for (const { id, ...rest } of cursor) out.set(id, rest);
+    for (const { id, namespace, metadata, vec } of cursor)
+      out.set(id, { namespace, metadata, values: Array.from(new Float32Array(vec)) });
     return out;
   }
 
@@ -382,90 +310,4 @@ function toEntry(
 ): Entry {
   const parsed: unknown = metadata === null || keys.length === 0 ? undefined : JSON.parse(metadata);
   return { id, namespace, values, fields: keys.map((key) => indexedValue(parsed, key)) };
-}
-
-function byteLength(s: string): number {
-  return utf8.encode(s).byteLength;
-}
-
-function checkIds(ids: string[]): string[] {
-  if (!Array.isArray(ids) || ids.some((id) => typeof id !== "string"))
-    throw new Error("ids must be an array of strings");
-  return ids;
-}
-
-/** Copies values into a float32 array of their own (the stored form) and checks them. */
-function toFloat32(values: VectorFloatArray | number[], what: string): Float32Array {
-  if (!Array.isArray(values) && !(values instanceof Float32Array || values instanceof Float64Array))
-    throw new Error(`${what} must be an array of numbers`);
-  const v = new Float32Array(values);
-  for (let i = 0; i < v.length; i++) {
-    if (!Number.isFinite(v[i])) throw new Error(`${what} has a non-finite value at ${i}`);
-  }
-  return v;
-}
-
-function prepare(v: VectorizeVector): Prepared {
-  if (typeof v?.id !== "string" || v.id.length === 0)
-    throw new Error("every vector needs a non-empty string id");
-  if (byteLength(v.id) > VECTORIZE_LIMITS.maxIdBytes)
-    throw new Error(`vector id "${v.id}" is longer than ${VECTORIZE_LIMITS.maxIdBytes} bytes`);
-  const values = toFloat32(v.values, `vector "${v.id}"`);
-  const namespace = v.namespace ?? null;
-  if (namespace !== null && byteLength(namespace) > VECTORIZE_LIMITS.maxNamespaceBytes)
-    throw new Error(
-      `namespace "${namespace}" is longer than ${VECTORIZE_LIMITS.maxNamespaceBytes} bytes`,
-    );
-  const metadata = v.metadata === undefined ? null : JSON.stringify(v.metadata);
-  if (metadata !== null && byteLength(metadata) > VECTORIZE_LIMITS.maxMetadataBytes)
-    throw new Error(`metadata of "${v.id}" is over ${VECTORIZE_LIMITS.maxMetadataBytes} bytes`);
-  return { id: v.id, namespace, metadata, values };
-}
-
-function metadataLevel(
-  m: VectorizeQueryOptions["returnMetadata"],
-): VectorizeMetadataRetrievalLevel {
-  // The boolean form is the v1 API: true meant everything.
-  if (m === undefined || m === false) return "none";
-  if (m === true) return "all";
-  if (m === "none" || m === "indexed" || m === "all") return m;
-  throw new Error(`returnMetadata must be "none", "indexed" or "all", got ${String(m)}`);
-}
-
-function parseMetadata(json: string | null): Record<string, VectorizeVectorMetadata> | undefined {
-  return json === null ? undefined : (JSON.parse(json) as Record<string, VectorizeVectorMetadata>);
-}
-
-/**
- * What Vectorize returns for `returnMetadata: "indexed"`: only the indexed keys with scalar
- * values, strings cut to their first 64 bytes on a character boundary.
- */
-function pickIndexed(
-  metadata: Record<string, VectorizeVectorMetadata> | undefined,
-  keys: readonly string[],
-): Record<string, VectorizeVectorMetadata> {
-  const out: Record<string, unknown> = {};
-  for (const key of keys) {
-    const path = key.split(".");
-    let value: unknown = metadata;
-    for (const seg of path) value = (value as Record<string, unknown> | undefined)?.[seg];
-    if (typeof value === "string") value = truncateUtf8(value, VECTORIZE_LIMITS.indexedStringBytes);
-    else if (typeof value !== "number" && typeof value !== "boolean") continue;
-    let target = out;
-    for (const seg of path.slice(0, -1)) {
-      target[seg] ??= {};
-      target = target[seg] as Record<string, unknown>;
-    }
-    target[path[path.length - 1] as string] = value;
-  }
-  return out as Record<string, VectorizeVectorMetadata>;
-}
-
-function truncateUtf8(s: string, maxBytes: number): string {
-  const bytes = utf8.encode(s);
-  if (bytes.length <= maxBytes) return s;
-  let end = maxBytes;
-  // Back off while the first byte left out continues a character, so none is cut in half.
-  while (end > 0 && ((bytes[end] as number) & 0xc0) === 0x80) end--;
-  return fromUtf8.decode(bytes.subarray(0, end));
 }

@@ -12,14 +12,16 @@ import {
 import { compilePostgresFilter, jsonbKeyExpression } from "./postgres-filter.js";
 import type { VectorIndex } from "./types.js";
 import {
+  checkDimensions,
   checkIds,
+  checkMetadataIndexCount,
   type Prepared,
-  parseMetadata,
-  pickIndexed,
   prepareBatch,
   queryOptions,
-  toFloat32,
-  VECTORIZE_LIMITS,
+  queryVector,
+  returnedMetadata,
+  toMatch,
+  vectorsByIds,
 } from "./vectorize-rules.js";
 
 /**
@@ -170,11 +172,7 @@ class PgvectorIndex implements VectorIndex {
   ): Promise<VectorizeMatches> {
     const { dimensions } = this.requireConfig();
     const { topK, returnValues, level } = queryOptions(options);
-    const q = toFloat32(vector, "query vector");
-    if (q.length !== dimensions)
-      throw new Error(
-        `query vector has ${q.length} dimensions; the index has ${dimensions} dimensions`,
-      );
+    const q = queryVector(vector, dimensions);
     const { namespace, filter } = options;
     // A filter that cannot run costs nothing once this isolate knows the metadata indexes.
     const known = this.knownIndexes();
@@ -195,14 +193,9 @@ class PgvectorIndex implements VectorIndex {
       const { rows } = await db.query<SearchRow>(sql, params);
       await db.query("COMMIT");
       return rows.map((r) => {
-        const m: VectorizeMatch =
-          r.namespace === null
-            ? { id: r.id, score: r.score }
-            : { id: r.id, score: r.score, namespace: r.namespace };
+        const m = toMatch(r.id, r.score, r.namespace);
         if (returnValues) m.values = parseVector(r.embedding ?? "[]");
-        if (level === "all") m.metadata = parseMetadata(r.metadata ?? null) ?? {};
-        else if (level === "indexed")
-          m.metadata = pickIndexed(parseMetadata(r.metadata ?? null), indexed);
+        if (level !== "none") m.metadata = returnedMetadata(level, r.metadata ?? null, indexed);
         return m;
       });
     });
@@ -214,7 +207,7 @@ class PgvectorIndex implements VectorIndex {
     this.requireConfig();
     checkIds(ids);
     if (ids.length === 0) return [];
-    const rows = await this.session(async (db) => {
+    const stored = await this.session(async (db) => {
       const { rows } = await db.query<{
         id: string;
         namespace: string | null;
@@ -225,19 +218,14 @@ class PgvectorIndex implements VectorIndex {
         FROM ${this.table} WHERE id = ANY($1::text[])`,
         [ids.filter((id) => !id.includes("\u0000"))],
       );
-      return new Map(rows.map((r) => [r.id, r]));
+      return new Map(
+        rows.map((r) => [
+          r.id,
+          { namespace: r.namespace, metadata: r.metadata, values: parseVector(r.embedding) },
+        ]),
+      );
     });
-    const out: VectorizeVector[] = [];
-    for (const id of new Set(ids)) {
-      const row = rows.get(id);
-      if (!row) continue;
-      const v: VectorizeVector = { id, values: parseVector(row.embedding) };
-      if (row.namespace !== null) v.namespace = row.namespace;
-      const metadata = parseMetadata(row.metadata);
-      if (metadata) v.metadata = metadata;
-      out.push(v);
-    }
-    return out;
+    return vectorsByIds(ids, stored);
   }
 
   /** Removes the vectors with these ids; unknown ids are ignored. */
@@ -358,10 +346,7 @@ class PgvectorIndex implements VectorIndex {
         `index "${this.name}" has ${stored.dimensions} dimensions; it cannot change to ${dimensions}`,
       );
     const keys = [...new Set([...(stored?.metadata_indexes ?? []), ...metadataIndexes])];
-    if (keys.length > VECTORIZE_LIMITS.maxMetadataIndexes)
-      throw new Error(
-        `an index has at most ${VECTORIZE_LIMITS.maxMetadataIndexes} metadata indexes`,
-      );
+    checkMetadataIndexCount(keys);
     const table = pgvectorTable(this.name);
     await db.query(
       `INSERT INTO ${REGISTRY} (name, table_name, dimensions, metadata_indexes)
@@ -390,16 +375,10 @@ class PgvectorIndex implements VectorIndex {
 }
 
 function checkConfig({ dimensions, metadataIndexes = [] }: LocalIndexConfig): Config {
-  if (
-    !Number.isInteger(dimensions) ||
-    dimensions < 1 ||
-    dimensions > VECTORIZE_LIMITS.maxDimensions
-  )
-    throw new Error(`dimensions must be an integer from 1 to ${VECTORIZE_LIMITS.maxDimensions}`);
+  checkDimensions(dimensions);
   for (const key of metadataIndexes) checkKey(key);
   const keys = [...new Set(metadataIndexes)];
-  if (keys.length > VECTORIZE_LIMITS.maxMetadataIndexes)
-    throw new Error(`an index has at most ${VECTORIZE_LIMITS.maxMetadataIndexes} metadata indexes`);
+  checkMetadataIndexCount(keys);
   return { dimensions, metadataIndexes: keys };
 }
 

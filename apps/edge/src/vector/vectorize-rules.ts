@@ -2,7 +2,7 @@
  * What every stand-in for a Vectorize index enforces and returns the same way: Vectorize v2's
  * limits (developers.cloudflare.com/vectorize/platform/limits and the query() reference), the
  * checks on vectors, ids and queries with their error messages, and the shape of metadata a
- * query returns. The pgvector index uses these; they are the rules local-index.ts applies.
+ * query returns. The local index and the pgvector index both apply them from here.
  */
 
 export const VECTORIZE_LIMITS = {
@@ -51,19 +51,39 @@ export function prepare(v: VectorizeVector): Prepared {
   return { id: v.id, namespace, metadata, values };
 }
 
-/** Checks a write's batch size and every vector in it, and that all have `dimensions`. */
+/**
+ * Checks a write's batch size and every vector in it, and that all have `dimensions`; with
+ * `dimensions` 0 (an index not sized yet) all must have the length of the first.
+ */
 export function prepareBatch(vectors: VectorizeVector[], dimensions: number): Prepared[] {
   if (!Array.isArray(vectors)) throw new Error("vectors must be an array");
   if (vectors.length > VECTORIZE_LIMITS.maxBatch)
     throw new Error(`at most ${VECTORIZE_LIMITS.maxBatch} vectors per call, got ${vectors.length}`);
   const rows = vectors.map(prepare);
+  const dims = dimensions || (rows[0]?.values.length ?? 0);
   for (const r of rows) {
-    if (r.values.length !== dimensions)
+    if (r.values.length !== dims)
       throw new Error(
-        `vector "${r.id}" has ${r.values.length} dimensions; the index has ${dimensions} dimensions`,
+        `vector "${r.id}" has ${r.values.length} dimensions; the index has ${dims} dimensions`,
       );
   }
   return rows;
+}
+
+/** Checks an index's dimensions against Vectorize's bounds. */
+export function checkDimensions(dimensions: number): void {
+  if (
+    !Number.isInteger(dimensions) ||
+    dimensions < 1 ||
+    dimensions > VECTORIZE_LIMITS.maxDimensions
+  )
+    throw new Error(`dimensions must be an integer from 1 to ${VECTORIZE_LIMITS.maxDimensions}`);
+}
+
+/** Checks the number of an index's metadata indexes (distinct keys) against Vectorize's. */
+export function checkMetadataIndexCount(keys: readonly string[]): void {
+  if (keys.length > VECTORIZE_LIMITS.maxMetadataIndexes)
+    throw new Error(`an index has at most ${VECTORIZE_LIMITS.maxMetadataIndexes} metadata indexes`);
 }
 
 /** Copies values into a float32 array of their own (the stored form) and checks them. */
@@ -75,6 +95,19 @@ export function toFloat32(values: VectorFloatArray | number[], what: string): Fl
     if (!Number.isFinite(v[i])) throw new Error(`${what} has a non-finite value at ${i}`);
   }
   return v;
+}
+
+/**
+ * A query vector checked and in the stored form, of the index's `dimensions` (any length while
+ * the index is not sized yet, `dimensions` 0).
+ */
+export function queryVector(vector: VectorFloatArray | number[], dimensions: number): Float32Array {
+  const q = toFloat32(vector, "query vector");
+  if (dimensions !== 0 && q.length !== dimensions)
+    throw new Error(
+      `query vector has ${q.length} dimensions; the index has ${dimensions} dimensions`,
+    );
+  return q;
 }
 
 export function checkIds(ids: string[]): string[] {
@@ -109,6 +142,53 @@ function metadataLevel(
   if (m === true) return "all";
   if (m === "none" || m === "indexed" || m === "all") return m;
   throw new Error(`returnMetadata must be "none", "indexed" or "all", got ${String(m)}`);
+}
+
+/** A match as Vectorize returns it: no `namespace` key for a vector without one. */
+export function toMatch(id: string, score: number, namespace: string | null): VectorizeMatch {
+  return namespace === null ? { id, score } : { id, score, namespace };
+}
+
+/**
+ * The metadata a match carries at `level`, from the stored JSON: none, all of it (`{}` when
+ * there is none), or the indexed keys as `pickIndexed` returns them.
+ */
+export function returnedMetadata(
+  level: VectorizeMetadataRetrievalLevel,
+  json: string | null,
+  indexed: readonly string[],
+): Record<string, VectorizeVectorMetadata> | undefined {
+  if (level === "none") return undefined;
+  const metadata = parseMetadata(json);
+  return level === "all" ? (metadata ?? {}) : pickIndexed(metadata, indexed);
+}
+
+/** A vector as stored: its namespace and metadata JSON as kept, its values read back. */
+export interface StoredVector {
+  namespace: string | null;
+  metadata: string | null;
+  values: number[];
+}
+
+/**
+ * What getByIds returns: the stored vectors with these ids, in the order first asked, each id
+ * once; ids missing from `stored` are left out.
+ */
+export function vectorsByIds(
+  ids: readonly string[],
+  stored: ReadonlyMap<string, StoredVector>,
+): VectorizeVector[] {
+  const out: VectorizeVector[] = [];
+  for (const id of new Set(ids)) {
+    const row = stored.get(id);
+    if (!row) continue;
+    const v: VectorizeVector = { id, values: row.values };
+    if (row.namespace !== null) v.namespace = row.namespace;
+    const metadata = parseMetadata(row.metadata);
+    if (metadata) v.metadata = metadata;
+    out.push(v);
+  }
+  return out;
 }
 
 export function parseMetadata(

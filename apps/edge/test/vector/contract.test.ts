@@ -3,7 +3,7 @@ import { describe, expect, it } from "vitest";
 import { METADATA_INDEXES } from "../../src/vector/config.js";
 import { compileFilter } from "../../src/vector/filter.js";
 import { getVectorIndex, localVectorIndex } from "../../src/vector/index.js";
-import { vectorIndexContract } from "./contract.js";
+import { standInTests, vectorIndexContract } from "./contract.js";
 
 /** An empty local index under a fresh name, configured like the production one. */
 async function freshLocal(dimensions: number, metadataIndexes = [...METADATA_INDEXES]) {
@@ -61,38 +61,9 @@ describe("LocalVectorIndex beyond the contract", () => {
     expect((await mixed.describe()).vectorCount).toBe(0);
   });
 
-  it("refuses filters Vectorize could not answer, with a reason", async () => {
-    const { index } = await freshLocal(4);
-    await index.upsert([{ id: "a", values: [1, 0, 0, 0], metadata: { jobId: "j", note: "n" } }]);
-    const q = [1, 0, 0, 0];
-    await expect(index.query(q, { filter: { note: "n" } })).rejects.toThrow(/no metadata index/);
-    await expect(index.query(q, { filter: {} })).rejects.toThrow(/empty/);
-    await expect(index.query(q, { filter: { $bad: "x" } })).rejects.toThrow(/invalid/);
-    await expect(
-      index.query(q, { filter: { jobId: { $like: "j" } } as VectorizeVectorMetadataFilter }),
-    ).rejects.toThrow(/unsupported/);
-  });
-
-  it("compares metadata by type, nested keys and ranges included", async () => {
-    const { index } = await freshLocal(4, ["flag", "n", "doc.kind"]);
-    await index.upsert([
-      { id: "t", values: [1, 0, 0, 0], metadata: { flag: true, n: 1, doc: { kind: "pdf" } } },
-      { id: "one", values: [1, 0, 0, 0], metadata: { flag: 1, n: 5, doc: { kind: "txt" } } },
-      { id: "s", values: [1, 0, 0, 0], metadata: { flag: "true", n: "5" } },
-    ]);
-    const hits = async (filter: VectorizeVectorMetadataFilter) =>
-      (await index.query([1, 0, 0, 0], { filter })).matches.map((m) => m.id).sort();
-    expect(await hits({ flag: true })).toEqual(["t"]);
-    expect(await hits({ flag: { $ne: true } })).toEqual(["one", "s"]);
-    expect(await hits({ n: 5 })).toEqual(["one"]);
-    expect(await hits({ n: { $gte: 1, $lt: 5 } })).toEqual(["t"]);
-    expect(await hits({ "doc.kind": "pdf" })).toEqual(["t"]);
-    expect(await hits({ "doc.kind": null })).toEqual(["s"]);
-    expect(await hits({ "doc.kind": { $nin: ["pdf"] } })).toEqual(["one", "s"]);
-    const [m] = (await index.query([1, 0, 0, 0], { filter: { n: 1 }, returnMetadata: "indexed" }))
-      .matches;
-    expect(m?.metadata).toEqual({ flag: true, n: 1, doc: { kind: "pdf" } });
-  });
+  standInTests(
+    async (dimensions, metadataIndexes) => (await freshLocal(dimensions, metadataIndexes)).index,
+  );
 
   it("answers a filtered query through the metadata index, not a table scan", async () => {
     const { stub } = await freshLocal(4);
@@ -109,18 +80,6 @@ describe("LocalVectorIndex beyond the contract", () => {
     );
     expect(plan).toMatch(/USING INDEX vectors_meta_/);
     expect(plan).not.toMatch(/SCAN vectors\b(?! USING)/);
-  });
-
-  it("takes up to 1000 vectors a call, as a Workers binding does", async () => {
-    const { index } = await freshLocal(4);
-    const batch = (n: number) =>
-      Array.from({ length: n }, (_, i) => ({ id: `v${i}`, values: [1, i, 0, 0] }));
-    await index.upsert(batch(1000));
-    await expect(index.upsert(batch(1001))).rejects.toThrow(/at most 1000/);
-    expect((await index.describe()).vectorCount).toBe(1000);
-    // Deleting more ids than one statement may bind.
-    await index.deleteByIds(batch(1000).map((v) => v.id));
-    expect((await index.describe()).vectorCount).toBe(0);
   });
 
   it("hands out the Vectorize binding itself when the backend is vectorize", () => {

@@ -360,3 +360,59 @@ export function vectorIndexContract(
     });
   });
 }
+
+/**
+ * What the local index and the pgvector index define beyond Vectorize and both must keep:
+ * filters Vectorize could not answer are refused with a reason, metadata compares strictly by
+ * type (nested keys and ranges included), and a call takes at most 1000 vectors. Called inside
+ * a `describe`; `fresh` returns an empty index of `dimensions` with these metadata indexes
+ * (the production ones when absent).
+ */
+export function standInTests(
+  fresh: (dimensions: number, metadataIndexes?: string[]) => VectorIndex | Promise<VectorIndex>,
+): void {
+  it("refuses filters Vectorize could not answer, with a reason", async () => {
+    const index = await fresh(4);
+    await index.upsert([{ id: "a", values: [1, 0, 0, 0], metadata: { jobId: "j", note: "n" } }]);
+    const q = [1, 0, 0, 0];
+    await expect(index.query(q, { filter: { note: "n" } })).rejects.toThrow(/no metadata index/);
+    await expect(index.query(q, { filter: {} })).rejects.toThrow(/empty/);
+    await expect(index.query(q, { filter: { $bad: "x" } })).rejects.toThrow(/invalid/);
+    await expect(
+      index.query(q, { filter: { jobId: { $like: "j" } } as VectorizeVectorMetadataFilter }),
+    ).rejects.toThrow(/unsupported/);
+  });
+
+  it("compares metadata by type, nested keys and ranges included", async () => {
+    const index = await fresh(4, ["flag", "n", "doc.kind"]);
+    await index.upsert([
+      { id: "t", values: [1, 0, 0, 0], metadata: { flag: true, n: 1, doc: { kind: "pdf" } } },
+      { id: "one", values: [1, 0, 0, 0], metadata: { flag: 1, n: 5, doc: { kind: "txt" } } },
+      { id: "s", values: [1, 0, 0, 0], metadata: { flag: "true", n: "5" } },
+    ]);
+    const hits = async (filter: VectorizeVectorMetadataFilter) =>
+      (await index.query([1, 0, 0, 0], { filter })).matches.map((m) => m.id).sort();
+    expect(await hits({ flag: true })).toEqual(["t"]);
+    expect(await hits({ flag: { $ne: true } })).toEqual(["one", "s"]);
+    expect(await hits({ n: 5 })).toEqual(["one"]);
+    expect(await hits({ n: { $gte: 1, $lt: 5 } })).toEqual(["t"]);
+    expect(await hits({ "doc.kind": "pdf" })).toEqual(["t"]);
+    expect(await hits({ "doc.kind": null })).toEqual(["s"]);
+    expect(await hits({ "doc.kind": { $nin: ["pdf"] } })).toEqual(["one", "s"]);
+    const [m] = (await index.query([1, 0, 0, 0], { filter: { n: 1 }, returnMetadata: "indexed" }))
+      .matches;
+    expect(m?.metadata).toEqual({ flag: true, n: 1, doc: { kind: "pdf" } });
+  });
+
+  it("takes up to 1000 vectors a call, as a Workers binding does", async () => {
+    const index = await fresh(4);
+    const batch = (n: number) =>
+      Array.from({ length: n }, (_, i) => ({ id: `v${i}`, values: [1, i, 0, 0] }));
+    await index.upsert(batch(1000));
+    await expect(index.upsert(batch(1001))).rejects.toThrow(/at most 1000/);
+    expect((await index.describe()).vectorCount).toBe(1000);
+    // Deleting more ids than one statement may bind.
+    await index.deleteByIds(batch(1000).map((v) => v.id));
+    expect((await index.describe()).vectorCount).toBe(0);
+  });
+}

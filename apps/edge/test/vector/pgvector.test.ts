@@ -7,7 +7,7 @@ import { getVectorIndex } from "../../src/vector/index.js";
 import { pgvectorIndex, pgvectorTable } from "../../src/vector/pgvector.js";
 import { type SearchRow, searchStatement, vectorText } from "../../src/vector/pgvector-search.js";
 import { compilePostgresFilter } from "../../src/vector/postgres-filter.js";
-import { vectorIndexContract } from "./contract.js";
+import { standInTests, vectorIndexContract } from "./contract.js";
 
 // The real Postgres with pgvector that vitest.config.ts starts. Every index here gets a table of
 // its own, named for this run, and the tables are dropped at the end.
@@ -119,38 +119,7 @@ describe("pgvector index beyond the contract", () => {
     expect(r.matches.map((m) => m.metadata)).toEqual([{ tenant: "t", k: 1 }]);
   });
 
-  it("refuses filters Vectorize could not answer, with a reason", async () => {
-    const { index } = fresh(4);
-    await index.upsert([{ id: "a", values: [1, 0, 0, 0], metadata: { jobId: "j", note: "n" } }]);
-    const q = [1, 0, 0, 0];
-    await expect(index.query(q, { filter: { note: "n" } })).rejects.toThrow(/no metadata index/);
-    await expect(index.query(q, { filter: {} })).rejects.toThrow(/empty/);
-    await expect(index.query(q, { filter: { $bad: "x" } })).rejects.toThrow(/invalid/);
-    await expect(
-      index.query(q, { filter: { jobId: { $like: "j" } } as VectorizeVectorMetadataFilter }),
-    ).rejects.toThrow(/unsupported/);
-  });
-
-  it("compares metadata by type, nested keys and ranges included", async () => {
-    const { index } = fresh(4, ["flag", "n", "doc.kind"]);
-    await index.upsert([
-      { id: "t", values: [1, 0, 0, 0], metadata: { flag: true, n: 1, doc: { kind: "pdf" } } },
-      { id: "one", values: [1, 0, 0, 0], metadata: { flag: 1, n: 5, doc: { kind: "txt" } } },
-      { id: "s", values: [1, 0, 0, 0], metadata: { flag: "true", n: "5" } },
-    ]);
-    const hits = async (filter: VectorizeVectorMetadataFilter) =>
-      (await index.query([1, 0, 0, 0], { filter })).matches.map((m) => m.id).sort();
-    expect(await hits({ flag: true })).toEqual(["t"]);
-    expect(await hits({ flag: { $ne: true } })).toEqual(["one", "s"]);
-    expect(await hits({ n: 5 })).toEqual(["one"]);
-    expect(await hits({ n: { $gte: 1, $lt: 5 } })).toEqual(["t"]);
-    expect(await hits({ "doc.kind": "pdf" })).toEqual(["t"]);
-    expect(await hits({ "doc.kind": null })).toEqual(["s"]);
-    expect(await hits({ "doc.kind": { $nin: ["pdf"] } })).toEqual(["one", "s"]);
-    const [m] = (await index.query([1, 0, 0, 0], { filter: { n: 1 }, returnMetadata: "indexed" }))
-      .matches;
-    expect(m?.metadata).toEqual({ flag: true, n: 1, doc: { kind: "pdf" } });
-  });
+  standInTests((dimensions, metadataIndexes) => fresh(dimensions, metadataIndexes).index);
 
   it("returns every match when fewer than topK pass the filter, and exactly topK otherwise", async () => {
     const { index } = fresh(16);
@@ -265,17 +234,6 @@ describe("pgvector index beyond the contract", () => {
     });
     expect(plan).toMatch(new RegExp(`${pgvectorTable(name)}_m[0-9a-f]{8}`));
     expect(plan).not.toMatch(/Seq Scan/);
-  });
-
-  it("takes up to 1000 vectors a call, as a Workers binding does", async () => {
-    const { index } = fresh(4);
-    const batch = (n: number) =>
-      Array.from({ length: n }, (_, i) => ({ id: `v${i}`, values: [1, i, 0, 0] }));
-    await index.upsert(batch(1000));
-    await expect(index.upsert(batch(1001))).rejects.toThrow(/at most 1000/);
-    expect((await index.describe()).vectorCount).toBe(1000);
-    await index.deleteByIds(batch(1000).map((v) => v.id));
-    expect((await index.describe()).vectorCount).toBe(0);
   });
 
   it("keeps the first of a batch on insert and the last on upsert", async () => {
