@@ -1,9 +1,26 @@
 import path from "node:path";
 import { cloudflareTest, readD1Migrations } from "@cloudflare/vitest-pool-workers";
 import { defineConfig } from "vitest/config";
+import { migratePostgres } from "../../scripts/lib/pg-migrate.js";
 import { startPostgres } from "../../scripts/lib/postgres.js";
+import { startSystemPostgres } from "../../scripts/lib/system-postgres.js";
 
 const root = path.resolve(import.meta.dirname, "../..");
+
+/**
+ * The machine's own PostgreSQL, when installed, as a second Postgres for the metadata store's
+ * contract tests: PGlite runs all connections on one backend, so concurrent transactions are
+ * only truly concurrent there (test/backends.ts). Started and migrated once for every test file
+ * of this process (the function below runs per file).
+ */
+let system: ReturnType<typeof startSystemPostgres> | undefined;
+function systemPostgres() {
+  system ??= startSystemPostgres({ keepProcessAlive: false }).then(async (s) => {
+    if (s) await migratePostgres(s.url, s.wsProxy);
+    return s;
+  });
+  return system;
+}
 
 export default defineConfig({
   plugins: [
@@ -11,7 +28,11 @@ export default defineConfig({
       // A real Postgres with pgvector for the Postgres metadata store and vector index: PGlite
       // over the wire protocol behind the WebSocket proxy the Neon driver needs. It lives as
       // long as this test process.
-      const postgres = await startPostgres({ keepProcessAlive: false });
+      // Every store and keyring a test opens holds connections of its own until idle.
+      const postgres = await startPostgres({ keepProcessAlive: false, maxConnections: 256 });
+      // The Postgres metadata backend's schema, as `npm run db:migrate:postgres` applies it.
+      await migratePostgres(postgres.url, postgres.wsProxy);
+      const system = await systemPostgres();
       return {
         wrangler: { configPath: path.join(root, "wrangler.toml") },
         remoteBindings: false,
@@ -30,6 +51,9 @@ export default defineConfig({
             TEST_MIGRATIONS: await readD1Migrations(path.join(root, "migrations")),
             DATABASE_URL: postgres.url,
             PG_WS_PROXY: postgres.wsProxy,
+            ...(system
+              ? { SYSTEM_DATABASE_URL: system.url, SYSTEM_PG_WS_PROXY: system.wsProxy }
+              : {}),
           },
         },
       };

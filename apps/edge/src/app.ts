@@ -3,7 +3,8 @@ import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
 import { secureHeaders } from "hono/secure-headers";
 import type { z } from "zod";
-import { openStore } from "./db/open.js";
+import { metadataConnections, openStore } from "./db/open.js";
+import { PostgresNotConfigured } from "./db/postgres.js";
 import type { AppEnv } from "./lib/auth.js";
 import { AppError } from "./lib/errors.js";
 import { KeyringNotConfigured } from "./lib/keyring.js";
@@ -72,6 +73,17 @@ export function createApp() {
   app.use("*", async (c, next) =>
     c.req.header("Upgrade")?.toLowerCase() === "websocket" ? next() : headers(c, next),
   );
+  // On Postgres, the stores and keyrings of one request share its connections, ended once it
+  // has been answered.
+  app.use("*", (c, next) =>
+    metadataConnections(c.env, next, (p) => {
+      try {
+        c.executionCtx.waitUntil(p);
+      } catch {
+        // No execution context (a request made in-process): nothing to keep up.
+      }
+    }),
+  );
 
   // A deployment whose variables cannot be read answers every API call with why (503).
   // Every route then finds its metadata store on the context (cheap: keys load on first use).
@@ -123,6 +135,16 @@ export function createApp() {
     if (err instanceof SettingsInvalid) {
       console.error(err.message);
       return c.json(errorBody("not_configured", err.message), 503);
+    }
+    if (err instanceof PostgresNotConfigured) {
+      console.error(err.message);
+      return c.json(
+        errorBody(
+          "not_configured",
+          "this deployment's metadata database is not configured: the operator must set DATABASE_URL",
+        ),
+        503,
+      );
     }
     if (err instanceof KeyringNotConfigured) {
       console.error(err.message);

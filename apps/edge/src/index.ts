@@ -1,6 +1,7 @@
 import { WorkerList } from "@p2pa/shared";
 import { z } from "zod";
 import { createApp } from "./app.js";
+import { openStore } from "./db/open.js";
 import { shardsFrom } from "./dispatch/shards.js";
 import { modelIds } from "./lib/models.js";
 import { documentRoutes } from "./routes/documents.js";
@@ -31,9 +32,9 @@ const app = createApp();
  */
 app.get("/healthz", async (c) => {
   const [db, shards] = await Promise.all([
-    c.env.DB.prepare("SELECT 1 AS ok")
-      .first<{ ok: number }>()
-      .catch(() => null),
+    openStore(c.env)
+      .ping()
+      .catch(() => false),
     Promise.all(
       modelIds(c.env).flatMap((model) =>
         shardsFrom(c.env, model, 0).map((s, shard) =>
@@ -45,7 +46,7 @@ app.get("/healthz", async (c) => {
       ),
     ),
   ]);
-  const database = db?.ok === 1 ? "ok" : "unreachable";
+  const database = db ? "ok" : "unreachable";
   const stalled = shards.filter((s) => s?.stalled);
   const unreachable = shards.filter((s) => s === null).length;
   const dispatch = stalled.length ? "stalled" : unreachable ? "unreachable" : "ok";

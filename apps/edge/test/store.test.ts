@@ -1,14 +1,16 @@
-import { env } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import { keyringFor, openStore } from "../src/db/open.js";
-import { FILTER_METADATA, type NewJob } from "../src/db/store.js";
+import type { MetadataStore, NewChunk, NewDocument, NewJob } from "../src/db/store.js";
 import { indexHasher, queryTerms } from "../src/search/terms.js";
-import { compileFilter } from "../src/vector/filter.js";
+import { BACKENDS, type Backend, unique } from "./backends.js";
 
-function newJob(id: string, chunks: number): NewJob {
+// The metadata store's contract, run against each backend: the same calls must give the same
+// answers on D1 and on Postgres.
+
+function newJob(id: string, chunks: number, tenant: string): NewJob {
   return {
     id,
-    tenant: "t1",
+    tenant,
     model: "use-lite",
     collection: "default",
     chunking: { maxChars: 1000, overlap: 100 },
@@ -39,7 +41,7 @@ function newJob(id: string, chunks: number): NewJob {
     unchanged: 0,
     accepting: false,
     keepOriginals: true,
-    // More chunks than one statement can carry, to exercise the statement splitting.
+    // More chunks than one D1 statement can carry, to exercise the statement splitting.
     chunks: Array.from({ length: chunks }, (_, i) => ({
       id: `${id}.00000.${String(i).padStart(5, "0")}`,
       documentSeq: 0,
@@ -52,71 +54,586 @@ function newJob(id: string, chunks: number): NewJob {
   };
 }
 
-describe("D1Store", () => {
+/** A document version of a named document, with `chunks` chunks, for a job. */
+function version(
+  jobId: string,
+  seq: number,
+  key: string,
+  opts: { state?: "pending" | "current"; version?: number; chunks?: number } = {},
+): { document: NewDocument; chunks: NewChunk[] } {
+  const id = `${key}@${jobId}`;
+  const n = opts.chunks ?? 2;
+  return {
+    document: {
+      seq,
+      id,
+      metadata: { name: key },
+      chars: 10 * n,
+      docKey: key,
+      state: opts.state ?? "current",
+      version: opts.version ?? 1,
+      contentHash: `${key}-${opts.version ?? 1}`,
+      fingerprint: `${key}-${opts.version ?? 1}`,
+      rawKey: `raw/${key}-${opts.version ?? 1}`,
+      createdAt: new Date().toISOString(),
+    },
+    chunks: Array.from({ length: n }, (_, i) => ({
+      id: `${jobId}.${String(seq).padStart(5, "0")}.${String(i).padStart(5, "0")}`,
+      documentSeq: seq,
+      documentId: id,
+      index: i,
+      text: `${key} part ${i}`,
+      start: i * 10,
+      end: i * 10 + 9,
+    })),
+  };
+}
+
+/** A job made of document versions. */
+function jobOf(
+  id: string,
+  tenant: string,
+  docs: { document: NewDocument; chunks: NewChunk[] }[],
+  extra: Partial<NewJob> = {},
+): NewJob {
+  return {
+    ...newJob(id, 0, tenant),
+    documents: docs.map((d) => d.document),
+    chunks: docs.flatMap((d) => d.chunks),
+    ...extra,
+  };
+}
+
+const ids = async (store: MetadataStore, tenant: string, jobId: string) =>
+  (await store.listChunks(tenant, jobId, null, 10_000)).map((c) => c.id);
+
+describe.each(BACKENDS)("the metadata store on $name", (b: Backend) => {
+  const open = () => openStore(b.env);
+
   it("creates a job with all its chunks in one transaction", async () => {
-    const store = openStore(env);
-    const { job, created } = await store.createJob(newJob("job_a", 250));
+    const store = open();
+    const t = unique("t");
+    const id = unique("job_a");
+    const { job, created } = await store.createJob(newJob(id, 250, t));
     expect(created).toBe(true);
     expect(job).toMatchObject({
       status: "queued",
       documents: 1,
       chunks: { total: 250, done: 0, failed: 0 },
     });
-    expect((await store.listChunks("t1", "job_a", null, 1000)).length).toBe(250);
-    await expect(store.createJob(newJob("job_a", 3))).rejects.toThrow();
-    expect((await store.listChunks("t1", "job_a", null, 1000)).length).toBe(250);
+    expect((await store.listChunks(t, id, null, 1000)).length).toBe(250);
+    await expect(store.createJob(newJob(id, 3, t))).rejects.toThrow();
+    expect((await store.listChunks(t, id, null, 1000)).length).toBe(250);
+    // Another tenant sees nothing of it.
+    expect(await store.getJob(unique("t"), id)).toBeNull();
+    expect(await store.listChunks(unique("t"), id, null, 10)).toEqual([]);
   });
 
   it("counts each chunk once however often its result is recorded, then settles the status", async () => {
-    const store = openStore(env);
-    await store.createJob(newJob("job_b", 120));
-    const ids = (await store.listChunks("t1", "job_b", null, 1000)).map((c) => c.id);
-    await store.recordDone("job_b", ids.slice(0, 100));
-    await store.recordDone("job_b", ids.slice(50, 100)); // replay
-    expect((await store.getJob("t1", "job_b"))?.chunks).toEqual({
+    const store = open();
+    const t = unique("t");
+    const id = unique("job_b");
+    await store.createJob(newJob(id, 120, t));
+    const all = await ids(store, t, id);
+    await store.recordDone(id, all.slice(0, 100));
+    await store.recordDone(id, all.slice(50, 100)); // replay
+    expect((await store.getJob(t, id))?.chunks).toEqual({
       total: 120,
       done: 100,
       failed: 0,
       cached: 0,
     });
-    await store.recordFailed("job_b", ids.slice(90, 110), "poison");
-    expect((await store.getJob("t1", "job_b"))?.chunks).toEqual({
+    await store.recordFailed(id, all.slice(90, 110), "poison");
+    expect((await store.getJob(t, id))?.chunks).toEqual({
       total: 120,
       done: 100,
       failed: 10,
       cached: 0,
     });
-    expect((await store.getJob("t1", "job_b"))?.status).toBe("queued");
-    await store.recordDone("job_b", ids.slice(110));
-    const job = await store.getJob("t1", "job_b");
+    expect((await store.getJob(t, id))?.status).toBe("queued");
+    await store.recordDone(id, all.slice(110));
+    const job = await store.getJob(t, id);
     expect(job).toMatchObject({
       status: "completed_with_errors",
       chunks: { total: 120, done: 110, failed: 10 },
     });
     expect(job?.completedAt).toBeTruthy();
-    const failed = (await store.getChunks("t1", ids.slice(105, 106)))[0];
+    const failed = (await store.getChunks(t, all.slice(105, 106)))[0];
     expect(failed).toMatchObject({ status: "failed", error: "poison" });
   });
 
+  it.runIf(b.concurrent)(
+    "counts exactly once when the same results are recorded at the same time",
+    async () => {
+      const store = open();
+      const t = unique("t");
+      const a = unique("job_p");
+      const c = unique("job_q");
+      await store.createJob(newJob(a, 60, t));
+      await store.createJob(newJob(c, 40, t));
+      const ia = await ids(store, t, a);
+      const ic = await ids(store, t, c);
+      // Overlapping deliveries of the same results, several stores (connections) at once.
+      const settled = await Promise.all([
+        open().recordDoneAll([
+          { jobId: a, chunkIds: ia.slice(0, 40) },
+          { jobId: c, chunkIds: ic },
+        ]),
+        open().recordDoneAll([{ jobId: a, chunkIds: ia.slice(20) }]),
+        open().recordDone(a, ia.slice(10, 50)),
+        open().recordDoneAll([
+          { jobId: c, chunkIds: ic.slice(5) },
+          { jobId: a, chunkIds: ia },
+        ]),
+      ]);
+      expect((await store.getJob(t, a))?.chunks.done).toBe(60);
+      expect((await store.getJob(t, c))?.chunks.done).toBe(40);
+      expect((await store.getJob(t, a))?.status).toBe("completed");
+      // Whichever call finished the documents saw them finished: none finished unseen.
+      expect(settled.length).toBe(4);
+      expect(await store.settledVersions(a)).toEqual([]);
+    },
+  );
+
   it("completes a job whose every chunk is done, and fails one whose every chunk failed", async () => {
-    const store = openStore(env);
-    await store.createJob(newJob("job_c", 5));
-    await store.createJob(newJob("job_d", 5));
-    const c = (await store.listChunks("t1", "job_c", null, 10)).map((x) => x.id);
-    const d = (await store.listChunks("t1", "job_d", null, 10)).map((x) => x.id);
-    await store.recordDone("job_c", c);
-    await store.recordFailed("job_d", d, "bad");
-    expect((await store.getJob("t1", "job_c"))?.status).toBe("completed");
-    expect((await store.getJob("t1", "job_d"))?.status).toBe("failed");
+    const store = open();
+    const t = unique("t");
+    const [c, d] = [unique("job_c"), unique("job_d")];
+    await store.createJob(newJob(c, 5, t));
+    await store.createJob(newJob(d, 5, t));
+    await store.recordDone(c, await ids(store, t, c));
+    await store.recordFailed(d, await ids(store, t, d), "bad");
+    expect((await store.getJob(t, c))?.status).toBe("completed");
+    expect((await store.getJob(t, d))?.status).toBe("failed");
+  });
+
+  it("returns the first job for a repeated Idempotency-Key, also when submits race", async () => {
+    const store = open();
+    const t = unique("t");
+    const first = newJob(unique("job_i"), 3, t);
+    first.idempotencyKey = "key-1";
+    first.requestHash = "h1";
+    const made = await store.createJob(first);
+    expect(made).toMatchObject({ created: true, requestHash: "h1", dispatched: false });
+    const again = await store.createJob({
+      ...newJob(unique("job_i"), 3, t),
+      idempotencyKey: "key-1",
+    });
+    expect(again.created).toBe(false);
+    expect(again.job.id).toBe(first.id);
+    await store.markDispatched(first.id);
+    expect((await store.findJobByIdempotencyKey(t, "key-1"))?.dispatched).toBe(true);
+    if (!b.concurrent) return;
+    const racing = await Promise.all(
+      [0, 1, 2].map(() =>
+        open().createJob({ ...newJob(unique("job_r"), 4, t), idempotencyKey: "key-2" }),
+      ),
+    );
+    expect(racing.filter((r) => r.created)).toHaveLength(1);
+    expect(new Set(racing.map((r) => r.job.id)).size).toBe(1);
+    expect((await store.listJobs(t, { limit: 10 })).length).toBe(2);
+  });
+
+  it.runIf(b.concurrent)(
+    "refuses a document name two submits make pending at the same moment",
+    async () => {
+      const t = unique("t");
+      const jobs = [0, 1, 2, 3].map((i) => {
+        const id = unique(`job_s${i}`);
+        return jobOf(id, t, [version(id, 0, "same", { state: "pending", version: 2 })]);
+      });
+      const outcomes = await Promise.allSettled(jobs.map((j) => open().createJob(j)));
+      // Each one either went in (superseding a pending one before it) or was refused with a 409;
+      // at every moment at most one version is pending.
+      for (const o of outcomes)
+        if (o.status === "rejected")
+          expect(o.reason).toMatchObject({ status: 409, code: "conflict" });
+      expect(outcomes.some((o) => o.status === "fulfilled")).toBe(true);
+      const live = await open().liveVersions(t, "default", ["same"]);
+      expect(live.filter((v) => v.state === "pending")).toHaveLength(1);
+    },
+  );
+
+  it("makes a new version current once its chunks are done, then prunes the old one", async () => {
+    const store = open();
+    const t = unique("t");
+    const [j1, j2] = [unique("job_v1"), unique("job_v2")];
+    await store.createJob(jobOf(j1, t, [version(j1, 0, "a"), version(j1, 1, "b")]));
+    await store.recordDone(j1, await ids(store, t, j1));
+    expect((await store.getJob(t, j1))?.status).toBe("completed");
+    await store.createJob(
+      jobOf(j2, t, [version(j2, 0, "a", { state: "pending", version: 2, chunks: 3 })]),
+    );
+    const live = await store.liveVersions(t, "default", ["a", "b", "a", "zz"]);
+    expect(
+      live
+        .map((v) => [v.docKey, v.state, v.version, v.maxVersion, v.jobId])
+        .sort((x, y) => String(x[1]).localeCompare(String(y[1]))),
+    ).toEqual([
+      ["a", "current", 1, 2, j1],
+      ["b", "current", 1, 1, j1],
+      ["a", "pending", 2, 2, j2],
+    ]);
+    const chunks = await ids(store, t, j2);
+    expect((await store.recordDone(j2, chunks.slice(0, 2))).settled).toEqual([]);
+    // Search sees only the current version's chunks.
+    expect(await store.getChunks(t, chunks, { currentOnly: true })).toEqual([]);
+    expect((await store.recordDone(j2, chunks)).settled).toEqual([0]);
+    expect(await store.settledVersions(j2)).toEqual([0]);
+    expect((await store.getJob(t, j2))?.status).toBe("queued");
+    expect(await store.promote(j2, [0])).toEqual({ superseded: 1 });
+    expect(await store.promote(j2, [0])).toEqual({ superseded: 0 });
+    expect((await store.getJob(t, j2))?.status).toBe("completed");
+    expect((await store.getChunks(t, chunks, { currentOnly: true })).length).toBe(3);
+    const versions = await store.documentVersions(t, "default", "a");
+    expect(versions.map((v) => [v.version, v.state, v.jobStatus, v.model])).toEqual([
+      [2, "current", "completed", "use-lite"],
+      [1, "superseded", "completed", "use-lite"],
+    ]);
+    expect(versions[0]).toMatchObject({ metadata: { name: "a" }, chunks: 3, rawKey: "raw/a-2" });
+    expect((await store.listDocuments(t, { limit: 10 })).map((v) => [v.docKey, v.version])).toEqual(
+      [
+        ["a", 2],
+        ["b", 1],
+      ],
+    );
+    expect((await store.listDocuments(t, { limit: 10, status: "ready" })).length).toBe(2);
+    expect((await store.listDocuments(t, { limit: 10, prefix: "b" })).map((v) => v.docKey)).toEqual(
+      ["b"],
+    );
+    expect(
+      (await store.listDocuments(t, { limit: 10, after: ["default", "a"] })).map((v) => v.docKey),
+    ).toEqual(["b"]);
+    expect((await store.listDocuments(t, { limit: 10, jobId: j2 })).map((v) => v.docKey)).toEqual([
+      "a",
+    ]);
+    expect((await store.liveRows(t, [["default", "a"]])).map((v) => [v.version, v.state])).toEqual([
+      [2, "current"],
+    ]);
+    expect(await store.originalsInUse(t, ["raw/a-1", "raw/a-2", "raw/x"])).toEqual(
+      new Set(["raw/a-1", "raw/a-2"]),
+    );
+    const prune = await store.versionsToPrune(t, 10);
+    expect(prune.map((v) => [v.docKey, v.version])).toEqual([["a", 1]]);
+    await store.pruneVersions(prune);
+    expect(await store.versionsToPrune(t, 10)).toEqual([]);
+    expect((await store.getDocument(t, j1, `a@${j1}`))?.chunkIds).toEqual([]);
+    expect((await store.getDocument(t, j1, `b@${j1}`))?.chunkIds.length).toBe(2);
+    expect(await store.originalsInUse(t, ["raw/a-1", "raw/a-2"])).toEqual(new Set(["raw/a-2"]));
+    expect((await store.documentVersions(t, undefined, "a"))[1]?.prunedAt).toBeTruthy();
+    expect(await store.listCollections(t)).toMatchObject([
+      { name: "default", jobs: 2, documents: 2, chunks: 5 },
+    ]);
+  });
+
+  it("fails a version with a failed chunk and keeps the current one; a newer pending one supersedes it", async () => {
+    const store = open();
+    const t = unique("t");
+    const [j1, j2, j3] = [unique("job_f1"), unique("job_f2"), unique("job_f3")];
+    await store.createJob(jobOf(j1, t, [version(j1, 0, "a")]));
+    await store.recordDone(j1, await ids(store, t, j1));
+    await store.createJob(jobOf(j2, t, [version(j2, 0, "a", { state: "pending", version: 2 })]));
+    const c2 = await ids(store, t, j2);
+    await store.recordDone(j2, c2.slice(0, 1));
+    expect((await store.recordFailed(j2, c2.slice(1), "bad vector")).settled).toEqual([0]);
+    await store.promote(j2, [0]);
+    expect((await store.getJob(t, j2))?.status).toBe("completed_with_errors");
+    const versions = await store.documentVersions(t, "default", "a");
+    expect(versions.map((v) => [v.version, v.state])).toEqual([
+      [2, "failed"],
+      [1, "current"],
+    ]);
+    expect(versions[0]?.error).toMatch(/chunks failed/);
+    // A pending version is superseded by a newer one submitted before it was done.
+    await store.createJob(jobOf(j3, t, [version(j3, 0, "b", { state: "pending" })]));
+    const j4 = unique("job_f4");
+    await store.createJob(jobOf(j4, t, [version(j4, 0, "b", { state: "pending", version: 2 })]));
+    expect(
+      (await store.documentVersions(t, "default", "b")).map((v) => [v.version, v.state]),
+    ).toEqual([
+      [2, "pending"],
+      [1, "superseded"],
+    ]);
+    // Cancelling a job leaves its pending versions cancelled, once.
+    expect(await store.cancelJob(t, j4)).toBe(true);
+    expect(await store.cancelJob(t, j4)).toBe(false);
+    expect((await store.documentVersions(t, "default", "b"))[0]).toMatchObject({
+      state: "cancelled",
+      jobStatus: "cancelled",
+    });
+  });
+
+  it("takes documents while a job is open, and settles it once closed", async () => {
+    const store = open();
+    const t = unique("t");
+    const id = unique("job_o");
+    await store.createJob(jobOf(id, t, [version(id, 0, "a")], { accepting: true }));
+    await store.recordDone(id, await ids(store, t, id));
+    expect((await store.getJob(t, id))?.status).toBe("queued");
+    const more = version(id, 1, "b", { chunks: 3 });
+    expect(
+      await store.appendDocuments({
+        jobId: id,
+        tenant: t,
+        documents: [more.document],
+        chunks: more.chunks,
+        unchanged: 2,
+      }),
+    ).toBe(true);
+    expect(await store.getJob(t, id)).toMatchObject({
+      documents: 4,
+      documentsUnchanged: 2,
+      chunks: { total: 5, done: 2 },
+      accepting: true,
+    });
+    expect(await store.closeJob(t, id)).toBe(true);
+    expect(await store.closeJob(t, id)).toBe(false);
+    expect(
+      await store.appendDocuments({
+        jobId: id,
+        tenant: t,
+        documents: [],
+        chunks: [],
+        unchanged: 1,
+      }),
+    ).toBe(false);
+    await store.recordDone(id, await ids(store, t, id));
+    expect(await store.getJob(t, id)).toMatchObject({ status: "completed", accepting: false });
+  });
+
+  it("deletes a document with its chunks and counts, purges text, and deletes a job", async () => {
+    const store = open();
+    const t = unique("t");
+    const id = unique("job_x");
+    await store.createJob(jobOf(id, t, [version(id, 0, "a"), version(id, 1, "b", { chunks: 3 })]));
+    const all = await ids(store, t, id);
+    await store.recordDone(id, all.slice(0, 3));
+    await store.deleteDocument(id, 1);
+    await store.deleteDocument(id, 1);
+    expect(await store.getJob(t, id)).toMatchObject({
+      documents: 1,
+      chunks: { total: 2, done: 2, failed: 0 },
+    });
+    expect(await store.chunkIds(id)).toEqual(all.slice(0, 2));
+    expect(await store.originalsOf(id)).toEqual(["raw/a-1"]);
+    expect((await store.getChunks(t, all.slice(0, 1)))[0]?.text).toBe("a part 0");
+    await store.purgeText(id);
+    expect((await store.getChunks(t, all.slice(0, 1)))[0]?.text).toBeNull();
+    expect((await store.getJob(t, id))?.retention.textPurgedAt).toBeTruthy();
+    expect(await store.originalsOf(id)).toEqual([]);
+    expect(await store.tenantJobs(t)).toEqual([{ id, model: "use-lite" }]);
+    await store.deleteJob(id);
+    expect(await store.getJob(t, id)).toBeNull();
+    expect(await store.chunkIds(id)).toEqual([]);
+    expect(await store.tenantJobs(t)).toEqual([]);
+  });
+
+  it("keeps credentials: lookup, listing, changes, revocation and quarantine", async () => {
+    const store = open();
+    const t = unique("t");
+    const [k1, k2, w1] = [unique("key"), unique("key"), unique("wt")];
+    const base = { tenant: t, prefix: "p2pa_", expiresAt: null, quotas: null };
+    await store.createCredential({
+      ...base,
+      id: k1,
+      kind: "api",
+      hash: unique("h1"),
+      label: "one",
+      scopes: ["jobs:read"],
+    });
+    const h2 = unique("h2");
+    await store.createCredential({
+      ...base,
+      id: k2,
+      kind: "api",
+      hash: h2,
+      label: "two",
+      scopes: null,
+      quotas: { chunksPerDay: 5 },
+    });
+    await store.createCredential({
+      ...base,
+      id: w1,
+      kind: "worker",
+      hash: unique("hw"),
+      label: "w",
+      scopes: null,
+    });
+    const found = await store.findCredential(h2);
+    expect(found).toMatchObject({ id: k2, kind: "api", tenant: t, quotas: { chunksPerDay: 5 } });
+    expect(found?.scopes.length).toBeGreaterThan(1);
+    expect(await store.findCredential("nope")).toBeNull();
+    const listed = await store.listCredentials(t);
+    expect(listed.map((k) => k.id).sort()).toEqual([k1, k2, w1].sort());
+    expect(listed.find((k) => k.id === w1)?.scopes).toEqual([]);
+    expect(
+      await store.updateCredential(t, k1, { label: "renamed", quotas: { requestsPerMinute: 3 } }),
+    ).toBe(true);
+    expect(await store.getCredential(t, k1)).toMatchObject({
+      label: "renamed",
+      quotas: { requestsPerMinute: 3 },
+      scopes: ["jobs:read"],
+    });
+    expect(await store.updateCredential(unique("t"), k1, { label: "x" })).toBe(false);
+    await store.touchCredential(k1);
+    expect((await store.getCredential(t, k1))?.lastUsedAt).toBeTruthy();
+    await store.quarantineCredential(w1, "wrong vectors");
+    expect(await store.credentialStates([k1, k2, w1, "gone"])).toEqual(
+      new Map([
+        [k1, "active"],
+        [k2, "active"],
+        [w1, "quarantined"],
+      ]),
+    );
+    expect(await store.revokeTenantCredential(t, k2)).toBe(true);
+    expect(await store.revokeTenantCredential(t, k2)).toBe(false);
+    expect(await store.findCredential(h2)).toBeNull();
+    expect(await store.revokeCredential(w1, "api")).toBe(false);
+    expect(await store.revokeCredential(w1, "worker")).toBe(true);
+    expect((await store.credentialStates([k2, w1])).get(w1)).toBe("revoked");
+    await store.eraseTenant(t);
+    expect(await store.listCredentials(t)).toEqual([]);
+  });
+
+  it("keeps tenant settings and counts a tenant's chunks by day and by key", async () => {
+    const store = open();
+    const t = unique("t");
+    expect(await store.tenantSettings(t)).toBeNull();
+    await store.putTenantSettings(t, { textRetentionDays: 3 });
+    const s = await store.putTenantSettings(t, { quotas: { chunksPerDay: 10 } });
+    expect(s).toMatchObject({ textRetentionDays: 3, quotas: { chunksPerDay: 10 } });
+    expect(await store.tenantSettings(t)).toEqual(s);
+    const [a, c] = [unique("job_u"), unique("job_u")];
+    await store.createJob({ ...newJob(a, 4, t), createdBy: "k1" });
+    await store.createJob({ ...newJob(c, 3, t), createdBy: "k2" });
+    await store.recordFailed(c, await ids(store, t, c), "x");
+    const usage = await store.chunkUsage(t, "k1");
+    expect(usage).toMatchObject({ tenantLast24h: 7, keyLast24h: 4, storedVectors: 4 });
+    expect(usage.keyOldestAt).toBeTruthy();
+    expect(await store.chunksByKey(t)).toEqual(
+      new Map([
+        ["k1", 4],
+        ["k2", 3],
+      ]),
+    );
+    expect(await store.chunkUsage(unique("t"), "k1")).toMatchObject({
+      tenantLast24h: 0,
+      keyLast24h: 0,
+      tenantOldestAt: null,
+      storedVectors: 0,
+    });
+  });
+
+  it("lists jobs newest first, page by page, by status and collection", async () => {
+    const store = open();
+    const t = unique("t");
+    const made: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const id = `job_${i}_${unique("l")}`;
+      made.push(id);
+      await store.createJob({
+        ...newJob(id, 1, t),
+        collection: i % 2 ? "odd" : "even",
+        createdAt: `2026-01-0${i + 1}T00:00:00.000Z`,
+      });
+    }
+    const first = await store.listJobs(t, { limit: 2 });
+    expect(first.map((j) => j.id)).toEqual([made[4], made[3]]);
+    const last = first[1];
+    const next = await store.listJobs(t, {
+      limit: 10,
+      before: [last?.createdAt ?? "", last?.id ?? ""],
+    });
+    expect(next.map((j) => j.id)).toEqual([made[2], made[1], made[0]]);
+    expect((await store.listJobs(t, { limit: 10, collection: "odd" })).length).toBe(2);
+    await store.markStarted(made[0] as string);
+    expect((await store.listJobs(t, { limit: 10, status: "running" })).map((j) => j.id)).toEqual([
+      made[0],
+    ]);
+    expect((await store.listCollections(t)).map((c) => [c.name, c.jobs])).toEqual([
+      ["even", 3],
+      ["odd", 2],
+    ]);
+  });
+
+  it("keeps small originals once each, and embedding vectors bit for bit", async () => {
+    const store = open();
+    const t = unique("t");
+    await store.putOriginals(t, [
+      { key: "inline/a", mediaType: "text/plain", body: "sealed-a" },
+      { key: "inline/a", mediaType: "text/plain", body: "other" },
+      { key: "inline/b", mediaType: "text/markdown", body: "sealed-b" },
+    ]);
+    await store.putOriginals(t, [{ key: "inline/a", mediaType: "text/plain", body: "later" }]);
+    expect(await store.getOriginal(t, "inline/a")).toEqual({
+      mediaType: "text/plain",
+      body: "sealed-a",
+    });
+    expect(await store.getOriginal(unique("t"), "inline/a")).toBeNull();
+    await store.deleteOriginals(t, ["inline/a"]);
+    expect(await store.getOriginal(t, "inline/a")).toBeNull();
+    expect(await store.getOriginal(t, "inline/b")).not.toBeNull();
+
+    const id = unique("job_e");
+    await store.createJob(newJob(id, 2, t));
+    const v = new Float32Array([0.1, -2.5e-8, 3.4028234663852886e38, Number.MIN_VALUE, 0]);
+    await store.cachePut(t, "use-lite", id, [
+      { key: "k1", vector: new Float32Array([1, 2]) },
+      { key: "k1", vector: v },
+      { key: "k2", vector: new Float32Array([5]) },
+    ]);
+    const got = await store.cachedVectors(t, "use-lite", ["k1", "k2", "k3", "k1"]);
+    expect([...got.keys()].sort()).toEqual(["k1", "k2"]);
+    expect(Array.from(got.get("k1") ?? [])).toEqual(Array.from(v));
+    expect(await store.cachedVectors(t, "other-model", ["k1"])).toEqual(new Map());
+    // A job whose chunk came from the cache takes the entry: it goes when that chunk goes.
+    const hit = unique("job_h");
+    const job = newJob(hit, 1, t);
+    job.chunks = job.chunks.map((c) => ({ ...c, cacheKey: "k1", cached: true }));
+    const { job: made } = await store.createJob(job);
+    expect(made).toMatchObject({ status: "completed", chunks: { total: 1, done: 1, cached: 1 } });
+    await store.deleteJob(id);
+    expect((await store.cachedVectors(t, "use-lite", ["k1", "k2"])).has("k1")).toBe(true);
+    await store.deleteDocument(hit, 0);
+    expect((await store.cachedVectors(t, "use-lite", ["k1"])).size).toBe(0);
+    await store.eraseTenant(t);
+    expect(await store.getOriginal(t, "inline/b")).toBeNull();
+  });
+
+  it("registers workers", async () => {
+    const store = open();
+    const w = unique("w");
+    await store.upsertWorker({
+      id: w,
+      name: "lab",
+      version: "1.0.0",
+      device: "cpu",
+      threads: 4,
+      models: ["use-lite"],
+      connectedAt: new Date().toISOString(),
+    });
+    await store.workerSeen(w, 17, true);
+    const [row] = await b.query<{ chunks_done: number; disconnected_at: string | null }>(
+      "SELECT chunks_done, disconnected_at FROM workers WHERE id = ?",
+      [w],
+    );
+    expect(row?.chunks_done).toBe(17);
+    expect(row?.disconnected_at).toBeTruthy();
+    expect(await store.ping()).toBe(true);
   });
 });
 
-describe("the keyword index", () => {
+describe.each(BACKENDS)("the keyword index on $name", (b: Backend) => {
   /** A job whose chunk i holds the words of `texts[i]`, hashed under the tenant's newest key. */
-  async function indexed(id: string, texts: string[], metadata: Record<string, unknown> = {}) {
-    const store = openStore(env);
-    const hasher = await indexHasher(keyringFor(env), "t1");
-    const job = newJob(id, texts.length);
+  async function indexed(
+    tenant: string,
+    texts: string[],
+    metadata: Record<string, unknown> = {},
+    id = unique("job_kw"),
+  ) {
+    const store = openStore(b.env);
+    const hasher = await indexHasher(keyringFor(b.env), tenant);
+    const job = newJob(id, texts.length, tenant);
     job.documents[0] = { ...(job.documents[0] as NewJob["documents"][number]), metadata };
     job.chunks = await Promise.all(
       job.chunks.map(async (c, i) => ({
@@ -132,64 +649,184 @@ describe("the keyword index", () => {
     );
     return { store, job };
   }
-  const find = async (query: string, filter?: VectorizeVectorMetadataFilter) => {
-    const terms = await queryTerms(keyringFor(env), "t1", query);
+  const find = async (tenant: string, query: string, filter?: VectorizeVectorMetadataFilter) => {
+    const terms = await queryTerms(keyringFor(b.env), tenant, query);
     if (!terms) return [];
     return (
-      await openStore(env).keywordSearch({
-        tenant: "t1",
+      await openStore(b.env).keywordSearch({
+        tenant,
         model: "use-lite",
         match: terms.match,
-        ...(filter ? { filter: compileFilter(filter, Object.keys(filter), FILTER_METADATA) } : {}),
+        ...(filter ? { filter: { metadata: filter, keys: Object.keys(filter) } } : {}),
         limit: 10,
       })
     ).map((r) => r.id);
   };
 
   it("ranks chunks by their words, holds no word in clear, and forgets a deleted job's", async () => {
+    const t = unique("t");
     const texts = Array.from({ length: 120 }, (_, i) => `pump model QX-${7700 + i} moves water`);
-    const { store, job } = await indexed("job_kw", texts, { category: "pump" });
+    const { store, job } = await indexed(t, texts, { category: "pump" });
+    const id = job.id;
     // Every chunk holds "qx"; only one holds "7731", which BM25 weighs far above it.
-    const ranked = await find("QX-7731 spec sheet");
+    const ranked = await find(t, "QX-7731 spec sheet");
     expect(ranked[0]).toBe(job.chunks[31]?.id);
     expect(ranked).toHaveLength(10);
-    expect((await find("water pump")).length).toBe(10);
-    expect(await find("QX-7731", { category: "valve" })).toEqual([]);
-    expect((await find("QX-7731", { category: "pump", jobId: "job_kw" }))[0]).toBe(
-      job.chunks[31]?.id,
+    expect((await find(t, "water pump")).length).toBe(10);
+    expect(await find(t, "QX-7731", { category: "valve" })).toEqual([]);
+    expect((await find(t, "QX-7731", { category: "pump", jobId: id }))[0]).toBe(job.chunks[31]?.id);
+    expect(await find(t, "QX-7731", { jobId: "another" })).toEqual([]);
+    const rows = await b.query<{ terms: string }>(
+      "SELECT terms FROM chunk_terms WHERE terms IS NOT NULL",
     );
-    expect(await find("QX-7731", { jobId: "another" })).toEqual([]);
-    const { results } = await env.DB.prepare("SELECT terms FROM chunk_terms").all<{
-      terms: string;
-    }>();
-    expect(results.length).toBeGreaterThanOrEqual(120);
-    for (const r of results) expect(r.terms).not.toMatch(/pump|water|7731/);
-    // Another tenant's words hash differently: the same query finds nothing of t1's.
-    const other = await queryTerms(keyringFor(env), "t2", "QX-7731");
+    expect(rows.length).toBeGreaterThanOrEqual(120);
+    for (const r of rows) expect(r.terms).not.toMatch(/pump|water|7731/);
+    // Another tenant's words hash differently: the same query finds nothing of t's.
+    const other = await queryTerms(keyringFor(b.env), unique("t"), "QX-7731");
     expect(
       await store.keywordSearch({
-        tenant: "t1",
+        tenant: t,
         model: "use-lite",
         match: other?.match ?? "",
         limit: 10,
       }),
     ).toEqual([]);
-    await store.deleteJob("job_kw");
-    expect(await find("QX-7731")).toEqual([]);
-    const left = await env.DB.prepare(
-      "SELECT count(*) AS n FROM keyword_rows WHERE job_id = 'job_kw'",
-    ).first<{ n: number }>();
-    expect(left?.n).toBe(0);
+    await store.deleteJob(id);
+    expect(await find(t, "QX-7731")).toEqual([]);
+    const [left] = await b.query<{ n: number }>(
+      "SELECT count(*) AS n FROM keyword_rows WHERE job_id = ?",
+      [id],
+    );
+    expect(Number(left?.n)).toBe(0);
   });
 
   it("drops a job's terms when its text is purged, and one document's when it is deleted", async () => {
-    const { store } = await indexed("job_kw2", ["alpha zeta", "beta zeta"]);
-    expect(await find("zeta")).toHaveLength(2);
-    await store.deleteDocument("job_kw2", 0);
-    expect(await find("zeta")).toEqual([]);
-    const { store: s2 } = await indexed("job_kw3", ["gamma omega"]);
-    expect(await find("omega")).toHaveLength(1);
-    await s2.purgeText("job_kw3");
-    expect(await find("omega")).toEqual([]);
+    const t = unique("t");
+    const { store, job } = await indexed(t, ["alpha zeta", "beta zeta"]);
+    expect(await find(t, "zeta")).toHaveLength(2);
+    await store.deleteDocument(job.id, 0);
+    expect(await find(t, "zeta")).toEqual([]);
+    const { store: s2, job: j2 } = await indexed(t, ["gamma omega"]);
+    expect(await find(t, "omega")).toHaveLength(1);
+    await s2.purgeText(j2.id);
+    expect(await find(t, "omega")).toEqual([]);
+  });
+
+  it("filters on document metadata with the vector index's semantics", async () => {
+    const t = unique("t");
+    const docs: [string, Record<string, unknown>][] = [
+      ["s", { category: "a", year: 2020, lang: "en" }],
+      ["n", { category: "b", year: 2021.5, lang: null }],
+      ["b", { category: true, year: "2020" }],
+      ["o", { category: { x: 1 }, year: [2020] }],
+      ["m", {}],
+    ];
+    const ids = new Map<string, string>();
+    for (const [name, metadata] of docs) {
+      const { job } = await indexed(t, [`needle ${name}`], metadata, unique(`job_${name}`));
+      ids.set(job.chunks[0]?.id as string, name);
+    }
+    const names = async (filter?: VectorizeVectorMetadataFilter) =>
+      (await find(t, "needle", filter)).map((id) => ids.get(id)).sort();
+    expect(await names()).toEqual(["b", "m", "n", "o", "s"]);
+    expect(await names({ category: "a" })).toEqual(["s"]);
+    expect(await names({ category: true })).toEqual(["b"]);
+    expect(await names({ category: { $ne: "a" } })).toEqual(["b", "m", "n", "o"]);
+    expect(await names({ lang: null })).toEqual(["b", "m", "n", "o"]);
+    expect(await names({ lang: { $ne: null } })).toEqual(["s"]);
+    expect(await names({ year: { $gte: 2020 } })).toEqual(["n", "s"]);
+    expect(await names({ year: { $lt: "2021" } })).toEqual(["b"]);
+    expect(await names({ year: { $in: [2020, "2020"] } })).toEqual(["b", "s"]);
+    expect(await names({ year: { $nin: [2020] } })).toEqual(["b", "m", "n", "o"]);
+    expect(await names({ category: { $in: [] } })).toEqual([]);
+    expect(await names({ "category.x": 1 })).toEqual(["o"]);
+    expect(await names({ year: { $gt: 2020, $lt: 2022 } })).toEqual(["n"]);
+    expect(await names({ collection: "default", category: { $nin: ["a", true] } })).toEqual([
+      "m",
+      "n",
+      "o",
+    ]);
+    await expect(find(t, "needle", { category: { $regex: "a" } } as never)).rejects.toThrow(
+      /unsupported filter operator/,
+    );
+  });
+});
+
+describe.each(BACKENDS)("keyword scores on $name", (b: Backend) => {
+  /**
+   * FTS5's BM25 (k1 1.2, b 0.75, an IDF at or below zero taken as 1e-6, phrases summed in query
+   * order) of a chunk's terms for a query's terms, over an index of `docs`.
+   */
+  function bm25(docs: string[][], terms: string[], query: string[]): number {
+    const n = docs.length;
+    const avgdl = docs.reduce((sum, d) => sum + d.length, 0) / n;
+    let score = 0;
+    for (const q of query) {
+      const hits = docs.filter((d) => d.includes(q)).length;
+      let idf = Math.log((n - hits + 0.5) / (hits + 0.5));
+      if (idf <= 0) idf = 1e-6;
+      const f = terms.filter((t) => t === q).length;
+      score += idf * ((f * (1.2 + 1.0)) / (f + 1.2 * (1 - 0.75 + (0.75 * terms.length) / avgdl)));
+    }
+    return score;
+  }
+
+  it("scores each match with FTS5's BM25 over the whole index, best first, ties by chunk id", async () => {
+    const t = unique("t");
+    const hasher = await indexHasher(keyringFor(b.env), t);
+    const corpus = [
+      "the pump moves water through the valve",
+      "valve valve valve pressure",
+      "water",
+      "a long sentence about pumps and water and valves and pressure and flow and pipes",
+      "pressure drop across the valve when the pump stops",
+      "nothing relevant here at all",
+      "water water water water pump",
+      "water",
+    ];
+    const store = openStore(b.env);
+    const id = unique("job_t");
+    const job = newJob(id, corpus.length, t);
+    job.chunks = await Promise.all(
+      job.chunks.map(async (c, i) => ({
+        ...c,
+        text: corpus[i] as string,
+        terms: await hasher.document(corpus[i] as string),
+      })),
+    );
+    await store.createJob(job);
+    await store.recordDone(
+      id,
+      job.chunks.map((c) => c.id),
+    );
+    const index = async () =>
+      (await b.query<{ terms: string }>("SELECT terms FROM chunk_terms")).map((r) =>
+        r.terms.split(" "),
+      );
+    for (const query of ["water pump", "valve", "pressure valve pump water", "pipes"]) {
+      const terms = await queryTerms(keyringFor(b.env), t, query);
+      const phrases = [...(terms?.match.matchAll(/"([^"]*)"/g) ?? [])].map((m) => m[1] as string);
+      // Other test files write to a shared Postgres: the index must not change meanwhile.
+      for (let attempt = 0; ; attempt++) {
+        const before = await index();
+        const hits = await store.keywordSearch({
+          tenant: t,
+          model: "use-lite",
+          match: terms?.match ?? "",
+          limit: 5,
+        });
+        const after = await index();
+        if (before.length !== after.length && attempt < 5) continue;
+        expect(hits.length).toBeGreaterThan(0);
+        for (const h of hits) {
+          const expected = bm25(after, h.terms.split(" "), phrases);
+          expect(Math.abs(h.score - expected)).toBeLessThanOrEqual(1e-12 * Math.abs(expected));
+        }
+        const order = [...hits].sort((x, y) => y.score - x.score || (x.id < y.id ? -1 : 1));
+        expect(hits.map((h) => h.id)).toEqual(order.map((h) => h.id));
+        break;
+      }
+    }
+    await store.deleteJob(id);
   });
 });

@@ -1,4 +1,5 @@
-import { neonConfig, Pool } from "@neondatabase/serverless";
+import { neonConfig, Pool, type PoolConfig } from "@neondatabase/serverless";
+import { endNeonSocketsCleanly } from "./neon-socket.js";
 
 /**
  * Connections to the deployment's Postgres (Neon, or any Postgres behind a WebSocket proxy)
@@ -20,11 +21,25 @@ export class PostgresNotConfigured extends Error {
   }
 }
 
-/** Applies `PG_WS_PROXY` to the driver, which keeps its settings per isolate. */
-function configure(env: PostgresEnv): void {
+/** Own proxies by the database address (`host:port`) they lead to. */
+const proxies = new Map<string, string>();
+
+/**
+ * Applies `PG_WS_PROXY` to the driver, which keeps its settings per isolate: the proxy is
+ * chosen by the address being connected to, so databases behind different proxies (the tests
+ * run two servers) can be used from one isolate.
+ */
+function configure(env: PostgresEnv, url: string): void {
   const proxy = env.PG_WS_PROXY?.trim();
   if (!proxy) return;
-  neonConfig.wsProxy = (host, port) => `${proxy}?address=${host}:${port}`;
+  try {
+    const u = new URL(url);
+    proxies.set(`${u.hostname}:${u.port || "5432"}`, proxy);
+  } catch {
+    // Not a URL: the driver says what is wrong with it when it connects.
+  }
+  neonConfig.wsProxy = (host, port) =>
+    `${proxies.get(`${host}:${port}`) ?? proxy}?address=${host}:${port}`;
   neonConfig.useSecureWebSocket = false;
   neonConfig.pipelineTLS = false;
   neonConfig.pipelineConnect = false;
@@ -33,11 +48,15 @@ function configure(env: PostgresEnv): void {
 /**
  * A connection pool for this deployment's Postgres. In a Worker a socket belongs to the request
  * that opened it, so a pool lives as long as one request (or one Durable Object) and is ended
- * with it.
+ * with it (pg-client.ts keeps to that).
  */
-export function postgresPool(env: PostgresEnv): Pool {
+export function postgresPool(
+  env: PostgresEnv,
+  options: Omit<PoolConfig, "connectionString"> = {},
+): Pool {
   const url = env.DATABASE_URL?.trim();
   if (!url) throw new PostgresNotConfigured();
-  configure(env);
-  return new Pool({ connectionString: url });
+  endNeonSocketsCleanly();
+  configure(env, url);
+  return new Pool({ ...options, connectionString: url });
 }

@@ -29,14 +29,17 @@ import {
 import { type DrizzleD1Database, drizzle } from "drizzle-orm/d1";
 import { AppError } from "../lib/errors.js";
 import { slices } from "../lib/slices.js";
+import { compileFilter } from "../vector/filter.js";
 import * as schema from "./schema.js";
 
 /**
  * The metadata store: the one module that knows the database. Routes and Durable Objects
- * speak to this interface only, so a second backend (Postgres through Neon) is a second
- * implementation of `MetadataStore`, not a change to its callers.
+ * speak to this interface only; D1 (`D1Store`, here) and Postgres through Neon (`PgStore`,
+ * pg-store.ts) implement it, and open.ts picks one by `METADATA_BACKEND`.
  */
 export interface MetadataStore {
+  /** Whether the database answers (the health check). */
+  ping(): Promise<boolean>;
   findCredential(hash: string): Promise<Credential | null>;
   /** Whether each credential id is usable; ids not in the map are unknown (deleted). */
   credentialStates(ids: string[]): Promise<Map<string, "active" | "revoked" | "quarantined">>;
@@ -350,16 +353,25 @@ export interface NewJob {
 }
 
 /**
- * A keyword search. `match` is an FTS5 expression over hashed terms; `filter` a SQL condition
- * over `FILTER_METADATA` (the chunk's document metadata with jobId, documentId and collection
- * set by the product), compiled from the request's filter by vector/filter.ts.
+ * A keyword search. `match` is an FTS5 expression over hashed terms, an OR of quoted terms
+ * (search/terms.ts's `queryTerms`); `filter` is the request's filter, which each store compiles
+ * for its database with the semantics of vector/filter.ts.
  */
 export interface KeywordQuery {
   tenant: string;
   model: string;
   match: string;
-  filter?: { sql: string; params: (string | number | null)[] };
+  filter?: KeywordFilter;
   limit: number;
+}
+
+/**
+ * A search filter over the chunk's document metadata with jobId, documentId and collection set
+ * by the product (`FILTER_METADATA`), and the keys it may name.
+ */
+export interface KeywordFilter {
+  metadata: VectorizeVectorMetadataFilter;
+  keys: readonly string[];
 }
 
 /**
@@ -371,7 +383,7 @@ export const FILTER_METADATA =
 
 export type ChunkRow = Omit<Chunk, "vector">;
 
-type ChunkSelect = {
+export type ChunkSelect = {
   id: string;
   jobId: string;
   documentId: string;
@@ -534,7 +546,11 @@ function insertable<R>(table: Table, rows: readonly R[]): R[][] {
   return slices(rows, Math.floor(MAX_PARAMS / Object.keys(getTableColumns(table)).length));
 }
 
-function toJob(r: typeof schema.jobs.$inferSelect): Job {
+/** A job's row as either backend reads it. */
+export type JobRow = typeof schema.jobs.$inferSelect;
+
+/** A job's row as the API shows it. */
+export function toJob(r: JobRow): Job {
   return {
     id: r.id,
     status: r.status,
@@ -577,6 +593,60 @@ const SETTLED_AT = sql<string | null>`CASE
   WHEN ${JOB_SETTLED} THEN strftime('%Y-%m-%dT%H:%M:%fZ','now')
   ELSE completed_at END`;
 
+/** A chunk's row (text already opened) as the API shows it. */
+export function toChunkRow(r: ChunkSelect): ChunkRow {
+  return {
+    id: r.id,
+    jobId: r.jobId,
+    documentId: r.documentId,
+    collection: r.collection,
+    index: r.index,
+    text: r.text,
+    status: r.status,
+    start: r.start,
+    end: r.end,
+    metadata: r.metadata ?? {},
+    ...(r.headings?.length ? { headings: r.headings } : {}),
+    ...(r.page != null ? { page: r.page } : {}),
+    ...(r.error ? { error: r.error } : {}),
+  };
+}
+/** A credential's row as a listing shows it (no hash). */
+export function toApiKey(r: typeof schema.credentials.$inferSelect): ApiKey {
+  return {
+    id: r.id,
+    kind: r.kind,
+    label: r.name,
+    prefix: r.prefix,
+    scopes: r.kind === "worker" ? [] : ((r.scopes as Scope[] | null) ?? [...SCOPES]),
+    quotas: r.quotas ?? {},
+    createdAt: r.createdAt,
+    expiresAt: r.expiresAt,
+    lastUsedAt: r.lastUsedAt,
+    revokedAt: r.revokedAt,
+  };
+}
+
+/** A credential's row as authentication reads it. */
+export function toCredential(row: {
+  id: string;
+  kind: Credential["kind"];
+  tenant: string;
+  quarantined: string | null;
+  scopes: string[] | null;
+  quotas: Record<string, number> | null;
+  expiresAt: string | null;
+}): Credential {
+  const { quarantined, scopes, quotas, ...cred } = row;
+  const out: Credential = {
+    ...cred,
+    // Keys made before scopes existed keep what they could do: everything.
+    scopes: (scopes as Scope[] | null) ?? [...SCOPES],
+    quotas: quotas ?? {},
+  };
+  return quarantined ? { ...out, quarantined } : out;
+}
+
 /** D1 implementation of the metadata store (drizzle-orm). */
 export class D1Store implements MetadataStore {
   private readonly db: DrizzleD1Database<typeof schema>;
@@ -612,15 +682,7 @@ export class D1Store implements MetadataStore {
       .from(schema.credentials)
       .where(and(eq(schema.credentials.hash, hash), isNull(schema.credentials.revokedAt)))
       .get();
-    if (!row) return null;
-    const { quarantined, scopes, quotas, ...cred } = row;
-    const out: Credential = {
-      ...cred,
-      // Keys made before scopes existed keep what they could do: everything.
-      scopes: (scopes as Scope[] | null) ?? [...SCOPES],
-      quotas: quotas ?? {},
-    };
-    return quarantined ? { ...out, quarantined } : out;
+    return row ? toCredential(row) : null;
   }
 
   async createCredential(c: NewCredential): Promise<void> {
@@ -639,18 +701,12 @@ export class D1Store implements MetadataStore {
   }
 
   private static toKey(r: typeof schema.credentials.$inferSelect): ApiKey {
-    return {
-      id: r.id,
-      kind: r.kind,
-      label: r.name,
-      prefix: r.prefix,
-      scopes: r.kind === "worker" ? [] : ((r.scopes as Scope[] | null) ?? [...SCOPES]),
-      quotas: r.quotas ?? {},
-      createdAt: r.createdAt,
-      expiresAt: r.expiresAt,
-      lastUsedAt: r.lastUsedAt,
-      revokedAt: r.revokedAt,
-    };
+    return toApiKey(r);
+  }
+
+  async ping(): Promise<boolean> {
+    const r = await this.db.get<{ ok: number }>(sql`SELECT 1 AS ok`).catch(() => null);
+    return r?.ok === 1;
   }
 
   async listCredentials(tenant: string): Promise<ApiKey[]> {
@@ -1582,7 +1638,9 @@ export class D1Store implements MetadataStore {
   }
 
   async keywordSearch(q: KeywordQuery) {
-    const filter = q.filter ? sql` AND ${boundCondition(q.filter)}` : sql``;
+    const filter = q.filter
+      ? sql` AND ${boundCondition(compileFilter(q.filter.metadata, q.filter.keys, FILTER_METADATA))}`
+      : sql``;
     // BM25 is negative in FTS5 (more negative is better): reported as its opposite.
     const rows = await this.db.all<{ id: string; score: number; terms: string }>(sql`
       SELECT k.chunk_id AS id, -bm25(chunk_terms) AS score, chunk_terms.terms AS terms
@@ -1694,21 +1752,7 @@ export class D1Store implements MetadataStore {
   }
 
   private static toChunk(r: ChunkSelect): ChunkRow {
-    return {
-      id: r.id,
-      jobId: r.jobId,
-      documentId: r.documentId,
-      collection: r.collection,
-      index: r.index,
-      text: r.text,
-      status: r.status,
-      start: r.start,
-      end: r.end,
-      metadata: r.metadata ?? {},
-      ...(r.headings?.length ? { headings: r.headings } : {}),
-      ...(r.page != null ? { page: r.page } : {}),
-      ...(r.error ? { error: r.error } : {}),
-    };
+    return toChunkRow(r);
   }
 
   async listChunks(tenant: string, jobId: string, after: string | null, limit: number) {

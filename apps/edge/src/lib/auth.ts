@@ -1,8 +1,8 @@
 import { SCOPES, type Scope } from "@p2pa/shared";
 import type { Context } from "hono";
 import { createMiddleware } from "hono/factory";
-import type { Credential } from "../db/store.js";
-import { D1Store } from "../db/store.js";
+import { openStore } from "../db/open.js";
+import type { Credential, MetadataStore } from "../db/store.js";
 import { limitRequests } from "../tenant/limits.js";
 import { sha256Hex } from "./crypto.js";
 import { AppError } from "./errors.js";
@@ -10,7 +10,7 @@ import { AppError } from "./errors.js";
 export type AppEnv = {
   Bindings: Env;
   /** `store`: this request's metadata store, set for every `/v1/*` route (see createApp). */
-  Variables: { credential: Credential; store: D1Store };
+  Variables: { credential: Credential; store: MetadataStore };
 };
 
 // Credentials are looked up by hash; a short per-isolate cache keeps D1 off the hot path.
@@ -62,7 +62,7 @@ export async function lookupCredential(env: Env, secret: string): Promise<Creden
   const cred =
     fresh !== undefined
       ? fresh
-      : ((await new D1Store(env.DB).findCredential(hash)) ??
+      : ((await openStore(env).findCredential(hash)) ??
         secretCredentials(env.P2PA_CREDENTIALS).get(hash) ??
         null);
   if (fresh === undefined) {

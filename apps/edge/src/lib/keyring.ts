@@ -4,7 +4,8 @@
  * - Deployment keys (the `P2PA_DATA_KEYS` secret) are AES-256 key-encryption keys. The first
  *   one wraps new tenant keys; the others only unwrap, so the secret can be rotated without
  *   downtime (add the new key first, call `rewrap`, then remove the old key).
- * - Each tenant has AES-256-GCM data keys, versions 1, 2, …, stored in D1 `tenant_keys`
+ * - Each tenant has AES-256-GCM data keys, versions 1, 2, …, stored in `tenant_keys` (D1 or
+ *   Postgres, through a TenantKeyStore: lib/key-store.ts)
  *   wrapped with AES-KW (RFC 3394, `crypto.subtle.wrapKey(..., "AES-KW")`): 40 bytes, base64.
  *   AES-KW carries its own integrity check, so a wrong deployment key fails to unwrap rather
  *   than yielding a wrong key. A copy of D1 alone cannot decrypt anything.
@@ -19,10 +20,11 @@
  * Caching (per isolate, module level): unwrapped tenant keys (non-extractable CryptoKeys) and
  * each tenant's newest version, so encrypting thousands of strings costs no D1 read once warm.
  * Another isolate sees a rotation within NEWEST_TTL_MS and a destroyed tenant within
- * KEY_TTL_MS; this isolate sees both at once.
+ * KEY_TTL_MS; this isolate sees both at once. Caches are kept apart per key storage.
  */
 
 import { base64ToBytes, bytesToBase64 } from "@p2pa/shared";
+import { D1KeyStore, type KeyRow, type Rewrap, type TenantKeyStore } from "./key-store.js";
 
 /** Prefix of the text format; the digit is the format version. */
 const TEXT_PREFIX = "p2pa1.";
@@ -149,14 +151,6 @@ export interface KeyVersionInfo {
   createdAt: string;
 }
 
-interface KeyRow {
-  tenant: string;
-  version: number;
-  wrapped: string;
-  wrapped_by: string;
-  created_at: string;
-}
-
 /** Deployment keys of one distinct secret value, with their imported AES-KW keys. */
 interface Scope {
   /** Part of every cache key: keyrings with other deployment keys never share unwrapped keys. */
@@ -175,7 +169,7 @@ interface CachedKey {
 const scopes = new Map<string, Scope>();
 let nextScope = 1;
 const keyCache = new Map<string, CachedKey>();
-const newestCache = new Map<string, { version: number; expires: number }>();
+const newestCache = new Map<string, { tenant: string; version: number; expires: number }>();
 const newestInFlight = new Map<string, { tenant: string; promise: Promise<number> }>();
 /** Bumped by rotate/destroy, so a lookup that started before one does not cache stale state. */
 let epoch = 0;
@@ -189,16 +183,22 @@ export class Keyring {
   static readonly isCiphertext = isCiphertext;
 
   private scopeCache: Scope | undefined;
+  private readonly keys: TenantKeyStore;
 
   /**
-   * @param db the D1 database holding `tenant_keys`
+   * @param storage where `tenant_keys` is: a TenantKeyStore, or the D1 database holding it
    * @param deploymentKeys the `P2PA_DATA_KEYS` secret; parsed on first use, so a missing or
    *   malformed secret fails the calls that need it (KeyringNotConfigured), not construction.
    */
   constructor(
-    private readonly db: D1Database,
+    storage: D1Database | TenantKeyStore,
     private readonly deploymentKeys: string | undefined,
-  ) {}
+  ) {
+    this.keys =
+      typeof (storage as D1Database).prepare === "function"
+        ? new D1KeyStore(storage as D1Database)
+        : (storage as TenantKeyStore);
+  }
 
   /** Encrypts text with the tenant's newest key (creating version 1 on first use). */
   async encrypt(tenant: string, plaintext: string, context: string): Promise<string> {
@@ -262,20 +262,18 @@ export class Keyring {
     checkTenant(tenant);
     const current = this.current();
     const { wrapped, key } = await this.newTenantKey(current);
-    // One statement, so concurrent rotations each get their own version (D1 serialises writes).
-    const row = await this.db
-      .prepare(
-        `INSERT INTO tenant_keys (tenant, version, wrapped, wrapped_by, created_at)
-         SELECT ?1, COALESCE(MAX(version), 0) + 1, ?2, ?3, ?4 FROM tenant_keys WHERE tenant = ?1
-         ON CONFLICT DO NOTHING RETURNING version`,
-      )
-      .bind(tenant, wrapped, current.id, new Date().toISOString())
-      .first<{ version: number }>();
-    if (!row) throw new Error(`could not add a key version for tenant "${tenant}"`);
+    // Concurrent rotations each get their own version (see TenantKeyStore.addVersion).
+    const version = await this.keys.addVersion(
+      tenant,
+      wrapped,
+      current.id,
+      new Date().toISOString(),
+    );
+    if (version === null) throw new Error(`could not add a key version for tenant "${tenant}"`);
     forgetTenant(tenant);
-    putKey(this.keyCacheId(tenant, row.version), tenant, Promise.resolve(key));
-    putNewest(tenant, row.version);
-    return row.version;
+    putKey(this.keyCacheId(tenant, version), tenant, Promise.resolve(key));
+    putNewest(this.newestId(tenant), tenant, version);
+    return version;
   }
 
   /**
@@ -290,15 +288,8 @@ export class Keyring {
     let rewrapped = 0;
     let after: [string, number] = ["", 0];
     for (;;) {
-      const { results } = await this.db
-        .prepare(
-          `SELECT tenant, version, wrapped, wrapped_by FROM tenant_keys
-           WHERE wrapped_by != ?1 AND (tenant, version) > (?2, ?3)
-           ORDER BY tenant, version LIMIT ?4`,
-        )
-        .bind(current.id, after[0], after[1], REWRAP_PAGE)
-        .all<KeyRow>();
-      const updates: D1PreparedStatement[] = [];
+      const results = await this.keys.notWrappedBy(current.id, after, REWRAP_PAGE);
+      const updates: Rewrap[] = [];
       for (const row of results) {
         after = [row.tenant, row.version];
         if (!scope.keys.some((k) => k.id === row.wrapped_by)) continue;
@@ -313,25 +304,17 @@ export class Keyring {
           new Uint8Array(await crypto.subtle.wrapKey("raw", key, wrapWith, "AES-KW")),
         );
         // Compare-and-set: a concurrent rewrap or a destroy in between wins.
-        updates.push(
-          this.db
-            .prepare(
-              `UPDATE tenant_keys SET wrapped = ?1, wrapped_by = ?2
-               WHERE tenant = ?3 AND version = ?4 AND wrapped = ?5 AND wrapped_by = ?6`,
-            )
-            .bind(wrapped, current.id, row.tenant, row.version, row.wrapped, row.wrapped_by),
-        );
+        updates.push({
+          tenant: row.tenant,
+          version: row.version,
+          from: { wrapped: row.wrapped, wrappedBy: row.wrapped_by },
+          to: { wrapped, wrappedBy: current.id },
+        });
       }
-      if (updates.length > 0) {
-        for (const r of await this.db.batch(updates)) rewrapped += r.meta.changes;
-      }
+      if (updates.length > 0) rewrapped += await this.keys.rewrap(updates);
       if (results.length < REWRAP_PAGE) break;
     }
-    const left = await this.db
-      .prepare("SELECT COUNT(*) AS n FROM tenant_keys WHERE wrapped_by != ?")
-      .bind(current.id)
-      .first<{ n: number }>();
-    return { rewrapped, remaining: left?.n ?? 0 };
+    return { rewrapped, remaining: await this.keys.countNotWrappedBy(current.id) };
   }
 
   /**
@@ -340,19 +323,14 @@ export class Keyring {
    * number of rows deleted. Needs no deployment key.
    */
   async destroyTenant(tenant: string): Promise<number> {
-    const r = await this.db.prepare("DELETE FROM tenant_keys WHERE tenant = ?").bind(tenant).run();
+    const deleted = await this.keys.destroy(tenant);
     forgetTenant(tenant);
-    return r.meta.changes;
+    return deleted;
   }
 
   /** The tenant's key versions with who wrapped them and when, for listings (no key material). */
   async keyInfo(tenant: string): Promise<{ versions: KeyVersionInfo[] }> {
-    const { results } = await this.db
-      .prepare(
-        "SELECT version, wrapped_by, created_at FROM tenant_keys WHERE tenant = ? ORDER BY version",
-      )
-      .bind(tenant)
-      .all<Pick<KeyRow, "version" | "wrapped_by" | "created_at">>();
+    const results = await this.keys.list(tenant);
     return {
       versions: results.map((r) => ({
         version: r.version,
@@ -422,10 +400,10 @@ export class Keyring {
 
   /** The tenant's newest version, from the cache or D1; creates version 1 on first use. */
   private async newest(tenant: string): Promise<number> {
-    const hit = newestCache.get(tenant);
+    const hit = newestCache.get(this.newestId(tenant));
     if (hit && hit.expires > Date.now()) return hit.version;
     // Coalesced, so a burst of encrypts on a cold tenant makes one lookup.
-    const flightKey = `${this.scope().id}\u0000${tenant}`;
+    const flightKey = `${this.scope().id}\u0000${this.newestId(tenant)}`;
     const flying = newestInFlight.get(flightKey);
     if (flying) return flying.promise;
     const promise = this.loadNewest(tenant).finally(() => {
@@ -437,38 +415,22 @@ export class Keyring {
 
   private async loadNewest(tenant: string): Promise<number> {
     const started = epoch;
-    let row = await this.newestRow(tenant);
+    let row = await this.keys.newest(tenant);
     if (!row) {
       const current = this.current();
       const { wrapped } = await this.newTenantKey(current);
       // Another isolate may create version 1 at the same time: one insert wins, both re-read.
-      await this.db
-        .prepare(
-          `INSERT INTO tenant_keys (tenant, version, wrapped, wrapped_by, created_at)
-           VALUES (?, 1, ?, ?, ?) ON CONFLICT DO NOTHING`,
-        )
-        .bind(tenant, wrapped, current.id, new Date().toISOString())
-        .run();
-      row = await this.newestRow(tenant);
+      await this.keys.addFirst(tenant, wrapped, current.id, new Date().toISOString());
+      row = await this.keys.newest(tenant);
       if (!row) throw new Error(`tenant "${tenant}" has no data key after creating one`);
     }
     if (epoch === started) {
       // The row is in hand: prime the key cache so encrypt needs no second read.
       const ck = this.keyCacheId(tenant, row.version);
       if (!getKey(ck)) putKey(ck, tenant, this.unwrap(row, false));
-      putNewest(tenant, row.version);
+      putNewest(this.newestId(tenant), tenant, row.version);
     }
     return row.version;
-  }
-
-  private newestRow(tenant: string): Promise<KeyRow | null> {
-    return this.db
-      .prepare(
-        `SELECT tenant, version, wrapped, wrapped_by, created_at FROM tenant_keys
-         WHERE tenant = ? ORDER BY version DESC LIMIT 1`,
-      )
-      .bind(tenant)
-      .first<KeyRow>();
   }
 
   /**
@@ -532,13 +494,7 @@ export class Keyring {
   }
 
   private async keyRow(tenant: string, version: number): Promise<KeyRow> {
-    const row = await this.db
-      .prepare(
-        `SELECT tenant, version, wrapped, wrapped_by, created_at FROM tenant_keys
-         WHERE tenant = ? AND version = ?`,
-      )
-      .bind(tenant, version)
-      .first<KeyRow>();
+    const row = await this.keys.get(tenant, version);
     if (!row) throw new DecryptError(`tenant "${tenant}" has no key version ${version}`);
     return row;
   }
@@ -627,7 +583,12 @@ export class Keyring {
   }
 
   private keyCacheId(tenant: string, version: number): string {
-    return `${this.scope().id}\u0000${tenant}\u0000${version}`;
+    return `${this.scope().id}\u0000${this.keys.name}\u0000${tenant}\u0000${version}`;
+  }
+
+  /** The tenant's entry in the newest-version cache, which is per storage. */
+  private newestId(tenant: string): string {
+    return `${this.keys.name}\u0000${tenant}`;
   }
 }
 
@@ -664,16 +625,16 @@ function putKey(ck: string, tenant: string, key: Promise<CryptoKey>): void {
   });
 }
 
-function putNewest(tenant: string, version: number): void {
-  newestCache.delete(tenant);
-  newestCache.set(tenant, { version, expires: Date.now() + NEWEST_TTL_MS });
+function putNewest(id: string, tenant: string, version: number): void {
+  newestCache.delete(id);
+  newestCache.set(id, { tenant, version, expires: Date.now() + NEWEST_TTL_MS });
   evictOldest(newestCache, MAX_NEWEST);
 }
 
 /** Drops everything cached for a tenant (all scopes), and stops in-flight lookups caching. */
 function forgetTenant(tenant: string): void {
   epoch++;
-  newestCache.delete(tenant);
+  for (const [k, v] of newestCache) if (v.tenant === tenant) newestCache.delete(k);
   for (const [k, v] of keyCache) if (v.tenant === tenant) keyCache.delete(k);
   for (const [k, v] of newestInFlight) if (v.tenant === tenant) newestInFlight.delete(k);
 }

@@ -12,7 +12,7 @@ import {
 } from "@p2pa/shared";
 import { router } from "../app.js";
 import { keyringFor } from "../db/open.js";
-import type { D1Store, VersionRow } from "../db/store.js";
+import type { MetadataStore, VersionRow } from "../db/store.js";
 import { getOriginal } from "../ingest/originals.js";
 import { requireAuth, scoped } from "../lib/auth.js";
 import { sha256Hex } from "../lib/crypto.js";
@@ -87,7 +87,7 @@ const deleteDocument = createRoute({
  * the collection that holds a document of that id, which must be only one.
  */
 async function versionsOf(
-  store: D1Store,
+  store: MetadataStore,
   tenant: string,
   id: string,
   collection: string | undefined,

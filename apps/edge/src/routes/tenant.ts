@@ -3,7 +3,7 @@ import { AuditEntrySchema, AuditQuery, Quotas, TenantPolicy, Usage } from "@p2pa
 import { z } from "zod";
 import { router } from "../app.js";
 import { keyringFor } from "../db/open.js";
-import type { D1Store } from "../db/store.js";
+import type { MetadataStore } from "../db/store.js";
 import { clientAddress, forgetCredential, hasScope, requireAuth, scoped } from "../lib/auth.js";
 import { AppError } from "../lib/errors.js";
 import { decodeCursor } from "../tenant/audit.js";
@@ -150,7 +150,7 @@ const rewrap = createRoute({
   },
 });
 
-async function usageOf(env: Env, store: D1Store, tenant: string): Promise<Usage> {
+async function usageOf(env: Env, store: MetadataStore, tenant: string): Promise<Usage> {
   const [quotas, keys, chunks, byKey, rate] = await Promise.all([
     tenantQuotas(env, tenant),
     store.listCredentials(tenant),

@@ -1,7 +1,7 @@
 import { CloseCode, DEFAULT_MODEL } from "@p2pa/shared";
 import { createMiddleware } from "hono/factory";
 import { router } from "../app.js";
-import { D1Store } from "../db/store.js";
+import { openStore } from "../db/open.js";
 import { CREDENTIAL_HEADER, TENANT_HEADER } from "../dispatch/dispatcher.js";
 import { dispatcherFor, shardsFrom } from "../dispatch/shards.js";
 import { type AppEnv, bearer, lookupCredential, requireAuth, requireScope } from "../lib/auth.js";
@@ -77,7 +77,7 @@ export const workerRoutes = router()
   .delete("/v1/workers/tokens/:id", requireAuth("admin"), async (c) => {
     // Operators revoke a worker token; its live connections are closed at once, on every shard.
     const id = c.req.param("id");
-    if (!(await new D1Store(c.env.DB).revokeCredential(id, "worker")))
+    if (!(await openStore(c.env).revokeCredential(id, "worker")))
       throw new AppError(404, "not_found", `no active worker token ${id}`);
     const shards = modelIds(c.env).flatMap((m) => shardsFrom(c.env, m, 0));
     const closed = (await Promise.all(shards.map((s) => s.revalidateNow()))).reduce(

@@ -137,7 +137,8 @@ async function keywordList(
     tenant,
     model,
     match: terms.match,
-    ...(keys.length > 0 ? { filter: compileFilter(filter, keys, FILTER_METADATA) } : {}),
+    // Each store compiles the filter for its database (checkedFilter has validated it).
+    ...(keys.length > 0 ? { filter: { metadata: filter, keys } } : {}),
     limit: depth,
   });
   const asked = terms.words.length;

@@ -1,5 +1,6 @@
 import { Quotas } from "@p2pa/shared";
-import { type Credential, D1Store } from "../db/store.js";
+import { openStore } from "../db/open.js";
+import type { Credential } from "../db/store.js";
 import { AppError } from "../lib/errors.js";
 
 // A tenant's own limits, cached per isolate like credentials: a change applies within this.
@@ -19,7 +20,7 @@ function defaultQuotas(env: Env): Quotas {
 export async function tenantQuotas(env: Env, tenant: string): Promise<Quotas> {
   const hit = tenantCache.get(tenant);
   if (hit && Date.now() - hit.at < CACHE_MS) return hit.quotas;
-  const own = (await new D1Store(env.DB).tenantSettings(tenant))?.quotas ?? {};
+  const own = (await openStore(env).tenantSettings(tenant))?.quotas ?? {};
   const quotas = { ...defaultQuotas(env), ...own };
   if (tenantCache.size > 10_000) tenantCache.clear();
   tenantCache.set(tenant, { at: Date.now(), quotas });
@@ -94,7 +95,7 @@ export async function assertChunkQuota(env: Env, cred: Credential, chunks: numbe
   ];
   const stored = tenant.storedVectors ?? 0;
   if (!limits.some((l) => l.limit > 0) && stored <= 0) return;
-  const store = new D1Store(env.DB);
+  const store = openStore(env);
   const usage = await store.chunkUsage(cred.tenant, cred.id);
   for (const { who, limit } of limits) {
     const used = who === "key" ? usage.keyLast24h : usage.tenantLast24h;
