@@ -14,6 +14,22 @@ const root = path.resolve(import.meta.dirname, "../..");
  * of this process (the function below runs per file).
  */
 let system: ReturnType<typeof startSystemPostgres> | undefined;
+
+/**
+ * A real Postgres with pgvector for the Postgres metadata store and vector index: PGlite over
+ * the wire protocol behind the WebSocket proxy the Neon driver needs, migrated as
+ * `npm run db:migrate:postgres` migrates a deployment's. One for every test file of this process
+ * (each test names its tenants and jobs uniquely); it lives as long as the process.
+ */
+let local: ReturnType<typeof startPostgres> | undefined;
+function localPostgres() {
+  // Every store and keyring a test opens holds connections of its own until idle.
+  local ??= startPostgres({ keepProcessAlive: false, maxConnections: 256 }).then(async (p) => {
+    await migratePostgres(p.url, p.wsProxy);
+    return p;
+  });
+  return local;
+}
 function systemPostgres() {
   system ??= startSystemPostgres({ keepProcessAlive: false }).then(async (s) => {
     if (s) await migratePostgres(s.url, s.wsProxy);
@@ -25,14 +41,7 @@ function systemPostgres() {
 export default defineConfig({
   plugins: [
     cloudflareTest(async () => {
-      // A real Postgres with pgvector for the Postgres metadata store and vector index: PGlite
-      // over the wire protocol behind the WebSocket proxy the Neon driver needs. It lives as
-      // long as this test process.
-      // Every store and keyring a test opens holds connections of its own until idle.
-      const postgres = await startPostgres({ keepProcessAlive: false, maxConnections: 256 });
-      // The Postgres metadata backend's schema, as `npm run db:migrate:postgres` applies it.
-      await migratePostgres(postgres.url, postgres.wsProxy);
-      const system = await systemPostgres();
+      const [postgres, system] = await Promise.all([localPostgres(), systemPostgres()]);
       return {
         wrangler: { configPath: path.join(root, "wrangler.toml") },
         remoteBindings: false,
