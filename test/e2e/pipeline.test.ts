@@ -14,18 +14,22 @@ import {
 
 let sys: System;
 
-beforeAll(async () => {
-  sys = await startSystem();
-  await sys.addWorker();
-  await sys.addWorker();
-}, 120_000);
-
-afterAll(async () => {
-  await sys?.stop();
-});
-
-describe("the whole pipeline on real parts", () => {
+/**
+ * The same pipeline on each metadata and vector backend: D1 with the local index (what
+ * `npm start` runs), and Postgres with pgvector (`npm start -- --postgres`).
+ */
+describe.each([
+  { backend: "D1 and the local index", postgres: false },
+  { backend: "Postgres and pgvector", postgres: true },
+])("the whole pipeline on real parts, on $backend", ({ postgres }) => {
   let job: Job;
+
+  beforeAll(async () => {
+    await sys?.stop();
+    sys = await startSystem({ postgres });
+    await sys.addWorker();
+    await sys.addWorker();
+  }, 120_000);
 
   it("embeds a few hundred documents on two real workers, one vector per chunk", async () => {
     const documents = [
@@ -99,6 +103,10 @@ describe("the whole pipeline on real parts", () => {
       client.embeddings.create({ model: "no-such-model", input: "x" }),
     ).rejects.toMatchObject({ status: 404, code: "model_not_found" });
   }, 60_000);
+});
+
+afterAll(async () => {
+  await sys?.stop();
 });
 
 describe("the p2pa-worker command", () => {
