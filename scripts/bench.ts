@@ -27,7 +27,7 @@ import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { benchEmbedder, loadModel } from "../apps/worker-node/src/model/index.js";
-import { capacityBench } from "./lib/capacity-bench.js";
+import { backendsBench, capacityBench } from "./lib/capacity-bench.js";
 import { BENCH_CHUNKING, useLiteChunker } from "./lib/chunking.js";
 import { generatedPassages } from "./lib/corpus.js";
 import {
@@ -42,7 +42,15 @@ import { reindexBench } from "./lib/reindex-bench.js";
 import { encryptionCost } from "./lib/seal-cost.js";
 import { searchBench } from "./lib/search-bench.js";
 
-const ALL_SECTIONS = ["pipeline", "capacity", "verification", "encryption", "search", "reindex"];
+const ALL_SECTIONS = [
+  "pipeline",
+  "capacity",
+  "backends",
+  "verification",
+  "encryption",
+  "search",
+  "reindex",
+];
 const { values } = parseArgs({
   options: {
     runs: { type: "string", default: "3" },
@@ -57,6 +65,8 @@ const { values } = parseArgs({
     "capacity-documents": { type: "string", default: "10000" },
     "capacity-donors": { type: "string", default: "4" },
     "capacity-window": { type: "string", default: "16" },
+    // The same job on D1 and on Postgres: documents per run.
+    "backend-documents": { type: "string", default: "2000" },
     profile: { type: "boolean", default: false },
     // Another checkout (built, with node_modules) to compare data protection's cost against.
     "baseline-dir": { type: "string" },
@@ -253,6 +263,14 @@ const capacity = sections.has("capacity")
       ...(values["baseline-dir"] ? { baselineDir: values["baseline-dir"] } : {}),
     })
   : null;
+const backends = sections.has("backends")
+  ? await backendsBench({
+      documents: Number(values["backend-documents"]),
+      donors: Number(values["capacity-donors"]),
+      capacity: Number(values["capacity-window"]),
+      runs,
+    })
+  : null;
 const verification: Record<string, { chunksPerSecond: number[]; resultsPerTask: number[] }> = {};
 for (let r = 0; r < (sections.has("verification") ? Number(values["verify-runs"]) : 0); r++) {
   for (const [label, v] of Object.entries(await verificationCost())) {
@@ -285,6 +303,7 @@ const result = {
   endToEnd: { chunksPerSecond: b, median: median(b), modelBusy: busy },
   ratio: { perRun: ratios, median: median(ratios) },
   capacity,
+  backends,
   verification,
   encryption,
   search: searchReport,
@@ -304,6 +323,17 @@ if (capacity) {
     console.log(
       `  baseline edge (${b.dir}): dispatch ${b.figures.median.chunksPerSecond.toFixed(0)} chunks/s, submit ${b.figures.median.documentsPerSecond.toFixed(0)} documents/s, ${b.figures.median.bytesPerChunkFromDonor.toFixed(0)} B/chunk from donors; this/baseline: dispatch ${b.ratio.chunksPerSecond.toFixed(2)}x, submit ${b.ratio.documentsPerSecond.toFixed(2)}x`,
     );
+}
+if (backends) {
+  const { d1, postgres } = backends.backends;
+  const line = (name: string, f: typeof d1) =>
+    `${name}: submit ${f.median.documentsPerSecond.toFixed(0)} documents/s, dispatch ${f.median.chunksPerSecond.toFixed(0)} chunks/s, read every chunk ${(1000 * f.median.readSeconds).toFixed(0)} ms`;
+  console.log(
+    `metadata backends, the same ${backends.documents}-document job (instant donors, median of ${d1.runs.length}):
+  ${line("D1 + local index", d1)}
+  ${line("Postgres + pgvector", postgres)}
+  postgres/d1: submit ${backends.ratio.documentsPerSecond.toFixed(2)}x, dispatch ${backends.ratio.chunksPerSecond.toFixed(2)}x, read ${backends.ratio.readSpeed.toFixed(2)}x`,
+  );
 }
 const off = median(verification.off?.chunksPerSecond ?? [1]);
 for (const [label, v] of Object.entries(verification)) {

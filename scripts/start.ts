@@ -2,8 +2,13 @@
  * `npm start`: the whole system on this machine. Applies the D1 migrations, starts the edge
  * on http://127.0.0.1:8787 with local D1, R2, Durable Objects and the local vector index,
  * and one p2pa-worker. Ctrl-C stops everything.
+ *
+ * `npm start -- --postgres` (or P2PA_POSTGRES=1): metadata and vectors in a local Postgres with
+ * pgvector instead (PGlite, kept in .wrangler/postgres, behind the WebSocket proxy the Neon
+ * driver needs), as a deployment on Neon would run.
  */
 import path from "node:path";
+import { parseArgs } from "node:util";
 import {
   DEV_CREDENTIALS,
   killTree,
@@ -12,14 +17,23 @@ import {
   spawnWorker,
   startEdge,
 } from "./lib/local-edge.js";
+import { type LocalPostgres, startPostgres } from "./lib/postgres.js";
 
 const port = Number(process.env.PORT ?? 8787);
 const persistTo = path.join(ROOT, ".wrangler", "state");
 
-console.log("p2pa: applying migrations to the local database…");
-await prepareLocalDatabase(persistTo);
+const { values: flags } = parseArgs({ options: { postgres: { type: "boolean" } } });
+const usePostgres = flags.postgres === true || process.env.P2PA_POSTGRES === "1";
+
+let postgres: LocalPostgres | undefined;
+if (usePostgres) {
+  console.log("p2pa: starting the local Postgres (PGlite with pgvector)…");
+  postgres = await startPostgres({ dataDir: path.join(ROOT, ".wrangler", "postgres") });
+}
+console.log(`p2pa: applying migrations to the local ${postgres ? "Postgres" : "database"}…`);
+await prepareLocalDatabase(persistTo, [], postgres);
 console.log("p2pa: starting the edge…");
-const edge = await startEdge({ port, persistTo });
+const edge = await startEdge({ port, persistTo, ...(postgres ? { postgres } : {}) });
 const worker = spawnWorker(
   edge.url,
   DEV_CREDENTIALS.workerToken,
@@ -32,7 +46,7 @@ worker.stderr?.pipe(process.stderr);
 
 const { apiKey, adminKey, workerToken } = DEV_CREDENTIALS;
 console.log(`
-p2pa is running at ${edge.url}
+p2pa is running at ${edge.url}${postgres ? " (metadata and vectors in Postgres)" : ""}
   API key (submitters):   ${apiKey}
   operator key (fleet):   ${adminKey}   (/v1/metrics, every worker)
   worker token (donors):  ${workerToken}
@@ -59,6 +73,7 @@ async function shutdown() {
     if (worker.exitCode === null) killTree(worker, "SIGKILL");
   }
   await edge.stop();
+  await postgres?.stop();
   process.exit(0);
 }
 process.on("SIGINT", shutdown);

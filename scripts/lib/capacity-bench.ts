@@ -4,6 +4,7 @@ import path from "node:path";
 import { rng } from "./corpus.js";
 import * as here from "./local-edge.js";
 import { waitForCompletion } from "./local-edge.js";
+import { type LocalPostgres, startPostgres } from "./postgres.js";
 import { EdgeProfiler } from "./profile.js";
 import { randomUnit, ScriptedDonor } from "./scripted-donor.js";
 
@@ -30,7 +31,12 @@ interface CapacityRun {
   chunksPerSecond: number;
   bytesPerChunkToDonor: number;
   bytesPerChunkFromDonor: number;
+  /** Reading every chunk of the finished job back through the API (pages of 500), in seconds. */
+  readSeconds: number;
 }
+
+/** Where the edge keeps metadata and vectors: D1 + the local index, or Postgres + pgvector. */
+type Backend = "d1" | "postgres";
 
 /** How the donors send results: binary float32 frames (p2pa-worker), or JSON (older workers). */
 type ResultFrames = "binary" | "json";
@@ -82,6 +88,7 @@ async function oneRun(
   seed: number,
   profile: string | null,
   frames: ResultFrames,
+  backend: Backend = "d1",
 ) {
   const { DEV_CREDENTIALS } = harness;
   const headers = {
@@ -89,11 +96,15 @@ async function oneRun(
     "Content-Type": "application/json",
   };
   const dir = mkdtempSync(path.join(os.tmpdir(), "p2pa-capacity-"));
-  await harness.prepareLocalDatabase(dir);
+  const postgres: LocalPostgres | undefined =
+    backend === "postgres" ? await startPostgres() : undefined;
+  if (postgres) await here.prepareLocalDatabase(dir, [], postgres);
+  else await harness.prepareLocalDatabase(dir);
   const edge = await harness.startEdge({
     port: await here.freePort(),
     persistTo: dir,
     vars: { DISPATCH_SHARDS: "1", VERIFY_CANARY_RATE: "0", VERIFICATION: "off" },
+    ...(postgres ? { postgres } : {}),
   });
   // Every donor answers every item with the same valid unit vector, encoded once.
   const answer = randomUnit();
@@ -130,6 +141,20 @@ async function oneRun(
     if (answered < chunks.total)
       throw new Error(`donors answered ${answered} chunks of ${chunks.total}`);
     const dispatchSeconds = (completedAt - firstTask) / 1000;
+    const r0 = Date.now();
+    let read = 0;
+    for (let cursor: string | null = null; read === 0 || cursor; ) {
+      const res = await fetch(
+        `${edge.url}/v1/jobs/${id}/chunks?limit=500${cursor ? `&cursor=${cursor}` : ""}`,
+        { headers },
+      );
+      const page = (await res.json()) as { data: unknown[]; nextCursor: string | null };
+      read += page.data.length;
+      cursor = page.nextCursor;
+      if (page.data.length === 0) break;
+    }
+    if (read !== chunks.total) throw new Error(`read ${read} chunks of ${chunks.total}`);
+    const readSeconds = (Date.now() - r0) / 1000;
     const run: CapacityRun = {
       documents,
       submitSeconds: (submitted - t0) / 1000,
@@ -138,11 +163,13 @@ async function oneRun(
       chunksPerSecond: chunks.total / dispatchSeconds,
       bytesPerChunkToDonor: pool.reduce((n, d) => n + d.bytesIn, 0) / chunks.total,
       bytesPerChunkFromDonor: pool.reduce((n, d) => n + d.bytesOut, 0) / chunks.total,
+      readSeconds,
     };
     return run;
   } finally {
     for (const d of pool) d.close();
     await edge.stop();
+    await postgres?.stop();
     rmSync(dir, { recursive: true, force: true });
   }
 }
@@ -204,6 +231,7 @@ export async function capacityBench(opts: {
         chunksPerSecond: m("chunksPerSecond"),
         bytesPerChunkToDonor: m("bytesPerChunkToDonor"),
         bytesPerChunkFromDonor: m("bytesPerChunkFromDonor"),
+        readSeconds: m("readSeconds"),
       },
     };
   };
@@ -224,5 +252,70 @@ export async function capacityBench(opts: {
             },
           }
         : null,
+  };
+}
+
+export interface BackendsReport {
+  documents: number;
+  /** Medians by backend, each over the same runs, interleaved. */
+  backends: Record<Backend, CapacityFigures>;
+  /** postgres / d1 for each median (above 1: Postgres is faster). */
+  ratio: { documentsPerSecond: number; chunksPerSecond: number; readSpeed: number };
+}
+
+/**
+ * The same job on both metadata backends in one run: D1 with the local vector index, and
+ * Postgres (PGlite over the wire protocol, behind the WebSocket proxy) with pgvector. Each run
+ * submits the same documents to a fresh system of each kind in turn, dispatches them to instant
+ * donors, and reads every chunk back: what the metadata store and the index cost per chunk.
+ */
+export async function backendsBench(opts: {
+  documents: number;
+  donors: number;
+  capacity: number;
+  runs: number;
+}): Promise<BackendsReport> {
+  const runs: Record<Backend, CapacityRun[]> = { d1: [], postgres: [] };
+  for (let r = 0; r < opts.runs; r++) {
+    for (const backend of ["d1", "postgres"] as const) {
+      const run = await oneRun(
+        here,
+        opts.documents,
+        opts.donors,
+        opts.capacity,
+        9000 + r,
+        null,
+        "binary",
+        backend,
+      );
+      console.log(
+        `backends run ${r + 1}, ${backend}: submit ${run.documentsPerSecond.toFixed(0)} documents/s, dispatch ${run.chunksPerSecond.toFixed(0)} chunks/s, read every chunk ${(1000 * run.readSeconds).toFixed(0)} ms`,
+      );
+      runs[backend].push(run);
+    }
+  }
+  const figures = (rs: CapacityRun[]): CapacityFigures => {
+    const m = (k: keyof CapacityRun) => median(rs.map((x) => x[k]));
+    return {
+      runs: rs,
+      median: {
+        documentsPerSecond: m("documentsPerSecond"),
+        chunksPerSecond: m("chunksPerSecond"),
+        bytesPerChunkToDonor: m("bytesPerChunkToDonor"),
+        bytesPerChunkFromDonor: m("bytesPerChunkFromDonor"),
+        readSeconds: m("readSeconds"),
+      },
+    };
+  };
+  const d1 = figures(runs.d1);
+  const pg = figures(runs.postgres);
+  return {
+    documents: opts.documents,
+    backends: { d1, postgres: pg },
+    ratio: {
+      documentsPerSecond: pg.median.documentsPerSecond / d1.median.documentsPerSecond,
+      chunksPerSecond: pg.median.chunksPerSecond / d1.median.chunksPerSecond,
+      readSpeed: d1.median.readSeconds / pg.median.readSeconds,
+    },
   };
 }

@@ -5,6 +5,8 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { migratePostgres } from "./pg-migrate.js";
+import type { LocalPostgres } from "./postgres.js";
 
 /** A TCP port free on 127.0.0.1 right now. */
 export async function freePort(): Promise<number> {
@@ -66,10 +68,35 @@ const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
 export async function prepareLocalDatabase(
   persistTo: string,
   workerTokens: string[] = [],
+  postgres?: LocalPostgres,
 ): Promise<void> {
+  if (postgres) {
+    // The metadata lives in Postgres: its migrations, then the same credentials.
+    await migratePostgres(postgres.url, postgres.wsProxy);
+    await postgres.exec(
+      credentialRows(workerTokens)
+        .map((r) => `${r.replace("INSERT OR IGNORE", "INSERT")} ON CONFLICT (id) DO NOTHING`)
+        .join("; "),
+    );
+    return;
+  }
   await run(["d1", "migrations", "apply", "DB", "--local", "--persist-to", persistTo]);
+  await run([
+    "d1",
+    "execute",
+    "DB",
+    "--local",
+    "--persist-to",
+    persistTo,
+    "--command",
+    credentialRows(workerTokens).join("; "),
+  ]);
+}
+
+/** The development credentials, plus `workerTokens`, as SQL inserts that keep existing rows. */
+function credentialRows(workerTokens: string[]): string[] {
   const { apiKey, adminKey, workerToken, tenant } = DEV_CREDENTIALS;
-  const sql = [
+  return [
     ...workerTokens.map(
       (t, i) =>
         `INSERT OR IGNORE INTO credentials (id, kind, tenant, hash, name) VALUES ('cred_test_worker_${i}', 'worker', '${tenant}', '${sha256(t)}', 'test donor ${i}')`,
@@ -77,8 +104,7 @@ export async function prepareLocalDatabase(
     `INSERT OR IGNORE INTO credentials (id, kind, tenant, hash, name) VALUES ('cred_dev_api', 'api', '${tenant}', '${sha256(apiKey)}', 'development API key')`,
     `INSERT OR IGNORE INTO credentials (id, kind, tenant, hash, name) VALUES ('cred_dev_worker', 'worker', '${tenant}', '${sha256(workerToken)}', 'development worker token')`,
     `INSERT OR IGNORE INTO credentials (id, kind, tenant, hash, name) VALUES ('cred_dev_admin', 'admin', '${tenant}', '${sha256(adminKey)}', 'development operator key')`,
-  ].join("; ");
-  await run(["d1", "execute", "DB", "--local", "--persist-to", persistTo, "--command", sql]);
+  ];
 }
 
 export interface LocalEdge {
@@ -95,6 +121,8 @@ export interface EdgeOptions {
   port: number;
   persistTo: string;
   vars?: Record<string, string>;
+  /** Metadata and vectors in this Postgres (METADATA_BACKEND=postgres, VECTOR_BACKEND=pgvector). */
+  postgres?: LocalPostgres;
   /** Echo wrangler's output (npm start); tests keep it. */
   inheritOutput?: boolean;
 }
@@ -117,6 +145,14 @@ export async function startEdge(opts: EdgeOptions): Promise<LocalEdge> {
   const vars = {
     VECTOR_BACKEND: "local",
     P2PA_DATA_KEYS: localDataKeys(opts.persistTo),
+    ...(opts.postgres
+      ? {
+          METADATA_BACKEND: "postgres",
+          VECTOR_BACKEND: "pgvector",
+          DATABASE_URL: opts.postgres.url,
+          PG_WS_PROXY: opts.postgres.wsProxy,
+        }
+      : {}),
     ...opts.vars,
   };
   const inspectorPort = await freePort();

@@ -21,6 +21,7 @@ import {
   spawnWorker,
   startEdge,
 } from "../../scripts/lib/local-edge.js";
+import { startPostgres } from "../../scripts/lib/postgres.js";
 
 export { DEV_CREDENTIALS, freePort };
 
@@ -100,14 +101,21 @@ export interface System {
 
 /** The real system: wrangler dev with local bindings and real p2pa-worker processes. */
 export async function startSystem(
-  opts: { vars?: Record<string, string>; workerTokens?: string[] } = {},
+  opts: {
+    vars?: Record<string, string>;
+    workerTokens?: string[];
+    /** Metadata and vectors in a local Postgres with pgvector instead of D1 and the local index. */
+    postgres?: boolean;
+  } = {},
 ): Promise<System> {
   const dir = mkdtempSync(path.join(os.tmpdir(), "p2pa-e2e-"));
-  await prepareLocalDatabase(dir, opts.workerTokens);
+  const postgres = opts.postgres ? await startPostgres() : undefined;
+  await prepareLocalDatabase(dir, opts.workerTokens, postgres);
   const edgeOptions = {
     port: await freePort(),
     persistTo: dir,
     ...(opts.vars ? { vars: opts.vars } : {}),
+    ...(postgres ? { postgres } : {}),
   };
   const edge = await startEdge(edgeOptions);
   const workers: ChildProcess[] = [];
@@ -173,6 +181,7 @@ export async function startSystem(
     async stop() {
       for (const w of workers) if (w.exitCode === null && w.signalCode === null) w.kill("SIGKILL");
       await sys.edge.stop();
+      await postgres?.stop();
       rmSync(dir, { recursive: true, force: true });
     },
   };

@@ -19,7 +19,7 @@ export interface RegisteredModel extends ModelInfo {
 }
 
 /** The binding name a registered model's index has by default: VECTORIZE_<ID>. */
-export function defaultVectorizeBinding(id: string): string {
+function defaultVectorizeBinding(id: string): string {
   return `VECTORIZE_${id.toUpperCase().replace(/[^A-Z0-9]/g, "_")}`;
 }
 

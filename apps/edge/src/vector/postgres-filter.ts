@@ -46,7 +46,7 @@ const RANGE_SQL: Record<RangeOp, string> = { $lt: "<", $lte: "<=", $gt: ">", $gt
 const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
 
 /** A SQL string literal of `s`, in a form read the same whatever `standard_conforming_strings` is. */
-export function sqlLiteral(s: string): string {
+function sqlLiteral(s: string): string {
   if (s.includes("\u0000")) throw new Error("Postgres text cannot contain U+0000");
   const quoted = s.replaceAll("'", "''");
   return s.includes("\\") ? `E'${quoted.replaceAll("\\", "\\\\")}'` : `'${quoted}'`;

@@ -5,7 +5,7 @@
  * query returns. The local index and the pgvector index both apply them from here.
  */
 
-export const VECTORIZE_LIMITS = {
+const VECTORIZE_LIMITS = {
   maxDimensions: 1536,
   maxIdBytes: 64,
   maxNamespaceBytes: 64,
@@ -34,7 +34,7 @@ export interface Prepared {
 }
 
 /** Checks one vector of a write against Vectorize's limits. */
-export function prepare(v: VectorizeVector): Prepared {
+function prepare(v: VectorizeVector): Prepared {
   if (typeof v?.id !== "string" || v.id.length === 0)
     throw new Error("every vector needs a non-empty string id");
   if (byteLength(v.id) > VECTORIZE_LIMITS.maxIdBytes)
@@ -87,7 +87,7 @@ export function checkMetadataIndexCount(keys: readonly string[]): void {
 }
 
 /** Copies values into a float32 array of their own (the stored form) and checks them. */
-export function toFloat32(values: VectorFloatArray | number[], what: string): Float32Array {
+function toFloat32(values: VectorFloatArray | number[], what: string): Float32Array {
   if (!Array.isArray(values) && !(values instanceof Float32Array || values instanceof Float64Array))
     throw new Error(`${what} must be an array of numbers`);
   const v = new Float32Array(values);
@@ -191,9 +191,7 @@ export function vectorsByIds(
   return out;
 }
 
-export function parseMetadata(
-  json: string | null,
-): Record<string, VectorizeVectorMetadata> | undefined {
+function parseMetadata(json: string | null): Record<string, VectorizeVectorMetadata> | undefined {
   return json === null ? undefined : (JSON.parse(json) as Record<string, VectorizeVectorMetadata>);
 }
 
@@ -201,7 +199,7 @@ export function parseMetadata(
  * What Vectorize returns for `returnMetadata: "indexed"`: only the indexed keys with scalar
  * values, strings cut to their first 64 bytes on a character boundary.
  */
-export function pickIndexed(
+function pickIndexed(
   metadata: Record<string, VectorizeVectorMetadata> | undefined,
   keys: readonly string[],
 ): Record<string, VectorizeVectorMetadata> {
