@@ -339,6 +339,8 @@ const PARAMS: Record<string, (f: Fixture) => string[]> = {
   "/v1/keys/{id}": (f) => [f.key.id, "c1", "c3", f.workerCred],
   "/v1/workers/tokens/{id}": (f) => [f.workerCred, "c3"],
   "/v1/admin/tenants/{tenant}": () => ["t1"],
+  // Models belong to the deployment, not to a tenant: every tenant reads the same list.
+  "/v1/models/{model}": () => ["use-lite"],
 };
 
 interface Variant {
@@ -506,6 +508,13 @@ const ROUTES: Record<string, Rule> = {
   },
   "POST /v1/embeddings": {
     variants: () => [{ json: { model: "use-lite", input: [DOC_A.text, DOC_B.text] } }],
+  },
+  "GET /v1/models": { t2: (o) => expect(o.status, `${o.route}: ${o.text}`).toBe(200) },
+  "GET /v1/models/{model}": {
+    // Not t1's resource: the deployment's model, which every tenant reads alike (none of
+    // t1's secrets may show in it).
+    ownCopies: [],
+    t2: (o) => expect(o.status, `${o.route}: ${o.text}`).toBe(200),
   },
   "GET /v1/workers": {
     variants: () => [{}, { query: "model=use-lite" }],
