@@ -14,9 +14,9 @@ export interface Backend {
   kind: MetadataBackend;
   env: Env;
   /**
-   * Whether transactions of different connections really run at the same time. PGlite runs
-   * every connection on one backend session, and transactions that overlap there do not keep
-   * apart; races between transactions are tested where they do.
+   * Whether transactions of different connections keep apart when they overlap, so races
+   * between them can be tested. PGlite runs every connection on one backend session; its proxy
+   * (scripts/lib/ws-proxy.ts) gives connections turns a transaction at a time, so they do.
    */
   concurrent: boolean;
   /** Rows of a query written with `?` placeholders, run on the backend's database. */
@@ -73,7 +73,7 @@ export const PGLITE = postgres(
   "postgres (PGlite)",
   bindings.DATABASE_URL ?? "",
   bindings.PG_WS_PROXY ?? "",
-  false,
+  true,
 );
 
 /** The machine's own PostgreSQL, when installed (see scripts/lib/system-postgres.ts). */
