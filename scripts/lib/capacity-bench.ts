@@ -77,6 +77,21 @@ function sentences(n: number, seed: number): string[] {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
+/** The runs and the median of each figure over them. */
+function figures(rs: CapacityRun[]): CapacityFigures {
+  const m = (k: keyof CapacityRun) => median(rs.map((r) => r[k]));
+  return {
+    runs: rs,
+    median: {
+      documentsPerSecond: m("documentsPerSecond"),
+      chunksPerSecond: m("chunksPerSecond"),
+      bytesPerChunkToDonor: m("bytesPerChunkToDonor"),
+      bytesPerChunkFromDonor: m("bytesPerChunkFromDonor"),
+      readSeconds: m("readSeconds"),
+    },
+  };
+}
+
 /** What a checkout's harness offers: this one's, or a baseline checkout's (`--baseline-dir`). */
 type Harness = Pick<typeof here, "prepareLocalDatabase" | "startEdge" | "DEV_CREDENTIALS">;
 
@@ -222,19 +237,6 @@ export async function capacityBench(opts: {
       baselineRuns.push(run);
     }
   }
-  const figures = (rs: CapacityRun[]): CapacityFigures => {
-    const m = (k: keyof CapacityRun) => median(rs.map((r) => r[k]));
-    return {
-      runs: rs,
-      median: {
-        documentsPerSecond: m("documentsPerSecond"),
-        chunksPerSecond: m("chunksPerSecond"),
-        bytesPerChunkToDonor: m("bytesPerChunkToDonor"),
-        bytesPerChunkFromDonor: m("bytesPerChunkFromDonor"),
-        readSeconds: m("readSeconds"),
-      },
-    };
-  };
   const mine = figures(runs.binary);
   const base = baselineRuns.length ? figures(baselineRuns) : null;
   return {
@@ -294,19 +296,6 @@ export async function backendsBench(opts: {
       runs[backend].push(run);
     }
   }
-  const figures = (rs: CapacityRun[]): CapacityFigures => {
-    const m = (k: keyof CapacityRun) => median(rs.map((x) => x[k]));
-    return {
-      runs: rs,
-      median: {
-        documentsPerSecond: m("documentsPerSecond"),
-        chunksPerSecond: m("chunksPerSecond"),
-        bytesPerChunkToDonor: m("bytesPerChunkToDonor"),
-        bytesPerChunkFromDonor: m("bytesPerChunkFromDonor"),
-        readSeconds: m("readSeconds"),
-      },
-    };
-  };
   const d1 = figures(runs.d1);
   const pg = figures(runs.postgres);
   return {
