@@ -77,7 +77,7 @@ export const PGLITE = postgres(
 );
 
 /** The machine's own PostgreSQL, when installed (see scripts/lib/system-postgres.ts). */
-const system = bindings.SYSTEM_DATABASE_URL
+export const SYSTEM_POSTGRES = bindings.SYSTEM_DATABASE_URL
   ? postgres(
       "postgres (system)",
       bindings.SYSTEM_DATABASE_URL,
@@ -86,7 +86,11 @@ const system = bindings.SYSTEM_DATABASE_URL
     )
   : null;
 
-export const BACKENDS: readonly Backend[] = [d1, PGLITE, ...(system ? [system] : [])];
+export const BACKENDS: readonly Backend[] = [
+  d1,
+  PGLITE,
+  ...(SYSTEM_POSTGRES ? [SYSTEM_POSTGRES] : []),
+];
 
 /** A name no other test (of any file, on any backend) uses. */
 export function unique(prefix: string): string {

@@ -1,33 +1,54 @@
 import type { ApiKey, Collection, Job, Quotas } from "@p2pa/shared";
-import { and, asc, desc, eq, gt, isNull, ne, type SQL, sql } from "drizzle-orm";
-import { AppError } from "../lib/errors.js";
+import { and, asc, desc, eq, isNull, ne, type SQL, sql } from "drizzle-orm";
 import { type PgClient, type PgDatabase, pgError } from "./pg-client.js";
 import { pgKeywordFilter } from "./pg-filter.js";
-import * as schema from "./schema-pg.js";
 import {
-  type CacheEntry,
-  type ChunkRow,
-  type ChunkSelect,
-  type ChunkUsage,
-  type Credential,
-  type DocumentListFilter,
-  type JobListFilter,
-  type KeywordQuery,
-  type LiveVersion,
-  type MetadataStore,
-  type NewChunk,
-  type NewCredential,
-  type NewDocument,
-  type NewDocuments,
-  type NewJob,
-  type TenantSettings,
-  type TextSealer,
+  appendedCounters,
+  cacheHits,
+  chunkColumns,
+  chunkPageWhere,
+  credentialColumns,
+  credentialState,
+  dayAgo,
+  documentListWhere,
+  idempotentJob,
+  jobListWhere,
+  newChunkRows,
+  newCredentialRow,
+  newDocumentRows,
+  newJobRow,
+  noUsage,
+  patchedSettings,
+  pendingKeys,
+  type RecordGroups,
+  removedCounters,
+  StoreBase,
+  settledStatus,
   toApiKey,
-  toChunkRow,
   toCredential,
   toJob,
-  type VersionRow,
-  type WorkerInfo,
+  toTenantSettings,
+  withCounts,
+} from "./rows.js";
+import * as schema from "./schema-pg.js";
+import type {
+  CacheEntry,
+  ChunkUsage,
+  Credential,
+  DocumentListFilter,
+  JobListFilter,
+  KeywordQuery,
+  LiveVersion,
+  MetadataStore,
+  NewChunk,
+  NewCredential,
+  NewDocument,
+  NewDocuments,
+  NewJob,
+  TenantSettings,
+  TextSealer,
+  VersionRow,
+  WorkerInfo,
 } from "./store.js";
 
 /**
@@ -65,21 +86,6 @@ function jsonGroups(rows: readonly unknown[]): string[] {
   return out;
 }
 
-/**
- * A unique index refused a row. Two submits of the same document name raced, and the index on
- * live versions refused the second: nothing of it was written (the 409 D1Store gives too).
- */
-function versionRace(err: unknown): unknown {
-  const e = pgError(err);
-  if (e?.code === "23505" && /^documents_(current|pending)$/.test(e.constraint ?? ""))
-    return new AppError(
-      409,
-      "conflict",
-      "a document of this request was submitted by another request at the same moment; retry",
-    );
-  return err;
-}
-
 function hexToFloat32(hex: string): Float32Array {
   const bytes = new Uint8Array(hex.length / 2);
   for (let i = 0; i < bytes.length; i++)
@@ -108,7 +114,7 @@ const JOB_SETTLED = sql`NOT accepting AND chunks_done + chunks_failed >= chunks_
   AND NOT EXISTS (SELECT 1 FROM documents WHERE documents.job_id = jobs.id AND documents.state = 'pending')`;
 
 /** The metadata a keyword search filters on: FILTER_METADATA's, as jsonb. */
-const PG_FILTER_METADATA = sql`(coalesce(d.metadata::jsonb, '{}'::jsonb) || jsonb_build_object('jobId', c.job_id, 'documentId', c.document_id, 'collection', j.collection))`;
+const PG_FILTER_METADATA = `(coalesce(d.metadata::jsonb, '{}'::jsonb) || jsonb_build_object('jobId', c.job_id, 'documentId', c.document_id, 'collection', j.collection))`;
 
 /** The columns of a VersionRow, from documents `d` joined to jobs `j`. */
 const VERSION_COLUMNS = sql`d.job_id AS "jobId", d.seq, d.id, d.tenant, d.collection,
@@ -123,20 +129,16 @@ const VERSION_COLUMNS = sql`d.job_id AS "jobId", d.seq, d.id, d.tenant, d.collec
  * writes safe, the job's row is locked first (`lockJobs`), so that recording results, settling
  * versions and changing a job's documents take their turns per job as they do on D1.
  */
-export class PgStore implements MetadataStore {
+export class PgStore extends StoreBase implements MetadataStore {
   /**
-   * `sealer` encrypts chunk text on the way in and decrypts it on the way out, as D1Store's.
-   * `pg` holds the connections (see pg-client.ts for how long they live).
+   * `pg` holds the connections (see pg-client.ts for how long they live); `sealer` seals and
+   * opens chunk text (see StoreBase).
    */
   constructor(
     private readonly pg: PgClient,
-    private readonly sealer?: TextSealer,
-  ) {}
-
-  private get seal(): TextSealer {
-    if (!this.sealer)
-      throw new Error("this store was opened without a sealer; it cannot touch text");
-    return this.sealer;
+    sealer?: TextSealer,
+  ) {
+    super(sealer);
   }
 
   /** Ends the store's connections now (they also end on their own once idle). */
@@ -175,15 +177,7 @@ export class PgStore implements MetadataStore {
     const c = schema.credentials;
     const [row] = await this.run((db) =>
       db
-        .select({
-          id: c.id,
-          kind: c.kind,
-          tenant: c.tenant,
-          quarantined: c.quarantineReason,
-          scopes: c.scopes,
-          quotas: c.quotas,
-          expiresAt: c.expiresAt,
-        })
+        .select(credentialColumns(c))
         .from(c)
         .where(and(eq(c.hash, hash), isNull(c.revokedAt)))
         .limit(1),
@@ -192,20 +186,7 @@ export class PgStore implements MetadataStore {
   }
 
   async createCredential(c: NewCredential): Promise<void> {
-    await this.run((db) =>
-      db.insert(schema.credentials).values({
-        id: c.id,
-        kind: c.kind,
-        tenant: c.tenant,
-        hash: c.hash,
-        name: c.label,
-        prefix: c.prefix,
-        scopes: c.scopes,
-        expiresAt: c.expiresAt,
-        quotas: c.quotas,
-        createdAt: new Date().toISOString(),
-      }),
-    );
+    await this.run((db) => db.insert(schema.credentials).values(newCredentialRow(c)));
   }
 
   async listCredentials(tenant: string): Promise<ApiKey[]> {
@@ -303,34 +284,18 @@ export class PgStore implements MetadataStore {
         .where(sql`${c.id} = ANY(${texts(ids)})`),
     );
     const now = new Date().toISOString();
-    for (const r of rows)
-      out.set(
-        r.id,
-        r.revokedAt || (r.expiresAt && r.expiresAt <= now)
-          ? "revoked"
-          : r.quarantinedAt
-            ? "quarantined"
-            : "active",
-      );
+    for (const r of rows) out.set(r.id, credentialState(r, now));
     return out;
   }
 
   async tenantSettings(tenant: string): Promise<TenantSettings | null> {
     const t = schema.tenantSettings;
     const [r] = await this.run((db) => db.select().from(t).where(eq(t.tenant, tenant)).limit(1));
-    return r
-      ? { textRetentionDays: r.textRetentionDays, quotas: r.quotas ?? {}, updatedAt: r.updatedAt }
-      : null;
+    return r ? toTenantSettings(r) : null;
   }
 
   async putTenantSettings(tenant: string, patch: Partial<Omit<TenantSettings, "updatedAt">>) {
-    const now = new Date().toISOString();
-    const current = (await this.tenantSettings(tenant)) ?? {
-      textRetentionDays: null,
-      quotas: {},
-      updatedAt: now,
-    };
-    const next: TenantSettings = { ...current, ...patch, updatedAt: now };
+    const next = patchedSettings(await this.tenantSettings(tenant), patch);
     const t = schema.tenantSettings;
     await this.run((db) =>
       db
@@ -342,7 +307,7 @@ export class PgStore implements MetadataStore {
   }
 
   async chunkUsage(tenant: string, keyId: string): Promise<ChunkUsage> {
-    const since = new Date(Date.now() - 86_400_000).toISOString();
+    const since = dayAgo();
     const [r] = await this.rows<ChunkUsage>(sql`SELECT
         coalesce(sum(CASE WHEN created_at > ${since} THEN chunks_total END), 0)::float8 AS "tenantLast24h",
         coalesce(sum(CASE WHEN created_at > ${since} AND created_by = ${keyId} THEN chunks_total END), 0)::float8 AS "keyLast24h",
@@ -350,19 +315,11 @@ export class PgStore implements MetadataStore {
         min(CASE WHEN created_at > ${since} AND created_by = ${keyId} THEN created_at END) AS "keyOldestAt",
         coalesce(sum(CASE WHEN status IN ('queued', 'running') THEN chunks_total - chunks_failed ELSE chunks_done END), 0)::float8 AS "storedVectors"
       FROM jobs WHERE tenant = ${tenant}`);
-    return (
-      r ?? {
-        tenantLast24h: 0,
-        keyLast24h: 0,
-        tenantOldestAt: null,
-        keyOldestAt: null,
-        storedVectors: 0,
-      }
-    );
+    return r ?? noUsage();
   }
 
   async chunksByKey(tenant: string): Promise<Map<string, number>> {
-    const since = new Date(Date.now() - 86_400_000).toISOString();
+    const since = dayAgo();
     const rows = await this.rows<{ key: string | null; n: number }>(sql`
       SELECT created_by AS key, sum(chunks_total)::float8 AS n FROM jobs
       WHERE tenant = ${tenant} AND created_at > ${since} GROUP BY created_by`);
@@ -387,53 +344,26 @@ export class PgStore implements MetadataStore {
 
   // Jobs: creating, appending, closing, settling.
 
-  async createJob(input: NewJob) {
-    const cached = input.chunks.filter((c) => c.cached).length;
-    const jobRow: typeof schema.jobs.$inferInsert = {
-      id: input.id,
-      tenant: input.tenant,
-      status: "queued",
-      model: input.model,
-      collection: input.collection,
-      documents: input.documents.length + input.unchanged,
-      documentsUnchanged: input.unchanged,
-      chunksTotal: input.chunks.length,
-      chunksDone: cached,
-      chunksCached: cached,
-      accepting: input.accepting,
-      keepOriginals: input.keepOriginals,
-      chunkMaxChars: input.chunking.maxChars,
-      chunkOverlap: input.chunking.overlap,
-      verification: input.verification,
-      pool: input.pool,
-      piiMask: input.piiMask,
-      textRetentionDays: input.textRetentionDays,
-      createdBy: input.createdBy,
-      idempotencyKey: input.idempotencyKey,
-      requestHash: input.requestHash,
-      createdAt: input.createdAt,
-      webhookId: input.webhook?.id ?? null,
-      webhookUrl: input.webhook?.url ?? null,
-    };
+  protected override async jobInsert(input: NewJob) {
+    const jobRow = newJobRow(input);
     const sealed = await this.sealChunks(input.tenant, input.chunks);
     // One transaction: the job appears with all its chunks or not at all.
-    try {
-      await this.pg.transaction(async (tx) => {
+    return () =>
+      this.pg.transaction(async (tx) => {
         await tx.insert(schema.jobs).values(jobRow);
         await this.insertDocuments(tx, input.id, input.tenant, input.collection, input, sealed);
         await this.settle(tx, [input.id]);
       });
-    } catch (err) {
-      // A concurrent submit with the same Idempotency-Key won the race: return its job.
-      if (input.idempotencyKey && pgError(err)?.code === "23505") {
-        const existing = await this.findJobByIdempotencyKey(input.tenant, input.idempotencyKey);
-        if (existing) return { ...existing, created: false };
-      }
-      throw versionRace(err);
-    }
-    const job = await this.getJob(input.tenant, input.id);
-    if (!job) throw new Error(`job ${input.id} vanished after insert`);
-    return { job, created: true, requestHash: input.requestHash, dispatched: false };
+  }
+
+  protected override isUniqueViolation(err: unknown): boolean {
+    return pgError(err)?.code === "23505";
+  }
+
+  /** The unique indexes on current and on pending versions (documents_current, documents_pending). */
+  protected override isVersionRace(err: unknown): boolean {
+    const e = pgError(err);
+    return e?.code === "23505" && /^documents_(current|pending)$/.test(e.constraint ?? "");
   }
 
   async appendDocuments(input: NewDocuments): Promise<boolean> {
@@ -443,7 +373,6 @@ export class PgStore implements MetadataStore {
       db.select({ accepting: j.accepting }).from(j).where(where).limit(1),
     );
     if (!open?.accepting) return false;
-    const cached = input.chunks.filter((c) => c.cached).length;
     const sealed = await this.sealChunks(input.tenant, input.chunks);
     try {
       return await this.pg.transaction(async (tx) => {
@@ -454,21 +383,12 @@ export class PgStore implements MetadataStore {
           .where(where)
           .for("update");
         if (!job?.accepting) return false;
-        await tx
-          .update(j)
-          .set({
-            documents: sql`documents + ${input.documents.length + input.unchanged}`,
-            documentsUnchanged: sql`documents_unchanged + ${input.unchanged}`,
-            chunksTotal: sql`chunks_total + ${input.chunks.length}`,
-            chunksDone: sql`chunks_done + ${cached}`,
-            chunksCached: sql`chunks_cached + ${cached}`,
-          })
-          .where(eq(j.id, input.jobId));
+        await tx.update(j).set(appendedCounters(input)).where(eq(j.id, input.jobId));
         await this.insertDocuments(tx, input.jobId, input.tenant, job.collection, input, sealed);
         return true;
       });
     } catch (err) {
-      throw versionRace(err);
+      throw this.raced(err);
     }
   }
 
@@ -488,17 +408,9 @@ export class PgStore implements MetadataStore {
   /** The jobs' status from their counters, once they have stopped taking documents. */
   private async settle(tx: PgDatabase, jobIds: readonly string[]): Promise<void> {
     await tx.execute(sql`UPDATE jobs SET
-        status = CASE
-          WHEN NOT (${JOB_SETTLED}) THEN status
-          WHEN chunks_failed = 0 THEN 'completed'
-          WHEN chunks_done = 0 THEN 'failed'
-          ELSE 'completed_with_errors' END,
+        status = ${settledStatus(JOB_SETTLED)},
         completed_at = CASE WHEN ${JOB_SETTLED} THEN ${new Date().toISOString()} ELSE completed_at END
       WHERE id = ANY(${texts(jobIds)}) AND status IN ('queued', 'running')`);
-  }
-
-  private sealChunks(tenant: string, chunks: readonly NewChunk[]): Promise<string[]> {
-    return Promise.all(chunks.map((c) => this.seal.encrypt(tenant, c.text, c.id)));
   }
 
   /**
@@ -514,17 +426,15 @@ export class PgStore implements MetadataStore {
     input: { documents: NewDocument[]; chunks: NewChunk[] },
     sealed: readonly string[],
   ): Promise<void> {
-    const perDoc = new Map<number, number>();
-    for (const c of input.chunks) perDoc.set(c.documentSeq, (perDoc.get(c.documentSeq) ?? 0) + 1);
     // A new pending version supersedes one still pending from an earlier job (the newest wins).
-    const pendingKeys = input.documents.filter((d) => d.state === "pending").map((d) => d.docKey);
-    if (pendingKeys.length > 0)
+    const pending = pendingKeys(input.documents);
+    if (pending.length > 0)
       await tx.execute(sql`UPDATE documents
         SET state = 'superseded', error = 'a newer version was submitted before it was done'
         WHERE tenant = ${tenant} AND collection = ${collection} AND state = 'pending'
-          AND job_id <> ${jobId} AND doc_key = ANY(${texts(pendingKeys)})`);
+          AND job_id <> ${jobId} AND doc_key = ANY(${texts(pending)})`);
     for (const group of jsonGroups(
-      input.documents.map((d) => ({
+      newDocumentRows(input).map((d) => ({
         seq: d.seq,
         id: d.id,
         doc_key: d.docKey,
@@ -535,7 +445,7 @@ export class PgStore implements MetadataStore {
         raw_key: d.rawKey,
         metadata: d.metadata,
         chars: d.chars,
-        chunks: perDoc.get(d.seq) ?? 0,
+        chunks: d.chunks,
         created_at: d.createdAt,
       })),
     ))
@@ -547,17 +457,17 @@ export class PgStore implements MetadataStore {
           version int, content_hash text, fingerprint text, raw_key text, metadata json, chars int,
           chunks int, created_at text)`);
     for (const group of jsonGroups(
-      input.chunks.map((c, i) => ({
+      newChunkRows(input.chunks, sealed).map((c) => ({
         id: c.id,
         document_id: c.documentId,
         idx: c.index,
-        text: sealed[i],
+        text: c.text,
         start: c.start,
         end: c.end,
-        status: c.cached ? "done" : "pending",
-        headings: c.headings?.length ? c.headings : null,
-        page: c.page ?? null,
-        cache_key: c.cacheKey ?? null,
+        status: c.status,
+        headings: c.headings,
+        page: c.page,
+        cache_key: c.cacheKey,
       })),
     ))
       await tx.execute(sql`INSERT INTO chunks (id, job_id, document_id, idx, text, start, "end",
@@ -568,9 +478,7 @@ export class PgStore implements MetadataStore {
           text text, start int, "end" int, status text, headings json, page int, cache_key text)`);
     await this.insertKeywords(tx, jobId, input.chunks);
     // A hit moves the cache entry to this job: it goes when the chunk that now uses it goes.
-    const hits = [
-      ...new Set(input.chunks.flatMap((c) => (c.cached && c.cacheKey ? [c.cacheKey] : []))),
-    ];
+    const hits = cacheHits(input.chunks);
     if (hits.length > 0)
       await tx.execute(sql`UPDATE embedding_cache SET job_id = ${jobId}
         WHERE tenant = ${tenant} AND model = (SELECT model FROM jobs WHERE id = ${jobId})
@@ -642,9 +550,7 @@ export class PgStore implements MetadataStore {
         .where(and(eq(j.tenant, tenant), eq(j.idempotencyKey, key)))
         .limit(1),
     );
-    return r
-      ? { job: toJob(r), requestHash: r.requestHash, dispatched: r.dispatchedAt !== null }
-      : null;
+    return r ? idempotentJob(r) : null;
   }
 
   async markDispatched(jobId: string): Promise<void> {
@@ -678,16 +584,7 @@ export class PgStore implements MetadataStore {
       db
         .select()
         .from(j)
-        .where(
-          and(
-            eq(j.tenant, tenant),
-            q.status ? eq(j.status, q.status) : undefined,
-            q.collection ? eq(j.collection, q.collection) : undefined,
-            q.before
-              ? sql`(${j.createdAt}, ${j.id}) < (${q.before[0]}, ${q.before[1]})`
-              : undefined,
-          ),
-        )
+        .where(and(...jobListWhere(j, tenant, q)))
         .orderBy(desc(j.createdAt), desc(j.id))
         .limit(q.limit),
     );
@@ -805,15 +702,7 @@ export class PgStore implements MetadataStore {
       const count = (status: "done" | "failed" | null) =>
         sql`(SELECT count(*)::int FROM chunks WHERE job_id = ${jobId} AND document_id = ${doc.id}${status ? sql` AND status = ${status}` : sql``})`;
       // Counters first, while the chunks are still there to count.
-      await tx
-        .update(schema.jobs)
-        .set({
-          documents: sql`documents - 1`,
-          chunksTotal: sql`chunks_total - ${count(null)}`,
-          chunksDone: sql`chunks_done - ${count("done")}`,
-          chunksFailed: sql`chunks_failed - ${count("failed")}`,
-        })
-        .where(eq(schema.jobs.id, jobId));
+      await tx.update(schema.jobs).set(removedCounters(count)).where(eq(schema.jobs.id, jobId));
       await this.dropKeywords(tx, jobId, doc.id);
       await this.dropCached(tx, jobId, doc.id);
       const c = schema.chunks;
@@ -843,38 +732,9 @@ export class PgStore implements MetadataStore {
   }
 
   async listDocuments(tenant: string, q: DocumentListFilter) {
-    // The same rule as a document's status (routes/documents.ts): a current version whose job
-    // still runs is being indexed.
-    const has = (states: string, job?: "running" | "ended") =>
-      sql`EXISTS (SELECT 1 FROM documents s JOIN jobs sj ON sj.id = s.job_id WHERE s.tenant = d.tenant AND s.collection = d.collection AND s.doc_key = d.doc_key AND s.state IN (${sql.raw(states)})${
-        job === undefined
-          ? sql``
-          : sql.raw(` AND sj.status ${job === "running" ? "" : "NOT "}IN ('queued', 'running')`)
-      })`;
-    const status =
-      q.status === "indexing"
-        ? sql`(${has("'pending'")} OR ${has("'current'", "running")})`
-        : q.status === "ready"
-          ? sql`${has("'current'", "ended")} AND NOT ${has("'pending'")}`
-          : q.status === "failed"
-            ? sql`NOT ${has("'current', 'pending'")}`
-            : undefined;
-    const where = and(
-      sql`d.tenant = ${tenant}`,
-      sql`d.doc_key IS NOT NULL`,
-      q.collection ? sql`d.collection = ${q.collection}` : undefined,
-      // One row per document: its newest version.
-      sql`d.version = (SELECT max(m.version) FROM documents m WHERE m.tenant = d.tenant AND m.collection = d.collection AND m.doc_key = d.doc_key)`,
-      q.jobId
-        ? sql`EXISTS (SELECT 1 FROM documents s WHERE s.job_id = ${q.jobId} AND s.tenant = d.tenant AND s.collection = d.collection AND s.doc_key = d.doc_key)`
-        : undefined,
-      q.prefix ? sql`substr(d.doc_key, 1, ${q.prefix.length}) = ${q.prefix}` : undefined,
-      q.after ? sql`(d.collection, d.doc_key) > (${q.after[0]}, ${q.after[1]})` : undefined,
-      status,
-    );
     return this.rows<VersionRow>(sql`SELECT ${VERSION_COLUMNS}
       FROM documents d JOIN jobs j ON j.id = d.job_id
-      WHERE ${where}
+      WHERE ${and(...documentListWhere("d", tenant, q))}
       ORDER BY d.collection, d.doc_key LIMIT ${q.limit}`);
   }
 
@@ -976,12 +836,7 @@ export class PgStore implements MetadataStore {
           FROM documents d WHERE d.tenant = ${tenant} AND d.state = 'current' GROUP BY d.collection`,
         db,
       );
-      const counts = new Map(live.map((r) => [r.name, r]));
-      return rows.map((r) => ({
-        ...r,
-        documents: counts.get(r.name)?.documents ?? 0,
-        chunks: counts.get(r.name)?.chunks ?? 0,
-      }));
+      return withCounts(rows, live);
     });
   }
 
@@ -990,21 +845,7 @@ export class PgStore implements MetadataStore {
   private chunkQuery(db: PgDatabase) {
     const c = schema.chunks;
     return db
-      .select({
-        id: c.id,
-        jobId: c.jobId,
-        documentId: c.documentId,
-        collection: schema.jobs.collection,
-        index: c.index,
-        text: c.text,
-        status: c.status,
-        error: c.error,
-        start: c.start,
-        end: c.end,
-        metadata: schema.documents.metadata,
-        headings: c.headings,
-        page: c.page,
-      })
+      .select(chunkColumns(schema))
       .from(c)
       .innerJoin(schema.jobs, eq(schema.jobs.id, c.jobId))
       .innerJoin(
@@ -1013,29 +854,15 @@ export class PgStore implements MetadataStore {
       );
   }
 
-  /** Rows as chunks, their text opened (null once purged by retention). */
-  private async toChunks(tenant: string, rows: ChunkSelect[]): Promise<ChunkRow[]> {
-    const opened = await Promise.all(
-      rows.map((r) => (r.text === "" ? null : this.seal.decrypt(tenant, r.text, r.id))),
-    );
-    return rows.map((r, i) => ({ ...toChunkRow(r), text: opened[i] ?? null }));
-  }
-
   async listChunks(tenant: string, jobId: string, after: string | null, limit: number) {
     const c = schema.chunks;
     const rows = await this.run((db) =>
       this.chunkQuery(db)
-        .where(
-          and(
-            eq(c.jobId, jobId),
-            eq(schema.jobs.tenant, tenant),
-            after ? gt(c.id, after) : undefined,
-          ),
-        )
+        .where(and(...chunkPageWhere(c, schema.jobs, tenant, jobId, after)))
         .orderBy(asc(c.id))
         .limit(limit),
     );
-    return this.toChunks(tenant, rows);
+    return this.openChunks(tenant, rows);
   }
 
   async getChunks(tenant: string, ids: string[], opts: { currentOnly?: boolean } = {}) {
@@ -1049,7 +876,7 @@ export class PgStore implements MetadataStore {
         ),
       ),
     );
-    return this.toChunks(tenant, rows);
+    return this.openChunks(tenant, rows);
   }
 
   async chunkIds(jobId: string): Promise<string[]> {
@@ -1064,8 +891,8 @@ export class PgStore implements MetadataStore {
    * those with nothing left to compute once this transaction's changes are counted, as D1's
    * single writer gives it. Then the jobs' status.
    */
-  private async record(
-    groups: readonly { jobId: string; chunkIds: readonly string[] }[],
+  protected override async record(
+    groups: RecordGroups,
     to: "done" | "failed",
     reason: string | null,
   ): Promise<Map<string, number[]>> {
@@ -1106,20 +933,6 @@ export class PgStore implements MetadataStore {
       });
     }
     return new Map([...settled].map(([jobId, seqs]) => [jobId, [...seqs]]));
-  }
-
-  async recordDone(jobId: string, chunkIds: string[]) {
-    const settled = await this.record([{ jobId, chunkIds }], "done", null);
-    return { settled: settled.get(jobId) ?? [] };
-  }
-
-  recordDoneAll(groups: readonly { jobId: string; chunkIds: readonly string[] }[]) {
-    return this.record(groups, "done", null);
-  }
-
-  async recordFailed(jobId: string, chunkIds: string[], reason: string) {
-    const settled = await this.record([{ jobId, chunkIds }], "failed", reason);
-    return { settled: settled.get(jobId) ?? [] };
   }
 
   async settledVersions(jobId: string): Promise<number[]> {

@@ -1,15 +1,14 @@
-import {
-  type ApiKey,
-  type Chunk,
-  type Collection,
-  type Job,
-  type JobStatus,
-  type PiiKind,
-  type Pool,
-  type Quotas,
-  SCOPES,
-  type Scope,
-  type Verification,
+import type {
+  ApiKey,
+  Chunk,
+  Collection,
+  Job,
+  JobStatus,
+  PiiKind,
+  Pool,
+  Quotas,
+  Scope,
+  Verification,
 } from "@p2pa/shared";
 import {
   and,
@@ -27,9 +26,36 @@ import {
   type Table,
 } from "drizzle-orm";
 import { type DrizzleD1Database, drizzle } from "drizzle-orm/d1";
-import { AppError } from "../lib/errors.js";
 import { slices } from "../lib/slices.js";
 import { compileFilter } from "../vector/filter.js";
+import {
+  appendedCounters,
+  cacheHits,
+  chunkColumns,
+  chunkPageWhere,
+  credentialColumns,
+  credentialState,
+  dayAgo,
+  documentListWhere,
+  idempotentJob,
+  jobListWhere,
+  newChunkRows,
+  newCredentialRow,
+  newDocumentRows,
+  newJobRow,
+  noUsage,
+  patchedSettings,
+  pendingKeys,
+  type RecordGroups,
+  removedCounters,
+  StoreBase,
+  settledStatus,
+  toApiKey,
+  toCredential,
+  toJob,
+  toTenantSettings,
+  withCounts,
+} from "./rows.js";
 import * as schema from "./schema.js";
 
 /**
@@ -520,20 +546,6 @@ function boundCondition(c: { sql: string; params: (string | number | null)[] }) 
   return sql.join(chunks, sql``);
 }
 
-/**
- * Two submits of the same document name raced, and the unique index on live versions refused
- * the second: nothing of it was written. Other errors pass through.
- */
-function versionRace(err: unknown): unknown {
-  if (/UNIQUE/i.test(String(err)) && /documents\.(tenant|doc_key|collection)/.test(String(err)))
-    return new AppError(
-      409,
-      "conflict",
-      "a document of this request was submitted by another request at the same moment; retry",
-    );
-  return err;
-}
-
 /** A float32 vector from the bytes D1 returns for a BLOB. */
 function toFloat32(b: ArrayBuffer | Uint8Array | number[]): Float32Array {
   if (b instanceof ArrayBuffer) return new Float32Array(b.slice(0));
@@ -546,139 +558,28 @@ function insertable<R>(table: Table, rows: readonly R[]): R[][] {
   return slices(rows, Math.floor(MAX_PARAMS / Object.keys(getTableColumns(table)).length));
 }
 
-/** A job's row as either backend reads it. */
-export type JobRow = typeof schema.jobs.$inferSelect;
-
-/** A job's row as the API shows it. */
-export function toJob(r: JobRow): Job {
-  return {
-    id: r.id,
-    status: r.status,
-    model: r.model,
-    collection: r.collection,
-    documents: r.documents,
-    documentsUnchanged: r.documentsUnchanged,
-    chunks: {
-      total: r.chunksTotal,
-      done: r.chunksDone,
-      failed: r.chunksFailed,
-      cached: r.chunksCached,
-    },
-    accepting: r.accepting,
-    keepOriginals: r.keepOriginals,
-    chunking: { maxChars: r.chunkMaxChars, overlap: r.chunkOverlap },
-    verification: r.verification,
-    pool: r.pool,
-    privacy: { mask: r.piiMask },
-    retention: {
-      textDays: r.textRetentionDays,
-      ...(r.textPurgedAt ? { textPurgedAt: r.textPurgedAt } : {}),
-    },
-    createdAt: r.createdAt,
-    ...(r.completedAt ? { completedAt: r.completedAt } : {}),
-    ...(r.webhookId && r.webhookUrl ? { webhook: { id: r.webhookId, url: r.webhookUrl } } : {}),
-  };
-}
-
-/** Settles a job's status from its counters; applied after every counter change. */
 /** A job ends once it takes no more documents, its chunks are settled and so are its versions. */
 const JOB_SETTLED = sql`accepting = 0 AND chunks_done + chunks_failed >= chunks_total
   AND NOT EXISTS (SELECT 1 FROM documents WHERE documents.job_id = jobs.id AND documents.state = 'pending')`;
-const SETTLED_STATUS = sql<JobStatus>`CASE
-  WHEN NOT (${JOB_SETTLED}) THEN status
-  WHEN chunks_failed = 0 THEN 'completed'
-  WHEN chunks_done = 0 THEN 'failed'
-  ELSE 'completed_with_errors' END`;
+/** Settles a job's status from its counters; applied after every counter change. */
+const SETTLED_STATUS = settledStatus(JOB_SETTLED);
 const SETTLED_AT = sql<string | null>`CASE
   WHEN ${JOB_SETTLED} THEN strftime('%Y-%m-%dT%H:%M:%fZ','now')
   ELSE completed_at END`;
 
-/** A chunk's row (text already opened) as the API shows it. */
-export function toChunkRow(r: ChunkSelect): ChunkRow {
-  return {
-    id: r.id,
-    jobId: r.jobId,
-    documentId: r.documentId,
-    collection: r.collection,
-    index: r.index,
-    text: r.text,
-    status: r.status,
-    start: r.start,
-    end: r.end,
-    metadata: r.metadata ?? {},
-    ...(r.headings?.length ? { headings: r.headings } : {}),
-    ...(r.page != null ? { page: r.page } : {}),
-    ...(r.error ? { error: r.error } : {}),
-  };
-}
-/** A credential's row as a listing shows it (no hash). */
-export function toApiKey(r: typeof schema.credentials.$inferSelect): ApiKey {
-  return {
-    id: r.id,
-    kind: r.kind,
-    label: r.name,
-    prefix: r.prefix,
-    scopes: r.kind === "worker" ? [] : ((r.scopes as Scope[] | null) ?? [...SCOPES]),
-    quotas: r.quotas ?? {},
-    createdAt: r.createdAt,
-    expiresAt: r.expiresAt,
-    lastUsedAt: r.lastUsedAt,
-    revokedAt: r.revokedAt,
-  };
-}
-
-/** A credential's row as authentication reads it. */
-export function toCredential(row: {
-  id: string;
-  kind: Credential["kind"];
-  tenant: string;
-  quarantined: string | null;
-  scopes: string[] | null;
-  quotas: Record<string, number> | null;
-  expiresAt: string | null;
-}): Credential {
-  const { quarantined, scopes, quotas, ...cred } = row;
-  const out: Credential = {
-    ...cred,
-    // Keys made before scopes existed keep what they could do: everything.
-    scopes: (scopes as Scope[] | null) ?? [...SCOPES],
-    quotas: quotas ?? {},
-  };
-  return quarantined ? { ...out, quarantined } : out;
-}
-
 /** D1 implementation of the metadata store (drizzle-orm). */
-export class D1Store implements MetadataStore {
+export class D1Store extends StoreBase implements MetadataStore {
   private readonly db: DrizzleD1Database<typeof schema>;
 
-  /**
-   * `sealer` encrypts chunk text on the way in and decrypts it on the way out; without one,
-   * reading chunk text fails (routes and the coordinator always pass one).
-   */
-  constructor(
-    d1: D1Database,
-    private readonly sealer?: TextSealer,
-  ) {
+  /** `sealer` seals and opens chunk text (see StoreBase). */
+  constructor(d1: D1Database, sealer?: TextSealer) {
+    super(sealer);
     this.db = drizzle(d1, { schema });
-  }
-
-  private get seal(): TextSealer {
-    if (!this.sealer)
-      throw new Error("this store was opened without a sealer; it cannot touch text");
-    return this.sealer;
   }
 
   async findCredential(hash: string): Promise<Credential | null> {
     const row = await this.db
-      .select({
-        id: schema.credentials.id,
-        kind: schema.credentials.kind,
-        tenant: schema.credentials.tenant,
-        quarantined: schema.credentials.quarantineReason,
-        scopes: schema.credentials.scopes,
-        quotas: schema.credentials.quotas,
-        expiresAt: schema.credentials.expiresAt,
-      })
+      .select(credentialColumns(schema.credentials))
       .from(schema.credentials)
       .where(and(eq(schema.credentials.hash, hash), isNull(schema.credentials.revokedAt)))
       .get();
@@ -686,22 +587,7 @@ export class D1Store implements MetadataStore {
   }
 
   async createCredential(c: NewCredential): Promise<void> {
-    await this.db.insert(schema.credentials).values({
-      id: c.id,
-      kind: c.kind,
-      tenant: c.tenant,
-      hash: c.hash,
-      name: c.label,
-      prefix: c.prefix,
-      scopes: c.scopes,
-      expiresAt: c.expiresAt,
-      quotas: c.quotas,
-      createdAt: new Date().toISOString(),
-    });
-  }
-
-  private static toKey(r: typeof schema.credentials.$inferSelect): ApiKey {
-    return toApiKey(r);
+    await this.db.insert(schema.credentials).values(newCredentialRow(c));
   }
 
   async ping(): Promise<boolean> {
@@ -716,7 +602,7 @@ export class D1Store implements MetadataStore {
       .where(eq(schema.credentials.tenant, tenant))
       .orderBy(desc(schema.credentials.createdAt), desc(schema.credentials.id))
       .all();
-    return rows.map(D1Store.toKey);
+    return rows.map(toApiKey);
   }
 
   async getCredential(tenant: string, id: string): Promise<ApiKey | null> {
@@ -725,7 +611,7 @@ export class D1Store implements MetadataStore {
       .from(schema.credentials)
       .where(and(eq(schema.credentials.tenant, tenant), eq(schema.credentials.id, id)))
       .get();
-    return r ? D1Store.toKey(r) : null;
+    return r ? toApiKey(r) : null;
   }
 
   async updateCredential(tenant: string, id: string, patch: { label?: string; quotas?: Quotas }) {
@@ -776,19 +662,11 @@ export class D1Store implements MetadataStore {
       .from(schema.tenantSettings)
       .where(eq(schema.tenantSettings.tenant, tenant))
       .get();
-    return r
-      ? { textRetentionDays: r.textRetentionDays, quotas: r.quotas ?? {}, updatedAt: r.updatedAt }
-      : null;
+    return r ? toTenantSettings(r) : null;
   }
 
   async putTenantSettings(tenant: string, patch: Partial<Omit<TenantSettings, "updatedAt">>) {
-    const now = new Date().toISOString();
-    const current = (await this.tenantSettings(tenant)) ?? {
-      textRetentionDays: null,
-      quotas: {},
-      updatedAt: now,
-    };
-    const next: TenantSettings = { ...current, ...patch, updatedAt: now };
+    const next = patchedSettings(await this.tenantSettings(tenant), patch);
     await this.db
       .insert(schema.tenantSettings)
       .values({ tenant, ...next })
@@ -797,7 +675,7 @@ export class D1Store implements MetadataStore {
   }
 
   async chunkUsage(tenant: string, keyId: string): Promise<ChunkUsage> {
-    const since = new Date(Date.now() - 86_400_000).toISOString();
+    const since = dayAgo();
     const r = await this.db
       .select({
         tenantLast24h: sql<number>`coalesce(sum(CASE WHEN created_at > ${since} THEN chunks_total END), 0)`,
@@ -814,19 +692,11 @@ export class D1Store implements MetadataStore {
       .from(schema.jobs)
       .where(eq(schema.jobs.tenant, tenant))
       .get();
-    return (
-      r ?? {
-        tenantLast24h: 0,
-        keyLast24h: 0,
-        tenantOldestAt: null,
-        keyOldestAt: null,
-        storedVectors: 0,
-      }
-    );
+    return r ?? noUsage();
   }
 
   async chunksByKey(tenant: string): Promise<Map<string, number>> {
-    const since = new Date(Date.now() - 86_400_000).toISOString();
+    const since = dayAgo();
     const rows = await this.db
       .select({ key: schema.jobs.createdBy, n: sql<number>`sum(chunks_total)` })
       .from(schema.jobs)
@@ -916,15 +786,7 @@ export class D1Store implements MetadataStore {
       sql<number>`(SELECT count(*) FROM chunks WHERE job_id = ${jobId} AND document_id = ${doc.id}${status ? sql` AND status = ${status}` : sql``})`;
     await this.db.batch([
       // Counters first, while the chunks are still there to count.
-      this.db
-        .update(schema.jobs)
-        .set({
-          documents: sql`documents - 1`,
-          chunksTotal: sql`chunks_total - ${count(null)}`,
-          chunksDone: sql`chunks_done - ${count("done")}`,
-          chunksFailed: sql`chunks_failed - ${count("failed")}`,
-        })
-        .where(eq(schema.jobs.id, jobId)),
+      this.db.update(schema.jobs).set(removedCounters(count)).where(eq(schema.jobs.id, jobId)),
       ...this.dropKeywords(jobId, doc.id),
       ...this.dropCached(jobId, doc.id),
       this.db.delete(c).where(mine),
@@ -981,63 +843,29 @@ export class D1Store implements MetadataStore {
         .where(inArray(schema.credentials.id, slice))
         .all();
       const now = new Date().toISOString();
-      for (const r of rows)
-        out.set(
-          r.id,
-          r.revokedAt || (r.expiresAt && r.expiresAt <= now)
-            ? "revoked"
-            : r.quarantinedAt
-              ? "quarantined"
-              : "active",
-        );
+      for (const r of rows) out.set(r.id, credentialState(r, now));
     }
     return out;
   }
 
-  async createJob(input: NewJob) {
+  protected override async jobInsert(input: NewJob) {
     const { db } = this;
-    const cached = input.chunks.filter((c) => c.cached).length;
-    const jobRow: typeof schema.jobs.$inferInsert = {
-      id: input.id,
-      tenant: input.tenant,
-      status: "queued",
-      model: input.model,
-      collection: input.collection,
-      documents: input.documents.length + input.unchanged,
-      documentsUnchanged: input.unchanged,
-      chunksTotal: input.chunks.length,
-      chunksDone: cached,
-      chunksCached: cached,
-      accepting: input.accepting,
-      keepOriginals: input.keepOriginals,
-      chunkMaxChars: input.chunking.maxChars,
-      chunkOverlap: input.chunking.overlap,
-      verification: input.verification,
-      pool: input.pool,
-      piiMask: input.piiMask,
-      textRetentionDays: input.textRetentionDays,
-      createdBy: input.createdBy,
-      idempotencyKey: input.idempotencyKey,
-      requestHash: input.requestHash,
-      createdAt: input.createdAt,
-      webhookId: input.webhook?.id ?? null,
-      webhookUrl: input.webhook?.url ?? null,
-    };
+    const jobRow = newJobRow(input);
     // One batch is one transaction: the job appears with all its chunks or not at all.
     const rest = await this.documentInserts(input.id, input.tenant, input.collection, input);
-    try {
+    return async () => {
       await db.batch([db.insert(schema.jobs).values(jobRow), ...rest, this.settle(input.id)]);
-    } catch (err) {
-      // A concurrent submit with the same Idempotency-Key won the race: return its job.
-      if (input.idempotencyKey && /UNIQUE/i.test(String(err))) {
-        const existing = await this.findJobByIdempotencyKey(input.tenant, input.idempotencyKey);
-        if (existing) return { ...existing, created: false };
-      }
-      throw versionRace(err);
-    }
-    const job = await this.getJob(input.tenant, input.id);
-    if (!job) throw new Error(`job ${input.id} vanished after insert`);
-    return { job, created: true, requestHash: input.requestHash, dispatched: false };
+    };
+  }
+
+  protected override isUniqueViolation(err: unknown): boolean {
+    return /UNIQUE/i.test(String(err));
+  }
+
+  protected override isVersionRace(err: unknown): boolean {
+    return (
+      /UNIQUE/i.test(String(err)) && /documents\.(tenant|doc_key|collection)/.test(String(err))
+    );
   }
 
   async appendDocuments(input: NewDocuments): Promise<boolean> {
@@ -1048,24 +876,17 @@ export class D1Store implements MetadataStore {
       .where(and(eq(j.id, input.jobId), eq(j.tenant, input.tenant)))
       .get();
     if (!job?.accepting) return false;
-    const cached = input.chunks.filter((c) => c.cached).length;
     const rest = await this.documentInserts(input.jobId, input.tenant, job.collection, input);
     try {
       await this.db.batch([
         this.db
           .update(j)
-          .set({
-            documents: sql`documents + ${input.documents.length + input.unchanged}`,
-            documentsUnchanged: sql`documents_unchanged + ${input.unchanged}`,
-            chunksTotal: sql`chunks_total + ${input.chunks.length}`,
-            chunksDone: sql`chunks_done + ${cached}`,
-            chunksCached: sql`chunks_cached + ${cached}`,
-          })
+          .set(appendedCounters(input))
           .where(and(eq(j.id, input.jobId), eq(j.accepting, true))),
         ...rest,
       ]);
     } catch (err) {
-      throw versionRace(err);
+      throw this.raced(err);
     }
     return true;
   }
@@ -1104,31 +925,9 @@ export class D1Store implements MetadataStore {
   ) {
     const { db } = this;
     const out = [];
-    const perDoc = new Map<number, number>();
-    for (const c of input.chunks) perDoc.set(c.documentSeq, (perDoc.get(c.documentSeq) ?? 0) + 1);
-    const docRows = input.documents.map((d) => ({
-      jobId,
-      seq: d.seq,
-      id: d.id,
-      tenant,
-      collection,
-      docKey: d.docKey,
-      state: d.state,
-      version: d.version,
-      contentHash: d.contentHash,
-      fingerprint: d.fingerprint,
-      rawKey: d.rawKey,
-      metadata: d.metadata,
-      chars: d.chars,
-      chunks: perDoc.get(d.seq) ?? 0,
-      error: null,
-      createdAt: d.createdAt,
-      prunedAt: null,
-    }));
     // A new pending version supersedes one still pending from an earlier job (the newest wins).
     const d = schema.documents;
-    const pendingKeys = docRows.filter((r) => r.state === "pending").map((r) => r.docKey);
-    for (const keys of bindable(pendingKeys, 5)) {
+    for (const keys of bindable(pendingKeys(input.documents), 5)) {
       out.push(
         db
           .update(d)
@@ -1149,12 +948,12 @@ export class D1Store implements MetadataStore {
         db,
         "documents",
         DOCUMENT_COLUMNS,
-        docRows.map((r) => [
-          r.jobId,
+        newDocumentRows(input).map((r) => [
+          jobId,
           r.seq,
           r.id,
-          r.tenant,
-          r.collection,
+          tenant,
+          collection,
           r.docKey,
           r.state,
           r.version,
@@ -1168,31 +967,15 @@ export class D1Store implements MetadataStore {
         ]),
       ),
     );
-    const sealed = await Promise.all(
-      input.chunks.map((c) => this.seal.encrypt(tenant, c.text, c.id)),
-    );
-    const chunkRows = input.chunks.map((c, i) => ({
-      id: c.id,
-      jobId,
-      documentId: c.documentId,
-      index: c.index,
-      text: sealed[i] as string,
-      start: c.start,
-      end: c.end,
-      status: c.cached ? ("done" as const) : ("pending" as const),
-      error: null,
-      headings: c.headings?.length ? c.headings : null,
-      page: c.page ?? null,
-      cacheKey: c.cacheKey ?? null,
-    }));
+    const sealed = await this.sealChunks(tenant, input.chunks);
     out.push(
       ...jsonRowInserts(
         db,
         "chunks",
         CHUNK_COLUMNS,
-        chunkRows.map((r) => [
+        newChunkRows(input.chunks, sealed).map((r) => [
           r.id,
-          r.jobId,
+          jobId,
           r.documentId,
           r.index,
           r.text,
@@ -1207,11 +990,8 @@ export class D1Store implements MetadataStore {
     );
     out.push(...this.keywordInserts(jobId, input.chunks));
     // A hit moves the cache entry to this job: it goes when the chunk that now uses it goes.
-    const hits = [
-      ...new Set(input.chunks.flatMap((c) => (c.cached && c.cacheKey ? [c.cacheKey] : []))),
-    ];
     const model = sql`(SELECT model FROM jobs WHERE id = ${jobId})`;
-    for (const keys of bindable(hits, 5)) {
+    for (const keys of bindable(cacheHits(input.chunks), 5)) {
       const e = schema.embeddingCache;
       out.push(
         db
@@ -1367,40 +1147,8 @@ export class D1Store implements MetadataStore {
 
   async listDocuments(tenant: string, q: DocumentListFilter) {
     const d = schema.documents;
-    // The same rule as a document's status (routes/documents.ts): a current version whose job
-    // still runs is being indexed.
-    const has = (states: string, job?: "running" | "ended") =>
-      sql`EXISTS (SELECT 1 FROM documents s JOIN jobs sj ON sj.id = s.job_id WHERE s.tenant = documents.tenant AND s.collection = documents.collection AND s.doc_key = documents.doc_key AND s.state IN (${sql.raw(states)})${
-        job === undefined
-          ? sql``
-          : sql.raw(` AND sj.status ${job === "running" ? "" : "NOT "}IN ('queued', 'running')`)
-      })`;
-    const status =
-      q.status === "indexing"
-        ? sql`(${has("'pending'")} OR ${has("'current'", "running")})`
-        : q.status === "ready"
-          ? sql`${has("'current'", "ended")} AND NOT ${has("'pending'")}`
-          : q.status === "failed"
-            ? sql`NOT ${has("'current', 'pending'")}`
-            : undefined;
     return this.versionQuery()
-      .where(
-        and(
-          eq(d.tenant, tenant),
-          sql`${d.docKey} IS NOT NULL`,
-          q.collection ? eq(d.collection, q.collection) : undefined,
-          // One row per document: its newest version.
-          sql`${d.version} = (SELECT max(m.version) FROM documents m WHERE m.tenant = documents.tenant AND m.collection = documents.collection AND m.doc_key = documents.doc_key)`,
-          q.jobId
-            ? sql`EXISTS (SELECT 1 FROM documents s WHERE s.job_id = ${q.jobId} AND s.tenant = documents.tenant AND s.collection = documents.collection AND s.doc_key = documents.doc_key)`
-            : undefined,
-          q.prefix ? sql`substr(${d.docKey}, 1, ${q.prefix.length}) = ${q.prefix}` : undefined,
-          q.after
-            ? sql`(${d.collection}, ${d.docKey}) > (${q.after[0]}, ${q.after[1]})`
-            : undefined,
-          status,
-        ),
-      )
+      .where(and(...documentListWhere("documents", tenant, q)))
       .orderBy(asc(d.collection), asc(d.docKey))
       .limit(q.limit)
       .all();
@@ -1524,14 +1272,7 @@ export class D1Store implements MetadataStore {
     const rows = await this.db
       .select()
       .from(j)
-      .where(
-        and(
-          eq(j.tenant, tenant),
-          q.status ? eq(j.status, q.status) : undefined,
-          q.collection ? eq(j.collection, q.collection) : undefined,
-          q.before ? sql`(${j.createdAt}, ${j.id}) < (${q.before[0]}, ${q.before[1]})` : undefined,
-        ),
-      )
+      .where(and(...jobListWhere(j, tenant, q)))
       .orderBy(desc(j.createdAt), desc(j.id))
       .limit(q.limit)
       .all();
@@ -1672,17 +1413,10 @@ export class D1Store implements MetadataStore {
       .groupBy(j.collection)
       .orderBy(asc(j.collection))
       .all();
-    const counts = new Map(
-      (await this.db.all<{ name: string; documents: number; chunks: number }>(live)).map((r) => [
-        r.name,
-        r,
-      ]),
+    return withCounts(
+      rows,
+      await this.db.all<{ name: string; documents: number; chunks: number }>(live),
     );
-    return rows.map((r) => ({
-      ...r,
-      documents: counts.get(r.name)?.documents ?? 0,
-      chunks: counts.get(r.name)?.chunks ?? 0,
-    }));
   }
 
   async findJobByIdempotencyKey(tenant: string, key: string) {
@@ -1691,9 +1425,7 @@ export class D1Store implements MetadataStore {
       .from(schema.jobs)
       .where(and(eq(schema.jobs.tenant, tenant), eq(schema.jobs.idempotencyKey, key)))
       .get();
-    return r
-      ? { job: toJob(r), requestHash: r.requestHash, dispatched: r.dispatchedAt !== null }
-      : null;
+    return r ? idempotentJob(r) : null;
   }
 
   async markDispatched(jobId: string): Promise<void> {
@@ -1720,21 +1452,7 @@ export class D1Store implements MetadataStore {
   private chunkQuery() {
     const c = schema.chunks;
     return this.db
-      .select({
-        id: c.id,
-        jobId: c.jobId,
-        documentId: c.documentId,
-        collection: schema.jobs.collection,
-        index: c.index,
-        text: c.text,
-        status: c.status,
-        error: c.error,
-        start: c.start,
-        end: c.end,
-        metadata: schema.documents.metadata,
-        headings: c.headings,
-        page: c.page,
-      })
+      .select(chunkColumns(schema))
       .from(c)
       .innerJoin(schema.jobs, eq(schema.jobs.id, c.jobId))
       .innerJoin(
@@ -1743,32 +1461,14 @@ export class D1Store implements MetadataStore {
       );
   }
 
-  /** Rows as chunks, their text opened (null once purged by retention). */
-  private async toChunks(tenant: string, rows: ChunkSelect[]): Promise<ChunkRow[]> {
-    const texts = await Promise.all(
-      rows.map((r) => (r.text === "" ? null : this.seal.decrypt(tenant, r.text, r.id))),
-    );
-    return rows.map((r, i) => ({ ...D1Store.toChunk(r), text: texts[i] ?? null }));
-  }
-
-  private static toChunk(r: ChunkSelect): ChunkRow {
-    return toChunkRow(r);
-  }
-
   async listChunks(tenant: string, jobId: string, after: string | null, limit: number) {
     const c = schema.chunks;
     const rows = await this.chunkQuery()
-      .where(
-        and(
-          eq(c.jobId, jobId),
-          eq(schema.jobs.tenant, tenant),
-          after ? gt(c.id, after) : undefined,
-        ),
-      )
+      .where(and(...chunkPageWhere(c, schema.jobs, tenant, jobId, after)))
       .orderBy(asc(c.id))
       .limit(limit)
       .all();
-    return this.toChunks(tenant, rows);
+    return this.openChunks(tenant, rows);
   }
 
   async getChunks(tenant: string, ids: string[], opts: { currentOnly?: boolean } = {}) {
@@ -1788,11 +1488,11 @@ export class D1Store implements MetadataStore {
           .all()),
       );
     }
-    return this.toChunks(tenant, rows);
+    return this.openChunks(tenant, rows);
   }
 
-  private async record(
-    groups: readonly { jobId: string; chunkIds: readonly string[] }[],
+  protected override async record(
+    groups: RecordGroups,
     to: "done" | "failed",
     reason: string | null,
   ): Promise<Map<string, number[]>> {
@@ -1855,20 +1555,6 @@ export class D1Store implements MetadataStore {
         for (const r of (results[at] ?? []) as { seq: number }[]) settled.get(jobId)?.add(r.seq);
     }
     return new Map([...settled].map(([jobId, seqs]) => [jobId, [...seqs]]));
-  }
-
-  async recordDone(jobId: string, chunkIds: string[]) {
-    const settled = await this.record([{ jobId, chunkIds }], "done", null);
-    return { settled: settled.get(jobId) ?? [] };
-  }
-
-  recordDoneAll(groups: readonly { jobId: string; chunkIds: readonly string[] }[]) {
-    return this.record(groups, "done", null);
-  }
-
-  async recordFailed(jobId: string, chunkIds: string[], reason: string) {
-    const settled = await this.record([{ jobId, chunkIds }], "failed", reason);
-    return { settled: settled.get(jobId) ?? [] };
   }
 
   async settledVersions(jobId: string): Promise<number[]> {

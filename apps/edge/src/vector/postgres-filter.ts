@@ -32,6 +32,16 @@ export interface PostgresCondition {
   params: (string | string[])[];
 }
 
+/**
+ * A compiled condition as the text around its bound values: `text[i]` stands before
+ * `params[i]`, and `text` has one piece more than `params`. A caller binds the values its own
+ * way (compilePostgresFilter numbers them `$n`; the keyword search gives them to drizzle).
+ */
+export interface PostgresConditionParts {
+  text: string[];
+  params: (string | string[])[];
+}
+
 /** Where the compiled condition reads and numbers its parameters. */
 export interface PostgresFilterOptions {
   /** The jsonb column or expression to read ("metadata", the pgvector table's, by default). */
@@ -64,17 +74,38 @@ export function jsonbKeyExpression(key: string, column = "metadata"): string {
     .join("")})`;
 }
 
+/**
+ * Where a bound value stands in the condition until its text is cut there: nothing else in it
+ * can hold U+0000 (Postgres text cannot, `sqlLiteral` refuses it, and so does the column).
+ */
+const BOUND = "\u0000";
+
 /** Compiles a Vectorize filter to one AND-ed Postgres condition over a jsonb column. */
 export function compilePostgresFilter(
   filter: VectorizeVectorMetadataFilter,
   indexed: readonly string[],
   options: PostgresFilterOptions = {},
 ): PostgresCondition {
-  const column = options.column ?? "metadata";
+  const { text, params } = compilePostgresFilterParts(filter, indexed, options.column);
+  const first = options.firstParam ?? 1;
+  return { sql: text.reduce((out, t, i) => `${out}$${first + i - 1}${t}`), params };
+}
+
+/**
+ * `compilePostgresFilter`'s condition as its text around its bound values, for a caller that
+ * binds them its own way. `column` is the jsonb column or expression it reads, spliced in
+ * verbatim.
+ */
+export function compilePostgresFilterParts(
+  filter: VectorizeVectorMetadataFilter,
+  indexed: readonly string[],
+  column = "metadata",
+): PostgresConditionParts {
+  if (column.includes(BOUND)) throw new Error("Postgres text cannot contain U+0000");
   const params: (string | string[])[] = [];
   const bind = (value: string | string[]): string => {
     params.push(value);
-    return `$${(options.firstParam ?? 1) + params.length - 1}`;
+    return BOUND;
   };
   const parts = parseFilter(filter, indexed).map((clause): string => {
     const e = jsonbKeyExpression(clause.key, column);
@@ -107,7 +138,7 @@ export function compilePostgresFilter(
       }
     }
   });
-  return { sql: parts.join(" AND "), params };
+  return { text: parts.join(" AND ").split(BOUND), params };
 }
 
 /** Whether jsonb can hold the value: no U+0000 and no lone surrogate in a string. */

@@ -4,7 +4,7 @@ import { keyringFor, metadataConnections, openStore } from "../../src/db/open.js
 import { pgClientFor } from "../../src/db/pg-client.js";
 import { postgresPool } from "../../src/db/postgres.js";
 import type { MetadataStore } from "../../src/db/store.js";
-import { BACKENDS, PGLITE, unique } from "../backends.js";
+import { PGLITE, SYSTEM_POSTGRES, unique } from "../backends.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -26,7 +26,7 @@ describe("a Postgres store kept by a Durable Object", () => {
 // How long the metadata store's Postgres connections live, as the server itself sees them
 // (pg_stat_activity): that needs a server with a session per connection, the system's
 // PostgreSQL (PGlite runs them all on one).
-const system = BACKENDS.find((b) => b.kind === "postgres" && b.concurrent);
+const system = SYSTEM_POSTGRES;
 
 describe.skipIf(!system)("Postgres connections of the metadata store", () => {
   /** An env whose connections carry their own application_name, and a way to count them. */
