@@ -6,7 +6,7 @@
  * - `compileTests` / `compileMatcher`: to JS predicates over values already in memory (the
  *   local index's in-memory form, see memory.ts);
  * - and, in postgres-filter.ts, from the same validated clauses (`parseFilter`) to a Postgres
- *   condition over a jsonb column (the pgvector index, pgvector.ts).
+ *   condition over a jsonb column (the pgvector index, and the keyword index on Postgres).
  *
  * Semantics, strictly typed in all (tests/vector/filter-semantics.test.ts checks they agree):
  * - a key is read like SQLite's `json_extract(metadata, '$."a"."b"')`: dots descend into
