@@ -27,7 +27,7 @@ import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { benchEmbedder, loadModel } from "../apps/worker-node/src/model/index.js";
-import { backendsBench, capacityBench } from "./lib/capacity-bench.js";
+import { backendsBench, capacityBench, scalingBench } from "./lib/capacity-bench.js";
 import { BENCH_CHUNKING, useLiteChunker } from "./lib/chunking.js";
 import { generatedPassages } from "./lib/corpus.js";
 import {
@@ -46,6 +46,7 @@ const ALL_SECTIONS = [
   "pipeline",
   "capacity",
   "backends",
+  "scaling",
   "verification",
   "encryption",
   "search",
@@ -271,6 +272,14 @@ const backends = sections.has("backends")
       runs,
     })
   : null;
+const scaling = sections.has("scaling")
+  ? await scalingBench({
+      documents: Number(values["capacity-documents"]),
+      donors: Number(values["capacity-donors"]),
+      capacity: Number(values["capacity-window"]),
+      runs,
+    })
+  : null;
 const verification: Record<string, { chunksPerSecond: number[]; resultsPerTask: number[] }> = {};
 for (let r = 0; r < (sections.has("verification") ? Number(values["verify-runs"]) : 0); r++) {
   for (const [label, v] of Object.entries(await verificationCost())) {
@@ -304,6 +313,7 @@ const result = {
   ratio: { perRun: ratios, median: median(ratios) },
   capacity,
   backends,
+  scaling,
   verification,
   encryption,
   search: searchReport,
@@ -335,6 +345,10 @@ if (backends) {
   postgres/d1: submit ${backends.ratio.documentsPerSecond.toFixed(2)}x, dispatch ${backends.ratio.chunksPerSecond.toFixed(2)}x, read ${backends.ratio.readSpeed.toFixed(2)}x`,
   );
 }
+if (scaling)
+  console.log(
+    `shard scaling, ${scaling.documents} documents in two jobs (median of ${scaling.oneShard.length}): one shard ${median(scaling.oneShard).toFixed(0)} chunks/s, two shards ${median(scaling.twoShards).toFixed(0)} chunks/s; the second shard adds ${(100 * scaling.secondShardAdds).toFixed(0)}% of the first`,
+  );
 const off = median(verification.off?.chunksPerSecond ?? [1]);
 for (const [label, v] of Object.entries(verification)) {
   const cps = median(v.chunksPerSecond);

@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { fnv1a } from "../../apps/edge/src/lib/crypto.js";
 import { rng } from "./corpus.js";
 import * as here from "./local-edge.js";
 import { waitForCompletion } from "./local-edge.js";
@@ -306,5 +307,133 @@ export async function backendsBench(opts: {
       chunksPerSecond: pg.median.chunksPerSecond / d1.median.chunksPerSecond,
       readSpeed: d1.median.readSeconds / pg.median.readSeconds,
     },
+  };
+}
+
+export interface ScalingReport {
+  documents: number;
+  /** Chunks/s of the same work on one shard and on two, per run. */
+  oneShard: number[];
+  twoShards: number[];
+  /** What the second shard adds, as a share of the first: median(two) / median(one) - 1. */
+  secondShardAdds: number;
+}
+
+/** Which of `n` shards owns `key` (a job id), as the edge places it (dispatch/shards.ts). */
+const shardOf = (key: string, n: number) => fnv1a(key) % n;
+
+/**
+ * One run of the same work on `shards` shards: two jobs of half the documents each (with two
+ * shards, one on each: a job that lands beside the other is deleted and sent again), and the
+ * donors spread evenly over the shards (a donor that joins a full shard connects again).
+ * Returns chunks/s from the first task to the last job's completion.
+ */
+async function scalingRun(
+  shards: number,
+  documents: number,
+  donors: number,
+  capacity: number,
+  seed: number,
+): Promise<number> {
+  const { DEV_CREDENTIALS } = here;
+  const headers = {
+    Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}`,
+    "Content-Type": "application/json",
+  };
+  const admin = { Authorization: `Bearer ${DEV_CREDENTIALS.adminKey}` };
+  const dir = mkdtempSync(path.join(os.tmpdir(), "p2pa-scaling-"));
+  await here.prepareLocalDatabase(dir);
+  const edge = await here.startEdge({
+    port: await here.freePort(),
+    persistTo: dir,
+    vars: { DISPATCH_SHARDS: String(shards), VERIFY_CANARY_RATE: "0", VERIFICATION: "off" },
+  });
+  const answer = randomUnit();
+  const pool: ScriptedDonor[] = [];
+  try {
+    const texts = sentences(documents, seed);
+    const half = Math.floor(documents / 2);
+    const jobs: { id: string; total: number }[] = [];
+    for (const [part, slice] of [texts.slice(0, half), texts.slice(half)].entries()) {
+      for (let attempt = 0; ; attempt++) {
+        const res = await fetch(`${edge.url}/v1/jobs`, {
+          method: "POST",
+          headers,
+          body: JSON.stringify({
+            documents: slice.map((text) => ({ text })),
+            verification: "off",
+          }),
+        });
+        if (res.status !== 202) throw new Error(`submit failed: ${res.status} ${await res.text()}`);
+        const job = (await res.json()) as { id: string; chunks: { total: number } };
+        const taken = jobs.map((j) => shardOf(j.id, shards));
+        if (part === 0 || shards === 1 || !taken.includes(shardOf(job.id, shards))) {
+          jobs.push({ id: job.id, total: job.chunks.total });
+          break;
+        }
+        await fetch(`${edge.url}/v1/jobs/${job.id}`, { method: "DELETE", headers });
+        if (attempt > 20) throw new Error("could not place the second job on the other shard");
+      }
+    }
+    // Donors join a shard at random: one that lands on a full shard connects again.
+    const perShard = Math.ceil(donors / shards);
+    const placed = new Map<number, number>();
+    for (let tries = 0; pool.length < donors; tries++) {
+      if (tries > 20 * donors) throw new Error("could not spread the donors over the shards");
+      const d = new ScriptedDonor(
+        edge.url,
+        DEV_CREDENTIALS.workerToken,
+        async (t) => t.items.map(() => answer),
+        capacity,
+        false,
+        true,
+      );
+      await d.connect();
+      const fleet = (await (await fetch(`${edge.url}/v1/workers`, { headers: admin })).json()) as {
+        shards: { workers: { id: string }[] }[];
+      };
+      const shard = fleet.shards.findIndex((s) => s.workers.some((w) => w.id === d.workerId));
+      if (shard >= 0 && (placed.get(shard) ?? 0) < perShard) {
+        placed.set(shard, (placed.get(shard) ?? 0) + 1);
+        pool.push(d);
+      } else d.close();
+    }
+    const ends = await Promise.all(jobs.map((j) => waitForCompletion(edge.url, j.id, headers)));
+    const firstTask = Math.min(...pool.map((d) => d.firstTaskAt ?? Number.POSITIVE_INFINITY));
+    const total = jobs.reduce((n, j) => n + j.total, 0);
+    return total / ((Math.max(...ends.map((e) => e.completedAt)) - firstTask) / 1000);
+  } finally {
+    for (const d of pool) d.close();
+    await edge.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * How a second Dispatcher shard adds to the first: the same documents on one shard and on two,
+ * runs alternating. Here every shard runs in one local workerd process on two cores shared with
+ * the donors, so this measures what one machine gives; in production each shard is a Durable
+ * Object of its own, placed by Cloudflare.
+ */
+export async function scalingBench(opts: {
+  documents: number;
+  donors: number;
+  capacity: number;
+  runs: number;
+}): Promise<ScalingReport> {
+  const oneShard: number[] = [];
+  const twoShards: number[] = [];
+  for (let r = 0; r < opts.runs; r++) {
+    for (const shards of [1, 2]) {
+      const cps = await scalingRun(shards, opts.documents, opts.donors, opts.capacity, 8000 + r);
+      console.log(`scaling run ${r + 1}, ${shards} shard(s): dispatch ${cps.toFixed(0)} chunks/s`);
+      (shards === 1 ? oneShard : twoShards).push(cps);
+    }
+  }
+  return {
+    documents: opts.documents,
+    oneShard,
+    twoShards,
+    secondShardAdds: median(twoShards) / median(oneShard) - 1,
   };
 }

@@ -25,6 +25,8 @@ export class ScriptedDonor {
   /** When the first task arrived (Date.now()), or null. */
   firstTaskAt: number | null = null;
   closeCode: number | null = null;
+  /** The id the edge gave this connection (its welcome), once connected. */
+  workerId: string | null = null;
   private ws!: WebSocket;
   /** A vector returned again (a fixed answer) is encoded once. */
   private readonly encoded = new WeakMap<Float32Array, string>();
@@ -57,7 +59,9 @@ export class ScriptedDonor {
     });
     const welcomed = new Promise<void>((resolve) => {
       const check = (raw: WebSocket.RawData) => {
-        if ((JSON.parse(String(raw)) as { type: string }).type === "welcome") {
+        const frame = JSON.parse(String(raw)) as { type: string; workerId?: string };
+        if (frame.type === "welcome") {
+          this.workerId = frame.workerId ?? null;
           this.ws.off("message", check);
           resolve();
         }
