@@ -66,7 +66,7 @@ const NUMBER_TYPES = "('integer', 'real')";
  * It is spliced in as a literal, never bound, because SQLite only uses an expression index
  * when the query repeats the indexed expression verbatim.
  */
-export function metadataExpression(key: string, column = COLUMN): string {
+function metadataExpression(key: string, column = COLUMN): string {
   return `json_extract(${column}, ${pathLiteral(key)})`;
 }
 

@@ -1,6 +1,7 @@
 import { DurableObject } from "cloudflare:workers";
+import { slices } from "../lib/slices.js";
 import { configForName, type LocalIndexConfig } from "./config.js";
-import { checkKey, compileTests, indexedValue, metadataExpression } from "./filter.js";
+import { checkKey, compileTests, indexedValue } from "./filter.js";
 import { type Entry, MemoryIndex } from "./memory.js";
 import { norm } from "./topk.js";
 import {
@@ -16,7 +17,9 @@ import {
   vectorsByIds,
 } from "./vectorize-rules.js";
 
-const SCHEMA_VERSION = 1;
+const SCHEMA_VERSION = 2;
+/** Rows one INSERT writes: five bound values each, within SQLite's 100 per statement. */
+const ROWS_PER_INSERT = 20;
 
 /**
  * The local stand-in for a Vectorize index (Vectorize has no local simulator): the same
@@ -24,8 +27,8 @@ const SCHEMA_VERSION = 1;
  * (`index:<model>`), like one Vectorize index per model in production.
  *
  * Storage: SQLite is the source of truth, one row per vector: values as a float32 BLOB with
- * their norm, metadata as JSON (metadata indexes become SQLite expression indexes, which
- * `compileFilter` can use). Queries are answered from an in-memory form (memory.ts) built from
+ * their norm, metadata as JSON. SQLite keeps no index but the ids': no query reads it by
+ * namespace or metadata, and each index would cost every write a B-tree update. Queries are answered from an in-memory form (memory.ts) built from
  * SQLite on the first query and updated by every write after that, so a restarted object
  * answers from the same data. Per vector it holds the float32 values and norm (4·d + 8 bytes),
  * a d-bit code (d/8 bytes), and the id, namespace and indexed metadata values: about 2.2 KB
@@ -80,16 +83,24 @@ export class LocalVectorIndex extends DurableObject<Env> {
 
   private migrate(): void {
     this.sql.exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)");
-    if (Number(this.meta("schema") ?? 0) >= SCHEMA_VERSION) return;
+    const schema = Number(this.meta("schema") ?? 0);
+    if (schema >= SCHEMA_VERSION) return;
     // Small columns first, the BLOB last: reading a row's id and metadata then never touches
     // the BLOB's overflow pages.
     this.sql.exec(`
       CREATE TABLE IF NOT EXISTS vectors (
         id TEXT NOT NULL UNIQUE, namespace TEXT, norm REAL NOT NULL, metadata TEXT,
         vec BLOB NOT NULL
-      );
-      CREATE INDEX IF NOT EXISTS vectors_namespace ON vectors (namespace);
+      )
     `);
+    // Version 1 kept an index on the namespace and one per metadata index: queries never used
+    // them (they run on the in-memory form), and every write paid for them.
+    const unused = this.sql
+      .exec<{ name: string }>(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'vectors' AND (name = 'vectors_namespace' OR name LIKE 'vectors_meta_%')",
+      )
+      .toArray();
+    for (const { name } of unused) this.sql.exec(`DROP INDEX IF EXISTS "${name}"`);
     this.setMeta("schema", String(SCHEMA_VERSION));
   }
 
@@ -111,12 +122,6 @@ export class LocalVectorIndex extends DurableObject<Env> {
     this.ctx.storage.transactionSync(() => {
       this.setMeta("dimensions", String(dimensions));
       this.setMeta("metadata_indexes", JSON.stringify(keys));
-      // Named by position: the list only grows, so a key keeps its index name.
-      keys.forEach((key, i) => {
-        this.sql.exec(
-          `CREATE INDEX IF NOT EXISTS vectors_meta_${i} ON vectors (${metadataExpression(key)})`,
-        );
-      });
     });
     this.dimensions = dimensions;
     // A new metadata index needs a column the in-memory form lacks: rebuild it on next use.
@@ -138,16 +143,22 @@ export class LocalVectorIndex extends DurableObject<Env> {
     // First write fixes the dimensions of an unconfigured index; the whole batch must agree.
     const rows = prepareBatch(vectors, this.dimensions);
     const dims = this.dimensions || (rows[0]?.values.length ?? 0);
-    const sql = `INSERT INTO vectors (id, namespace, norm, metadata, vec) VALUES (?, ?, ?, ?, ?)
-      ON CONFLICT (id) DO ${
-        overwrite
-          ? "UPDATE SET namespace = excluded.namespace, norm = excluded.norm, metadata = excluded.metadata, vec = excluded.vec"
-          : "NOTHING"
-      }`;
+    const conflict = `ON CONFLICT (id) DO ${
+      overwrite
+        ? "UPDATE SET namespace = excluded.namespace, norm = excluded.norm, metadata = excluded.metadata, vec = excluded.vec"
+        : "NOTHING"
+    }`;
     this.ctx.storage.transactionSync(() => {
       if (this.dimensions === 0 && dims > 0) this.setMeta("dimensions", String(dims));
-      for (const r of rows)
-        this.sql.exec(sql, r.id, r.namespace, norm(r.values), r.metadata, r.values.buffer);
+      // Many rows a statement (as many as 100 bound values allow): a statement per row cost
+      // more than the rows themselves. Within a statement, as across them, a later row with
+      // the same id meets the earlier one as a conflict, so the rule below holds either way.
+      for (const part of slices(rows, ROWS_PER_INSERT)) {
+        this.sql.exec(
+          `INSERT INTO vectors (id, namespace, norm, metadata, vec) VALUES ${part.map(() => "(?, ?, ?, ?, ?)").join(", ")} ${conflict}`,
+          ...part.flatMap((r) => [r.id, r.namespace, norm(r.values), r.metadata, r.values.buffer]),
+        );
+      }
       this.countMutation();
     });
     this.dimensions = dims;

@@ -1,7 +1,6 @@
-import { env, runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import { METADATA_INDEXES } from "../../src/vector/config.js";
-import { compileFilter } from "../../src/vector/filter.js";
 import { getVectorIndex, localVectorIndex } from "../../src/vector/index.js";
 import { standInTests, vectorIndexContract } from "./contract.js";
 
@@ -64,23 +63,6 @@ describe("LocalVectorIndex beyond the contract", () => {
   standInTests(
     async (dimensions, metadataIndexes) => (await freshLocal(dimensions, metadataIndexes)).index,
   );
-
-  it("answers a filtered query through the metadata index, not a table scan", async () => {
-    const { stub } = await freshLocal(4);
-    const c = compileFilter({ tenant: "t1", jobId: { $in: ["a", "b"] } }, METADATA_INDEXES);
-    const plan = await runInDurableObject(stub, (_, state) =>
-      state.storage.sql
-        .exec<{ detail: string }>(
-          `EXPLAIN QUERY PLAN SELECT id, norm, vec FROM vectors WHERE ${c.sql}`,
-          ...c.params,
-        )
-        .toArray()
-        .map((r) => r.detail)
-        .join("\n"),
-    );
-    expect(plan).toMatch(/USING INDEX vectors_meta_/);
-    expect(plan).not.toMatch(/SCAN vectors\b(?! USING)/);
-  });
 
   it("hands out the Vectorize binding itself when the backend is vectorize", () => {
     const prod = { ...env, VECTOR_BACKEND: "vectorize" } as Env;
