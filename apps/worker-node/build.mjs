@@ -5,9 +5,14 @@ import { build } from "esbuild";
 
 const pkg = JSON.parse(readFileSync(new URL("./package.json", import.meta.url), "utf8"));
 
-// Two programs: the donor's worker (p2pa-worker) and the submitter's command line (p2pa).
+// Two programs: the donor's worker (p2pa-worker) and the submitter's command line (p2pa); and
+// the worker's inference thread, which src/model/threaded.ts starts from beside dist/cli.js.
 await build({
-  entryPoints: { cli: "src/cli.ts", p2pa: "src/p2pa.ts" },
+  entryPoints: {
+    cli: "src/cli.ts",
+    p2pa: "src/p2pa.ts",
+    "inference-thread": "src/model/inference-thread.ts",
+  },
   outdir: "dist",
   bundle: true,
   platform: "node",

