@@ -47,10 +47,12 @@ const records = async () => {
 };
 
 beforeAll(async () => {
-  // A high spot-check rate, so a trusted turncoat is caught within a job of this size.
+  // A high spot-check rate, so a trusted turncoat is caught within a job of this size; and
+  // tasks of 32 chunks whatever the donors' pace, so a donor earns trust (10 agreements)
+  // within that job too.
   sys = await startSystem({
     workerTokens: [TOKENS.honest2, TOKENS.liar, TOKENS.lazy, TOKENS.turncoat],
-    vars: { VERIFY_SPOT_RATE: "0.3" },
+    vars: { VERIFY_SPOT_RATE: "0.3", TASK_WORK_MS: "1" },
   });
   model = await loadModel("use-lite", {
     cacheDir: path.join(ROOT, ".cache", "models"),

@@ -1,9 +1,16 @@
 import { env, runInDurableObject } from "cloudflare:test";
-import { encodeResultFrame, encodeVector, PROTOCOL_VERSION, TASK_SIZE } from "@p2pa/shared";
+import {
+  encodeResultFrame,
+  encodeVector,
+  MAX_TASK_SIZE,
+  PROTOCOL_VERSION,
+  TASK_SIZE,
+} from "@p2pa/shared";
 import { describe, expect, it } from "vitest";
 import type { Dispatcher } from "../src/dispatch/dispatcher.js";
 import { dispatcherFor } from "../src/dispatch/shards.js";
 import {
+  answerChunks,
   call,
   type Frame,
   job,
@@ -59,6 +66,28 @@ describe("Dispatcher", () => {
       chunks: { total: 2 * TASK_SIZE + 8, done: 2 * TASK_SIZE + 8, failed: 0 },
     });
     w.ws.close();
+  });
+
+  it("cuts tasks to each worker's pace: 32 chunks until it is measured, up to 256 once it proves fast, each chunk once", async () => {
+    const total = 4 * MAX_TASK_SIZE + 40;
+    const j = await submit(total);
+    const w = await TestWorker.connect();
+    w.ready(2);
+    const tasks = await answerChunks(w, total);
+    w.ws.close();
+    const sizes = tasks.map((t) => (t.items as unknown[]).length);
+    // Unmeasured, it gets one default task's worth; answering at once, it soon gets the most.
+    expect(sizes.slice(0, 2)).toEqual([TASK_SIZE, TASK_SIZE]);
+    expect(Math.max(...sizes)).toBe(MAX_TASK_SIZE);
+    expect(sizes.length).toBeLessThan(total / TASK_SIZE / 2);
+    expect(sizes.reduce((a, b) => a + b, 0)).toBe(total);
+    expect(await job(j.id)).toMatchObject({
+      status: "completed",
+      chunks: { total, done: total, failed: 0 },
+    });
+    // Each chunk went out once, in one task.
+    const chunkIds = tasks.flatMap((t) => (t.items as { chunkId: string }[]).map((i) => i.chunkId));
+    expect(new Set(chunkIds).size).toBe(total);
   });
 
   it("writes results that come in together in shared writes, each chunk once", async () => {
@@ -212,8 +241,7 @@ describe("Dispatcher", () => {
     const j = await submit(TASK_SIZE + 4); // 2 tasks
     const a = await TestWorker.connect();
     a.ready(2);
-    const ta = await a.next("task");
-    await a.next("task");
+    const held = [(await a.next("task")).taskId, (await a.next("task")).taskId];
     a.ws.close(1000, "bye");
     const b = await TestWorker.connect();
     b.ready(1);
@@ -229,7 +257,7 @@ describe("Dispatcher", () => {
     });
     await expireLeases(j.id);
     const tb = await b.next("task");
-    expect(tb.taskId).toBe(ta.taskId);
+    expect(held).toContain(tb.taskId);
 
     // b stalls: its lease runs out, the alarm requeues it (b takes nothing new meanwhile).
     b.ready(0);

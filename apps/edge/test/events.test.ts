@@ -1,6 +1,6 @@
 import { TASK_SIZE, TERMINAL_STATUSES } from "@p2pa/shared";
 import { expect, it } from "vitest";
-import { call, KEYS, submit, TestWorker } from "./helpers.js";
+import { answerChunks, call, KEYS, submit, TestWorker } from "./helpers.js";
 
 interface Sse {
   event: string;
@@ -45,12 +45,8 @@ async function readEvents(
 }
 
 async function runJob(jobChunks: number, w: TestWorker) {
-  const tasks = Math.ceil(jobChunks / TASK_SIZE);
-  w.ready(tasks);
-  for (let i = 0; i < tasks; i++) {
-    w.send(w.resultFor(await w.next("task")));
-    await w.next("ack");
-  }
+  w.ready(Math.ceil(jobChunks / TASK_SIZE));
+  await answerChunks(w, jobChunks);
 }
 
 const TERMINAL: readonly string[] = TERMINAL_STATUSES;

@@ -3,7 +3,7 @@ import { PROTOCOL_VERSION, TASK_SIZE } from "@p2pa/shared";
 import { afterEach, describe, expect, it } from "vitest";
 import { Dispatcher, type DispatcherStats } from "../src/dispatch/dispatcher.js";
 import { dispatcherFor } from "../src/dispatch/shards.js";
-import { call, job, KEYS, submit, TestWorker } from "./helpers.js";
+import { answerChunks, call, job, KEYS, submit, TestWorker } from "./helpers.js";
 
 // Every job of this file lands on the same (only) shard.
 const shard = () => dispatcherFor(env, "use-lite", "any");
@@ -27,17 +27,14 @@ afterEach(async () => {
   });
 });
 
-/** Answers every task the worker gets, interleaving other frames, until `tasks` are acked. */
-async function workThrough(w: TestWorker, tasks: number, capacity: number) {
-  for (let done = 0; done < tasks; done++) {
-    const t = await w.next("task");
-    w.send(w.resultFor(t));
+/** Answers the worker's tasks until `chunks` are done, interleaving other frames. */
+async function workThrough(w: TestWorker, chunks: number, capacity: number) {
+  await answerChunks(w, chunks, () => {
     // Frames of the same socket that the edge handles while the result is being written.
     w.ready(capacity);
     w.send({ type: "heartbeat", v: PROTOCOL_VERSION, leaseIds: [], capacity });
     w.ready(capacity);
-  }
-  for (let i = 0; i < tasks; i++) await w.next("ack");
+  });
 }
 
 describe("flow control", () => {
@@ -49,7 +46,7 @@ describe("flow control", () => {
     // Job after job on one worker: the shape that used to stop a shard within a few jobs.
     for (const docs of [200, 200, 1, 50, 7, 130]) {
       const j = await submit(docs);
-      await workThrough(w, Math.ceil(docs / TASK_SIZE), capacity);
+      await workThrough(w, docs, capacity);
       chunks += docs;
       expect(await job(j.id)).toMatchObject({ status: "completed", chunks: { done: docs } });
       const [me] = (await stats()).workers;
@@ -62,7 +59,7 @@ describe("flow control", () => {
     const w = await connect({ name: "lab-gpu", device: "cuda", threads: 8, version: "9.9.9" });
     w.ready(2);
     const j = await submit(96);
-    await workThrough(w, 96 / TASK_SIZE, 2);
+    await workThrough(w, 96, 2);
     expect(await job(j.id)).toMatchObject({ status: "completed" });
     const list = (await (await call("/v1/workers")).json()) as {
       shards: { workers: Record<string, unknown>[] }[];

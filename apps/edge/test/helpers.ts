@@ -146,6 +146,28 @@ export class TestWorker {
   }
 }
 
+/**
+ * Answers the worker's tasks until `chunks` chunks are answered, then waits for each ack; runs
+ * `between` after each result is sent (frames the edge handles while it writes). Tasks are cut
+ * to a worker's pace, so how many a job takes is not known ahead. Returns the tasks answered.
+ */
+export async function answerChunks(
+  w: TestWorker,
+  chunks: number,
+  between?: () => void,
+): Promise<Frame[]> {
+  const tasks: Frame[] = [];
+  for (let n = 0; n < chunks; ) {
+    const t = await w.next("task");
+    w.send(w.resultFor(t));
+    between?.();
+    tasks.push(t);
+    n += (t.items as unknown[]).length;
+  }
+  for (const _ of tasks) await w.next("ack");
+  return tasks;
+}
+
 export async function submit(nDocs: number) {
   // Each submit's texts are its own: originals are shared by content, so tests stay apart.
   const nonce = crypto.randomUUID().slice(0, 8);

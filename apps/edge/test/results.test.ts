@@ -1,14 +1,12 @@
 import { TASK_SIZE } from "@p2pa/shared";
 import { expect, it } from "vitest";
-import { call, job, KEYS, submit, TestWorker } from "./helpers.js";
+import { answerChunks, call, job, KEYS, submit, TestWorker } from "./helpers.js";
 
 async function completedJob(nDocs: number) {
   const j = await submit(nDocs);
   const w = await TestWorker.connect();
-  const tasks = Math.ceil(j.chunks.total / TASK_SIZE);
-  w.ready(tasks);
-  for (let i = 0; i < tasks; i++) w.send(w.resultFor(await w.next("task")));
-  for (let i = 0; i < tasks; i++) await w.next("ack");
+  w.ready(Math.ceil(j.chunks.total / TASK_SIZE));
+  await answerChunks(w, j.chunks.total);
   w.ws.close();
   expect((await job(j.id)).status).toBe("completed");
   return j;

@@ -14,6 +14,7 @@ describe("deployment settings", () => {
       DISPATCH_SHARDS: 1,
       LEASE_MS: 60_000,
       LEASE_MAX_MS: 300_000,
+      TASK_WORK_MS: 2_000,
       VERIFICATION: "auto",
       VERIFY_MIN_COSINE: 0.99999,
       VERIFY_SPOT_RATE: 0.05,

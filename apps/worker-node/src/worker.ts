@@ -122,8 +122,14 @@ export class Worker {
   /** Keeps this process's identity across reconnects, so its leases survive a dropped link. */
   private readonly session = randomBytes(18).toString("base64url");
   private busy = false;
-  /** When the model call under way began (performance.now()); null while the model is idle. */
+  /**
+   * When the model last went from idle to busy (performance.now()); null while it is idle.
+   * Calls may queue behind one another (the next batch is handed over before the one running
+   * ends), so busy means from the first call in until the last one out.
+   */
   private inferringSince: number | null = null;
+  /** Model calls made and not yet answered. */
+  private inferring = 0;
   /** Tasks in the batch being computed now: their room opens when their results go out. */
   private computing = 0;
   private draining = false;
@@ -412,12 +418,28 @@ export class Worker {
     this.computing = batch.length;
     for (const t of batch) this.held.set(t.leaseId, t);
     const started = performance.now();
-    let vectors: Float32Array[];
+    const vectors: Float32Array[] = [];
     try {
-      vectors = await this.infer(
-        batch.flatMap((t) => t.items.map((i) => i.text)),
-        false,
-      );
+      // A task can be larger than a batch (the edge sizes tasks to this worker's pace): the
+      // model still runs batchSize texts at a time, and a real-time request waiting goes
+      // between two of them rather than behind the whole task.
+      // The next batch is handed to the model before the one running ends, so it starts the
+      // moment that one does; a real-time request waits behind one batch at most.
+      const texts = batch.flatMap((t) => t.items.map((i) => i.text));
+      const size = this.opts.batchSize;
+      const start = (at: number) => {
+        const call = this.infer(texts.slice(at, at + size), false);
+        call.catch(() => {}); // awaited below; not an unhandled rejection meanwhile
+        return call;
+      };
+      let next = start(0);
+      for (let at = 0; at < texts.length; at += size) {
+        const running = next;
+        for (let embed = this.embeds.shift(); embed; embed = this.embeds.shift())
+          await this.runEmbed(embed);
+        if (at + size < texts.length) next = start(at + size);
+        vectors.push(...(await running));
+      }
     } catch (err) {
       for (const t of batch) {
         this.send({
@@ -463,13 +485,14 @@ export class Worker {
    */
   private infer(texts: string[], realtime: boolean): Promise<Float32Array[]> {
     const run = async () => {
-      const started = performance.now();
-      this.inferringSince = started;
+      if (this.inferring++ === 0) this.inferringSince = performance.now();
       try {
         return await this.opts.embedder.embed(texts);
       } finally {
-        this.inferringSince = null;
-        this.stats.inferenceMs += performance.now() - started;
+        if (--this.inferring === 0 && this.inferringSince !== null) {
+          this.stats.inferenceMs += performance.now() - this.inferringSince;
+          this.inferringSince = null;
+        }
       }
     };
     return this.opts.gate ? this.opts.gate.run(realtime, run) : run();

@@ -25,10 +25,17 @@ export const SUPPORTED_PROTOCOL_VERSIONS = [PROTOCOL_VERSION] as const;
 export const MAX_CAPACITY = 64;
 
 /**
- * Chunks per task: one inference batch for a default worker, big enough to amortise a round
- * trip and a store, small enough that a lost worker costs little to redo.
+ * Chunks per task for a worker whose pace is not known yet: one inference batch for a default
+ * worker, big enough to amortise a round trip and a store, small enough that a lost worker
+ * costs little to redo. Faster workers get tasks cut larger, in steps of this size.
  */
 export const TASK_SIZE = 32;
+
+/**
+ * The most chunks a task holds: work is queued in tasks this large and cut to each worker's
+ * pace when leased, up to this size for the fastest.
+ */
+export const MAX_TASK_SIZE = 256;
 
 const v = z.literal(PROTOCOL_VERSION);
 const Id = z.string().min(1).max(128);

@@ -18,6 +18,7 @@ import {
   type PiiKind,
   PROTOCOL_VERSION,
   parseMessage,
+  TASK_SIZE,
   type TaskResult,
   type WorkerList,
   WorkerMessage,
@@ -39,6 +40,7 @@ import { JobNotifier } from "./notifier.js";
 import {
   INITIAL_EARNED,
   limitFor,
+  Pace,
   type Peer,
   Peers,
   rateOf,
@@ -94,6 +96,8 @@ export class Dispatcher extends DurableObject<Env> {
   private readonly peers: Peers;
   private readonly clock: AlarmClock;
   private readonly leaseMs: number;
+  /** About how long a worker's task should take it: its size follows (see Pace). */
+  private readonly taskWorkMs: number;
   /** The longest a lease lives however often it is renewed (`LEASE_MAX_MS`). */
   private readonly leaseMaxMs: number;
   /** Connections one worker token may hold on this shard (`MAX_CONNECTIONS_PER_TOKEN`). */
@@ -102,6 +106,8 @@ export class Dispatcher extends DurableObject<Env> {
   /** When each connection's last heartbeat was handled; heartbeats faster than that are dropped. */
   private readonly lastBeat = new Map<WebSocket, number>();
   private lastRevalidation = 0;
+  /** Each connection's pace, which its tasks' size follows (in memory, as the buckets). */
+  private readonly paces = new Map<WebSocket, Pace>();
   /** Per-connection message buckets; in memory, a fresh bucket after eviction is harmless. */
   private readonly buckets = new Map<WebSocket, Bucket>();
   /** When the stall watchdog looks next while work waits beside connected workers. */
@@ -141,6 +147,9 @@ export class Dispatcher extends DurableObject<Env> {
     );
     this.peers = new Peers(ctx);
     this.leaseMs = config.LEASE_MS;
+    // Never more than a tenth of a lease: a task in a worker's window waits behind the others
+    // it holds, and must still be done well inside its deadline.
+    this.taskWorkMs = Math.min(config.TASK_WORK_MS, config.LEASE_MS / 10);
     this.leaseMaxMs = config.LEASE_MAX_MS;
     this.maxConnectionsPerToken = config.MAX_CONNECTIONS_PER_TOKEN;
     this.clock = new AlarmClock(ctx.storage, {
@@ -255,9 +264,9 @@ export class Dispatcher extends DurableObject<Env> {
     return this.watchers.open(jobId, after, chunks);
   }
 
-  /** Tasks waiting for a worker: what the API checks before accepting more work. */
+  /** Tasks (of TASK_SIZE chunks) waiting for a worker: checked before accepting more work. */
   async backlog(): Promise<number> {
-    return this.queue.pendingCount();
+    return this.queue.pendingUnits();
   }
 
   /**
@@ -677,6 +686,7 @@ export class Dispatcher extends DurableObject<Env> {
   }
 
   private async onResult(ws: WebSocket, msg: TaskResult | BinaryResult): Promise<void> {
+    const arrived = Date.now();
     const workerId = this.peers.get(ws)?.workerId;
     const ack = (status: Ack["status"], reason?: string) => {
       this.metrics.count("p2pa_results_total", status);
@@ -730,6 +740,10 @@ export class Dispatcher extends DurableObject<Env> {
         return;
       }
     }
+    // Its pace counts from arrival, not from when the write ends.
+    const pace = this.paces.get(ws) ?? new Pace();
+    this.paces.set(ws, pace);
+    pace.note(expected.length, arrived);
     // The result is in: the worker's room is open again, so the next task can go out while
     // this one is written.
     const receiving = this.results.receive(
@@ -789,6 +803,7 @@ export class Dispatcher extends DurableObject<Env> {
   /** A connection ended; `revoked` when its token was, so its leases go back at once. */
   private async disconnect(ws: WebSocket, revoked = false): Promise<void> {
     this.buckets.delete(ws);
+    this.paces.delete(ws);
     this.lastBeat.delete(ws);
     const peer = this.peers.get(ws);
     this.peers.forget(ws);
@@ -933,6 +948,7 @@ export class Dispatcher extends DurableObject<Env> {
             1,
             now,
             this.leaseMs,
+            this.paces.get(r.ws)?.taskSize(now, this.taskWorkMs) ?? TASK_SIZE,
           );
           if (!task) continue;
           r.room--;

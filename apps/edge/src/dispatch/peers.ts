@@ -1,4 +1,4 @@
-import type { Hello } from "@p2pa/shared";
+import { type Hello, MAX_TASK_SIZE, TASK_SIZE } from "@p2pa/shared";
 import { allowedInFlight, type Budget, freshBudget } from "./error-budget.js";
 
 /** What a worker said about itself in `hello`. */
@@ -52,6 +52,44 @@ export function recordChunks(peer: Peer, n: number, now: number): void {
   if (last && last[0] === bucket) last[1] += n;
   else recent.push([bucket, n]);
   peer.recent = recent;
+}
+
+/** Results a worker's pace is measured over, and how long one counts. */
+const PACE_SAMPLES = 8;
+const PACE_MAX_AGE_MS = 30_000;
+
+/**
+ * A worker's pace, from when its last results arrived. Kept in memory only: after hibernation
+ * a worker starts again from TASK_SIZE and its pace is measured anew within a few results.
+ */
+export class Pace {
+  /** [arrived at, chunks], oldest first. */
+  private samples: [number, number][] = [];
+
+  /** A result of `chunks` arrived at `at`. */
+  note(chunks: number, at: number): void {
+    const kept = this.samples.filter(([t]) => t > at - PACE_MAX_AGE_MS);
+    kept.push([at, chunks]);
+    this.samples = kept.slice(-PACE_SAMPLES);
+  }
+
+  /**
+   * Chunks the next task leased to this worker should hold: about `workMs` of its work at the
+   * pace its recent results came in (chunks per ms between the first and the last of them), in
+   * steps of TASK_SIZE, from TASK_SIZE (a worker not yet measured) to MAX_TASK_SIZE. A fast
+   * GPU gets large tasks, so the coordinator's cost per task is spread over many chunks; a
+   * slow laptop small ones, so a task lost with it costs little and its lease is never at risk.
+   */
+  taskSize(now: number, workMs: number): number {
+    const recent = this.samples.filter(([t]) => t > now - PACE_MAX_AGE_MS);
+    const first = recent[0];
+    const last = recent.at(-1);
+    if (!first || !last || recent.length < 4) return TASK_SIZE;
+    const chunks = recent.slice(1).reduce((n, [, c]) => n + c, 0);
+    const span = last[0] - first[0];
+    const fits = span <= 0 ? MAX_TASK_SIZE : (chunks * workMs) / span;
+    return Math.min(MAX_TASK_SIZE, Math.max(TASK_SIZE, Math.floor(fits / TASK_SIZE) * TASK_SIZE));
+  }
 }
 
 /** Chunks per second over the last minute (or since it connected, when that is shorter). */

@@ -1,3 +1,4 @@
+import { TASK_SIZE } from "@p2pa/shared";
 import { migrateOnce } from "../lib/do-schema.js";
 import { type TaskState, transition } from "./task-state.js";
 
@@ -168,6 +169,16 @@ export class TaskQueue {
       CREATE INDEX IF NOT EXISTS tasks_retry ON tasks (not_before)
         WHERE state = 'pending' AND not_before > 0;
     `,
+      `
+      -- a task's chunks: tasks are cut to each worker's pace when leased (see lease)
+      ALTER TABLE tasks ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+      UPDATE tasks SET size = json_array_length(items) WHERE items IS NOT NULL;
+      -- leases are found by task when a task is stored, failed or cancelled, and joined to
+      -- their task on every pump (which worker holds how many)
+      CREATE INDEX IF NOT EXISTS leases_task ON leases (task_id);
+      -- the next lease deadline, without walking expired leases kept until their give-up time
+      CREATE INDEX IF NOT EXISTS leases_live ON leases (deadline) WHERE expired = 0;
+    `,
     ]);
   }
 
@@ -182,12 +193,13 @@ export class TaskQueue {
     let added = 0;
     for (const t of tasks) {
       added += this.sql.exec(
-        "INSERT OR IGNORE INTO tasks (id, job_id, tenant, model, items, queued_at, verify, pool) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT OR IGNORE INTO tasks (id, job_id, tenant, model, items, size, queued_at, verify, pool) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         t.id,
         jobId,
         tenant,
         model,
         JSON.stringify(t.items),
+        t.items.length,
         Date.now(),
         opts.verify,
         opts.pool,
@@ -200,6 +212,12 @@ export class TaskQueue {
    * Leases up to `n` ready tasks of `model` to a worker: confirmations and recomputations
    * first, then oldest first; never a task its donor already answered, and an `own`-pool task
    * only to a worker of the task's tenant.
+   *
+   * A new task longer than `size` chunks is cut: its first `size` chunks become a task of their
+   * own (`<id>~<chunks left>`), leased now, and the rest stays queued under the task's id, so
+   * each worker gets work in the size its pace calls for. Only tasks never leased are cut: a
+   * late result, a held result awaiting confirmation and a recomputation all name the task as
+   * it was sent.
    */
   lease(
     worker: { workerId: string; donor: string; tenant: string },
@@ -207,6 +225,7 @@ export class TaskQueue {
     n: number,
     now: number,
     leaseMs: number,
+    size = Number.POSITIVE_INFINITY,
   ): LeasedTask[] {
     if (n <= 0) return [];
     const { workerId } = worker;
@@ -215,11 +234,12 @@ export class TaskQueue {
         id: string;
         job_id: string;
         tenant: string;
-        items: string;
         attempts: number;
         verify: TaskOptions["verify"];
+        lane: number;
+        size: number;
       }>(
-        `SELECT id, job_id, tenant, items, attempts, verify FROM tasks WHERE ${LEASABLE}
+        `SELECT id, job_id, tenant, attempts, verify, lane, size FROM tasks WHERE ${LEASABLE}
          ORDER BY lane, seq LIMIT ?`,
         model,
         now,
@@ -230,27 +250,62 @@ export class TaskQueue {
       .toArray();
     return rows.map((r) => {
       const leaseId = crypto.randomUUID();
-      this.setState(r.id, "pending", { type: "lease" });
-      this.sql.exec("UPDATE tasks SET attempts = attempts + 1 WHERE id = ?", r.id);
+      const cut = r.attempts === 0 && r.lane === 1 && r.size > size;
+      const taskId = cut ? this.cut(r.id, size, r.size - size) : r.id;
+      this.setState(taskId, "pending", { type: "lease" });
+      const { items } = this.sql
+        .exec<{ items: string }>(
+          "UPDATE tasks SET attempts = attempts + 1 WHERE id = ? RETURNING items",
+          taskId,
+        )
+        .one();
       this.sql.exec(
         "INSERT INTO leases (id, task_id, worker_id, deadline, leased_at) VALUES (?, ?, ?, ?, ?)",
         leaseId,
-        r.id,
+        taskId,
         workerId,
         now + leaseMs,
         now,
       );
       return {
-        taskId: r.id,
+        taskId,
         leaseId,
         jobId: r.job_id,
         tenant: r.tenant,
         model,
         attempt: r.attempts + 1,
-        items: JSON.parse(r.items) as QueuedItem[],
+        items: JSON.parse(items) as QueuedItem[],
         verify: r.verify,
       };
     });
+  }
+
+  /**
+   * Cuts the first `size` chunks of pending task `id` into a pending task of their own, leaving
+   * `left` in `id`; returns the new task's id. In SQL, so the rest's text is never parsed.
+   */
+  private cut(id: string, size: number, left: number): string {
+    const piece = `${id}~${left}`;
+    this.sql.exec(
+      `INSERT INTO tasks (id, job_id, tenant, model, items, size, queued_at, verify, pool)
+       SELECT ?, job_id, tenant, model,
+         (SELECT json_group_array(json(value) ORDER BY key) FROM json_each(tasks.items) WHERE key < ?),
+         ?, queued_at, verify, pool
+       FROM tasks WHERE id = ?`,
+      piece,
+      size,
+      size,
+      id,
+    );
+    this.sql.exec(
+      `UPDATE tasks SET size = ?,
+         items = (SELECT json_group_array(json(value) ORDER BY key) FROM json_each(tasks.items) WHERE key >= ?)
+       WHERE id = ?`,
+      left,
+      size,
+      id,
+    );
+    return piece;
   }
 
   /** Cancels every task of a job that is not stored yet; their leases end, so late results are refused. */
@@ -357,11 +412,14 @@ export class TaskQueue {
    * give-up deadline (`late`); false when the task is already stored or gone.
    */
   beginStoring(taskId: string, late = false): boolean {
-    if (!late) return this.setState(taskId, "leased", { type: "result" });
-    return (
-      this.setState(taskId, "pending", { type: "late_result" }) ||
-      this.setState(taskId, "leased", { type: "late_result" })
-    );
+    const storing = late
+      ? this.setState(taskId, "pending", { type: "late_result" }) ||
+        this.setState(taskId, "leased", { type: "late_result" })
+      : this.setState(taskId, "leased", { type: "result" });
+    // Its leases end with the result: any other answer now is a duplicate (the task's state
+    // says so), and no lease of a task being written is left for the pumps to walk past.
+    if (storing) this.sql.exec("DELETE FROM leases WHERE task_id = ?", taskId);
+    return storing;
   }
 
   /**
@@ -742,12 +800,16 @@ export class TaskQueue {
    * being stored is settled by its own write, not by its lease deadline.
    */
   nextWake(now: number): number | null {
-    const lease = this.sql
-      .exec<{ d: number | null }>(
-        `SELECT min(l.deadline) AS d FROM leases l JOIN tasks t ON t.id = l.task_id
-         WHERE l.expired = 0 AND t.state = 'leased'`,
-      )
-      .one().d;
+    // In deadline order, stopping at the first lease still out (leases whose result is being
+    // stored come and go beside them): no scan of every lease on every pump.
+    const lease =
+      this.sql
+        .exec<{ d: number }>(
+          `SELECT l.deadline AS d FROM leases l WHERE l.expired = 0
+           AND EXISTS (SELECT 1 FROM tasks t WHERE t.id = l.task_id AND t.state = 'leased')
+           ORDER BY l.deadline LIMIT 1`,
+        )
+        .toArray()[0]?.d ?? null;
     const retry = this.sql
       .exec<{ d: number | null }>(
         "SELECT min(not_before) AS d FROM tasks INDEXED BY tasks_retry WHERE state = 'pending' AND not_before > 0 AND not_before > ?",
@@ -758,14 +820,19 @@ export class TaskQueue {
     return times.length ? Math.min(...times) : null;
   }
 
-  pendingCount(model?: string): number {
-    const r = model
-      ? this.sql.exec<{ n: number }>(
-          "SELECT count(*) AS n FROM tasks WHERE state = 'pending' AND model = ?",
-          model,
-        )
-      : this.sql.exec<{ n: number }>("SELECT count(*) AS n FROM tasks WHERE state = 'pending'");
-    return r.toArray()[0]?.n ?? 0;
+  /**
+   * Work waiting for a worker, in tasks of TASK_SIZE chunks (the unit MAX_BACKLOG_TASKS counts
+   * in, whatever size the queued tasks are cut to later).
+   */
+  pendingUnits(): number {
+    const { n } = this.sql
+      .exec<{ n: number }>(
+        "SELECT coalesce(sum((size + ? - 1) / ?), 0) AS n FROM tasks WHERE state = 'pending'",
+        TASK_SIZE,
+        TASK_SIZE,
+      )
+      .one();
+    return n;
   }
 
   counts(): Record<TaskState, number> {

@@ -6,6 +6,7 @@ import {
   DEFAULT_MODEL,
   type IngestRejection,
   type Job,
+  MAX_TASK_SIZE,
   PII_KINDS,
   type PiiKind,
   type Pool,
@@ -175,9 +176,12 @@ interface PrepareContext {
   check?: (size: { chunks: number; tasks: number }) => Promise<void>;
 }
 
-/** Work in tasks of TASK_SIZE items, named `<prefix><n>` (deterministic, so retries match). */
+/**
+ * Work in tasks of up to MAX_TASK_SIZE items (cut to each worker's pace when leased), named
+ * `<prefix><n>` (deterministic, so retries match).
+ */
 function tasksOf(prefix: string, work: QueuedItem[]): NewTask[] {
-  return slices(work, TASK_SIZE).map((items, n) => ({ id: `${prefix}${n}`, items }));
+  return slices(work, MAX_TASK_SIZE).map((items, n) => ({ id: `${prefix}${n}`, items }));
 }
 
 /** Where each source document stands before it is chunked. */

@@ -18,6 +18,11 @@ const SettingsSchema = z.object({
   LEASE_MS: count(60_000, 1000),
   /** The longest a lease lives however often it is renewed (at least LEASE_MS). */
   LEASE_MAX_MS: count(5 * 60_000, 1000),
+  /**
+   * About how long a task should take its worker, at the pace its recent results came in: a
+   * task's size follows (from 32 chunks to 256), never more than a tenth of LEASE_MS.
+   */
+  TASK_WORK_MS: count(2_000),
   /** How long after a lease is reassigned a late result from it still counts. */
   LEASE_GIVE_UP_MS: count(10 * 60_000, 1000),
   /** Verification for jobs that do not choose one. */

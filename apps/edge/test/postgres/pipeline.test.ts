@@ -1,9 +1,9 @@
 import { env } from "cloudflare:test";
-import { PROTOCOL_VERSION, TASK_SIZE } from "@p2pa/shared";
+import { PROTOCOL_VERSION } from "@p2pa/shared";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { sha256Hex } from "../../src/lib/crypto.js";
 import { PGLITE } from "../backends.js";
-import { call, job, KEYS, submit, TestWorker } from "../helpers.js";
+import { answerChunks, call, job, KEYS, submit, TestWorker } from "../helpers.js";
 
 // The whole pipeline with its metadata on Postgres: this file's Worker, Dispatcher and keyring
 // read METADATA_BACKEND from the same env, set before any of them is made.
@@ -30,14 +30,11 @@ afterAll(() => {
   (env as unknown as Record<string, string>).METADATA_BACKEND = "d1";
 });
 
-/** Answers every task the worker gets until `tasks` are acked. */
-async function workThrough(w: TestWorker, tasks: number) {
-  for (let done = 0; done < tasks; done++) {
-    const t = await w.next("task");
-    w.send(w.resultFor(t));
-    w.send({ type: "heartbeat", v: PROTOCOL_VERSION, leaseIds: [], capacity: 2 });
-  }
-  for (let i = 0; i < tasks; i++) await w.next("ack");
+/** Answers the worker's tasks until `chunks` are done, with a heartbeat after each result. */
+async function workThrough(w: TestWorker, chunks: number) {
+  await answerChunks(w, chunks, () =>
+    w.send({ type: "heartbeat", v: PROTOCOL_VERSION, leaseIds: [], capacity: 2 }),
+  );
 }
 
 describe("the pipeline with metadata on Postgres", () => {
@@ -73,7 +70,7 @@ describe("the pipeline with metadata on Postgres", () => {
       // Idle long enough between jobs that the Dispatcher's connections end and open again.
       if (jobs.length === 2) await new Promise((r) => setTimeout(r, 2_500));
       const j = await submit(docs);
-      await workThrough(w, Math.ceil(docs / TASK_SIZE));
+      await workThrough(w, docs);
       expect(await job(j.id)).toMatchObject({
         status: "completed",
         chunks: { total: docs, done: docs, failed: 0 },
