@@ -32,6 +32,8 @@ interface CapacityRun {
   chunksPerSecond: number;
   bytesPerChunkToDonor: number;
   bytesPerChunkFromDonor: number;
+  /** Chunks per task the donors were sent (tasks are cut to each donor's pace). */
+  chunksPerTask: number;
   /** Reading every chunk of the finished job back through the API (pages of 500), in seconds. */
   readSeconds: number;
 }
@@ -88,6 +90,7 @@ function figures(rs: CapacityRun[]): CapacityFigures {
       chunksPerSecond: m("chunksPerSecond"),
       bytesPerChunkToDonor: m("bytesPerChunkToDonor"),
       bytesPerChunkFromDonor: m("bytesPerChunkFromDonor"),
+      chunksPerTask: m("chunksPerTask"),
       readSeconds: m("readSeconds"),
     },
   };
@@ -179,6 +182,7 @@ async function oneRun(
       chunksPerSecond: chunks.total / dispatchSeconds,
       bytesPerChunkToDonor: pool.reduce((n, d) => n + d.bytesIn, 0) / chunks.total,
       bytesPerChunkFromDonor: pool.reduce((n, d) => n + d.bytesOut, 0) / chunks.total,
+      chunksPerTask: chunks.total / pool.reduce((n, d) => n + d.tasks, 0),
       readSeconds,
     };
     return run;
@@ -207,7 +211,7 @@ export async function capacityBench(opts: {
     : null;
   const log = (r: number, what: string, run: CapacityRun) =>
     console.log(
-      `capacity run ${r + 1}, ${what}: submit ${run.documentsPerSecond.toFixed(0)} documents/s, dispatch ${run.chunksPerSecond.toFixed(0)} chunks/s, ${run.bytesPerChunkToDonor.toFixed(0)} B/chunk to donors, ${run.bytesPerChunkFromDonor.toFixed(0)} B/chunk from donors`,
+      `capacity run ${r + 1}, ${what}: submit ${run.documentsPerSecond.toFixed(0)} documents/s, dispatch ${run.chunksPerSecond.toFixed(0)} chunks/s, ${run.bytesPerChunkToDonor.toFixed(0)} B/chunk to donors, ${run.bytesPerChunkFromDonor.toFixed(0)} B/chunk from donors, ${run.chunksPerTask.toFixed(0)} chunks a task`,
     );
   for (let r = 0; r < opts.runs; r++) {
     for (const frames of ["binary", "json"] as const) {
