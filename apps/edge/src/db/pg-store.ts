@@ -1,5 +1,6 @@
 import type { ApiKey, Collection, Job, Quotas } from "@p2pa/shared";
 import { and, asc, desc, eq, isNull, ne, type SQL, sql } from "drizzle-orm";
+import { hex } from "../lib/crypto.js";
 import { type PgClient, type PgDatabase, pgError } from "./pg-client.js";
 import { pgKeywordFilter } from "./pg-filter.js";
 import {
@@ -94,10 +95,7 @@ function hexToFloat32(hex: string): Float32Array {
 }
 
 function float32ToHex(v: Float32Array): string {
-  const bytes = new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-  let out = "";
-  for (const b of bytes) out += b.toString(16).padStart(2, "0");
-  return out;
+  return hex(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
 }
 
 /** The terms of an FTS5 expression that is an OR of quoted terms (search/terms.ts). */

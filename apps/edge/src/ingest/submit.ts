@@ -22,7 +22,7 @@ import { dispatcherFor } from "../dispatch/shards.js";
 import { vectorMetadata } from "../dispatch/store-result.js";
 import type { ItemCopy, NewTask, QueuedItem } from "../dispatch/task-queue.js";
 import { chunkIdOf } from "../lib/chunk-ids.js";
-import { sha256Hex } from "../lib/crypto.js";
+import { hex, sha256Hex } from "../lib/crypto.js";
 import { AppError, noCapacity } from "../lib/errors.js";
 import { requireModel } from "../lib/models.js";
 import { settings } from "../lib/settings.js";
@@ -433,7 +433,7 @@ function withLanguage(
 
 async function macHex(key: CryptoKey, text: string): Promise<string> {
   const mac = await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(text));
-  return Array.from(new Uint8Array(mac, 0, 16), (b) => b.toString(16).padStart(2, "0")).join("");
+  return hex(new Uint8Array(mac, 0, 16));
 }
 
 /** Writes the vectors the cache already had, before the rows that say they are done. */

@@ -1,3 +1,4 @@
+import { hex } from "../lib/crypto.js";
 import type { Keyring } from "../lib/keyring.js";
 import { MAX_QUERY_WORDS, STOPWORDS, words } from "./words.js";
 
@@ -76,10 +77,4 @@ export async function queryTerms(
 export function wordsHeld(terms: string, query: KeywordQueryTerms): number {
   const held = new Set(terms.split(" "));
   return query.words.filter((hashes) => hashes.some((h) => held.has(h))).length;
-}
-
-function hex(bytes: Uint8Array): string {
-  let out = "";
-  for (const b of bytes) out += b.toString(16).padStart(2, "0");
-  return out;
 }
