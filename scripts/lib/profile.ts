@@ -25,7 +25,10 @@ export class EdgeProfiler {
   private nextId = 1;
   private readonly waiting = new Map<number, (result: unknown) => void>();
 
-  private constructor(private readonly ws: WebSocket) {
+  private constructor(
+    private readonly ws: WebSocket,
+    private readonly intervalUs: number,
+  ) {
     ws.on("message", (raw) => {
       const msg = JSON.parse(String(raw)) as { id?: number; result?: unknown };
       if (msg.id !== undefined) this.waiting.get(msg.id)?.(msg.result);
@@ -38,7 +41,7 @@ export class EdgeProfiler {
       ws.once("open", () => resolve());
       ws.once("error", reject);
     });
-    const p = new EdgeProfiler(ws);
+    const p = new EdgeProfiler(ws, intervalUs);
     await p.call("Profiler.enable");
     await p.call("Profiler.setSamplingInterval", { interval: intervalUs });
     await p.call("Profiler.start");
@@ -53,17 +56,32 @@ export class EdgeProfiler {
     });
   }
 
-  /** Stops, writes the profile to `file` and returns a summary of its busiest functions. */
-  async stop(file: string, top = 25): Promise<string> {
+  /**
+   * Stops, writes the profile to `file` and returns a summary of its busiest functions, with
+   * how long this isolate was busy (neither idle nor away: see `summary`), in ms.
+   */
+  async stop(file: string, top = 25): Promise<{ text: string; busyMs: number }> {
     const { profile } = (await this.call("Profiler.stop")) as { profile: CpuProfile };
     this.ws.close();
     writeFileSync(file, JSON.stringify(profile));
-    return summary(profile, top);
+    return summary(profile, top, this.intervalUs);
   }
 }
 
-/** Self time by function, and the share of the profile that was idle or collecting garbage. */
-function summary(profile: CpuProfile, top: number): string {
+const AWAY = "(between samples: the thread away from this isolate, e.g. in D1)";
+const IDLE = "(idle) :0:0";
+
+/**
+ * Self time by function, and the share of the profile that was idle or collecting garbage.
+ * A sample that comes long after the one before (the thread was away from this isolate: in
+ * D1's or another object's work, or in native code) is counted for one interval; the rest of
+ * the gap is shown on a line of its own, not charged to whatever function ran next.
+ */
+function summary(
+  profile: CpuProfile,
+  top: number,
+  intervalUs: number,
+): { text: string; busyMs: number } {
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
   const parent = new Map<number, ProfileNode>();
   for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n);
@@ -77,8 +95,10 @@ function summary(profile: CpuProfile, top: number): string {
   const self = new Map<string, number>();
   let total = 0;
   profile.samples.forEach((id, i) => {
-    const dt = profile.timeDeltas[i] ?? 0;
-    total += dt;
+    const gap = profile.timeDeltas[i] ?? 0;
+    total += gap;
+    const dt = Math.min(gap, 4 * intervalUs);
+    if (gap > dt) self.set(AWAY, (self.get(AWAY) ?? 0) + gap - dt);
     const node = byId.get(id);
     const f = node?.callFrame;
     const file = f?.url.split("/").slice(-2).join("/") ?? "";
@@ -93,5 +113,12 @@ function summary(profile: CpuProfile, top: number): string {
       ([k, us]) =>
         `${((100 * us) / total).toFixed(1).padStart(5)}%  ${(us / 1000).toFixed(0).padStart(6)} ms  ${k}`,
     );
-  return [`profile: ${(total / 1000).toFixed(0)} ms sampled`, ...lines].join("\n");
+  const busyMs = (total - (self.get(AWAY) ?? 0) - (self.get(IDLE) ?? 0)) / 1000;
+  return {
+    text: [
+      `profile: ${(total / 1000).toFixed(0)} ms sampled, this isolate busy ${busyMs.toFixed(0)} ms`,
+      ...lines,
+    ].join("\n"),
+    busyMs,
+  };
 }
