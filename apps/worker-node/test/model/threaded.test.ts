@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
 import { type Embedder, loadModel, MANIFEST_FILE } from "../../src/model/index.js";
 import { loadModelThreaded } from "../../src/model/threaded.js";
 import type { LoadOptions } from "../../src/model/types.js";
+import { LONG, SENTENCES as SHARED } from "../fixtures/texts.js";
 import { tinyManifest, writeTinyBert } from "../fixtures/tiny-bert.js";
 
 // Every inference thread started, so a test can end one as a crash would.
@@ -26,25 +27,8 @@ vi.mock("node:worker_threads", async (importOriginal) => {
   return { ...real, Worker: Recorded };
 });
 
-const LONG = Array.from(
-  { length: 12 },
-  (_, i) =>
-    `Paragraph sentence number ${i + 1} explains how embeddings capture the meaning of text.`,
-).join(" ");
-
-const SENTENCES = [
-  "Hello world",
-  "",
-  "How old are you?",
-  "The quick brown fox jumps over the lazy dog.",
-  "In 2023, revenue grew 12.5% to $4,200,000 (up from $3.7M) on 1/2/2024.",
-  "Café crème brûlée à la française, Ærøskøbing, Kraków, Größe.",
-  "日本語のテキストを埋め込みます。",
-  "I love pizza 🍕😀👍🏽 and 🎉 parties!",
-  "  leading and trailing   spaces  ",
-  "tabs\tand\nnewlines\r\nhere",
-  LONG,
-];
+/** The model tests' texts, and an empty one (an empty text is embedded too). */
+const SENTENCES = [...SHARED, ""];
 
 /** Words the tiny model's tokenizer knows, and some it does not. */
 const TINY_TEXTS = [

@@ -11,35 +11,7 @@ import { sha256Hex } from "../../src/model/files.js";
 import { type Embedder, loadModel, USE_LITE_MANIFEST } from "../../src/model/index.js";
 import { convertUseLite, resolveUseLiteSource } from "../../src/model/use-lite/convert.js";
 import { loadUseVocabulary, UseTokenizer } from "../../src/model/use-lite/tokenizer.js";
-
-const LONG = Array.from(
-  { length: 12 },
-  (_, i) =>
-    `Paragraph sentence number ${i + 1} explains how embeddings capture the meaning of text.`,
-).join(" ");
-
-const SENTENCES = [
-  "Hello world",
-  "a",
-  "How old are you?",
-  "What is your age?",
-  "The quick brown fox jumps over the lazy dog.",
-  "Machine learning models map sentences to vectors so that similar meanings end up close together.",
-  "In 2023, revenue grew 12.5% to $4,200,000 (up from $3.7M) on 1/2/2024.",
-  "Wait... what?! No -- really; it's (kind of) weird: #hashtag @mention & <b>html</b> {json: [1,2]}",
-  "Café crème brûlée à la française, naïve façade, Ærøskøbing, São Paulo, Kraków, Größe.",
-  "日本語のテキストを埋め込みます。",
-  "中文句子也应该可以处理。",
-  "한국어 문장입니다.",
-  "I love pizza 🍕😀👍🏽 and 🎉 parties!",
-  "مرحبا بالعالم، كيف حالك؟",
-  "שלום עולם, מה שלומך?",
-  "Mixed: English, español, русский, ελληνικά, हिन्दी.",
-  "  leading and trailing   spaces  ",
-  "tabs\tand\nnewlines\r\nhere",
-  "ｆｕｌｌｗｉｄｔｈ ＡＢＣ ① ﬁnance ligature",
-  LONG,
-];
+import { LONG, SENTENCES } from "../fixtures/texts.js";
 
 const dot = (a: ArrayLike<number>, b: ArrayLike<number>) => {
   let s = 0;
