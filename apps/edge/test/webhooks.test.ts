@@ -392,6 +392,38 @@ describe("webhook delivery re-checks the target", () => {
 });
 
 describe("WebhookHub.deleteJob", () => {
+  it("queues a job's terminal event once per endpoint however often it is handed over, and each progress event", async () => {
+    fakeNetwork();
+    const hub = webhookHub(env, "t-once");
+    const busy = await endpoint(hub, "http://127.0.0.1:9/busy?once", null);
+    const ok = await endpoint(hub, "http://127.0.0.1:9/ok?once", null);
+    // A shard retries a hand-over until it knows it arrived: the same event may come again,
+    // even while the first is still on its way.
+    const data = { id: "job_once", status: "completed" };
+    const [first, second] = await Promise.all([
+      hub.emit("job.completed", "job_once", data),
+      hub.emit("job.completed", "job_once", data),
+    ]);
+    expect(first + second).toBe(2);
+    expect(await hub.emit("job.completed", "job_once", data)).toBe(0);
+    expect(await hub.emit("job.progress", "job_once", data)).toBe(2);
+    expect(await hub.emit("job.progress", "job_once", data)).toBe(2);
+    for (const ep of [busy, ok]) {
+      const list = await hub.deliveries(ep.id);
+      expect(list.filter((d) => d.eventType === "job.completed")).toHaveLength(1);
+      expect(list.filter((d) => d.eventType === "job.progress")).toHaveLength(2);
+    }
+    // Each endpoint's delivery of the event has an id of its own.
+    const ids = await Promise.all(
+      [busy, ok].map(
+        async (ep) =>
+          (await hub.deliveries(ep.id)).find((d) => d.eventType === "job.completed")?.id,
+      ),
+    );
+    expect(new Set(ids).size).toBe(2);
+    for (const ep of [busy, ok]) await hub.deleteEndpoint(ep.id);
+  });
+
   it("removes the job's endpoints and deliveries, and drops its later events", async () => {
     fakeNetwork();
     const hub = webhookHub(env, "t-delete-job");

@@ -11,6 +11,8 @@ const NOTIFY_RETRY_MS = 5_000;
 export class JobNotifier {
   /** When each job last sent job.progress; throttling only, so memory is enough. */
   private readonly progressSentAt = new Map<string, number>();
+  /** Jobs whose terminal event is being handed over now: one hand-over at a time each. */
+  private readonly handing = new Set<string>();
 
   constructor(
     private readonly env: Env,
@@ -25,7 +27,12 @@ export class JobNotifier {
    * delivered at least once.
    */
   async notifyEnd(jobId: string): Promise<void> {
-    this.jobs.setNotifyPending(jobId, true);
+    // A wake while this hand-over is on its way (the alarm, set for anything) must not start a
+    // second one: the try counts as due again only after NOTIFY_RETRY_MS (so a shard that stops
+    // mid-try retries then), and this object skips a job it is handing over already.
+    if (this.handing.has(jobId)) return;
+    this.handing.add(jobId);
+    this.jobs.setNotifyPending(jobId, true, Date.now() + NOTIFY_RETRY_MS);
     try {
       const tenant = this.jobs.jobTenant(jobId);
       const job = await this.store.getJobById(jobId);
@@ -41,6 +48,8 @@ export class JobNotifier {
     } catch (err) {
       console.error("webhook hand-over failed; will retry", jobId, err);
       this.jobs.setNotifyPending(jobId, true, Date.now() + NOTIFY_RETRY_MS);
+    } finally {
+      this.handing.delete(jobId);
     }
   }
 

@@ -1,6 +1,6 @@
 import { DurableObject } from "cloudflare:workers";
 import type { WebhookDelivery, WebhookEndpoint, WebhookEventType } from "@p2pa/shared";
-import { newId, tombstone } from "../lib/crypto.js";
+import { newId, sha256Hex, tombstone } from "../lib/crypto.js";
 import { migrateOnce } from "../lib/do-schema.js";
 import { settings } from "../lib/settings.js";
 import { delayBefore, parseSchedule } from "./schedule.js";
@@ -168,7 +168,13 @@ export class WebhookHub extends DurableObject<Env> {
 
   // ---- events and deliveries ----
 
-  /** Queues one delivery per subscribed endpoint; the alarm sends them. */
+  /**
+   * Queues one delivery per subscribed endpoint; the alarm sends them. Returns how many were
+   * queued. A job ends once, so its terminal event is queued once per endpoint however often it
+   * is handed over (a hand-over is retried until it is known to have arrived, and may arrive
+   * twice): its delivery id comes from the endpoint, the job and the event, and a second one is
+   * ignored. Progress events are each their own.
+   */
   async emit(type: WebhookEventType, jobId: string, data: unknown): Promise<number> {
     // A job deleted while its events were on the way must not leave a delivery behind.
     const gone = await tombstone(jobId);
@@ -183,12 +189,16 @@ export class WebhookHub extends DurableObject<Env> {
       .filter((e) => (JSON.parse(e.events) as string[]).includes(type));
     const now = Date.now();
     const timestamp = new Date(now).toISOString();
+    let queued = 0;
     for (const ep of endpoints) {
-      const id = newId("msg");
+      const id =
+        type === "job.progress"
+          ? newId("msg")
+          : `msg_${(await sha256Hex(`${ep.id}\u0000${jobId}\u0000${type}`)).slice(0, 24)}`;
       // The payload is frozen now: every retry sends the same bytes under the same id.
       const payload = JSON.stringify({ type, timestamp, data });
-      this.sql.exec(
-        "INSERT INTO deliveries (id, endpoint_id, event_type, job_id, payload, status, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+      const written = this.sql.exec(
+        "INSERT OR IGNORE INTO deliveries (id, endpoint_id, event_type, job_id, payload, status, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
         id,
         ep.id,
         type,
@@ -196,10 +206,11 @@ export class WebhookHub extends DurableObject<Env> {
         payload,
         now + (delayBefore(this.schedule(), 0) ?? 0),
         timestamp,
-      );
+      ).rowsWritten;
+      if (written > 0) queued++;
     }
-    if (endpoints.length) await this.arm();
-    return endpoints.length;
+    if (queued) await this.arm();
+    return queued;
   }
 
   async deliveries(endpointId: string, limit = 100): Promise<WebhookDelivery[]> {
