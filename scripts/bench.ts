@@ -308,12 +308,16 @@ async function pipeline(corpus: Corpus) {
 const pipelines = sections.has("pipeline")
   ? { long: await pipeline(long), short: await pipeline(short) }
   : null;
+/** The instant donors every coordinator section uses, and how many runs it takes. */
+const fleet = {
+  donors: Number(values["capacity-donors"]),
+  capacity: Number(values["capacity-window"]),
+  runs,
+};
 const capacity = sections.has("capacity")
   ? await capacityBench({
       documents: Number(values["capacity-documents"]),
-      donors: Number(values["capacity-donors"]),
-      capacity: Number(values["capacity-window"]),
-      runs,
+      ...fleet,
       ...(values.profile
         ? { profile: path.join(ROOT, "bench-results", "capacity.cpuprofile") }
         : {}),
@@ -323,17 +327,13 @@ const capacity = sections.has("capacity")
 const backends = sections.has("backends")
   ? await backendsBench({
       documents: Number(values["backend-documents"]),
-      donors: Number(values["capacity-donors"]),
-      capacity: Number(values["capacity-window"]),
-      runs,
+      ...fleet,
     })
   : null;
 const scaling = sections.has("scaling")
   ? await scalingBench({
       documents: Number(values["capacity-documents"]),
-      donors: Number(values["capacity-donors"]),
-      capacity: Number(values["capacity-window"]),
-      runs,
+      ...fleet,
     })
   : null;
 const verification: Record<string, { chunksPerSecond: number[]; resultsPerTask: number[] }> = {};
