@@ -34,7 +34,7 @@ import { assertChunkQuota } from "../tenant/limits.js";
 import { filterableKeys } from "../vector/config.js";
 import { getVectorIndex, upsertVectors } from "../vector/index.js";
 import type { Section } from "./extract/index.js";
-import { detectLanguage, normaliseText } from "./extract/index.js";
+import { type LanguageDetector, languageDetector, normaliseText } from "./extract/index.js";
 import { type NewOriginal, originalKey, putOriginals } from "./originals.js";
 
 /**
@@ -359,8 +359,9 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
   await ctx.check?.({ chunks: out.chunks.length, tasks: Math.ceil(items.length / TASK_SIZE) });
 
   // Each document's language, as metadata (unless it names one), and what its vectors carry.
+  const detect = languagePending.length ? await languageDetector() : () => null;
   for (const p of languagePending) {
-    p.doc.metadata = withLanguage(p.doc.metadata, p.text);
+    p.doc.metadata = withLanguage(detect, p.doc.metadata, p.text);
     Object.assign(p.meta, searchMetadata(settings.collection, p.doc.metadata, filterable));
   }
 
@@ -423,11 +424,12 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
 
 /** The document's metadata with its detected language, unless it names one already. */
 function withLanguage(
+  detect: LanguageDetector,
   metadata: Record<string, unknown> | null,
   text: string,
 ): Record<string, unknown> | null {
   if (metadata && "lang" in metadata) return metadata;
-  const lang = detectLanguage(text);
+  const lang = detect(text);
   return lang ? { ...(metadata ?? {}), lang } : metadata;
 }
 

@@ -8,11 +8,11 @@ import notesTxt from "../../../../test/fixtures/documents/notes.txt?raw";
 import reportPdfUrl from "../../../../test/fixtures/documents/report.pdf?url&inline";
 import scannedPdfUrl from "../../../../test/fixtures/documents/scanned.pdf?url&inline";
 import {
-  detectLanguage,
   ExtractError,
   type Extracted,
   extract,
   formatOf,
+  languageDetector,
   normaliseText,
 } from "../../src/ingest/extract/index.js";
 
@@ -276,8 +276,9 @@ describe("formatOf", () => {
   });
 });
 
-describe("detectLanguage", () => {
-  it("names English, French, German and Spanish paragraphs and gives up on scraps", async () => {
+describe("languageDetector", () => {
+  it("names English, French, German, Spanish, Dutch, Italian and Russian text and gives up on scraps", async () => {
+    const detectLanguage = await languageDetector();
     const guide = await extract(utf8(guideMd), "markdown");
     expect(detectLanguage(guide.text)).toBe("en");
     expect(detectLanguage(normaliseText(lettreTxt))).toBe("fr");
@@ -291,8 +292,23 @@ describe("detectLanguage", () => {
         "El panadero mezcla la harina con el agua y deja que la masa fermente lentamente.",
       ),
     ).toBe("es");
+    expect(
+      detectLanguage(
+        "Het regent al drie dagen en de rivier is over de weg naar de molen gestroomd.",
+      ),
+    ).toBe("nl");
+    expect(
+      detectLanguage(
+        "Piove da tre giorni e il fiume è straripato sulla strada del vecchio mulino.",
+      ),
+    ).toBe("it");
+    expect(
+      detectLanguage(
+        "Дождь идёт уже три дня, и река вышла из берегов прямо на старую дорогу к мельнице.",
+      ),
+    ).toBe("ru");
     expect(detectLanguage("ok")).toBeNull();
-    // One short line is not enough to tell (tinyld would call this Dutch).
+    // One short line is not enough to tell.
     expect(detectLanguage("Note 1: 3f9a the tide tables for the harbour this week.")).toBeNull();
     expect(detectLanguage("12345 67 — !!")).toBeNull();
     expect(detectLanguage("")).toBeNull();

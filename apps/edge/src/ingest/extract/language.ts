@@ -1,27 +1,32 @@
-import { detectAll } from "tinyld";
+// eld (Efficient Language Detector, n-gram scores for 60 languages, ISO 639-1 codes, pure JS),
+// its extra-small tables: right on a single sentence of English, French, German or Spanish in
+// our tests, and on the benchmark's generated prose about 66 µs a document against tinyld's
+// 1.3 ms (which also called one passage in 400 Slovak). franc-min guessed Bosnian for a short
+// French line.
 
-// tinyld (n-gram profiles for 62 languages, ISO 639-1 codes, pure JS): right on a single
-// sentence of English, French, German or Spanish in our tests, where franc-min guessed
-// Bosnian for a short French line, and a fraction of eld's size.
+/** Tells a text's language: an ISO 639-1 code, or null when the text is too short or unclear. */
+export type LanguageDetector = (text: string) => string | null;
 
-// Below this many letters no detector is reliable (tinyld calls a one-line English note Dutch
-// with confidence); it answers "" for "ok".
+// Below this many letters no detector is reliable (tinyld called a one-line English note Dutch
+// with confidence; eld calls "x7 y8 z9 lorem ipsum…" Polish).
 const MIN_LETTERS = 60;
-// tinyld's confidence in its best guess (0..1): short or mixed texts score a few hundredths
-// ("Heron alpha counts seven lanterns" comes out Spanish at 0.04), clear ones near 1.
-const MIN_ACCURACY = 0.5;
-// Enough text to decide (some 60 words); the rest only costs CPU. Detection is most of what a
-// submit of long documents costs: 1.7 ms a document on 1,000 characters, 0.9 ms on 400.
+// Enough text to decide (some 60 words); the rest only costs CPU.
 const SAMPLE_CHARS = 400;
 
-/** ISO 639-1 code of the text's language, or null when the text is too short or unclear. */
-export function detectLanguage(text: string): string | null {
-  const sample = text.slice(0, SAMPLE_CHARS);
-  if ((sample.match(/\p{L}/gu)?.length ?? 0) < MIN_LETTERS) return null;
-  const best = detectAll(sample)[0];
-  if (!best || best.accuracy < MIN_ACCURACY) return null;
-  const code = best.lang;
-  // tinyld answers "" when unsure, and a few languages without a 639-1 code (Berber) by
-  // their 639-3 code: both are "unclear" here.
-  return /^[a-z]{2}$/.test(code) ? code : null;
+let loading: Promise<LanguageDetector> | undefined;
+
+/**
+ * The detector, loaded on first use: its tables take some 30 MB of heap and 50 ms to build, and
+ * only a submit needs them, so an isolate that never takes documents never pays for them.
+ */
+export function languageDetector(): Promise<LanguageDetector> {
+  loading ??= import("eld/extrasmall").then(({ eld }) => (text: string) => {
+    const sample = text.slice(0, SAMPLE_CHARS);
+    if ((sample.match(/\p{L}/gu)?.length ?? 0) < MIN_LETTERS) return null;
+    const result = eld.detect(sample);
+    // "" when nothing matched; isReliable() is false when the best score is weak for that
+    // language or too close to the next one's.
+    return result.language && result.isReliable() ? result.language : null;
+  });
+  return loading;
 }
