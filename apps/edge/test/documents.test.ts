@@ -231,6 +231,27 @@ describe("versions by document id", () => {
     expect(elsewhere.documentsUnchanged).toBe(0);
   });
 
+  it("keeps each document's detected language as metadata.lang, unless the document names one", async () => {
+    const collection = `lang-${uid()}`;
+    const french =
+      "Il pleut depuis trois jours et la rivière a débordé sur la route du vieux moulin, disent les voisins.";
+    await post({
+      collection,
+      documents: [
+        { id: "en", text: paragraph("tides") },
+        { id: "fr", text: french, metadata: { n: 1 } },
+        { id: "given", text: french, metadata: { lang: "de" } },
+        { id: "unset", text: french, metadata: { lang: null } },
+        { id: "short", text: "A short note." },
+      ],
+    });
+    expect((await getDocument("en", collection)).metadata).toEqual({ lang: "en" });
+    expect((await getDocument("fr", collection)).metadata).toEqual({ n: 1, lang: "fr" });
+    expect((await getDocument("given", collection)).metadata).toEqual({ lang: "de" });
+    expect((await getDocument("unset", collection)).metadata).toEqual({ lang: null });
+    expect((await getDocument("short", collection)).metadata).toEqual({});
+  });
+
   it("lets a newer submission supersede a version still pending", async () => {
     const collection = `race-${uid()}`;
     const w = await worker();

@@ -34,7 +34,7 @@ import { assertChunkQuota } from "../tenant/limits.js";
 import { filterableKeys } from "../vector/config.js";
 import { getVectorIndex, upsertVectors } from "../vector/index.js";
 import type { Section } from "./extract/index.js";
-import { type LanguageDetector, languageDetector, normaliseText } from "./extract/index.js";
+import { detectLanguages, normaliseText } from "./extract/index.js";
 import { type NewOriginal, originalKey, putOriginals } from "./originals.js";
 
 /**
@@ -359,11 +359,15 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
   await ctx.check?.({ chunks: out.chunks.length, tasks: Math.ceil(items.length / TASK_SIZE) });
 
   // Each document's language, as metadata (unless it names one), and what its vectors carry.
-  const detect = languagePending.length ? await languageDetector() : () => null;
-  for (const p of languagePending) {
-    p.doc.metadata = withLanguage(detect, p.doc.metadata, p.text);
+  // (Only where the metadata names none: a given `lang` is kept as it is.)
+  const detected = await detectLanguages(
+    languagePending.map((p) => (p.doc.metadata && "lang" in p.doc.metadata ? "" : p.text)),
+  );
+  languagePending.forEach((p, i) => {
+    const lang = detected[i];
+    if (lang) p.doc.metadata = { ...(p.doc.metadata ?? {}), lang };
     Object.assign(p.meta, searchMetadata(settings.collection, p.doc.metadata, filterable));
-  }
+  });
 
   // The embedding cache is keyed by the exact text a worker would embed.
   const cacheKey = await keyring.embeddingCacheKey(tenant);
@@ -420,17 +424,6 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
     }),
   );
   return out;
-}
-
-/** The document's metadata with its detected language, unless it names one already. */
-function withLanguage(
-  detect: LanguageDetector,
-  metadata: Record<string, unknown> | null,
-  text: string,
-): Record<string, unknown> | null {
-  if (metadata && "lang" in metadata) return metadata;
-  const lang = detect(text);
-  return lang ? { ...(metadata ?? {}), lang } : metadata;
 }
 
 async function macHex(key: CryptoKey, text: string): Promise<string> {

@@ -8,11 +8,11 @@ import notesTxt from "../../../../test/fixtures/documents/notes.txt?raw";
 import reportPdfUrl from "../../../../test/fixtures/documents/report.pdf?url&inline";
 import scannedPdfUrl from "../../../../test/fixtures/documents/scanned.pdf?url&inline";
 import {
+  detectLanguages,
   ExtractError,
   type Extracted,
   extract,
   formatOf,
-  languageDetector,
   normaliseText,
 } from "../../src/ingest/extract/index.js";
 
@@ -276,42 +276,30 @@ describe("formatOf", () => {
   });
 });
 
-describe("languageDetector", () => {
+describe("detectLanguages", () => {
   it("names English, French, German, Spanish, Dutch, Italian and Russian text and gives up on scraps", async () => {
-    const detectLanguage = await languageDetector();
     const guide = await extract(utf8(guideMd), "markdown");
-    expect(detectLanguage(guide.text)).toBe("en");
-    expect(detectLanguage(normaliseText(lettreTxt))).toBe("fr");
-    expect(
-      detectLanguage(
+    const cases: [string, string | null][] = [
+      [guide.text, "en"],
+      [normaliseText(lettreTxt), "fr"],
+      [
         "Die Bienen sammeln im Frühling den Nektar der Blüten, und der Imker kontrolliert die Waben.",
-      ),
-    ).toBe("de");
-    expect(
-      detectLanguage(
-        "El panadero mezcla la harina con el agua y deja que la masa fermente lentamente.",
-      ),
-    ).toBe("es");
-    expect(
-      detectLanguage(
-        "Het regent al drie dagen en de rivier is over de weg naar de molen gestroomd.",
-      ),
-    ).toBe("nl");
-    expect(
-      detectLanguage(
-        "Piove da tre giorni e il fiume è straripato sulla strada del vecchio mulino.",
-      ),
-    ).toBe("it");
-    expect(
-      detectLanguage(
-        "Дождь идёт уже три дня, и река вышла из берегов прямо на старую дорогу к мельнице.",
-      ),
-    ).toBe("ru");
-    expect(detectLanguage("ok")).toBeNull();
-    // One short line is not enough to tell.
-    expect(detectLanguage("Note 1: 3f9a the tide tables for the harbour this week.")).toBeNull();
-    expect(detectLanguage("12345 67 — !!")).toBeNull();
-    expect(detectLanguage("")).toBeNull();
+        "de",
+      ],
+      ["El panadero mezcla la harina con el agua y deja que la masa fermente lentamente.", "es"],
+      ["Het regent al drie dagen en de rivier is over de weg naar de molen gestroomd.", "nl"],
+      ["Piove da tre giorni e il fiume è straripato sulla strada del vecchio mulino.", "it"],
+      ["Дождь идёт уже три дня, и река вышла из берегов прямо на старую дорогу к мельнице.", "ru"],
+      ["ok", null],
+      // One short line is not enough to tell.
+      ["Note 1: 3f9a the tide tables for the harbour this week.", null],
+      ["12345 67 — !!", null],
+      ["", null],
+    ];
+    // One call for them all, answered in order.
+    expect(await detectLanguages(cases.map(([text]) => text))).toEqual(cases.map(([, l]) => l));
+    // Texts too short to tell need no detector at all.
+    expect(await detectLanguages(["ok", "", "a short note"])).toEqual([null, null, null]);
   });
 });
 

@@ -11,7 +11,7 @@ import { extractText } from "./text.js";
 import { ExtractError, type Extracted, type SourceFormat } from "./types.js";
 
 export { formatOf } from "./format.js";
-export { type LanguageDetector, languageDetector } from "./language.js";
+export { detectLanguages } from "./language.js";
 export { normaliseText } from "./normalise.js";
 export {
   ExtractError,

@@ -4,29 +4,38 @@
 // 1.3 ms (which also called one passage in 400 Slovak). franc-min guessed Bosnian for a short
 // French line.
 
-/** Tells a text's language: an ISO 639-1 code, or null when the text is too short or unclear. */
-export type LanguageDetector = (text: string) => string | null;
-
 // Below this many letters no detector is reliable (tinyld called a one-line English note Dutch
 // with confidence; eld calls "x7 y8 z9 lorem ipsum…" Polish).
 const MIN_LETTERS = 60;
 // Enough text to decide (some 60 words); the rest only costs CPU.
 const SAMPLE_CHARS = 400;
 
-let loading: Promise<LanguageDetector> | undefined;
+type Detect = (sample: string) => string | null;
+let loading: Promise<Detect> | undefined;
 
 /**
  * The detector, loaded on first use: its tables take some 30 MB of heap and 50 ms to build, and
- * only a submit needs them, so an isolate that never takes documents never pays for them.
+ * only documents long enough to tell need them, so an isolate that never takes one never pays.
  */
-export function languageDetector(): Promise<LanguageDetector> {
-  loading ??= import("eld/extrasmall").then(({ eld }) => (text: string) => {
-    const sample = text.slice(0, SAMPLE_CHARS);
-    if ((sample.match(/\p{L}/gu)?.length ?? 0) < MIN_LETTERS) return null;
+function detector(): Promise<Detect> {
+  loading ??= import("eld/extrasmall").then(({ eld }) => (sample: string) => {
     const result = eld.detect(sample);
     // "" when nothing matched; isReliable() is false when the best score is weak for that
     // language or too close to the next one's.
     return result.language && result.isReliable() ? result.language : null;
   });
   return loading;
+}
+
+/**
+ * Each text's language as an ISO 639-1 code, or null where the text is too short or unclear.
+ */
+export async function detectLanguages(texts: readonly string[]): Promise<(string | null)[]> {
+  const samples = texts.map((t) => {
+    const sample = t.slice(0, SAMPLE_CHARS);
+    return (sample.match(/\p{L}/gu)?.length ?? 0) >= MIN_LETTERS ? sample : null;
+  });
+  if (samples.every((s) => s === null)) return samples;
+  const detect = await detector();
+  return samples.map((s) => (s === null ? null : detect(s)));
 }
