@@ -3,6 +3,8 @@
  *   (a) the default model called directly in-process (same batch size and threads);
  *   (b) the same chunks through the local edge and one p2pa-worker, submit to `completed`.
  * Prints chunks/s for each, the ratio b/a (median of runs), and writes bench-results/bench.json.
+ * `--submit ndjson` sends (b)'s documents as an NDJSON stream, whose first batches reach the
+ * worker while the rest is still being taken (figures in bench[.sections].ndjson.json).
  *
  * Then the coordinator's capacity (scripts/lib/capacity-bench.ts): chunks/s one Dispatcher shard moves
  * with donors that answer at once, documents/s submitted, and bytes on the wire per chunk.
@@ -69,11 +71,17 @@ const { values } = parseArgs({
     // The same job on D1 and on Postgres: documents per run.
     "backend-documents": { type: "string", default: "2000" },
     profile: { type: "boolean", default: false },
+    // How the pipeline section submits: one JSON request (the job is taken whole before any
+    // task goes out), or an NDJSON stream (batches of 500 documents, dispatched as they come).
+    submit: { type: "string", default: "json" },
     // Another checkout (built, with node_modules) to compare data protection's cost against.
     "baseline-dir": { type: "string" },
   },
 });
 const runs = Number(values.runs);
+if (values.submit !== "json" && values.submit !== "ndjson")
+  throw new Error(`--submit is json or ndjson, not ${values.submit}`);
+const submitAs = values.submit;
 const sections = new Set(values.only.split(","));
 const threads = Number(values.threads);
 const batchSize = Number(values["batch-size"]);
@@ -134,16 +142,20 @@ async function runJob(
   verification: "auto" | "off",
   corpus: Corpus = long,
 ): Promise<{ chunksPerSecond: number; submitMs: number }> {
+  const documents = corpus.documents.map((text) => ({ text }));
   const t0 = Date.now();
-  const res = await fetch(`${url}/v1/jobs`, {
-    method: "POST",
-    headers,
-    body: JSON.stringify({
-      documents: corpus.documents.map((text) => ({ text })),
-      chunking,
-      verification,
-    }),
-  });
+  const res = await fetch(
+    `${url}/v1/jobs`,
+    submitAs === "json"
+      ? { method: "POST", headers, body: JSON.stringify({ documents, chunking, verification }) }
+      : {
+          method: "POST",
+          headers: { ...headers, "Content-Type": "application/x-ndjson" },
+          body: [{ job: { chunking, verification } }, ...documents]
+            .map((line) => JSON.stringify(line))
+            .join("\n"),
+        },
+  );
   if (res.status !== 202) throw new Error(`submit failed: ${res.status} ${await res.text()}`);
   const { id, chunks } = (await res.json()) as { id: string; chunks: { total: number } };
   const submitMs = Date.now() - t0;
@@ -294,7 +306,7 @@ async function endToEnd(
 /** (a) and (b) on one corpus, alternating, `runs` times: chunks/s, ratios, model busy. */
 async function pipeline(corpus: Corpus) {
   console.log(
-    `corpus ${corpus.name}: ${corpus.documents.length} documents, ${corpus.texts.length} chunks, ${Math.round(corpus.texts.reduce((n, t) => n + t.length, 0) / corpus.texts.length)} chars on average; threads ${threads}, batch ${batchSize}; ${runs} runs`,
+    `corpus ${corpus.name}: ${corpus.documents.length} documents, ${corpus.texts.length} chunks, ${Math.round(corpus.texts.reduce((n, t) => n + t.length, 0) / corpus.texts.length)} chars on average; threads ${threads}, batch ${batchSize}; submitted as ${submitAs}; ${runs} runs`,
   );
   const a: number[] = [];
   const b: number[] = [];
@@ -379,6 +391,7 @@ const result = {
   threads,
   batchSize,
   runs,
+  submit: submitAs,
   pipeline: pipelines,
   capacity,
   backends,
@@ -454,6 +467,7 @@ if (reindex)
 mkdirSync(path.join(ROOT, "bench-results"), { recursive: true });
 // A partial run (--only) does not overwrite the full run's figures.
 const outFile =
-  sections.size === ALL_SECTIONS.length ? "bench.json" : `bench.${[...sections].join("+")}.json`;
+  (sections.size === ALL_SECTIONS.length ? "bench" : `bench.${[...sections].join("+")}`) +
+  (submitAs === "json" ? ".json" : `.${submitAs}.json`);
 writeFileSync(path.join(ROOT, "bench-results", outFile), `${JSON.stringify(result, null, 2)}\n`);
 console.log(`wrote bench-results/${outFile}`);
