@@ -190,10 +190,13 @@ describe("flow control", () => {
         "INSERT INTO jobs (id, tenant) VALUES ('job_forgotten', 't1') ON CONFLICT DO NOTHING",
       );
       state.storage.sql.exec(
-        `INSERT INTO tasks (id, job_id, tenant, model, items, queued_at)
-         VALUES ('job_forgotten.0', 'job_forgotten', 't1', 'use-lite', ?, ?)`,
-        JSON.stringify([{ chunkId: "job_forgotten.c0", documentId: "d", index: 0, text: "x" }]),
+        `INSERT INTO tasks (id, job_id, tenant, model, size, queued_at)
+         VALUES ('job_forgotten.0', 'job_forgotten', 't1', 'use-lite', 1, ?)`,
         Date.now() - 60_000,
+      );
+      state.storage.sql.exec(
+        "INSERT INTO task_items (task_id, items) VALUES ('job_forgotten.0', ?)",
+        JSON.stringify([{ chunkId: "job_forgotten.c0", documentId: "d", index: 0, text: "x" }]),
       );
     });
     const health = await call("/healthz", { key: null });

@@ -179,6 +179,14 @@ export class TaskQueue {
       -- the next lease deadline, without walking expired leases kept until their give-up time
       CREATE INDEX IF NOT EXISTS leases_live ON leases (deadline) WHERE expired = 0;
     `,
+      `
+      -- a task's items (its chunks, with their sealed text: some 50 KB for 167 chunks) in a row
+      -- of their own: SQLite rewrites a row whole, overflow pages and all, whenever its size
+      -- changes, so each change of a task's state rewrote its text (about 100 KB of log a step)
+      CREATE TABLE task_items (task_id TEXT PRIMARY KEY, items TEXT NOT NULL);
+      INSERT INTO task_items (task_id, items) SELECT id, items FROM tasks WHERE items IS NOT NULL;
+      ALTER TABLE tasks DROP COLUMN items;
+    `,
     ]);
   }
 
@@ -192,18 +200,24 @@ export class TaskQueue {
   ): number {
     let added = 0;
     for (const t of tasks) {
-      added += this.sql.exec(
-        "INSERT OR IGNORE INTO tasks (id, job_id, tenant, model, items, size, queued_at, verify, pool) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+      const { rowsWritten } = this.sql.exec(
+        "INSERT OR IGNORE INTO tasks (id, job_id, tenant, model, size, queued_at, verify, pool) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         t.id,
         jobId,
         tenant,
         model,
-        JSON.stringify(t.items),
         t.items.length,
         Date.now(),
         opts.verify,
         opts.pool,
-      ).rowsWritten;
+      );
+      if (rowsWritten === 0) continue;
+      this.sql.exec(
+        "INSERT INTO task_items (task_id, items) VALUES (?, ?)",
+        t.id,
+        JSON.stringify(t.items),
+      );
+      added++;
     }
     return added;
   }
@@ -253,11 +267,9 @@ export class TaskQueue {
       const cut = r.attempts === 0 && r.lane === 1 && r.size > size;
       const taskId = cut ? this.cut(r.id, size, r.size - size) : r.id;
       this.setState(taskId, "pending", { type: "lease" });
+      this.sql.exec("UPDATE tasks SET attempts = attempts + 1 WHERE id = ?", taskId);
       const { items } = this.sql
-        .exec<{ items: string }>(
-          "UPDATE tasks SET attempts = attempts + 1 WHERE id = ? RETURNING items",
-          taskId,
-        )
+        .exec<{ items: string }>("SELECT items FROM task_items WHERE task_id = ?", taskId)
         .one();
       this.sql.exec(
         "INSERT INTO leases (id, task_id, worker_id, deadline, leased_at) VALUES (?, ?, ?, ?, ?)",
@@ -287,24 +299,28 @@ export class TaskQueue {
   private cut(id: string, size: number, left: number): string {
     const piece = `${id}~${left}`;
     this.sql.exec(
-      `INSERT INTO tasks (id, job_id, tenant, model, items, size, queued_at, verify, pool)
-       SELECT ?, job_id, tenant, model,
-         (SELECT json_group_array(json(value) ORDER BY key) FROM json_each(tasks.items) WHERE key < ?),
-         ?, queued_at, verify, pool
-       FROM tasks WHERE id = ?`,
+      `INSERT INTO tasks (id, job_id, tenant, model, size, queued_at, verify, pool)
+       SELECT ?, job_id, tenant, model, ?, queued_at, verify, pool FROM tasks WHERE id = ?`,
       piece,
-      size,
       size,
       id,
     );
     this.sql.exec(
-      `UPDATE tasks SET size = ?,
-         items = (SELECT json_group_array(json(value) ORDER BY key) FROM json_each(tasks.items) WHERE key >= ?)
-       WHERE id = ?`,
-      left,
+      `INSERT INTO task_items (task_id, items)
+       SELECT ?, (SELECT json_group_array(json(value) ORDER BY key) FROM json_each(task_items.items) WHERE key < ?)
+       FROM task_items WHERE task_id = ?`,
+      piece,
       size,
       id,
     );
+    this.sql.exec(
+      `UPDATE task_items
+       SET items = (SELECT json_group_array(json(value) ORDER BY key) FROM json_each(task_items.items) WHERE key >= ?)
+       WHERE task_id = ?`,
+      size,
+      id,
+    );
+    this.sql.exec("UPDATE tasks SET size = ? WHERE id = ?", left, id);
     return piece;
   }
 
@@ -319,7 +335,7 @@ export class TaskQueue {
     let n = 0;
     for (const r of rows) {
       if (this.setState(r.id, r.state, { type: "cancel" })) {
-        this.sql.exec("UPDATE tasks SET items = NULL WHERE id = ?", r.id);
+        this.sql.exec("DELETE FROM task_items WHERE task_id = ?", r.id);
         this.sql.exec("DELETE FROM leases WHERE task_id = ?", r.id);
         n++;
       }
@@ -353,7 +369,9 @@ export class TaskQueue {
         answered: string;
         recompute: number;
       }>(
-        "SELECT id, job_id, tenant, model, state, attempts, items, verify, pool, answered, recompute FROM tasks WHERE id = ?",
+        `SELECT id, job_id, tenant, model, state, attempts, verify, pool, answered, recompute,
+           (SELECT items FROM task_items WHERE task_id = tasks.id) AS items
+         FROM tasks WHERE id = ?`,
         id,
       )
       .toArray()[0];
@@ -429,10 +447,10 @@ export class TaskQueue {
    */
   finishStoring(taskId: string, donor: string, confirmed: boolean): void {
     if (this.setState(taskId, "storing", { type: "stored" })) {
-      if (confirmed) this.sql.exec("UPDATE tasks SET items = NULL WHERE id = ?", taskId);
+      if (confirmed) this.sql.exec("DELETE FROM task_items WHERE task_id = ?", taskId);
       else
         this.sql.exec(
-          "UPDATE tasks SET items = (SELECT json_group_array(json_remove(value, '$.text')) FROM json_each(tasks.items)) WHERE id = ?",
+          "UPDATE task_items SET items = (SELECT json_group_array(json_remove(value, '$.text')) FROM json_each(task_items.items)) WHERE task_id = ?",
           taskId,
         );
       this.sql.exec(
@@ -487,7 +505,8 @@ export class TaskQueue {
   unconfirmedBy(donor: string): { taskId: string; items: Omit<QueuedItem, "text">[] }[] {
     return this.sql
       .exec<{ id: string; items: string | null }>(
-        "SELECT id, items FROM tasks WHERE stored_by = ? AND confirmed = 0 AND state = 'done'",
+        `SELECT t.id, i.items FROM tasks t LEFT JOIN task_items i ON i.task_id = t.id
+         WHERE t.stored_by = ? AND t.confirmed = 0 AND t.state = 'done'`,
         donor,
       )
       .toArray()
@@ -504,8 +523,12 @@ export class TaskQueue {
   recompute(taskId: string, items: QueuedItem[], donor: string): boolean {
     if (!this.setState(taskId, "done", { type: "recompute" })) return false;
     this.sql.exec(
-      "UPDATE tasks SET items = ?, recompute = 1, lane = 0, answered = json_array(?), stored_by = NULL, attempts = 0, errors = '[]' WHERE id = ?",
+      "INSERT OR REPLACE INTO task_items (task_id, items) VALUES (?, ?)",
+      taskId,
       JSON.stringify(items),
+    );
+    this.sql.exec(
+      "UPDATE tasks SET recompute = 1, lane = 0, answered = json_array(?), stored_by = NULL, attempts = 0, errors = '[]' WHERE id = ?",
       donor,
       taskId,
     );
@@ -765,9 +788,9 @@ export class TaskQueue {
    */
   forgetDocument(jobId: string, documentId: string): void {
     this.sql.exec(
-      `UPDATE tasks SET items = (SELECT json_group_array(json(value)) FROM json_each(tasks.items)
+      `UPDATE task_items SET items = (SELECT json_group_array(json(value)) FROM json_each(task_items.items)
          WHERE json_extract(value, '$.documentId') IS NOT ?)
-       WHERE job_id = ? AND items IS NOT NULL`,
+       WHERE task_id IN (SELECT id FROM tasks WHERE job_id = ?)`,
       documentId,
       jobId,
     );
@@ -776,7 +799,7 @@ export class TaskQueue {
   /** The job's text retention ended: its tasks (failed ones hold their text) drop it. */
   dropText(jobId: string): void {
     this.sql.exec(
-      "UPDATE tasks SET items = (SELECT json_group_array(json_remove(value, '$.text')) FROM json_each(tasks.items)) WHERE job_id = ? AND items IS NOT NULL",
+      "UPDATE task_items SET items = (SELECT json_group_array(json_remove(value, '$.text')) FROM json_each(task_items.items)) WHERE task_id IN (SELECT id FROM tasks WHERE job_id = ?)",
       jobId,
     );
   }
@@ -787,7 +810,11 @@ export class TaskQueue {
    * path then removes its vectors), without its text.
    */
   purgeJob(jobId: string): void {
-    this.sql.exec("UPDATE tasks SET items = NULL, errors = '[]' WHERE job_id = ?", jobId);
+    this.sql.exec(
+      "DELETE FROM task_items WHERE task_id IN (SELECT id FROM tasks WHERE job_id = ?)",
+      jobId,
+    );
+    this.sql.exec("UPDATE tasks SET errors = '[]' WHERE job_id = ?", jobId);
     this.sql.exec(
       "DELETE FROM leases WHERE task_id IN (SELECT id FROM tasks WHERE job_id = ? AND state != 'storing')",
       jobId,
