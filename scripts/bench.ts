@@ -425,7 +425,7 @@ if (backends) {
 }
 if (scaling)
   console.log(
-    `shard scaling, ${scaling.documents} documents in two jobs (median of ${scaling.oneShard.length}): one shard ${median(scaling.oneShard).toFixed(0)} chunks/s, two shards ${median(scaling.twoShards).toFixed(0)} chunks/s; the second shard adds ${(100 * scaling.secondShardAdds).toFixed(0)}% of the first`,
+    `shard scaling, ${scaling.documents} documents in two jobs (median of ${scaling.oneShard.length}): one shard ${median(scaling.oneShard).toFixed(0)} chunks/s, two shards ${median(scaling.twoShards).toFixed(0)} chunks/s (the second adds ${(100 * scaling.secondShardAdds).toFixed(0)}% of the first); two shards in two edges ${median(scaling.twoApart).toFixed(0)} chunks/s (the second adds ${(100 * scaling.secondShardApartAdds).toFixed(0)}%)`,
   );
 const off = median(verification.off?.chunksPerSecond ?? [1]);
 for (const [label, v] of Object.entries(verification)) {

@@ -342,6 +342,10 @@ export interface ScalingReport {
   twoShards: number[];
   /** What the second shard adds, as a share of the first: median(two) / median(one) - 1. */
   secondShardAdds: number;
+  /** Chunks/s of the same work on two shards in two edges (workerd processes), per run. */
+  twoApart: number[];
+  /** What the second shard adds with a thread of its own: median(apart) / median(one) - 1. */
+  secondShardApartAdds: number;
 }
 
 /** Which of `n` shards owns `key` (a job id), as the edge places it (dispatch/shards.ts). */
@@ -435,6 +439,77 @@ async function scalingRun(
 }
 
 /**
+ * The same work on two shards that do not share a thread: two local edges (two workerd
+ * processes), one shard each, each given one job of half the documents and half the donors.
+ * Each edge has its own local D1 and vector index (a local D1 lives in one process), where a
+ * deployment's shards share one D1 database and one Vectorize index, both services of their own.
+ * Returns chunks/s of both jobs from the first task either edge sent to the later completion.
+ */
+async function scalingRunApart(
+  documents: number,
+  donors: number,
+  capacity: number,
+  seed: number,
+): Promise<number> {
+  const { DEV_CREDENTIALS } = here;
+  const headers = {
+    Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}`,
+    "Content-Type": "application/json",
+  };
+  const dirs = [0, 1].map(() => mkdtempSync(path.join(os.tmpdir(), "p2pa-scaling-")));
+  const edges: Awaited<ReturnType<typeof here.startEdge>>[] = [];
+  const answer = randomUnit();
+  const pool: ScriptedDonor[] = [];
+  try {
+    for (const dir of dirs) {
+      await here.prepareLocalDatabase(dir);
+      edges.push(
+        await here.startEdge({
+          port: await here.freePort(),
+          persistTo: dir,
+          vars: { DISPATCH_SHARDS: "1", VERIFY_CANARY_RATE: "0", VERIFICATION: "off" },
+        }),
+      );
+    }
+    const texts = sentences(documents, seed);
+    const half = Math.floor(documents / 2);
+    const jobs = await Promise.all(
+      [texts.slice(0, half), texts.slice(half)].map(async (slice, i) => {
+        const url = (edges[i] as (typeof edges)[number]).url;
+        const res = await fetch(`${url}/v1/jobs`, {
+          method: "POST",
+          headers,
+          body: JSON.stringify({ documents: slice.map((text) => ({ text })), verification: "off" }),
+        });
+        if (res.status !== 202) throw new Error(`submit failed: ${res.status} ${await res.text()}`);
+        const job = (await res.json()) as { id: string; chunks: { total: number } };
+        return { url, id: job.id, total: job.chunks.total };
+      }),
+    );
+    for (let i = 0; i < donors; i++) {
+      const d = new ScriptedDonor(
+        (edges[i % 2] as (typeof edges)[number]).url,
+        DEV_CREDENTIALS.workerToken,
+        async (t) => t.items.map(() => answer),
+        capacity,
+        false,
+        true,
+      );
+      pool.push(d);
+    }
+    await Promise.all(pool.map((d) => d.connect()));
+    const ends = await Promise.all(jobs.map((j) => waitForCompletion(j.url, j.id, headers)));
+    const firstTask = Math.min(...pool.map((d) => d.firstTaskAt ?? Number.POSITIVE_INFINITY));
+    const total = jobs.reduce((n, j) => n + j.total, 0);
+    return total / ((Math.max(...ends.map((e) => e.completedAt)) - firstTask) / 1000);
+  } finally {
+    for (const d of pool) d.close();
+    for (const e of edges) await e.stop();
+    for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
  * How a second Dispatcher shard adds to the first: the same documents on one shard and on two,
  * runs alternating. Here every shard runs in one local workerd process on two cores shared with
  * the donors, so this measures what one machine gives; in production each shard is a Durable
@@ -448,17 +523,25 @@ export async function scalingBench(opts: {
 }): Promise<ScalingReport> {
   const oneShard: number[] = [];
   const twoShards: number[] = [];
+  const twoApart: number[] = [];
   for (let r = 0; r < opts.runs; r++) {
     for (const shards of [1, 2]) {
       const cps = await scalingRun(shards, opts.documents, opts.donors, opts.capacity, 8000 + r);
       console.log(`scaling run ${r + 1}, ${shards} shard(s): dispatch ${cps.toFixed(0)} chunks/s`);
       (shards === 1 ? oneShard : twoShards).push(cps);
     }
+    const apart = await scalingRunApart(opts.documents, opts.donors, opts.capacity, 8000 + r);
+    console.log(
+      `scaling run ${r + 1}, 2 shards in two edges: dispatch ${apart.toFixed(0)} chunks/s`,
+    );
+    twoApart.push(apart);
   }
   return {
     documents: opts.documents,
     oneShard,
     twoShards,
     secondShardAdds: median(twoShards) / median(oneShard) - 1,
+    twoApart,
+    secondShardApartAdds: median(twoApart) / median(oneShard) - 1,
   };
 }
