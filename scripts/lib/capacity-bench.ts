@@ -351,6 +351,64 @@ export interface ScalingReport {
 /** Which of `n` shards owns `key` (a job id), as the edge places it (dispatch/shards.ts). */
 const shardOf = (key: string, n: number) => fnv1a(key) % n;
 
+/** The scaling runs' API headers (this checkout's development credentials). */
+const scalingHeaders = {
+  Authorization: `Bearer ${here.DEV_CREDENTIALS.apiKey}`,
+  "Content-Type": "application/json",
+};
+
+/** A fresh local edge of `shards` shards for a scaling run, with its persistence folder. */
+async function scalingEdge(shards: number) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "p2pa-scaling-"));
+  await here.prepareLocalDatabase(dir);
+  const edge = await here.startEdge({
+    port: await here.freePort(),
+    persistTo: dir,
+    vars: { DISPATCH_SHARDS: String(shards), VERIFY_CANARY_RATE: "0", VERIFICATION: "off" },
+  });
+  return {
+    edge,
+    async stop() {
+      await edge.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Submits one job of these sentences (verification off) and returns its id and chunks. */
+async function submitSentences(url: string, texts: string[]) {
+  const res = await fetch(`${url}/v1/jobs`, {
+    method: "POST",
+    headers: scalingHeaders,
+    body: JSON.stringify({ documents: texts.map((text) => ({ text })), verification: "off" }),
+  });
+  if (res.status !== 202) throw new Error(`submit failed: ${res.status} ${await res.text()}`);
+  const job = (await res.json()) as { id: string; chunks: { total: number } };
+  return { url, id: job.id, total: job.chunks.total };
+}
+
+/** A donor of binary results that answers every item with `answer` at once. */
+const instantDonor = (url: string, answer: Float32Array, capacity: number) =>
+  new ScriptedDonor(
+    url,
+    here.DEV_CREDENTIALS.workerToken,
+    async (t) => t.items.map(() => answer),
+    capacity,
+    false,
+    true,
+  );
+
+/** Chunks/s of `jobs` from the first task any donor of `pool` received to the last completion. */
+async function jobsRate(
+  jobs: { url: string; id: string; total: number }[],
+  pool: ScriptedDonor[],
+): Promise<number> {
+  const ends = await Promise.all(jobs.map((j) => waitForCompletion(j.url, j.id, scalingHeaders)));
+  const firstTask = Math.min(...pool.map((d) => d.firstTaskAt ?? Number.POSITIVE_INFINITY));
+  const total = jobs.reduce((n, j) => n + j.total, 0);
+  return total / ((Math.max(...ends.map((e) => e.completedAt)) - firstTask) / 1000);
+}
+
 /**
  * One run of the same work on `shards` shards: two jobs of half the documents each (with two
  * shards, one on each: a job that lands beside the other is deleted and sent again), and the
@@ -364,43 +422,23 @@ async function scalingRun(
   capacity: number,
   seed: number,
 ): Promise<number> {
-  const { DEV_CREDENTIALS } = here;
-  const headers = {
-    Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}`,
-    "Content-Type": "application/json",
-  };
-  const admin = { Authorization: `Bearer ${DEV_CREDENTIALS.adminKey}` };
-  const dir = mkdtempSync(path.join(os.tmpdir(), "p2pa-scaling-"));
-  await here.prepareLocalDatabase(dir);
-  const edge = await here.startEdge({
-    port: await here.freePort(),
-    persistTo: dir,
-    vars: { DISPATCH_SHARDS: String(shards), VERIFY_CANARY_RATE: "0", VERIFICATION: "off" },
-  });
+  const admin = { Authorization: `Bearer ${here.DEV_CREDENTIALS.adminKey}` };
+  const { edge, stop } = await scalingEdge(shards);
   const answer = randomUnit();
   const pool: ScriptedDonor[] = [];
   try {
     const texts = sentences(documents, seed);
     const half = Math.floor(documents / 2);
-    const jobs: { id: string; total: number }[] = [];
+    const jobs: { url: string; id: string; total: number }[] = [];
     for (const [part, slice] of [texts.slice(0, half), texts.slice(half)].entries()) {
       for (let attempt = 0; ; attempt++) {
-        const res = await fetch(`${edge.url}/v1/jobs`, {
-          method: "POST",
-          headers,
-          body: JSON.stringify({
-            documents: slice.map((text) => ({ text })),
-            verification: "off",
-          }),
-        });
-        if (res.status !== 202) throw new Error(`submit failed: ${res.status} ${await res.text()}`);
-        const job = (await res.json()) as { id: string; chunks: { total: number } };
+        const job = await submitSentences(edge.url, slice);
         const taken = jobs.map((j) => shardOf(j.id, shards));
         if (part === 0 || shards === 1 || !taken.includes(shardOf(job.id, shards))) {
-          jobs.push({ id: job.id, total: job.chunks.total });
+          jobs.push(job);
           break;
         }
-        await fetch(`${edge.url}/v1/jobs/${job.id}`, { method: "DELETE", headers });
+        await fetch(`${edge.url}/v1/jobs/${job.id}`, { method: "DELETE", headers: scalingHeaders });
         if (attempt > 20) throw new Error("could not place the second job on the other shard");
       }
     }
@@ -409,14 +447,7 @@ async function scalingRun(
     const placed = new Map<number, number>();
     for (let tries = 0; pool.length < donors; tries++) {
       if (tries > 20 * donors) throw new Error("could not spread the donors over the shards");
-      const d = new ScriptedDonor(
-        edge.url,
-        DEV_CREDENTIALS.workerToken,
-        async (t) => t.items.map(() => answer),
-        capacity,
-        false,
-        true,
-      );
+      const d = instantDonor(edge.url, answer, capacity);
       await d.connect();
       const fleet = (await (await fetch(`${edge.url}/v1/workers`, { headers: admin })).json()) as {
         shards: { workers: { id: string }[] }[];
@@ -427,14 +458,10 @@ async function scalingRun(
         pool.push(d);
       } else d.close();
     }
-    const ends = await Promise.all(jobs.map((j) => waitForCompletion(edge.url, j.id, headers)));
-    const firstTask = Math.min(...pool.map((d) => d.firstTaskAt ?? Number.POSITIVE_INFINITY));
-    const total = jobs.reduce((n, j) => n + j.total, 0);
-    return total / ((Math.max(...ends.map((e) => e.completedAt)) - firstTask) / 1000);
+    return await jobsRate(jobs, pool);
   } finally {
     for (const d of pool) d.close();
-    await edge.stop();
-    rmSync(dir, { recursive: true, force: true });
+    await stop();
   }
 }
 
@@ -451,61 +478,26 @@ async function scalingRunApart(
   capacity: number,
   seed: number,
 ): Promise<number> {
-  const { DEV_CREDENTIALS } = here;
-  const headers = {
-    Authorization: `Bearer ${DEV_CREDENTIALS.apiKey}`,
-    "Content-Type": "application/json",
-  };
-  const dirs = [0, 1].map(() => mkdtempSync(path.join(os.tmpdir(), "p2pa-scaling-")));
-  const edges: Awaited<ReturnType<typeof here.startEdge>>[] = [];
+  const edges: Awaited<ReturnType<typeof scalingEdge>>[] = [];
   const answer = randomUnit();
   const pool: ScriptedDonor[] = [];
   try {
-    for (const dir of dirs) {
-      await here.prepareLocalDatabase(dir);
-      edges.push(
-        await here.startEdge({
-          port: await here.freePort(),
-          persistTo: dir,
-          vars: { DISPATCH_SHARDS: "1", VERIFY_CANARY_RATE: "0", VERIFICATION: "off" },
-        }),
-      );
-    }
+    for (let i = 0; i < 2; i++) edges.push(await scalingEdge(1));
+    const urls = edges.map((e) => e.edge.url);
     const texts = sentences(documents, seed);
     const half = Math.floor(documents / 2);
     const jobs = await Promise.all(
-      [texts.slice(0, half), texts.slice(half)].map(async (slice, i) => {
-        const url = (edges[i] as (typeof edges)[number]).url;
-        const res = await fetch(`${url}/v1/jobs`, {
-          method: "POST",
-          headers,
-          body: JSON.stringify({ documents: slice.map((text) => ({ text })), verification: "off" }),
-        });
-        if (res.status !== 202) throw new Error(`submit failed: ${res.status} ${await res.text()}`);
-        const job = (await res.json()) as { id: string; chunks: { total: number } };
-        return { url, id: job.id, total: job.chunks.total };
-      }),
+      [texts.slice(0, half), texts.slice(half)].map((slice, i) =>
+        submitSentences(urls[i] as string, slice),
+      ),
     );
-    for (let i = 0; i < donors; i++) {
-      const d = new ScriptedDonor(
-        (edges[i % 2] as (typeof edges)[number]).url,
-        DEV_CREDENTIALS.workerToken,
-        async (t) => t.items.map(() => answer),
-        capacity,
-        false,
-        true,
-      );
-      pool.push(d);
-    }
+    for (let i = 0; i < donors; i++)
+      pool.push(instantDonor(urls[i % 2] as string, answer, capacity));
     await Promise.all(pool.map((d) => d.connect()));
-    const ends = await Promise.all(jobs.map((j) => waitForCompletion(j.url, j.id, headers)));
-    const firstTask = Math.min(...pool.map((d) => d.firstTaskAt ?? Number.POSITIVE_INFINITY));
-    const total = jobs.reduce((n, j) => n + j.total, 0);
-    return total / ((Math.max(...ends.map((e) => e.completedAt)) - firstTask) / 1000);
+    return await jobsRate(jobs, pool);
   } finally {
     for (const d of pool) d.close();
     for (const e of edges) await e.stop();
-    for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
   }
 }
 
