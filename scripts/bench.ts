@@ -1,6 +1,7 @@
 /**
  * `npm run bench`: the pipeline's throughput against the model alone, on one corpus.
- *   (a) the default model called directly in-process (same batch size and threads);
+ *   (a) the default model called directly in-process (same batch size, threads and sessions as
+ *       the worker: `--sessions`, default the worker's own choice);
  *   (b) the same chunks through the local edge and one p2pa-worker, submit to `completed`.
  * Prints chunks/s for each, the ratio b/a (median of runs), and writes bench-results/bench.json.
  * `--submit ndjson` sends (b)'s documents as an NDJSON stream, whose first batches reach the
@@ -28,7 +29,11 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { benchEmbedder, loadModel } from "../apps/worker-node/src/model/index.js";
+import {
+  benchEmbedder,
+  defaultSessions,
+  loadModelPool,
+} from "../apps/worker-node/src/model/index.js";
 import { backendsBench, capacityBench, scalingBench } from "./lib/capacity-bench.js";
 import { BENCH_CHUNKING, useLiteChunker } from "./lib/chunking.js";
 import { generatedPassages } from "./lib/corpus.js";
@@ -59,6 +64,8 @@ const { values } = parseArgs({
     runs: { type: "string", default: "3" },
     chunks: { type: "string", default: "2000" },
     threads: { type: "string", default: String(os.availableParallelism()) },
+    // Sessions of the model side by side, in (a) and in the worker (default: the worker's).
+    sessions: { type: "string" },
     "batch-size": { type: "string", default: "32" },
     "verify-runs": { type: "string", default: "1" },
     only: { type: "string", default: ALL_SECTIONS.join(",") },
@@ -84,6 +91,13 @@ if (values.submit !== "json" && values.submit !== "ndjson")
 const submitAs = values.submit;
 const sections = new Set(values.only.split(","));
 const threads = Number(values.threads);
+const sessions = values.sessions === undefined ? undefined : Number(values.sessions);
+/** The worker's flags for the threads and sessions (a) runs with. */
+const modelFlags = [
+  "--threads",
+  String(threads),
+  ...(sessions === undefined ? [] : ["--sessions", String(sessions)]),
+];
 const batchSize = Number(values["batch-size"]);
 const cacheDir = path.join(ROOT, ".cache", "models");
 
@@ -119,8 +133,17 @@ const short: Corpus = {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
 async function direct(corpus: Corpus): Promise<number> {
-  const embedder = await loadModel("use-lite", { cacheDir, threads });
-  await embedder.embed(corpus.texts.slice(0, batchSize)); // warm-up
+  const embedder = await loadModelPool("use-lite", {
+    cacheDir,
+    threads,
+    ...(sessions === undefined ? {} : { sessions }),
+  });
+  // Warm-up: every session once.
+  await Promise.all(
+    Array.from({ length: embedder.parallelism }, () =>
+      embedder.embed(corpus.texts.slice(0, batchSize)),
+    ),
+  );
   const { perSecond } = await benchEmbedder(embedder, corpus.texts, batchSize);
   await embedder.dispose();
   return perSecond;
@@ -269,8 +292,7 @@ async function endToEnd(
   const edge = await startEdge({ port: 8790, persistTo: dir });
   const statusPort = await freePort();
   const worker = spawnWorker(edge.url, DEV_CREDENTIALS.workerToken, [
-    "--threads",
-    String(threads),
+    ...modelFlags,
     "--batch-size",
     String(batchSize),
     "--status-port",
@@ -306,7 +328,7 @@ async function endToEnd(
 /** (a) and (b) on one corpus, alternating, `runs` times: chunks/s, ratios, model busy. */
 async function pipeline(corpus: Corpus) {
   console.log(
-    `corpus ${corpus.name}: ${corpus.documents.length} documents, ${corpus.texts.length} chunks, ${Math.round(corpus.texts.reduce((n, t) => n + t.length, 0) / corpus.texts.length)} chars on average; threads ${threads}, batch ${batchSize}; submitted as ${submitAs}; ${runs} runs`,
+    `corpus ${corpus.name}: ${corpus.documents.length} documents, ${corpus.texts.length} chunks, ${Math.round(corpus.texts.reduce((n, t) => n + t.length, 0) / corpus.texts.length)} chars on average; threads ${threads}, sessions ${sessions ?? defaultSessions({ threads })}, batch ${batchSize}; submitted as ${submitAs}; ${runs} runs`,
   );
   const a: number[] = [];
   const b: number[] = [];
@@ -389,6 +411,7 @@ const result = {
   date: new Date().toISOString(),
   machine: { cpus: os.availableParallelism(), node: process.version },
   threads,
+  sessions: sessions ?? defaultSessions({ threads }),
   batchSize,
   runs,
   submit: submitAs,

@@ -4,6 +4,7 @@ import { pickDevice } from "./device.js";
 import { runDoctor } from "./doctor.js";
 import { UserError } from "./errors.js";
 import { InferenceGate } from "./inference-gate.js";
+import { describeSessions } from "./model/index.js";
 import { httpBase, preflight } from "./preflight.js";
 import { loadServedModel, type ServedLoad } from "./resolve-model.js";
 import { ModelNotServed } from "./served.js";
@@ -52,6 +53,8 @@ export async function main(argv: string[]): Promise<number> {
         load: {
           cacheDir: config.cacheDir,
           threads: config.threads,
+          ...(config.sessions === undefined ? {} : { sessions: config.sessions }),
+          priority: config.priority,
           onTruncate: (e) =>
             status.log(
               `${about}a text over the model's window (${e.tokens} > ${e.maxTokens} tokens) was truncated`,
@@ -78,7 +81,7 @@ export async function main(argv: string[]): Promise<number> {
   if (several) label.model = models.map((m) => m.embedder.manifest.id).join(",");
   for (const { embedder } of models)
     status.log(
-      `model ready: ${embedder.manifest.id} (${embedder.manifest.dimension} dimensions); connecting to ${url.origin}`,
+      `model ready: ${embedder.manifest.id} (${embedder.manifest.dimension} dimensions, ${describeSessions(embedder.parallelism, config.threads)}); connecting to ${url.origin}`,
     );
 
   /** Why the worker ends other than by a signal: the first connection closed for good. */
@@ -99,7 +102,7 @@ export async function main(argv: string[]): Promise<number> {
     if (several) status.log(`${id}: ${why}; stopping the other models' connections`);
     stopAll();
   };
-  // Models take turns on the cores: each session is given every thread.
+  // Models take turns on the cores: each model's sessions share every thread.
   const gate = several ? new InferenceGate() : undefined;
   const workers = new WorkerGroup(
     models.map(({ embedder, device }) => {

@@ -28,6 +28,14 @@ Options (each also read from the environment variable shown):
                       threads. A model the server does not serve ends the worker.
   --device D          auto, cpu or cuda (default: auto, the best found) (P2PA_DEVICE)
   --threads N         inference threads (default: all cores)       (P2PA_THREADS)
+  --sessions N        copies of the model running side by side, on different
+                      batches, the threads shared between them (default: on the
+                      CPU one per thread up to 4, as memory allows; on a GPU 1):
+                      sessions of fewer threads keep their pace when other programs
+                      use the cores                               (P2PA_SESSIONS)
+  --priority P        low or normal (default: low): low runs the model at the
+                      lowest scheduling priority, so it only takes the cores this
+                      machine's other programs leave idle     (P2PA_PRIORITY)
   --batch-size N      texts per inference batch (default: 32)      (P2PA_BATCH_SIZE)
   --name NAME         how this worker shows on the dashboard       (P2PA_NAME)
   --cache-dir DIR     where models are kept (default: ~/.cache/p2pa) (P2PA_CACHE_DIR)
@@ -107,6 +115,9 @@ const Config = z.object({
     .enum(["auto", "cpu", "cuda"], { error: "--device must be auto, cpu or cuda" })
     .default("auto"),
   threads: positiveInt("--threads", 256).default(Math.max(1, os.availableParallelism())),
+  /** Absent: loadModelPool picks (defaultSessions, within memory). */
+  sessions: positiveInt("--sessions", 64).optional(),
+  priority: z.enum(["low", "normal"], { error: "--priority must be low or normal" }).default("low"),
   batchSize: positiveInt("--batch-size", 1024).default(32),
   name: z.string().max(128).default(os.hostname()),
   cacheDir: z
@@ -137,6 +148,8 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): CliAction {
         model: { type: "string", multiple: true },
         device: { type: "string" },
         threads: { type: "string" },
+        sessions: { type: "string" },
+        priority: { type: "string" },
         "batch-size": { type: "string" },
         name: { type: "string" },
         "cache-dir": { type: "string" },
@@ -168,6 +181,8 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): CliAction {
     models: modelsFrom((values.model as string[] | undefined) ?? env.P2PA_MODEL),
     device: pick("device", "P2PA_DEVICE"),
     threads: pick("threads", "P2PA_THREADS"),
+    sessions: pick("sessions", "P2PA_SESSIONS"),
+    priority: pick("priority", "P2PA_PRIORITY"),
     batchSize: pick("batch-size", "P2PA_BATCH_SIZE"),
     name: pick("name", "P2PA_NAME"),
     cacheDir: pick("cache-dir", "P2PA_CACHE_DIR"),

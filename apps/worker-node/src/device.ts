@@ -52,7 +52,7 @@ export interface LoadedModel {
  * Loads the model on the device picked, falling back to the CPU when a CUDA session cannot
  * start (no driver, no CUDA provider library): the CPU always can, and a donor's worker should
  * still run. The caller says whether that fallback is worth a warning. `loader` is how the
- * model is loaded: in this thread (loadModel) or on a thread of its own (loadModelThreaded).
+ * model is loaded: in this thread (loadModel) or as sessions on threads of their own (loadModelPool).
  */
 export async function loadOnDevice(
   model: string,

@@ -4,7 +4,7 @@ import pc from "picocolors";
 import type { WorkerConfig } from "./config.js";
 import { pickDevice } from "./device.js";
 import { UserError } from "./errors.js";
-import type { Embedder } from "./model/index.js";
+import { describeSessions, type Embedder } from "./model/index.js";
 import { httpBase, judgeProbe, type ProbeVerdict, reachServer } from "./preflight.js";
 import { loadServedModel, type ServedLoad } from "./resolve-model.js";
 
@@ -133,7 +133,11 @@ const modelCheck = (spec: string, name: string): Check => ({
         base: httpBase(config.server),
         token: config.token,
         device: pickDevice(config.device),
-        load: { cacheDir: config.cacheDir, threads: config.threads },
+        load: {
+          cacheDir: config.cacheDir,
+          threads: config.threads,
+          ...(config.sessions === undefined ? {} : { sessions: config.sessions }),
+        },
       });
     } catch (err) {
       if (err instanceof UserError) return failure(err);
@@ -199,7 +203,7 @@ const deviceCheck: Check = {
     const loaded = found.loaded.find((l) => l.cudaError) ?? found.loaded[0];
     if (!loaded) throw new Error("the device check needs a loaded model");
     const { device, cudaError } = loaded;
-    const runs = `${device.name} (execution providers: ${device.executionProviders.join(", ")}; ${config.threads} threads)`;
+    const runs = `${device.name} (execution providers: ${device.executionProviders.join(", ")}; ${describeSessions(loaded.embedder.parallelism, config.threads)})`;
     if (cudaError && config.device === "cuda")
       return {
         ok: false,

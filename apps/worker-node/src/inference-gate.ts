@@ -1,35 +1,52 @@
+import { UrgentFirst } from "./model/turns.js";
+
+interface Waiter {
+  model: unknown;
+  go: () => void;
+}
+
 /**
- * Lets one model run at a time in a worker that serves several. Each model's session is given
- * every inference thread, so two running at once would only take cores from each other; taking
- * turns keeps each call as fast as it is alone. Real-time requests go before batch work,
- * whichever model they are for; otherwise first come, first served.
+ * Lets one model run at a time in a worker that serves several. Each model's sessions share
+ * every inference thread, so two models running at once would only take cores from each other.
+ * The model whose turn it is may have several calls running (one per session of its pool);
+ * once another model's call waits, it takes no new ones, and the turn passes when its last
+ * call ends. Real-time requests go before batch work, whichever model they are for; otherwise
+ * first come, first served.
  */
 export class InferenceGate {
-  private running = false;
-  private readonly waiting: { urgent: boolean; go: () => void }[] = [];
+  /** The model whose turn it is, while `running` > 0. */
+  private model: unknown = null;
+  private running = 0;
+  private readonly waiting = new UrgentFirst<Waiter>();
 
-  /** Runs `work` when no other model is running; `urgent` for a real-time request. */
-  async run<T>(urgent: boolean, work: () => Promise<T>): Promise<T> {
-    if (this.running) await new Promise<void>((go) => this.enqueue(urgent, go));
-    else this.running = true;
+  /** Runs `work` for `model` in its turn; `urgent` for a real-time request. */
+  async run<T>(model: unknown, urgent: boolean, work: () => Promise<T>): Promise<T> {
+    const joins =
+      this.running === 0
+        ? this.waiting.length === 0
+        : this.model === model && !this.waiting.some((w) => w.model !== model);
+    if (joins) {
+      this.model = model;
+      this.running++;
+    } else {
+      await new Promise<void>((go) => this.waiting.push({ model, go }, urgent));
+    }
     try {
       return await work();
     } finally {
-      this.next();
+      this.leave();
     }
   }
 
-  private enqueue(urgent: boolean, go: () => void): void {
-    // Behind the other urgent calls, ahead of every batch.
-    const at = urgent ? this.waiting.findIndex((w) => !w.urgent) : -1;
-    if (at < 0) this.waiting.push({ urgent, go });
-    else this.waiting.splice(at, 0, { urgent, go });
-  }
-
-  private next(): void {
-    const turn = this.waiting.shift();
-    // The turn passes straight on: `running` stays true, so no newcomer slips in between.
-    if (turn) turn.go();
-    else this.running = false;
+  private leave(): void {
+    if (--this.running > 0) return;
+    const next = this.waiting.peek();
+    if (!next) return;
+    // The turn passes to the first waiter's model, with every call of that model waiting: the
+    // count is taken here, so no newcomer slips in between.
+    const turn = this.waiting.take((w) => w.model === next.model);
+    this.model = next.model;
+    this.running = turn.length;
+    for (const w of turn) w.go();
   }
 }

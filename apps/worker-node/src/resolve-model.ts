@@ -6,7 +6,7 @@ import { stat } from "node:fs/promises";
 import path from "node:path";
 import { type Device, type LoadedModel, loadOnDevice } from "./device.js";
 import { UserError } from "./errors.js";
-import { loadModelThreaded, USE_LITE_MANIFEST } from "./model/index.js";
+import { loadModelPool, USE_LITE_MANIFEST } from "./model/index.js";
 import type { LoadOptions } from "./model/types.js";
 import { askServer, ModelNotServed, type ServedModel, type ServerAnswer } from "./served.js";
 
@@ -135,8 +135,9 @@ function servedOf(answer: ServerAnswer): ServedModel | null {
 }
 
 /**
- * Loads `from` (the value itself, or the manifest URL the server named) on the device, on an
- * inference thread of its own: the worker's main thread stays free for its connection.
+ * Loads `from` (the value itself, or the manifest URL the server named) on the device, as a
+ * pool of sessions each on an inference thread of its own: the worker's main thread stays free
+ * for its connection.
  */
 async function load(
   spec: string,
@@ -149,7 +150,7 @@ async function load(
       from,
       ctx.device,
       { ...ctx.load, ...(manifestSha256 ? { manifestSha256 } : {}) },
-      loadModelThreaded,
+      loadModelPool,
     );
   } catch (err) {
     throw new UserError(

@@ -26,6 +26,23 @@ import { upgradeRefusal } from "./served.js";
 /** Where a worker's connection stands. */
 export type ConnectionState = "connecting" | "connected" | "reconnecting" | "draining" | "stopped";
 
+/** A task being computed: its vectors come in as the model calls holding its texts end. */
+interface Computing {
+  task: Task;
+  vectors: Float32Array[];
+  /** Its texts before this index have gone into model calls. */
+  cut: number;
+  /** Its texts whose vectors have not come back. */
+  left: number;
+  /** When its first call was made (performance.now()). */
+  started: number;
+  /** A call holding some of its texts failed: the edge was told, and it is not sent. */
+  failed: boolean;
+}
+
+/** One model call: consecutive texts of one task or more, `count` from `from` of each. */
+type Piece = { run: Computing; from: number; count: number }[];
+
 /** A task's result, kept until the edge acknowledges it (sent again after a reconnect). */
 interface Outgoing {
   taskId: string;
@@ -44,8 +61,9 @@ export interface WorkerStats {
   rejected: number;
   startedAt: number;
   /**
-   * Milliseconds spent running the model (tasks and real-time requests), counted when each
-   * call ends: with uptime, how busy this worker is. `inferenceMsAt` adds the call under way.
+   * Milliseconds spent running the model (tasks and real-time requests), in whole models: with
+   * a pool of two sessions, a second in which one of them runs counts half. With uptime, how
+   * busy this worker is. Counted as calls start and end; `inferenceMsAt` adds the time since.
    */
   inferenceMs: number;
 }
@@ -74,9 +92,15 @@ export interface WorkerOptions {
 /** The edge's error code for a hello whose model is not the connection's, or has another dimension. */
 const MODEL_MISMATCH = "model_mismatch";
 
-/** Tasks a worker holds at once: the batch being computed and two more batches waiting. */
-function capacityFor(batchSize: number): number {
-  return Math.min(MAX_CAPACITY, Math.max(2, Math.ceil((3 * batchSize) / TASK_SIZE)));
+/**
+ * Tasks a worker holds at once: a batch for each call the model runs at once (`parallelism`)
+ * and two more batches waiting.
+ */
+function capacityFor(batchSize: number, parallelism: number): number {
+  return Math.min(
+    MAX_CAPACITY,
+    Math.max(2, Math.ceil(((parallelism + 2) * batchSize) / TASK_SIZE)),
+  );
 }
 
 /** The worker's own view of its window, as `--status-port` reports it. */
@@ -122,16 +146,16 @@ export class Worker {
   /** Keeps this process's identity across reconnects, so its leases survive a dropped link. */
   private readonly session = randomBytes(18).toString("base64url");
   private busy = false;
-  /**
-   * When the model last went from idle to busy (performance.now()); null while it is idle.
-   * Calls may queue behind one another (the next batch is handed over before the one running
-   * ends), so busy means from the first call in until the last one out.
-   */
-  private inferringSince: number | null = null;
+  /** Wakes `drain` while it waits for a call to end: a task or a real-time request came. */
+  private wake: (() => void) | null = null;
+  /** When the count of calls in flight last changed (performance.now()). */
+  private busySince = 0;
   /** Model calls made and not yet answered. */
   private inferring = 0;
-  /** Tasks in the batch being computed now: their room opens when their results go out. */
-  private computing = 0;
+  /** Tasks taken from the queue whose results have not gone out, by lease id. */
+  private readonly computing = new Map<string, Computing>();
+  /** The task whose texts are being cut into model calls; null between tasks. */
+  private cutting: Computing | null = null;
   private draining = false;
   private heartbeat: ReturnType<typeof setInterval> | null = null;
   private idleWaiters: (() => void)[] = [];
@@ -260,7 +284,7 @@ export class Worker {
 
   /** Tasks this worker can hold at once; 0 once it is draining. */
   private get capacity(): number {
-    return this.draining ? 0 : capacityFor(this.opts.batchSize);
+    return this.draining ? 0 : capacityFor(this.opts.batchSize, this.opts.embedder.parallelism);
   }
 
   /** Every lease held: queued, computing, or with its result awaiting an ack. */
@@ -274,8 +298,8 @@ export class Worker {
     return {
       capacity: this.capacity,
       queued,
-      computing: this.computing,
-      room: Math.max(0, this.capacity - queued - this.computing),
+      computing: this.computing.size,
+      room: Math.max(0, this.capacity - queued - this.computing.size),
       awaitingAck: this.outbox.size,
       leaseIds: this.leaseIds(),
     };
@@ -354,35 +378,150 @@ export class Worker {
     );
   }
 
-  /** Runs queued work until none is left; real-time requests always go first. */
+  /**
+   * Runs queued work until none is left. The texts of the tasks queued are cut, in order, into
+   * model calls of `batchSize` (a call may end one task and begin the next, and a task larger
+   * than a batch takes several), and as many calls are kept in flight as the model runs at once,
+   * plus one waiting: a session that finishes one call finds the next already there, across
+   * task boundaries too. A task's result goes out when its last call ends. Real-time requests
+   * go to the model the moment they arrive, before any call not yet started.
+   */
   private async drain(): Promise<void> {
-    if (this.busy) return;
+    if (this.busy) {
+      this.wake?.();
+      return;
+    }
     this.busy = true;
+    const depth = this.opts.embedder.parallelism + 1;
+    const inFlight = new Set<Promise<void>>();
+    // runPiece and runEmbed answer their own failures: these promises never reject.
+    const track = (call: Promise<void>) => {
+      inFlight.add(call);
+      void call.finally(() => inFlight.delete(call));
+    };
     try {
       for (;;) {
-        const embed = this.embeds.shift();
-        if (embed) {
-          await this.runEmbed(embed);
+        for (let embed = this.embeds.shift(); embed; embed = this.embeds.shift())
+          track(this.runEmbed(embed));
+        const piece = inFlight.size < depth ? this.nextPiece() : null;
+        if (piece) {
+          track(this.runPiece(piece));
           continue;
         }
-        if (this.tasks.length === 0) break;
-        // Fill one inference batch from as many tasks as fit.
-        const batch: Task[] = [];
-        let items = 0;
-        while (
-          this.tasks.length &&
-          (batch.length === 0 || items + (this.tasks[0]?.items.length ?? 0) <= this.opts.batchSize)
-        ) {
-          const t = this.tasks.shift() as Task;
-          batch.push(t);
-          items += t.items.length;
-        }
-        await this.runTasks(batch);
+        if (inFlight.size === 0) break;
+        // Until a call ends, or a task or request arrives.
+        await Promise.race([
+          ...inFlight,
+          new Promise<void>((resolve) => {
+            this.wake = resolve;
+          }),
+        ]);
+        this.wake = null;
       }
     } finally {
       this.busy = false;
+      this.wake = null;
       this.settleIfIdle();
     }
+  }
+
+  /** The next model call's texts: up to `batchSize`, from the task being cut and those after. */
+  private nextPiece(): Piece | null {
+    const parts: Piece = [];
+    const size = this.opts.batchSize;
+    let texts = 0;
+    while (texts < size) {
+      if (!this.cutting) {
+        const task = this.tasks.shift();
+        if (!task) break;
+        this.cutting = this.begin(task);
+        continue;
+      }
+      const run = this.cutting;
+      const count = Math.min(size - texts, run.task.items.length - run.cut);
+      parts.push({ run, from: run.cut, count });
+      run.cut += count;
+      texts += count;
+      if (run.cut === run.task.items.length) this.cutting = null;
+    }
+    return parts.length > 0 ? parts : null;
+  }
+
+  /** A task taken from the queue: computing from now on. Null when it has nothing to compute. */
+  private begin(task: Task): Computing | null {
+    const run: Computing = {
+      task,
+      vectors: new Array<Float32Array>(task.items.length),
+      cut: 0,
+      left: task.items.length,
+      started: performance.now(),
+      failed: false,
+    };
+    this.held.set(task.leaseId, task);
+    this.computing.set(task.leaseId, run);
+    if (run.left > 0) return run;
+    this.finish(run);
+    return null;
+  }
+
+  private async runPiece(piece: Piece): Promise<void> {
+    let vectors: Float32Array[];
+    try {
+      vectors = await this.infer(
+        piece.flatMap(({ run, from, count }) =>
+          run.task.items.slice(from, from + count).map((i) => i.text),
+        ),
+        false,
+      );
+    } catch (err) {
+      for (const { run } of piece) this.fail(run, err);
+      return;
+    }
+    let at = 0;
+    for (const { run, from, count } of piece) {
+      for (let i = 0; i < count; i++) run.vectors[from + i] = vectors[at + i] as Float32Array;
+      at += count;
+      run.left -= count;
+      if (run.left === 0 && !run.failed) this.finish(run);
+    }
+  }
+
+  /** A task whose every vector is in: its result goes out and waits for the edge's ack. */
+  private finish(run: Computing): void {
+    const { task } = run;
+    this.computing.delete(task.leaseId);
+    const result: Outgoing = {
+      taskId: task.taskId,
+      leaseId: task.leaseId,
+      vectors: task.items.map((item, i) => ({
+        chunkId: item.chunkId,
+        values: run.vectors[i] as Float32Array,
+      })),
+      elapsedMs: performance.now() - run.started,
+    };
+    this.outbox.set(task.leaseId, result);
+    this.sendResult(result);
+  }
+
+  /** A call of this task failed: the edge hears so once, and nothing more of it is computed. */
+  private fail(run: Computing, err: unknown): void {
+    if (run.failed) return;
+    run.failed = true;
+    if (this.cutting === run) this.cutting = null;
+    const { task } = run;
+    this.send({
+      type: "task_failed",
+      v: PROTOCOL_VERSION,
+      taskId: task.taskId,
+      leaseId: task.leaseId,
+      error: {
+        code: "inference_error",
+        message: String((err as Error).message ?? err).slice(0, 2000),
+        retryable: true,
+      },
+    });
+    this.computing.delete(task.leaseId);
+    this.held.delete(task.leaseId);
   }
 
   private async runEmbed(req: Embed): Promise<void> {
@@ -414,98 +553,43 @@ export class Worker {
     }
   }
 
-  private async runTasks(batch: Task[]): Promise<void> {
-    this.computing = batch.length;
-    for (const t of batch) this.held.set(t.leaseId, t);
-    const started = performance.now();
-    const vectors: Float32Array[] = [];
-    try {
-      // A task can be larger than a batch (the edge sizes tasks to this worker's pace): the
-      // model still runs batchSize texts at a time, and a real-time request waiting goes
-      // between two of them rather than behind the whole task.
-      // The next batch is handed to the model before the one running ends, so it starts the
-      // moment that one does; a real-time request waits behind one batch at most.
-      const texts = batch.flatMap((t) => t.items.map((i) => i.text));
-      const size = this.opts.batchSize;
-      const start = (at: number) => {
-        const call = this.infer(texts.slice(at, at + size), false);
-        call.catch(() => {}); // awaited below; not an unhandled rejection meanwhile
-        return call;
-      };
-      let next = start(0);
-      for (let at = 0; at < texts.length; at += size) {
-        const running = next;
-        for (let embed = this.embeds.shift(); embed; embed = this.embeds.shift())
-          await this.runEmbed(embed);
-        if (at + size < texts.length) next = start(at + size);
-        vectors.push(...(await running));
-      }
-    } catch (err) {
-      for (const t of batch) {
-        this.send({
-          type: "task_failed",
-          v: PROTOCOL_VERSION,
-          taskId: t.taskId,
-          leaseId: t.leaseId,
-          error: {
-            code: "inference_error",
-            message: String((err as Error).message ?? err).slice(0, 2000),
-            retryable: true,
-          },
-        });
-        this.held.delete(t.leaseId);
-      }
-      this.computing = 0;
-      return;
-    }
-    const elapsedMs = performance.now() - started;
-    let offset = 0;
-    for (const t of batch) {
-      const mine = vectors.slice(offset, offset + t.items.length);
-      offset += t.items.length;
-      const result: Outgoing = {
-        taskId: t.taskId,
-        leaseId: t.leaseId,
-        vectors: t.items.map((item, i) => ({
-          chunkId: item.chunkId,
-          values: mine[i] as Float32Array,
-        })),
-        elapsedMs,
-      };
-      this.outbox.set(t.leaseId, result);
-      this.sendResult(result);
-    }
-    // The results are out: the edge opens this much room as each arrives, and so do we.
-    this.computing = 0;
-  }
-
   /**
    * Runs the model once, counting the time it is busy; with a gate, in this model's turn (a
    * real-time request's turn comes first), and the wait for it is not counted.
    */
   private infer(texts: string[], realtime: boolean): Promise<Float32Array[]> {
     const run = async () => {
-      if (this.inferring++ === 0) this.inferringSince = performance.now();
+      this.countInferring(1);
       try {
-        return await this.opts.embedder.embed(texts);
+        return await this.opts.embedder.embed(texts, { urgent: realtime });
       } finally {
-        if (--this.inferring === 0 && this.inferringSince !== null) {
-          this.stats.inferenceMs += performance.now() - this.inferringSince;
-          this.inferringSince = null;
-        }
+        this.countInferring(-1);
       }
     };
-    return this.opts.gate ? this.opts.gate.run(realtime, run) : run();
+    return this.opts.gate ? this.opts.gate.run(this.opts.embedder, realtime, run) : run();
+  }
+
+  /** Share of the model's sessions running now: calls made, at most one per session. */
+  private busyShare(): number {
+    const sessions = this.opts.embedder.parallelism;
+    return Math.min(this.inferring, sessions) / sessions;
+  }
+
+  /** Adds the time since the last change, at the share busy then, and moves the count. */
+  private countInferring(delta: number): void {
+    const now = performance.now();
+    this.stats.inferenceMs += this.busyShare() * (now - this.busySince);
+    this.busySince = now;
+    this.inferring += delta;
   }
 
   /**
-   * Milliseconds the model has run until `now` (a performance.now() reading), the call under
+   * Milliseconds the model has run until `now` (a performance.now() reading), the calls under
    * way included: a batch that takes longer than a status interval still shows as busy while
    * it runs, not all at once when it ends.
    */
   inferenceMsAt(now = performance.now()): number {
-    const running = this.inferringSince === null ? 0 : Math.max(0, now - this.inferringSince);
-    return this.stats.inferenceMs + running;
+    return this.stats.inferenceMs + this.busyShare() * Math.max(0, now - this.busySince);
   }
 
   /** Tasks leased to this worker and not yet finished: queued, computing, or awaiting an ack. */

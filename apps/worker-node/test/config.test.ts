@@ -46,7 +46,15 @@ describe("worker configuration", () => {
       threads: 3,
       batchSize: 8,
       models: ["use-lite"],
+      // The model yields the cores to other programs unless told otherwise; sessions are the
+      // model layer's choice unless given.
+      priority: "low",
     });
+    expect(c.sessions).toBeUndefined();
+    expect(
+      run(["--server", "https://x", "--token", "t", "--sessions", "2", "--priority", "normal"]),
+    ).toMatchObject({ sessions: 2, priority: "normal" });
+    expect(run(["--server", "https://x", "--token", "t"], { P2PA_SESSIONS: "3" }).sessions).toBe(3);
     expect(run([], { P2PA_SERVER: "https://x.example", P2PA_TOKEN: "tok" })).toMatchObject({
       server: "https://x.example",
       token: "tok",
@@ -67,6 +75,12 @@ describe("worker configuration", () => {
     expect(fails(["--server", "ftp://x", "--token", "t"])).toMatch(/must start with http/);
     expect(fails(["--server", "not a url", "--token", "t"])).toMatch(/must be a URL/);
     expect(fails(["--bogus"])).toMatch(/bogus/);
+    expect(fails(["--server", "https://x", "--token", "t", "--sessions", "0"])).toMatch(
+      /--sessions must be at least 1/,
+    );
+    expect(fails(["--server", "https://x", "--token", "t", "--priority", "idle"])).toMatch(
+      /--priority must be low or normal/,
+    );
     expect(fails(["--server", "https://x", "--token", "t", "--device", "tpu"])).toMatch(
       /--device must be auto, cpu or cuda/,
     );

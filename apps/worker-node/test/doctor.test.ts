@@ -227,7 +227,7 @@ describe("p2pa-worker doctor", () => {
     );
     expect(model).toContain(cacheDir);
     expect(lineOf(run.text, "device")).toMatch(
-      /^ok\s+device\s+cpu \(execution providers: cpu; 1 threads\), as --device cpu asks$/,
+      /^ok\s+device\s+cpu \(execution providers: cpu; 1 session of 1 thread\), as --device cpu asks$/,
     );
     expect(run.text.trimEnd().split("\n").at(-1)).toBe("all 5 checks passed");
     // A second run finds the converted model in the cache.

@@ -6,7 +6,7 @@ import path from "node:path";
 import { decodeResultFrame, decodeVector, PROTOCOL_VERSION } from "@p2pa/shared";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type WebSocket, WebSocketServer } from "ws";
-import { type Embedder, loadModel, MANIFEST_FILE } from "../src/model/index.js";
+import { type Embedder, loadModel, loadModelPool, MANIFEST_FILE } from "../src/model/index.js";
 import { Worker } from "../src/worker.js";
 import { tinyManifest, writeTinyBert } from "./fixtures/tiny-bert.js";
 
@@ -109,16 +109,25 @@ const ackFrame = (t: { taskId: string; leaseId: string }, status: string, extra 
     status,
     ...extra,
   });
-/** The real model, each call `ms` slower: time for a test to act mid-batch. */
-const slowed = (ms: number): Embedder =>
-  Object.create(embedder, {
+/**
+ * The real model, each call `ms` slower: time for a test to act mid-batch. One session, as a
+ * loaded model is: calls run one after another, in the order made.
+ */
+const slowed = (ms: number): Embedder => {
+  let queue: Promise<unknown> = Promise.resolve();
+  return Object.create(embedder, {
     embed: {
-      value: async (texts: string[]) => {
-        await sleep(ms);
-        return embedder.embed(texts);
+      value: (texts: string[]) => {
+        const call = queue.then(async () => {
+          await sleep(ms);
+          return embedder.embed(texts);
+        });
+        queue = call.catch(() => {});
+        return call;
       },
     },
   });
+};
 /** The first connection the scripted edge accepts after it had `before`. */
 const newConnection = (before: number) =>
   until(() => (conns.length > before ? conns.at(-1) : undefined), "a connection");
@@ -212,22 +221,27 @@ describe("the worker's window, outbox and session", () => {
     });
     const conn = await newConnection(before);
     await until(() => conn.frames.find((f) => f.type === "hello"), "hello");
-    const [busy, waiting] = [task(5), task(6)];
-    conn.ws.send(JSON.stringify(busy));
-    conn.ws.send(JSON.stringify(waiting));
+    // One session: the worker keeps one call running and the next one made, so of three tasks
+    // of a batch each, two are computing and one waits.
+    const [busy, next, waiting] = [task(5), task(6), task(7)];
+    for (const t of [busy, next, waiting]) conn.ws.send(JSON.stringify(t));
     await until(
-      () => (w.window().computing === 1 && w.window().queued === 1 ? true : undefined),
-      "one computing, one queued",
+      () => (w.window().computing === 2 && w.window().queued === 1 ? true : undefined),
+      "two computing, one queued",
     );
     const stopping = w.stop(5000);
     expect(w.window().capacity).toBe(0);
     await until(() => conn.frames.find((f) => f.type === "draining"), "draining");
     const release = await until(() => conn.frames.find((f) => f.type === "release"), "a release");
     expect(release.leaseIds).toEqual([waiting.leaseId]);
-    // The batch in progress is finished and delivered, then acknowledged before it exits.
-    const result = await until(() => conn.frames.find((f) => f.type === "result"), "the result");
-    expect(result.leaseId).toBe(busy.leaseId);
+    // The calls made are finished and delivered, then acknowledged before it exits.
+    const results = await until(() => {
+      const r = conn.frames.filter((f) => f.type === "result");
+      return r.length === 2 ? r : undefined;
+    }, "the results");
+    expect(results.map((r) => r.leaseId)).toEqual([busy.leaseId, next.leaseId]);
     conn.ws.send(ackFrame(busy, "stored"));
+    conn.ws.send(ackFrame(next, "stored"));
     await stopping;
     expect(w.stats.state).toBe("stopped");
     expect(w.window().leaseIds).toEqual([]);
@@ -242,10 +256,11 @@ describe("the worker's window, outbox and session", () => {
     const [busy, waiting] = [task(12), task(13)];
     conn.ws.send(JSON.stringify(busy));
     conn.ws.send(JSON.stringify(waiting));
-    await until(() => (w.window().computing === 1 ? true : undefined), "a batch under way");
+    // Both taken: the first call runs, the second waits for it.
+    await until(() => (w.window().computing === 2 ? true : undefined), "a batch under way");
     await sleep(200);
-    // Mid-batch: nothing finished yet, but the model has been busy all along.
-    expect(w.stats.inferenceMs).toBe(0);
+    // Mid-batch: counted only as calls start and end, but the model has been busy all along.
+    expect(w.stats.inferenceMs).toBeLessThan(50);
     expect(w.inferenceMsAt()).toBeGreaterThanOrEqual(150);
     expect(w.tasksHeld()).toBe(2);
     await until(
@@ -360,5 +375,92 @@ describe("results on the wire", () => {
       await w.stop(2000);
     }
     edgeTakesBinary = false;
+  });
+});
+
+describe("a model of two sessions", () => {
+  it("keeps a call per session and one more in flight, cutting queued tasks into full batches across their boundaries", async () => {
+    const dir = path.join(work, "tiny");
+    const pool = await loadModelPool(dir, {
+      cacheDir: path.join(work, "cache"),
+      threads: 2,
+      sessions: 2,
+    });
+    // Every call is held until `release`, so the test decides when tasks arrive.
+    let release!: () => void;
+    const held = new Promise<void>((r) => {
+      release = r;
+    });
+    const calls: number[] = [];
+    const model: Embedder = Object.create(pool, {
+      embed: {
+        value: async (texts: string[], options?: { urgent?: boolean }) => {
+          calls.push(texts.length);
+          await held;
+          return pool.embed(texts, options);
+        },
+      },
+    });
+    const before = conns.length;
+    const started = performance.now();
+    const w = newWorker({ embedder: model, batchSize: 4 });
+    try {
+      const conn = await newConnection(before);
+      await until(() => conn.frames.find((f) => f.type === "hello"), "hello");
+      // A batch per session and two more waiting, against three for one session.
+      expect(w.window().capacity).toBe(2);
+      for (const [other, capacity] of [
+        [newWorker({ embedder: model, batchSize: 32 }), 4],
+        [newWorker({ batchSize: 32 }), 3],
+      ] as const) {
+        expect(other.window().capacity).toBe(capacity);
+        await other.stop(100);
+      }
+      const tasks = [1, 2, 3, 4, 5].map((n) => task(100 + n, 3));
+      // Three calls in flight (two sessions and one waiting), one task each as they came.
+      for (const [i, t] of tasks.slice(0, 3).entries()) {
+        conn.ws.send(JSON.stringify(t));
+        await until(
+          () => (w.window().computing === i + 1 ? true : undefined),
+          `task ${i + 1} taken`,
+        );
+      }
+      for (const [i, t] of tasks.slice(3).entries()) {
+        conn.ws.send(JSON.stringify(t));
+        await until(() => (w.window().queued === i + 1 ? true : undefined), `task ${i + 4} queued`);
+      }
+      expect(calls).toEqual([3, 3, 3]);
+      release();
+      const results = await until(() => {
+        const r = conn.frames.filter((f) => f.type === "result");
+        return r.length === 5 ? r : undefined;
+      }, "five results");
+      // The last two tasks went as one full batch (the fourth's three texts and one of the
+      // fifth's), then the fifth's last two.
+      expect(calls).toEqual([3, 3, 3, 4, 2]);
+      for (const t of tasks) {
+        const r = results.find((x) => x.leaseId === t.leaseId) as Frame;
+        const got = (r.vectors as { chunkId: string; vector: string }[]).map((v) => ({
+          chunkId: v.chunkId,
+          values: decodeVector(v.vector),
+        }));
+        expect(got.map((v) => v.chunkId)).toEqual(t.items.map((i) => i.chunkId));
+        // Each text's vector whatever batch it went in (padding aside, the same numbers).
+        for (const [i, item] of t.items.entries()) {
+          const [alone] = await embedder.embed([item.text]);
+          Array.from(got[i]?.values as Float32Array).forEach((x, k) => {
+            expect(x).toBeCloseTo((alone as Float32Array)[k] as number, 5);
+          });
+        }
+        conn.ws.send(ackFrame(t, "stored"));
+      }
+      await until(() => (w.stats.chunksDone === 15 ? true : undefined), "the acks");
+      // Busy is counted in whole models: never more than the time that passed.
+      expect(w.inferenceMsAt()).toBeLessThanOrEqual(performance.now() - started);
+      expect(w.window()).toMatchObject({ queued: 0, computing: 0, awaitingAck: 0 });
+    } finally {
+      await w.stop(2000);
+      await pool.dispose();
+    }
   });
 });

@@ -19,7 +19,9 @@ export interface BenchResult {
 
 /**
  * Embeds `texts` in batches of `batchSize` (one embed call, so one session.run, per batch) and
- * times it. Run a warm-up batch first if first-call costs should not count.
+ * times it, keeping `embedder.parallelism` calls and one more in flight, as the worker does: a
+ * pool's sessions all run, and each finds its next batch waiting. Run a warm-up batch first if
+ * first-call costs should not count.
  */
 export async function benchEmbedder(
   embedder: Embedder,
@@ -28,9 +30,15 @@ export async function benchEmbedder(
 ): Promise<BenchResult> {
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new Error("batchSize must be >= 1");
   const start = performance.now();
-  for (let i = 0; i < texts.length; i += batchSize) {
-    await embedder.embed(texts.slice(i, i + batchSize));
-  }
+  let next = 0;
+  const lane = async () => {
+    while (next < texts.length) {
+      const at = next;
+      next += batchSize;
+      await embedder.embed(texts.slice(at, at + batchSize));
+    }
+  };
+  await Promise.all(Array.from({ length: embedder.parallelism + 1 }, lane));
   const seconds = (performance.now() - start) / 1000;
   return { items: texts.length, seconds, perSecond: texts.length / seconds };
 }

@@ -6,6 +6,6 @@ export {
   MANIFEST_FILE,
   USE_LITE_MANIFEST,
 } from "./manifest.js";
-export { loadModelThreaded } from "./threaded.js";
+export { defaultSessions, describeSessions, loadModelPool } from "./pool.js";
 
 export type { Embedder } from "./types.js";

@@ -3,6 +3,7 @@
 // thread, so the thread that calls it can do nothing else meanwhile; here that is this thread,
 // not the worker's main one. Requests sent while a run is under way wait in the port and are
 // taken the moment it ends.
+import os from "node:os";
 import { parentPort, workerData } from "node:worker_threads";
 import { loadModel } from "./load.js";
 import type { FromThread, ThreadError, ThreadStart, ToThread } from "./thread-protocol.js";
@@ -30,6 +31,9 @@ function pack(vectors: Float32Array[]): { data: Float32Array; width: number } {
 }
 
 const start = workerData as ThreadStart;
+// Before the session exists: onnxruntime's own threads, if it starts any, inherit the priority.
+// On Linux the nice value is a thread's own, so this lowers only this thread.
+if (start.opts.priority === "low") os.setPriority(os.constants.priority.PRIORITY_LOW);
 /** The call being run, for its truncation events. */
 let current = -1;
 

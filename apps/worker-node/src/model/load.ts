@@ -19,6 +19,8 @@ import { loadUseVocabulary, UseTokenizer } from "./use-lite/tokenizer.js";
  *   model.onnx + tokenizer.json whose dimension is read from the graph.
  */
 export async function loadModel(idOrPath: string, opts: LoadOptions): Promise<Embedder> {
+  if (opts.sessions !== undefined && opts.sessions !== 1)
+    throw new Error(`loadModel loads one session, not ${opts.sessions}: use loadModelPool`);
   if (idOrPath === "use-lite") return loadUseLite(opts);
   if (/^https?:\/\//i.test(idOrPath)) return loadHfFromUrl(idOrPath, opts);
   let dir = path.resolve(idOrPath);

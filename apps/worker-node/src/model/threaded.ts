@@ -134,6 +134,7 @@ export async function loadModelThreaded(idOrPath: string, opts: LoadOptions): Pr
     manifest: ready.manifest,
     info: ready.info,
     stats,
+    parallelism: 1,
     countTokens,
     embed(texts) {
       if (ended) return Promise.reject(ended);

@@ -38,19 +38,30 @@ export interface LoadInfo {
   reused: boolean;
 }
 
+/** How one embed call is scheduled. */
+export interface EmbedOptions {
+  /**
+   * A real-time request: where calls wait for a session (a pool, pool.ts), it goes before the
+   * batch calls waiting. A single session runs calls in the order they come.
+   */
+  urgent?: boolean;
+}
+
 /** A loaded model: texts in, unit-length vectors out. */
 export interface Embedder {
   /** The model's manifest (for use-lite, `files` lists the converted model.onnx). */
   readonly manifest: ModelManifest;
   readonly info: LoadInfo;
   readonly stats: Readonly<EmbedderStats>;
+  /** Embed calls it runs at the same time: its sessions (1 unless a pool, pool.ts). */
+  readonly parallelism: number;
   /**
    * Embeds the texts with ONE inference call for the whole batch, returning one
    * `manifest.dimension`-long vector per text, in order. Texts longer than
    * `manifest.maxTokens` are truncated to it and reported (stats.truncated, onTruncate):
    * size texts with `countTokens` first so this never happens.
    */
-  embed(texts: string[]): Promise<Float32Array[]>;
+  embed(texts: string[], options?: EmbedOptions): Promise<Float32Array[]>;
   /** Tokens the model sees for `text` (special tokens included), for sizing chunks. */
   countTokens(text: string): number;
   /** Releases the inference session. */
@@ -61,8 +72,22 @@ export interface Embedder {
 export interface LoadOptions {
   /** Folder for converted and downloaded models (e.g. ~/.cache/p2pa). */
   cacheDir: string;
-  /** Inference threads (default: os.availableParallelism()). */
+  /** Inference threads (default: os.availableParallelism()); a pool shares them out. */
   threads?: number;
+  /**
+   * Sessions of the model side by side, each with `threads / sessions` threads
+   * (`loadModelPool` only; default there: defaultSessions). loadModel and loadModelThreaded
+   * load one session and refuse another count.
+   */
+  sessions?: number;
+  /**
+   * How the threads the model layer starts run beside other programs (loadModelThreaded,
+   * loadModelPool; loadModel runs on its caller's thread and leaves it as it is). "low": at the
+   * lowest scheduling priority (nice 19), so the model takes only the cores nothing else wants,
+   * as volunteer computing clients run; on Linux only the inference threads are lowered,
+   * elsewhere the whole process. Default "normal".
+   */
+  priority?: "low" | "normal";
   /** onnxruntime execution providers, best first (default ["cpu"]; see src/device.ts). */
   executionProviders?: readonly string[];
   /**

@@ -161,6 +161,7 @@ export function hfEmbedder(
     manifest,
     info,
     stats,
+    parallelism: 1,
     countTokens: (text) => tokenizer.encode(text).length,
     async embed(texts) {
       if (texts.length === 0) return [];

@@ -125,6 +125,7 @@ export async function loadUseLite(opts: LoadOptions): Promise<Embedder> {
     manifest,
     info,
     stats,
+    parallelism: 1,
     countTokens: (text) => tokenizer.encode(text).length,
     async embed(texts) {
       const ids = texts.map((text, index) => {
