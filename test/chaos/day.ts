@@ -135,9 +135,13 @@ export async function runDay(o: DayOptions): Promise<DayReport> {
   const workers: LiveWorker[] = [];
   const join = async () => {
     const statusPort = await freePort();
+    // Every other worker runs its model as two sessions, the others as one.
+    const sessions = joined % 2 === 0 ? "1" : "2";
     const p = spawnWorker(edge.url, tokens[joined++ % tokens.length] as string, [
       "--threads",
-      "1",
+      sessions,
+      "--sessions",
+      sessions,
       "--status-port",
       String(statusPort),
     ]);

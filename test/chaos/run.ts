@@ -131,8 +131,17 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   const client = api(() => edge.url);
   const workers: ChildProcess[] = [];
   const workerLog: string[] = [];
+  let spawned = 0;
   const spawn = () => {
-    const w = spawnWorker(proxy.url, DEV_CREDENTIALS.workerToken, ["--threads", "1"]);
+    // Every other worker runs its model as two sessions (calls of several tasks in flight at
+    // once), the others as one.
+    const sessions = spawned++ % 2 === 0 ? "1" : "2";
+    const w = spawnWorker(proxy.url, DEV_CREDENTIALS.workerToken, [
+      "--threads",
+      sessions,
+      "--sessions",
+      sessions,
+    ]);
     // Drain the pipes (a full pipe would stall the worker) and keep the lines for diagnosis.
     const keep = (d: Buffer) => {
       workerLog.push(
