@@ -8,7 +8,7 @@ import { describeSessions } from "./model/index.js";
 import { httpBase, preflight } from "./preflight.js";
 import { loadServedModel, type ServedLoad } from "./resolve-model.js";
 import { ModelNotServed } from "./served.js";
-import { StatusReporter, serveStatus } from "./status.js";
+import { type StatusLabel, StatusReporter, serveStatus } from "./status.js";
 import { Worker, type WorkerStats } from "./worker.js";
 import { WorkerGroup } from "./worker-group.js";
 
@@ -35,7 +35,7 @@ export async function main(argv: string[]): Promise<number> {
   const several = config.models.length > 1;
   let group: WorkerGroup | null = null;
   const picked = pickDevice(config.device);
-  const label = {
+  const label: StatusLabel = {
     model: config.models.join(","),
     device: picked.name as string,
     threads: config.threads,
@@ -78,6 +78,7 @@ export async function main(argv: string[]): Promise<number> {
     throw err;
   }
   label.device = [...new Set(models.map((m) => m.device.name))].join("+");
+  label.sessions = Math.max(...models.map((m) => m.embedder.parallelism));
   if (several) label.model = models.map((m) => m.embedder.manifest.id).join(",");
   for (const { embedder } of models)
     status.log(

@@ -1,5 +1,6 @@
 import { once } from "node:events";
 import { createServer, type Server } from "node:http";
+import { threadsPerSession } from "./model/pool.js";
 import type { Worker } from "./worker.js";
 
 /**
@@ -16,10 +17,12 @@ export interface ModelPart {
   source: StatusSource;
 }
 
-interface StatusLabel {
+export interface StatusLabel {
   model: string;
   device: string;
   threads: number;
+  /** Sessions of the model, once loaded (the threads are shared between them). */
+  sessions?: number;
 }
 
 /** The figures the status line and `/status` show, over the reporter's window. */
@@ -162,7 +165,10 @@ export class StatusReporter {
     const f = this.figures();
     const parts = w?.models?.() ?? [];
     const several = parts.length > 1;
-    const { device, threads } = this.label;
+    const { device, threads, sessions = 1 } = this.label;
+    // "x2": one session of two threads; "2x1": two sessions of one thread each.
+    const shape =
+      sessions > 1 ? `${sessions}x${threadsPerSession(threads, sessions)}` : `x${threads}`;
     const rate = f.chunksPerSecond.toFixed(f.chunksPerSecond < 100 ? 1 : 0);
     const queries = s?.embedsDone ?? 0;
     const model =
@@ -171,7 +177,7 @@ export class StatusReporter {
         : shorten(this.label.model, MODEL_LABEL_MAX);
     const line = [
       stateText(s?.state, parts).padEnd(12),
-      `${model} ${device} x${threads}`,
+      `${model} ${device} ${shape}`,
       `${rate} chunks/s`,
       `busy ${f.busyPercent.toFixed(0).padStart(3)}%`,
       `held ${f.tasksHeld}`,

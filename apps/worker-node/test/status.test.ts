@@ -97,6 +97,11 @@ describe("the status line on a terminal", () => {
     expect(last).toContain("connected");
     expect(last).toContain("use-lite cpu x2");
     expect(last).toContain("40.0 chunks/s");
+    // Once the model is loaded as two sessions, each of one of the two threads.
+    const pooled = new StatusReporter(() => w, { ...label, sessions: 2 }, fakeStream(true).stream, {
+      now,
+    });
+    expect(pooled.line()).toContain("use-lite cpu 2x1");
     expect(last).toContain("busy  75%");
     expect(last).toContain("held 6");
     expect(last).toContain("credit 240 chunks");

@@ -6,6 +6,10 @@ export {
   MANIFEST_FILE,
   USE_LITE_MANIFEST,
 } from "./manifest.js";
-export { defaultSessions, describeSessions, loadModelPool } from "./pool.js";
+export {
+  defaultSessions,
+  describeSessions,
+  loadModelPool,
+} from "./pool.js";
 
 export type { Embedder } from "./types.js";

@@ -41,7 +41,7 @@ export function sessionsMemoryAllows(bytes: number, totalMemory = os.totalmem())
 }
 
 /** Threads each of `sessions` sessions gets out of `threads`: an equal share, at least one. */
-function threadsPerSession(threads: number, sessions: number): number {
+export function threadsPerSession(threads: number, sessions: number): number {
   return Math.max(1, Math.floor(threads / sessions));
 }
 
