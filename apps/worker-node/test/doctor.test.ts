@@ -1,5 +1,5 @@
 import { once } from "node:events";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
@@ -7,8 +7,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseConfig } from "../src/config.js";
 import { type CheckResult, meetsRange, runDoctor } from "../src/doctor.js";
-import { MANIFEST_FILE } from "../src/model/index.js";
-import { tinyManifest, writeTinyBert } from "./fixtures/tiny-bert.js";
+import { writeTinyModelFolder } from "./fixtures/tiny-bert.js";
 
 // `p2pa-worker doctor` against real HTTP servers on this machine (none listening, one that
 // refuses the token, one that takes it) and the real use-lite model, converted into a cache
@@ -76,11 +75,7 @@ async function serving(models: Record<string, number>): Promise<string> {
 
 /** A folder holding the tiny test model, whose manifest calls it `tiny-bert`. */
 async function tinyFolder(): Promise<string> {
-  const dir = path.join(cacheDir, "folders", "tiny-bert");
-  await mkdir(dir, { recursive: true });
-  const files = await writeTinyBert(dir);
-  await writeFile(path.join(dir, MANIFEST_FILE), JSON.stringify(tinyManifest("tiny-bert", files)));
-  return dir;
+  return writeTinyModelFolder(path.join(cacheDir, "folders", "tiny-bert"), "tiny-bert");
 }
 
 /** An address where nothing listens: a port the system gave out and took back. */

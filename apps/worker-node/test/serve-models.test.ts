@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
@@ -9,14 +9,14 @@ import { fileURLToPath } from "node:url";
 import { decodeVector, PROTOCOL_VERSION } from "@p2pa/shared";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { sha256Hex } from "../src/model/files.js";
-import { type Embedder, loadModel, MANIFEST_FILE } from "../src/model/index.js";
+import { type Embedder, loadModel } from "../src/model/index.js";
 import {
   type EdgeConnection,
   type Frame,
   type ScriptedEdge,
   scriptedEdge,
 } from "./fixtures/scripted-edge.js";
-import { tinyManifest, writeTinyBert } from "./fixtures/tiny-bert.js";
+import { tinyManifest, writeTinyModelFolder } from "./fixtures/tiny-bert.js";
 
 // `p2pa-worker` started as a process, as a donor starts it, against a scripted edge on real
 // HTTP and WebSocket, with the real models: several models in one process (one connection
@@ -36,13 +36,7 @@ const children: ChildProcess[] = [];
 beforeAll(async () => {
   work = await mkdtemp(path.join(os.tmpdir(), "p2pa-serve-models-"));
   cacheDir = path.join(work, "cache");
-  tinyDir = path.join(work, "tiny-bert");
-  await mkdir(tinyDir, { recursive: true });
-  const files = await writeTinyBert(tinyDir);
-  await writeFile(
-    path.join(tinyDir, MANIFEST_FILE),
-    JSON.stringify(tinyManifest("tiny-bert", files)),
-  );
+  tinyDir = await writeTinyModelFolder(path.join(work, "tiny-bert"), "tiny-bert");
   // The models called in-process, as the worker's answers must match them (this also converts
   // use-lite into the cache the worker processes then find it in).
   useLite = await loadModel("use-lite", { cacheDir, threads: 1 });

@@ -1,14 +1,14 @@
 import { once } from "node:events";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { decodeResultFrame, decodeVector, PROTOCOL_VERSION } from "@p2pa/shared";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type WebSocket, WebSocketServer } from "ws";
-import { type Embedder, loadModel, loadModelPool, MANIFEST_FILE } from "../src/model/index.js";
+import { type Embedder, loadModel, loadModelPool } from "../src/model/index.js";
 import { Worker } from "../src/worker.js";
-import { tinyManifest, writeTinyBert } from "./fixtures/tiny-bert.js";
+import { writeTinyModelFolder } from "./fixtures/tiny-bert.js";
 
 // The worker's own bookkeeping (its window, its outbox, its session) against a scripted edge
 // on a real WebSocket, with a real (tiny) ONNX model: the side of the flow control that the
@@ -28,10 +28,7 @@ const conns: { ws: WebSocket; frames: Frame[] }[] = [];
 
 beforeAll(async () => {
   work = await mkdtemp(path.join(os.tmpdir(), "p2pa-worker-test-"));
-  const dir = path.join(work, "tiny");
-  await (await import("node:fs/promises")).mkdir(dir, { recursive: true });
-  const files = await writeTinyBert(dir);
-  await writeFile(path.join(dir, MANIFEST_FILE), JSON.stringify(tinyManifest("tiny", files)));
+  const dir = await writeTinyModelFolder(path.join(work, "tiny"), "tiny");
   embedder = await loadModel(dir, { cacheDir: path.join(work, "cache"), threads: 1 });
   wss = new WebSocketServer({ port: 0, host: "127.0.0.1" });
   await once(wss, "listening");

@@ -2,14 +2,14 @@
 // vectors to the bit however calls are spread over the sessions, real-time calls before the
 // batch calls waiting, and the share of threads and memory each session gets.
 import { readdirSync, readFileSync } from "node:fs";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import { type Embedder, loadModel, MANIFEST_FILE } from "../../src/model/index.js";
+import { type Embedder, loadModel } from "../../src/model/index.js";
 import { defaultSessions, loadModelPool, sessionsMemoryAllows } from "../../src/model/pool.js";
 import { LONG, SENTENCES } from "../fixtures/texts.js";
-import { tinyManifest, writeTinyBert } from "../fixtures/tiny-bert.js";
+import { writeTinyModelFolder } from "../fixtures/tiny-bert.js";
 
 const bytes = (v: Float32Array) => new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
 
@@ -29,10 +29,7 @@ async function track(e: Promise<Embedder>): Promise<Embedder> {
 beforeAll(async () => {
   work = await mkdtemp(path.join(os.tmpdir(), "p2pa-pool-"));
   cacheDir = path.join(work, "cache");
-  tinyDir = path.join(work, "tiny");
-  await mkdir(tinyDir, { recursive: true });
-  const files = await writeTinyBert(tinyDir);
-  await writeFile(path.join(tinyDir, MANIFEST_FILE), JSON.stringify(tinyManifest("tiny", files)));
+  tinyDir = await writeTinyModelFolder(path.join(work, "tiny"), "tiny");
   // The pool first: its first session converts use-lite into the empty cache, alone.
   pool = await track(loadModelPool("use-lite", { cacheDir, threads: 2, sessions: 2 }));
   local = await track(loadModel("use-lite", { cacheDir, threads: 1 }));

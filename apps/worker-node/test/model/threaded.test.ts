@@ -2,17 +2,17 @@
 // loaded in-process: the same vectors to the bit, the same token counts and counters, calls in
 // flight answered in order, and failures that end calls rather than leave them waiting.
 import { spawnSync } from "node:child_process";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Worker } from "node:worker_threads";
 import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
-import { type Embedder, loadModel, MANIFEST_FILE } from "../../src/model/index.js";
+import { type Embedder, loadModel } from "../../src/model/index.js";
 import { loadModelThreaded } from "../../src/model/threaded.js";
 import type { LoadOptions } from "../../src/model/types.js";
 import { LONG, SENTENCES as SHARED } from "../fixtures/texts.js";
-import { tinyManifest, writeTinyBert } from "../fixtures/tiny-bert.js";
+import { writeTinyModelFolder } from "../fixtures/tiny-bert.js";
 
 // Every inference thread started, so a test can end one as a crash would.
 const started = vi.hoisted(() => [] as Worker[]);
@@ -78,14 +78,7 @@ async function threadedModel(idOrPath: string, extra: Partial<LoadOptions> = {})
 }
 
 async function tinyFolder(name: string, maxTokens?: number): Promise<string> {
-  const dir = path.join(work, name);
-  await mkdir(dir, { recursive: true });
-  const files = await writeTinyBert(dir);
-  await writeFile(
-    path.join(dir, MANIFEST_FILE),
-    JSON.stringify(tinyManifest(name, files, maxTokens)),
-  );
-  return dir;
+  return writeTinyModelFolder(path.join(work, name), name, maxTokens);
 }
 
 beforeAll(async () => {
