@@ -8,7 +8,8 @@
  * worker while the rest is still being taken (figures in bench[.sections].ndjson.json).
  *
  * Then the coordinator's capacity (scripts/lib/capacity-bench.ts): chunks/s one Dispatcher shard moves
- * with donors that answer at once, documents/s submitted, and bytes on the wire per chunk.
+ * with donors that answer at once, documents/s submitted, and bytes on the wire per chunk; and
+ * submission as the store fills (`--growth-batches` jobs one after another on one edge).
  *
  * Then the cost of verification: the same corpus through the edge and two workers of two
  * different tokens, once with verification off and twice with the default policy (auto) on
@@ -34,7 +35,7 @@ import {
   defaultSessions,
   loadModelPool,
 } from "../apps/worker-node/src/model/index.js";
-import { backendsBench, capacityBench, scalingBench } from "./lib/capacity-bench.js";
+import { backendsBench, capacityBench, growthBench, scalingBench } from "./lib/capacity-bench.js";
 import { BENCH_CHUNKING, useLiteChunker } from "./lib/chunking.js";
 import { generatedPassages } from "./lib/corpus.js";
 import {
@@ -52,6 +53,7 @@ import { searchBench } from "./lib/search-bench.js";
 const ALL_SECTIONS = [
   "pipeline",
   "capacity",
+  "growth",
   "backends",
   "scaling",
   "verification",
@@ -75,6 +77,8 @@ const { values } = parseArgs({
     "capacity-documents": { type: "string", default: "10000" },
     "capacity-donors": { type: "string", default: "4" },
     "capacity-window": { type: "string", default: "16" },
+    // Submission as the store fills: this many batches of capacity-documents, one edge.
+    "growth-batches": { type: "string", default: "30" },
     // The same job on D1 and on Postgres: documents per run.
     "backend-documents": { type: "string", default: "2000" },
     profile: { type: "boolean", default: false },
@@ -374,6 +378,13 @@ const capacity = sections.has("capacity")
       ...(values["baseline-dir"] ? { baselineDir: values["baseline-dir"] } : {}),
     })
   : null;
+const growth = sections.has("growth")
+  ? await growthBench({
+      documents: Number(values["capacity-documents"]),
+      batches: Number(values["growth-batches"]),
+      ...(values["baseline-dir"] ? { baselineDir: values["baseline-dir"] } : {}),
+    })
+  : null;
 const backends = sections.has("backends")
   ? await backendsBench({
       documents: Number(values["backend-documents"]),
@@ -417,6 +428,7 @@ const result = {
   submit: submitAs,
   pipeline: pipelines,
   capacity,
+  growth,
   backends,
   scaling,
   verification,
@@ -434,6 +446,16 @@ if (capacity) {
     console.log(
       `  baseline edge (${b.dir}): dispatch ${b.figures.median.chunksPerSecond.toFixed(0)} chunks/s, submit ${b.figures.median.documentsPerSecond.toFixed(0)} documents/s, ${b.figures.median.bytesPerChunkFromDonor.toFixed(0)} B/chunk from donors; this/baseline: dispatch ${b.ratio.chunksPerSecond.toFixed(2)}x, submit ${b.ratio.documentsPerSecond.toFixed(2)}x`,
     );
+}
+if (growth) {
+  const g = growth;
+  const held = (g.batches - 1) * g.documents;
+  console.log(
+    `submission as the store fills (${g.batches} jobs of ${g.documents} documents, one edge): first ${g.first.toFixed(0)} documents/s, last ${g.last.toFixed(0)} with ${held} documents already kept (${g.lastOverFirst.toFixed(2)}x)` +
+      (g.baseline
+        ? `; baseline first ${g.baseline.first.toFixed(0)}, last ${g.baseline.last.toFixed(0)} (${g.baseline.lastOverFirst.toFixed(2)}x); this/baseline at the last ${g.baseline.thisOverBaseline.toFixed(2)}x`
+        : ""),
+  );
 }
 if (backends) {
   const { d1, postgres } = backends.backends;

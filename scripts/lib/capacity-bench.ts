@@ -100,6 +100,10 @@ function figures(rs: CapacityRun[]): CapacityFigures {
 /** What a checkout's harness offers: this one's, or a baseline checkout's (`--baseline-dir`). */
 type Harness = Pick<typeof here, "prepareLocalDatabase" | "startEdge" | "DEV_CREDENTIALS">;
 
+/** A baseline checkout's harness (built, with node_modules), to run its edge in the same run. */
+const baselineHarness = async (dir: string) =>
+  (await import(path.resolve(dir, "scripts/lib/local-edge.ts"))) as Harness;
+
 async function oneRun(
   harness: Harness,
   documents: number,
@@ -227,9 +231,7 @@ export async function capacityBench(opts: {
 }): Promise<CapacityReport> {
   const runs: Record<ResultFrames, CapacityRun[]> = { binary: [], json: [] };
   const baselineRuns: CapacityRun[] = [];
-  const baseline = opts.baselineDir
-    ? ((await import(path.resolve(opts.baselineDir, "scripts/lib/local-edge.ts"))) as Harness)
-    : null;
+  const baseline = opts.baselineDir ? await baselineHarness(opts.baselineDir) : null;
   const log = (r: number, what: string, run: CapacityRun) =>
     console.log(
       `capacity run ${r + 1}, ${what}: submit ${run.documentsPerSecond.toFixed(0)} documents/s, dispatch ${run.chunksPerSecond.toFixed(0)} chunks/s, ${run.bytesPerChunkToDonor.toFixed(0)} B/chunk to donors, ${run.bytesPerChunkFromDonor.toFixed(0)} B/chunk from donors, ${run.chunksPerTask.toFixed(0)} chunks a task`,
@@ -535,5 +537,85 @@ export async function scalingBench(opts: {
     secondShardAdds: median(twoShards) / median(oneShard) - 1,
     twoApart,
     secondShardApartAdds: median(twoApart) / median(oneShard) - 1,
+  };
+}
+
+export interface GrowthReport {
+  documents: number;
+  batches: number;
+  /** Documents/s of each batch, in order, on this checkout's edge (and the baseline's). */
+  rates: number[];
+  baselineRates: number[] | null;
+  /** Medians of the first and the last `ends` batches, and last over first. */
+  first: number;
+  last: number;
+  lastOverFirst: number;
+  baseline: { first: number; last: number; lastOverFirst: number; thisOverBaseline: number } | null;
+}
+
+/** Documents/s of `batches` submits of `documents` sentences each, one after another, on one edge. */
+async function growthRun(harness: Harness, documents: number, batches: number): Promise<number[]> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "p2pa-growth-"));
+  await harness.prepareLocalDatabase(dir);
+  const edge = await harness.startEdge({
+    port: await here.freePort(),
+    persistTo: dir,
+    vars: { DISPATCH_SHARDS: "1", VERIFY_CANARY_RATE: "0", VERIFICATION: "off" },
+  });
+  const rates: number[] = [];
+  try {
+    await submitSentences(edge.url, sentences(100, 999_999));
+    for (let b = 0; b < batches; b++) {
+      const texts = sentences(documents, 7_000 + b);
+      const t0 = performance.now();
+      await submitSentences(edge.url, texts);
+      rates.push(documents / ((performance.now() - t0) / 1000));
+    }
+    return rates;
+  } finally {
+    await edge.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Submission as the store fills: `batches` jobs of `documents` one-sentence documents sent one
+ * after another to one edge (no donors: every job stays queued, every document stays), so the
+ * last batches land on a store already holding (batches - 1) x documents. A submit whose cost
+ * grows with what is kept shows it here, where a fresh store hides it.
+ */
+export async function growthBench(opts: {
+  documents: number;
+  batches: number;
+  baselineDir?: string;
+}): Promise<GrowthReport> {
+  const ends = Math.min(3, Math.floor(opts.batches / 2));
+  const firstLast = (rates: number[]) => {
+    const first = median(rates.slice(0, ends));
+    const last = median(rates.slice(-ends));
+    return { first, last, lastOverFirst: last / first };
+  };
+  const rates = await growthRun(here, opts.documents, opts.batches);
+  console.log(`growth, this edge: ${rates.map((r) => r.toFixed(0)).join(" ")} documents/s`);
+  const mine = firstLast(rates);
+  let baselineRates: number[] | null = null;
+  if (opts.baselineDir) {
+    baselineRates = await growthRun(
+      await baselineHarness(opts.baselineDir),
+      opts.documents,
+      opts.batches,
+    );
+    console.log(
+      `growth, baseline edge: ${baselineRates.map((r) => r.toFixed(0)).join(" ")} documents/s`,
+    );
+  }
+  const b = baselineRates ? firstLast(baselineRates) : null;
+  return {
+    documents: opts.documents,
+    batches: opts.batches,
+    rates,
+    baselineRates,
+    ...mine,
+    baseline: b ? { ...b, thisOverBaseline: mine.last / b.last } : null,
   };
 }

@@ -936,7 +936,7 @@ describe("encryption at rest", () => {
     }
     const [originalKey] = await originalsOf(j1.id);
     // A short text's original is kept in D1, sealed as chunk text is.
-    expect(originalKey).toMatch(/^inline\//);
+    expect(originalKey).toMatch(/^doc\//);
     const raw = (await storedOriginal(originalKey as string)) as Uint8Array;
     expect(new TextDecoder().decode(raw).startsWith("p2pa1.1.")).toBe(true);
     const asText = new TextDecoder().decode(raw);

@@ -273,7 +273,7 @@ describe("versions by document id", () => {
 });
 
 describe("originals", () => {
-  it("keeps one sealed original per content, and none when the job says not to", async () => {
+  it("keeps each small text's sealed original with its version, one R2 object per long content, and none when the job says not to", async () => {
     const collection = `originals-${uid()}`;
     const text = `Shared ${uid()} content in two documents.`;
     const kept = await post({
@@ -283,18 +283,27 @@ describe("originals", () => {
         { id: "two", text },
       ],
     });
+    // A short text's original is a sealed row in D1, each version's own.
     const keys = await originalsOf(kept.id);
-    expect(keys.length).toBe(1);
-    const bytes = (await storedOriginal(keys[0] as string)) as Uint8Array;
-    // A short text's original is a sealed row in D1.
-    expect(keys[0]).toMatch(/^inline\//);
-    expect(new TextDecoder().decode(bytes).startsWith("p2pa1.")).toBe(true);
-    expect(new TextDecoder().decode(bytes)).not.toContain("Shared");
+    expect(keys).toEqual([`doc/t1/${kept.id}/0`, `doc/t1/${kept.id}/1`]);
+    for (const key of keys) {
+      const sealed = new TextDecoder().decode((await storedOriginal(key)) as Uint8Array);
+      expect(sealed.startsWith("p2pa1.")).toBe(true);
+      expect(sealed).not.toContain("Shared");
+    }
 
-    // A text over 8 KiB is an R2 object; small or large, it comes back as it was sent.
+    // A text over 8 KiB is an R2 object named by its content: two documents, one object,
+    // kept until neither names it.
     const long = `Long ${uid()} ${"a paragraph of words that goes on ".repeat(300)}`;
-    const big = await post({ collection, documents: [{ id: "long", text: long }] });
-    const [bigKey] = await originalsOf(big.id);
+    const big = await post({
+      collection,
+      documents: [
+        { id: "long", text: long },
+        { id: "long-copy", text: long },
+      ],
+    });
+    const [bigKey, ...others] = await originalsOf(big.id);
+    expect(others).toEqual([]);
     expect(bigKey).toMatch(/^raw\//);
     expect(await env.RAW.head(bigKey as string)).not.toBeNull();
     for (const [id, want] of [
@@ -306,6 +315,20 @@ describe("originals", () => {
       expect(res.headers.get("Content-Type")).toBe("text/plain; charset=utf-8");
       expect(await res.text()).toBe(want);
     }
+    // Deleting a document deletes its own original, and a shared one with the last that names it.
+    for (const job of [kept, big])
+      expect((await call(`/v1/jobs/${job.id}/cancel`, { method: "POST" })).status).toBe(200);
+    const drop = async (id: string) =>
+      expect(
+        (await call(`/v1/documents/${id}?collection=${collection}`, { method: "DELETE" })).status,
+      ).toBe(204);
+    await drop("long-copy");
+    expect(await env.RAW.head(bigKey as string)).not.toBeNull();
+    await drop("long");
+    expect(await env.RAW.head(bigKey as string)).toBeNull();
+    await drop("two");
+    expect(await storedOriginal(keys[1] as string)).toBeNull();
+    expect(await storedOriginal(keys[0] as string)).not.toBeNull();
 
     const none = await post({
       collection,

@@ -478,7 +478,7 @@ function expectTextAndOriginal(places: string[], what: string) {
 
 /** Opens an original as kept (sealed bytes from R2, or a sealed text row from D1). */
 async function openOriginal(tenant: string, key: string, sealed: Uint8Array): Promise<string> {
-  return key.startsWith("inline/")
+  return key.startsWith("doc/")
     ? await keyring().decrypt(tenant, utf8.decode(sealed), key)
     : utf8.decode(await keyring().decryptBytes(tenant, sealed, key));
 }

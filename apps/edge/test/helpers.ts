@@ -169,7 +169,8 @@ export async function answerChunks(
 }
 
 export async function submit(nDocs: number) {
-  // Each submit's texts are its own: originals are shared by content, so tests stay apart.
+  // Each submit's texts are its own: the embedding cache and long originals are shared by
+  // content, so tests stay apart.
   const nonce = crypto.randomUUID().slice(0, 8);
   const documents = Array.from({ length: nDocs }, (_, i) => ({
     text: `Document number ${i} says something short (${nonce}).`,
@@ -242,10 +243,10 @@ export async function originalsOf(jobId: string): Promise<string[]> {
 
 /**
  * An original as kept, sealed: an R2 object's bytes, or a small text's row in D1 (keys under
- * `inline/`), as UTF-8. Null when it is not kept.
+ * `doc/`, or `inline/` as kept before), as UTF-8. Null when it is not kept.
  */
 export async function storedOriginal(key: string): Promise<Uint8Array | null> {
-  if (key.startsWith("inline/")) {
+  if (key.startsWith("doc/") || key.startsWith("inline/")) {
     const row = await env.DB.prepare("SELECT body FROM originals WHERE key = ?")
       .bind(key)
       .first<{ body: string }>();

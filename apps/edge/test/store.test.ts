@@ -310,7 +310,7 @@ describe.each(BACKENDS)("the metadata store on $name", (b: Backend) => {
     expect((await store.liveRows(t, [["default", "a"]])).map((v) => [v.version, v.state])).toEqual([
       [2, "current"],
     ]);
-    expect(await store.originalsInUse(t, ["raw/a-1", "raw/a-2", "raw/x"])).toEqual(
+    expect(await store.sharedOriginalsInUse(t, ["raw/a-1", "raw/a-2", "raw/x"])).toEqual(
       new Set(["raw/a-1", "raw/a-2"]),
     );
     const prune = await store.versionsToPrune(t, 10);
@@ -319,7 +319,9 @@ describe.each(BACKENDS)("the metadata store on $name", (b: Backend) => {
     expect(await store.versionsToPrune(t, 10)).toEqual([]);
     expect((await store.getDocument(t, j1, `a@${j1}`))?.chunkIds).toEqual([]);
     expect((await store.getDocument(t, j1, `b@${j1}`))?.chunkIds.length).toBe(2);
-    expect(await store.originalsInUse(t, ["raw/a-1", "raw/a-2"])).toEqual(new Set(["raw/a-2"]));
+    expect(await store.sharedOriginalsInUse(t, ["raw/a-1", "raw/a-2"])).toEqual(
+      new Set(["raw/a-2"]),
+    );
     expect((await store.documentVersions(t, undefined, "a"))[1]?.prunedAt).toBeTruthy();
     expect(await store.listCollections(t)).toMatchObject([
       { name: "default", jobs: 2, documents: 2, chunks: 5 },
@@ -556,23 +558,33 @@ describe.each(BACKENDS)("the metadata store on $name", (b: Backend) => {
     ]);
   });
 
-  it("keeps small originals once each, and embedding vectors bit for bit", async () => {
+  it("keeps a version's own original in the transaction that adds the version, and embedding vectors bit for bit", async () => {
     const store = open();
     const t = unique("t");
-    await store.putOriginals(t, [
-      { key: "inline/a", mediaType: "text/plain", body: "sealed-a" },
-      { key: "inline/a", mediaType: "text/plain", body: "other" },
-      { key: "inline/b", mediaType: "text/markdown", body: "sealed-b" },
-    ]);
-    await store.putOriginals(t, [{ key: "inline/a", mediaType: "text/plain", body: "later" }]);
-    expect(await store.getOriginal(t, "inline/a")).toEqual({
+    const withOriginal = (job: NewJob, body: string) => {
+      const doc = job.documents[0] as NewJob["documents"][number];
+      doc.rawKey = `doc/${t}/${job.id}/0`;
+      doc.original = { mediaType: "text/plain", body };
+      return { job, key: doc.rawKey };
+    };
+    const first = withOriginal(newJob(unique("job_o"), 2, t), "sealed-a");
+    await store.createJob(first.job);
+    expect(await store.getOriginal(t, first.key)).toEqual({
       mediaType: "text/plain",
       body: "sealed-a",
     });
-    expect(await store.getOriginal(unique("t"), "inline/a")).toBeNull();
-    await store.deleteOriginals(t, ["inline/a"]);
-    expect(await store.getOriginal(t, "inline/a")).toBeNull();
-    expect(await store.getOriginal(t, "inline/b")).not.toBeNull();
+    expect(await store.getOriginal(unique("t"), first.key)).toBeNull();
+    // A job refused as a whole (its document names the first one's current version) keeps
+    // no original of its own.
+    const refused = withOriginal(newJob(unique("job_o"), 2, t), "sealed-b");
+    (refused.job.documents[0] as NewJob["documents"][number]).docKey = `${first.job.id}/doc`;
+    await expect(store.createJob(refused.job)).rejects.toMatchObject({ status: 409 });
+    expect(await store.getOriginal(t, refused.key)).toBeNull();
+    const second = withOriginal(newJob(unique("job_o"), 1, t), "sealed-c");
+    await store.createJob(second.job);
+    await store.deleteOriginals(t, [first.key]);
+    expect(await store.getOriginal(t, first.key)).toBeNull();
+    expect(await store.getOriginal(t, second.key)).not.toBeNull();
 
     const id = unique("job_e");
     await store.createJob(newJob(id, 2, t));
@@ -597,7 +609,7 @@ describe.each(BACKENDS)("the metadata store on $name", (b: Backend) => {
     await store.deleteDocument(hit, 0);
     expect((await store.cachedVectors(t, "use-lite", ["k1"])).size).toBe(0);
     await store.eraseTenant(t);
-    expect(await store.getOriginal(t, "inline/b")).toBeNull();
+    expect(await store.getOriginal(t, second.key)).toBeNull();
   });
 
   it("registers workers", async () => {

@@ -18,6 +18,7 @@ import {
   newCredentialRow,
   newDocumentRows,
   newJobRow,
+  newOriginalRows,
   noUsage,
   patchedSettings,
   pendingKeys,
@@ -31,6 +32,7 @@ import {
   toTenantSettings,
   withCounts,
 } from "./rows.js";
+import { SHARED_ORIGINAL } from "./schema.js";
 import * as schema from "./schema-pg.js";
 import type {
   CacheEntry,
@@ -432,6 +434,16 @@ export class PgStore extends StoreBase implements MetadataStore {
         WHERE tenant = ${tenant} AND collection = ${collection} AND state = 'pending'
           AND job_id <> ${jobId} AND doc_key = ANY(${texts(pending)})`);
     for (const group of jsonGroups(
+      newOriginalRows(input.documents).map((r) => ({
+        key: r.key,
+        media_type: r.mediaType,
+        body: r.body,
+      })),
+    ))
+      await tx.execute(sql`INSERT INTO originals (key, tenant, media_type, body)
+        SELECT x.key, ${tenant}, x.media_type, x.body
+        FROM json_to_recordset(${group}::json) AS x(key text, media_type text, body text)`);
+    for (const group of jsonGroups(
       newDocumentRows(input).map((d) => ({
         seq: d.seq,
         id: d.id,
@@ -764,10 +776,11 @@ export class PgStore extends StoreBase implements MetadataStore {
     });
   }
 
-  async originalsInUse(tenant: string, rawKeys: string[]): Promise<Set<string>> {
+  async sharedOriginalsInUse(tenant: string, rawKeys: string[]): Promise<Set<string>> {
     if (rawKeys.length === 0) return new Set();
     const rows = await this.rows<{ k: string }>(sql`SELECT DISTINCT raw_key AS k FROM documents
-      WHERE tenant = ${tenant} AND raw_key = ANY(${texts(rawKeys)}) AND pruned_at IS NULL`);
+      WHERE raw_key = ANY(${texts(rawKeys)}) AND ${sql.raw(SHARED_ORIGINAL)}
+        AND tenant = ${tenant} AND pruned_at IS NULL`);
     return new Set(rows.map((r) => r.k));
   }
 
@@ -785,20 +798,6 @@ export class PgStore extends StoreBase implements MetadataStore {
       WHERE d.tenant = ${tenant} AND d.state IN ('current', 'pending')
         AND (d.collection, d.doc_key) IN (SELECT * FROM unnest(${texts(names.map((n) => n[0]))},
           ${texts(names.map((n) => n[1]))}))`);
-  }
-
-  async putOriginals(tenant: string, rows: { key: string; mediaType: string; body: string }[]) {
-    const groups = jsonGroups(
-      rows.map((r) => ({ key: r.key, media_type: r.mediaType, body: r.body })),
-    );
-    if (groups.length === 0) return;
-    await this.pg.transaction(async (tx) => {
-      for (const group of groups)
-        await tx.execute(sql`INSERT INTO originals (key, tenant, media_type, body)
-          SELECT x.key, ${tenant}, x.media_type, x.body
-          FROM json_to_recordset(${group}::json) AS x(key text, media_type text, body text)
-          ON CONFLICT DO NOTHING`);
-    });
   }
 
   async getOriginal(tenant: string, key: string) {

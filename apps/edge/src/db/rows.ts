@@ -351,6 +351,15 @@ export function newDocumentRows(input: {
   }));
 }
 
+/** The originals that go with their versions' rows (small texts, sealed), keyed as the row says. */
+export function newOriginalRows(documents: readonly NewDocument[]) {
+  return documents.flatMap((d) =>
+    d.original && d.rawKey
+      ? [{ key: d.rawKey, mediaType: d.original.mediaType, body: d.original.body }]
+      : [],
+  );
+}
+
 /** The names of new versions that wait for chunks: each supersedes one still pending. */
 export function pendingKeys(documents: readonly NewDocument[]): string[] {
   return documents.filter((d) => d.state === "pending").map((d) => d.docKey);

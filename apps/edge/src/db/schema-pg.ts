@@ -11,7 +11,7 @@ import {
   primaryKey,
   uniqueIndex,
 } from "drizzle-orm/pg-core";
-import type { DOCUMENT_STATES } from "./schema.js";
+import { type DOCUMENT_STATES, SHARED_ORIGINAL } from "./schema.js";
 
 /**
  * The metadata of schema.ts on Postgres (the `postgres` metadata backend, pg-store.ts): the
@@ -137,7 +137,9 @@ export const documents = pgTable(
       .on(t.tenant, t.collection, t.docKey)
       .where(sql`state = 'pending'`),
     index("documents_versions").on(t.tenant, t.collection, t.docKey, t.version),
-    index("documents_hash").on(t.tenant, t.contentHash),
+    // Which documents still name a shared original (ingest/originals.ts): only those are
+    // indexed, so a document's own original costs no entry at a random place of an index.
+    index("documents_shared_original").on(t.rawKey).where(sql.raw(SHARED_ORIGINAL)),
   ],
 );
 

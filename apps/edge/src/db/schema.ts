@@ -111,6 +111,14 @@ export const jobs = sqliteTable(
 export const DOCUMENT_STATES = ["pending", "current", "superseded", "failed", "cancelled"] as const;
 
 /**
+ * The versions that name a shared original: one kept under its content's hash, which other
+ * documents may name too (files and long texts in R2, and small texts kept before each version
+ * had its own, `doc/<tenant>/<job>/<seq>`). The condition of the index that finds them, and of
+ * the query that uses it, word for word (SQLite uses a partial index only then).
+ */
+export const SHARED_ORIGINAL = "raw_key NOT LIKE 'doc/%'";
+
+/**
  * One version of a document: the row a job made for it. A document is named by `docKey`
  * within a tenant's collection; its `current` version is the one search shows. A new version
  * is `pending` until all its chunks are stored, then becomes `current` in the same transaction
@@ -155,7 +163,9 @@ export const documents = sqliteTable(
       .on(t.tenant, t.collection, t.docKey)
       .where(sql`state = 'pending'`),
     index("documents_versions").on(t.tenant, t.collection, t.docKey, t.version),
-    index("documents_hash").on(t.tenant, t.contentHash),
+    // Which documents still name a shared original (ingest/originals.ts): only those are
+    // indexed, so a document's own original costs no entry at a random place of an index.
+    index("documents_shared_original").on(t.rawKey).where(sql.raw(SHARED_ORIGINAL)),
   ],
 );
 

@@ -43,6 +43,7 @@ import {
   newCredentialRow,
   newDocumentRows,
   newJobRow,
+  newOriginalRows,
   noUsage,
   patchedSettings,
   pendingKeys,
@@ -182,13 +183,8 @@ export interface MetadataStore {
   versionsToPrune(tenant: string, limit: number): Promise<VersionRow[]>;
   /** Removes superseded versions' chunks, keyword and cache entries (their rows stay). */
   pruneVersions(versions: { jobId: string; seq: number; id: string }[]): Promise<void>;
-  /** Which of these originals a live row still names. */
-  originalsInUse(tenant: string, rawKeys: string[]): Promise<Set<string>>;
-  /** Keeps small originals (sealed by the caller) in D1; one already kept is left as it is. */
-  putOriginals(
-    tenant: string,
-    rows: { key: string; mediaType: string; body: string }[],
-  ): Promise<void>;
+  /** Which of these shared originals (schema.SHARED_ORIGINAL) a live row still names. */
+  sharedOriginalsInUse(tenant: string, rawKeys: string[]): Promise<Set<string>>;
   /** A small original kept in D1, sealed, or null. */
   getOriginal(tenant: string, key: string): Promise<{ mediaType: string; body: string } | null>;
   /** Deletes small originals kept in D1. */
@@ -267,6 +263,8 @@ export interface NewDocument {
   fingerprint: string;
   rawKey: string | null;
   createdAt: string;
+  /** The version's own original (a small text, sealed by the caller), kept under `rawKey`. */
+  original?: { mediaType: string; body: string };
 }
 
 export interface NewChunk {
@@ -948,6 +946,12 @@ export class D1Store extends StoreBase implements MetadataStore {
     out.push(
       ...jsonRowInserts(
         db,
+        "originals",
+        ["key", "tenant", "media_type", "body"],
+        newOriginalRows(input.documents).map((r) => [r.key, tenant, r.mediaType, r.body]),
+      ),
+      ...jsonRowInserts(
+        db,
         "documents",
         DOCUMENT_COLUMNS,
         newDocumentRows(input).map((r) => [
@@ -1194,14 +1198,21 @@ export class D1Store extends StoreBase implements MetadataStore {
     if (first) await this.db.batch([first, ...rest]);
   }
 
-  async originalsInUse(tenant: string, rawKeys: string[]): Promise<Set<string>> {
+  async sharedOriginalsInUse(tenant: string, rawKeys: string[]): Promise<Set<string>> {
     const d = schema.documents;
     const out = new Set<string>();
     for (const keys of bindable(rawKeys, 2)) {
       const rows = await this.db
         .selectDistinct({ k: d.rawKey })
         .from(d)
-        .where(and(eq(d.tenant, tenant), inArray(d.rawKey, keys), isNull(d.prunedAt)))
+        .where(
+          and(
+            inArray(d.rawKey, keys),
+            sql.raw(schema.SHARED_ORIGINAL),
+            eq(d.tenant, tenant),
+            isNull(d.prunedAt),
+          ),
+        )
         .all();
       for (const r of rows) if (r.k) out.add(r.k);
     }
@@ -1237,17 +1248,6 @@ export class D1Store extends StoreBase implements MetadataStore {
       );
     }
     return out;
-  }
-
-  async putOriginals(tenant: string, rows: { key: string; mediaType: string; body: string }[]) {
-    const [first, ...rest] = jsonRowInserts(
-      this.db,
-      "originals",
-      ["key", "tenant", "media_type", "body"],
-      rows.map((r) => [r.key, tenant, r.mediaType, r.body]),
-      "INSERT OR IGNORE",
-    );
-    if (first) await this.db.batch([first, ...rest]);
   }
 
   async getOriginal(tenant: string, key: string) {

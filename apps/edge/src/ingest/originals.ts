@@ -1,19 +1,25 @@
-import type { MetadataStore } from "../db/store.js";
+import type { MetadataStore, NewDocument } from "../db/store.js";
 import type { Keyring } from "../lib/keyring.js";
 import { slices } from "../lib/slices.js";
 
 /**
  * The document store: each document's original, as submitted (a file's bytes, or a JSON or
- * NDJSON document's text), under the tenant and its content hash, sealed under the tenant's
- * key bound to where it is kept, so a copy of the store alone reveals nothing. Documents with
- * the same content share one original; it goes when the last version naming it goes.
+ * NDJSON document's text), sealed under the tenant's key bound to where it is kept, so a copy
+ * of the store alone reveals nothing.
  *
  * Where it is kept follows from its key:
- *   - `raw/<tenant>/docs/<sha256>`: an R2 object (files, and texts over INLINE_MAX_BYTES);
- *   - `inline/<tenant>/<sha256>`: a row of D1's `originals` (small texts), written in one
- *     statement with many others. One object per sentence made a submit of 10,000 short
- *     documents spend 12 s on object writes (in production, as many billed writes, each a
- *     round trip).
+ *   - `raw/<tenant>/docs/<sha256>`: an R2 object (files, and texts over INLINE_MAX_BYTES),
+ *     named by its content: documents with the same content share it, and it goes when the
+ *     last version naming it goes;
+ *   - `doc/<tenant>/<job>/<seq>`: a row of D1's `originals` (small texts), the version's own,
+ *     written in the transaction that adds the version and removed with it. One object per
+ *     sentence made a submit of 10,000 short documents spend 12 s on object writes (in
+ *     production, as many billed writes, each a round trip); and a row named by its content
+ *     cost an entry at a random place of two indexes (the key's, and the one that finds who
+ *     else names it): with 200,000 documents kept, SQLite spent three times as long on a
+ *     submit as without them;
+ *   - `inline/<tenant>/<sha256>`: a row of `originals` shared by content, as small texts were
+ *     kept before; read and removed like the R2 objects.
  */
 
 /** Texts up to this size (UTF-8) are kept in D1. */
@@ -23,8 +29,8 @@ const R2_WRITES = 16;
 /** Keys per R2 delete call (R2's limit). */
 const R2_DELETES = 1000;
 
-const INLINE = "inline/";
-const isInline = (key: string) => key.startsWith(INLINE);
+const OWN = "doc/";
+const isInline = (key: string) => key.startsWith(OWN) || key.startsWith("inline/");
 
 /** An original to keep: a file's bytes, or the text a document was sent as. */
 export type NewOriginal =
@@ -32,36 +38,36 @@ export type NewOriginal =
   | { key: string; bytes: Uint8Array; mediaType: string };
 
 /**
- * Where an original is kept: a text sent as such (no file) small enough goes to D1, anything
- * else to R2, under the tenant and its content hash either way.
+ * Where a document version's original is kept: a text sent as such (no file) small enough is
+ * the version's own row in D1, anything else an R2 object under the tenant and its content hash.
  */
 export function originalKey(
   tenant: string,
-  contentHash: string,
+  version: { jobId: string; seq: number; contentHash: string },
   original: { file: boolean; bytes: number },
 ): string {
   return !original.file && original.bytes <= INLINE_MAX_BYTES
-    ? `${INLINE}${tenant}/${contentHash}`
-    : `raw/${tenant}/docs/${contentHash}`;
+    ? `${OWN}${tenant}/${version.jobId}/${version.seq}`
+    : `raw/${tenant}/docs/${version.contentHash}`;
 }
 
-/** Keeps originals, sealed: the small texts in one D1 write, the rest as R2 objects. */
-export async function putOriginals(
+/**
+ * Keeps the documents' originals, sealed: a small text goes with its document's row (`original`,
+ * written in the same transaction), anything else to R2 now, before the rows that name it.
+ */
+export async function keepOriginals(
   env: Env,
-  store: MetadataStore,
   keyring: Keyring,
   tenant: string,
-  originals: NewOriginal[],
+  originals: { doc: NewDocument; original: NewOriginal }[],
 ): Promise<void> {
-  const rows: { key: string; mediaType: string; body: string }[] = [];
   const objects: { key: string; bytes: Uint8Array; mediaType: string }[] = [];
-  for (const o of originals) {
+  for (const { doc, original: o } of originals) {
     if (isInline(o.key) && "text" in o)
-      rows.push({
-        key: o.key,
+      doc.original = {
         mediaType: o.mediaType,
         body: await keyring.encrypt(tenant, o.text, o.key),
-      });
+      };
     else
       objects.push({
         key: o.key,
@@ -69,7 +75,6 @@ export async function putOriginals(
         bytes: "bytes" in o ? o.bytes : new TextEncoder().encode(o.text),
       });
   }
-  if (rows.length) await store.putOriginals(tenant, rows);
   for (const group of slices(objects, R2_WRITES)) {
     await Promise.all(
       group.map(async (o) =>
@@ -102,7 +107,10 @@ export async function getOriginal(
   return { bytes, mediaType: obj.customMetadata?.mediaType ?? "application/octet-stream" };
 }
 
-/** Deletes the originals among `keys` that no remaining document names. */
+/**
+ * Deletes the originals of versions that are gone: each one's own, and the shared ones among
+ * `keys` that no remaining document names.
+ */
 export async function dropOriginals(
   env: Env,
   store: MetadataStore,
@@ -110,8 +118,10 @@ export async function dropOriginals(
   keys: string[],
 ): Promise<void> {
   if (keys.length === 0) return;
-  const inUse = await store.originalsInUse(tenant, keys);
-  const unused = [...new Set(keys)].filter((k) => !inUse.has(k));
+  const all = [...new Set(keys)];
+  const shared = all.filter((k) => !k.startsWith(OWN));
+  const inUse = shared.length ? await store.sharedOriginalsInUse(tenant, shared) : new Set();
+  const unused = all.filter((k) => !inUse.has(k));
   const inline = unused.filter(isInline);
   if (inline.length) await store.deleteOriginals(tenant, inline);
   for (const group of slices(

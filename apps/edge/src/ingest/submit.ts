@@ -35,7 +35,7 @@ import { filterableKeys } from "../vector/config.js";
 import { getVectorIndex, upsertVectors } from "../vector/index.js";
 import type { Section } from "./extract/index.js";
 import { detectLanguages, normaliseText } from "./extract/index.js";
-import { type NewOriginal, originalKey, putOriginals } from "./originals.js";
+import { keepOriginals, type NewOriginal, originalKey } from "./originals.js";
 
 /**
  * The submit flow every way in shares (a JSON job, an NDJSON stream, file uploads, appends to
@@ -262,7 +262,7 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
     cache: { hits: 0, misses: 0 },
   };
   const items: QueuedItem[] = [];
-  const originals: NewOriginal[] = [];
+  const originals: { doc: NewDocument; original: NewOriginal }[] = [];
   const seen = new Set<string>();
   const languagePending: {
     doc: NewDocument;
@@ -297,18 +297,16 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
     const docId = d.id ?? `${jobId}-${seq}`;
     const metadata = metadataOf[i] ?? null;
     const rawKey = settings.keepOriginals
-      ? originalKey(tenant, contentHash, {
-          file: d.original !== undefined,
-          bytes: d.original?.bytes.length ?? new TextEncoder().encode(d.text).length,
-        })
+      ? originalKey(
+          tenant,
+          { jobId, seq, contentHash },
+          {
+            file: d.original !== undefined,
+            bytes: d.original?.bytes.length ?? new TextEncoder().encode(d.text).length,
+          },
+        )
       : null;
-    if (rawKey)
-      originals.push(
-        d.original
-          ? { key: rawKey, bytes: d.original.bytes, mediaType: d.original.mediaType }
-          : { key: rawKey, text: d.text, mediaType: "text/plain; charset=utf-8" },
-      );
-    out.documents.push({
+    const doc: NewDocument = {
       seq,
       id: docId,
       metadata,
@@ -320,10 +318,18 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
       fingerprint,
       rawKey,
       createdAt: now,
-    });
+    };
+    out.documents.push(doc);
+    if (rawKey)
+      originals.push({
+        doc,
+        original: d.original
+          ? { key: rawKey, bytes: d.original.bytes, mediaType: d.original.mediaType }
+          : { key: rawKey, text: d.text, mediaType: "text/plain; charset=utf-8" },
+      });
     // Filled in once the batch is past its checks (language detection costs CPU per document).
     const meta: Record<string, string | number | boolean> = {};
-    languagePending.push({ doc: out.documents.at(-1) as NewDocument, text, meta });
+    languagePending.push({ doc, text, meta });
     const pieces: SectionChunk[] = d.sections
       ? chunkSections(text, d.sections, chunkOptions)
       : chunkText(text, chunkOptions);
@@ -414,8 +420,8 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
   const prefix = ctx.firstSeq === 0 ? `${jobId}.t` : `${jobId}.s${ctx.firstSeq}.t`;
   out.tasks.push(...tasksOf(prefix, work));
 
-  // Originals first: once the rows exist, what they were made from is already kept (sealed).
-  await putOriginals(env, store, keyring, tenant, originals);
+  // Originals before the rows that name them: R2's now, D1's in the rows' own transaction.
+  await keepOriginals(env, keyring, tenant, originals);
   // The keyword index holds each chunk's words as hashes under the tenant's term key.
   const hasher = await indexHasher(keyring, tenant);
   await Promise.all(

@@ -1,0 +1,2 @@
+DROP INDEX "documents_hash";--> statement-breakpoint
+CREATE INDEX "documents_shared_original" ON "documents" USING btree ("raw_key") WHERE raw_key NOT LIKE 'doc/%';
