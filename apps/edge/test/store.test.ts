@@ -328,6 +328,45 @@ describe.each(BACKENDS)("the metadata store on $name", (b: Backend) => {
     ]);
   });
 
+  it("makes a new version current on arrival when the cache has every chunk, and only then", async () => {
+    const store = open();
+    const t = unique("t");
+    const [j1, j2] = [unique("job_c1"), unique("job_c2")];
+    await store.createJob(
+      jobOf(j1, t, [version(j1, 0, "a"), version(j1, 1, "b"), version(j1, 2, "c")]),
+    );
+    await store.recordDone(j1, await ids(store, t, j1));
+    const fromCache = (v: ReturnType<typeof version>, cached: boolean[]) => ({
+      ...v,
+      chunks: v.chunks.map((c, i) => ({ ...c, cacheKey: `k-${c.id}`, cached: cached[i] })),
+    });
+    const pending = { state: "pending" as const, version: 2 };
+    const { job } = await store.createJob(
+      jobOf(j2, t, [
+        fromCache(version(j2, 0, "a", pending), [true, true]),
+        fromCache(version(j2, 1, "b", pending), [true, false]),
+        version(j2, 2, "c", { ...pending, chunks: 0 }),
+      ]),
+    );
+    expect(job.chunks).toMatchObject({ total: 4, done: 3, cached: 3 });
+    const states = async (key: string) =>
+      (await store.documentVersions(t, "default", key)).map((v) => [v.version, v.state]);
+    // Everything from the cache, or nothing to compute: current at once, the old one superseded.
+    expect(await states("a")).toEqual([
+      [2, "current"],
+      [1, "superseded"],
+    ]);
+    expect(await states("c")).toEqual([
+      [2, "current"],
+      [1, "superseded"],
+    ]);
+    // One chunk still to compute: pending, the old one still current.
+    expect(await states("b")).toEqual([
+      [2, "pending"],
+      [1, "current"],
+    ]);
+  });
+
   it("fails a version with a failed chunk and keeps the current one; a newer pending one supersedes it", async () => {
     const store = open();
     const t = unique("t");

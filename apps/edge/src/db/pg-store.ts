@@ -19,6 +19,7 @@ import {
   newDocumentRows,
   newJobRow,
   newOriginalRows,
+  settledOnArrival,
   noUsage,
   patchedSettings,
   pendingKeys,
@@ -493,11 +494,7 @@ export class PgStore extends StoreBase implements MetadataStore {
       await tx.execute(sql`UPDATE embedding_cache SET job_id = ${jobId}
         WHERE tenant = ${tenant} AND model = (SELECT model FROM jobs WHERE id = ${jobId})
           AND key = ANY(${texts(hits)})`);
-    await this.promotion(
-      tx,
-      jobId,
-      input.documents.map((d) => d.seq),
-    );
+    await this.promotion(tx, jobId, settledOnArrival(input));
   }
 
   /**

@@ -360,6 +360,19 @@ export function newOriginalRows(documents: readonly NewDocument[]) {
   );
 }
 
+/**
+ * The new pending versions with nothing to compute (every chunk from the cache, or none): the
+ * only ones that can settle as they arrive. A new version that is current from the start has
+ * nothing to settle, and none has a failed chunk yet.
+ */
+export function settledOnArrival(input: {
+  documents: readonly NewDocument[];
+  chunks: readonly NewChunk[];
+}): number[] {
+  const open = new Set(input.chunks.flatMap((c) => (c.cached ? [] : [c.documentSeq])));
+  return input.documents.flatMap((d) => (d.state === "pending" && !open.has(d.seq) ? [d.seq] : []));
+}
+
 /** The names of new versions that wait for chunks: each supersedes one still pending. */
 export function pendingKeys(documents: readonly NewDocument[]): string[] {
   return documents.filter((d) => d.state === "pending").map((d) => d.docKey);

@@ -44,6 +44,7 @@ import {
   newDocumentRows,
   newJobRow,
   newOriginalRows,
+  settledOnArrival,
   noUsage,
   patchedSettings,
   pendingKeys,
@@ -1006,12 +1007,7 @@ export class D1Store extends StoreBase implements MetadataStore {
           .where(and(eq(e.tenant, tenant), sql`${e.model} = ${model}`, inArray(e.key, keys))),
       );
     }
-    out.push(
-      ...this.promotionsOf(
-        jobId,
-        input.documents.map((d) => d.seq),
-      ).stmts,
-    );
+    out.push(...this.promotionsOf(jobId, settledOnArrival(input)).stmts);
     return out;
   }
 
