@@ -27,7 +27,7 @@ import { AppError, noCapacity } from "../lib/errors.js";
 import { requireModel } from "../lib/models.js";
 import { settings } from "../lib/settings.js";
 import { slices } from "../lib/slices.js";
-import { tokenCounter } from "../lib/tokens.js";
+import { windowFit } from "../lib/tokens.js";
 import { maskPersonalData } from "../privacy/mask.js";
 import { indexHasher } from "../search/terms.js";
 import { assertChunkQuota } from "../tenant/limits.js";
@@ -218,11 +218,9 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
   const store = openStore(env);
   const keyring = keyringFor(env);
   const now = new Date().toISOString();
-  const info = requireModel(env, settings.model);
-  const count = await tokenCounter(env, settings.model);
   const chunkOptions: ChunkOptions = {
     ...settings.chunking,
-    fits: (t: string) => count(t) <= info.maxTokens,
+    fits: await windowFit(env, settings.model),
   };
   const filterable = filterableKeys(env);
 

@@ -62,6 +62,11 @@ async function loadHf(info: RegisteredModel): Promise<Count> {
   return (t) => tokenizer.encode(t).ids.length;
 }
 
+function useLiteTokenizer(): UseTokenizer {
+  useLite ??= new UseTokenizer(vocabulary as unknown as UseVocabulary);
+  return useLite;
+}
+
 /**
  * Counts tokens the way the model's own tokenizer does, so the edge can size chunks for the
  * model's window: USE-lite's vocabulary is bundled with the Worker; a registered model's
@@ -70,8 +75,7 @@ async function loadHf(info: RegisteredModel): Promise<Count> {
 export async function tokenCounter(env: Pick<Env, "MODELS">, model: string): Promise<Count> {
   const info = requireModel(env, model);
   if (info.tokenizer === "use-lite") {
-    useLite ??= new UseTokenizer(vocabulary as unknown as UseVocabulary);
-    const t = useLite;
+    const t = useLiteTokenizer();
     return (text) => t.encode(text).length;
   }
   const key = `${info.id}\n${info.manifest?.sha256}`;
@@ -88,6 +92,23 @@ export async function tokenCounter(env: Pick<Env, "MODELS">, model: string): Pro
   } catch (err) {
     throw unavailable(model, err instanceof Error ? err.message : String(err));
   }
+}
+
+/**
+ * Whether a text fits the model's window, as chunks are sized: USE-lite encodes only the texts
+ * too long to fit on their length alone.
+ */
+export async function windowFit(
+  env: Pick<Env, "MODELS">,
+  model: string,
+): Promise<(text: string) => boolean> {
+  const info = requireModel(env, model);
+  if (info.tokenizer === "use-lite") {
+    const t = useLiteTokenizer();
+    return (text) => t.fits(text, info.maxTokens);
+  }
+  const count = await tokenCounter(env, model);
+  return (text) => count(text) <= info.maxTokens;
 }
 
 /** Refuses texts the model would have to truncate (the real-time endpoints). */

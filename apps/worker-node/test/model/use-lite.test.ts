@@ -64,7 +64,13 @@ describe("USE-lite on onnxruntime vs TF.js", () => {
         { length: len },
         () => alphabet[Math.floor(rand() * alphabet.length)],
       ).join("");
-      expect(tokenizer.encode(s), JSON.stringify(s)).toEqual(reference.tokenizer.encode(s));
+      const ids = tokenizer.encode(s);
+      expect(ids, JSON.stringify(s)).toEqual(reference.tokenizer.encode(s));
+      // The length bound the edge sizes chunks with never says a text fits when it does not.
+      for (const limit of [0, ids.length - 1, ids.length, Array.from(s).length])
+        expect(tokenizer.fits(s, limit), `${JSON.stringify(s)} in ${limit}`).toBe(
+          ids.length <= limit,
+        );
     }
     expect(embedder.countTokens(LONG)).toBeGreaterThan(USE_LITE_MANIFEST.maxTokens);
   });

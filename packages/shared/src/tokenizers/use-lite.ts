@@ -53,6 +53,15 @@ export class UseTokenizer {
     }
   }
 
+  /**
+   * Whether `text` is at most `limit` tokens. Every token covers at least one symbol of the
+   * normalised text, so one no longer in UTF-16 units than `limit` fits without being encoded
+   * (chunks are sized by this on every submit).
+   */
+  fits(text: string, limit: number): boolean {
+    return normalizeUseInput(text).length <= limit || this.encode(text).length <= limit;
+  }
+
   /** Token ids of `text`, as the reference tokenizer produces them. */
   encode(text: string): number[] {
     // Symbols are code points (for..of), so an emoji is one symbol, not two UTF-16 units.
