@@ -189,6 +189,26 @@ describe.each(BACKENDS)("Keyring on $name: encrypt and decrypt", (be: Backend) =
     await new Keyring(db, keys).encrypt(t, "x", "c");
     expect(prepared()).toBe(before);
   });
+
+  it("seals many texts at once, in order, each under an IV of its own and bound to its context", async () => {
+    const kr = new Keyring(storage(be), keys);
+    const t = tenant();
+    expect(await kr.encryptAll(t, [])).toEqual([]);
+    // More IVs than one getRandomValues call gives (65,536 bytes: 5,461 IVs).
+    const items = Array.from({ length: 6000 }, (_, i) => ({
+      plaintext: i % 2 ? `text ${i}` : "same text",
+      context: `chunk.${i}`,
+    }));
+    const sealed = await kr.encryptAll(t, items);
+    expect(sealed).toHaveLength(items.length);
+    const ivs = new Set(sealed.map((c) => c.split(".")[2]?.slice(0, 16)));
+    expect(ivs.size).toBe(items.length);
+    const back = await Promise.all(sealed.map((c, i) => kr.decrypt(t, c, `chunk.${i}`)));
+    expect(back).toEqual(items.map((x) => x.plaintext));
+    await expect(kr.decrypt(t, sealed[0] as string, "chunk.2")).rejects.toBeInstanceOf(
+      DecryptError,
+    );
+  });
 });
 
 describe.each(BACKENDS)("Keyring on $name: keys at rest", (be: Backend) => {

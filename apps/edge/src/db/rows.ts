@@ -499,7 +499,10 @@ export abstract class StoreBase {
 
   /** New chunks' text, each sealed under the tenant's key and bound to its chunk id. */
   protected sealChunks(tenant: string, chunks: readonly NewChunk[]): Promise<string[]> {
-    return Promise.all(chunks.map((c) => this.seal.encrypt(tenant, c.text, c.id)));
+    return this.seal.encryptAll(
+      tenant,
+      chunks.map((c) => ({ plaintext: c.text, context: c.id })),
+    );
   }
 
   /** Rows as chunks, their text opened (null once purged by retention). */

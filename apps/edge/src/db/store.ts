@@ -44,13 +44,13 @@ import {
   newDocumentRows,
   newJobRow,
   newOriginalRows,
-  settledOnArrival,
   noUsage,
   patchedSettings,
   pendingKeys,
   type RecordGroups,
   removedCounters,
   StoreBase,
+  settledOnArrival,
   settledStatus,
   toApiKey,
   toCredential,
@@ -247,7 +247,10 @@ export interface ChunkUsage {
 
 /** Seals and opens document text at rest; the store never holds a key itself. */
 export interface TextSealer {
-  encrypt(tenant: string, plaintext: string, context: string): Promise<string>;
+  encryptAll(
+    tenant: string,
+    items: readonly { plaintext: string; context: string }[],
+  ): Promise<string[]>;
   decrypt(tenant: string, ciphertext: string, context: string): Promise<string>;
 }
 

@@ -10,13 +10,12 @@ import type { QueuedItem } from "./task-queue.js";
 const context = (chunkId: string) => `task:${chunkId}`;
 
 /** Seals each item's text (as the API hands tasks to the coordinator). */
-export function sealItems(keyring: Keyring, tenant: string, items: QueuedItem[]) {
-  return Promise.all(
-    items.map(async (i) => ({
-      ...i,
-      text: await keyring.encrypt(tenant, i.text, context(i.chunkId)),
-    })),
+export async function sealItems(keyring: Keyring, tenant: string, items: QueuedItem[]) {
+  const sealed = await keyring.encryptAll(
+    tenant,
+    items.map((i) => ({ plaintext: i.text, context: context(i.chunkId) })),
   );
+  return items.map((i, n) => ({ ...i, text: sealed[n] as string }));
 }
 
 /** Opens each item's text for the worker that leased it; text queued before sealing passes. */

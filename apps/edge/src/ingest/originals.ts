@@ -62,12 +62,9 @@ export async function keepOriginals(
   originals: { doc: NewDocument; original: NewOriginal }[],
 ): Promise<void> {
   const objects: { key: string; bytes: Uint8Array; mediaType: string }[] = [];
+  const inline: { doc: NewDocument; key: string; text: string; mediaType: string }[] = [];
   for (const { doc, original: o } of originals) {
-    if (isInline(o.key) && "text" in o)
-      doc.original = {
-        mediaType: o.mediaType,
-        body: await keyring.encrypt(tenant, o.text, o.key),
-      };
+    if (isInline(o.key) && "text" in o) inline.push({ doc, ...o });
     else
       objects.push({
         key: o.key,
@@ -75,6 +72,13 @@ export async function keepOriginals(
         bytes: "bytes" in o ? o.bytes : new TextEncoder().encode(o.text),
       });
   }
+  const bodies = await keyring.encryptAll(
+    tenant,
+    inline.map((o) => ({ plaintext: o.text, context: o.key })),
+  );
+  inline.forEach((o, i) => {
+    o.doc.original = { mediaType: o.mediaType, body: bodies[i] as string };
+  });
   for (const group of slices(objects, R2_WRITES)) {
     await Promise.all(
       group.map(async (o) =>
