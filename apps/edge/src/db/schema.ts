@@ -238,9 +238,10 @@ export const embeddingCache = sqliteTable(
 
 /**
  * Originals of small text documents (sent as JSON or NDJSON text), sealed, kept here rather
- * than as one R2 object each: a submit of 10,000 sentences was 10,000 object writes. Keyed like
- * R2's originals, under the tenant and the content's hash (`inline/<tenant>/<sha256>`), so
- * documents with the same text share one row; see ingest/originals.ts.
+ * than as one R2 object each: a submit of 10,000 sentences was 10,000 object writes. Each is
+ * its version's own (`doc/<tenant>/<job>/<seq>`), written with the version's row and deleted
+ * with it; rows kept before then are shared by content (`inline/<tenant>/<sha256>`). See
+ * ingest/originals.ts.
  */
 export const originals = sqliteTable(
   "originals",
