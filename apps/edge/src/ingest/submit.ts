@@ -422,11 +422,10 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
   await keepOriginals(env, keyring, tenant, originals);
   // The keyword index holds each chunk's words as hashes under the tenant's term key.
   const hasher = await indexHasher(keyring, tenant);
-  await Promise.all(
-    out.chunks.map(async (ch) => {
-      ch.terms = await hasher.document(ch.text);
-    }),
-  );
+  const terms = await hasher.documents(out.chunks.map((ch) => ch.text));
+  out.chunks.forEach((ch, i) => {
+    ch.terms = terms[i] as string;
+  });
   return out;
 }
 

@@ -18,21 +18,42 @@ import { MAX_QUERY_WORDS, STOPWORDS, words } from "./words.js";
 const HASH_HEX = 16;
 /** Hashes words under one term key, each distinct word once. */
 export class TermHasher {
-  private readonly memo = new Map<string, Promise<string>>();
+  /** Each word's hash, once known. */
+  private readonly known = new Map<string, string>();
+  /** Digests still being computed. */
+  private readonly pending = new Map<string, Promise<string>>();
   constructor(private readonly key: CryptoKey) {}
 
   /** The FTS5 document for `text`: its words' hashes in order, space-separated. */
   async document(text: string): Promise<string> {
-    return (await Promise.all(words(text).map((w) => this.hash(w)))).join(" ");
+    return (await this.documents([text]))[0] as string;
+  }
+
+  /**
+   * The FTS5 documents of many texts. Their distinct words are hashed first, each once, and
+   * the documents then spelled from those: a submit's chunks repeat most of their words, and
+   * a promise per word of every chunk was most of what indexing them cost.
+   */
+  async documents(texts: readonly string[]): Promise<string[]> {
+    const split = texts.map(words);
+    const missing = new Set<string>();
+    for (const ws of split) for (const w of ws) if (!this.known.has(w)) missing.add(w);
+    await Promise.all(Array.from(missing, (w) => this.hash(w)));
+    return split.map((ws) => ws.map((w) => this.known.get(w)).join(" "));
   }
 
   hash(word: string): Promise<string> {
-    let h = this.memo.get(word);
+    const known = this.known.get(word);
+    if (known !== undefined) return Promise.resolve(known);
+    let h = this.pending.get(word);
     if (!h) {
-      h = crypto.subtle
-        .sign("HMAC", this.key, new TextEncoder().encode(word))
-        .then((mac) => hex(new Uint8Array(mac, 0, HASH_HEX / 2)));
-      this.memo.set(word, h);
+      h = crypto.subtle.sign("HMAC", this.key, new TextEncoder().encode(word)).then((mac) => {
+        const digest = hex(new Uint8Array(mac, 0, HASH_HEX / 2));
+        this.known.set(word, digest);
+        this.pending.delete(word);
+        return digest;
+      });
+      this.pending.set(word, h);
     }
     return h;
   }
