@@ -209,6 +209,33 @@ describe.each(BACKENDS)("Keyring on $name: encrypt and decrypt", (be: Backend) =
       DecryptError,
     );
   });
+
+  it("opens many texts at once across key versions, and refuses the lot if one is not theirs", async () => {
+    const kr = new Keyring(storage(be), keys);
+    const t = tenant();
+    expect(await kr.decryptAll(t, [])).toEqual([]);
+    const before = await kr.encryptAll(t, [
+      { plaintext: "sealed under version 1", context: "a" },
+      { plaintext: "ünïcödé ✓", context: "b" },
+    ]);
+    await kr.rotateTenantKey(t);
+    const after = await kr.encryptAll(t, [{ plaintext: "sealed under version 2", context: "c" }]);
+    const all = [...before, ...after];
+    expect(all.map((c) => c.split(".")[1])).toEqual(["1", "1", "2"]);
+    const items = all.map((ciphertext, i) => ({ ciphertext, context: "abc"[i] as string }));
+    expect(await kr.decryptAll(t, items)).toEqual([
+      "sealed under version 1",
+      "ünïcödé ✓",
+      "sealed under version 2",
+    ]);
+    // Swapped contexts, another tenant, or something that is no ciphertext: nothing opens.
+    const swapped = items.map((x, i) => ({ ...x, context: i === 2 ? "a" : x.context }));
+    await expect(kr.decryptAll(t, swapped)).rejects.toBeInstanceOf(DecryptError);
+    await expect(kr.decryptAll(tenant(), items)).rejects.toBeInstanceOf(DecryptError);
+    await expect(
+      kr.decryptAll(t, [...items, { ciphertext: "plain text", context: "d" }]),
+    ).rejects.toBeInstanceOf(DecryptError);
+  });
 });
 
 describe.each(BACKENDS)("Keyring on $name: keys at rest", (be: Backend) => {

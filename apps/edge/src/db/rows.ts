@@ -507,10 +507,13 @@ export abstract class StoreBase {
 
   /** Rows as chunks, their text opened (null once purged by retention). */
   protected async openChunks(tenant: string, rows: readonly ChunkSelect[]): Promise<ChunkRow[]> {
-    const texts = await Promise.all(
-      rows.map((r) => (r.text === "" ? null : this.seal.decrypt(tenant, r.text, r.id))),
+    const kept = rows.filter((r) => r.text !== "");
+    const texts = await this.seal.decryptAll(
+      tenant,
+      kept.map((r) => ({ ciphertext: r.text, context: r.id })),
     );
-    return rows.map((r, i) => ({ ...toChunkRow(r), text: texts[i] ?? null }));
+    const opened = new Map(kept.map((r, i) => [r, texts[i] as string]));
+    return rows.map((r) => ({ ...toChunkRow(r), text: opened.get(r) ?? null }));
   }
 
   abstract getJob(tenant: string, id: string): Promise<Job | null>;

@@ -19,16 +19,19 @@ export async function sealItems(keyring: Keyring, tenant: string, items: QueuedI
 }
 
 /** Opens each item's text for the worker that leased it; text queued before sealing passes. */
-export function openItems<T extends { chunkId: string; text: string }>(
+export async function openItems<T extends { chunkId: string; text: string }>(
   keyring: Keyring,
   tenant: string,
   items: T[],
 ): Promise<T[]> {
-  return Promise.all(
-    items.map(async (i) =>
-      isCiphertext(i.text)
-        ? { ...i, text: await keyring.decrypt(tenant, i.text, context(i.chunkId)) }
-        : i,
-    ),
+  const sealed = items.filter((i) => isCiphertext(i.text));
+  const texts = await keyring.decryptAll(
+    tenant,
+    sealed.map((i) => ({ ciphertext: i.text, context: context(i.chunkId) })),
   );
+  const opened = new Map(sealed.map((i, n) => [i, texts[n] as string]));
+  return items.map((i) => {
+    const text = opened.get(i);
+    return text === undefined ? i : { ...i, text };
+  });
 }

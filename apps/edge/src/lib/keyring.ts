@@ -229,18 +229,30 @@ export class Keyring {
 
   /** Decrypts `encrypt`'s output; throws DecryptError unless tenant, context and data all match. */
   async decrypt(tenant: string, ciphertext: string, context: string): Promise<string> {
+    return (await this.decryptAll(tenant, [{ ciphertext, context }]))[0] as string;
+  }
+
+  /**
+   * Decrypts many of `encrypt`'s outputs of one tenant, each under its own context, looking
+   * each key version up once (a task's hundreds of chunks open together). Throws DecryptError
+   * as `decrypt` does when any of them fails.
+   */
+  async decryptAll(
+    tenant: string,
+    items: readonly { ciphertext: string; context: string }[],
+  ): Promise<string[]> {
     this.scope(); // Not configured wins over "bad ciphertext": it is the operator's to fix.
-    const m = isCiphertext(ciphertext) ? TEXT_RE.exec(ciphertext) : null;
-    if (!m) throw new DecryptError("not a keyring ciphertext");
-    let sealed: Uint8Array;
-    try {
-      sealed = base64Decode(m[2] ?? "");
-    } catch (e) {
-      throw new DecryptError("not a keyring ciphertext", { cause: e });
-    }
-    const plain = await this.open(tenant, Number(m[1]), sealed, context);
-    // Authenticated, so it is the UTF-8 that encrypt wrote.
-    return new TextDecoder().decode(plain);
+    const parsed = items.map(({ ciphertext }) => parseText(ciphertext));
+    const keys = new Map<number, Promise<CryptoKey>>();
+    for (const { version } of parsed)
+      if (!keys.has(version)) keys.set(version, this.openingKey(tenant, version));
+    return Promise.all(
+      parsed.map(async ({ version, sealed }, i) => {
+        const key = await (keys.get(version) as Promise<CryptoKey>);
+        // Authenticated, so it is the UTF-8 that encrypt wrote.
+        return UTF8.decode(await gcmOpen(key, sealed, tenant, items[i]?.context ?? ""));
+      }),
+    );
   }
 
   /** Encrypts bytes (e.g. an R2 object) into the binary format; see the module comment. */
@@ -387,26 +399,16 @@ export class Keyring {
     sealed: Uint8Array,
     context: string,
   ): Promise<Uint8Array> {
-    if (sealed.length < IV_BYTES + TAG_BYTES) throw new DecryptError("ciphertext is truncated");
-    let key: CryptoKey;
+    return gcmOpen(await this.openingKey(tenant, version), sealed, tenant, context);
+  }
+
+  /** The key that opens data sealed under `version`; any failure to get it is a DecryptError. */
+  private async openingKey(tenant: string, version: number): Promise<CryptoKey> {
     try {
-      key = await this.key(tenant, version);
+      return await this.key(tenant, version);
     } catch (e) {
       if (e instanceof DecryptError || e instanceof KeyringNotConfigured) throw e;
       throw new DecryptError(e instanceof Error ? e.message : String(e), { cause: e });
-    }
-    try {
-      const plain = await crypto.subtle.decrypt(
-        { name: "AES-GCM", iv: sealed.subarray(0, IV_BYTES), additionalData: aad(tenant, context) },
-        key,
-        sealed.subarray(IV_BYTES),
-      );
-      return new Uint8Array(plain);
-    } catch (e) {
-      throw new DecryptError(
-        "ciphertext does not authenticate: tampered, or for another tenant or context",
-        { cause: e },
-      );
     }
   }
 
@@ -611,6 +613,42 @@ function checkTenant(tenant: string): void {
 
 function aad(tenant: string, context: string): Uint8Array {
   return new TextEncoder().encode(`${tenant}\u0000${context}`);
+}
+
+const UTF8 = new TextDecoder();
+
+/** A text ciphertext's key version and sealed bytes (iv || ciphertext+tag); DecryptError if it is none. */
+function parseText(ciphertext: string): { version: number; sealed: Uint8Array } {
+  const m = isCiphertext(ciphertext) ? TEXT_RE.exec(ciphertext) : null;
+  if (!m) throw new DecryptError("not a keyring ciphertext");
+  try {
+    return { version: Number(m[1]), sealed: base64Decode(m[2] ?? "") };
+  } catch (e) {
+    throw new DecryptError("not a keyring ciphertext", { cause: e });
+  }
+}
+
+/** Opens `gcmSeal`'s output under `key`, bound to tenant and context; DecryptError if it does not authenticate. */
+async function gcmOpen(
+  key: CryptoKey,
+  sealed: Uint8Array,
+  tenant: string,
+  context: string,
+): Promise<Uint8Array> {
+  if (sealed.length < IV_BYTES + TAG_BYTES) throw new DecryptError("ciphertext is truncated");
+  try {
+    const plain = await crypto.subtle.decrypt(
+      { name: "AES-GCM", iv: sealed.subarray(0, IV_BYTES), additionalData: aad(tenant, context) },
+      key,
+      sealed.subarray(IV_BYTES),
+    );
+    return new Uint8Array(plain);
+  } catch (e) {
+    throw new DecryptError(
+      "ciphertext does not authenticate: tampered, or for another tenant or context",
+      { cause: e },
+    );
+  }
 }
 
 /** `n` random IVs, end to end (getRandomValues gives at most 65,536 bytes a call). */
