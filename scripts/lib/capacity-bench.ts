@@ -21,8 +21,9 @@ import { randomUnit, ScriptedDonor } from "./scripted-donor.js";
  *     completion time the edge records;
  *   - bytes on the wire per chunk, edge to donor (task frames, acks) and donor to edge
  *     (results), as the donors counted them.
- * `--profile` writes a CPU profile of the edge over the first run's dispatch (from the 202) to
- * bench-results/capacity.cpuprofile and prints where its time went.
+ * `--profile` writes CPU profiles of the edge over the first run's submit (to the 202) and its
+ * dispatch (from the 202) to bench-results/capacity-submit.cpuprofile and capacity.cpuprofile,
+ * and prints where their time went.
  */
 
 interface CapacityRun {
@@ -162,9 +163,21 @@ async function oneRun(
       documents: sentences(documents, seed).map((text) => ({ text })),
       verification: "off",
     });
+    // A profile of the submit, when asked for, is taken apart from the dispatch's.
+    const submitProfiler =
+      profile && edge.inspectorPort ? await EdgeProfiler.start(edge.inspectorPort) : null;
     const t0 = Date.now();
     const res = await fetch(`${edge.url}/v1/jobs`, { method: "POST", headers, body });
     const submitted = Date.now();
+    if (submitProfiler && profile) {
+      const { text, busyMs } = await submitProfiler.stop(
+        profile.replace(/(\.cpuprofile)?$/, "-submit$1"),
+      );
+      console.log(`the submit of ${documents} documents:\n${text}`);
+      console.log(
+        `the edge's isolate: ${((1000 * busyMs) / documents).toFixed(0)} µs of CPU a document`,
+      );
+    }
     if (res.status !== 202) throw new Error(`submit failed: ${res.status} ${await res.text()}`);
     const { id, chunks } = (await res.json()) as { id: string; chunks: { total: number } };
     // The donors join once the job is in, so the two phases are measured apart.

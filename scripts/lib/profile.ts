@@ -70,9 +70,12 @@ export class EdgeProfiler {
 
 const AWAY = "(between samples: the thread away from this isolate, e.g. in D1)";
 const IDLE = "(idle) :0:0";
+/** The profiler's own nodes, which are no function of the edge's. */
+const NOT_CODE = new Set(["(root)", "(program)", "(idle)", "(garbage collector)"]);
 
 /**
- * Self time by function, and the share of the profile that was idle or collecting garbage.
+ * Self time by function, and the share of the profile that was idle or collecting garbage;
+ * then each named function's time with everything it called (where a path's time went).
  * A sample that comes long after the one before (the thread was away from this isolate: in
  * D1's or another object's work, or in native code) is counted for one interval; the rest of
  * the gap is shown on a line of its own, not charged to whatever function ran next.
@@ -93,6 +96,7 @@ function summary(
     return "(anonymous)";
   };
   const self = new Map<string, number>();
+  const inclusive = new Map<string, number>();
   let total = 0;
   profile.samples.forEach((id, i) => {
     const gap = profile.timeDeltas[i] ?? 0;
@@ -105,19 +109,31 @@ function summary(
     const key =
       node && f ? `${nameOf(node)} ${file}:${f.lineNumber + 1}:${f.columnNumber + 1}` : "?";
     self.set(key, (self.get(key) ?? 0) + dt);
+    // Each named function on the sample's stack, once (recursion counts once).
+    const seen = new Set<string>();
+    for (let n = node; n; n = parent.get(n.id)) {
+      const name = n.callFrame.functionName;
+      if (!name || NOT_CODE.has(name) || seen.has(name)) continue;
+      seen.add(name);
+      inclusive.set(name, (inclusive.get(name) ?? 0) + dt);
+    }
   });
-  const lines = [...self.entries()]
-    .sort((a, b) => b[1] - a[1])
-    .slice(0, top)
-    .map(
-      ([k, us]) =>
-        `${((100 * us) / total).toFixed(1).padStart(5)}%  ${(us / 1000).toFixed(0).padStart(6)} ms  ${k}`,
-    );
+  const line = ([k, us]: [string, number]) =>
+    `${((100 * us) / total).toFixed(1).padStart(5)}%  ${(us / 1000).toFixed(0).padStart(6)} ms  ${k}`;
   const busyMs = (total - (self.get(AWAY) ?? 0) - (self.get(IDLE) ?? 0)) / 1000;
   return {
     text: [
       `profile: ${(total / 1000).toFixed(0)} ms sampled, this isolate busy ${busyMs.toFixed(0)} ms`,
-      ...lines,
+      "self time:",
+      ...[...self.entries()]
+        .sort((a, b) => b[1] - a[1])
+        .slice(0, top)
+        .map(line),
+      "with what they called (a function's samples, and its callees'):",
+      ...[...inclusive.entries()]
+        .sort((a, b) => b[1] - a[1])
+        .slice(0, top)
+        .map(line),
     ].join("\n"),
     busyMs,
   };
