@@ -14,9 +14,9 @@ import { randomUnit, ScriptedDonor } from "./scripted-donor.js";
  * (protocol-level, no model), so only the edge's work per chunk counts. One Dispatcher shard,
  * verification off and no known-answer checks (they are trust's cost, measured elsewhere).
  * Per run, on a fresh local system:
+ *   - a warm-up job of WARM_UP_DOCUMENTS, computed by donors that then leave;
  *   - submission: documents/s of one POST /v1/jobs of `documents` one-sentence documents,
- *     from the request's first byte to the 202, with no donor connected, after a warm-up
- *     job of 100 (cancelled);
+ *     from the request's first byte to the 202, with no donor connected;
  *   - dispatch: the donors join, then chunks/s from the first task a donor received to the
  *     completion time the edge records;
  *   - bytes on the wire per chunk, edge to donor (task frames, acks) and donor to edge
@@ -26,12 +26,22 @@ import { randomUnit, ScriptedDonor } from "./scripted-donor.js";
  * and prints where their time went.
  */
 
+/** Documents of the warm-up job each run computes before the measured one. */
+const WARM_UP_DOCUMENTS = 2000;
+
 interface CapacityRun {
   documents: number;
   submitSeconds: number;
   documentsPerSecond: number;
   dispatchSeconds: number;
   chunksPerSecond: number;
+  /**
+   * CPU the edge's workerd runtime (its Workers, Durable Objects, D1 and the local vector
+   * index) used, in µs per document submitted and per chunk dispatched: a figure that a busy
+   * neighbour on a shared machine disturbs far less than the rates.
+   */
+  submitCpuPerDocument: number;
+  dispatchCpuPerChunk: number;
   bytesPerChunkToDonor: number;
   bytesPerChunkFromDonor: number;
   /** Chunks per task the donors were sent (tasks are cut to each donor's pace). */
@@ -60,7 +70,13 @@ export interface CapacityReport {
   baseline: {
     dir: string;
     figures: CapacityFigures;
-    ratio: { chunksPerSecond: number; documentsPerSecond: number };
+    ratio: {
+      chunksPerSecond: number;
+      documentsPerSecond: number;
+      /** baseline / this: above 1, this edge spends less CPU. */
+      dispatchCpu: number;
+      submitCpu: number;
+    };
   } | null;
 }
 
@@ -90,6 +106,8 @@ function figures(rs: CapacityRun[]): CapacityFigures {
     median: {
       documentsPerSecond: m("documentsPerSecond"),
       chunksPerSecond: m("chunksPerSecond"),
+      submitCpuPerDocument: m("submitCpuPerDocument"),
+      dispatchCpuPerChunk: m("dispatchCpuPerChunk"),
       bytesPerChunkToDonor: m("bytesPerChunkToDonor"),
       bytesPerChunkFromDonor: m("bytesPerChunkFromDonor"),
       chunksPerTask: m("chunksPerTask"),
@@ -133,32 +151,42 @@ async function oneRun(
   });
   // Every donor answers every item with the same valid unit vector, encoded once.
   const answer = randomUnit();
-  const pool = Array.from(
-    { length: donors },
-    () =>
-      new ScriptedDonor(
-        edge.url,
-        DEV_CREDENTIALS.workerToken,
-        async (t) => t.items.map(() => answer),
-        capacity,
-        false,
-        frames === "binary",
-      ),
-  );
+  const donorPool = () =>
+    Array.from(
+      { length: donors },
+      () =>
+        new ScriptedDonor(
+          edge.url,
+          DEV_CREDENTIALS.workerToken,
+          async (t) => t.items.map(() => answer),
+          capacity,
+          false,
+          frames === "binary",
+        ),
+    );
+  const pool = donorPool();
+  const runtime = await here.edgeRuntimePid(edge);
   try {
-    // The submit path warmed first (compiled, the language detector's tables built: a fresh
-    // edge's first submit pays for those once), by a job cancelled before any donor joins.
+    // Both paths warmed first, as on an edge that has run before: a fresh edge's first job pays
+    // once for compiling them, building the language detector's tables, and creating the
+    // vector index's object and D1's statements. A warm-up job, computed to the end by donors
+    // that then leave, before the measured job is submitted with no donor connected.
     const warm = await fetch(`${edge.url}/v1/jobs`, {
       method: "POST",
       headers,
       body: JSON.stringify({
-        documents: sentences(100, seed + 1).map((text) => ({ text: `Warm-up: ${text}` })),
+        documents: sentences(WARM_UP_DOCUMENTS, seed + 1).map((text) => ({
+          text: `Warm-up: ${text}`,
+        })),
         verification: "off",
       }),
     });
     if (warm.status !== 202) throw new Error(`warm-up failed: ${warm.status} ${await warm.text()}`);
     const { id: warmId } = (await warm.json()) as { id: string };
-    await fetch(`${edge.url}/v1/jobs/${warmId}/cancel`, { method: "POST", headers });
+    const warmPool = donorPool();
+    await Promise.all(warmPool.map((d) => d.connect()));
+    await waitForCompletion(edge.url, warmId, headers);
+    await Promise.all(warmPool.map((d) => d.close()));
     const body = JSON.stringify({
       documents: sentences(documents, seed).map((text) => ({ text })),
       verification: "off",
@@ -166,9 +194,11 @@ async function oneRun(
     // A profile of the submit, when asked for, is taken apart from the dispatch's.
     const submitProfiler =
       profile && edge.inspectorPort ? await EdgeProfiler.start(edge.inspectorPort) : null;
+    const cpu0 = await here.cpuSeconds(runtime);
     const t0 = Date.now();
     const res = await fetch(`${edge.url}/v1/jobs`, { method: "POST", headers, body });
     const submitted = Date.now();
+    const cpu1 = await here.cpuSeconds(runtime);
     if (submitProfiler && profile) {
       const { text, busyMs } = await submitProfiler.stop(
         profile.replace(/(\.cpuprofile)?$/, "-submit$1"),
@@ -183,8 +213,10 @@ async function oneRun(
     // The donors join once the job is in, so the two phases are measured apart.
     const profiler =
       profile && edge.inspectorPort ? await EdgeProfiler.start(edge.inspectorPort) : null;
+    const cpu2 = await here.cpuSeconds(runtime);
     await Promise.all(pool.map((d) => d.connect()));
     const { completedAt } = await waitForCompletion(edge.url, id, headers);
+    const cpu3 = await here.cpuSeconds(runtime);
     if (profiler && profile) {
       const { text, busyMs } = await profiler.stop(profile);
       console.log(text);
@@ -218,6 +250,8 @@ async function oneRun(
       documentsPerSecond: documents / ((submitted - t0) / 1000),
       dispatchSeconds,
       chunksPerSecond: chunks.total / dispatchSeconds,
+      submitCpuPerDocument: (1e6 * (cpu1 - cpu0)) / documents,
+      dispatchCpuPerChunk: (1e6 * (cpu3 - cpu2)) / chunks.total,
       bytesPerChunkToDonor: pool.reduce((n, d) => n + d.bytesIn, 0) / chunks.total,
       bytesPerChunkFromDonor: pool.reduce((n, d) => n + d.bytesOut, 0) / chunks.total,
       chunksPerTask: chunks.total / pool.reduce((n, d) => n + d.tasks, 0),
@@ -247,7 +281,7 @@ export async function capacityBench(opts: {
   const baseline = opts.baselineDir ? await baselineHarness(opts.baselineDir) : null;
   const log = (r: number, what: string, run: CapacityRun) =>
     console.log(
-      `capacity run ${r + 1}, ${what}: submit ${run.documentsPerSecond.toFixed(0)} documents/s, dispatch ${run.chunksPerSecond.toFixed(0)} chunks/s, ${run.bytesPerChunkToDonor.toFixed(0)} B/chunk to donors, ${run.bytesPerChunkFromDonor.toFixed(0)} B/chunk from donors, ${run.chunksPerTask.toFixed(0)} chunks a task`,
+      `capacity run ${r + 1}, ${what}: submit ${run.documentsPerSecond.toFixed(0)} documents/s (${run.submitCpuPerDocument.toFixed(0)} µs CPU each), dispatch ${run.chunksPerSecond.toFixed(0)} chunks/s (${run.dispatchCpuPerChunk.toFixed(0)} µs CPU each), ${run.bytesPerChunkToDonor.toFixed(0)} B/chunk to donors, ${run.bytesPerChunkFromDonor.toFixed(0)} B/chunk from donors, ${run.chunksPerTask.toFixed(0)} chunks a task`,
     );
   for (let r = 0; r < opts.runs; r++) {
     for (const frames of ["binary", "json"] as const) {
@@ -264,7 +298,8 @@ export async function capacityBench(opts: {
       runs[frames].push(run);
     }
     if (baseline) {
-      // The baseline's donors send JSON: what every edge before binary frames took.
+      // The baseline's donors offer binary frames, as the measured ones: an edge from before
+      // them takes JSON instead.
       const run = await oneRun(
         baseline,
         opts.documents,
@@ -272,7 +307,7 @@ export async function capacityBench(opts: {
         opts.capacity,
         7000 + r,
         null,
-        "json",
+        "binary",
       );
       log(r, "baseline edge", run);
       baselineRuns.push(run);
@@ -292,6 +327,8 @@ export async function capacityBench(opts: {
             ratio: {
               chunksPerSecond: mine.median.chunksPerSecond / base.median.chunksPerSecond,
               documentsPerSecond: mine.median.documentsPerSecond / base.median.documentsPerSecond,
+              dispatchCpu: base.median.dispatchCpuPerChunk / mine.median.dispatchCpuPerChunk,
+              submitCpu: base.median.submitCpuPerDocument / mine.median.submitCpuPerDocument,
             },
           }
         : null,

@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { readdir, readFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -218,6 +219,52 @@ export async function startEdge(opts: EdgeOptions): Promise<LocalEdge> {
       clearTimeout(timer);
     },
   };
+}
+
+/**
+ * The workerd process that runs the edge's code. wrangler dev starts two, both below it: a
+ * proxy listening on the public port, and the runtime of the Worker and its Durable Objects
+ * (on a port of its own), which is the one returned.
+ */
+export async function edgeRuntimePid(edge: LocalEdge): Promise<number> {
+  const root = edge.process.pid;
+  const publicPort = new URL(edge.url).port;
+  const parents = new Map<number, number>();
+  const names = new Map<number, string>();
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = await readFile(`/proc/${entry}/stat`, "utf8");
+      // pid (comm) state ppid ...; comm may hold spaces, so split after its closing paren.
+      const close = stat.lastIndexOf(")");
+      names.set(Number(entry), stat.slice(stat.indexOf("(") + 1, close));
+      parents.set(Number(entry), Number(stat.slice(close + 2).split(" ")[1]));
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  const below = (pid: number): boolean => {
+    for (let p = parents.get(pid); p !== undefined && p > 1; p = parents.get(p))
+      if (p === root) return true;
+    return false;
+  };
+  const runtimes: number[] = [];
+  for (const [pid, name] of names) {
+    if (!name.startsWith("workerd") || !below(pid)) continue;
+    const args = (await readFile(`/proc/${pid}/cmdline`, "utf8")).split("\0");
+    if (!args.includes(`--socket-addr=entry=127.0.0.1:${publicPort}`)) runtimes.push(pid);
+  }
+  if (runtimes.length !== 1)
+    throw new Error(`found ${runtimes.length} workerd runtimes under wrangler dev ${root}`);
+  return runtimes[0] as number;
+}
+
+/** CPU seconds (user and system) process `pid` has used so far, from /proc. */
+export async function cpuSeconds(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  // utime and stime, fields 14 and 15 of stat(5), in clock ticks of 1/100 s on Linux.
+  return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
 /** Signals a process and its children (wrangler runs workerd as a child). */

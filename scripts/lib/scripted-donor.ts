@@ -28,6 +28,8 @@ export class ScriptedDonor {
   /** The id the edge gave this connection (its welcome), once connected. */
   workerId: string | null = null;
   private ws!: WebSocket;
+  /** Whether the edge took the offer of binary results in its welcome. */
+  private binaryAccepted = false;
   /** A vector returned again (a fixed answer) is encoded once. */
   private readonly encoded = new WeakMap<Float32Array, string>();
 
@@ -38,7 +40,10 @@ export class ScriptedDonor {
     private readonly capacity = 2,
     /** Keep every frame received (tests read them); a benchmark keeps none. */
     private readonly keepFrames = true,
-    /** Send results as binary float32 frames (offered in hello), as p2pa-worker does. */
+    /**
+     * Offer binary float32 result frames in hello, as p2pa-worker does, and send them when the
+     * edge's welcome takes the offer (an edge from before them never does).
+     */
     private readonly binary = false,
   ) {}
 
@@ -59,9 +64,14 @@ export class ScriptedDonor {
     });
     const welcomed = new Promise<void>((resolve) => {
       const check = (raw: WebSocket.RawData) => {
-        const frame = JSON.parse(String(raw)) as { type: string; workerId?: string };
+        const frame = JSON.parse(String(raw)) as {
+          type: string;
+          workerId?: string;
+          binaryResults?: boolean;
+        };
         if (frame.type === "welcome") {
           this.workerId = frame.workerId ?? null;
+          this.binaryAccepted = frame.binaryResults === true;
           this.ws.off("message", check);
           resolve();
         }
@@ -85,8 +95,12 @@ export class ScriptedDonor {
     await welcomed;
   }
 
-  close(): void {
+  /** Closes the connection; resolves once it is closed. */
+  close(): Promise<void> {
+    if (this.ws.readyState === WebSocket.CLOSED) return Promise.resolve();
+    const closed = new Promise<void>((resolve) => this.ws.once("close", () => resolve()));
     this.ws.close();
+    return closed;
   }
 
   private async onFrame(raw: string): Promise<void> {
@@ -97,25 +111,26 @@ export class ScriptedDonor {
     this.firstTaskAt ??= Date.now();
     const vectors = await this.answer(task, this.tasks++);
     if (this.ws.readyState !== WebSocket.OPEN) return;
-    const payload = this.binary
-      ? encodeResultFrame({
-          taskId: task.taskId,
-          leaseId: task.leaseId,
-          vectors: task.items.map((it, i) => ({
-            chunkId: it.chunkId,
-            values: vectors[i] as Float32Array,
-          })),
-        })
-      : JSON.stringify({
-          type: "result",
-          v: PROTOCOL_VERSION,
-          taskId: task.taskId,
-          leaseId: task.leaseId,
-          vectors: task.items.map((it, i) => ({
-            chunkId: it.chunkId,
-            vector: this.encode(vectors[i] as Float32Array),
-          })),
-        });
+    const payload =
+      this.binary && this.binaryAccepted
+        ? encodeResultFrame({
+            taskId: task.taskId,
+            leaseId: task.leaseId,
+            vectors: task.items.map((it, i) => ({
+              chunkId: it.chunkId,
+              values: vectors[i] as Float32Array,
+            })),
+          })
+        : JSON.stringify({
+            type: "result",
+            v: PROTOCOL_VERSION,
+            taskId: task.taskId,
+            leaseId: task.leaseId,
+            vectors: task.items.map((it, i) => ({
+              chunkId: it.chunkId,
+              vector: this.encode(vectors[i] as Float32Array),
+            })),
+          });
     this.bytesOut += Buffer.byteLength(payload);
     this.chunks += task.items.length;
     this.ws.send(payload);

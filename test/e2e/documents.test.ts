@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import { readdir, readFile } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import type {
@@ -12,6 +12,7 @@ import type {
   SearchResponse,
 } from "@p2pa/shared";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { edgeRuntimePid } from "../../scripts/lib/local-edge.js";
 import {
   allChunks,
   cosine,
@@ -651,41 +652,6 @@ describe("embedding cache", () => {
   }, 240_000);
 });
 
-/**
- * The workerd process that runs the edge's code. wrangler dev starts two, both below it: a
- * proxy listening on the public port, and the runtime of the worker and its Durable Objects
- * (on a port of its own); the second is the one that reads the upload.
- */
-async function edgeRuntimePid(root: number, publicPort: string): Promise<number> {
-  const parents = new Map<number, number>();
-  const names = new Map<number, string>();
-  for (const entry of await readdir("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = await readFile(`/proc/${entry}/stat`, "utf8");
-      // pid (comm) state ppid ...; comm may hold spaces, so split after its closing paren.
-      const close = stat.lastIndexOf(")");
-      names.set(Number(entry), stat.slice(stat.indexOf("(") + 1, close));
-      parents.set(Number(entry), Number(stat.slice(close + 2).split(" ")[1]));
-    } catch {
-      // Gone meanwhile.
-    }
-  }
-  const below = (pid: number): boolean => {
-    for (let p = parents.get(pid); p !== undefined && p > 1; p = parents.get(p))
-      if (p === root) return true;
-    return false;
-  };
-  const runtimes: number[] = [];
-  for (const [pid, name] of names) {
-    if (!name.startsWith("workerd") || !below(pid)) continue;
-    const args = (await readFile(`/proc/${pid}/cmdline`, "utf8")).split("\0");
-    if (!args.includes(`--socket-addr=entry=127.0.0.1:${publicPort}`)) runtimes.push(pid);
-  }
-  expect(runtimes.length, `workerd runtimes under wrangler dev ${root}`).toBe(1);
-  return runtimes[0] as number;
-}
-
 async function rssBytes(pid: number): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, "utf8");
   const kb = /VmRSS:\s+(\d+) kB/.exec(status)?.[1];
@@ -711,7 +677,7 @@ interface StreamRun {
  * upload is still open, then sends the rest as fast as the edge takes it.
  */
 async function streamDocuments(n: number, collection: string): Promise<StreamRun> {
-  const pid = await edgeRuntimePid(sys.edge.process.pid as number, new URL(sys.edge.url).port);
+  const pid = await edgeRuntimePid(sys.edge);
   const rssBefore = await rssBytes(pid);
   let rssPeak = rssBefore;
   let runtimeGone = false;
