@@ -50,6 +50,8 @@ export class ScriptedDonor {
   async connect(): Promise<void> {
     this.ws = new WebSocket(`${this.server.replace(/^http/, "ws")}/v1/workers/connect`, {
       headers: { Authorization: `Bearer ${this.token}` },
+      // As p2pa-worker: no permessage-deflate.
+      perMessageDeflate: false,
     });
     this.ws.on("close", (code) => {
       this.closeCode = code;

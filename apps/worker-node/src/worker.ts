@@ -233,7 +233,13 @@ export class Worker {
     // ws takes headers; the browser WebSocket API partysocket mimics does not.
     class AuthedWebSocket extends WS {
       constructor(address: string, protocols?: string | string[]) {
-        super(address, protocols, { headers: { Authorization: `Bearer ${token}` } });
+        super(address, protocols, {
+          headers: { Authorization: `Bearer ${token}` },
+          // No permessage-deflate: most of what goes over this socket is results, float32
+          // vectors that deflate by a tenth at best, and compressing them cost this machine and
+          // the edge CPU the model and the coordinator need (README, "Coordinator capacity").
+          perMessageDeflate: false,
+        });
         // The server answered the upgrade over HTTP: read why before the attempt is dropped, so
         // a model it does not serve ends the worker instead of being asked for again and again.
         this.on("unexpected-response", (_req, res) => {
