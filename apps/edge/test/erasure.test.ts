@@ -501,7 +501,7 @@ async function expectLiveJob(scan: Scan, jobId: string, docs: Doc[], what: strin
   const jobPlaces = placesOf(scan.hits, jobId).join("\n");
   expect(jobPlaces, `${what}: job id in D1`).toMatch(/^d1:jobs\.id$/m);
   expect(jobPlaces, `${what}: job id in the vector index`).toMatch(
-    /^do:LocalVectorIndex\(index:use-lite\)\.vectors\./m,
+    /^do:LocalVectorIndex\(index:use-lite\)\.log\./m,
   );
   expect(jobPlaces, `${what}: job id on the Dispatcher`).toMatch(/^do:Dispatcher\(use-lite:0\)\./m);
   // Originals are kept under their content hash (documents with the same bytes share one), so
@@ -591,7 +591,7 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
     );
     for (const id of chunkIds.slice(0, 3))
       expect(placesOf(before.hits, id), `chunk ${id}`).toEqual(
-        expect.arrayContaining(["d1:chunks.id", "do:LocalVectorIndex(index:use-lite).vectors.id"]),
+        expect.arrayContaining(["d1:chunks.id", "do:LocalVectorIndex(index:use-lite).log.ids"]),
       );
     console.log(
       `job deletion, before: ${before.hits.length} hits in\n  ${placesOf(before.hits).join("\n  ")}`,
@@ -659,7 +659,7 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
     await expectLiveJob(before, j.id, docs, "before deleting the document");
     for (const id of goneChunks)
       expect(placesOf(before.hits, id), `chunk ${id}`).toEqual(
-        expect.arrayContaining(["d1:chunks.id", "do:LocalVectorIndex(index:use-lite).vectors.id"]),
+        expect.arrayContaining(["d1:chunks.id", "do:LocalVectorIndex(index:use-lite).log.ids"]),
       );
     console.log(
       `document deletion, before: ${before.hits.filter((h) => needles.includes(h.needle)).length} hits of the document in\n  ${placesOf(before.hits.filter((h) => needles.includes(h.needle))).join("\n  ")}`,

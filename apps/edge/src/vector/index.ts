@@ -62,7 +62,7 @@ const IDS_PER_READ = 20;
 /** Vectorize deletes at most 1000 ids a call; smaller slices keep each call short. */
 const IDS_PER_DELETE = 100;
 /** Vectorize upserts at most 1000 vectors a call (5000 over HTTP); 500 keeps a call small. */
-const VECTORS_PER_UPSERT = 500;
+const VECTORS_PER_UPSERT = 1000;
 
 /** The stored values of these vector ids (chunk ids), read in the slices the index allows. */
 export async function vectorsOf(index: VectorIndex, ids: string[]): Promise<Map<string, number[]>> {
