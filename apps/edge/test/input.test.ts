@@ -95,6 +95,32 @@ describe("text with unpaired UTF-16 surrogates", () => {
   });
 });
 
+describe("NUL in metadata", () => {
+  it("refuses it in a value or a key with a 422 naming where, and takes nothing", async () => {
+    const before = (await (await call("/v1/jobs?limit=100")).json()) as { data: unknown[] };
+    const value = await errorOf(
+      await call("/v1/jobs", {
+        method: "POST",
+        json: { documents: [{ text: "fine" }, { text: "x", metadata: { title: "a\u0000b" } }] },
+      }),
+    );
+    expect(value).toMatchObject({ status: 422, code: "validation_failed" });
+    expect(value.message).toMatch(
+      /documents\[1\]\.metadata\.title holds U\+0000 \(NUL\) at offset 1/,
+    );
+    const key = await errorOf(
+      await call("/v1/jobs", {
+        method: "POST",
+        json: { documents: [{ text: "x", metadata: { "ti\u0000tle": "b" } }] },
+      }),
+    );
+    expect(key).toMatchObject({ status: 422, code: "validation_failed" });
+    expect(key.message).toMatch(/metadata key "ti\\u0000tle" holds U\+0000 \(NUL\) at offset 2/);
+    const after = (await (await call("/v1/jobs?limit=100")).json()) as { data: unknown[] };
+    expect(after.data.length).toBe(before.data.length);
+  });
+});
+
 describe("reserved document metadata keys", () => {
   it("refuses __proto__, constructor and prototype with a 422 naming the key", async () => {
     for (const key of ["__proto__", "constructor", "prototype"]) {

@@ -442,6 +442,43 @@ describe.each(BACKENDS)("the metadata store on $name", (b: Backend) => {
     expect(await store.getJob(t, id)).toMatchObject({ status: "completed", accepting: false });
   });
 
+  it("keeps ids, keys, metadata and text with quotes, backslashes and any Unicode as given", async () => {
+    const store = open();
+    const t = unique("t");
+    const id = unique("job_q");
+    const odd = ["it's", "''; DROP TABLE chunks; --", "back\\slash", "🦀 \u2028 ü", "'"];
+    const docs = odd.map((key, seq) => {
+      const v = version(id, seq, key, { chunks: 1 });
+      v.document.metadata = { note: `${key} \\ "q"`, [key]: seq };
+      return {
+        document: v.document,
+        chunks: v.chunks.map((c) => ({ ...c, text: `text of ${key}`, headings: [key] })),
+      };
+    });
+    await store.createJob(jobOf(id, t, docs));
+    expect(await store.getJob(t, id)).toMatchObject({ documents: odd.length });
+    for (const [seq, key] of odd.entries()) {
+      const doc = await store.getDocument(t, id, `${key}@${id}`);
+      expect(doc).toMatchObject({ seq, id: `${key}@${id}`, rawKey: `raw/${key}-1` });
+      const [chunk] = await store.getChunks(t, doc?.chunkIds ?? []);
+      expect(chunk).toMatchObject({
+        text: `text of ${key}`,
+        documentId: `${key}@${id}`,
+        headings: [key],
+        metadata: { note: `${key} \\ "q"`, [key]: seq },
+      });
+    }
+    const listed = await store.listDocuments(t, { limit: 100 });
+    expect(listed.map((d) => [d.docKey, d.metadata]).sort()).toEqual(
+      odd.map((key, seq) => [key, { note: `${key} \\ "q"`, [key]: seq }]).sort(),
+    );
+    // Deleting by one of these ids takes that document alone.
+    await store.deleteDocument(id, odd.indexOf("''; DROP TABLE chunks; --"));
+    expect(await store.getDocument(t, id, `''; DROP TABLE chunks; --@${id}`)).toBeNull();
+    expect(await store.getJob(t, id)).toMatchObject({ documents: odd.length - 1 });
+    expect((await store.getDocument(t, id, `it's@${id}`))?.chunkIds).toHaveLength(1);
+  });
+
   it("deletes a document with its chunks and counts, purges text, and deletes a job", async () => {
     const store = open();
     const t = unique("t");

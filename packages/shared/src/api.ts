@@ -88,9 +88,24 @@ export const WellFormedText = () =>
 
 const RESERVED_METADATA_KEYS = new Set(["__proto__", "constructor", "prototype"]);
 
+function nulMessage(where: string, s: string): string {
+  return `${where} holds U+0000 (NUL) at offset ${s.indexOf("\u0000")}, which metadata cannot store; remove it`;
+}
+
 const MetadataRecord = z.record(
   z.string().max(128),
-  z.union([WellFormedText().max(1024), z.number(), z.boolean(), z.null()]),
+  z.union([
+    // Postgres stores no NUL in text or JSON, so no backend may take one.
+    WellFormedText()
+      .max(1024)
+      .refine((s) => !s.includes("\u0000"), {
+        error: (iss) =>
+          nulMessage(fieldName(iss.path ?? [], "metadata value"), String(iss.input ?? "")),
+      }),
+    z.number(),
+    z.boolean(),
+    z.null(),
+  ]),
 );
 
 /**
@@ -114,6 +129,13 @@ const Metadata = z
           path: [key],
           input: raw,
           message: surrogateMessage(`metadata key ${JSON.stringify(key)}`, key),
+        });
+      } else if (key.includes("\u0000")) {
+        ctx.addIssue({
+          code: "custom",
+          path: [key],
+          input: raw,
+          message: nulMessage(`metadata key ${JSON.stringify(key)}`, key),
         });
       }
     }
