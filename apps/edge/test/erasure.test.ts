@@ -65,6 +65,9 @@ function asText(v: unknown): string | null {
   }
 }
 
+/** Keyring ciphertexts inside a stored value (a JSON document may hold several). */
+const SEALED_IN_TEXT = /p2pa1\.[1-9][0-9]{0,9}\.[A-Za-z0-9_-]{38,}/g;
+
 const quote = (name: string) => `"${name.replaceAll('"', '""')}"`;
 
 /** Opens a sealed text value with the first tenant and context that authenticate. */
@@ -268,7 +271,24 @@ async function scanEverything(needles: string[], tenant: string): Promise<Scan> 
         if (!u.startsWith("_cf_")) scan.unreadable.push(`${at}.${u}`);
       for (const { table, rows } of dump.tables)
         for (const row of rows)
-          for (const [column, text] of Object.entries(row)) look(`${at}.${table}.${column}`, text);
+          for (const [column, text] of Object.entries(row)) {
+            look(`${at}.${table}.${column}`, text);
+            // Sealed values inside (task text: blocks of a task, or one item's text) are opened
+            // and searched too, under any tenant and the contexts the coordinator seals with.
+            const sealed = text?.match(SEALED_IN_TEXT) ?? [];
+            if (sealed.length === 0) continue;
+            const chunkIds = [
+              ...Object.values(row)
+                .join(" ")
+                .matchAll(/"chunkId":"([^"]+)"/g),
+            ];
+            const contexts = ["task-texts", ...chunkIds.map((m) => `task:${m[1]}`)];
+            for (const value of sealed) {
+              const plain = await openText(kr, value, [tenant, ...tenants], contexts);
+              if (plain === null) scan.opaque.push(`${at}.${table}.${column}`);
+              else look(`${at}.${table}.${column}`, plain, "decrypted");
+            }
+          }
       for (const [k, v] of dump.kv) {
         scan.covered.kv.push(`${at}.kv:${k}`);
         look(`${at}.kv:${k}#key`, k);
@@ -1038,6 +1058,12 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
     const places = placesOf(before.hits.filter((h) => gone.words.includes(h.needle)));
     console.log(`failed job, before: text of the failed document in\n  ${places.join("\n  ")}`);
     expectTextAndOriginal(places, "the failed document");
+    // The coordinator holds it too, sealed in its failed task's blocks.
+    expect(places).toEqual(
+      expect.arrayContaining([
+        expect.stringMatching(/^do:Dispatcher\(.+\)\.task_items\.texts \[decrypted\]$/),
+      ]),
+    );
 
     const del = await call(`/v1/jobs/${kept1.id}/documents/${encodeURIComponent(gone.id)}`, {
       method: "DELETE",

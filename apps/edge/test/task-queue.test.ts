@@ -1,8 +1,12 @@
 import { env, runInDurableObject } from "cloudflare:test";
+import { TASK_SIZE } from "@p2pa/shared";
 import { describe, expect, it } from "vitest";
+import { keyringFor } from "../src/db/open.js";
 import type { Dispatcher } from "../src/dispatch/dispatcher.js";
+import { openTask, sealTask } from "../src/dispatch/sealed-items.js";
 import { dispatcherFor } from "../src/dispatch/shards.js";
 import { type QueuedItem, TaskQueue } from "../src/dispatch/task-queue.js";
+import { DecryptError } from "../src/lib/keyring.js";
 
 const item = (i: number): QueuedItem => ({
   chunkId: `job_old.${i}.0`,
@@ -58,5 +62,107 @@ describe("TaskQueue storage", () => {
       queue.purgeJob("job_old");
       expect(sql.exec("SELECT count(*) AS n FROM task_items").one().n).toBe(0);
     });
+  });
+  it("keeps a task's text sealed in blocks of TASK_SIZE chunks that go with the pieces it is cut into", async () => {
+    const keyring = keyringFor(env);
+    const tenant = `t-blocks-${crypto.randomUUID()}`;
+    const texts = (n: number, job: string) =>
+      Array.from({ length: n }, (_, i) => ({
+        chunkId: `${job}.${i}.0`,
+        documentId: `doc-${i % 3}`,
+        index: 0,
+        text: `words of chunk ${i} in ${job}: ${"x".repeat(i)}`,
+      }));
+    const big = texts(100, "job_blk");
+    const odd = texts(40, "job_odd");
+    const [sealedBig, sealedOdd] = [
+      await sealTask(keyring, tenant, big),
+      await sealTask(keyring, tenant, odd),
+    ];
+    // One sealing a block of TASK_SIZE chunks, not one a chunk.
+    expect(sealedBig.texts.map(([b]) => b)).toEqual([0, 1, 2, 3]);
+    expect(sealedBig.items.map((i) => i.b)).toEqual(big.map((_, i) => Math.floor(i / TASK_SIZE)));
+    const open = (t: {
+      items: Parameters<typeof openTask>[2];
+      texts: Parameters<typeof openTask>[3];
+    }) => openTask(keyring, tenant, t.items, t.texts);
+
+    await runInDurableObject(
+      dispatcherFor(env, "use-lite", "blocks"),
+      async (_o: Dispatcher, state) => {
+        const sql = state.storage.sql;
+        const queue = new TaskQueue(sql, 3);
+        queue.enqueue("job_blk", tenant, "use-lite", [{ id: "job_blk.0", ...sealedBig }]);
+        queue.enqueue("job_odd", tenant, "use-lite", [{ id: "job_odd.0", ...sealedOdd }]);
+        const row = sql
+          .exec<{ items: string; texts: string }>(
+            "SELECT items, texts FROM task_items WHERE task_id = 'job_blk.0'",
+          )
+          .one();
+        // No text in the clear, and none sealed item by item.
+        for (const c of big) expect(`${row.items}${row.texts}`).not.toContain(c.text);
+        expect(row.items).not.toContain('"text"');
+
+        // Cut for workers' paces in whole blocks: each piece holds its own blocks and opens to
+        // exactly its chunks' texts.
+        const now = Date.now();
+        const [a] = queue.lease(worker, "use-lite", 1, now, 60_000, 32);
+        const [b] = queue.lease(worker, "use-lite", 1, now, 60_000, 64);
+        if (!a || !b) throw new Error("nothing leased");
+        expect(a.texts?.map(([n]) => n)).toEqual([0]);
+        expect(b.texts?.map(([n]) => n)).toEqual([1, 2]);
+        expect(await open(a)).toEqual(
+          big.slice(0, 32).map(({ chunkId, text }) => ({ chunkId, text })),
+        );
+        expect(await open(b)).toEqual(
+          big.slice(32, 96).map(({ chunkId, text }) => ({ chunkId, text })),
+        );
+        // A cut inside a block (no pace size makes one) leaves that block to both parts.
+        const more = [1, 2, 3].flatMap(() => queue.lease(worker, "use-lite", 1, now, 60_000, 20));
+        const ofOdd = more.filter((t) => t.jobId === "job_odd");
+        expect(ofOdd.map((t) => t.items.length)).toEqual([20, 20]);
+        expect(ofOdd.map((t) => t.texts?.map(([n]) => n))).toEqual([[0], [0, 1]]);
+        for (const t of ofOdd) {
+          if (!t) continue;
+          const want = odd.filter((o) => t.items.some((i) => i.chunkId === o.chunkId));
+          expect(await open(t)).toEqual(want.map(({ chunkId, text }) => ({ chunkId, text })));
+        }
+        // A block opens only for the chunks sealed in it: another task's blocks do not serve.
+        await expect(open({ items: a.items, texts: b.texts })).rejects.toBeInstanceOf(DecryptError);
+
+        // A stored result takes its blocks with it.
+        expect(queue.beginStoring(a.taskId)).toBe(true);
+        queue.finishStoring(a.taskId, "d", false);
+        expect(
+          sql
+            .exec<{ texts: string | null }>(
+              "SELECT texts FROM task_items WHERE task_id = ?",
+              a.taskId,
+            )
+            .one().texts,
+        ).toBeNull();
+        expect(queue.getTask(a.taskId)?.items?.map((i) => i.chunkId)).toEqual(
+          big.slice(0, 32).map((i) => i.chunkId),
+        );
+
+        // A deleted document takes every block that held its text.
+        queue.forgetDocument("job_blk", "doc-1");
+        const rest = sql
+          .exec<{ items: string; texts: string }>(
+            "SELECT items, texts FROM task_items WHERE task_id = 'job_blk.0'",
+          )
+          .one();
+        const left = JSON.parse(rest.items) as { chunkId: string; documentId: string }[];
+        expect(left.map((i) => i.chunkId)).toEqual(
+          big
+            .slice(96)
+            .filter((i) => i.documentId !== "doc-1")
+            .map((i) => i.chunkId),
+        );
+        expect(JSON.parse(rest.texts)).toEqual([]);
+        queue.purgeJob("job_blk");
+        queue.purgeJob("job_odd");
+      },
+    );
   });
 });

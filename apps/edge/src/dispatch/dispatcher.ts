@@ -50,9 +50,9 @@ import {
 import { type Bucket, take } from "./rate-limit.js";
 import { type EmbedOutcome, RealtimeLane } from "./realtime-lane.js";
 import { checkResult } from "./result-check.js";
-import { openItems, sealItems } from "./sealed-items.js";
+import { openTask, sealTask } from "./sealed-items.js";
 import { ResultStore } from "./store-result.js";
-import { type LeasedTask, type NewTask, type TaskOptions, TaskQueue } from "./task-queue.js";
+import { type LeasedTask, type StoredTask, type TaskOptions, TaskQueue } from "./task-queue.js";
 import { DEFAULT_VERIFY_POLICY, Verifier } from "./verify.js";
 import { judge, STALL_MS } from "./watchdog.js";
 
@@ -192,7 +192,7 @@ export class Dispatcher extends DurableObject<Env> {
     jobId: string,
     tenant: string,
     model: string,
-    tasks: NewTask[],
+    tasks: StoredTask[],
     opts: Partial<TaskOptions> & {
       accepting?: boolean;
       cache?: { hits: number; misses: number };
@@ -894,7 +894,7 @@ export class Dispatcher extends DurableObject<Env> {
       if (items.length)
         this.queue.recompute(
           t.taskId,
-          await sealItems(keyringFor(this.env), task.tenant, items),
+          await sealTask(keyringFor(this.env), task.tenant, items),
           donor,
         );
     }
@@ -964,11 +964,7 @@ export class Dispatcher extends DurableObject<Env> {
       out.map(async ({ ws, task }) => {
         // A task whose text cannot be opened (its tenant's keys were destroyed) is not sent;
         // its lease runs out and counts as a failed attempt, as for a silent worker.
-        const items = await openItems(
-          keyring,
-          task.tenant,
-          task.items.map((i) => ({ chunkId: i.chunkId, text: i.text })),
-        ).catch((err) => {
+        const items = await openTask(keyring, task.tenant, task.items, task.texts).catch((err) => {
           console.error("cannot open a task's text; not sent", task.taskId, err);
           return null;
         });

@@ -6,7 +6,14 @@ import type { HeldVectors } from "./held-vectors.js";
 import type { JobLog } from "./job-log.js";
 import type { Metrics } from "./metrics.js";
 import type { JobNotifier } from "./notifier.js";
-import type { ItemCopy, LeaseRow, QueuedItem, TaskQueue, TaskRow } from "./task-queue.js";
+import type {
+  ItemCopy,
+  LeaseRow,
+  QueuedItem,
+  StoredItem,
+  TaskQueue,
+  TaskRow,
+} from "./task-queue.js";
 import type { Verifier } from "./verify.js";
 
 /**
@@ -290,7 +297,7 @@ export class ResultStore {
   }
 
   /** Caches a stored result's vectors; a cache that cannot be written costs only a later miss. */
-  private async cache(task: TaskRow, items: QueuedItem[], vectors: Float32Array[]) {
+  private async cache(task: TaskRow, items: StoredItem[], vectors: Float32Array[]) {
     const entries = items.flatMap((it, i) =>
       it.cacheKey ? [{ key: it.cacheKey, vector: vectors[i] as Float32Array }] : [],
     );

@@ -27,9 +27,29 @@ export interface ItemCopy {
   pending?: true;
 }
 
+/**
+ * An item as the queue keeps it: its text sealed in one of its task's blocks (`b`, see
+ * sealed-items.ts), or, for tasks queued before blocks, its own sealed `text`.
+ */
+export interface StoredItem extends Omit<QueuedItem, "text"> {
+  text?: string;
+  b?: number;
+}
+
+/** A task's sealed blocks of text, by block number. */
+export type TaskTexts = [block: number, sealed: string][];
+
+/** A task as the API makes it, its text in the clear. */
 export interface NewTask {
   id: string;
   items: QueuedItem[];
+}
+
+/** A task as the queue takes it: items and their sealed blocks. */
+export interface StoredTask {
+  id: string;
+  items: StoredItem[];
+  texts?: TaskTexts;
 }
 
 /** How a job's tasks are handled: verification policy and who may compute them. */
@@ -45,7 +65,8 @@ export interface LeasedTask {
   tenant: string;
   model: string;
   attempt: number;
-  items: QueuedItem[];
+  items: StoredItem[];
+  texts: TaskTexts | null;
   verify: TaskOptions["verify"];
 }
 
@@ -56,7 +77,7 @@ export interface TaskRow {
   model: string;
   state: TaskState;
   attempts: number;
-  items: QueuedItem[] | null;
+  items: StoredItem[] | null;
   verify: TaskOptions["verify"];
   pool: TaskOptions["pool"];
   /** Donors whose results for it are held or were outvoted: it never goes to them again. */
@@ -84,6 +105,22 @@ export interface LeaseRow {
 const LEASABLE = `state = 'pending' AND model = ? AND not_before <= ?
   AND (pool = 'any' OR tenant = ?)
   AND NOT EXISTS (SELECT 1 FROM json_each(tasks.answered) WHERE value = ?)`;
+
+/**
+ * The blocks of text (task_items.texts) that a task's items selected by `which` (a condition on
+ * json_each's `key` over task_items.items) name.
+ */
+const blocksOf = (which: string) =>
+  `(SELECT json_group_array(json(t.value)) FROM json_each(task_items.texts) t
+     WHERE t.value ->> 0 IN (SELECT i.value ->> 'b' FROM json_each(task_items.items) i WHERE i.${which}))`;
+
+/**
+ * A task_items row's SET without its text: its blocks, and any text sealed on its items (tasks
+ * queued before blocks).
+ */
+const WITHOUT_TEXT = `texts = NULL, items = CASE WHEN instr(items, '"text":') > 0
+  THEN (SELECT json_group_array(json_remove(value, '$.text')) FROM json_each(task_items.items))
+  ELSE items END`;
 
 /** Backoff before retrying a failed task: 0.5 s doubling per failure, at most 30 s. */
 function retryDelay(failures: number): number {
@@ -187,6 +224,11 @@ export class TaskQueue {
       INSERT INTO task_items (task_id, items) SELECT id, items FROM tasks WHERE items IS NOT NULL;
       ALTER TABLE tasks DROP COLUMN items;
     `,
+      `
+      -- a task's text sealed in blocks of TASK_SIZE chunks (sealed-items.ts), one AES-GCM
+      -- operation a block rather than one a chunk; its items name their block
+      ALTER TABLE task_items ADD COLUMN texts TEXT;
+    `,
     ]);
   }
 
@@ -195,7 +237,7 @@ export class TaskQueue {
     jobId: string,
     tenant: string,
     model: string,
-    tasks: NewTask[],
+    tasks: StoredTask[],
     opts: TaskOptions = { verify: "auto", pool: "any" },
   ): number {
     let added = 0;
@@ -213,9 +255,10 @@ export class TaskQueue {
       );
       if (rowsWritten === 0) continue;
       this.sql.exec(
-        "INSERT INTO task_items (task_id, items) VALUES (?, ?)",
+        "INSERT INTO task_items (task_id, items, texts) VALUES (?, ?, ?)",
         t.id,
         JSON.stringify(t.items),
+        t.texts ? JSON.stringify(t.texts) : null,
       );
       added++;
     }
@@ -268,8 +311,11 @@ export class TaskQueue {
       const taskId = cut ? this.cut(r.id, size, r.size - size) : r.id;
       this.setState(taskId, "pending", { type: "lease" });
       this.sql.exec("UPDATE tasks SET attempts = attempts + 1 WHERE id = ?", taskId);
-      const { items } = this.sql
-        .exec<{ items: string }>("SELECT items FROM task_items WHERE task_id = ?", taskId)
+      const { items, texts } = this.sql
+        .exec<{ items: string; texts: string | null }>(
+          "SELECT items, texts FROM task_items WHERE task_id = ?",
+          taskId,
+        )
         .one();
       this.sql.exec(
         "INSERT INTO leases (id, task_id, worker_id, deadline, leased_at) VALUES (?, ?, ?, ?, ?)",
@@ -286,7 +332,8 @@ export class TaskQueue {
         tenant: r.tenant,
         model,
         attempt: r.attempts + 1,
-        items: JSON.parse(items) as QueuedItem[],
+        items: JSON.parse(items) as StoredItem[],
+        texts: texts === null ? null : (JSON.parse(texts) as TaskTexts),
         verify: r.verify,
       };
     });
@@ -294,7 +341,9 @@ export class TaskQueue {
 
   /**
    * Cuts the first `size` chunks of pending task `id` into a pending task of their own, leaving
-   * `left` in `id`; returns the new task's id. In SQL, so the rest's text is never parsed.
+   * `left` in `id`; returns the new task's id. Each part keeps the blocks of text its items
+   * name (a block straddling the cut, which sizes in whole blocks never make, goes to both).
+   * In SQL, so the rest's text is never parsed.
    */
   private cut(id: string, size: number, left: number): string {
     const piece = `${id}~${left}`;
@@ -306,17 +355,21 @@ export class TaskQueue {
       id,
     );
     this.sql.exec(
-      `INSERT INTO task_items (task_id, items)
-       SELECT ?, (SELECT json_group_array(json(value) ORDER BY key) FROM json_each(task_items.items) WHERE key < ?)
+      `INSERT INTO task_items (task_id, items, texts)
+       SELECT ?, (SELECT json_group_array(json(value) ORDER BY key) FROM json_each(task_items.items) WHERE key < ?),
+         ${blocksOf("key < ?")}
        FROM task_items WHERE task_id = ?`,
       piece,
+      size,
       size,
       id,
     );
     this.sql.exec(
       `UPDATE task_items
-       SET items = (SELECT json_group_array(json(value) ORDER BY key) FROM json_each(task_items.items) WHERE key >= ?)
+       SET items = (SELECT json_group_array(json(value) ORDER BY key) FROM json_each(task_items.items) WHERE key >= ?),
+         texts = ${blocksOf("key >= ?")}
        WHERE task_id = ?`,
+      size,
       size,
       id,
     );
@@ -383,7 +436,7 @@ export class TaskQueue {
       model: r.model,
       state: r.state,
       attempts: r.attempts,
-      items: r.items ? (JSON.parse(r.items) as QueuedItem[]) : null,
+      items: r.items ? (JSON.parse(r.items) as StoredItem[]) : null,
       verify: r.verify,
       pool: r.pool,
       answered: JSON.parse(r.answered) as string[],
@@ -448,11 +501,7 @@ export class TaskQueue {
   finishStoring(taskId: string, donor: string, confirmed: boolean): void {
     if (this.setState(taskId, "storing", { type: "stored" })) {
       if (confirmed) this.sql.exec("DELETE FROM task_items WHERE task_id = ?", taskId);
-      else
-        this.sql.exec(
-          "UPDATE task_items SET items = (SELECT json_group_array(json_remove(value, '$.text')) FROM json_each(task_items.items)) WHERE task_id = ?",
-          taskId,
-        );
+      else this.sql.exec(`UPDATE task_items SET ${WITHOUT_TEXT} WHERE task_id = ?`, taskId);
       this.sql.exec(
         "UPDATE tasks SET stored_by = ?, confirmed = ?, recompute = 0, answered = '[]', lane = 1 WHERE id = ?",
         donor,
@@ -502,7 +551,7 @@ export class TaskQueue {
   }
 
   /** Stored tasks whose result came from `donor` and was never confirmed, with their items (no text). */
-  unconfirmedBy(donor: string): { taskId: string; items: Omit<QueuedItem, "text">[] }[] {
+  unconfirmedBy(donor: string): { taskId: string; items: StoredItem[] }[] {
     return this.sql
       .exec<{ id: string; items: string | null }>(
         `SELECT t.id, i.items FROM tasks t LEFT JOIN task_items i ON i.task_id = t.id
@@ -512,7 +561,7 @@ export class TaskQueue {
       .toArray()
       .map((r) => ({
         taskId: r.id,
-        items: JSON.parse(r.items ?? "[]") as Omit<QueuedItem, "text">[],
+        items: JSON.parse(r.items ?? "[]") as StoredItem[],
       }));
   }
 
@@ -520,12 +569,13 @@ export class TaskQueue {
    * Runs a stored task again (its donor was quarantined): its items with their text back,
    * ahead of new work, never to `donor`. Returns false when the task is not done.
    */
-  recompute(taskId: string, items: QueuedItem[], donor: string): boolean {
+  recompute(taskId: string, sealed: Omit<StoredTask, "id">, donor: string): boolean {
     if (!this.setState(taskId, "done", { type: "recompute" })) return false;
     this.sql.exec(
-      "INSERT OR REPLACE INTO task_items (task_id, items) VALUES (?, ?)",
+      "INSERT OR REPLACE INTO task_items (task_id, items, texts) VALUES (?, ?, ?)",
       taskId,
-      JSON.stringify(items),
+      JSON.stringify(sealed.items),
+      sealed.texts ? JSON.stringify(sealed.texts) : null,
     );
     this.sql.exec(
       "UPDATE tasks SET recompute = 1, lane = 0, answered = json_array(?), stored_by = NULL, attempts = 0, errors = '[]' WHERE id = ?",
@@ -783,14 +833,21 @@ export class TaskQueue {
   }
 
   /**
-   * A document of the job was deleted: its items leave the job's tasks, with the text a
-   * failed task still holds.
+   * A document of an ended job was deleted: its items leave the job's tasks, with the text a
+   * failed task still holds: every block that held some of its text goes whole (the other
+   * texts in it went with their failed task's end; a failed task is not run again).
    */
   forgetDocument(jobId: string, documentId: string): void {
+    // Both from the row as it was: the blocks named by the document's items, then the items.
     this.sql.exec(
-      `UPDATE task_items SET items = (SELECT json_group_array(json(value)) FROM json_each(task_items.items)
-         WHERE json_extract(value, '$.documentId') IS NOT ?)
+      `UPDATE task_items SET
+         texts = (SELECT json_group_array(json(t.value)) FROM json_each(task_items.texts) t
+           WHERE t.value ->> 0 NOT IN (SELECT i.value ->> 'b' FROM json_each(task_items.items) i
+             WHERE i.value ->> 'documentId' IS ? AND i.value ->> 'b' IS NOT NULL)),
+         items = (SELECT json_group_array(json(value)) FROM json_each(task_items.items)
+           WHERE json_extract(value, '$.documentId') IS NOT ?)
        WHERE task_id IN (SELECT id FROM tasks WHERE job_id = ?)`,
+      documentId,
       documentId,
       jobId,
     );
@@ -799,7 +856,7 @@ export class TaskQueue {
   /** The job's text retention ended: its tasks (failed ones hold their text) drop it. */
   dropText(jobId: string): void {
     this.sql.exec(
-      "UPDATE task_items SET items = (SELECT json_group_array(json_remove(value, '$.text')) FROM json_each(task_items.items)) WHERE task_id IN (SELECT id FROM tasks WHERE job_id = ?)",
+      `UPDATE task_items SET ${WITHOUT_TEXT} WHERE task_id IN (SELECT id FROM tasks WHERE job_id = ?)`,
       jobId,
     );
   }

@@ -17,10 +17,10 @@ import {
 } from "@p2pa/shared";
 import { keyringFor, openStore } from "../db/open.js";
 import type { Credential, LiveVersion, NewChunk, NewDocument } from "../db/store.js";
-import { sealItems } from "../dispatch/sealed-items.js";
+import { sealTask } from "../dispatch/sealed-items.js";
 import { dispatcherFor } from "../dispatch/shards.js";
 import { vectorMetadata } from "../dispatch/store-result.js";
-import type { ItemCopy, NewTask, QueuedItem } from "../dispatch/task-queue.js";
+import type { ItemCopy, NewTask, QueuedItem, StoredTask } from "../dispatch/task-queue.js";
 import { chunkIdOf } from "../lib/chunk-ids.js";
 import { hex, sha256Hex } from "../lib/crypto.js";
 import { AppError, noCapacity } from "../lib/errors.js";
@@ -469,13 +469,14 @@ async function dispatchTasks(
   const keyring = keyringFor(env);
   // Slices before the last keep the job open on the shard; the last says what the batch does.
   const during = { verify: job.verification, pool: job.pool, accepting: true };
-  let slice: NewTask[] = [];
+  let slice: StoredTask[] = [];
   let size = 0;
   try {
     for (const t of tasks) {
       // The coordinator keeps the text only sealed, like D1.
-      slice.push({ ...t, items: await sealItems(keyring, job.tenant, t.items) });
-      size += (slice.at(-1)?.items ?? []).reduce((n, i) => n + i.text.length + 64, 0);
+      const sealed = await sealTask(keyring, job.tenant, t.items);
+      slice.push({ id: t.id, ...sealed });
+      size += sealed.texts.reduce((n, [, s]) => n + s.length, 64 * t.items.length);
       if (size >= ENQUEUE_SLICE_CHARS) {
         await dispatcher.enqueue(job.id, job.tenant, job.model, slice, during);
         slice = [];
