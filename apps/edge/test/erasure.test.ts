@@ -1061,7 +1061,7 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
     // The coordinator holds it too, sealed in its failed task's blocks.
     expect(places).toEqual(
       expect.arrayContaining([
-        expect.stringMatching(/^do:Dispatcher\(.+\)\.task_items\.texts \[decrypted\]$/),
+        expect.stringMatching(/^do:Dispatcher\(.+\)\.task_blocks\.text \[decrypted\]$/),
       ]),
     );
 

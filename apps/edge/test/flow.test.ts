@@ -195,7 +195,7 @@ describe("flow control", () => {
         Date.now() - 60_000,
       );
       state.storage.sql.exec(
-        "INSERT INTO task_items (task_id, items) VALUES ('job_forgotten.0', ?)",
+        "INSERT INTO task_blocks (task_id, block, items, size) VALUES ('job_forgotten.0', 0, ?, 1)",
         JSON.stringify([{ chunkId: "job_forgotten.c0", documentId: "d", index: 0, text: "x" }]),
       );
     });

@@ -22,7 +22,7 @@ describe("TaskQueue storage", () => {
     await runInDurableObject(dispatcherFor(env, "use-lite", "migrate"), (_o: Dispatcher, state) => {
       const sql = state.storage.sql;
       // The previous schema: the items inline in each task's row.
-      sql.exec("DROP TABLE task_items");
+      sql.exec("DROP TABLE task_blocks");
       sql.exec("ALTER TABLE tasks ADD COLUMN items TEXT");
       sql.exec("UPDATE meta SET value = '6' WHERE key = 'task_queue'");
       const items = Array.from({ length: 64 }, (_, i) => item(i));
@@ -60,7 +60,7 @@ describe("TaskQueue storage", () => {
       queue.finishStoring(b, "d", true);
       expect(queue.getTask(b)?.items).toBeNull();
       queue.purgeJob("job_old");
-      expect(sql.exec("SELECT count(*) AS n FROM task_items").one().n).toBe(0);
+      expect(sql.exec("SELECT count(*) AS n FROM task_blocks").one().n).toBe(0);
     });
   });
   it("keeps a task's text sealed in blocks of TASK_SIZE chunks that go with the pieces it is cut into", async () => {
@@ -94,14 +94,23 @@ describe("TaskQueue storage", () => {
         const queue = new TaskQueue(sql, 3);
         queue.enqueue("job_blk", tenant, "use-lite", [{ id: "job_blk.0", ...sealedBig }]);
         queue.enqueue("job_odd", tenant, "use-lite", [{ id: "job_odd.0", ...sealedOdd }]);
-        const row = sql
-          .exec<{ items: string; texts: string }>(
-            "SELECT items, texts FROM task_items WHERE task_id = 'job_blk.0'",
+        const rows = sql
+          .exec<{ block: number; items: string; size: number; text: string }>(
+            "SELECT block, items, size, text FROM task_blocks WHERE task_id = 'job_blk.0' ORDER BY block",
           )
-          .one();
-        // No text in the clear, and none sealed item by item.
-        for (const c of big) expect(`${row.items}${row.texts}`).not.toContain(c.text);
-        expect(row.items).not.toContain('"text"');
+          .toArray();
+        // A row a block, its sealed text beside its items; no text in the clear, and none
+        // sealed item by item.
+        expect(rows.map((r) => [r.block, r.size])).toEqual([
+          [0, 32],
+          [1, 32],
+          [2, 32],
+          [3, 4],
+        ]);
+        for (const r of rows) {
+          for (const c of big) expect(`${r.items}${r.text}`).not.toContain(c.text);
+          expect(r.items).not.toContain('"text"');
+        }
 
         // Cut for workers' paces in whole blocks: each piece holds its own blocks and opens to
         // exactly its chunks' texts.
@@ -117,14 +126,14 @@ describe("TaskQueue storage", () => {
         expect(await open(b)).toEqual(
           big.slice(32, 96).map(({ chunkId, text }) => ({ chunkId, text })),
         );
-        // A cut inside a block (no pace size makes one) leaves that block to both parts.
+        // A size inside a block (no pace size asks for one) takes that block whole.
         const more = [1, 2, 3].flatMap(() => queue.lease(worker, "use-lite", 1, now, 60_000, 20));
         const ofOdd = more.filter((t) => t.jobId === "job_odd");
-        expect(ofOdd.map((t) => t.items.length)).toEqual([20, 20]);
-        expect(ofOdd.map((t) => t.texts?.map(([n]) => n))).toEqual([[0], [0, 1]]);
-        for (const t of ofOdd) {
-          if (!t) continue;
-          const want = odd.filter((o) => t.items.some((i) => i.chunkId === o.chunkId));
+        expect(ofOdd.map((t) => t.items.length)).toEqual([32, 8]);
+        expect(ofOdd.map((t) => t.texts?.map(([n]) => n))).toEqual([[0], [1]]);
+        expect(ofOdd.map((t) => queue.getTask(t.taskId)?.items?.length)).toEqual([32, 8]);
+        for (const [n, t] of ofOdd.entries()) {
+          const want = n === 0 ? odd.slice(0, 32) : odd.slice(32);
           expect(await open(t)).toEqual(want.map(({ chunkId, text }) => ({ chunkId, text })));
         }
         // A block opens only for the chunks sealed in it: another task's blocks do not serve.
@@ -135,11 +144,11 @@ describe("TaskQueue storage", () => {
         queue.finishStoring(a.taskId, "d", false);
         expect(
           sql
-            .exec<{ texts: string | null }>(
-              "SELECT texts FROM task_items WHERE task_id = ?",
+            .exec<{ text: string | null }>(
+              "SELECT text FROM task_blocks WHERE task_id = ?",
               a.taskId,
             )
-            .one().texts,
+            .one().text,
         ).toBeNull();
         expect(queue.getTask(a.taskId)?.items?.map((i) => i.chunkId)).toEqual(
           big.slice(0, 32).map((i) => i.chunkId),
@@ -148,8 +157,8 @@ describe("TaskQueue storage", () => {
         // A deleted document takes every block that held its text.
         queue.forgetDocument("job_blk", "doc-1");
         const rest = sql
-          .exec<{ items: string; texts: string }>(
-            "SELECT items, texts FROM task_items WHERE task_id = 'job_blk.0'",
+          .exec<{ items: string; size: number; text: string | null }>(
+            "SELECT items, size, text FROM task_blocks WHERE task_id = 'job_blk.0'",
           )
           .one();
         const left = JSON.parse(rest.items) as { chunkId: string; documentId: string }[];
@@ -159,7 +168,17 @@ describe("TaskQueue storage", () => {
             .filter((i) => i.documentId !== "doc-1")
             .map((i) => i.chunkId),
         );
-        expect(JSON.parse(rest.texts)).toEqual([]);
+        expect(rest.size).toBe(left.length);
+        expect(rest.text).toBeNull();
+        // Every block of the job held some of its text; another job's blocks keep theirs.
+        const sealed = (job: string) =>
+          sql
+            .exec<{ n: number }>(
+              "SELECT count(*) AS n FROM task_blocks WHERE text IS NOT NULL AND task_id LIKE ?",
+              `${job}.%`,
+            )
+            .one().n;
+        expect([sealed("job_blk"), sealed("job_odd")]).toEqual([0, 2]);
         queue.purgeJob("job_blk");
         queue.purgeJob("job_odd");
       },

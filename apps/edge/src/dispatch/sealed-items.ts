@@ -8,9 +8,9 @@ import type { QueuedItem, StoredItem, TaskTexts } from "./task-queue.js";
  * the text in D1, under the tenant's key. A task's texts are sealed in blocks of TASK_SIZE
  * chunks, one AES-GCM operation a block rather than one a chunk (some 5 µs of the
  * coordinator's thread each, sealed and opened): a block holds its chunks' ids beside their
- * texts, so a text opens only for the chunk it was sealed for. Tasks are cut for each
- * worker's pace in whole blocks (sizes are multiples of TASK_SIZE), so a block is opened for
- * one lease.
+ * texts, so a text opens only for the chunk it was sealed for. The queue keeps a row a block
+ * (task-queue.ts) and cuts tasks for each worker's pace in whole blocks, so a block is opened
+ * for one lease.
  */
 const BLOCK_CONTEXT = "task-texts";
 

@@ -107,19 +107,11 @@ const LEASABLE = `state = 'pending' AND model = ? AND not_before <= ?
   AND NOT EXISTS (SELECT 1 FROM json_each(tasks.answered) WHERE value = ?)`;
 
 /**
- * The blocks of text (task_items.texts) that a task's items selected by `which` (a condition on
- * json_each's `key` over task_items.items) name.
+ * A task_blocks row's SET without its text: its sealed block, and any text sealed on its items
+ * (tasks queued before blocks).
  */
-const blocksOf = (which: string) =>
-  `(SELECT json_group_array(json(t.value)) FROM json_each(task_items.texts) t
-     WHERE t.value ->> 0 IN (SELECT i.value ->> 'b' FROM json_each(task_items.items) i WHERE i.${which}))`;
-
-/**
- * A task_items row's SET without its text: its blocks, and any text sealed on its items (tasks
- * queued before blocks).
- */
-const WITHOUT_TEXT = `texts = NULL, items = CASE WHEN instr(items, '"text":') > 0
-  THEN (SELECT json_group_array(json_remove(value, '$.text')) FROM json_each(task_items.items))
+const WITHOUT_TEXT = `text = NULL, items = CASE WHEN instr(items, '"text":') > 0
+  THEN (SELECT json_group_array(json_remove(value, '$.text')) FROM json_each(task_blocks.items))
   ELSE items END`;
 
 /** Backoff before retrying a failed task: 0.5 s doubling per failure, at most 30 s. */
@@ -229,7 +221,85 @@ export class TaskQueue {
       -- operation a block rather than one a chunk; its items name their block
       ALTER TABLE task_items ADD COLUMN texts TEXT;
     `,
+      `
+      -- a task's items in rows of a block each (TASK_SIZE chunks and their sealed text): a
+      -- task is cut for a worker's pace by handing whole blocks to the new task, where cutting
+      -- one JSON document of 256 items and their text in SQL took some 2 ms
+      CREATE TABLE task_blocks (
+        task_id TEXT NOT NULL,
+        block INTEGER NOT NULL,
+        items TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        text TEXT
+      );
+      CREATE UNIQUE INDEX task_blocks_task ON task_blocks (task_id, block);
+      -- items by the block they name, else (text sealed item by item) 32 to a block in order
+      INSERT INTO task_blocks (task_id, block, items, size, text)
+        SELECT ti.task_id, coalesce(j.value ->> 'b', j.key / 32) AS blk,
+          json_group_array(json(j.value) ORDER BY j.key), count(*),
+          (SELECT t.value ->> 1 FROM json_each(ti.texts) t
+            WHERE t.value ->> 0 = coalesce(j.value ->> 'b', j.key / 32))
+        FROM task_items ti, json_each(ti.items) j
+        GROUP BY ti.task_id, blk;
+      DROP TABLE task_items;
+    `,
     ]);
+  }
+
+  /**
+   * A task's items in rows of a block each, with the block's sealed text: by the block each
+   * item names, else (text in the clear or sealed item by item) TASK_SIZE to a block.
+   */
+  private putBlocks(taskId: string, task: Omit<StoredTask, "id">): void {
+    const blocks = new Map<number, StoredItem[]>();
+    task.items.forEach((item, i) => {
+      const b = item.b ?? Math.floor(i / TASK_SIZE);
+      const list = blocks.get(b);
+      if (list) list.push(item);
+      else blocks.set(b, [item]);
+    });
+    const texts = new Map(task.texts ?? []);
+    for (const [b, items] of blocks)
+      this.sql.exec(
+        "INSERT INTO task_blocks (task_id, block, items, size, text) VALUES (?, ?, ?, ?, ?)",
+        taskId,
+        b,
+        JSON.stringify(items),
+        items.length,
+        texts.get(b) ?? null,
+      );
+  }
+
+  /** A task's items in order (their text not read); null when it holds no rows. */
+  private itemsOf(taskId: string): StoredItem[] | null {
+    const rows = this.sql
+      .exec<{ items: string }>(
+        "SELECT items FROM task_blocks WHERE task_id = ? ORDER BY block",
+        taskId,
+      )
+      .toArray();
+    if (rows.length === 0) return null;
+    return rows.length === 1
+      ? (JSON.parse((rows[0] as { items: string }).items) as StoredItem[])
+      : rows.flatMap((r) => JSON.parse(r.items) as StoredItem[]);
+  }
+
+  /** A task's items and sealed blocks, in order; null when it holds no rows. */
+  private blocksOf(taskId: string): { items: StoredItem[]; texts: TaskTexts } | null {
+    const rows = this.sql
+      .exec<{ block: number; items: string; text: string | null }>(
+        "SELECT block, items, text FROM task_blocks WHERE task_id = ? ORDER BY block",
+        taskId,
+      )
+      .toArray();
+    if (rows.length === 0) return null;
+    const items: StoredItem[] = [];
+    const texts: TaskTexts = [];
+    for (const r of rows) {
+      for (const item of JSON.parse(r.items) as StoredItem[]) items.push(item);
+      if (r.text !== null) texts.push([r.block, r.text]);
+    }
+    return { items, texts };
   }
 
   /** Adds a job's tasks; replays of the same task ids are ignored. Returns how many were new. */
@@ -254,12 +324,7 @@ export class TaskQueue {
         opts.pool,
       );
       if (rowsWritten === 0) continue;
-      this.sql.exec(
-        "INSERT INTO task_items (task_id, items, texts) VALUES (?, ?, ?)",
-        t.id,
-        JSON.stringify(t.items),
-        t.texts ? JSON.stringify(t.texts) : null,
-      );
+      this.putBlocks(t.id, t);
       added++;
     }
     return added;
@@ -308,15 +373,10 @@ export class TaskQueue {
     return rows.map((r) => {
       const leaseId = crypto.randomUUID();
       const cut = r.attempts === 0 && r.lane === 1 && r.size > size;
-      const taskId = cut ? this.cut(r.id, size, r.size - size) : r.id;
+      const taskId = cut ? this.cut(r.id, size) : r.id;
       this.setState(taskId, "pending", { type: "lease" });
       this.sql.exec("UPDATE tasks SET attempts = attempts + 1 WHERE id = ?", taskId);
-      const { items, texts } = this.sql
-        .exec<{ items: string; texts: string | null }>(
-          "SELECT items, texts FROM task_items WHERE task_id = ?",
-          taskId,
-        )
-        .one();
+      const { items, texts } = this.blocksOf(taskId) ?? { items: [], texts: [] };
       this.sql.exec(
         "INSERT INTO leases (id, task_id, worker_id, deadline, leased_at) VALUES (?, ?, ?, ?, ?)",
         leaseId,
@@ -332,46 +392,44 @@ export class TaskQueue {
         tenant: r.tenant,
         model,
         attempt: r.attempts + 1,
-        items: JSON.parse(items) as StoredItem[],
-        texts: texts === null ? null : (JSON.parse(texts) as TaskTexts),
+        items,
+        texts,
         verify: r.verify,
       };
     });
   }
 
   /**
-   * Cuts the first `size` chunks of pending task `id` into a pending task of their own, leaving
-   * `left` in `id`; returns the new task's id. Each part keeps the blocks of text its items
-   * name (a block straddling the cut, which sizes in whole blocks never make, goes to both).
-   * In SQL, so the rest's text is never parsed.
+   * Cuts the first blocks of pending task `id` that hold at least `size` chunks into a pending
+   * task of their own (`<id>~<chunks left>`) and returns its id; the rest stays queued under
+   * `id`. Pace sizes are whole blocks, so the new task holds `size` chunks; the blocks move
+   * with their sealed text as they are. When no block is left over, the task goes whole.
    */
-  private cut(id: string, size: number, left: number): string {
+  private cut(id: string, size: number): string {
+    const blocks = this.sql
+      .exec<{ block: number; size: number }>(
+        "SELECT block, size FROM task_blocks WHERE task_id = ? ORDER BY block",
+        id,
+      )
+      .toArray();
+    let taken = 0;
+    let k = 0;
+    while (k < blocks.length && taken < size) taken += (blocks[k++] as { size: number }).size;
+    if (k === blocks.length) return id;
+    const left = blocks.slice(k).reduce((n, b) => n + b.size, 0);
     const piece = `${id}~${left}`;
     this.sql.exec(
       `INSERT INTO tasks (id, job_id, tenant, model, size, queued_at, verify, pool)
        SELECT ?, job_id, tenant, model, ?, queued_at, verify, pool FROM tasks WHERE id = ?`,
       piece,
-      size,
+      taken,
       id,
     );
     this.sql.exec(
-      `INSERT INTO task_items (task_id, items, texts)
-       SELECT ?, (SELECT json_group_array(json(value) ORDER BY key) FROM json_each(task_items.items) WHERE key < ?),
-         ${blocksOf("key < ?")}
-       FROM task_items WHERE task_id = ?`,
+      "UPDATE task_blocks SET task_id = ? WHERE task_id = ? AND block <= ?",
       piece,
-      size,
-      size,
       id,
-    );
-    this.sql.exec(
-      `UPDATE task_items
-       SET items = (SELECT json_group_array(json(value) ORDER BY key) FROM json_each(task_items.items) WHERE key >= ?),
-         texts = ${blocksOf("key >= ?")}
-       WHERE task_id = ?`,
-      size,
-      size,
-      id,
+      (blocks[k - 1] as { block: number }).block,
     );
     this.sql.exec("UPDATE tasks SET size = ? WHERE id = ?", left, id);
     return piece;
@@ -388,7 +446,7 @@ export class TaskQueue {
     let n = 0;
     for (const r of rows) {
       if (this.setState(r.id, r.state, { type: "cancel" })) {
-        this.sql.exec("DELETE FROM task_items WHERE task_id = ?", r.id);
+        this.sql.exec("DELETE FROM task_blocks WHERE task_id = ?", r.id);
         this.sql.exec("DELETE FROM leases WHERE task_id = ?", r.id);
         n++;
       }
@@ -416,14 +474,12 @@ export class TaskQueue {
         model: string;
         state: TaskState;
         attempts: number;
-        items: string | null;
         verify: TaskOptions["verify"];
         pool: TaskOptions["pool"];
         answered: string;
         recompute: number;
       }>(
-        `SELECT id, job_id, tenant, model, state, attempts, verify, pool, answered, recompute,
-           (SELECT items FROM task_items WHERE task_id = tasks.id) AS items
+        `SELECT id, job_id, tenant, model, state, attempts, verify, pool, answered, recompute
          FROM tasks WHERE id = ?`,
         id,
       )
@@ -436,7 +492,7 @@ export class TaskQueue {
       model: r.model,
       state: r.state,
       attempts: r.attempts,
-      items: r.items ? (JSON.parse(r.items) as StoredItem[]) : null,
+      items: this.itemsOf(r.id),
       verify: r.verify,
       pool: r.pool,
       answered: JSON.parse(r.answered) as string[],
@@ -500,8 +556,8 @@ export class TaskQueue {
    */
   finishStoring(taskId: string, donor: string, confirmed: boolean): void {
     if (this.setState(taskId, "storing", { type: "stored" })) {
-      if (confirmed) this.sql.exec("DELETE FROM task_items WHERE task_id = ?", taskId);
-      else this.sql.exec(`UPDATE task_items SET ${WITHOUT_TEXT} WHERE task_id = ?`, taskId);
+      if (confirmed) this.sql.exec("DELETE FROM task_blocks WHERE task_id = ?", taskId);
+      else this.sql.exec(`UPDATE task_blocks SET ${WITHOUT_TEXT} WHERE task_id = ?`, taskId);
       this.sql.exec(
         "UPDATE tasks SET stored_by = ?, confirmed = ?, recompute = 0, answered = '[]', lane = 1 WHERE id = ?",
         donor,
@@ -553,16 +609,12 @@ export class TaskQueue {
   /** Stored tasks whose result came from `donor` and was never confirmed, with their items (no text). */
   unconfirmedBy(donor: string): { taskId: string; items: StoredItem[] }[] {
     return this.sql
-      .exec<{ id: string; items: string | null }>(
-        `SELECT t.id, i.items FROM tasks t LEFT JOIN task_items i ON i.task_id = t.id
-         WHERE t.stored_by = ? AND t.confirmed = 0 AND t.state = 'done'`,
+      .exec<{ id: string }>(
+        "SELECT id FROM tasks WHERE stored_by = ? AND confirmed = 0 AND state = 'done'",
         donor,
       )
       .toArray()
-      .map((r) => ({
-        taskId: r.id,
-        items: JSON.parse(r.items ?? "[]") as StoredItem[],
-      }));
+      .map((r) => ({ taskId: r.id, items: this.itemsOf(r.id) ?? [] }));
   }
 
   /**
@@ -571,12 +623,8 @@ export class TaskQueue {
    */
   recompute(taskId: string, sealed: Omit<StoredTask, "id">, donor: string): boolean {
     if (!this.setState(taskId, "done", { type: "recompute" })) return false;
-    this.sql.exec(
-      "INSERT OR REPLACE INTO task_items (task_id, items, texts) VALUES (?, ?, ?)",
-      taskId,
-      JSON.stringify(sealed.items),
-      sealed.texts ? JSON.stringify(sealed.texts) : null,
-    );
+    this.sql.exec("DELETE FROM task_blocks WHERE task_id = ?", taskId);
+    this.putBlocks(taskId, sealed);
     this.sql.exec(
       "UPDATE tasks SET recompute = 1, lane = 0, answered = json_array(?), stored_by = NULL, attempts = 0, errors = '[]' WHERE id = ?",
       donor,
@@ -834,19 +882,21 @@ export class TaskQueue {
 
   /**
    * A document of an ended job was deleted: its items leave the job's tasks, with the text a
-   * failed task still holds: every block that held some of its text goes whole (the other
-   * texts in it went with their failed task's end; a failed task is not run again).
+   * failed task still holds: every block that held some of its text loses its sealed text
+   * whole (the other texts in it went with their failed task's end; a failed task is not run
+   * again).
    */
   forgetDocument(jobId: string, documentId: string): void {
-    // Both from the row as it was: the blocks named by the document's items, then the items.
+    // Every SET reads the row as it was.
     this.sql.exec(
-      `UPDATE task_items SET
-         texts = (SELECT json_group_array(json(t.value)) FROM json_each(task_items.texts) t
-           WHERE t.value ->> 0 NOT IN (SELECT i.value ->> 'b' FROM json_each(task_items.items) i
-             WHERE i.value ->> 'documentId' IS ? AND i.value ->> 'b' IS NOT NULL)),
-         items = (SELECT json_group_array(json(value)) FROM json_each(task_items.items)
-           WHERE json_extract(value, '$.documentId') IS NOT ?)
+      `UPDATE task_blocks SET
+         text = CASE WHEN EXISTS (SELECT 1 FROM json_each(task_blocks.items) i
+           WHERE i.value ->> 'documentId' IS ?) THEN NULL ELSE text END,
+         items = (SELECT json_group_array(json(value) ORDER BY key) FROM json_each(task_blocks.items)
+           WHERE value ->> 'documentId' IS NOT ?),
+         size = (SELECT count(*) FROM json_each(task_blocks.items) WHERE value ->> 'documentId' IS NOT ?)
        WHERE task_id IN (SELECT id FROM tasks WHERE job_id = ?)`,
+      documentId,
       documentId,
       documentId,
       jobId,
@@ -856,7 +906,7 @@ export class TaskQueue {
   /** The job's text retention ended: its tasks (failed ones hold their text) drop it. */
   dropText(jobId: string): void {
     this.sql.exec(
-      `UPDATE task_items SET ${WITHOUT_TEXT} WHERE task_id IN (SELECT id FROM tasks WHERE job_id = ?)`,
+      `UPDATE task_blocks SET ${WITHOUT_TEXT} WHERE task_id IN (SELECT id FROM tasks WHERE job_id = ?)`,
       jobId,
     );
   }
@@ -868,7 +918,7 @@ export class TaskQueue {
    */
   purgeJob(jobId: string): void {
     this.sql.exec(
-      "DELETE FROM task_items WHERE task_id IN (SELECT id FROM tasks WHERE job_id = ?)",
+      "DELETE FROM task_blocks WHERE task_id IN (SELECT id FROM tasks WHERE job_id = ?)",
       jobId,
     );
     this.sql.exec("UPDATE tasks SET errors = '[]' WHERE job_id = ?", jobId);
