@@ -70,6 +70,7 @@ interface DonorRecord {
   agreed: number;
   disagreed: number;
   quarantinedAt: number | null;
+  trusted: boolean;
 }
 
 /** GET /v1/workers with the operator's key (the fields the end-to-end tests read). */

@@ -116,24 +116,39 @@ describe("dishonest donors beside honest ones", () => {
       lying ? t.items.map(() => randomUnit()) : model.embed(t.items.map((i) => i.text)),
     );
     await turncoat.connect();
-    const documents = generatedPassages(1800, 120, 400, 92).map((text) => ({ text }));
-    const res = await sys.api<Job>("/v1/jobs", { json: { documents } });
-    expect(res.status).toBe(202);
-    // Honest until its record says it is trusted, then it lies.
+    const submit = async (n: number, seed: number) => {
+      const documents = generatedPassages(n, 120, 400, seed).map((text) => ({ text }));
+      const res = await sys.api<Job>("/v1/jobs", { json: { documents } });
+      expect(res.status).toBe(202);
+      return res.body.id;
+    };
+    // Honest until its record says it is trusted, then it lies on the work that comes after.
+    // Its results wait for confirmation until then, so it may have computed a whole job by
+    // the time the confirmations make it trusted: jobs go on until it is.
+    const jobs: string[] = [];
     const deadline = Date.now() + 240_000;
-    while (!lying && Date.now() < deadline) {
-      const mine = (await records()).find((x) => x.donor === CRED.turncoat);
-      if ((mine?.agreed ?? 0) >= 10) lying = true;
-      else await new Promise((r) => setTimeout(r, 300));
+    while (!lying) {
+      if (Date.now() > deadline) throw new Error("the turncoat never earned trust");
+      if ((await records()).find((x) => x.donor === CRED.turncoat)?.trusted) {
+        lying = true;
+        break;
+      }
+      const last = jobs.at(-1);
+      const status = last ? (await sys.api<Job>(`/v1/jobs/${last}`)).body.status : null;
+      if (status === null || !["queued", "running"].includes(status))
+        jobs.push(await submit(1800, 92 + jobs.length));
+      await new Promise((r) => setTimeout(r, 300));
     }
-    expect(lying).toBe(true);
-    const job = await waitForJob<Job>(sys, res.body.id, 240_000);
-    expect(job.status).toBe("completed");
+    // A job after trust: some of its results are stored unchecked, some spot-checked.
+    jobs.push(await submit(1800, 192));
+    for (const id of jobs)
+      expect((await waitForJob<Job>(sys, id, 240_000)).status).toBe("completed");
     // Caught by spot checks, quarantined, and what it stored unconfirmed is computed again.
     for (;;) {
       const mine = (await records()).find((x) => x.donor === CRED.turncoat);
       if (mine?.quarantinedAt) break;
-      if (Date.now() > deadline) throw new Error(`turncoat never caught: ${JSON.stringify(mine)}`);
+      if (Date.now() > deadline + 120_000)
+        throw new Error(`turncoat never caught: ${JSON.stringify(mine)}`);
       await new Promise((r) => setTimeout(r, 300));
     }
     expect(turncoat.closeCode).toBe(4403);
@@ -144,10 +159,10 @@ describe("dishonest donors beside honest ones", () => {
         0,
       );
       if (open === 0) break;
-      if (Date.now() > deadline) throw new Error("recomputation did not finish");
+      if (Date.now() > deadline + 240_000) throw new Error("recomputation did not finish");
       await new Promise((r) => setTimeout(r, 300));
     }
-    await assertModelsOwnVectors(job.id);
+    for (const id of jobs) await assertModelsOwnVectors(id);
     const r = await records();
     for (const d of HONEST) expect(r.find((x) => x.donor === d)?.disagreed).toBe(0);
   }, 420_000);
