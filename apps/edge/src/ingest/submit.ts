@@ -22,7 +22,7 @@ import { dispatcherFor } from "../dispatch/shards.js";
 import { vectorMetadata } from "../dispatch/store-result.js";
 import type { ItemCopy, NewTask, QueuedItem, StoredTask } from "../dispatch/task-queue.js";
 import { chunkIdOf } from "../lib/chunk-ids.js";
-import { hex, sha256Hex } from "../lib/crypto.js";
+import { hex, sha256Hex, utf8 } from "../lib/crypto.js";
 import { AppError, noCapacity } from "../lib/errors.js";
 import { requireModel } from "../lib/models.js";
 import { settings } from "../lib/settings.js";
@@ -300,7 +300,7 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
           { jobId, seq, contentHash },
           {
             file: d.original !== undefined,
-            bytes: d.original?.bytes.length ?? new TextEncoder().encode(d.text).length,
+            bytes: d.original?.bytes.length ?? utf8.encode(d.text).length,
           },
         )
       : null;
@@ -430,7 +430,7 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
 }
 
 async function macHex(key: CryptoKey, text: string): Promise<string> {
-  const mac = await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(text));
+  const mac = await crypto.subtle.sign("HMAC", key, utf8.encode(text));
   return hex(new Uint8Array(mac, 0, 16));
 }
 

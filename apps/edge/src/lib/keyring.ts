@@ -24,6 +24,7 @@
  */
 
 import { base64ToBytes, bytesToBase64 } from "@p2pa/shared";
+import { utf8 } from "./crypto.js";
 import { D1KeyStore, type KeyRow, type Rewrap, type TenantKeyStore } from "./key-store.js";
 
 /** Prefix of the text format; the digit is the format version. */
@@ -167,6 +168,8 @@ interface CachedKey {
 
 // Module level, so that the per-request Keyring instances of one isolate share them.
 const scopes = new Map<string, Scope>();
+/** The same scopes by the secret as written (`P2PA_DATA_KEYS`), so it is parsed once. */
+const scopesBySecret = new Map<string, Scope>();
 let nextScope = 1;
 const keyCache = new Map<string, CachedKey>();
 const newestCache = new Map<string, { tenant: string; version: number; expires: number }>();
@@ -217,7 +220,6 @@ export class Keyring {
     if (items.length === 0) return [];
     const { version, key } = await this.sealingKey(tenant);
     const ivs = randomIvs(items.length);
-    const utf8 = new TextEncoder();
     return Promise.all(
       items.map(async (item, i) => {
         const iv = ivs.subarray(i * IV_BYTES, (i + 1) * IV_BYTES);
@@ -576,6 +578,13 @@ export class Keyring {
 
   private scope(): Scope {
     if (this.scopeCache) return this.scopeCache;
+    // A keyring is made per request or task: the secret is parsed once per isolate, not each time.
+    const parsed =
+      this.deploymentKeys === undefined ? undefined : scopesBySecret.get(this.deploymentKeys);
+    if (parsed) {
+      this.scopeCache = parsed;
+      return parsed;
+    }
     let keys: DeploymentKey[];
     try {
       keys = parseDeploymentKeys(this.deploymentKeys);
@@ -592,6 +601,8 @@ export class Keyring {
       scopes.set(canonical, scope);
       evictOldest(scopes, MAX_SCOPES);
     }
+    scopesBySecret.set(this.deploymentKeys as string, scope);
+    evictOldest(scopesBySecret, MAX_SCOPES);
     this.scopeCache = scope;
     return scope;
   }
@@ -612,7 +623,7 @@ function checkTenant(tenant: string): void {
 }
 
 function aad(tenant: string, context: string): Uint8Array {
-  return new TextEncoder().encode(`${tenant}\u0000${context}`);
+  return utf8.encode(`${tenant}\u0000${context}`);
 }
 
 const UTF8 = new TextDecoder();

@@ -1,4 +1,4 @@
-import { hex } from "../lib/crypto.js";
+import { hex, utf8 } from "../lib/crypto.js";
 import type { Keyring } from "../lib/keyring.js";
 import { MAX_QUERY_WORDS, STOPWORDS, words } from "./words.js";
 
@@ -47,7 +47,7 @@ export class TermHasher {
     if (known !== undefined) return Promise.resolve(known);
     let h = this.pending.get(word);
     if (!h) {
-      h = crypto.subtle.sign("HMAC", this.key, new TextEncoder().encode(word)).then((mac) => {
+      h = crypto.subtle.sign("HMAC", this.key, utf8.encode(word)).then((mac) => {
         const digest = hex(new Uint8Array(mac, 0, HASH_HEX / 2));
         this.known.set(word, digest);
         this.pending.delete(word);
