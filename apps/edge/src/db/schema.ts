@@ -163,6 +163,9 @@ export const documents = sqliteTable(
       .on(t.tenant, t.collection, t.docKey)
       .where(sql`state = 'pending'`),
     index("documents_versions").on(t.tenant, t.collection, t.docKey, t.version),
+    // A job's versions waiting for their chunks: a stored result asks whether its job has
+    // any before it looks for the ones it completed (most jobs have none).
+    index("documents_job_pending").on(t.jobId).where(sql`state = 'pending'`),
     // Which documents still name a shared original (ingest/originals.ts): only those are
     // indexed, so a document's own original costs no entry at a random place of an index.
     index("documents_shared_original").on(t.rawKey).where(sql.raw(SHARED_ORIGINAL)),

@@ -1504,7 +1504,6 @@ export class D1Store extends StoreBase implements MetadataStore {
     reason: string | null,
   ): Promise<Map<string, number[]>> {
     const j = schema.jobs;
-    const d = schema.documents;
     const stmts = [];
     const reads: { at: number; jobId: string }[] = [];
     for (const { jobId, chunkIds } of groups) {
@@ -1533,17 +1532,22 @@ export class D1Store extends StoreBase implements MetadataStore {
             )
             .where(eq(j.id, jobId)),
         );
-        // The versions these chunks belong to that have nothing left to compute. Qualified by
-        // hand: a one-table select renders its columns unqualified.
+        // The versions these chunks belong to that have nothing left to compute. Most jobs have
+        // no pending version at all: the first row (CROSS JOIN keeps it first) asks that of
+        // an index holding pending versions only, so then no chunk is looked up again.
         reads.push({ at: stmts.length, jobId });
         stmts.push(
           this.db
-            .select({ seq: d.seq })
-            .from(d)
+            .select({ seq: sql<number>`d.seq` })
+            .from(
+              sql`(SELECT 1 FROM documents INDEXED BY documents_job_pending
+                WHERE job_id = ${jobId} AND state = 'pending' LIMIT 1) AS waiting
+              CROSS JOIN documents AS d`,
+            )
             .where(
-              sql`documents.job_id = ${jobId} AND documents.state = 'pending'
-              AND documents.id IN (SELECT document_id FROM chunks WHERE job_id = ${jobId} AND id IN (SELECT value FROM json_each(${ids})))
-              AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.job_id = documents.job_id AND c.document_id = documents.id AND c.status = 'pending')`,
+              sql`d.job_id = ${jobId} AND d.state = 'pending'
+              AND d.id IN (SELECT document_id FROM chunks WHERE job_id = ${jobId} AND id IN (SELECT value FROM json_each(${ids})))
+              AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.job_id = d.job_id AND c.document_id = d.id AND c.status = 'pending')`,
             ),
         );
       }

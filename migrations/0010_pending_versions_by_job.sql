@@ -1,0 +1,1 @@
+CREATE INDEX `documents_job_pending` ON `documents` (`job_id`) WHERE state = 'pending';
