@@ -470,7 +470,7 @@ if (backends) {
 }
 if (scaling)
   console.log(
-    `shard scaling, ${scaling.documents} documents in two jobs (median of ${scaling.oneShard.length}): one shard ${median(scaling.oneShard).toFixed(0)} chunks/s, two shards ${median(scaling.twoShards).toFixed(0)} chunks/s (the second adds ${(100 * scaling.secondShardAdds).toFixed(0)}% of the first); two shards in two edges ${median(scaling.twoApart).toFixed(0)} chunks/s (the second adds ${(100 * scaling.secondShardApartAdds).toFixed(0)}%)`,
+    `shard scaling, ${scaling.documents} documents in two jobs (median of ${scaling.oneShard.length}): one shard ${median(scaling.oneShard).toFixed(0)} chunks/s, two shards ${median(scaling.twoShards).toFixed(0)} chunks/s (the second adds ${(100 * scaling.secondShardAdds).toFixed(0)}% of the first); two shards in two edges ${median(scaling.twoApart).toFixed(0)} chunks/s (the second adds ${(100 * scaling.secondShardApartAdds).toFixed(0)}%); edge CPU a chunk ${median(scaling.oneShardCpu).toFixed(0)} µs on one shard, ${median(scaling.twoApartCpu).toFixed(0)} µs in two edges: with a core each, the second shard adds ${scaling.secondShardPerCore.toFixed(2)}x of the first`,
   );
 const off = median(verification.off?.chunksPerSecond ?? [1]);
 for (const [label, v] of Object.entries(verification)) {

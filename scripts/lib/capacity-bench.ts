@@ -398,6 +398,26 @@ export interface ScalingReport {
   twoApart: number[];
   /** What the second shard adds with a thread of its own: median(apart) / median(one) - 1. */
   secondShardApartAdds: number;
+  /**
+   * The edges' CPU a chunk dispatched (µs: their workerd runtimes' CPU from /proc over the
+   * dispatch, over the chunks of both jobs), per run: on one shard, and on two in two edges.
+   */
+  oneShardCpu: number[];
+  twoApartCpu: number[];
+  /**
+   * What a second shard adds where each has a core of its own (as in production, and as this
+   * machine's two cores cannot show with donors beside them): the work a shard does with a
+   * core, chunks per CPU-second, in two edges against one, median(oneCpu) / median(apartCpu).
+   * 1.0 means the second shard's work costs what the first's does, so it adds as much.
+   */
+  secondShardPerCore: number;
+}
+
+/** A dispatch's rate and what it cost the edges' runtimes. */
+interface ScalingRun {
+  chunksPerSecond: number;
+  /** µs of the edges' CPU a chunk. */
+  cpuPerChunk: number;
 }
 
 /** Which of `n` shards owns `key` (a job id), as the edge places it (dispatch/shards.ts). */
@@ -418,8 +438,33 @@ async function scalingEdge(shards: number) {
     persistTo: dir,
     vars: { DISPATCH_SHARDS: String(shards), VERIFY_CANARY_RATE: "0", VERIFICATION: "off" },
   });
+  // Warmed as the capacity runs are (a job computed to the end by donors that then leave), so
+  // that two edges, each with half the work, do not each pay a fresh runtime's first job.
+  const warm = await submitSentences(
+    edge.url,
+    sentences(WARM_UP_DOCUMENTS, 7_777).map((text) => `Warm-up: ${text}`),
+  );
+  // A donor joins a shard at random: they keep joining until the job's shard has one.
+  const warmPool: ScriptedDonor[] = [];
+  const admin = { Authorization: `Bearer ${here.DEV_CREDENTIALS.adminKey}` };
+  const covered = new Set<number>();
+  while (covered.size < shards) {
+    if (warmPool.length > 20 * shards) throw new Error("warm-up donors reached no shard");
+    const d = instantDonor(edge.url, randomUnit(), 16);
+    await d.connect();
+    warmPool.push(d);
+    const fleet = (await (await fetch(`${edge.url}/v1/workers`, { headers: admin })).json()) as {
+      shards: { workers: { id: string }[] }[];
+    };
+    fleet.shards.forEach((sh, i) => {
+      if (sh.workers.some((w) => w.id === d.workerId)) covered.add(i);
+    });
+  }
+  await waitForCompletion(edge.url, warm.id, scalingHeaders);
+  for (const d of warmPool) d.close();
   return {
     edge,
+    runtime: await here.edgeRuntimePid(edge),
     async stop() {
       await edge.stop();
       rmSync(dir, { recursive: true, force: true });
@@ -450,22 +495,38 @@ const instantDonor = (url: string, answer: Float32Array, capacity: number) =>
     true,
   );
 
-/** Chunks/s of `jobs` from the first task any donor of `pool` received to the last completion. */
+/** The CPU seconds these workerd runtimes have used, together. */
+async function runtimesCpu(pids: number[]): Promise<number> {
+  let total = 0;
+  for (const pid of pids) total += await here.cpuSeconds(pid);
+  return total;
+}
+
+/**
+ * Chunks/s of `jobs` from the first task any donor of `pool` received to the last completion,
+ * and the runtimes' CPU a chunk since `cpu0` (read before the donors connected).
+ */
 async function jobsRate(
   jobs: { url: string; id: string; total: number }[],
   pool: ScriptedDonor[],
-): Promise<number> {
+  runtimes: number[],
+  cpu0: number,
+): Promise<ScalingRun> {
   const ends = await Promise.all(jobs.map((j) => waitForCompletion(j.url, j.id, scalingHeaders)));
+  const cpu1 = await runtimesCpu(runtimes);
   const firstTask = Math.min(...pool.map((d) => d.firstTaskAt ?? Number.POSITIVE_INFINITY));
   const total = jobs.reduce((n, j) => n + j.total, 0);
-  return total / ((Math.max(...ends.map((e) => e.completedAt)) - firstTask) / 1000);
+  return {
+    chunksPerSecond: total / ((Math.max(...ends.map((e) => e.completedAt)) - firstTask) / 1000),
+    cpuPerChunk: ((cpu1 - cpu0) * 1e6) / total,
+  };
 }
 
 /**
  * One run of the same work on `shards` shards: two jobs of half the documents each (with two
  * shards, one on each: a job that lands beside the other is deleted and sent again), and the
  * donors spread evenly over the shards (a donor that joins a full shard connects again).
- * Returns chunks/s from the first task to the last job's completion.
+ * Returns chunks/s from the first task to the last job's completion, and the edge's CPU a chunk.
  */
 async function scalingRun(
   shards: number,
@@ -473,9 +534,9 @@ async function scalingRun(
   donors: number,
   capacity: number,
   seed: number,
-): Promise<number> {
+): Promise<ScalingRun> {
   const admin = { Authorization: `Bearer ${here.DEV_CREDENTIALS.adminKey}` };
-  const { edge, stop } = await scalingEdge(shards);
+  const { edge, runtime, stop } = await scalingEdge(shards);
   const answer = randomUnit();
   const pool: ScriptedDonor[] = [];
   try {
@@ -494,6 +555,7 @@ async function scalingRun(
         if (attempt > 20) throw new Error("could not place the second job on the other shard");
       }
     }
+    const cpu0 = await runtimesCpu([runtime]);
     // Donors join a shard at random: one that lands on a full shard connects again.
     const perShard = Math.ceil(donors / shards);
     const placed = new Map<number, number>();
@@ -510,7 +572,7 @@ async function scalingRun(
         pool.push(d);
       } else d.close();
     }
-    return await jobsRate(jobs, pool);
+    return await jobsRate(jobs, pool, [runtime], cpu0);
   } finally {
     for (const d of pool) d.close();
     await stop();
@@ -522,14 +584,15 @@ async function scalingRun(
  * processes), one shard each, each given one job of half the documents and half the donors.
  * Each edge has its own local D1 and vector index (a local D1 lives in one process), where a
  * deployment's shards share one D1 database and one Vectorize index, both services of their own.
- * Returns chunks/s of both jobs from the first task either edge sent to the later completion.
+ * Returns chunks/s of both jobs from the first task either edge sent to the later completion,
+ * and the two runtimes' CPU a chunk.
  */
 async function scalingRunApart(
   documents: number,
   donors: number,
   capacity: number,
   seed: number,
-): Promise<number> {
+): Promise<ScalingRun> {
   const edges: Awaited<ReturnType<typeof scalingEdge>>[] = [];
   const answer = randomUnit();
   const pool: ScriptedDonor[] = [];
@@ -545,8 +608,10 @@ async function scalingRunApart(
     );
     for (let i = 0; i < donors; i++)
       pool.push(instantDonor(urls[i % 2] as string, answer, capacity));
+    const runtimes = edges.map((e) => e.runtime);
+    const cpu0 = await runtimesCpu(runtimes);
     await Promise.all(pool.map((d) => d.connect()));
-    return await jobsRate(jobs, pool);
+    return await jobsRate(jobs, pool, runtimes, cpu0);
   } finally {
     for (const d of pool) d.close();
     for (const e of edges) await e.stop();
@@ -568,17 +633,21 @@ export async function scalingBench(opts: {
   const oneShard: number[] = [];
   const twoShards: number[] = [];
   const twoApart: number[] = [];
+  const oneShardCpu: number[] = [];
+  const twoApartCpu: number[] = [];
+  const line = (run: ScalingRun) =>
+    `dispatch ${run.chunksPerSecond.toFixed(0)} chunks/s (${run.cpuPerChunk.toFixed(0)} µs of edge CPU each)`;
   for (let r = 0; r < opts.runs; r++) {
     for (const shards of [1, 2]) {
-      const cps = await scalingRun(shards, opts.documents, opts.donors, opts.capacity, 8000 + r);
-      console.log(`scaling run ${r + 1}, ${shards} shard(s): dispatch ${cps.toFixed(0)} chunks/s`);
-      (shards === 1 ? oneShard : twoShards).push(cps);
+      const run = await scalingRun(shards, opts.documents, opts.donors, opts.capacity, 8000 + r);
+      console.log(`scaling run ${r + 1}, ${shards} shard(s): ${line(run)}`);
+      (shards === 1 ? oneShard : twoShards).push(run.chunksPerSecond);
+      if (shards === 1) oneShardCpu.push(run.cpuPerChunk);
     }
     const apart = await scalingRunApart(opts.documents, opts.donors, opts.capacity, 8000 + r);
-    console.log(
-      `scaling run ${r + 1}, 2 shards in two edges: dispatch ${apart.toFixed(0)} chunks/s`,
-    );
-    twoApart.push(apart);
+    console.log(`scaling run ${r + 1}, 2 shards in two edges: ${line(apart)}`);
+    twoApart.push(apart.chunksPerSecond);
+    twoApartCpu.push(apart.cpuPerChunk);
   }
   return {
     documents: opts.documents,
@@ -587,6 +656,9 @@ export async function scalingBench(opts: {
     secondShardAdds: median(twoShards) / median(oneShard) - 1,
     twoApart,
     secondShardApartAdds: median(twoApart) / median(oneShard) - 1,
+    oneShardCpu,
+    twoApartCpu,
+    secondShardPerCore: median(oneShardCpu) / median(twoApartCpu),
   };
 }
 
