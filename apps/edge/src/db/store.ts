@@ -267,7 +267,8 @@ export interface NewDocument {
   state: "pending" | "current";
   version: number;
   contentHash: string;
-  fingerprint: string;
+  /** Null for a document without an id (nothing is ever compared with it). */
+  fingerprint: string | null;
   rawKey: string | null;
   createdAt: string;
   /** The version's own original (a small text, sealed by the caller), kept under `rawKey`. */

@@ -229,18 +229,22 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
   // original stays as sent). Chunk offsets refer to the normalised text.
   const texts = docs.map((d) => (d.sections ? d.text : normaliseText(d.text)));
   // The fingerprint holds the metadata as given: a detected language derives from the text.
+  // Only a document with an id has one: it is compared when the id is submitted again, and a
+  // document without an id is one of its own, never submitted again as the same document.
   const metadataOf = docs.map((d) => d.metadata ?? null);
   const fingerprints = await Promise.all(
-    docs.map((_, i) =>
-      sha256Hex(
-        JSON.stringify([
-          hashes[i],
-          metadataOf[i],
-          settings.model,
-          settings.chunking,
-          settings.piiMask,
-        ]),
-      ),
+    docs.map((d, i) =>
+      d.id
+        ? sha256Hex(
+            JSON.stringify([
+              hashes[i],
+              metadataOf[i],
+              settings.model,
+              settings.chunking,
+              settings.piiMask,
+            ]),
+          )
+        : null,
     ),
   );
   const named = docs.flatMap((d) => (d.id ? [d.id] : []));
@@ -269,13 +273,13 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
   }[] = [];
   docs.forEach((d, i) => {
     const text = texts[i] as string;
-    const fingerprint = fingerprints[i] as string;
+    const fingerprint = fingerprints[i] ?? null;
     const contentHash = hashes[i] as string;
     const decision: Decision =
       d.id && seen.has(d.id)
         ? { kind: "rejected", code: "duplicate", message: "this request already has this id" }
         : d.id
-          ? decide(jobId, fingerprint, live.get(d.id) ?? [])
+          ? decide(jobId, fingerprint as string, live.get(d.id) ?? [])
           : { kind: "new", state: "current", version: 1 };
     if (d.id) seen.add(d.id);
     if (decision.kind === "rejected") {

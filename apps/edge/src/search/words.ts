@@ -21,6 +21,9 @@ export const STOPWORDS: ReadonlySet<string> = new Set(
  * together as a phrase; "Müller" is "muller".
  */
 export function words(text: string): string[] {
+  // ASCII has nothing to normalise or drop, and its letters and digits are [a-z0-9] once
+  // lowercased: the same words without the Unicode passes (every chunk of a submit is split).
+  if (ASCII.test(text)) return text.toLowerCase().match(/[a-z0-9]+/g) ?? [];
   return (
     text
       .normalize("NFKD")
@@ -29,3 +32,5 @@ export function words(text: string): string[] {
       .match(/[\p{L}\p{N}]+/gu) ?? []
   );
 }
+
+const ASCII = /^\p{ASCII}*$/u;

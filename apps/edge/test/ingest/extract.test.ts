@@ -324,6 +324,23 @@ describe("normaliseText", () => {
     );
     expect(normaliseText("\n\n \t \n")).toBe("");
   });
+  it("gives printable ASCII the same text as the Unicode steps do", () => {
+    // A control character (dropped) sends the text down the path that converts and composes.
+    const alphabet = ["a", "Z", "0", ".", " ", " ", "  ", "\t", "\n", "\n\n\n", "~"];
+    let seed = 11;
+    const rand = () => {
+      seed = (seed * 1103515245 + 12345) % 2147483648;
+      return seed / 2147483648;
+    };
+    for (let k = 0; k < 5_000; k++) {
+      const text = Array.from(
+        { length: Math.floor(rand() * 40) },
+        () => alphabet[Math.floor(rand() * alphabet.length)],
+      ).join("");
+      expect(normaliseText(text), JSON.stringify(text)).toBe(normaliseText(`\u0001${text}`));
+    }
+    expect(normaliseText(notesTxt)).toBe(normaliseText(`\u0001${notesTxt}`));
+  });
   it("is idempotent", () => {
     for (const s of [...samples, guideMd, articleHtml, lettreTxt]) {
       const once = normaliseText(s);
