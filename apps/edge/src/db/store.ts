@@ -1094,7 +1094,8 @@ export class D1Store extends StoreBase implements MetadataStore {
     const d = schema.documents;
     const unique = [...new Set(keys)];
     const reads = [];
-    for (const keys of bindable(unique, 4)) {
+    // The names as one bound JSON array a statement (a submit looks up every named document).
+    for (const keys of slices(unique, IDS_PER_STATEMENT)) {
       reads.push(
         this.db
           .select({
@@ -1112,7 +1113,7 @@ export class D1Store extends StoreBase implements MetadataStore {
             and(
               eq(d.tenant, tenant),
               eq(d.collection, collection),
-              inArray(d.docKey, keys),
+              sql`${d.docKey} IN (SELECT value FROM json_each(${JSON.stringify(keys)}))`,
               inArray(d.state, ["current", "pending"]),
             ),
           ),
@@ -1305,12 +1306,19 @@ export class D1Store extends StoreBase implements MetadataStore {
     const out = new Map<string, Float32Array>();
     const unique = [...new Set(keys)];
     const reads = [];
-    for (const slice of bindable(unique, 3)) {
+    // The keys as one bound JSON array a statement (a submit looks up every chunk's).
+    for (const slice of slices(unique, IDS_PER_STATEMENT)) {
       reads.push(
         this.db
           .select({ key: e.key, vector: e.vector })
           .from(e)
-          .where(and(eq(e.tenant, tenant), eq(e.model, model), inArray(e.key, slice))),
+          .where(
+            and(
+              eq(e.tenant, tenant),
+              eq(e.model, model),
+              sql`${e.key} IN (SELECT value FROM json_each(${JSON.stringify(slice)}))`,
+            ),
+          ),
       );
     }
     for (const [first, ...more] of slices(reads, READS_PER_BATCH)) {

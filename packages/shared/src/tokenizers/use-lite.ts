@@ -104,7 +104,9 @@ export class UseTokenizer {
    * (chunks are sized by this on every submit).
    */
   fits(text: string, limit: number): boolean {
-    return normalizeUseInput(text).length <= limit || this.encode(text).length <= limit;
+    // The normalised length without building it: "▁" replaces each space one for one.
+    const nfkc = text.normalize("NFKC").length;
+    return (nfkc === 0 ? 0 : nfkc + 1) <= limit || this.encode(text).length <= limit;
   }
 
   /** Token ids of `text`, as the reference tokenizer produces them. */

@@ -7,6 +7,8 @@
 // Below this many letters no detector is reliable (tinyld called a one-line English note Dutch
 // with confidence; eld calls "x7 y8 z9 lorem ipsum…" Polish).
 const MIN_LETTERS = 60;
+/** At least MIN_LETTERS letters (counted without listing them: every submitted text is tested). */
+const ENOUGH_LETTERS = new RegExp(`^(?:\\P{L}*\\p{L}){${MIN_LETTERS}}`, "u");
 // Enough text to decide (some 60 words); the rest only costs CPU.
 const SAMPLE_CHARS = 400;
 
@@ -33,7 +35,7 @@ function detector(): Promise<Detect> {
 export async function detectLanguages(texts: readonly string[]): Promise<(string | null)[]> {
   const samples = texts.map((t) => {
     const sample = t.slice(0, SAMPLE_CHARS);
-    return (sample.match(/\p{L}/gu)?.length ?? 0) >= MIN_LETTERS ? sample : null;
+    return ENOUGH_LETTERS.test(sample) ? sample : null;
   });
   if (samples.every((s) => s === null)) return samples;
   const detect = await detector();
