@@ -1,5 +1,6 @@
 import { env } from "cloudflare:test";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { Dispatcher } from "../src/dispatch/dispatcher.js";
 import { getVectorIndex } from "../src/vector/index.js";
 import {
   call,
@@ -191,6 +192,43 @@ describe("versions by document id", () => {
     );
     expect(original.status).toBe(200);
     expect(await original.text()).toBe(paragraph("glaciers", 60));
+  });
+
+  it("holds a replacing version's vectors when a retried submit hands its work to the coordinator", async () => {
+    const collection = `retried-${uid()}`;
+    const w = await worker();
+    const v1 = await post({ collection, documents: [{ id: "faq", text: paragraph("tides") }] });
+    await computeAll(w, v1.id);
+    // The first try writes the job and its pending version, then finds the coordinator down.
+    const json = { collection, documents: [{ id: "faq", text: paragraph("harbours", 60) }] };
+    const headers = { "Idempotency-Key": `retry-${uid()}` };
+    const down = vi
+      .spyOn(Dispatcher.prototype, "enqueue")
+      .mockRejectedValueOnce(new Error("coordinator unavailable"));
+    const first = await call("/v1/jobs", { method: "POST", json, headers });
+    down.mockRestore();
+    expect(first.status).toBe(503);
+    const retried = await call("/v1/jobs", { method: "POST", json, headers });
+    expect(retried.status).toBe(202);
+    expect(retried.headers.get("Idempotent-Replayed")).toBe("true");
+    const v2 = (await retried.json()) as JobView;
+    expect((await getDocument("faq", collection)).pending?.jobId).toBe(v2.id);
+    // Part of the new version stored: its vectors wait for the rest, as on a first try.
+    w.ready(1);
+    const t = await w.next("task");
+    w.send(w.resultFor(t));
+    await w.next("ack");
+    const index = getVectorIndex(env, "use-lite");
+    const v2Chunks = await chunkIdsOf(v2.id);
+    for (let i = 0; i < v2Chunks.length; i += 20)
+      expect(await index.getByIds(v2Chunks.slice(i, i + 20))).toEqual([]);
+    await computeAll(w, v2.id);
+    const doc = await getDocument("faq", collection);
+    expect(doc).toMatchObject({ status: "ready", pending: null, current: { version: 2 } });
+    for (let i = 0; i < v2Chunks.length; i += 20)
+      expect((await index.getByIds(v2Chunks.slice(i, i + 20))).length).toBe(
+        Math.min(20, v2Chunks.length - i),
+      );
   });
 
   it("skips documents sent again unchanged, and computes only those that changed", async () => {

@@ -672,6 +672,14 @@ export async function redispatch(env: Env, tenant: string, job: Job): Promise<vo
     if (page.length < 1000) break;
     after = page.at(-1)?.id ?? null;
   }
+  // A version that replaces a current one is held until complete, as on a first try.
+  const documents = [...new Set(work.map((it) => it.documentId))];
+  const replacing = new Set(
+    (await store.liveVersions(tenant, job.collection, documents))
+      .filter((v) => v.state === "pending" && v.jobId === job.id)
+      .map((v) => v.docKey),
+  );
+  for (const it of work) if (replacing.has(it.documentId)) it.pending = true;
   const tasks = tasksOf(`${job.id}.r`, work);
   await dispatchTasks(env, { ...job, tenant }, tasks, {
     accepting: job.accepting,
