@@ -484,11 +484,15 @@ describe("chunk quotas", () => {
     const { tenant, keys } = await seedTenant("daily", 1);
     const key = keys[0]?.secret as string;
     expect((await setTenantQuotas(tenant, { chunksPerDay: 5 })).status).toBe(200);
+    // Line ends that normalising changes: each original is kept apart from its chunk.
+    const crlf = (n: number, tag?: string) =>
+      docs(n, tag).map((d) => ({ text: d.text.replace(" says", "\r\nsays") }));
 
-    const first = await acceptedJob(await submitAs(key, docs(3)));
+    const first = await acceptedJob(await submitAs(key, crlf(3)));
     expect(first.chunks.total).toBe(3);
+    expect(await keptOriginals(tenant)).toHaveLength(3);
 
-    const refused = await submitAs(key, docs(3, "refused"));
+    const refused = await submitAs(key, crlf(3, "refused"));
     const retry = Number(refused.headers.get("Retry-After"));
     expect(retry).toBeGreaterThan(86_000);
     expect(retry).toBeLessThanOrEqual(86_400);
@@ -922,27 +926,32 @@ describe("encryption at rest", () => {
     ).data.map((c) => c.text);
 
   it("keeps text sealed in D1 and R2, reads it back in the clear, and rotates the tenant key", async () => {
-    const { keys } = await seedTenant("sealed", 1);
+    const { tenant, keys } = await seedTenant("sealed", 1);
     const key = keys[0]?.secret as string;
     const secretText = `Confidential memo ${uid()} about the merger with Initech.`;
-    const j1 = await acceptedJob(await submitAs(key, [{ text: secretText }]));
+    // Sent with Windows line ends, so its original is not its chunk's text as it stands.
+    const sentText = `Confidential note ${uid()}\r\non the Initech figures.`;
+    const j1 = await acceptedJob(await submitAs(key, [{ text: secretText }, { text: sentText }]));
 
     const stored = await chunkTexts(j1.id);
-    expect(stored).toHaveLength(1);
+    expect(stored).toHaveLength(2);
     for (const t of stored) {
       expect(t.startsWith("p2pa1.1.")).toBe(true);
       expect(t).not.toContain("Confidential");
       expect(t).not.toContain("Initech");
     }
-    const [originalKey] = await originalsOf(j1.id);
-    // A short text's original is kept in D1, sealed as chunk text is.
-    expect(originalKey).toMatch(/^doc\//);
-    const raw = (await storedOriginal(originalKey as string)) as Uint8Array;
+    // A short text that is its only chunk is kept as that chunk (sealed above); another short
+    // text's original is kept in D1, sealed as chunk text is.
+    const [asChunk, ownKey] = await originalsOf(j1.id);
+    expect(asChunk).toBe(`doc/${tenant}/${j1.id}/0/chunk`);
+    expect(await storedOriginal(asChunk as string)).toBeNull();
+    expect(ownKey).toBe(`doc/${tenant}/${j1.id}/1`);
+    const raw = (await storedOriginal(ownKey as string)) as Uint8Array;
     expect(new TextDecoder().decode(raw).startsWith("p2pa1.1.")).toBe(true);
     const asText = new TextDecoder().decode(raw);
     expect(asText).not.toContain("Confidential");
     expect(asText).not.toContain("Initech");
-    expect(await readBack(key, j1.id)).toEqual([secretText]);
+    expect(await readBack(key, j1.id)).toEqual([secretText, sentText.replace("\r\n", "\n")]);
 
     const info = (await (await call("/v1/tenant/encryption", { key })).json()) as {
       versions: { version: number }[];
@@ -963,7 +972,7 @@ describe("encryption at rest", () => {
       expect(t).not.toContain("Initech");
     }
     expect((await chunkTexts(j1.id))[0]?.startsWith("p2pa1.1.")).toBe(true);
-    expect(await readBack(key, j1.id)).toEqual([secretText]);
+    expect(await readBack(key, j1.id)).toEqual([secretText, sentText.replace("\r\n", "\n")]);
     expect(await readBack(key, j2.id)).toEqual([laterText]);
 
     const rotations = await auditPage(key, "?action=encryption.rotated");

@@ -314,20 +314,34 @@ describe("originals", () => {
   it("keeps each small text's sealed original with its version, one R2 object per long content, and none when the job says not to", async () => {
     const collection = `originals-${uid()}`;
     const text = `Shared ${uid()} content in two documents.`;
+    // Normalising changes it (line ends), and this one is cut into chunks: both keep their own.
+    const crlf = `Sent ${uid()} with Windows\r\nline ends.`;
+    const several = Array.from({ length: 4 }, (_, i) => paragraph(`part ${i}`, 1)).join("\n\n");
     const kept = await post({
       collection,
       documents: [
         { id: "one", text },
         { id: "two", text },
+        { id: "crlf", text: crlf },
+        { id: "several", text: several },
       ],
     });
-    // A short text's original is a sealed row in D1, each version's own.
+    // A short text that is its own only chunk as sent is read back from that chunk: nothing
+    // else is kept. Any other short text's original is a sealed row in D1, each version's own.
     const keys = await originalsOf(kept.id);
-    expect(keys).toEqual([`doc/t1/${kept.id}/0`, `doc/t1/${kept.id}/1`]);
-    for (const key of keys) {
+    expect(keys).toEqual([
+      `doc/t1/${kept.id}/0/chunk`,
+      `doc/t1/${kept.id}/1/chunk`,
+      `doc/t1/${kept.id}/2`,
+      `doc/t1/${kept.id}/3`,
+    ]);
+    expect((await chunkIdsOf(kept.id)).length).toBeGreaterThan(4);
+    for (const key of keys.slice(0, 2)) expect(await storedOriginal(key)).toBeNull();
+    for (const key of keys.slice(2)) {
       const sealed = new TextDecoder().decode((await storedOriginal(key)) as Uint8Array);
       expect(sealed.startsWith("p2pa1.")).toBe(true);
-      expect(sealed).not.toContain("Shared");
+      expect(sealed).not.toContain("Windows");
+      expect(sealed).not.toContain("part 1");
     }
 
     // A text over 8 KiB is an R2 object named by its content: two documents, one object,
@@ -346,6 +360,8 @@ describe("originals", () => {
     expect(await env.RAW.head(bigKey as string)).not.toBeNull();
     for (const [id, want] of [
       ["one", text],
+      ["crlf", crlf],
+      ["several", several],
       ["long", long],
     ] as const) {
       const res = await call(`/v1/documents/${id}/original?collection=${collection}`);
@@ -364,9 +380,13 @@ describe("originals", () => {
     expect(await env.RAW.head(bigKey as string)).not.toBeNull();
     await drop("long");
     expect(await env.RAW.head(bigKey as string)).toBeNull();
+    const original = (id: string) => call(`/v1/documents/${id}/original?collection=${collection}`);
     await drop("two");
-    expect(await storedOriginal(keys[1] as string)).toBeNull();
-    expect(await storedOriginal(keys[0] as string)).not.toBeNull();
+    expect((await original("two")).status).toBe(404);
+    expect(await (await original("one")).text()).toBe(text);
+    await drop("crlf");
+    expect(await storedOriginal(keys[2] as string)).toBeNull();
+    expect(await storedOriginal(keys[3] as string)).not.toBeNull();
 
     const none = await post({
       collection,

@@ -1,4 +1,6 @@
 import type { MetadataStore, NewDocument } from "../db/store.js";
+import { chunkIdOf } from "../lib/chunk-ids.js";
+import { utf8 } from "../lib/crypto.js";
 import type { Keyring } from "../lib/keyring.js";
 import { slices } from "../lib/slices.js";
 
@@ -18,6 +20,12 @@ import { slices } from "../lib/slices.js";
  *     cost an entry at a random place of two indexes (the key's, and the one that finds who
  *     else names it): with 200,000 documents kept, SQLite spent three times as long on a
  *     submit as without them;
+ *   - `doc/<tenant>/<job>/<seq>/chunk`: nothing of its own. A text that is its own only chunk
+ *     as sent (normalising changed nothing, and it fits one chunk: a sentence, a short note)
+ *     is read back from that chunk's row, which keeps the same text sealed; a second sealed
+ *     copy cost a submit of 10,000 sentences 10,000 AES-GCM operations and as many rows. The
+ *     chunk goes with its version and its text with the job's retention, as an own original
+ *     would;
  *   - `inline/<tenant>/<sha256>`: a row of `originals` shared by content, as small texts were
  *     kept before; read and removed like the R2 objects.
  */
@@ -28,9 +36,14 @@ const INLINE_MAX_BYTES = 8 * 1024;
 const R2_WRITES = 16;
 /** Keys per R2 delete call (R2's limit). */
 const R2_DELETES = 1000;
+/** What a text sent as such (JSON or NDJSON) is given back as. */
+export const TEXT_MEDIA_TYPE = "text/plain; charset=utf-8";
 
 const OWN = "doc/";
-const isInline = (key: string) => key.startsWith(OWN) || key.startsWith("inline/");
+const CHUNK_TEXT = "/chunk";
+const isChunkText = (key: string) => key.startsWith(OWN) && key.endsWith(CHUNK_TEXT);
+const isInline = (key: string) =>
+  (key.startsWith(OWN) && !isChunkText(key)) || key.startsWith("inline/");
 
 /** An original to keep: a file's bytes, or the text a document was sent as. */
 export type NewOriginal =
@@ -38,17 +51,30 @@ export type NewOriginal =
   | { key: string; bytes: Uint8Array; mediaType: string };
 
 /**
- * Where a document version's original is kept: a text sent as such (no file) small enough is
- * the version's own row in D1, anything else an R2 object under the tenant and its content hash.
+ * Where a document version's original is kept: a text sent as such (no file) that is its own
+ * only chunk is that chunk's row; another small enough is the version's own row in D1,
+ * anything else an R2 object under the tenant and its content hash.
  */
 export function originalKey(
   tenant: string,
   version: { jobId: string; seq: number; contentHash: string },
-  original: { file: boolean; bytes: number },
+  original:
+    | { file: false; text: string; chunks: readonly { index: number; text: string }[] }
+    | { file: true },
 ): string {
-  return !original.file && original.bytes <= INLINE_MAX_BYTES
-    ? `${OWN}${tenant}/${version.jobId}/${version.seq}`
-    : `raw/${tenant}/docs/${version.contentHash}`;
+  const own = `${OWN}${tenant}/${version.jobId}/${version.seq}`;
+  if (original.file) return `raw/${tenant}/docs/${version.contentHash}`;
+  const { text, chunks } = original;
+  const [only, ...more] = chunks;
+  if (only?.index === 0 && only.text === text && more.length === 0) return `${own}${CHUNK_TEXT}`;
+  // At most 3 UTF-8 bytes a UTF-16 unit: most texts are known to fit without encoding them.
+  const small = text.length * 3 <= INLINE_MAX_BYTES || utf8.encode(text).length <= INLINE_MAX_BYTES;
+  return small ? own : `raw/${tenant}/docs/${version.contentHash}`;
+}
+
+/** Whether the original under `key` is kept apart (false: it is its only chunk's text). */
+export function keptApart(key: string): boolean {
+  return !isChunkText(key);
 }
 
 /**
@@ -99,6 +125,13 @@ export async function getOriginal(
   tenant: string,
   key: string,
 ): Promise<{ bytes: Uint8Array; mediaType: string } | null> {
+  if (isChunkText(key)) {
+    // doc/<tenant>/<job>/<seq>/chunk: job ids and seqs hold no slash.
+    const [seq, jobId] = key.slice(0, -CHUNK_TEXT.length).split("/").reverse();
+    const [chunk] = await store.getChunks(tenant, [chunkIdOf(jobId as string, Number(seq), 0)]);
+    if (!chunk?.text) return null;
+    return { bytes: utf8.encode(chunk.text), mediaType: TEXT_MEDIA_TYPE };
+  }
   if (isInline(key)) {
     const row = await store.getOriginal(tenant, key);
     if (!row) return null;
@@ -121,8 +154,9 @@ export async function dropOriginals(
   tenant: string,
   keys: string[],
 ): Promise<void> {
-  if (keys.length === 0) return;
-  const all = [...new Set(keys)];
+  // An original that is its chunk's text goes with the chunk.
+  const all = [...new Set(keys.filter(keptApart))];
+  if (all.length === 0) return;
   const shared = all.filter((k) => !k.startsWith(OWN));
   const inUse = shared.length ? await store.sharedOriginalsInUse(tenant, shared) : new Set();
   const unused = all.filter((k) => !inUse.has(k));

@@ -35,7 +35,13 @@ import { filterableKeys } from "../vector/config.js";
 import { getVectorIndex, upsertVectors } from "../vector/index.js";
 import type { Section } from "./extract/index.js";
 import { detectLanguages, normaliseText } from "./extract/index.js";
-import { keepOriginals, type NewOriginal, originalKey } from "./originals.js";
+import {
+  keepOriginals,
+  keptApart,
+  type NewOriginal,
+  originalKey,
+  TEXT_MEDIA_TYPE,
+} from "./originals.js";
 
 /**
  * The submit flow every way in shares (a JSON job, an NDJSON stream, file uploads, appends to
@@ -298,14 +304,14 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
     // A document without an id is a document of its own: named by its job and place.
     const docId = d.id ?? `${jobId}-${seq}`;
     const metadata = metadataOf[i] ?? null;
+    const pieces: SectionChunk[] = d.sections
+      ? chunkSections(text, d.sections, chunkOptions)
+      : chunkText(text, chunkOptions);
     const rawKey = settings.keepOriginals
       ? originalKey(
           tenant,
           { jobId, seq, contentHash },
-          {
-            file: d.original !== undefined,
-            bytes: d.original?.bytes.length ?? utf8.encode(d.text).length,
-          },
+          d.original ? { file: true } : { file: false, text: d.text, chunks: pieces },
         )
       : null;
     const doc: NewDocument = {
@@ -322,19 +328,16 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
       createdAt: now,
     };
     out.documents.push(doc);
-    if (rawKey)
+    if (rawKey && keptApart(rawKey))
       originals.push({
         doc,
         original: d.original
           ? { key: rawKey, bytes: d.original.bytes, mediaType: d.original.mediaType }
-          : { key: rawKey, text: d.text, mediaType: "text/plain; charset=utf-8" },
+          : { key: rawKey, text: d.text, mediaType: TEXT_MEDIA_TYPE },
       });
     // Filled in once the batch is past its checks (language detection costs CPU per document).
     const meta: Record<string, string | number | boolean> = {};
     languagePending.push({ doc, text, meta });
-    const pieces: SectionChunk[] = d.sections
-      ? chunkSections(text, d.sections, chunkOptions)
-      : chunkText(text, chunkOptions);
     for (const c of pieces) {
       const id = chunkIdOf(jobId, seq, c.index);
       out.chunks.push({

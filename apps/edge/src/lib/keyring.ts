@@ -210,8 +210,8 @@ export class Keyring {
 
   /**
    * `encrypt` for many texts of one tenant, in order: the key is looked up once, the IVs are
-   * drawn together and every AES-GCM operation starts at once (a submit seals three texts a
-   * chunk: its row, its small original, its task).
+   * drawn together and every AES-GCM operation starts at once (a submit seals each chunk's row,
+   * the small originals that are not a chunk's text, and its tasks' blocks).
    */
   async encryptAll(
     tenant: string,
