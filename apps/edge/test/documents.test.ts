@@ -577,6 +577,46 @@ describe("open jobs", () => {
   });
 });
 
+describe("appends at the same moment", () => {
+  it("gives each request seqs of its own, and keeps the job open when an append is refused", async () => {
+    const collection = `appends-${uid()}`;
+    const job = await post({ collection, open: true, documents: [{ id: "first", text: "One." }] });
+    const batch = (tag: string) =>
+      Array.from({ length: 20 }, (_, i) => ({ id: `${tag}-${i}`, text: `${tag} ${uid()} ${i}.` }));
+    const append = (init: Parameters<typeof call>[1]) =>
+      call(`/v1/jobs/${job.id}/documents`, { method: "POST", ...init });
+    const answers = await Promise.all([
+      append({ json: { documents: batch("a") } }),
+      append({ json: { documents: batch("b") } }),
+      append({
+        headers: { "Content-Type": "application/x-ndjson" },
+        body: `${batch("c")
+          .map((d) => JSON.stringify(d))
+          .join("\n")}\n`,
+      }),
+    ]);
+    for (const a of answers) {
+      expect(a.status, await a.clone().text()).toBe(202);
+      expect(((await a.json()) as JobView).ingest?.accepted).toBe(20);
+    }
+    expect(await getJob(job.id)).toMatchObject({ accepting: true, documents: 61 });
+    expect(new Set(await chunkIdsOf(job.id)).size).toBe(61);
+    for (const tag of ["a", "b", "c"])
+      expect((await getDocument(`${tag}-19`, collection)).current?.jobId).toBe(job.id);
+
+    // An append the coordinator has no room for is refused; the job stays open for the next.
+    const full = vi.spyOn(Dispatcher.prototype, "backlog").mockResolvedValueOnce(1e9);
+    const refused = await append({ json: { documents: batch("d") } });
+    full.mockRestore();
+    expect(await errorOf(refused)).toMatchObject({ status: 503 });
+    expect(await getJob(job.id)).toMatchObject({ accepting: true, documents: 61 });
+    const again = await append({ json: { documents: batch("d"), close: true } });
+    expect(again.status).toBe(202);
+    expect(await getJob(job.id)).toMatchObject({ accepting: false, documents: 81 });
+    expect(new Set(await chunkIdsOf(job.id)).size).toBe(81);
+  });
+});
+
 describe("file uploads", () => {
   const form = (files: [string, string | Uint8Array, string?][], options?: unknown) => {
     const f = new FormData();

@@ -411,6 +411,10 @@ describe.each(BACKENDS)("the metadata store on $name", (b: Backend) => {
     await store.createJob(jobOf(id, t, [version(id, 0, "a")], { accepting: true }));
     await store.recordDone(id, await ids(store, t, id));
     expect((await store.getJob(t, id))?.status).toBe("queued");
+    // Seqs are given out past the first batch's, each range once, to the job's own tenant.
+    expect(await store.reserveSeqs(t, id, 3)).toBe(1);
+    expect(await store.reserveSeqs(t, id, 2)).toBe(4);
+    expect(await store.reserveSeqs(unique("t"), id, 2)).toBeNull();
     const more = version(id, 1, "b", { chunks: 3 });
     expect(
       await store.appendDocuments({
@@ -429,6 +433,7 @@ describe.each(BACKENDS)("the metadata store on $name", (b: Backend) => {
     });
     expect(await store.closeJob(t, id)).toBe(true);
     expect(await store.closeJob(t, id)).toBe(false);
+    expect(await store.reserveSeqs(t, id, 1)).toBeNull();
     expect(
       await store.appendDocuments({
         jobId: id,

@@ -367,6 +367,18 @@ export class PgStore extends StoreBase implements MetadataStore {
     return e?.code === "23505" && /^documents_(current|pending)$/.test(e.constraint ?? "");
   }
 
+  async reserveSeqs(tenant: string, jobId: string, count: number): Promise<number | null> {
+    const j = schema.jobs;
+    const [row] = await this.run((db) =>
+      db
+        .update(j)
+        .set({ nextSeq: sql`greatest(${j.nextSeq}, ${j.documents}) + ${count}` })
+        .where(and(eq(j.id, jobId), eq(j.tenant, tenant), eq(j.accepting, true)))
+        .returning({ next: j.nextSeq }),
+    );
+    return row ? row.next - count : null;
+  }
+
   async appendDocuments(input: NewDocuments): Promise<boolean> {
     const j = schema.jobs;
     const where = and(eq(j.id, input.jobId), eq(j.tenant, input.tenant));

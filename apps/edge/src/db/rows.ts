@@ -282,6 +282,7 @@ export function newJobRow(input: NewJob): typeof schema.jobs.$inferInsert {
     collection: input.collection,
     documents: input.documents.length + input.unchanged,
     documentsUnchanged: input.unchanged,
+    nextSeq: input.documents.length + input.unchanged,
     chunksTotal: input.chunks.length,
     chunksDone: cached,
     chunksCached: cached,

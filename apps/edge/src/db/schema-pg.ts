@@ -91,6 +91,7 @@ export const jobs = pgTable(
     accepting: boolean("accepting").notNull().default(false),
     keepOriginals: boolean("keep_originals").notNull().default(true),
     documentsUnchanged: integer("documents_unchanged").notNull().default(0),
+    nextSeq: integer("next_seq").notNull().default(0),
     chunksCached: integer("chunks_cached").notNull().default(0),
     dispatchedAt: text("dispatched_at"),
     createdAt: text("created_at").notNull(),

@@ -91,6 +91,12 @@ export const jobs = sqliteTable(
     keepOriginals: integer("keep_originals", { mode: "boolean" }).notNull().default(true),
     /** Documents submitted again with nothing changed: skipped, nothing computed. */
     documentsUnchanged: integer("documents_unchanged").notNull().default(0),
+    /**
+     * The first document seq not yet given out: each batch added to an open job takes its seqs
+     * here before it is written, so appends at the same moment never share one (0 on jobs from
+     * before it: their next is their document count).
+     */
+    nextSeq: integer("next_seq").notNull().default(0),
     /** Chunks whose vector came from the embedding cache (counted in chunks_done as well). */
     chunksCached: integer("chunks_cached").notNull().default(0),
     /** Set once the Dispatcher has the job's tasks; a retried submit re-dispatches otherwise. */

@@ -166,6 +166,12 @@ export interface MetadataStore {
   chunkIds(jobId: string): Promise<string[]>;
   /** Removes a job with its documents and chunks. */
   deleteJob(jobId: string): Promise<void>;
+  /**
+   * Takes `count` document seqs of a job that is accepting, for a batch about to be added: the
+   * first of them, or null when the job takes no more documents. Requests adding to one job at
+   * the same moment each get seqs of their own.
+   */
+  reserveSeqs(tenant: string, jobId: string, count: number): Promise<number | null>;
   /** Adds documents to a job that is accepting (see NewJob.accepting); false when it is not. */
   appendDocuments(input: NewDocuments): Promise<boolean>;
   /** Stops a job taking documents; it settles once its chunks are. False when it was not open. */
@@ -890,6 +896,17 @@ export class D1Store extends StoreBase implements MetadataStore {
     return (
       /UNIQUE/i.test(String(err)) && /documents\.(tenant|doc_key|collection)/.test(String(err))
     );
+  }
+
+  async reserveSeqs(tenant: string, jobId: string, count: number): Promise<number | null> {
+    const j = schema.jobs;
+    const row = await this.db
+      .update(j)
+      .set({ nextSeq: sql`max(${j.nextSeq}, ${j.documents}) + ${count}` })
+      .where(and(eq(j.id, jobId), eq(j.tenant, tenant), eq(j.accepting, true)))
+      .returning({ next: j.nextSeq })
+      .get();
+    return row ? row.next - count : null;
   }
 
   async appendDocuments(input: NewDocuments): Promise<boolean> {

@@ -178,6 +178,11 @@ interface PrepareContext {
   settings: JobSettings;
   /** The first document seq of the batch (a job's seqs run on across appends). */
   firstSeq: number;
+  /**
+   * Takes the batch's seqs from the job instead (a job that exists, which other requests may
+   * be adding to at the same moment): the first of `count`.
+   */
+  reserve?: (count: number) => Promise<number>;
   /** Refuses the batch (quota, backlog) once its size is known, before anything is written. */
   check?: (size: { chunks: number; tasks: number }) => Promise<void>;
 }
@@ -277,17 +282,23 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
     text: string;
     meta: Record<string, string | number | boolean>;
   }[] = [];
-  docs.forEach((d, i) => {
-    const text = texts[i] as string;
-    const fingerprint = fingerprints[i] ?? null;
-    const contentHash = hashes[i] as string;
+  const decisions = docs.map((d, i): Decision => {
     const decision: Decision =
       d.id && seen.has(d.id)
         ? { kind: "rejected", code: "duplicate", message: "this request already has this id" }
         : d.id
-          ? decide(jobId, fingerprint as string, live.get(d.id) ?? [])
+          ? decide(jobId, fingerprints[i] as string, live.get(d.id) ?? [])
           : { kind: "new", state: "current", version: 1 };
     if (d.id) seen.add(d.id);
+    return decision;
+  });
+  const taken = decisions.filter((x) => x.kind !== "rejected").length;
+  const firstSeq = ctx.reserve && taken > 0 ? await ctx.reserve(taken) : ctx.firstSeq;
+  docs.forEach((d, i) => {
+    const text = texts[i] as string;
+    const fingerprint = fingerprints[i] ?? null;
+    const contentHash = hashes[i] as string;
+    const decision = decisions[i] as Decision;
     if (decision.kind === "rejected") {
       out.rejections.push({
         ...(d.id ? { id: d.id } : {}),
@@ -296,7 +307,7 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
       });
       return;
     }
-    const seq = ctx.firstSeq + out.seqs++;
+    const seq = firstSeq + out.seqs++;
     if (decision.kind === "unchanged") {
       out.unchanged++;
       return;
@@ -422,7 +433,7 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
     leaders.set(key, lead);
     work.push(lead);
   });
-  const prefix = ctx.firstSeq === 0 ? `${jobId}.t` : `${jobId}.s${ctx.firstSeq}.t`;
+  const prefix = firstSeq === 0 ? `${jobId}.t` : `${jobId}.s${firstSeq}.t`;
   out.tasks.push(...tasksOf(prefix, work));
 
   // Originals before the rows that name them: R2's now, D1's in the rows' own transaction.
@@ -495,6 +506,10 @@ async function dispatchTasks(
     console.error("dispatch failed", job.id, err);
     throw noCapacity("the coordinator is unavailable; retry with the same Idempotency-Key");
   }
+}
+
+function closedJob(jobId: string): AppError {
+  return new AppError(409, "conflict", `job ${jobId} takes no more documents (it was closed)`);
 }
 
 /** What one request's documents came to, as the response reports it. */
@@ -570,6 +585,15 @@ export class Ingestion {
         jobId,
         settings,
         firstSeq: this.nextSeq,
+        ...(this.created
+          ? {
+              reserve: async (count: number) => {
+                const first = await store.reserveSeqs(this.cred.tenant, jobId, count);
+                if (first === null) throw closedJob(jobId);
+                return first;
+              },
+            }
+          : {}),
         check: async (size) => {
           await assertChunkQuota(env, this.cred, size.chunks);
           await assertBacklogRoom(env, settings.model, jobId, size.tasks);
@@ -611,7 +635,7 @@ export class Ingestion {
         unchanged: batch.unchanged,
       }))
     ) {
-      throw new AppError(409, "conflict", `job ${jobId} takes no more documents (it was closed)`);
+      throw closedJob(jobId);
     }
     this.nextSeq += batch.seqs;
     this.tally.accepted += batch.documents.length + batch.unchanged;

@@ -302,17 +302,27 @@ function nothingTaken(t: IngestTally): never {
  * Runs an ingest that may stop part way (quota, backlog, a cut stream): what was taken stays
  * in the job, which is closed so it can complete, and the error says so.
  */
-async function guarded(ingestion: Ingestion, keepOpen: boolean, run: () => Promise<void>) {
+async function guarded(
+  ingestion: Ingestion,
+  keepOpen: boolean,
+  run: () => Promise<void>,
+  onError: "close" | "keep open" = "close",
+) {
   try {
     await run();
   } catch (err) {
     if (ingestion.exists) {
-      await ingestion.close();
+      // A job this request created is closed with what it took; an open job another request
+      // created stays open for the next append (this one can be sent again).
+      if (onError === "close") await ingestion.close();
       if (err instanceof AppError) {
+        const taken = ingestion.tally.accepted;
         throw new AppError(
           err.status,
           err.code,
-          `${err.message} (job ${ingestion.jobId} keeps the ${ingestion.tally.accepted} documents taken before this and is closed)`,
+          onError === "close"
+            ? `${err.message} (job ${ingestion.jobId} keeps the ${taken} documents taken before this and is closed)`
+            : `${err.message} (job ${ingestion.jobId} keeps the ${taken} documents this request added before this)`,
           { jobId: ingestion.jobId, ingest: ingestReport(ingestion.tally) },
           err.headers,
         );
@@ -490,21 +500,25 @@ jobs
     if (isNdjson(c.req.header("content-type"))) {
       const body = c.req.raw.body;
       if (!body) throw new AppError(422, "validation_failed", "the NDJSON body is empty");
-      await guarded(ingestion, true, () => feed(ingestion, lines(body)));
+      await guarded(ingestion, true, () => feed(ingestion, lines(body)), "keep open");
     } else {
       const parsed = { data: validJson<AppendDocumentsRequest>(c) };
       close = parsed.data.close === true;
-      await guarded(ingestion, !close, () =>
-        ingestion
-          .add(
-            parsed.data.documents.map((d) => ({
-              id: d.id,
-              text: d.text,
-              metadata: d.metadata ?? null,
-            })),
-            true,
-          )
-          .then(() => undefined),
+      await guarded(
+        ingestion,
+        !close,
+        () =>
+          ingestion
+            .add(
+              parsed.data.documents.map((d) => ({
+                id: d.id,
+                text: d.text,
+                metadata: d.metadata ?? null,
+              })),
+              true,
+            )
+            .then(() => undefined),
+        "keep open",
       );
     }
     const now = (await store.getJob(tenant, id)) ?? job;

@@ -1,0 +1,1 @@
+ALTER TABLE `jobs` ADD `next_seq` integer DEFAULT 0 NOT NULL;
