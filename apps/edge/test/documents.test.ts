@@ -577,6 +577,46 @@ describe("open jobs", () => {
   });
 });
 
+describe("a job that ends with chunks not done", () => {
+  it("leaves its first versions failed, and sending them again computes only what is missing", async () => {
+    const collection = `cut-${uid()}`;
+    const w = await worker();
+    const documents = Array.from({ length: 40 }, (_, i) => ({
+      id: `d-${i}`,
+      text: `Sentence ${i} of a job ${uid()} cut short.`,
+    }));
+    const first = await post({ collection, documents });
+    // One task of the first 32 chunks is computed, then the job is cancelled.
+    w.ready(1);
+    const t = await w.next("task");
+    w.send(w.resultFor(t));
+    await w.next("ack");
+    expect((await call(`/v1/jobs/${first.id}/cancel`, { method: "POST" })).status).toBe(200);
+    const listed = async (status: string) =>
+      (
+        (await (
+          await call(`/v1/documents?collection=${collection}&status=${status}&limit=100`)
+        ).json()) as { data: { id: string }[] }
+      ).data.map((d) => d.id);
+    const done = t.items.length;
+    expect(done).toBeLessThan(40);
+    const [ready, failed] = [await listed("ready"), await listed("failed")];
+    expect([ready.length, failed.length]).toEqual([done, 40 - done]);
+    const cut = failed[0] as string;
+    expect((await getDocument(cut, collection)).status).toBe("failed");
+    expect((await getDocument(ready[0] as string, collection)).status).toBe("ready");
+
+    // The same documents again: the whole ones are unchanged, the others computed again.
+    const again = await post({ collection, documents });
+    expect(again.documentsUnchanged).toBe(done);
+    expect(again.chunks.total).toBe(40 - done);
+    await computeAll(w, again.id);
+    expect(await listed("ready")).toHaveLength(40);
+    const doc = await getDocument(cut, collection);
+    expect(doc).toMatchObject({ status: "ready", current: { version: 2, jobId: again.id } });
+  });
+});
+
 describe("appends at the same moment", () => {
   it("gives each request seqs of its own, and keeps the job open when an append is refused", async () => {
     const collection = `appends-${uid()}`;

@@ -27,10 +27,12 @@ import {
   StoreBase,
   settledOnArrival,
   settledStatus,
+  stalledVersion,
   toApiKey,
   toCredential,
   toJob,
   toTenantSettings,
+  undoneChunks,
   withCounts,
 } from "./rows.js";
 import { SHARED_ORIGINAL } from "./schema.js";
@@ -121,7 +123,7 @@ const PG_FILTER_METADATA = `(coalesce(d.metadata::jsonb, '{}'::jsonb) || jsonb_b
 const VERSION_COLUMNS = sql`d.job_id AS "jobId", d.seq, d.id, d.tenant, d.collection,
   d.doc_key AS "docKey", d.state, d.version, d.content_hash AS "contentHash", d.raw_key AS "rawKey",
   d.metadata, d.chars, d.chunks, d.error, d.created_at AS "createdAt", d.pruned_at AS "prunedAt",
-  j.model, j.status AS "jobStatus"`;
+  j.model, j.status AS "jobStatus", NOT ${undoneChunks("d")} AS "complete"`;
 
 /**
  * Postgres implementation of the metadata store (drizzle-orm over Neon's serverless driver),
@@ -735,7 +737,8 @@ export class PgStore extends StoreBase implements MetadataStore {
     return this.rows<LiveVersion>(sql`SELECT d.doc_key AS "docKey", d.state, d.version,
         d.fingerprint, d.job_id AS "jobId",
         (SELECT max(m.version) FROM documents m WHERE m.tenant = d.tenant
-          AND m.collection = d.collection AND m.doc_key = d.doc_key) AS "maxVersion"
+          AND m.collection = d.collection AND m.doc_key = d.doc_key) AS "maxVersion",
+        ${stalledVersion("d")} AS "stalled"
       FROM documents d
       WHERE d.tenant = ${tenant} AND d.collection = ${collection}
         AND d.doc_key = ANY(${texts([...new Set(keys)])}) AND d.state IN ('current', 'pending')`);

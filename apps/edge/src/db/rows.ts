@@ -442,15 +442,35 @@ export function chunkPageWhere(
  * status. The status follows the same rule as a document's status (routes/documents.ts): a
  * current version whose job still runs is being indexed.
  */
+/** Whether the version in `row` (an alias of documents) has a chunk that is not done. */
+const undone = (row: string) =>
+  `EXISTS (SELECT 1 FROM chunks u WHERE u.job_id = ${row}.job_id AND u.document_id = ${row}.id AND u.status <> 'done')`;
+
+/**
+ * SQL: whether the version in `row` has a chunk that is not done. A current version whose job
+ * ended so (cancelled, or chunks failed) is not whole: it is not ready, and sending the same
+ * document again computes it again.
+ */
+export function undoneChunks(row: string): SQL {
+  return sql.raw(undone(row));
+}
+
+/** SQL: whether the version in `row` is current but will never be whole (see undoneChunks). */
+export function stalledVersion(row: string): SQL {
+  return sql.raw(
+    `(${row}.state = 'current' AND ${undone(row)} AND EXISTS (SELECT 1 FROM jobs sj WHERE sj.id = ${row}.job_id AND sj.status NOT IN ('queued', 'running')))`,
+  );
+}
+
 export function documentListWhere(d: "documents" | "d", tenant: string, q: DocumentListFilter) {
   const row = sql.raw(d);
   const same = sql`s.tenant = ${row}.tenant AND s.collection = ${row}.collection AND s.doc_key = ${row}.doc_key`;
-  const has = (states: string, job?: "running" | "ended") =>
+  const has = (states: string, job?: "running" | "ended", whole?: boolean) =>
     sql`EXISTS (SELECT 1 FROM documents s JOIN jobs sj ON sj.id = s.job_id WHERE ${same} AND s.state IN (${sql.raw(states)})${
       job === undefined
         ? sql``
         : sql.raw(` AND sj.status ${job === "running" ? "" : "NOT "}IN ('queued', 'running')`)
-    })`;
+    }${whole === undefined ? sql`` : sql` AND ${whole ? sql`NOT ` : sql``}${undoneChunks("s")}`})`;
   return [
     sql`${row}.tenant = ${tenant}`,
     sql`${row}.doc_key IS NOT NULL`,
@@ -465,9 +485,9 @@ export function documentListWhere(d: "documents" | "d", tenant: string, q: Docum
     q.status === "indexing"
       ? sql`(${has("'pending'")} OR ${has("'current'", "running")})`
       : q.status === "ready"
-        ? sql`${has("'current'", "ended")} AND NOT ${has("'pending'")}`
+        ? sql`${has("'current'", "ended", true)} AND NOT ${has("'pending'")}`
         : q.status === "failed"
-          ? sql`NOT ${has("'current', 'pending'")}`
+          ? sql`(NOT ${has("'current', 'pending'")} OR (${has("'current'", "ended", false)} AND NOT ${has("'pending'")}))`
           : undefined,
   ];
 }

@@ -52,10 +52,12 @@ import {
   StoreBase,
   settledOnArrival,
   settledStatus,
+  stalledVersion,
   toApiKey,
   toCredential,
   toJob,
   toTenantSettings,
+  undoneChunks,
   withCounts,
 } from "./rows.js";
 import * as schema from "./schema.js";
@@ -318,6 +320,8 @@ export interface LiveVersion {
   jobId: string;
   /** Highest version number the name has had (any state). */
   maxVersion: number;
+  /** Current, but its job ended with chunks not done: sending it again computes it again. */
+  stalled: boolean;
 }
 
 export interface VersionRow {
@@ -340,6 +344,8 @@ export interface VersionRow {
   model: string;
   /** The status of the job that made the version. */
   jobStatus: JobStatus;
+  /** Every chunk of the version is done. */
+  complete: boolean;
 }
 
 export interface DocumentListFilter {
@@ -1124,6 +1130,7 @@ export class D1Store extends StoreBase implements MetadataStore {
             // Qualified by hand: a one-table select renders its columns unqualified, and inside
             // this subquery they would name the subquery's own rows.
             maxVersion: sql<number>`(SELECT max(m.version) FROM documents m WHERE m.tenant = documents.tenant AND m.collection = documents.collection AND m.doc_key = documents.doc_key)`,
+            stalled: stalledVersion("documents").mapWith(Boolean),
           })
           .from(d)
           .where(
@@ -1169,6 +1176,7 @@ export class D1Store extends StoreBase implements MetadataStore {
         prunedAt: d.prunedAt,
         model: schema.jobs.model,
         jobStatus: schema.jobs.status,
+        complete: sql`NOT ${undoneChunks("documents")}`.mapWith(Boolean),
       })
       .from(d)
       .innerJoin(schema.jobs, eq(schema.jobs.id, d.jobId));

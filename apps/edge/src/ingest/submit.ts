@@ -215,7 +215,10 @@ function decide(jobId: string, fingerprint: string, live: LiveVersion[]): Decisi
     if (pending.fingerprint === fingerprint) return { kind: "unchanged" };
     return { kind: "new", state: "pending", version: next };
   }
-  if (current?.fingerprint === fingerprint) return { kind: "unchanged" };
+  // A current version its job left with chunks not done (cancelled, or chunks failed) is
+  // computed again when the same document is sent again: that is how a cut-off submit is
+  // finished.
+  if (current?.fingerprint === fingerprint && !current.stalled) return { kind: "unchanged" };
   return { kind: "new", state: current ? "pending" : "current", version: next };
 }
 

@@ -127,11 +127,12 @@ function summaryOf(newest: VersionRow, live: VersionRow[]): DocumentSummary {
     id: newest.docKey,
     collection: newest.collection,
     // A first version is current from the start (there is nothing to replace), and searchable
-    // chunk by chunk: it is ready once its job has ended.
+    // chunk by chunk: it is ready once its job has ended with every chunk done (a job cancelled
+    // or with failed chunks leaves it failed, until it is sent again).
     status:
       pending || (current && !isTerminal(current.jobStatus))
         ? "indexing"
-        : current
+        : current?.complete
           ? "ready"
           : "failed",
     metadata: (current ?? pending ?? newest).metadata ?? {},
