@@ -155,3 +155,47 @@ describe("reserved document metadata keys", () => {
     for (const c of chunks) expect(c.metadata).toEqual(metadata);
   });
 });
+
+describe("documents that would be empty or unnamable", () => {
+  it("refuses text of control characters alone, and the ids . and .., taking nothing", async () => {
+    const collection = `empty-${crypto.randomUUID().slice(0, 8)}`;
+    const kept = await call("/v1/jobs", {
+      method: "POST",
+      json: { collection, documents: [{ id: "kept", text: "A document worth keeping." }] },
+    });
+    expect(kept.status).toBe(202);
+    for (const documents of [
+      [{ id: "kept", text: "\u0001\u0002" }],
+      [{ text: " \u0000\t\u007f\u0085 " }],
+      [{ id: ".", text: "A dot." }],
+      [{ id: "..", text: "Two dots." }],
+    ]) {
+      const e = await errorOf(
+        await call("/v1/jobs", { method: "POST", json: { collection, documents } }),
+      );
+      expect(e).toMatchObject({ status: 422, code: "validation_failed" });
+      expect(e.message).toMatch(/text must not be empty|id may not be \. or \.\./);
+      expect(JSON.stringify(e.details)).toMatch(/"path":"documents\.0\.(text|id)"/);
+    }
+    // A line of the same in an NDJSON stream is reported by number; the good lines are taken.
+    const nd = await call("/v1/jobs", {
+      method: "POST",
+      headers: { "Content-Type": "application/x-ndjson" },
+      body: `${JSON.stringify({ job: { collection } })}\n{"text":"\\u0001"}\n{"id":"..","text":"x"}\n{"text":"Fine."}\n`,
+    });
+    expect(nd.status).toBe(202);
+    const ingest = (
+      (await nd.json()) as { ingest: { accepted: number; rejections: { line: number }[] } }
+    ).ingest;
+    expect(ingest.accepted).toBe(1);
+    expect(ingest.rejections.map((r) => r.line)).toEqual([2, 3]);
+    // The document sent first is as it was.
+    const doc = await call(`/v1/documents/kept?collection=${collection}`);
+    expect(
+      ((await doc.json()) as { current: { version: number; chars: number } }).current,
+    ).toMatchObject({
+      version: 1,
+      chars: 25,
+    });
+  });
+});

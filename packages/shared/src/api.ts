@@ -152,11 +152,17 @@ export const DocumentInput = z
       .min(1)
       .max(128)
       .regex(/^[\w.:@/-]+$/, "id may hold letters, digits and _ . : @ / -")
+      // A URL cannot name these: clients and runtimes resolve them as path steps.
+      .refine((id) => id !== "." && id !== "..", { message: "id may not be . or .." })
       .optional()
       .meta({ description: "Your id for the document; generated when absent." }),
     text: WellFormedText()
       .max(REQUEST_LIMITS.maxDocumentChars)
-      .refine((t) => t.trim().length > 0, { message: "text must not be empty" }),
+      // Control characters are removed from the text before it is chunked: one made of them
+      // alone would be an empty document.
+      .refine((t) => /[^\s\p{Cc}]/u.test(t), {
+        message: "text must not be empty (spaces and control characters alone are removed)",
+      }),
     metadata: Metadata.optional(),
   })
   .meta({ id: "DocumentInput" });
