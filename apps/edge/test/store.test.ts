@@ -315,8 +315,14 @@ describe.each(BACKENDS)("the metadata store on $name", (b: Backend) => {
     );
     const prune = await store.versionsToPrune(t, 10);
     expect(prune.map((v) => [v.docKey, v.version])).toEqual([["a", 1]]);
+    // Vectors kept: both of j1's versions and j2's until the old one is pruned, then not its.
+    const kept = async () => (await store.chunkUsage(t, "key")).storedVectors;
+    expect(await kept()).toBe(7);
     await store.pruneVersions(prune);
     expect(await store.versionsToPrune(t, 10)).toEqual([]);
+    expect(await kept()).toBe(5);
+    await store.pruneVersions(prune);
+    expect(await kept()).toBe(5);
     expect((await store.getDocument(t, j1, `a@${j1}`))?.chunkIds).toEqual([]);
     expect((await store.getDocument(t, j1, `b@${j1}`))?.chunkIds.length).toBe(2);
     expect(await store.sharedOriginalsInUse(t, ["raw/a-1", "raw/a-2"])).toEqual(

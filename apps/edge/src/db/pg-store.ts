@@ -316,7 +316,7 @@ export class PgStore extends StoreBase implements MetadataStore {
         coalesce(sum(CASE WHEN created_at > ${since} AND created_by = ${keyId} THEN chunks_total END), 0)::float8 AS "keyLast24h",
         min(CASE WHEN created_at > ${since} THEN created_at END) AS "tenantOldestAt",
         min(CASE WHEN created_at > ${since} AND created_by = ${keyId} THEN created_at END) AS "keyOldestAt",
-        coalesce(sum(CASE WHEN status IN ('queued', 'running') THEN chunks_total - chunks_failed ELSE chunks_done END), 0)::float8 AS "storedVectors"
+        coalesce(sum(CASE WHEN status IN ('queued', 'running') THEN chunks_total - chunks_failed ELSE chunks_done END - chunks_pruned), 0)::float8 AS "storedVectors"
       FROM jobs WHERE tenant = ${tenant}`);
     return r ?? noUsage();
   }
@@ -780,6 +780,10 @@ export class PgStore extends StoreBase implements MetadataStore {
         WHERE k.job_id = v.job_id AND c.id = k.chunk_id AND c.job_id = v.job_id AND c.document_id = v.id`);
       await tx.execute(sql`DELETE FROM embedding_cache e USING chunks c, ${input} v
         WHERE e.job_id = v.job_id AND e.key = c.cache_key AND c.job_id = v.job_id AND c.document_id = v.id`);
+      await tx.execute(sql`UPDATE jobs j SET chunks_pruned = j.chunks_pruned + x.n
+        FROM (SELECT c.job_id, count(*) AS n FROM chunks c JOIN ${input} v
+          ON c.job_id = v.job_id AND c.document_id = v.id WHERE c.status = 'done' GROUP BY c.job_id) x
+        WHERE j.id = x.job_id`);
       await tx.execute(sql`DELETE FROM chunks c USING ${input} v
         WHERE c.job_id = v.job_id AND c.document_id = v.id`);
       // Its original is no longer its (the caller deletes it unless another row names it).

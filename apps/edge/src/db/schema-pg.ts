@@ -93,6 +93,7 @@ export const jobs = pgTable(
     documentsUnchanged: integer("documents_unchanged").notNull().default(0),
     nextSeq: integer("next_seq").notNull().default(0),
     chunksCached: integer("chunks_cached").notNull().default(0),
+    chunksPruned: integer("chunks_pruned").notNull().default(0),
     dispatchedAt: text("dispatched_at"),
     createdAt: text("created_at").notNull(),
     startedAt: text("started_at"),

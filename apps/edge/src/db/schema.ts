@@ -99,6 +99,11 @@ export const jobs = sqliteTable(
     nextSeq: integer("next_seq").notNull().default(0),
     /** Chunks whose vector came from the embedding cache (counted in chunks_done as well). */
     chunksCached: integer("chunks_cached").notNull().default(0),
+    /**
+     * Done chunks removed with their superseded versions (pruned): the job's vectors kept are
+     * chunks_done less these, which is what a tenant's stored-vector quota counts.
+     */
+    chunksPruned: integer("chunks_pruned").notNull().default(0),
     /** Set once the Dispatcher has the job's tasks; a retried submit re-dispatches otherwise. */
     dispatchedAt: text("dispatched_at"),
     createdAt: text("created_at").notNull(),

@@ -722,8 +722,9 @@ export class D1Store extends StoreBase implements MetadataStore {
         keyOldestAt: sql<
           string | null
         >`min(CASE WHEN created_at > ${since} AND created_by = ${keyId} THEN created_at END)`,
-        // An ended job keeps the vectors it got; a live one may still get all but its failures.
-        storedVectors: sql<number>`coalesce(sum(CASE WHEN status IN ('queued', 'running') THEN chunks_total - chunks_failed ELSE chunks_done END), 0)`,
+        // An ended job keeps the vectors it got, less its pruned versions'; a live one may still
+        // get all but its failures.
+        storedVectors: sql<number>`coalesce(sum(CASE WHEN status IN ('queued', 'running') THEN chunks_total - chunks_failed ELSE chunks_done END - chunks_pruned), 0)`,
       })
       .from(schema.jobs)
       .where(eq(schema.jobs.tenant, tenant))
@@ -1231,6 +1232,12 @@ export class D1Store extends StoreBase implements MetadataStore {
       stmts.push(
         ...this.dropKeywords(jobId, doc.id),
         ...this.dropCached(jobId, doc.id),
+        this.db
+          .update(schema.jobs)
+          .set({
+            chunksPruned: sql`chunks_pruned + (SELECT count(*) FROM chunks WHERE job_id = ${jobId} AND document_id = ${doc.id} AND status = 'done')`,
+          })
+          .where(eq(schema.jobs.id, jobId)),
         this.db.delete(c).where(and(eq(c.jobId, jobId), eq(c.documentId, doc.id))),
         // Its original is no longer its (the caller deletes it unless another row names it).
         this.db

@@ -1,0 +1,1 @@
+ALTER TABLE `jobs` ADD `chunks_pruned` integer DEFAULT 0 NOT NULL;

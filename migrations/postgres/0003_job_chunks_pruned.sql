@@ -1,0 +1,1 @@
+ALTER TABLE "jobs" ADD COLUMN "chunks_pruned" integer DEFAULT 0 NOT NULL;
