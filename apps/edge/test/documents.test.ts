@@ -617,6 +617,34 @@ describe("a job that ends with chunks not done", () => {
   });
 });
 
+describe("a document whose current version's job is deleted", () => {
+  it("has no current version, says so, and numbers its next version after the ones it keeps", async () => {
+    const collection = `renumber-${uid()}`;
+    const w = await worker();
+    const v1 = await post({ collection, documents: [{ id: "x", text: `First ${uid()}.` }] });
+    await computeAll(w, v1.id);
+    const v2 = await post({ collection, documents: [{ id: "x", text: `Second ${uid()}.` }] });
+    await computeAll(w, v2.id);
+    expect((await getDocument("x", collection)).current).toMatchObject({ version: 2 });
+    expect((await call(`/v1/jobs/${v2.id}`, { method: "DELETE" })).status).toBe(204);
+    const gone = await getDocument("x", collection);
+    expect(gone).toMatchObject({ status: "failed", current: null, pending: null });
+    const original = await errorOf(await call(`/v1/documents/x/original?collection=${collection}`));
+    expect(original).toMatchObject({ status: 404 });
+    expect(original.message).toMatch(/has no current version/);
+
+    const v3 = await post({ collection, documents: [{ id: "x", text: `Third ${uid()}.` }] });
+    await computeAll(w, v3.id);
+    // The deleted job took version 2 with it; the superseded version 1 is still listed.
+    const doc = await getDocument("x", collection);
+    expect(doc.current).toMatchObject({ version: 2, jobId: v3.id });
+    expect(doc.versions.map((v) => [v.version, v.state])).toEqual([
+      [2, "current"],
+      [1, "superseded"],
+    ]);
+  });
+});
+
 describe("appends at the same moment", () => {
   it("gives each request seqs of its own, and keeps the job open when an append is refused", async () => {
     const collection = `appends-${uid()}`;

@@ -734,14 +734,17 @@ export class PgStore extends StoreBase implements MetadataStore {
 
   async liveVersions(tenant: string, collection: string, keys: string[]): Promise<LiveVersion[]> {
     if (keys.length === 0) return [];
-    return this.rows<LiveVersion>(sql`SELECT d.doc_key AS "docKey", d.state, d.version,
+    return this.rows<LiveVersion>(sql`SELECT d.doc_key AS "docKey",
+        CASE WHEN d.state IN ('current', 'pending') THEN d.state ELSE 'none' END AS state, d.version,
         d.fingerprint, d.job_id AS "jobId",
         (SELECT max(m.version) FROM documents m WHERE m.tenant = d.tenant
           AND m.collection = d.collection AND m.doc_key = d.doc_key) AS "maxVersion",
         ${stalledVersion("d")} AS "stalled"
       FROM documents d
       WHERE d.tenant = ${tenant} AND d.collection = ${collection}
-        AND d.doc_key = ANY(${texts([...new Set(keys)])}) AND d.state IN ('current', 'pending')`);
+        AND d.doc_key = ANY(${texts([...new Set(keys)])})
+        AND (d.state IN ('current', 'pending') OR d.version = (SELECT max(m.version) FROM documents m
+          WHERE m.tenant = d.tenant AND m.collection = d.collection AND m.doc_key = d.doc_key))`);
   }
 
   async documentVersions(tenant: string, collection: string | undefined, key: string) {

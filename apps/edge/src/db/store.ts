@@ -21,6 +21,7 @@ import {
   isNull,
   ne,
   notInArray,
+  or,
   type SQL,
   sql,
   type Table,
@@ -312,9 +313,13 @@ export interface NewDocuments {
 }
 
 /** A live document version, as a new submission of the same name checks it. */
+/**
+ * A live version of a named document, or (`none`) the newest version of one that has no live
+ * version left (its job deleted, cancelled or failed), which only says what number comes next.
+ */
 export interface LiveVersion {
   docKey: string;
-  state: "pending" | "current";
+  state: "pending" | "current" | "none";
   version: number;
   fingerprint: string | null;
   jobId: string;
@@ -1139,7 +1144,10 @@ export class D1Store extends StoreBase implements MetadataStore {
               eq(d.tenant, tenant),
               eq(d.collection, collection),
               sql`${d.docKey} IN (SELECT value FROM json_each(${JSON.stringify(keys)}))`,
-              inArray(d.state, ["current", "pending"]),
+              or(
+                inArray(d.state, ["current", "pending"]),
+                sql`${d.version} = (SELECT max(m.version) FROM documents m WHERE m.tenant = documents.tenant AND m.collection = documents.collection AND m.doc_key = documents.doc_key)`,
+              ),
             ),
           ),
       );
@@ -1149,8 +1157,12 @@ export class D1Store extends StoreBase implements MetadataStore {
       if (!first) break;
       for (const rows of await this.db.batch([first, ...more]))
         for (const r of rows)
-          if (r.docKey && (r.state === "current" || r.state === "pending"))
-            out.push({ ...r, docKey: r.docKey, state: r.state });
+          if (r.docKey)
+            out.push({
+              ...r,
+              docKey: r.docKey,
+              state: r.state === "current" || r.state === "pending" ? r.state : "none",
+            });
     }
     return out;
   }

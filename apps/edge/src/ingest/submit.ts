@@ -207,7 +207,7 @@ function decide(jobId: string, fingerprint: string, live: LiveVersion[]): Decisi
   const current = live.find((v) => v.state === "current");
   const next = Math.max(0, ...live.map((v) => v.maxVersion)) + 1;
   // Either of its live versions may be this job's (a first version is current at once).
-  if (live.some((v) => v.jobId === jobId))
+  if (live.some((v) => v.state !== "none" && v.jobId === jobId))
     return { kind: "rejected", code: "duplicate", message: "this job already has this document" };
   // The newest submission wins: a version still pending is superseded by a newer one (it never
   // becomes current), unless the newer one is the same.

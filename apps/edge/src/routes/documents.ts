@@ -194,7 +194,10 @@ documentRoutes
     const tenant = c.get("credential").tenant;
     const rows = await versionsOf(c.var.store, tenant, id, collection);
     const current = rows.find((v) => v.state === "current");
-    if (!current?.rawKey) throw notFound("original (the job chose not to keep it)");
+    if (!current)
+      throw new AppError(404, "not_found", `document ${id} has no current version to read`);
+    if (!current.rawKey)
+      throw notFound("original (the job chose not to keep it, or retention purged its text)");
     const got = await getOriginal(c.env, c.var.store, keyringFor(c.env), tenant, current.rawKey);
     if (!got) throw notFound("original");
     return c.body(new Uint8Array(got.bytes), 200, {
