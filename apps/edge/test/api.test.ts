@@ -132,6 +132,33 @@ describe("POST /v1/jobs", () => {
     expect(job.documents).toBe(2);
   });
 
+  it("honours Idempotency-Key on file uploads by what they hold, and refuses it on an NDJSON stream", async () => {
+    const key = `files-${crypto.randomUUID()}`;
+    // Each try is a new form, so a new multipart boundary: the same files are the same request.
+    const upload = (text: string) => {
+      const form = new FormData();
+      form.append("file", new File([text], "notes.txt", { type: "text/plain" }));
+      return call("/v1/jobs", { method: "POST", body: form, headers: { "Idempotency-Key": key } });
+    };
+    const first = await upload("Notes on tide tables.");
+    expect(first.status).toBe(202);
+    const { id } = (await first.json()) as { id: string };
+    const again = await upload("Notes on tide tables.");
+    expect(again.status).toBe(202);
+    expect(again.headers.get("Idempotent-Replayed")).toBe("true");
+    expect(((await again.json()) as { id: string }).id).toBe(id);
+    expect(await errorOf(await upload("Other notes."))).toMatchObject({ status: 409 });
+
+    const stream = await call("/v1/jobs", {
+      method: "POST",
+      body: '{"text":"A line."}\n',
+      headers: { "Content-Type": "application/x-ndjson", "Idempotency-Key": `nd-${key}` },
+    });
+    const e = await errorOf(stream);
+    expect(e).toMatchObject({ status: 422, code: "validation_failed" });
+    expect(e.message).toMatch(/not taken with an NDJSON stream/);
+  });
+
   it("keeps tenants apart", async () => {
     const a = (await (
       await call("/v1/jobs", { method: "POST", json: { documents: docs(1) } })

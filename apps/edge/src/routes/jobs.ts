@@ -335,6 +335,12 @@ async function guarded(
 
 /** POST /v1/jobs with an NDJSON body. */
 async function submitStream(c: Ctx) {
+  if (c.req.header("idempotency-key"))
+    throw new AppError(
+      422,
+      "validation_failed",
+      "Idempotency-Key is not taken with an NDJSON stream, which is read as it arrives: give the documents ids (sent again unchanged, they are skipped), or send JSON or files",
+    );
   const body = c.req.raw.body;
   if (!body) throw new AppError(422, "validation_failed", "the NDJSON body is empty");
   const source = lines(body)[Symbol.asyncIterator]();
@@ -373,20 +379,81 @@ async function submitStream(c: Ctx) {
 /** POST /v1/jobs with files. */
 async function submitFiles(c: Ctx) {
   const upload = await readUpload(c.req.raw);
+  const key = c.req.header("idempotency-key") ?? null;
+  // What the upload holds, not its bytes: a client draws a new multipart boundary each time.
+  const requestHash = key
+    ? await sha256Hex(
+        JSON.stringify([
+          upload.options,
+          await Promise.all(
+            upload.documents.map(async (d) => [
+              d.id,
+              d.metadata,
+              d.original?.mediaType,
+              await sha256Hex(d.original?.bytes ?? d.text),
+            ]),
+          ),
+          upload.rejections,
+        ]),
+      )
+    : null;
+  if (key) {
+    const replay = await replayed(c, key, requestHash);
+    if (replay) return replay;
+  }
   const settings = resolveSettings(c.env, upload.options);
   const jobId = newId("job");
-  const { header, secret } = await newJobHeader(c, jobId, upload.options, {
-    key: null,
-    requestHash: null,
-  });
+  const { header, secret } = await newJobHeader(c, jobId, upload.options, { key, requestHash });
   const ingestion = new Ingestion(c.env, c.get("credential"), jobId, settings, 0, header);
   ingestion.reject(upload.rejections);
   if (upload.documents.length === 0) nothingTaken(ingestion.tally);
-  await guarded(ingestion, upload.options.open === true, async () => {
-    await ingestion.add(upload.documents, true);
-  });
+  try {
+    await guarded(ingestion, upload.options.open === true, async () => {
+      await ingestion.add(upload.documents, true);
+    });
+  } catch (err) {
+    const replay = await racedReplay(c, err, key, requestHash, jobId);
+    if (replay) return replay;
+    throw err;
+  }
   if (!ingestion.exists) nothingTaken(ingestion.tally);
   return accepted(c, ingestion, secret);
+}
+
+/**
+ * The answer to a submit whose Idempotency-Key a job already has: that job again (dispatched
+ * now if the first try never reached the coordinator), or a 409 when the request differs.
+ * Null when no job has the key.
+ */
+async function replayed(c: Ctx, key: string, requestHash: string | null) {
+  const tenant = c.get("credential").tenant;
+  const prior = await c.var.store.findJobByIdempotencyKey(tenant, key);
+  if (!prior) return null;
+  if (prior.requestHash !== requestHash)
+    throw new AppError(
+      409,
+      "conflict",
+      "Idempotency-Key was already used with a different request body",
+    );
+  if (!prior.dispatched) await redispatch(c.env, tenant, prior.job);
+  return c.json(prior.job, 202, {
+    "Idempotent-Replayed": "true",
+    Location: `/v1/jobs/${prior.job.id}`,
+  });
+}
+
+/** A submit that lost the race for its Idempotency-Key to another: that one's job. */
+async function racedReplay(
+  c: Ctx,
+  err: unknown,
+  key: string | null,
+  requestHash: string | null,
+  jobId: string,
+) {
+  if (!key || !(err instanceof AppError) || err.status !== 409) return null;
+  const prior = await c.var.store.findJobByIdempotencyKey(c.get("credential").tenant, key);
+  if (!prior || prior.job.id === jobId) return null;
+  return replayed(c, key, requestHash);
 }
 
 export const jobs = router();
@@ -401,26 +468,11 @@ jobs
     // Validated against CreateJobRequest by the route (JSON bodies only; others branch above).
     const body = validJson<CreateJobRequest>(c);
     const key = c.req.valid("header")["idempotency-key"] ?? null;
-    const tenant = c.get("credential").tenant;
-    const store = c.var.store;
     const requestHash = key ? await sha256Hex(JSON.stringify(body)) : null;
 
     if (key) {
-      const prior = await store.findJobByIdempotencyKey(tenant, key);
-      if (prior) {
-        if (prior.requestHash !== requestHash) {
-          throw new AppError(
-            409,
-            "conflict",
-            "Idempotency-Key was already used with a different request body",
-          );
-        }
-        if (!prior.dispatched) await redispatch(c.env, tenant, prior.job);
-        return c.json(prior.job, 202, {
-          "Idempotent-Replayed": "true",
-          Location: `/v1/jobs/${prior.job.id}`,
-        });
-      }
+      const replay = await replayed(c, key, requestHash);
+      if (replay) return replay;
     }
 
     const settings = resolveSettings(c.env, body);
@@ -436,21 +488,8 @@ jobs
       await ingestion.add(docs, body.open === true);
     } catch (err) {
       // A concurrent submit with the same Idempotency-Key won the race: answer with its job.
-      if (key && err instanceof AppError && err.status === 409) {
-        const prior = await store.findJobByIdempotencyKey(tenant, key);
-        if (prior && prior.job.id !== jobId) {
-          if (prior.requestHash !== requestHash)
-            throw new AppError(
-              409,
-              "conflict",
-              "Idempotency-Key was already used with a different request body",
-            );
-          return c.json(prior.job, 202, {
-            "Idempotent-Replayed": "true",
-            Location: `/v1/jobs/${prior.job.id}`,
-          });
-        }
-      }
+      const replay = await racedReplay(c, err, key, requestHash, jobId);
+      if (replay) return replay;
       throw err;
     }
     if (!ingestion.exists) nothingTaken(ingestion.tally);
