@@ -645,6 +645,43 @@ describe("a document whose current version's job is deleted", () => {
   });
 });
 
+describe("a job stopped while a stream is adding to it", () => {
+  it("says it was cancelled, or deleted, and keeps what it took before", async () => {
+    for (const stop of ["cancel", "delete"] as const) {
+      const job = await post({ open: true, documents: [{ text: `Open ${uid()}.` }] });
+      const { readable, writable } = new TransformStream<Uint8Array, Uint8Array>();
+      const writer = writable.getWriter();
+      const lines = (from: number, n: number) =>
+        new TextEncoder().encode(
+          Array.from({ length: n }, (_, i) => `{"text":"Line ${from + i} ${uid()}."}\n`).join(""),
+        );
+      const answer = call(`/v1/jobs/${job.id}/documents`, {
+        method: "POST",
+        headers: { "Content-Type": "application/x-ndjson" },
+        body: readable,
+      });
+      // The first batch of 500 is taken; then the job is stopped; then the rest arrives.
+      await writer.write(lines(0, 600));
+      await until(async () => (await getJob(job.id)).documents === 501);
+      const stopped =
+        stop === "cancel"
+          ? await call(`/v1/jobs/${job.id}/cancel`, { method: "POST" })
+          : await call(`/v1/jobs/${job.id}`, { method: "DELETE" });
+      expect(stopped.ok).toBe(true);
+      await writer.write(lines(600, 500));
+      await writer.close();
+      const e = await errorOf(await answer);
+      if (stop === "cancel") {
+        expect(e).toMatchObject({ status: 409, code: "conflict" });
+        expect(e.message).toMatch(/was cancelled\) \(job \S+ keeps the 500 documents/);
+        expect((await getJob(job.id)).documents).toBe(501);
+      } else {
+        expect(e).toMatchObject({ status: 404, message: `job ${job.id} was deleted` });
+      }
+    }
+  });
+});
+
 describe("appends at the same moment", () => {
   it("gives each request seqs of its own, and keeps the job open when an append is refused", async () => {
     const collection = `appends-${uid()}`;

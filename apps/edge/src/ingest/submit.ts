@@ -511,8 +511,12 @@ async function dispatchTasks(
   }
 }
 
-function closedJob(jobId: string): AppError {
-  return new AppError(409, "conflict", `job ${jobId} takes no more documents (it was closed)`);
+/** Why a job stopped taking documents while a request was adding some. */
+async function closedJob(env: Env, tenant: string, jobId: string): Promise<AppError> {
+  const job = await openStore(env).getJob(tenant, jobId);
+  if (!job) return new AppError(404, "not_found", `job ${jobId} was deleted`);
+  const why = job.status === "cancelled" ? "it was cancelled" : "it was closed";
+  return new AppError(409, "conflict", `job ${jobId} takes no more documents (${why})`);
 }
 
 /** What one request's documents came to, as the response reports it. */
@@ -592,7 +596,7 @@ export class Ingestion {
           ? {
               reserve: async (count: number) => {
                 const first = await store.reserveSeqs(this.cred.tenant, jobId, count);
-                if (first === null) throw closedJob(jobId);
+                if (first === null) throw await closedJob(env, this.cred.tenant, jobId);
                 return first;
               },
             }
@@ -638,7 +642,7 @@ export class Ingestion {
         unchanged: batch.unchanged,
       }))
     ) {
-      throw closedJob(jobId);
+      throw await closedJob(env, this.cred.tenant, jobId);
     }
     this.nextSeq += batch.seqs;
     this.tally.accepted += batch.documents.length + batch.unchanged;

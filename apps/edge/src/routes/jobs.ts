@@ -315,7 +315,8 @@ async function guarded(
       // A job this request created is closed with what it took; an open job another request
       // created stays open for the next append (this one can be sent again).
       if (onError === "close") await ingestion.close();
-      if (err instanceof AppError) {
+      // A job deleted meanwhile keeps nothing.
+      if (err instanceof AppError && err.status !== 404) {
         const taken = ingestion.tally.accepted;
         throw new AppError(
           err.status,
