@@ -557,6 +557,15 @@ describe("open jobs", () => {
       body: `${JSON.stringify({ text: `Open ${uid()} third.` })}\n`,
     });
     expect(((await nd.json()) as JobView).ingest?.accepted).toBe(1);
+    // An append none of whose lines is a document is refused whole, naming the lines.
+    const bad = await call(`/v1/jobs/${job.id}/documents`, {
+      method: "POST",
+      headers: { "Content-Type": "application/x-ndjson" },
+      body: '{"text":""}\nnot json\n',
+    });
+    const refused = await errorOf(bad);
+    expect(refused).toMatchObject({ status: 422, details: { rejected: 2 } });
+    expect((await getJob(job.id)).documents).toBe(3);
     const closed = await call(`/v1/jobs/${job.id}/close`, { method: "POST", json: {} });
     expect(closed.status).toBe(200);
     expect(((await closed.json()) as JobView).accepting).toBe(false);

@@ -561,6 +561,9 @@ jobs
         "keep open",
       );
     }
+    // As for a new job: a request none of whose documents could be taken is refused whole
+    // (unless it also closed the job, which it did).
+    if (ingestion.tally.accepted === 0 && !close) nothingTaken(ingestion.tally);
     const now = (await store.getJob(tenant, id)) ?? job;
     return c.json({ ...now, ingest: ingestReport(ingestion.tally) }, 202);
   })
