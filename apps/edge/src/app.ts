@@ -14,12 +14,12 @@ import { SettingsInvalid, settings } from "./lib/settings.js";
 const MAX_BODY_BYTES = 32 * 1024 * 1024;
 
 /** NDJSON, one document per line: read as a stream, so it has no size limit. */
-export const isNdjson = (type: string | undefined) =>
-  /^application\/(x-)?(ndjson|jsonl|jsonlines)\b/i.test(type ?? "");
+export const isNdjson = (type: string | undefined) => /^application\/x-ndjson\b/i.test(type ?? "");
 export const isMultipart = (type: string | undefined) =>
   /^multipart\/form-data\b/i.test(type ?? "");
-/** Where documents arrive: a new job, or more for an open one. */
+/** Where documents arrive: a new job, or more for an open one (which takes no files). */
 const INGEST_PATH = /^\/v1\/jobs(\/[^/]+\/documents)?$/;
+const APPEND_PATH = /^\/v1\/jobs\/[^/]+\/documents$/;
 
 /** Maps zod failures to the API's error body: 422 with every issue listed. */
 function validationHook(result: { success: boolean; error?: z.ZodError; target?: string }) {
@@ -110,18 +110,21 @@ export function createApp() {
     if (c.req.method === "POST" || c.req.method === "PUT" || c.req.method === "PATCH") {
       const type = c.req.header("Content-Type") ?? "";
       const ingest = c.req.method === "POST" && INGEST_PATH.test(c.req.path);
+      const append = ingest && APPEND_PATH.test(c.req.path);
       // Documents always come as a body; anything else may be a bare action.
       if (
         (ingest || hasBody(c.req.raw)) &&
         !/^application\/([\w.+-]*\+)?json\b/i.test(type) &&
-        !(ingest && (isNdjson(type) || isMultipart(type)))
+        !(ingest && (isNdjson(type) || (!append && isMultipart(type))))
       ) {
         throw new AppError(
           415,
           "unsupported_media_type",
-          ingest
-            ? "send documents as JSON (application/json), as NDJSON (application/x-ndjson, one document per line) or as files (multipart/form-data)"
-            : "send the body as JSON with Content-Type: application/json",
+          append
+            ? "send documents to an open job as JSON (application/json) or as NDJSON (application/x-ndjson, one document per line); files start a job of their own"
+            : ingest
+              ? "send documents as JSON (application/json), as NDJSON (application/x-ndjson, one document per line) or as files (multipart/form-data)"
+              : "send the body as JSON with Content-Type: application/json",
         );
       }
     }
@@ -161,6 +164,11 @@ export function createApp() {
       const status = err.status;
       if (status === 400)
         return c.json(errorBody("invalid_json", "request body is not valid JSON"), 400);
+      if (status === 415)
+        return c.json(
+          errorBody("unsupported_media_type", `${err.message}: see /openapi.json`),
+          415,
+        );
       return c.json(errorBody("bad_request", err.message), status);
     }
     console.error("unhandled error", c.req.method, c.req.path, err);

@@ -184,6 +184,21 @@ describe("POST /v1/jobs", () => {
       status: 415,
       code: "unsupported_media_type",
     });
+    // Other names for NDJSON, and files sent to an open job, get the same answer and guidance.
+    for (const type of ["application/ndjson", "application/jsonl"])
+      expect(
+        await errorOf(await post({ body: '{"text":"x"}\n', headers: { "Content-Type": type } })),
+      ).toMatchObject({ status: 415, code: "unsupported_media_type" });
+    const open = (await (
+      await post({ json: { open: true, documents: [{ text: "Open." }] } })
+    ).json()) as { id: string };
+    const form = new FormData();
+    form.append("file", new File(["More."], "more.txt", { type: "text/plain" }));
+    const files = await errorOf(
+      await call(`/v1/jobs/${open.id}/documents`, { method: "POST", body: form }),
+    );
+    expect(files).toMatchObject({ status: 415, code: "unsupported_media_type" });
+    expect(files.message).toMatch(/files start a job of their own/);
     const wrongType = await errorOf(await post({ json: { documents: "nope" } }));
     expect(wrongType).toMatchObject({ status: 422, code: "validation_failed" });
     expect(JSON.stringify(wrongType.details)).toContain("documents");
