@@ -444,7 +444,7 @@ export type DocumentVersion = z.infer<typeof DocumentVersion>;
 export const DocumentStatus = z.enum(["indexing", "ready", "failed"]).meta({
   id: "DocumentStatus",
   description:
-    "indexing: its newest version is being computed; ready: its current version is searchable and no newer one is pending; failed: it has no current version and its newest failed.",
+    "indexing: its newest version is being computed; ready: its current version is searchable with every chunk computed, and no newer one is pending; failed: it has no current version, or its current version's job ended with chunks not computed (cancelled, or chunks failed: send it again to finish it).",
 });
 
 export const Document = z

@@ -847,7 +847,7 @@ export interface components {
             nextCursor: string | null;
         };
         /**
-         * @description indexing: its newest version is being computed; ready: its current version is searchable and no newer one is pending; failed: it has no current version and its newest failed.
+         * @description indexing: its newest version is being computed; ready: its current version is searchable with every chunk computed, and no newer one is pending; failed: it has no current version, or its current version's job ended with chunks not computed (cancelled, or chunks failed: send it again to finish it).
          * @enum {string}
          */
         DocumentStatus: "indexing" | "ready" | "failed";
@@ -1710,7 +1710,7 @@ export interface operations {
                 limit?: number;
                 /** @description Ids starting with this. */
                 prefix?: string;
-                /** @description indexing: its newest version is being computed; ready: its current version is searchable and no newer one is pending; failed: it has no current version and its newest failed. */
+                /** @description indexing: its newest version is being computed; ready: its current version is searchable with every chunk computed, and no newer one is pending; failed: it has no current version, or its current version's job ended with chunks not computed (cancelled, or chunks failed: send it again to finish it). */
                 status?: components["schemas"]["DocumentStatus"];
             };
             header?: never;
