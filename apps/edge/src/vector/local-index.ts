@@ -327,7 +327,14 @@ export class LocalVectorIndex extends DurableObject<Env> {
    */
   private *recordValues(seqs: readonly number[]): Generator<[number, ArrayBuffer]> {
     for (const part of slices(seqs, 64)) {
-      const missing = part.filter((seq) => !this.recent.has(seq));
+      // The part's recent records are taken now: reading the others below moves them out of
+      // the recent ones before their turn.
+      const got = new Map<number, ArrayBuffer>();
+      for (const seq of part) {
+        const vec = this.recent.get(seq);
+        if (vec) got.set(seq, vec);
+      }
+      const missing = part.filter((seq) => !got.has(seq));
       const rows = (
         missing.length === 0
           ? []
@@ -338,10 +345,12 @@ export class LocalVectorIndex extends DurableObject<Env> {
               )
               .raw()
       ) as Iterable<[number, ArrayBuffer]>;
-      const got = new Map(Array.from(rows, ([seq, vec]) => [seq, vec] as const));
+      for (const [seq, vec] of rows) got.set(seq, vec);
       for (const seq of part) {
-        const vec = this.recent.get(seq) ?? got.get(seq);
-        if (!vec) continue;
+        const vec = got.get(seq);
+        // A record a live vector names is always stored: one missing would be lost by the
+        // rewrites that read through here, so it stops them.
+        if (!vec) throw new Error(`the local vector index's log has no record ${seq}`);
         this.recent.delete(seq);
         this.recent.set(seq, vec);
         if (this.recent.size > RECENT_RECORDS)

@@ -116,6 +116,45 @@ describe("LocalVectorIndex's log", () => {
     expect(restarted.count).toBe(256 + 127 + 40);
   });
 
+  it("reads and rewrites every live record, whichever records were read last", async () => {
+    const { stub, index } = fresh();
+    // Twelve records of 128: r<k>-<i> is vector i of record k.
+    const id = (k: number, i: number) => `r${k}-${i}`;
+    for (let k = 0; k < 12; k++)
+      await index.upsert(
+        Array.from({ length: 128 }, (_, i) => ({ id: id(k, i), values: vec(k * 128 + i) })),
+      );
+    // The index keeps the values of the last few records read. Three are read first; then one
+    // read names nine others before one of those three, whose turn comes after the nine have
+    // taken its place among the recent.
+    await index.getByIds([id(0, 0), id(1, 0), id(2, 0)]);
+    const asked = [...Array.from({ length: 9 }, (_, k) => id(k + 3, 5)), id(0, 7)];
+    expect((await index.getByIds(asked)).map((v) => v.id)).toEqual(asked);
+
+    // A rewrite of the log reads every record in order: the ones read last come at its end.
+    // Rounds of 127 overwrites and one new id leave one live vector a record, until the dead
+    // slots outnumber the live and 4,096, and the log is rewritten.
+    await index.getByIds(Array.from({ length: 8 }, (_, k) => id(k + 4, 1)));
+    const same = Array.from({ length: 127 }, (_, i) => `s${i}`);
+    for (let round = 0; round < 40; round++)
+      await index.upsert([
+        ...same.map((s, i) => ({ id: s, values: vec(i, round) })),
+        { id: `u${round}`, values: vec(2000 + round, round) },
+      ]);
+    const { records } = await logRows(stub);
+    expect(records).toBeLessThan(12 + 40);
+    const all = [
+      ...Array.from({ length: 12 * 128 }, (_, n) => id(Math.floor(n / 128), n % 128)),
+      ...same,
+      ...Array.from({ length: 40 }, (_, round) => `u${round}`),
+    ];
+    expect((await index.describe()).vectorCount).toBe(all.length);
+    for (const ids of [all.slice(0, 1000), all.slice(1000)]) {
+      expect((await index.getByIds(ids)).map((v) => v.id)).toEqual(ids);
+      expect((await afterRestart(stub, ids)).stored.map((v) => v.id)).toEqual(ids);
+    }
+  });
+
   it("keeps nothing of a deleted vector, not even the writes it replaced", async () => {
     const { stub, index } = fresh();
     const others = (tag: string) =>
