@@ -251,8 +251,29 @@ describe.each(BACKENDS)("the metadata store on $name", (b: Backend) => {
       expect(outcomes.some((o) => o.status === "fulfilled")).toBe(true);
       const live = await open().liveVersions(t, "default", ["same"]);
       expect(live.filter((v) => v.state === "pending")).toHaveLength(1);
+      // And no two of its versions share a number.
+      const versions = await open().documentVersions(t, "default", "same");
+      expect(new Set(versions.map((v) => v.version)).size).toBe(versions.length);
     },
   );
+
+  it("numbers a new version after one another submit gave the same number first", async () => {
+    // Two submits of "same" read its live versions (version 1 current) before either wrote:
+    // both chose version 2. The second written takes 3, and supersedes the first's.
+    const store = open();
+    const t = unique("t");
+    const [j1, j2, j3] = [unique("job_n1"), unique("job_n2"), unique("job_n3")];
+    await store.createJob(jobOf(j1, t, [version(j1, 0, "same")]));
+    await store.recordDone(j1, await ids(store, t, j1));
+    for (const j of [j2, j3])
+      await store.createJob(jobOf(j, t, [version(j, 0, "same", { state: "pending", version: 2 })]));
+    const versions = await store.documentVersions(t, "default", "same");
+    expect(versions.map((v) => [v.version, v.state, v.jobId])).toEqual([
+      [3, "pending", j3],
+      [2, "superseded", j2],
+      [1, "current", j1],
+    ]);
+  });
 
   it("makes a new version current once its chunks are done, then prunes the old one", async () => {
     const store = open();

@@ -481,6 +481,17 @@ export class PgStore extends StoreBase implements MetadataStore {
         FROM json_to_recordset(${group}::json) AS x(seq int, id text, doc_key text, state text,
           version int, content_hash text, fingerprint text, raw_key text, metadata json, chars int,
           chunks int, created_at text)`);
+    // Two submits that read the same live versions give their new versions the same number:
+    // the one written second takes the next (at the very same moment, the unique index on
+    // pending versions refuses one of them).
+    if (pending.length > 0)
+      await tx.execute(sql`UPDATE documents n
+        SET version = (SELECT max(m.version) FROM documents m WHERE m.tenant = n.tenant
+          AND m.collection = n.collection AND m.doc_key = n.doc_key) + 1
+        WHERE n.job_id = ${jobId} AND n.doc_key = ANY(${texts(pending)})
+          AND EXISTS (SELECT 1 FROM documents o WHERE o.tenant = n.tenant
+            AND o.collection = n.collection AND o.doc_key = n.doc_key AND o.version = n.version
+            AND o.job_id <> n.job_id)`);
     for (const group of jsonGroups(
       newChunkRows(input.chunks, sealed).map((c) => ({
         id: c.id,

@@ -1026,6 +1026,24 @@ export class D1Store extends StoreBase implements MetadataStore {
         ]),
       ),
     );
+    // Two submits that read the same live versions at the same moment give their new
+    // versions the same number: the one written second takes the next.
+    for (const keys of bindable(pendingKeys(input.documents), 5)) {
+      out.push(
+        db
+          .update(d)
+          .set({
+            version: sql`(SELECT max(m.version) FROM documents m WHERE m.tenant = documents.tenant AND m.collection = documents.collection AND m.doc_key = documents.doc_key) + 1`,
+          })
+          .where(
+            and(
+              eq(d.jobId, jobId),
+              inArray(d.docKey, keys),
+              sql`EXISTS (SELECT 1 FROM documents o WHERE o.tenant = documents.tenant AND o.collection = documents.collection AND o.doc_key = documents.doc_key AND o.version = documents.version AND o.job_id <> documents.job_id)`,
+            ),
+          ),
+      );
+    }
     const sealed = await this.sealChunks(tenant, input.chunks);
     out.push(
       ...rowInserts(
