@@ -23,6 +23,7 @@ import {
   notInArray,
   or,
   type SQL,
+  type SQLWrapper,
   sql,
   type Table,
 } from "drizzle-orm";
@@ -482,6 +483,18 @@ function literal(s: string) {
 }
 
 /**
+ * A job's chunk ids, after `after` when given, as a range of `id` (a chunk id column): every
+ * one starts with `<jobId>.` (lib/chunk-ids.ts) and `/` is the character after `.`, so the
+ * chunks' primary key, or `keyword_rows_chunk`, reads a job's chunks in order without an index
+ * on the job. Inline literals, so raw statements in a batch can carry it too.
+ */
+function jobChunks(id: SQLWrapper, jobId: string, after: string | null = null) {
+  const start = `${jobId}.`;
+  const from = after !== null && after > start ? after : start;
+  return sql`${id} > ${literal(from)} AND ${id} < ${literal(`${jobId}/`)}`;
+}
+
+/**
  * A value as SQL literal text: numbers as written (not finite: NULL, as JSON would give), text
  * quoted with quotes doubled. (No stored text holds NUL, which cannot stand in a statement:
  * the API refuses it in ids and metadata, ingest drops control characters from text, and JSON
@@ -763,8 +776,8 @@ export class D1Store extends StoreBase implements MetadataStore {
   private dropKeywords(jobId: string, documentId?: string) {
     const job = literal(jobId);
     const mine = documentId
-      ? sql`job_id = ${job} AND chunk_id IN (SELECT id FROM chunks WHERE job_id = ${job} AND document_id = ${literal(documentId)})`
-      : sql`job_id = ${job}`;
+      ? sql`chunk_id IN (SELECT id FROM chunks WHERE job_id = ${job} AND document_id = ${literal(documentId)})`
+      : jobChunks(sql.raw("chunk_id"), jobId);
     return [
       this.db.run(
         sql`DELETE FROM chunk_terms WHERE rowid IN (SELECT id FROM keyword_rows WHERE ${mine})`,
@@ -1532,7 +1545,9 @@ export class D1Store extends StoreBase implements MetadataStore {
     return this.db
       .select(chunkColumns(schema))
       .from(c)
-      .innerJoin(schema.jobs, eq(schema.jobs.id, c.jobId))
+      // `+`: the job is found from each chunk, never the chunks from the job (through
+      // chunks_document, whose order is not the page's).
+      .innerJoin(schema.jobs, eq(schema.jobs.id, sql`+${c.jobId}`))
       .innerJoin(
         schema.documents,
         and(eq(schema.documents.jobId, c.jobId), eq(schema.documents.id, c.documentId)),
@@ -1542,7 +1557,7 @@ export class D1Store extends StoreBase implements MetadataStore {
   async listChunks(tenant: string, jobId: string, after: string | null, limit: number) {
     const c = schema.chunks;
     const rows = await this.chunkQuery()
-      .where(and(...chunkPageWhere(c, schema.jobs, tenant, jobId, after)))
+      .where(and(jobChunks(c.id, jobId, after), eq(schema.jobs.tenant, tenant)))
       .orderBy(asc(c.id))
       .limit(limit)
       .all();
@@ -1588,7 +1603,7 @@ export class D1Store extends StoreBase implements MetadataStore {
             .update(schema.chunks)
             .set({ status: to, error: reason })
             .where(
-              sql`chunks.job_id = ${jobId} AND chunks.status = 'pending' AND chunks.id IN (SELECT value FROM json_each(${ids}))`,
+              sql`+chunks.job_id = ${jobId} AND chunks.status = 'pending' AND chunks.id IN (SELECT value FROM json_each(${ids}))`,
             ),
         );
         // changes() is the row count of the UPDATE just before it in this transaction, so the
@@ -1617,7 +1632,7 @@ export class D1Store extends StoreBase implements MetadataStore {
             )
             .where(
               sql`d.job_id = ${jobId} AND d.state = 'pending'
-              AND d.id IN (SELECT document_id FROM chunks WHERE job_id = ${jobId} AND id IN (SELECT value FROM json_each(${ids})))
+              AND d.id IN (SELECT document_id FROM chunks WHERE +job_id = ${jobId} AND id IN (SELECT value FROM json_each(${ids})))
               AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.job_id = d.job_id AND c.document_id = d.id AND c.status = 'pending')`,
             ),
         );

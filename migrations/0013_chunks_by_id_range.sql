@@ -1,0 +1,2 @@
+DROP INDEX `chunks_job`;--> statement-breakpoint
+DROP INDEX `keyword_rows_job`;
