@@ -111,16 +111,37 @@ describe("POST /v1/jobs", () => {
     expect(new Set(seen).size).toBe(seen.length);
   });
 
-  it("honours Idempotency-Key: same body same job, different body 409", async () => {
-    const body = { documents: docs(2) };
-    const headers = { "Idempotency-Key": "key-123" };
-    const a = (await (await call("/v1/jobs", { method: "POST", json: body, headers })).json()) as {
-      id: string;
+  it("honours Idempotency-Key: same body same job and answer, different body 409", async () => {
+    // Two of its documents were sent before (unchanged), and it asks for a webhook of its own:
+    // the retry is told both again.
+    const before = await call("/v1/jobs", { method: "POST", json: { documents: docs(2) } });
+    expect(before.status).toBe(202);
+    const body = {
+      documents: [...docs(2), { id: "new", text: "A document sent for the first time." }],
+      webhook: { url: "https://hooks.example.com/p2pa" },
     };
+    const headers = { "Idempotency-Key": "key-123" };
+    type Created = {
+      id: string;
+      documents: number;
+      webhook: { id: string; secret?: string };
+      ingest?: { accepted: number; unchanged: number; rejected: number };
+    };
+    const first = await call("/v1/jobs", { method: "POST", json: body, headers });
+    expect(first.status).toBe(202);
+    const a = (await first.json()) as Created;
+    expect(a.webhook.secret).toMatch(/^whsec_/);
+    expect(a.ingest).toEqual({ accepted: 3, unchanged: 2, rejected: 0, rejections: [] });
     const rb = await call("/v1/jobs", { method: "POST", json: body, headers });
     expect(rb.status).toBe(202);
     expect(rb.headers.get("Idempotent-Replayed")).toBe("true");
-    expect(((await rb.json()) as { id: string }).id).toBe(a.id);
+    const b = (await rb.json()) as Created;
+    expect(b.id).toBe(a.id);
+    expect(b.webhook).toEqual(a.webhook);
+    expect(b.ingest).toEqual(a.ingest);
+    // Only the job's own request gets the secret again: reading the job never shows it.
+    const read = (await (await call(`/v1/jobs/${a.id}`)).json()) as Created;
+    expect(read.webhook.secret).toBeUndefined();
     const conflict = await call("/v1/jobs", {
       method: "POST",
       json: { documents: docs(3) },
@@ -129,24 +150,28 @@ describe("POST /v1/jobs", () => {
     expect(await errorOf(conflict)).toMatchObject({ status: 409, code: "conflict" });
     // The first job is untouched by the rejected request.
     const job = (await (await call(`/v1/jobs/${a.id}`)).json()) as { documents: number };
-    expect(job.documents).toBe(2);
+    expect(job.documents).toBe(a.documents);
   });
 
   it("honours Idempotency-Key on file uploads by what they hold, and refuses it on an NDJSON stream", async () => {
     const key = `files-${crypto.randomUUID()}`;
     // Each try is a new form, so a new multipart boundary: the same files are the same request.
+    // A file of a kind it cannot read is refused; the retry is told so again.
     const upload = (text: string) => {
       const form = new FormData();
       form.append("file", new File([text], "notes.txt", { type: "text/plain" }));
+      form.append("file", new File([new Uint8Array([0, 1, 2])], "scan.bin"));
       return call("/v1/jobs", { method: "POST", body: form, headers: { "Idempotency-Key": key } });
     };
+    type Created = { id: string; ingest: { rejected: number; rejections: { file?: string }[] } };
     const first = await upload("Notes on tide tables.");
     expect(first.status).toBe(202);
-    const { id } = (await first.json()) as { id: string };
+    const { id, ingest } = (await first.json()) as Created;
+    expect(ingest).toMatchObject({ rejected: 1, rejections: [{ file: "scan.bin" }] });
     const again = await upload("Notes on tide tables.");
     expect(again.status).toBe(202);
     expect(again.headers.get("Idempotent-Replayed")).toBe("true");
-    expect(((await again.json()) as { id: string }).id).toBe(id);
+    expect(await again.json()).toMatchObject({ id, ingest });
     expect(await errorOf(await upload("Other notes."))).toMatchObject({ status: 409 });
 
     const stream = await call("/v1/jobs", {

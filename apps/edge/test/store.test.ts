@@ -221,8 +221,19 @@ describe.each(BACKENDS)("the metadata store on $name", (b: Backend) => {
     });
     expect(again.created).toBe(false);
     expect(again.job.id).toBe(first.id);
-    await store.markDispatched(first.id);
-    expect((await store.findJobByIdempotencyKey(t, "key-1"))?.dispatched).toBe(true);
+    expect(again.ingest).toBeNull();
+    // What the request took is kept with the job, for a retry to be answered with.
+    const ingest = {
+      accepted: 3,
+      unchanged: 1,
+      rejected: 1,
+      rejections: [{ id: "x", code: "c", message: "m" }],
+    };
+    await store.markDispatched(first.id, ingest);
+    expect(await store.findJobByIdempotencyKey(t, "key-1")).toMatchObject({
+      dispatched: true,
+      ingest,
+    });
     if (!b.concurrent) return;
     const racing = await Promise.all(
       [0, 1, 2].map(() =>

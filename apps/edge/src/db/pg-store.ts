@@ -1,4 +1,4 @@
-import type { ApiKey, Collection, Job, Quotas } from "@p2pa/shared";
+import type { ApiKey, Collection, IngestReport, Job, Quotas } from "@p2pa/shared";
 import { and, asc, desc, eq, isNull, ne, type SQL, sql } from "drizzle-orm";
 import { hex } from "../lib/crypto.js";
 import { type PgClient, type PgDatabase, pgError } from "./pg-client.js";
@@ -585,10 +585,13 @@ export class PgStore extends StoreBase implements MetadataStore {
     return r ? idempotentJob(r) : null;
   }
 
-  async markDispatched(jobId: string): Promise<void> {
+  async markDispatched(jobId: string, ingest?: IngestReport): Promise<void> {
     const j = schema.jobs;
     await this.run((db) =>
-      db.update(j).set({ dispatchedAt: new Date().toISOString() }).where(eq(j.id, jobId)),
+      db
+        .update(j)
+        .set({ dispatchedAt: new Date().toISOString(), ...(ingest ? { ingest } : {}) })
+        .where(eq(j.id, jobId)),
     );
   }
 

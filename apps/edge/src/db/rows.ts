@@ -1,6 +1,7 @@
 import {
   type ApiKey,
   type Collection,
+  type IngestReport,
   type Job,
   type JobStatus,
   SCOPES,
@@ -66,8 +67,23 @@ export function toJob(r: JobRow): Job {
 }
 
 /** A job found by its Idempotency-Key, with what the replay of its request needs. */
-export function idempotentJob(r: JobRow) {
-  return { job: toJob(r), requestHash: r.requestHash, dispatched: r.dispatchedAt !== null };
+/** A job as found by its Idempotency-Key: what a retry of its request is compared with and answered. */
+export interface IdempotentJob {
+  job: Job;
+  requestHash: string | null;
+  /** Whether the coordinator has the job's tasks (a retry dispatches them otherwise). */
+  dispatched: boolean;
+  /** What the first request took and refused, once it ended. */
+  ingest: IngestReport | null;
+}
+
+export function idempotentJob(r: JobRow): IdempotentJob {
+  return {
+    job: toJob(r),
+    requestHash: r.requestHash,
+    dispatched: r.dispatchedAt !== null,
+    ingest: r.ingest ?? null,
+  };
 }
 
 /** A chunk's row (text already opened) as the API shows it. */
@@ -498,7 +514,7 @@ export function documentListWhere(d: "documents" | "d", tenant: string, q: Docum
 export type RecordGroups = readonly { jobId: string; chunkIds: readonly string[] }[];
 
 /** What `createJob` answers. */
-type CreatedJob = { job: Job; created: boolean; requestHash: string | null; dispatched: boolean };
+type CreatedJob = IdempotentJob & { created: boolean };
 
 /**
  * What D1Store and PgStore do alike around their own statements: chunk text sealed on the way
@@ -539,10 +555,7 @@ export abstract class StoreBase {
 
   abstract getJob(tenant: string, id: string): Promise<Job | null>;
 
-  abstract findJobByIdempotencyKey(
-    tenant: string,
-    key: string,
-  ): Promise<{ job: Job; requestHash: string | null; dispatched: boolean } | null>;
+  abstract findJobByIdempotencyKey(tenant: string, key: string): Promise<IdempotentJob | null>;
 
   /**
    * Prepares the write of a new job with its documents and chunks (their text sealed), to run
@@ -570,7 +583,7 @@ export abstract class StoreBase {
     }
     const job = await this.getJob(input.tenant, input.id);
     if (!job) throw new Error(`job ${input.id} vanished after insert`);
-    return { job, created: true, requestHash: input.requestHash, dispatched: false };
+    return { job, created: true, requestHash: input.requestHash, dispatched: false, ingest: null };
   }
 
   /**

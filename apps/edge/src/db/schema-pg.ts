@@ -1,4 +1,4 @@
-import type { JOB_STATUSES, PiiKind, POOLS, VERIFICATIONS } from "@p2pa/shared";
+import type { IngestReport, JOB_STATUSES, PiiKind, POOLS, VERIFICATIONS } from "@p2pa/shared";
 import { sql } from "drizzle-orm";
 import {
   bigint,
@@ -95,6 +95,7 @@ export const jobs = pgTable(
     chunksCached: integer("chunks_cached").notNull().default(0),
     chunksPruned: integer("chunks_pruned").notNull().default(0),
     dispatchedAt: text("dispatched_at"),
+    ingest: json("ingest").$type<IngestReport>(),
     createdAt: text("created_at").notNull(),
     startedAt: text("started_at"),
     completedAt: text("completed_at"),

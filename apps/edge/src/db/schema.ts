@@ -1,4 +1,4 @@
-import { JOB_STATUSES, type PiiKind, POOLS, VERIFICATIONS } from "@p2pa/shared";
+import { type IngestReport, JOB_STATUSES, type PiiKind, POOLS, VERIFICATIONS } from "@p2pa/shared";
 import { sql } from "drizzle-orm";
 import {
   blob,
@@ -106,6 +106,11 @@ export const jobs = sqliteTable(
     chunksPruned: integer("chunks_pruned").notNull().default(0),
     /** Set once the Dispatcher has the job's tasks; a retried submit re-dispatches otherwise. */
     dispatchedAt: text("dispatched_at"),
+    /**
+     * What the request that made the job took and refused (its 202's `ingest`), kept for a job
+     * made with an Idempotency-Key: a retry of that request is answered with it again.
+     */
+    ingest: text("ingest", { mode: "json" }).$type<IngestReport>(),
     createdAt: text("created_at").notNull(),
     startedAt: text("started_at"),
     completedAt: text("completed_at"),

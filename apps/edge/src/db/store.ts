@@ -2,6 +2,7 @@ import type {
   ApiKey,
   Chunk,
   Collection,
+  IngestReport,
   Job,
   JobStatus,
   PiiKind,
@@ -34,11 +35,11 @@ import {
   appendedCounters,
   cacheHits,
   chunkColumns,
-  chunkPageWhere,
   credentialColumns,
   credentialState,
   dayAgo,
   documentListWhere,
+  type IdempotentJob,
   idempotentJob,
   jobListWhere,
   newChunkRows,
@@ -119,14 +120,13 @@ export interface MetadataStore {
   deleteDocument(jobId: string, seq: number): Promise<void>;
   /** Erases a tenant's credentials and settings (its jobs are deleted one by one first). */
   eraseTenant(tenant: string): Promise<void>;
-  createJob(
-    input: NewJob,
-  ): Promise<{ job: Job; created: boolean; requestHash: string | null; dispatched: boolean }>;
-  findJobByIdempotencyKey(
-    tenant: string,
-    key: string,
-  ): Promise<{ job: Job; requestHash: string | null; dispatched: boolean } | null>;
-  markDispatched(jobId: string): Promise<void>;
+  createJob(input: NewJob): Promise<IdempotentJob & { created: boolean }>;
+  findJobByIdempotencyKey(tenant: string, key: string): Promise<IdempotentJob | null>;
+  /**
+   * Notes that the coordinator has the job's tasks, and, for a job made with an
+   * Idempotency-Key, what its request took and refused (`ingest`), to answer a retry with.
+   */
+  markDispatched(jobId: string, ingest?: IngestReport): Promise<void>;
   getJob(tenant: string, id: string): Promise<Job | null>;
   /** A job by id alone, for the coordinator (which has no tenant in hand). */
   getJobById(id: string): Promise<Job | null>;
@@ -1519,10 +1519,10 @@ export class D1Store extends StoreBase implements MetadataStore {
     return r ? idempotentJob(r) : null;
   }
 
-  async markDispatched(jobId: string): Promise<void> {
+  async markDispatched(jobId: string, ingest?: IngestReport): Promise<void> {
     await this.db
       .update(schema.jobs)
-      .set({ dispatchedAt: new Date().toISOString() })
+      .set({ dispatchedAt: new Date().toISOString(), ...(ingest ? { ingest } : {}) })
       .where(eq(schema.jobs.id, jobId));
   }
 
@@ -1542,16 +1542,18 @@ export class D1Store extends StoreBase implements MetadataStore {
 
   private chunkQuery() {
     const c = schema.chunks;
-    return this.db
-      .select(chunkColumns(schema))
-      .from(c)
-      // `+`: the job is found from each chunk, never the chunks from the job (through
-      // chunks_document, whose order is not the page's).
-      .innerJoin(schema.jobs, eq(schema.jobs.id, sql`+${c.jobId}`))
-      .innerJoin(
-        schema.documents,
-        and(eq(schema.documents.jobId, c.jobId), eq(schema.documents.id, c.documentId)),
-      );
+    return (
+      this.db
+        .select(chunkColumns(schema))
+        .from(c)
+        // `+`: the job is found from each chunk, never the chunks from the job (through
+        // chunks_document, whose order is not the page's).
+        .innerJoin(schema.jobs, eq(schema.jobs.id, sql`+${c.jobId}`))
+        .innerJoin(
+          schema.documents,
+          and(eq(schema.documents.jobId, c.jobId), eq(schema.documents.id, c.documentId)),
+        )
+    );
   }
 
   async listChunks(tenant: string, jobId: string, after: string | null, limit: number) {

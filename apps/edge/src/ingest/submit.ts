@@ -5,6 +5,7 @@ import {
   DEFAULT_COLLECTION,
   DEFAULT_MODEL,
   type IngestRejection,
+  type IngestReport,
   type Job,
   MAX_TASK_SIZE,
   PII_KINDS,
@@ -571,6 +572,12 @@ export class Ingestion {
     return this.created;
   }
 
+  /** What was taken and refused so far, as the 202 says it. */
+  report(): IngestReport {
+    const { accepted, unchanged, rejected, rejections } = this.tally;
+    return { accepted, unchanged, rejected, rejections };
+  }
+
   /** Notes rejections found before the submit flow (bad lines, unreadable files). */
   reject(rejections: IngestRejection[]): void {
     this.tally.rejected += rejections.length;
@@ -652,7 +659,8 @@ export class Ingestion {
       accepting,
       cache: batch.cache,
     });
-    await store.markDispatched(jobId);
+    // A request made with an Idempotency-Key keeps its answer for a retry to get again.
+    await store.markDispatched(jobId, this.header?.idempotencyKey ? this.report() : undefined);
     return batch;
   }
 

@@ -50,7 +50,12 @@ const createJob = createRoute({
   summary: "Submit documents to chunk and embed",
   ...write,
   request: {
-    headers: z.object({ "idempotency-key": z.string().min(1).max(255).optional() }),
+    headers: z.object({
+      "idempotency-key": z.string().min(1).max(255).optional().meta({
+        description:
+          "Makes a retry safe: the same request sent again with the same key gets the first answer again (the job as it is now, its webhook secret and `ingest`), with `Idempotent-Replayed: true`, and nothing is taken twice. JSON and files only.",
+      }),
+    }),
     body: {
       description:
         'Documents as JSON; or as NDJSON (one document per line, read as a stream, optionally led by a line {"job": {...options}}); or as files (multipart/form-data: `file` fields, an `options` JSON field, a `metadata` JSON field for every file).',
@@ -224,15 +229,6 @@ function validJson<T>(c: Ctx): T {
   return (c.req as unknown as { valid(target: "json"): T }).valid("json");
 }
 
-function ingestReport(t: IngestTally) {
-  return {
-    accepted: t.accepted,
-    unchanged: t.unchanged,
-    rejected: t.rejected,
-    rejections: t.rejections,
-  };
-}
-
 /**
  * A new job's header: its webhook endpoint (made now, its secret shown once), retention and
  * idempotency fields.
@@ -282,12 +278,18 @@ async function accepted(c: Ctx, ingestion: Ingestion, secret: string | null) {
     documents: job.documents,
     chunks: job.chunks.total,
   });
-  const body = {
+  return c.json(createdBody(job, secret, ingestion.report()), 202, {
+    Location: `/v1/jobs/${job.id}`,
+  });
+}
+
+/** A new job's 202 body: the job, its own webhook's signing secret, what the request took. */
+function createdBody(job: Job, secret: string | null, ingest: IngestReport | null) {
+  return {
     ...job,
     ...(job.webhook && secret ? { webhook: { ...job.webhook, secret } } : {}),
-    ingest: ingestReport(ingestion.tally),
+    ...(ingest ? { ingest } : {}),
   };
-  return c.json(body, 202, { Location: `/v1/jobs/${job.id}` });
 }
 
 /** Nothing in the request could be taken: a 422 listing why, and no job. */
@@ -324,7 +326,7 @@ async function guarded(
           onError === "close"
             ? `${err.message} (job ${ingestion.jobId} keeps the ${taken} documents taken before this and is closed)`
             : `${err.message} (job ${ingestion.jobId} keeps the ${taken} documents this request added before this)`,
-          { jobId: ingestion.jobId, ingest: ingestReport(ingestion.tally) },
+          { jobId: ingestion.jobId, ingest: ingestion.report() },
           err.headers,
         );
       }
@@ -422,8 +424,9 @@ async function submitFiles(c: Ctx) {
 }
 
 /**
- * The answer to a submit whose Idempotency-Key a job already has: that job again (dispatched
- * now if the first try never reached the coordinator), or a 409 when the request differs.
+ * The answer to a submit whose Idempotency-Key a job already has: the first answer again
+ * (the job dispatched now if the first try never reached the coordinator), or a 409 when the
+ * request differs.
  * Null when no job has the key.
  */
 async function replayed(c: Ctx, key: string, requestHash: string | null) {
@@ -437,9 +440,15 @@ async function replayed(c: Ctx, key: string, requestHash: string | null) {
       "Idempotency-Key was already used with a different request body",
     );
   if (!prior.dispatched) await redispatch(c.env, tenant, prior.job);
-  return c.json(prior.job, 202, {
+  // The first answer again: the job as it is now, with the webhook secret and what the
+  // request took (absent when the first try ended before it was written).
+  const { job, ingest } = prior;
+  const secret = job.webhook
+    ? await webhookHub(c.env, tenant).jobEndpointSecret(job.webhook.id, job.id)
+    : null;
+  return c.json(createdBody(job, secret, ingest), 202, {
     "Idempotent-Replayed": "true",
-    Location: `/v1/jobs/${prior.job.id}`,
+    Location: `/v1/jobs/${job.id}`,
   });
 }
 
@@ -565,7 +574,7 @@ jobs
     // (unless it also closed the job, which it did).
     if (ingestion.tally.accepted === 0 && !close) nothingTaken(ingestion.tally);
     const now = (await store.getJob(tenant, id)) ?? job;
-    return c.json({ ...now, ingest: ingestReport(ingestion.tally) }, 202);
+    return c.json({ ...now, ingest: ingestion.report() }, 202);
   })
   .openapi(closeJob, async (c) => {
     const { id } = c.req.valid("param");

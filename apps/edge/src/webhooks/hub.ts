@@ -160,6 +160,21 @@ export class WebhookHub extends DurableObject<Env> {
     return n > 0;
   }
 
+  /**
+   * A job's own endpoint's signing secret, for the answer to a retry of the request that made
+   * it (the first answer showed it); null once the endpoint is deleted.
+   */
+  async jobEndpointSecret(id: string, jobId: string): Promise<string | null> {
+    const row = this.sql
+      .exec<{ secret: string }>(
+        "SELECT secret FROM endpoints WHERE id = ? AND job_id = ? AND deleted = 0",
+        id,
+        jobId,
+      )
+      .toArray()[0];
+    return row?.secret || null;
+  }
+
   async hasEndpoint(id: string): Promise<boolean> {
     return (
       this.sql.exec("SELECT 1 FROM endpoints WHERE id = ? AND deleted = 0", id).toArray().length > 0

@@ -2127,6 +2127,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
+                /** @description Makes a retry safe: the same request sent again with the same key gets the first answer again (the job as it is now, its webhook secret and `ingest`), with `Idempotent-Replayed: true`, and nothing is taken twice. JSON and files only. */
                 "idempotency-key"?: string;
             };
             path?: never;
