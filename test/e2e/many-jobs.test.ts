@@ -2,7 +2,14 @@ import type { ChildProcess } from "node:child_process";
 import type { EmbeddingsResponse, Job, SearchResponse } from "@p2pa/shared";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { windowDisagreements } from "../../scripts/lib/agreement.js";
-import { DEV_CREDENTIALS, freePort, type System, startSystem, waitForJob } from "./harness.js";
+import {
+  allChunks,
+  DEV_CREDENTIALS,
+  freePort,
+  type System,
+  startSystem,
+  waitForJob,
+} from "./harness.js";
 
 /**
  * One running system through twenty ordinary jobs, as a user lives with it: sizes from 1 to
@@ -93,7 +100,7 @@ async function windowsAgree(): Promise<string[]> {
 describe("one system through many jobs", () => {
   it("completes twenty jobs of varied sizes across idle gaps, real-time calls and a worker restart", async () => {
     let k = 0;
-    const finished: { k: number; n: number; seconds: number }[] = [];
+    const finished: { k: number; n: number; id: string; seconds: number }[] = [];
     const started = Date.now();
     await realtimeCalls().catch(() => {}); // the index is empty: only a warm-up
     for (const step of PLAN) {
@@ -134,7 +141,7 @@ describe("one system through many jobs", () => {
           );
         }
         expect(job).toMatchObject({ status: "completed", chunks: { done: b.n, failed: 0 } });
-        finished.push({ k: b.k, n: b.n, seconds: (Date.now() - b.at) / 1000 });
+        finished.push({ k: b.k, n: b.n, id: b.id, seconds: (Date.now() - b.at) / 1000 });
       }
       expect(await windowsAgree(), `after job ${k}`).toEqual([]);
       await realtimeCalls();
@@ -151,6 +158,18 @@ describe("one system through many jobs", () => {
     expect(starts).toBeGreaterThanOrEqual(2);
     const health = await fetch(`${sys.edge.url}/healthz`);
     expect(health.status).toBe(200);
+    // What the edge lists as done, the vector index holds: every chunk still kept (versions
+    // later jobs superseded are pruned) comes back with its vector.
+    let kept = 0;
+    for (const f of finished) {
+      const chunks = await allChunks(sys, f.id);
+      kept += chunks.length;
+      expect(
+        chunks.filter((c) => c.status !== "done" || c.vector?.length !== 512).map((c) => c.id),
+        `job ${f.k}`,
+      ).toEqual([]);
+    }
+    expect(kept).toBeGreaterThanOrEqual(2000);
     console.log(
       `20 jobs in ${((Date.now() - started) / 1000).toFixed(0)} s; slowest ${Math.max(...finished.map((f) => f.seconds)).toFixed(1)} s; coordinator starts: ${starts}`,
     );
