@@ -16,13 +16,35 @@ import { MAX_QUERY_WORDS, STOPWORDS, words } from "./words.js";
 
 /** Hex digits kept of each hash: 64 bits, so a tenant's vocabulary never collides in practice. */
 const HASH_HEX = 16;
+/** Words whose hashes an isolate keeps per term key; past it, the oldest go first. */
+const KNOWN_WORDS = 50_000;
+
+/**
+ * The hashes already computed under each term key, kept by the isolate: a tenant's vocabulary
+ * repeats from one submit (and query) to the next, and an HMAC is most of what a new word
+ * costs. The keyring caches each key object per isolate, so a key dropped from its cache (the
+ * tenant erased) takes its words with it.
+ */
+const knownByKey = new WeakMap<CryptoKey, Map<string, string>>();
+
+function knownWords(key: CryptoKey): Map<string, string> {
+  let known = knownByKey.get(key);
+  if (!known) {
+    known = new Map();
+    knownByKey.set(key, known);
+  }
+  return known;
+}
+
 /** Hashes words under one term key, each distinct word once. */
 export class TermHasher {
   /** Each word's hash, once known. */
-  private readonly known = new Map<string, string>();
+  private readonly known: Map<string, string>;
   /** Digests still being computed. */
   private readonly pending = new Map<string, Promise<string>>();
-  constructor(private readonly key: CryptoKey) {}
+  constructor(private readonly key: CryptoKey) {
+    this.known = knownWords(key);
+  }
 
   /** The FTS5 document for `text`: its words' hashes in order, space-separated. */
   async document(text: string): Promise<string> {
@@ -36,10 +58,18 @@ export class TermHasher {
    */
   async documents(texts: readonly string[]): Promise<string[]> {
     const split = texts.map(words);
-    const missing = new Set<string>();
-    for (const ws of split) for (const w of ws) if (!this.known.has(w)) missing.add(w);
-    await Promise.all(Array.from(missing, (w) => this.hash(w)));
-    return split.map((ws) => ws.map((w) => this.known.get(w)).join(" "));
+    // This call's words with their hashes: the isolate's cache may let some go meanwhile.
+    const digests = new Map<string, string>();
+    const hashing: Promise<unknown>[] = [];
+    for (const ws of split)
+      for (const w of ws) {
+        if (digests.has(w)) continue;
+        const known = this.known.get(w);
+        digests.set(w, known ?? "");
+        if (known === undefined) hashing.push(this.hash(w).then((h) => digests.set(w, h)));
+      }
+    await Promise.all(hashing);
+    return split.map((ws) => ws.map((w) => digests.get(w)).join(" "));
   }
 
   hash(word: string): Promise<string> {
@@ -49,6 +79,8 @@ export class TermHasher {
     if (!h) {
       h = crypto.subtle.sign("HMAC", this.key, utf8.encode(word)).then((mac) => {
         const digest = hex(new Uint8Array(mac, 0, HASH_HEX / 2));
+        if (this.known.size >= KNOWN_WORDS)
+          this.known.delete(this.known.keys().next().value as string);
         this.known.set(word, digest);
         this.pending.delete(word);
         return digest;
