@@ -127,6 +127,15 @@ export function createApp() {
               : "send the body as JSON with Content-Type: application/json",
         );
       }
+      // JSON and NDJSON are UTF-8 (RFC 8259): a body said to be in another charset would be
+      // read as other text than was meant.
+      const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(type)?.[1];
+      if (charset && !isMultipart(type) && !/^utf-?8$/i.test(charset))
+        throw new AppError(
+          415,
+          "unsupported_media_type",
+          `the body must be UTF-8, as JSON is; this one says charset=${charset}`,
+        );
     }
     await next();
   });

@@ -214,6 +214,27 @@ describe("POST /v1/jobs", () => {
       expect(
         await errorOf(await post({ body: '{"text":"x"}\n', headers: { "Content-Type": type } })),
       ).toMatchObject({ status: 415, code: "unsupported_media_type" });
+    // JSON is UTF-8: a body that says it is Latin-1 would be read as something else.
+    const latin1 = new Uint8Array([
+      ...new TextEncoder().encode('{"documents":[{"text":"Caf'),
+      0xe9,
+      ...new TextEncoder().encode('"}]}'),
+    ]);
+    for (const type of [
+      "application/json; charset=latin1",
+      "application/x-ndjson; charset=ISO-8859-1",
+    ]) {
+      const e = await errorOf(await post({ body: latin1, headers: { "Content-Type": type } }));
+      expect(e).toMatchObject({ status: 415, code: "unsupported_media_type" });
+      expect(e.message).toMatch(/UTF-8/);
+    }
+    for (const type of ["application/json; charset=UTF-8", 'application/json;charset="utf-8"']) {
+      const r = await post({
+        body: '{"documents":[{"text":"Café au lait."}]}',
+        headers: { "Content-Type": type },
+      });
+      expect(r.status).toBe(202);
+    }
     const open = (await (
       await post({ json: { open: true, documents: [{ text: "Open." }] } })
     ).json()) as { id: string };
