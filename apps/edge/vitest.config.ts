@@ -46,6 +46,8 @@ export default defineConfig({
         wrangler: { configPath: path.join(root, "wrangler.toml") },
         remoteBindings: false,
         miniflare: {
+          // A database no setup migrates: tests of a migration run on it from an older schema.
+          d1Databases: { UPGRADE_DB: "upgrade-db" },
           bindings: {
             VECTOR_BACKEND: "local",
             // A fixed test deployment key (base64 of 32 bytes); never a real deployment's.

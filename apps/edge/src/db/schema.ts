@@ -191,8 +191,14 @@ export const documents = sqliteTable(
 export const chunks = sqliteTable(
   "chunks",
   {
+    /**
+     * The chunk's number in this database: the rowid of its entry in `chunk_terms`, the FTS5
+     * keyword index (migrations/0006, which drizzle cannot describe). SQLite may renumber
+     * implicit rowids on VACUUM, never an INTEGER PRIMARY KEY, so the two stay joined.
+     */
+    rid: integer("rid").primaryKey(),
     /** `<jobId>.<docSeq>.<index>`: deterministic, also the vector id. */
-    id: text("id").primaryKey(),
+    id: text("id").notNull(),
     jobId: text("job_id").notNull(),
     documentId: text("document_id").notNull(),
     index: integer("idx").notNull(),
@@ -210,28 +216,13 @@ export const chunks = sqliteTable(
     /** The chunk's key in the embedding cache (HMAC of its embedded text); null: not cached. */
     cacheKey: text("cache_key"),
   },
-  // A job's chunks in id order are a range of the primary key (every id starts with the
-  // job's, see jobChunks in store.ts), so no index on (job_id, id): one b-tree less to write
-  // for every chunk.
-  (t) => [index("chunks_document").on(t.jobId, t.documentId, t.status)],
-);
-
-/**
- * The keyword index's row per chunk. Its INTEGER PRIMARY KEY is the rowid of the chunk's
- * entry in `chunk_terms`, the FTS5 table (migrations/0006, which drizzle cannot describe):
- * SQLite may renumber implicit rowids on VACUUM, never an INTEGER PRIMARY KEY, so the two
- * stay joined; and a job's entries are found through `keyword_rows` rather than by scanning FTS5.
- */
-export const keywordRows = sqliteTable(
-  "keyword_rows",
-  {
-    id: integer("id").primaryKey(),
-    chunkId: text("chunk_id").notNull(),
-    jobId: text("job_id").notNull(),
-  },
-  // A job's entries are a range of `keyword_rows_chunk` (chunk ids start with the job's id),
-  // so no index of their own: one b-tree less to write for every chunk.
-  (t) => [uniqueIndex("keyword_rows_chunk").on(t.chunkId)],
+  // A job's chunks in id order are a range of `chunks_id` (every id starts with the job's,
+  // see jobChunks in store.ts), so no index on (job_id, id): one b-tree less to write for
+  // every chunk.
+  (t) => [
+    uniqueIndex("chunks_id").on(t.id),
+    index("chunks_document").on(t.jobId, t.documentId, t.status),
+  ],
 );
 
 /**

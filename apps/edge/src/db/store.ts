@@ -485,8 +485,8 @@ function literal(s: string) {
 /**
  * A job's chunk ids, after `after` when given, as a range of `id` (a chunk id column): every
  * one starts with `<jobId>.` (lib/chunk-ids.ts) and `/` is the character after `.`, so the
- * chunks' primary key, or `keyword_rows_chunk`, reads a job's chunks in order without an index
- * on the job. Inline literals, so raw statements in a batch can carry it too.
+ * chunks' unique index on their id reads a job's chunks in order without an index on the
+ * job. Inline literals, so raw statements in a batch can carry it too.
  */
 function jobChunks(id: SQLWrapper, jobId: string, after: string | null = null) {
   const start = `${jobId}.`;
@@ -770,25 +770,22 @@ export class D1Store extends StoreBase implements MetadataStore {
   }
 
   /**
-   * Statements that take chunks out of the keyword index: a job's, or one document's. Its terms
-   * derive from the text, so they go wherever the text goes.
+   * The statement that takes chunks out of the keyword index: a job's, or one document's (before
+   * the chunks themselves go). Its terms derive from the text, so they go wherever it goes.
    */
   private dropKeywords(jobId: string, documentId?: string) {
     const job = literal(jobId);
     const mine = documentId
-      ? sql`chunk_id IN (SELECT id FROM chunks WHERE job_id = ${job} AND document_id = ${literal(documentId)})`
-      : jobChunks(sql.raw("chunk_id"), jobId);
-    return [
-      this.db.run(
-        sql`DELETE FROM chunk_terms WHERE rowid IN (SELECT id FROM keyword_rows WHERE ${mine})`,
-      ),
-      this.db.run(sql`DELETE FROM keyword_rows WHERE ${mine}`),
-    ] as const;
+      ? sql`job_id = ${job} AND document_id = ${literal(documentId)}`
+      : jobChunks(sql.raw("id"), jobId);
+    return this.db.run(
+      sql`DELETE FROM chunk_terms WHERE rowid IN (SELECT rid FROM chunks WHERE ${mine})`,
+    );
   }
 
   async purgeText(jobId: string): Promise<void> {
     await this.db.batch([
-      ...this.dropKeywords(jobId),
+      this.dropKeywords(jobId),
       this.db.update(schema.chunks).set({ text: "" }).where(eq(schema.chunks.jobId, jobId)),
       // Its originals are no longer its to keep (the caller deletes those no one else names).
       this.db
@@ -842,7 +839,7 @@ export class D1Store extends StoreBase implements MetadataStore {
     await this.db.batch([
       // Counters first, while the chunks are still there to count.
       this.db.update(schema.jobs).set(removedCounters(count)).where(eq(schema.jobs.id, jobId)),
-      ...this.dropKeywords(jobId, doc.id),
+      this.dropKeywords(jobId, doc.id),
       ...this.dropCached(jobId, doc.id),
       this.db.delete(c).where(mine),
       this.db
@@ -1078,7 +1075,7 @@ export class D1Store extends StoreBase implements MetadataStore {
         ]),
       ),
     );
-    out.push(...this.keywordInserts(jobId, input.chunks));
+    out.push(...this.keywordInserts(input.chunks));
     // A hit moves the cache entry to this job: it goes when the chunk that now uses it goes.
     const model = sql`(SELECT model FROM jobs WHERE id = ${jobId})`;
     for (const keys of bindable(cacheHits(input.chunks), 5)) {
@@ -1273,7 +1270,7 @@ export class D1Store extends StoreBase implements MetadataStore {
     for (const doc of versions) {
       const { jobId, seq } = doc;
       stmts.push(
-        ...this.dropKeywords(jobId, doc.id),
+        this.dropKeywords(jobId, doc.id),
         ...this.dropCached(jobId, doc.id),
         this.db
           .update(schema.jobs)
@@ -1445,28 +1442,17 @@ export class D1Store extends StoreBase implements MetadataStore {
   }
 
   /**
-   * The keyword index's rows for a new job: `keyword_rows` first, then each chunk's terms into
-   * `chunk_terms` under its row's id, many chunks per statement through one JSON parameter (D1
-   * binds at most 100 parameters, and a statement may be at most 100 KB).
+   * The keyword index's entries for new chunks (written before): each chunk's terms into
+   * `chunk_terms` under the chunk's `rid`, many chunks a statement as literal rows (D1 binds at
+   * most 100 parameters, and a statement may be at most 100 KB).
    */
-  private keywordInserts(jobId: string, chunks: NewChunk[]) {
-    const indexed = chunks.filter((c) => c.terms);
-    const out = [];
-    out.push(
-      ...rowInserts(
-        this.db,
-        "keyword_rows",
-        ["chunk_id", "job_id"],
-        indexed.map((c) => [c.id, jobId]),
-      ),
-    );
+  private keywordInserts(chunks: NewChunk[]) {
     const terms = valuesLists(
-      "INSERT INTO chunk_terms (rowid, terms) SELECT k.id, v.column2 FROM (VALUES ",
-      indexed.map((c) => [c.id, c.terms as string]),
-      ") v JOIN keyword_rows k ON k.chunk_id = v.column1",
+      "INSERT INTO chunk_terms (rowid, terms) SELECT c.rid, v.column2 FROM (VALUES ",
+      chunks.filter((c) => c.terms).map((c) => [c.id, c.terms as string]),
+      ") v JOIN chunks c ON c.id = v.column1",
     );
-    for (const text of terms) out.push(this.db.run(sql.raw(text)));
-    return out;
+    return terms.map((text) => this.db.run(sql.raw(text)));
   }
 
   async keywordSearch(q: KeywordQuery) {
@@ -1475,15 +1461,14 @@ export class D1Store extends StoreBase implements MetadataStore {
       : sql``;
     // BM25 is negative in FTS5 (more negative is better): reported as its opposite.
     const rows = await this.db.all<{ id: string; score: number; terms: string }>(sql`
-      SELECT k.chunk_id AS id, -bm25(chunk_terms) AS score, chunk_terms.terms AS terms
+      SELECT c.id AS id, -bm25(chunk_terms) AS score, chunk_terms.terms AS terms
       FROM chunk_terms
-      JOIN keyword_rows k ON k.id = chunk_terms.rowid
-      JOIN chunks c ON c.id = k.chunk_id
+      JOIN chunks c ON c.rid = chunk_terms.rowid
       JOIN jobs j ON j.id = c.job_id
       LEFT JOIN documents d ON d.job_id = c.job_id AND d.id = c.document_id
       WHERE chunk_terms MATCH ${q.match} AND j.tenant = ${q.tenant} AND j.model = ${q.model}
         AND c.status = 'done' AND d.state = 'current'${filter}
-      ORDER BY bm25(chunk_terms), k.chunk_id
+      ORDER BY bm25(chunk_terms), c.id
       LIMIT ${q.limit}`);
     return rows;
   }
@@ -1715,7 +1700,7 @@ export class D1Store extends StoreBase implements MetadataStore {
 
   async deleteJob(jobId: string): Promise<void> {
     await this.db.batch([
-      ...this.dropKeywords(jobId),
+      this.dropKeywords(jobId),
       ...this.dropCached(jobId),
       this.db.delete(schema.chunks).where(eq(schema.chunks.jobId, jobId)),
       this.db.delete(schema.documents).where(eq(schema.documents.jobId, jobId)),
