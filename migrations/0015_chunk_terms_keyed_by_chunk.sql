@@ -1,7 +1,8 @@
 -- A chunk's keyword entry (its `chunk_terms` rowid) is the chunk's own INTEGER PRIMARY KEY,
 -- `rid`, so `keyword_rows` (one row and one index entry more a chunk) goes. Chunks keep the
 -- number their keyword row had, so the FTS5 table needs no rewrite; the others are numbered
--- after them.
+-- after them. The index of a document's chunks leaves their status out: a stored result
+-- then rewrites the chunk's row alone.
 CREATE TABLE `__new_chunks` (
 	`rid` integer PRIMARY KEY NOT NULL,
 	`id` text NOT NULL,
@@ -23,4 +24,4 @@ DROP TABLE `chunks`;--> statement-breakpoint
 ALTER TABLE `__new_chunks` RENAME TO `chunks`;--> statement-breakpoint
 DROP TABLE `keyword_rows`;--> statement-breakpoint
 CREATE UNIQUE INDEX `chunks_id` ON `chunks` (`id`);--> statement-breakpoint
-CREATE INDEX `chunks_document` ON `chunks` (`job_id`,`document_id`,`status`);
+CREATE INDEX `chunks_document` ON `chunks` (`job_id`,`document_id`);

@@ -218,11 +218,10 @@ export const chunks = sqliteTable(
   },
   // A job's chunks in id order are a range of `chunks_id` (every id starts with the job's,
   // see jobChunks in store.ts), so no index on (job_id, id): one b-tree less to write for
-  // every chunk.
-  (t) => [
-    uniqueIndex("chunks_id").on(t.id),
-    index("chunks_document").on(t.jobId, t.documentId, t.status),
-  ],
+  // every chunk. A document's chunks are found by (job_id, document_id) and their status read
+  // from their rows: with the status in the index, every stored result moved its chunk's
+  // entry as well as its row.
+  (t) => [uniqueIndex("chunks_id").on(t.id), index("chunks_document").on(t.jobId, t.documentId)],
 );
 
 /**
