@@ -135,8 +135,9 @@ export function decodeResultFrame(data: ArrayBuffer): ParseResult<BinaryResult> 
       leaseId,
       vectors: chunkIds.map((chunkId, i) => ({
         chunkId,
-        // Each its own copy: a stored vector keeps neither the frame nor its neighbours alive.
-        values: all.slice(i * dimension, (i + 1) * dimension),
+        // Views into the frame, not copies: whatever keeps a vector past its result (the
+        // index, held versions, the verifier's candidates, the cache) writes its own copy.
+        values: all.subarray(i * dimension, (i + 1) * dimension),
       })),
       ...(elapsedMs === undefined ? {} : { elapsedMs }),
     },

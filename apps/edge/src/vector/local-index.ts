@@ -403,7 +403,9 @@ export class LocalVectorIndex extends DurableObject<Env> {
 
   private write(vectors: VectorizeVector[], overwrite: boolean): VectorizeAsyncMutation {
     // First write fixes the dimensions of an unconfigured index; the whole batch must agree.
-    const rows = prepareBatch(vectors, this.dimensions);
+    // The values are copied into the log record and the in-memory form before this returns,
+    // so they are read where they are.
+    const rows = prepareBatch(vectors, this.dimensions, true);
     const dims = this.dimensions || (rows[0]?.values.length ?? 0);
     // Insert skips an id already there (so the first of a batch wins); upsert writes them all,
     // and replaying the log in order makes the last one win.

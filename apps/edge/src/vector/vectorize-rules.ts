@@ -33,13 +33,16 @@ export interface Prepared {
   values: Float32Array;
 }
 
-/** Checks one vector of a write against Vectorize's limits. */
-function prepare(v: VectorizeVector): Prepared {
+/**
+ * Checks one vector of a write against Vectorize's limits. `inPlace`: float32 values are used
+ * as they are, not copied (for a write that is done with them before it returns).
+ */
+function prepare(v: VectorizeVector, inPlace: boolean): Prepared {
   if (typeof v?.id !== "string" || v.id.length === 0)
     throw new Error("every vector needs a non-empty string id");
   if (byteLength(v.id) > VECTORIZE_LIMITS.maxIdBytes)
     throw new Error(`vector id "${v.id}" is longer than ${VECTORIZE_LIMITS.maxIdBytes} bytes`);
-  const values = toFloat32(v.values, `vector "${v.id}"`);
+  const values = toFloat32(v.values, `vector "${v.id}"`, inPlace);
   const namespace = v.namespace ?? null;
   if (namespace !== null && byteLength(namespace) > VECTORIZE_LIMITS.maxNamespaceBytes)
     throw new Error(
@@ -53,13 +56,18 @@ function prepare(v: VectorizeVector): Prepared {
 
 /**
  * Checks a write's batch size and every vector in it, and that all have `dimensions`; with
- * `dimensions` 0 (an index not sized yet) all must have the length of the first.
+ * `dimensions` 0 (an index not sized yet) all must have the length of the first. `inPlace`:
+ * the caller is done with the values before it returns (see `prepare`).
  */
-export function prepareBatch(vectors: VectorizeVector[], dimensions: number): Prepared[] {
+export function prepareBatch(
+  vectors: VectorizeVector[],
+  dimensions: number,
+  inPlace = false,
+): Prepared[] {
   if (!Array.isArray(vectors)) throw new Error("vectors must be an array");
   if (vectors.length > VECTORIZE_LIMITS.maxBatch)
     throw new Error(`at most ${VECTORIZE_LIMITS.maxBatch} vectors per call, got ${vectors.length}`);
-  const rows = vectors.map(prepare);
+  const rows = vectors.map((v) => prepare(v, inPlace));
   const dims = dimensions || (rows[0]?.values.length ?? 0);
   for (const r of rows) {
     if (r.values.length !== dims)
@@ -86,11 +94,18 @@ export function checkMetadataIndexCount(keys: readonly string[]): void {
     throw new Error(`an index has at most ${VECTORIZE_LIMITS.maxMetadataIndexes} metadata indexes`);
 }
 
-/** Copies values into a float32 array of their own (the stored form) and checks them. */
-function toFloat32(values: VectorFloatArray | number[], what: string): Float32Array {
+/**
+ * Values as float32 (the stored form), checked: a copy of their own, or with `inPlace` float32
+ * values as they are.
+ */
+function toFloat32(
+  values: VectorFloatArray | number[],
+  what: string,
+  inPlace = false,
+): Float32Array {
   if (!Array.isArray(values) && !(values instanceof Float32Array || values instanceof Float64Array))
     throw new Error(`${what} must be an array of numbers`);
-  const v = new Float32Array(values);
+  const v = inPlace && values instanceof Float32Array ? values : new Float32Array(values);
   for (let i = 0; i < v.length; i++) {
     if (!Number.isFinite(v[i])) throw new Error(`${what} has a non-finite value at ${i}`);
   }

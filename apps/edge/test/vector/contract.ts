@@ -247,6 +247,26 @@ export function vectorIndexContract(
       expect(got?.metadata).toEqual({ v: 2 });
     });
 
+    it("stores the values a write was called with, though the caller's array changes after", async () => {
+      // Views into one buffer, as vectors decoded from one result frame are; the caller reuses
+      // the buffer as soon as the call has started.
+      const frame = new Float32Array(2 * dims);
+      frame.set(vec(1, 0, 0, 0), 0);
+      frame.set(vec(0, 1, 0, 0), dims);
+      const views = [frame.subarray(0, dims), frame.subarray(dims)];
+      for (const v of ["a", "b"]) written.add(id(v));
+      const pending = index.upsert([
+        { id: id("a"), namespace: ns, values: views[0] as Float32Array },
+        { id: id("b"), namespace: ns, values: views[1] as Float32Array },
+      ]);
+      frame.fill(0.5);
+      await settle(await pending);
+      const got = await index.getByIds([id("a"), id("b")]);
+      expect(got.map((v) => Array.from(v.values))).toEqual([vec(1, 0, 0, 0), vec(0, 1, 0, 0)]);
+      const best = await index.query(vec(0, 1, 0, 0), { topK: 1, namespace: ns });
+      expect(ids(best)).toEqual([id("b")]);
+    });
+
     it("returns stored values and metadata by id, leaving unknown ids out", async () => {
       const values = vec(0.1, -0.2, 0.3, 0.4);
       const metadata = { jobId: job("1"), documentId: "d1", index: 3, nested: { ok: true } };
