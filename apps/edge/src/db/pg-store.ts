@@ -356,6 +356,9 @@ export class PgStore extends StoreBase implements MetadataStore {
         await tx.insert(schema.jobs).values(jobRow);
         await this.insertDocuments(tx, input.id, input.tenant, input.collection, input, sealed);
         await this.settle(tx, [input.id]);
+        const [row] = await tx.select().from(schema.jobs).where(eq(schema.jobs.id, input.id));
+        if (!row) throw new Error(`job ${input.id} vanished after insert`);
+        return toJob(row);
       });
   }
 
@@ -585,14 +588,16 @@ export class PgStore extends StoreBase implements MetadataStore {
     return r ? idempotentJob(r) : null;
   }
 
-  async markDispatched(jobId: string, ingest?: IngestReport): Promise<void> {
+  async markDispatched(jobId: string, ingest?: IngestReport): Promise<Job | null> {
     const j = schema.jobs;
-    await this.run((db) =>
+    const [r] = await this.run((db) =>
       db
         .update(j)
         .set({ dispatchedAt: new Date().toISOString(), ...(ingest ? { ingest } : {}) })
-        .where(eq(j.id, jobId)),
+        .where(eq(j.id, jobId))
+        .returning(),
     );
+    return r ? toJob(r) : null;
   }
 
   async getJob(tenant: string, id: string): Promise<Job | null> {

@@ -559,9 +559,10 @@ export abstract class StoreBase {
 
   /**
    * Prepares the write of a new job with its documents and chunks (their text sealed), to run
-   * as one transaction: all of it or nothing.
+   * as one transaction: all of it or nothing. The write returns the job as it wrote it (read
+   * in the same transaction, so no round trip more).
    */
-  protected abstract jobInsert(input: NewJob): Promise<() => Promise<void>>;
+  protected abstract jobInsert(input: NewJob): Promise<() => Promise<Job>>;
 
   /** Whether the database refused a row for a unique index (`err`, as it was thrown). */
   protected abstract isUniqueViolation(err: unknown): boolean;
@@ -571,8 +572,9 @@ export abstract class StoreBase {
 
   async createJob(input: NewJob): Promise<CreatedJob> {
     const insert = await this.jobInsert(input);
+    let job: Job;
     try {
-      await insert();
+      job = await insert();
     } catch (err) {
       // A concurrent submit with the same Idempotency-Key won the race: return its job.
       if (input.idempotencyKey && this.isUniqueViolation(err)) {
@@ -581,8 +583,6 @@ export abstract class StoreBase {
       }
       throw this.raced(err);
     }
-    const job = await this.getJob(input.tenant, input.id);
-    if (!job) throw new Error(`job ${input.id} vanished after insert`);
     return { job, created: true, requestHash: input.requestHash, dispatched: false, ingest: null };
   }
 

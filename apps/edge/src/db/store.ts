@@ -125,8 +125,9 @@ export interface MetadataStore {
   /**
    * Notes that the coordinator has the job's tasks, and, for a job made with an
    * Idempotency-Key, what its request took and refused (`ingest`), to answer a retry with.
+   * Returns the job as it is then (null when it is gone).
    */
-  markDispatched(jobId: string, ingest?: IngestReport): Promise<void>;
+  markDispatched(jobId: string, ingest?: IngestReport): Promise<Job | null>;
   getJob(tenant: string, id: string): Promise<Job | null>;
   /** A job by id alone, for the coordinator (which has no tenant in hand). */
   getJobById(id: string): Promise<Job | null>;
@@ -906,7 +907,15 @@ export class D1Store extends StoreBase implements MetadataStore {
     // One batch is one transaction: the job appears with all its chunks or not at all.
     const rest = await this.documentInserts(input.id, input.tenant, input.collection, input);
     return async () => {
-      await db.batch([db.insert(schema.jobs).values(jobRow), ...rest, this.settle(input.id)]);
+      const results = await db.batch([
+        db.insert(schema.jobs).values(jobRow),
+        ...rest,
+        this.settle(input.id),
+        db.select().from(schema.jobs).where(eq(schema.jobs.id, input.id)),
+      ]);
+      const [row] = results.at(-1) as (typeof schema.jobs.$inferSelect)[];
+      if (!row) throw new Error(`job ${input.id} vanished after insert`);
+      return toJob(row);
     };
   }
 
@@ -1504,11 +1513,14 @@ export class D1Store extends StoreBase implements MetadataStore {
     return r ? idempotentJob(r) : null;
   }
 
-  async markDispatched(jobId: string, ingest?: IngestReport): Promise<void> {
-    await this.db
+  async markDispatched(jobId: string, ingest?: IngestReport): Promise<Job | null> {
+    const r = await this.db
       .update(schema.jobs)
       .set({ dispatchedAt: new Date().toISOString(), ...(ingest ? { ingest } : {}) })
-      .where(eq(schema.jobs.id, jobId));
+      .where(eq(schema.jobs.id, jobId))
+      .returning()
+      .get();
+    return r ? toJob(r) : null;
   }
 
   async getJob(tenant: string, id: string): Promise<Job | null> {

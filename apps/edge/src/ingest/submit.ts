@@ -555,6 +555,8 @@ export class Ingestion {
     tasks: 0,
   };
   private created: boolean;
+  /** The job as the last batch left it; null before one, and after a close changes it. */
+  private latest: Job | null = null;
 
   constructor(
     private readonly env: Env,
@@ -570,6 +572,11 @@ export class Ingestion {
   /** True once the job exists (its first batch was taken). */
   get exists(): boolean {
     return this.created;
+  }
+
+  /** The job as this request last wrote it (no read when nothing changed it since), or null. */
+  get job(): Job | null {
+    return this.latest;
   }
 
   /** What was taken and refused so far, as the 202 says it. */
@@ -660,13 +667,17 @@ export class Ingestion {
       cache: batch.cache,
     });
     // A request made with an Idempotency-Key keeps its answer for a retry to get again.
-    await store.markDispatched(jobId, this.header?.idempotencyKey ? this.report() : undefined);
+    this.latest = await store.markDispatched(
+      jobId,
+      this.header?.idempotencyKey ? this.report() : undefined,
+    );
     return batch;
   }
 
   /** Ends the intake: the job completes once its chunks are done. */
   async close(): Promise<void> {
     if (!this.created) return;
+    this.latest = null;
     await openStore(this.env).closeJob(this.cred.tenant, this.jobId);
     await dispatcherFor(this.env, this.settings.model, this.jobId).close(this.jobId);
   }

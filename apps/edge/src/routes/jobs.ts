@@ -271,7 +271,8 @@ async function newJobHeader(
 
 /** The 202 of a new job: the job (its webhook secret shown here, once) and what was taken. */
 async function accepted(c: Ctx, ingestion: Ingestion, secret: string | null) {
-  const job = await c.var.store.getJob(c.get("credential").tenant, ingestion.jobId);
+  const job =
+    ingestion.job ?? (await c.var.store.getJob(c.get("credential").tenant, ingestion.jobId));
   if (!job) throw new Error(`job ${ingestion.jobId} vanished after submit`);
   await audit(c, "job.created", job.id, {
     model: job.model,
