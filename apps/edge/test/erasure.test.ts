@@ -914,6 +914,25 @@ describe("erasure leaves nothing behind", { timeout: 60_000 }, () => {
     expect((await call(`/v1/jobs/${t1Job.id}`, { method: "DELETE" })).status).toBe(204);
   });
 
+  it("a job that names no retention takes its tenant's policy as the job is made", async () => {
+    const a = await newTenant("policy");
+    const b = await newTenant("policy-other");
+    expect((await submitJob(a.key, [doc("otter")])).retention).toEqual({ textDays: null });
+    const put = await call("/v1/tenant/policy", {
+      method: "PUT",
+      key: a.key,
+      json: { retention: { textDays: 7 } },
+    });
+    expect(put.status).toBe(200);
+    const inherited = await submitJob(a.key, [doc("heron")]);
+    expect(inherited.retention).toEqual({ textDays: 7 });
+    expect((await getJob(inherited.id, a.key)).retention).toEqual({ textDays: 7 });
+    // Its own choice wins, "keep" included; another tenant's policy is not this one's.
+    const own = await submitJob(a.key, [doc("lynx")], { retention: { textDays: null } });
+    expect(own.retention).toEqual({ textDays: null });
+    expect((await submitJob(b.key, [doc("mole")])).retention).toEqual({ textDays: null });
+  });
+
   it("retention: textDays 0 purges text on the ledger's alarm; vectors and the audit entry stay", async () => {
     const a = await newTenant("retain");
     const short = [doc("puffin"), doc("marmot")];

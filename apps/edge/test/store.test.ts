@@ -624,6 +624,18 @@ describe.each(BACKENDS)("the metadata store on $name", (b: Backend) => {
     const s = await store.putTenantSettings(t, { quotas: { chunksPerDay: 10 } });
     expect(s).toMatchObject({ textRetentionDays: 3, quotas: { chunksPerDay: 10 } });
     expect(await store.tenantSettings(t)).toEqual(s);
+    // A job made with the tenant's default reads it as it is written.
+    const inherits = unique("job_u");
+    const made = await store.createJob({ ...newJob(inherits, 1, t), textRetentionDays: "tenant" });
+    expect(made.job.retention.textDays).toBe(3);
+    const other = unique("t");
+    const none = await store.createJob({
+      ...newJob(unique("job_u"), 1, other),
+      textRetentionDays: "tenant",
+    });
+    expect(none.job.retention.textDays).toBeNull();
+    await store.deleteJob(inherits);
+    await store.deleteJob(none.job.id);
     const [a, c] = [unique("job_u"), unique("job_u")];
     await store.createJob({ ...newJob(a, 4, t), createdBy: "k1" });
     await store.createJob({ ...newJob(c, 3, t), createdBy: "k2" });

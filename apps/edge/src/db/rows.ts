@@ -287,8 +287,16 @@ function cachedCount(chunks: readonly NewChunk[]): number {
   return chunks.filter((c) => c.cached).length;
 }
 
-/** A new job's row: queued, counting its documents and the chunks the cache already gave. */
-export function newJobRow(input: NewJob): typeof schema.jobs.$inferInsert {
+/** A jobs row to insert: a column may also be an SQL expression, evaluated as it is written. */
+type JobValues = {
+  [K in keyof typeof schema.jobs.$inferInsert]: (typeof schema.jobs.$inferInsert)[K] | SQL;
+};
+
+/**
+ * A new job's row: queued, counting its documents and the chunks the cache already gave. The
+ * tenant's default retention is read by the insert itself (no round trip of its own).
+ */
+export function newJobRow(input: NewJob): JobValues {
   const cached = cachedCount(input.chunks);
   return {
     id: input.id,
@@ -309,7 +317,10 @@ export function newJobRow(input: NewJob): typeof schema.jobs.$inferInsert {
     verification: input.verification,
     pool: input.pool,
     piiMask: input.piiMask,
-    textRetentionDays: input.textRetentionDays,
+    textRetentionDays:
+      input.textRetentionDays === "tenant"
+        ? sql`(SELECT text_retention_days FROM tenant_settings WHERE tenant = ${input.tenant})`
+        : input.textRetentionDays,
     createdBy: input.createdBy,
     idempotencyKey: input.idempotencyKey,
     requestHash: input.requestHash,

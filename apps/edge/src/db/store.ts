@@ -388,7 +388,8 @@ export interface NewJob {
   pool: Pool;
   /** Personal data masked in the text workers get. */
   piiMask: PiiKind[];
-  textRetentionDays: number | null;
+  /** Days its text is kept (null: kept); "tenant": the tenant's default, read as it is written. */
+  textRetentionDays: number | null | "tenant";
   createdBy: string | null;
   idempotencyKey: string | null;
   requestHash: string | null;

@@ -535,7 +535,8 @@ const MAX_LISTED_REJECTIONS = 100;
 /** The fields of a new job that are not its settings or its documents. */
 export interface JobHeader {
   createdBy: string | null;
-  textRetentionDays: number | null;
+  /** Days its text is kept (null: kept), or "tenant": the tenant's default as the job is made. */
+  textRetentionDays: number | null | "tenant";
   idempotencyKey: string | null;
   requestHash: string | null;
   webhook: { id: string; url: string } | null;

@@ -240,10 +240,8 @@ async function newJobHeader(
   idempotency: { key: string | null; requestHash: string | null },
 ): Promise<{ header: JobHeader; secret: string | null }> {
   const cred = c.get("credential");
-  const textRetentionDays =
-    options.retention !== undefined
-      ? options.retention.textDays
-      : ((await c.var.store.tenantSettings(cred.tenant))?.textRetentionDays ?? null);
+  // Without a choice the job takes the tenant's default, which its insert reads.
+  const textRetentionDays = options.retention !== undefined ? options.retention.textDays : "tenant";
   let webhook: JobHeader["webhook"] = null;
   let secret: string | null = null;
   if (options.webhook) {
