@@ -6,6 +6,10 @@
  * `npm start -- --postgres` (or P2PA_POSTGRES=1): metadata and vectors in a local Postgres with
  * pgvector instead (PGlite, kept in .wrangler/postgres, behind the WebSocket proxy the Neon
  * driver needs), as a deployment on Neon would run.
+ *
+ * `npm start -- --inspect` (or P2PA_INSPECT=1): the edge's Worker and Durable Objects open to
+ * Chrome DevTools on 127.0.0.1:9229 (chrome://inspect). Off by default: with it attached, the
+ * dev server reports every D1 call and object request to DevTools, which costs CPU and disk.
  */
 import path from "node:path";
 import { parseArgs } from "node:util";
@@ -22,8 +26,11 @@ import { type LocalPostgres, startPostgres } from "./lib/postgres.js";
 const port = Number(process.env.PORT ?? 8787);
 const persistTo = path.join(ROOT, ".wrangler", "state");
 
-const { values: flags } = parseArgs({ options: { postgres: { type: "boolean" } } });
+const { values: flags } = parseArgs({
+  options: { postgres: { type: "boolean" }, inspect: { type: "boolean" } },
+});
 const usePostgres = flags.postgres === true || process.env.P2PA_POSTGRES === "1";
+const inspectorPort = flags.inspect === true || process.env.P2PA_INSPECT === "1" ? 9229 : null;
 
 let postgres: LocalPostgres | undefined;
 if (usePostgres) {
@@ -33,7 +40,12 @@ if (usePostgres) {
 console.log(`p2pa: applying migrations to the local ${postgres ? "Postgres" : "database"}…`);
 await prepareLocalDatabase(persistTo, [], postgres);
 console.log("p2pa: starting the edge…");
-const edge = await startEdge({ port, persistTo, ...(postgres ? { postgres } : {}) });
+const edge = await startEdge({
+  port,
+  persistTo,
+  ...(postgres ? { postgres } : {}),
+  ...(inspectorPort ? { inspect: inspectorPort } : {}),
+});
 const worker = spawnWorker(
   edge.url,
   DEV_CREDENTIALS.workerToken,
@@ -50,7 +62,7 @@ p2pa is running at ${edge.url}${postgres ? " (metadata and vectors in Postgres)"
   API key (submitters):   ${apiKey}
   operator key (fleet):   ${adminKey}   (/v1/metrics, every worker)
   worker token (donors):  ${workerToken}
-  OpenAPI document:       ${edge.url}/openapi.json
+  OpenAPI document:       ${edge.url}/openapi.json${inspectorPort ? `\n  DevTools inspector:     127.0.0.1:${inspectorPort} (chrome://inspect)` : ""}
 
 Try:
   curl -s ${edge.url}/v1/jobs -H 'Authorization: Bearer ${apiKey}' -H 'Content-Type: application/json' \\

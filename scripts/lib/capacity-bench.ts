@@ -148,6 +148,8 @@ async function oneRun(
     persistTo: dir,
     vars: { DISPATCH_SHARDS: "1", VERIFY_CANARY_RATE: "0", VERIFICATION: "off" },
     ...(postgres ? { postgres } : {}),
+    // The profiler reaches the edge through the DevTools inspector, off otherwise.
+    ...(profile ? { inspect: true } : {}),
   });
   // Every donor answers every item with the same valid unit vector, encoded once.
   const answer = randomUnit();

@@ -6,6 +6,7 @@ import { readdir, readFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import type { EdgeServerOptions } from "./edge-server.js";
 import { migratePostgres } from "./pg-migrate.js";
 import type { LocalPostgres } from "./postgres.js";
 
@@ -42,6 +43,7 @@ export const WRANGLER_ENV = {
 };
 
 const WRANGLER = path.join(ROOT, "node_modules", "wrangler", "bin", "wrangler.js");
+const EDGE_SERVER = path.join(ROOT, "scripts", "lib", "edge-server.ts");
 
 function run(args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -111,8 +113,8 @@ function credentialRows(workerTokens: string[]): string[] {
 export interface LocalEdge {
   url: string;
   process: ChildProcess;
-  /** wrangler dev's DevTools port for the Worker and its Durable Objects (scripts/lib/profile.ts). */
-  inspectorPort: number;
+  /** The DevTools port of the Worker and its Durable Objects, when started with `inspect`. */
+  inspectorPort?: number;
   /** Output so far, for diagnosing a failed test. */
   output(): string;
   stop(signal?: NodeJS.Signals): Promise<void>;
@@ -126,6 +128,11 @@ export interface EdgeOptions {
   postgres?: LocalPostgres;
   /** Echo wrangler's output (npm start); tests keep it. */
   inheritOutput?: boolean;
+  /**
+   * Attach the DevTools inspector (profiling, `npm start -- --inspect`): on this port, or on a
+   * free one when `true`. Off by default, for what it costs (scripts/lib/edge-server.ts).
+   */
+  inspect?: boolean | number;
 }
 
 /**
@@ -141,7 +148,10 @@ function localDataKeys(persistTo: string): string {
   return readFileSync(file, "utf8").trim();
 }
 
-/** Starts `wrangler dev` on 127.0.0.1 with local D1, R2, Durable Objects and vector index. */
+/**
+ * Starts the edge on 127.0.0.1 with local D1, R2, Durable Objects and vector index: wrangler's
+ * dev server in a process of its own (scripts/lib/edge-server.ts).
+ */
 export async function startEdge(opts: EdgeOptions): Promise<LocalEdge> {
   const vars = {
     VECTOR_BACKEND: "local",
@@ -156,24 +166,20 @@ export async function startEdge(opts: EdgeOptions): Promise<LocalEdge> {
       : {}),
     ...opts.vars,
   };
-  const inspectorPort = await freePort();
-  const args = [
-    WRANGLER,
-    "dev",
-    "--ip",
-    "127.0.0.1",
-    "--port",
-    String(opts.port),
-    "--persist-to",
-    opts.persistTo,
-    "--show-interactive-dev-session=false",
-    // Its own inspector port, so several edges (tests, benchmarks) can run at once.
-    "--inspector-port",
-    String(inspectorPort),
-    "--log-level",
-    opts.inheritOutput ? "info" : "warn",
-    ...Object.entries(vars).flatMap(([k, v]) => ["--var", `${k}:${v}`]),
-  ];
+  const inspectorPort =
+    opts.inspect === true
+      ? await freePort()
+      : typeof opts.inspect === "number"
+        ? opts.inspect
+        : undefined;
+  const options: EdgeServerOptions = {
+    port: opts.port,
+    persistTo: opts.persistTo,
+    vars,
+    logLevel: opts.inheritOutput ? "info" : "warn",
+    ...(inspectorPort === undefined ? {} : { inspectorPort }),
+  };
+  const args = ["--import", "tsx", EDGE_SERVER, JSON.stringify(options)];
   const child = spawn(process.execPath, args, {
     cwd: ROOT,
     env: { ...process.env, ...WRANGLER_ENV },
@@ -191,8 +197,7 @@ export async function startEdge(opts: EdgeOptions): Promise<LocalEdge> {
   const url = `http://127.0.0.1:${opts.port}`;
   const deadline = Date.now() + 60_000;
   for (;;) {
-    if (child.exitCode !== null)
-      throw new Error(`wrangler dev exited with ${child.exitCode}:\n${log}`);
+    if (child.exitCode !== null) throw new Error(`the edge exited with ${child.exitCode}:\n${log}`);
     try {
       const r = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(2000) });
       if (r.ok) break;
@@ -201,14 +206,14 @@ export async function startEdge(opts: EdgeOptions): Promise<LocalEdge> {
     }
     if (Date.now() > deadline) {
       killTree(child, "SIGKILL");
-      throw new Error(`wrangler dev did not become healthy in 60 s:\n${log}`);
+      throw new Error(`the edge did not become healthy in 60 s:\n${log}`);
     }
     await new Promise((r) => setTimeout(r, 200));
   }
   return {
     url,
     process: child,
-    inspectorPort,
+    ...(inspectorPort === undefined ? {} : { inspectorPort }),
     output: () => log,
     async stop(signal = "SIGTERM") {
       if (child.exitCode !== null || child.signalCode !== null) return;
@@ -222,7 +227,7 @@ export async function startEdge(opts: EdgeOptions): Promise<LocalEdge> {
 }
 
 /**
- * The workerd process that runs the edge's code. wrangler dev starts two, both below it: a
+ * The workerd process that runs the edge's code. The dev server starts two, both below it: a
  * proxy listening on the public port, and the runtime of the Worker and its Durable Objects
  * (on a port of its own), which is the one returned.
  */
@@ -255,7 +260,7 @@ export async function edgeRuntimePid(edge: LocalEdge): Promise<number> {
     if (!args.includes(`--socket-addr=entry=127.0.0.1:${publicPort}`)) runtimes.push(pid);
   }
   if (runtimes.length !== 1)
-    throw new Error(`found ${runtimes.length} workerd runtimes under wrangler dev ${root}`);
+    throw new Error(`found ${runtimes.length} workerd runtimes under the edge process ${root}`);
   return runtimes[0] as number;
 }
 
@@ -315,7 +320,7 @@ export const slowestStatusMs = () => slowestStatus;
 /**
  * Polls a job until it ends and returns the completion time the edge recorded (so a status
  * call held up on its way back does not count). A status call that does not come back within
- * `callTimeoutMs` is asked again, as a client would: wrangler dev's local proxy sometimes
+ * `callTimeoutMs` is asked again, as a client would: the dev server's local proxy sometimes
  * holds a request under load. Fails if the job ends other than completed, or after `timeoutMs`.
  */
 export async function waitForCompletion<J extends { status: string; completedAt?: string | null }>(
