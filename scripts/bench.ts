@@ -3,7 +3,8 @@
  *   (a) the default model called directly in-process (same batch size, threads and sessions as
  *       the worker: `--sessions`, default the worker's own choice);
  *   (b) the same chunks through the local edge and one p2pa-worker, submit to `completed`.
- * Prints chunks/s for each, the ratio b/a (median of runs), and writes bench-results/bench.json.
+ * Prints chunks/s for each, the ratio b/a (median of runs; each (b) against the mean of the (a)
+ * runs before and after it), and writes bench-results/bench.json.
  * `--submit ndjson` sends (b)'s documents as an NDJSON stream, whose first batches reach the
  * worker while the rest is still being taken (figures in bench[.sections].ndjson.json).
  *
@@ -329,25 +330,32 @@ async function endToEnd(
   }
 }
 
-/** (a) and (b) on one corpus, alternating, `runs` times: chunks/s, ratios, model busy. */
+/**
+ * (a) and (b) on one corpus, alternating, `runs` times, with (a) once more at the end: each (b)
+ * is compared with the mean of the (a) before and after it, so a machine that slows down or
+ * speeds up over the section (a shared one does, by several per cent a minute) moves both
+ * sides of a ratio alike. Chunks/s, ratios, model busy.
+ */
 async function pipeline(corpus: Corpus) {
   console.log(
     `corpus ${corpus.name}: ${corpus.documents.length} documents, ${corpus.texts.length} chunks, ${Math.round(corpus.texts.reduce((n, t) => n + t.length, 0) / corpus.texts.length)} chars on average; threads ${threads}, sessions ${sessions ?? defaultSessions({ threads })}, batch ${batchSize}; submitted as ${submitAs}; ${runs} runs`,
   );
-  const a: number[] = [];
+  const a: number[] = [await direct(corpus)];
   const b: number[] = [];
   /** The worker's model: share of the job's wall time it was computing, per run of (b). */
   const busy: number[] = [];
+  const ratios: number[] = [];
   for (let r = 0; r < runs; r++) {
-    a.push(await direct(corpus));
     const e2e = await endToEnd(corpus);
+    a.push(await direct(corpus));
     b.push(e2e.chunksPerSecond);
     busy.push(e2e.modelBusy);
+    const around = ((a[r] as number) + (a[r + 1] as number)) / 2;
+    ratios.push(e2e.chunksPerSecond / around);
     console.log(
-      `${corpus.name}, run ${r + 1}: (a) direct ${a[r]?.toFixed(1)} chunks/s  (b) end-to-end ${b[r]?.toFixed(1)} chunks/s  b/a ${((b[r] as number) / (a[r] as number)).toFixed(3)}  model busy ${(100 * e2e.modelBusy).toFixed(1)}% of the job's wall time (the submit ${(100 * e2e.submitShare).toFixed(1)}% of it)`,
+      `${corpus.name}, run ${r + 1}: (a) direct ${a[r]?.toFixed(1)} then ${a[r + 1]?.toFixed(1)} chunks/s  (b) end-to-end ${e2e.chunksPerSecond.toFixed(1)} chunks/s  b/a ${(ratios[r] as number).toFixed(3)}  model busy ${(100 * e2e.modelBusy).toFixed(1)}% of the job's wall time (the submit ${(100 * e2e.submitShare).toFixed(1)}% of it)`,
     );
   }
-  const ratios = a.map((x, i) => (b[i] as number) / x);
   const out = {
     corpus: { documents: corpus.documents.length, chunks: corpus.texts.length },
     direct: { chunksPerSecond: a, median: median(a) },
