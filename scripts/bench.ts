@@ -116,25 +116,41 @@ interface Corpus {
   documents: string[];
   texts: string[];
 }
-const passages: string[] = [];
-const texts: string[] = [];
-for (let seed = 2026; texts.length < Number(values.chunks); seed++) {
-  for (const p of generatedPassages(100, 200, 800, seed)) {
-    passages.push(p);
-    texts.push(...chunk(p));
+/**
+ * The two corpora of the pipeline section, drawn from the passage generator from `firstSeed`
+ * on: long chunks (passages of 100 to 200 words), and one sentence a document (where a task's
+ * fixed costs show most).
+ */
+function corpora(firstSeed: number): { passages: string[]; long: Corpus; short: Corpus } {
+  const passages: string[] = [];
+  const texts: string[] = [];
+  for (let seed = firstSeed; texts.length < Number(values.chunks); seed++) {
+    for (const p of generatedPassages(100, 200, 800, seed)) {
+      passages.push(p);
+      texts.push(...chunk(p));
+    }
   }
+  const sentences = passages
+    .flatMap((p) => p.split(/(?<=[.!?])\s+/))
+    .filter((x) => x.length > 0)
+    .slice(0, Number(values.chunks));
+  return {
+    passages,
+    long: { name: "long chunks", documents: passages, texts },
+    short: {
+      name: "one sentence a document",
+      documents: sentences,
+      texts: sentences.flatMap((x) => chunk(x)),
+    },
+  };
 }
-const long: Corpus = { name: "long chunks", documents: passages, texts };
-// One sentence per document: each a chunk of its own, where a task's fixed costs show most.
-const sentences = passages
-  .flatMap((p) => p.split(/(?<=[.!?])\s+/))
-  .filter((x) => x.length > 0)
-  .slice(0, Number(values.chunks));
-const short: Corpus = {
-  name: "one sentence a document",
-  documents: sentences,
-  texts: sentences.flatMap((x) => chunk(x)),
-};
+const { passages, long, short } = corpora(2026);
+/**
+ * Texts of the same kind and number, none the same as the corpus's: the first job of each
+ * fresh edge in (b), so the one measured runs on an edge that has taken a job of its size (a
+ * fresh edge's first large submit compiles as it goes and takes about twice as long).
+ */
+const firstJobs = corpora(3026);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
 async function direct(corpus: Corpus): Promise<number> {
@@ -285,13 +301,23 @@ async function warmUp(url: string) {
   }
 }
 
+/** One job of (b): chunks/s, and the shares of its wall time the model ran and the submit took. */
+interface JobFigures {
+  chunksPerSecond: number;
+  modelBusy: number;
+  submitShare: number;
+}
+
 /**
- * (b): the corpus through the edge and one worker. Also how busy the worker's model was over
- * the job's wall time, from the worker's own count of time in the model (--status-port).
+ * (b): the corpus through the edge and one worker, as the second large job of a fresh edge
+ * (`first`, other texts of the same kind, is its first); both measured. Also how busy the
+ * worker's model was over each job's wall time, from the worker's own count of time in the
+ * model (--status-port).
  */
 async function endToEnd(
   corpus: Corpus,
-): Promise<{ chunksPerSecond: number; modelBusy: number; submitShare: number }> {
+  first: Corpus,
+): Promise<{ first: JobFigures; measured: JobFigures }> {
   const dir = mkdtempSync(path.join(os.tmpdir(), "p2pa-bench-"));
   await prepareLocalDatabase(dir);
   const edge = await startEdge({ port: 8790, persistTo: dir });
@@ -309,20 +335,23 @@ async function endToEnd(
         stats: { inferenceMs: number };
       }
     ).stats.inferenceMs;
-  try {
-    await warmUp(edge.url);
-    // The edge's submit path warmed as well (compiled, the language detector's tables built: a
-    // fresh edge's first submit takes about 0.25 s more), by a job of other texts (the corpus's
-    // own would be answered from the embedding cache).
-    await runJob(edge.url, "off", EDGE_WARM_UP);
+  const job = async (texts: Corpus): Promise<JobFigures> => {
     const before = await inferenceMs();
-    const { chunksPerSecond, submitMs } = await runJob(edge.url, "off", corpus);
-    const wallMs = (1000 * corpus.texts.length) / chunksPerSecond;
+    const { chunksPerSecond, submitMs } = await runJob(edge.url, "off", texts);
+    const wallMs = (1000 * texts.texts.length) / chunksPerSecond;
     return {
       chunksPerSecond,
       modelBusy: ((await inferenceMs()) - before) / wallMs,
       submitShare: submitMs / wallMs,
     };
+  };
+  try {
+    await warmUp(edge.url);
+    // A small job first (the language detector's tables built, the submit path compiled
+    // once), then a large one of other texts (the corpus's own would be answered from the
+    // embedding cache), then the corpus.
+    await runJob(edge.url, "off", EDGE_WARM_UP);
+    return { first: await job(first), measured: await job(corpus) };
   } finally {
     worker.kill("SIGKILL");
     await edge.stop();
@@ -336,7 +365,7 @@ async function endToEnd(
  * speeds up over the section (a shared one does, by several per cent a minute) moves both
  * sides of a ratio alike. Chunks/s, ratios, model busy.
  */
-async function pipeline(corpus: Corpus) {
+async function pipeline(corpus: Corpus, first: Corpus) {
   console.log(
     `corpus ${corpus.name}: ${corpus.documents.length} documents, ${corpus.texts.length} chunks, ${Math.round(corpus.texts.reduce((n, t) => n + t.length, 0) / corpus.texts.length)} chars on average; threads ${threads}, sessions ${sessions ?? defaultSessions({ threads })}, batch ${batchSize}; submitted as ${submitAs}; ${runs} runs`,
   );
@@ -345,15 +374,22 @@ async function pipeline(corpus: Corpus) {
   /** The worker's model: share of the job's wall time it was computing, per run of (b). */
   const busy: number[] = [];
   const ratios: number[] = [];
+  /** The same for each fresh edge's first large job (other texts of the same kind). */
+  const firstRatios: number[] = [];
+  const firstBusy: number[] = [];
+  const line = (j: JobFigures, ratio: number) =>
+    `${j.chunksPerSecond.toFixed(1)} chunks/s, b/a ${ratio.toFixed(3)}, model busy ${(100 * j.modelBusy).toFixed(1)}% of the job's wall time (the submit ${(100 * j.submitShare).toFixed(1)}% of it)`;
   for (let r = 0; r < runs; r++) {
-    const e2e = await endToEnd(corpus);
+    const e2e = await endToEnd(corpus, first);
     a.push(await direct(corpus));
-    b.push(e2e.chunksPerSecond);
-    busy.push(e2e.modelBusy);
+    b.push(e2e.measured.chunksPerSecond);
+    busy.push(e2e.measured.modelBusy);
+    firstBusy.push(e2e.first.modelBusy);
     const around = ((a[r] as number) + (a[r + 1] as number)) / 2;
-    ratios.push(e2e.chunksPerSecond / around);
+    ratios.push(e2e.measured.chunksPerSecond / around);
+    firstRatios.push(e2e.first.chunksPerSecond / around);
     console.log(
-      `${corpus.name}, run ${r + 1}: (a) direct ${a[r]?.toFixed(1)} then ${a[r + 1]?.toFixed(1)} chunks/s  (b) end-to-end ${e2e.chunksPerSecond.toFixed(1)} chunks/s  b/a ${(ratios[r] as number).toFixed(3)}  model busy ${(100 * e2e.modelBusy).toFixed(1)}% of the job's wall time (the submit ${(100 * e2e.submitShare).toFixed(1)}% of it)`,
+      `${corpus.name}, run ${r + 1}: (a) direct ${a[r]?.toFixed(1)} then ${a[r + 1]?.toFixed(1)} chunks/s\n  (b) end-to-end ${line(e2e.measured, ratios[r] as number)}\n  the fresh edge's first large job: ${line(e2e.first, firstRatios[r] as number)}`,
     );
   }
   const out = {
@@ -361,14 +397,18 @@ async function pipeline(corpus: Corpus) {
     direct: { chunksPerSecond: a, median: median(a) },
     endToEnd: { chunksPerSecond: b, median: median(b), modelBusy: busy },
     ratio: { perRun: ratios, median: median(ratios) },
+    firstJob: { ratio: firstRatios, modelBusy: firstBusy },
   };
   console.log(
-    `${corpus.name}, median: (a) ${out.direct.median.toFixed(1)} chunks/s  (b) ${out.endToEnd.median.toFixed(1)} chunks/s  b/a ${out.ratio.median.toFixed(3)}; model busy ${(100 * median(busy)).toFixed(1)}% of the job's wall time`,
+    `${corpus.name}, median: (a) ${out.direct.median.toFixed(1)} chunks/s  (b) ${out.endToEnd.median.toFixed(1)} chunks/s  b/a ${out.ratio.median.toFixed(3)}; model busy ${(100 * median(busy)).toFixed(1)}% of the job's wall time; a fresh edge's first large job b/a ${median(firstRatios).toFixed(3)}, model busy ${(100 * median(firstBusy)).toFixed(1)}%`,
   );
   return out;
 }
 const pipelines = sections.has("pipeline")
-  ? { long: await pipeline(long), short: await pipeline(short) }
+  ? {
+      long: await pipeline(long, firstJobs.long),
+      short: await pipeline(short, firstJobs.short),
+    }
   : null;
 /** The instant donors every coordinator section uses, and how many runs it takes. */
 const fleet = {
