@@ -487,7 +487,7 @@ const result = {
 if (capacity) {
   for (const [frames, { median: c, runs: rs }] of Object.entries(capacity.frames))
     console.log(
-      `coordinator capacity, ${frames} results (one shard, ${capacity.donors} instant donors of window ${capacity.capacity}, median of ${rs.length}): dispatch ${c.chunksPerSecond.toFixed(0)} chunks/s (${c.dispatchCpuPerChunk.toFixed(0)} µs of edge CPU each), submit ${c.documentsPerSecond.toFixed(0)} documents/s (${c.submitCpuPerDocument.toFixed(0)} µs each); per chunk ${c.bytesPerChunkToDonor.toFixed(0)} B to donors, ${c.bytesPerChunkFromDonor.toFixed(0)} B from donors`,
+      `coordinator capacity, ${frames} results (one shard, ${capacity.donors} instant donors of window ${capacity.capacity}, median of ${rs.length}): dispatch ${c.chunksPerSecond.toFixed(0)} chunks/s (${c.dispatchCpuPerChunk.toFixed(0)} µs of edge CPU each), submit ${c.documentsPerSecond.toFixed(0)} documents/s (${c.submitCpuPerDocument.toFixed(0)} µs each); per chunk ${c.bytesPerChunkToDonor.toFixed(0)} B to donors, ${c.bytesPerChunkFromDonor.toFixed(0)} B from donors; the edge's first such job: dispatch ${c.firstJob.chunksPerSecond.toFixed(0)} chunks/s, submit ${c.firstJob.documentsPerSecond.toFixed(0)} documents/s (${c.firstJob.submitCpuPerDocument.toFixed(0)} µs each)`,
     );
   const b = capacity.baseline;
   if (b)

@@ -15,6 +15,8 @@ import { randomUnit, ScriptedDonor } from "./scripted-donor.js";
  * verification off and no known-answer checks (they are trust's cost, measured elsewhere).
  * Per run, on a fresh local system:
  *   - a warm-up job of WARM_UP_DOCUMENTS, computed by donors that then leave;
+ *   - the edge's first job of `documents` (other sentences), submitted and computed as the
+ *     measured one is, and reported apart (`firstJob`);
  *   - submission: documents/s of one POST /v1/jobs of `documents` one-sentence documents,
  *     from the request's first byte to the 202, with no donor connected;
  *   - dispatch: the donors join, then chunks/s from the first task a donor received to the
@@ -48,7 +50,14 @@ interface CapacityRun {
   chunksPerTask: number;
   /** Reading every chunk of the finished job back through the API (pages of 500), in seconds. */
   readSeconds: number;
+  /** The same figures for the edge's first job of this size, run just before the measured one. */
+  firstJob: FirstJob;
 }
+
+type FirstJob = Pick<
+  CapacityRun,
+  "documentsPerSecond" | "chunksPerSecond" | "submitCpuPerDocument" | "dispatchCpuPerChunk"
+>;
 
 /** Where the edge keeps metadata and vectors: D1 + the local index, or Postgres + pgvector. */
 type Backend = "d1" | "postgres";
@@ -100,7 +109,8 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 /** The runs and the median of each figure over them. */
 function figures(rs: CapacityRun[]): CapacityFigures {
-  const m = (k: keyof CapacityRun) => median(rs.map((r) => r[k]));
+  const m = (k: Exclude<keyof CapacityRun, "firstJob">) => median(rs.map((r) => r[k]));
+  const f = (k: keyof FirstJob) => median(rs.map((r) => r.firstJob[k]));
   return {
     runs: rs,
     median: {
@@ -112,6 +122,12 @@ function figures(rs: CapacityRun[]): CapacityFigures {
       bytesPerChunkFromDonor: m("bytesPerChunkFromDonor"),
       chunksPerTask: m("chunksPerTask"),
       readSeconds: m("readSeconds"),
+      firstJob: {
+        documentsPerSecond: f("documentsPerSecond"),
+        chunksPerSecond: f("chunksPerSecond"),
+        submitCpuPerDocument: f("submitCpuPerDocument"),
+        dispatchCpuPerChunk: f("dispatchCpuPerChunk"),
+      },
     },
   };
 }
@@ -166,31 +182,14 @@ async function oneRun(
           frames === "binary",
         ),
     );
-  const pool = donorPool();
   const runtime = await here.edgeRuntimePid(edge);
-  try {
-    // Both paths warmed first, as on an edge that has run before: a fresh edge's first job pays
-    // once for compiling them, building the language detector's tables, and creating the
-    // vector index's object and D1's statements. A warm-up job, computed to the end by donors
-    // that then leave, before the measured job is submitted with no donor connected.
-    const warm = await fetch(`${edge.url}/v1/jobs`, {
-      method: "POST",
-      headers,
-      body: JSON.stringify({
-        documents: sentences(WARM_UP_DOCUMENTS, seed + 1).map((text) => ({
-          text: `Warm-up: ${text}`,
-        })),
-        verification: "off",
-      }),
-    });
-    if (warm.status !== 202) throw new Error(`warm-up failed: ${warm.status} ${await warm.text()}`);
-    const { id: warmId } = (await warm.json()) as { id: string };
-    const warmPool = donorPool();
-    await Promise.all(warmPool.map((d) => d.connect()));
-    await waitForCompletion(edge.url, warmId, headers);
-    await Promise.all(warmPool.map((d) => d.close()));
+  /**
+   * One job of `documents` sentences from `jobSeed`: its submit (request to 202, no donor
+   * connected), then its dispatch to donors that join once it is in and leave when it is done.
+   */
+  const job = async (jobSeed: number, profile: string | null) => {
     const body = JSON.stringify({
-      documents: sentences(documents, seed).map((text) => ({ text })),
+      documents: sentences(documents, jobSeed).map((text) => ({ text })),
       verification: "off",
     });
     // A profile of the submit, when asked for, is taken apart from the dispatch's.
@@ -212,31 +211,79 @@ async function oneRun(
     }
     if (res.status !== 202) throw new Error(`submit failed: ${res.status} ${await res.text()}`);
     const { id, chunks } = (await res.json()) as { id: string; chunks: { total: number } };
-    // The donors join once the job is in, so the two phases are measured apart.
-    const profiler =
-      profile && edge.inspectorPort ? await EdgeProfiler.start(edge.inspectorPort) : null;
-    const cpu2 = await here.cpuSeconds(runtime);
-    await Promise.all(pool.map((d) => d.connect()));
-    const { completedAt } = await waitForCompletion(edge.url, id, headers);
-    const cpu3 = await here.cpuSeconds(runtime);
-    if (profiler && profile) {
-      const { text, busyMs } = await profiler.stop(profile);
-      console.log(text);
-      // What the shard's own isolate spent a chunk (D1's local simulation runs in another).
-      console.log(
-        `the edge's isolate: ${((1000 * busyMs) / chunks.total).toFixed(0)} µs of CPU a chunk`,
-      );
+    const pool = donorPool();
+    try {
+      const profiler =
+        profile && edge.inspectorPort ? await EdgeProfiler.start(edge.inspectorPort) : null;
+      const cpu2 = await here.cpuSeconds(runtime);
+      await Promise.all(pool.map((d) => d.connect()));
+      const { completedAt } = await waitForCompletion(edge.url, id, headers);
+      const cpu3 = await here.cpuSeconds(runtime);
+      if (profiler && profile) {
+        const { text, busyMs } = await profiler.stop(profile);
+        console.log(text);
+        // What the shard's own isolate spent a chunk (D1's local simulation runs in another).
+        console.log(
+          `the edge's isolate: ${((1000 * busyMs) / chunks.total).toFixed(0)} µs of CPU a chunk`,
+        );
+      }
+      const firstTask = Math.min(...pool.map((d) => d.firstTaskAt ?? Number.POSITIVE_INFINITY));
+      const answered = pool.reduce((n, d) => n + d.chunks, 0);
+      if (answered < chunks.total)
+        throw new Error(`donors answered ${answered} chunks of ${chunks.total}`);
+      const dispatchSeconds = (completedAt - firstTask) / 1000;
+      return {
+        id,
+        chunks: chunks.total,
+        figures: {
+          documents,
+          submitSeconds: (submitted - t0) / 1000,
+          documentsPerSecond: documents / ((submitted - t0) / 1000),
+          dispatchSeconds,
+          chunksPerSecond: chunks.total / dispatchSeconds,
+          submitCpuPerDocument: (1e6 * (cpu1 - cpu0)) / documents,
+          dispatchCpuPerChunk: (1e6 * (cpu3 - cpu2)) / chunks.total,
+          bytesPerChunkToDonor: pool.reduce((n, d) => n + d.bytesIn, 0) / chunks.total,
+          bytesPerChunkFromDonor: pool.reduce((n, d) => n + d.bytesOut, 0) / chunks.total,
+          chunksPerTask: chunks.total / pool.reduce((n, d) => n + d.tasks, 0),
+        },
+      };
+    } finally {
+      await Promise.all(pool.map((d) => d.close()));
     }
-    const firstTask = Math.min(...pool.map((d) => d.firstTaskAt ?? Number.POSITIVE_INFINITY));
-    const answered = pool.reduce((n, d) => n + d.chunks, 0);
-    if (answered < chunks.total)
-      throw new Error(`donors answered ${answered} chunks of ${chunks.total}`);
-    const dispatchSeconds = (completedAt - firstTask) / 1000;
+  };
+  try {
+    // Both paths warmed first, as on an edge that has run before: a fresh edge's first job pays
+    // once for compiling them, building the language detector's tables, and creating the
+    // vector index's object and D1's statements. A warm-up job, computed to the end by donors
+    // that then leave.
+    const warm = await fetch(`${edge.url}/v1/jobs`, {
+      method: "POST",
+      headers,
+      body: JSON.stringify({
+        documents: sentences(WARM_UP_DOCUMENTS, seed + 1).map((text) => ({
+          text: `Warm-up: ${text}`,
+        })),
+        verification: "off",
+      }),
+    });
+    if (warm.status !== 202) throw new Error(`warm-up failed: ${warm.status} ${await warm.text()}`);
+    const { id: warmId } = (await warm.json()) as { id: string };
+    const warmPool = donorPool();
+    await Promise.all(warmPool.map((d) => d.connect()));
+    await waitForCompletion(edge.url, warmId, headers);
+    await Promise.all(warmPool.map((d) => d.close()));
+    // Then the edge's first job of the measured size (other sentences of the same kind), and
+    // the measured job: the first grows the runtime's memory and its databases' files to the
+    // size such a job takes, which an edge that has been running has done already. Both are
+    // reported.
+    const first = await job(seed + 2, null);
+    const measured = await job(seed, profile);
     const r0 = Date.now();
     let read = 0;
     for (let cursor: string | null = null; read === 0 || cursor; ) {
       const res = await fetch(
-        `${edge.url}/v1/jobs/${id}/chunks?limit=500${cursor ? `&cursor=${cursor}` : ""}`,
+        `${edge.url}/v1/jobs/${measured.id}/chunks?limit=500${cursor ? `&cursor=${cursor}` : ""}`,
         { headers },
       );
       const page = (await res.json()) as { data: unknown[]; nextCursor: string | null };
@@ -244,24 +291,19 @@ async function oneRun(
       cursor = page.nextCursor;
       if (page.data.length === 0) break;
     }
-    if (read !== chunks.total) throw new Error(`read ${read} chunks of ${chunks.total}`);
-    const readSeconds = (Date.now() - r0) / 1000;
+    if (read !== measured.chunks) throw new Error(`read ${read} chunks of ${measured.chunks}`);
     const run: CapacityRun = {
-      documents,
-      submitSeconds: (submitted - t0) / 1000,
-      documentsPerSecond: documents / ((submitted - t0) / 1000),
-      dispatchSeconds,
-      chunksPerSecond: chunks.total / dispatchSeconds,
-      submitCpuPerDocument: (1e6 * (cpu1 - cpu0)) / documents,
-      dispatchCpuPerChunk: (1e6 * (cpu3 - cpu2)) / chunks.total,
-      bytesPerChunkToDonor: pool.reduce((n, d) => n + d.bytesIn, 0) / chunks.total,
-      bytesPerChunkFromDonor: pool.reduce((n, d) => n + d.bytesOut, 0) / chunks.total,
-      chunksPerTask: chunks.total / pool.reduce((n, d) => n + d.tasks, 0),
-      readSeconds,
+      ...measured.figures,
+      readSeconds: (Date.now() - r0) / 1000,
+      firstJob: {
+        documentsPerSecond: first.figures.documentsPerSecond,
+        chunksPerSecond: first.figures.chunksPerSecond,
+        submitCpuPerDocument: first.figures.submitCpuPerDocument,
+        dispatchCpuPerChunk: first.figures.dispatchCpuPerChunk,
+      },
     };
     return run;
   } finally {
-    for (const d of pool) d.close();
     await edge.stop();
     await postgres?.stop();
     rmSync(dir, { recursive: true, force: true });
@@ -283,7 +325,7 @@ export async function capacityBench(opts: {
   const baseline = opts.baselineDir ? await baselineHarness(opts.baselineDir) : null;
   const log = (r: number, what: string, run: CapacityRun) =>
     console.log(
-      `capacity run ${r + 1}, ${what}: submit ${run.documentsPerSecond.toFixed(0)} documents/s (${run.submitCpuPerDocument.toFixed(0)} µs CPU each), dispatch ${run.chunksPerSecond.toFixed(0)} chunks/s (${run.dispatchCpuPerChunk.toFixed(0)} µs CPU each), ${run.bytesPerChunkToDonor.toFixed(0)} B/chunk to donors, ${run.bytesPerChunkFromDonor.toFixed(0)} B/chunk from donors, ${run.chunksPerTask.toFixed(0)} chunks a task`,
+      `capacity run ${r + 1}, ${what}: submit ${run.documentsPerSecond.toFixed(0)} documents/s (${run.submitCpuPerDocument.toFixed(0)} µs CPU each), dispatch ${run.chunksPerSecond.toFixed(0)} chunks/s (${run.dispatchCpuPerChunk.toFixed(0)} µs CPU each), ${run.bytesPerChunkToDonor.toFixed(0)} B/chunk to donors, ${run.bytesPerChunkFromDonor.toFixed(0)} B/chunk from donors, ${run.chunksPerTask.toFixed(0)} chunks a task; the edge's first such job: submit ${run.firstJob.documentsPerSecond.toFixed(0)} documents/s (${run.firstJob.submitCpuPerDocument.toFixed(0)} µs), dispatch ${run.firstJob.chunksPerSecond.toFixed(0)} chunks/s (${run.firstJob.dispatchCpuPerChunk.toFixed(0)} µs)`,
     );
   for (let r = 0; r < opts.runs; r++) {
     for (const frames of ["binary", "json"] as const) {
