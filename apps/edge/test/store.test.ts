@@ -522,6 +522,40 @@ describe.each(BACKENDS)("the metadata store on $name", (b: Backend) => {
     expect((await store.getDocument(t, id, `it's@${id}`))?.chunkIds).toHaveLength(1);
   });
 
+  it("writes values many rows share, or that repeat another column, as given", async () => {
+    const store = open();
+    const t = unique("t");
+    const id = unique("job_s");
+    // Metadata of nearly the 4 KB allowed, the same on every document, with quotes; the same
+    // headings on every chunk; each document's key its id (as a submit without ids writes
+    // them); a fingerprint on some documents only. Rows for several statements of each table.
+    const shared = { note: `it's "shared" \\ ${"x'".repeat(1900)}` };
+    const docs = Array.from({ length: 1000 }, (_, seq) => {
+      const v = version(id, seq, `s${seq}`, { chunks: 2 });
+      v.document.docKey = v.document.id;
+      v.document.metadata = shared;
+      v.document.fingerprint = seq % 7 === 0 ? `f${seq}` : null;
+      return {
+        document: v.document,
+        chunks: v.chunks.map((c) => ({ ...c, headings: ["Ch. 1 'Start'", "§ 2"] })),
+      };
+    });
+    await store.createJob(jobOf(id, t, docs));
+    expect(await store.getJob(t, id)).toMatchObject({ documents: 1000, chunks: { total: 2000 } });
+    const listed = await store.listDocuments(t, { limit: 1000 });
+    expect(listed).toHaveLength(1000);
+    for (const d of listed) {
+      const seq = Number(d.docKey.slice(1, d.docKey.indexOf("@")));
+      expect(d).toMatchObject({ docKey: `s${seq}@${id}`, metadata: shared, seq });
+    }
+    const chunks = await store.getChunks(t, await ids(store, t, id));
+    expect(chunks).toHaveLength(2000);
+    for (const c of chunks) {
+      expect(c.headings).toEqual(["Ch. 1 'Start'", "§ 2"]);
+      expect(c.text).toBe(`${c.documentId.slice(0, c.documentId.indexOf("@"))} part ${c.index}`);
+    }
+  });
+
   it("deletes a document with its chunks and counts, purges text, and deletes a job", async () => {
     const store = open();
     const t = unique("t");

@@ -530,9 +530,11 @@ function valuesLists(
     group = [];
     bytes = 0;
   };
+  // The head may carry values too (rowInserts): the statement as a whole stays in the limit.
+  const room = STATEMENT_BYTES - head.length - tail.length;
   for (const row of rows) {
     const text = `(${row.map(sqlLiteral).join(",")})`;
-    if (bytes + text.length > STATEMENT_BYTES) flush();
+    if (bytes + text.length > room) flush();
     group.push(text);
     bytes += text.length + 1;
   }
