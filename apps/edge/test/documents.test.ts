@@ -199,11 +199,12 @@ describe("versions by document id", () => {
     const w = await worker();
     const v1 = await post({ collection, documents: [{ id: "faq", text: paragraph("tides") }] });
     await computeAll(w, v1.id);
-    // The first try writes the job and its pending version, then finds the coordinator down.
+    // The first try sends its tasks, writes the job and its pending version, then finds the
+    // coordinator down when it confirms the job written: the tasks wait there, unconfirmed.
     const json = { collection, documents: [{ id: "faq", text: paragraph("harbours", 60) }] };
     const headers = { "Idempotency-Key": `retry-${uid()}` };
     const down = vi
-      .spyOn(Dispatcher.prototype, "enqueue")
+      .spyOn(Dispatcher.prototype, "confirm")
       .mockRejectedValueOnce(new Error("coordinator unavailable"));
     const first = await call("/v1/jobs", { method: "POST", json, headers });
     down.mockRestore();

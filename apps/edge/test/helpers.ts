@@ -2,6 +2,7 @@ import { env } from "cloudflare:test";
 import { exports } from "cloudflare:workers";
 import { encodeVector, PROTOCOL_VERSION } from "@p2pa/shared";
 import { expect } from "vitest";
+import type { NewJob } from "../src/db/store.js";
 import { sha256Hex } from "../src/lib/crypto.js";
 
 export const KEYS = {
@@ -263,4 +264,52 @@ export async function keptOriginals(tenant: string): Promise<string[]> {
     .bind(tenant)
     .all<{ key: string }>();
   return [...r2.objects.map((o) => o.key), ...d1.results.map((r) => r.key)].sort();
+}
+
+/** A new job's rows as a submit writes them: one document of `chunks` short chunks. */
+export function newJob(id: string, chunks: number, tenant: string): NewJob {
+  return {
+    id,
+    tenant,
+    model: "use-lite",
+    collection: "default",
+    chunking: { maxChars: 1000, overlap: 100 },
+    verification: "auto",
+    pool: "any",
+    piiMask: [],
+    textRetentionDays: null,
+    createdBy: null,
+    idempotencyKey: null,
+    requestHash: null,
+    createdAt: new Date().toISOString(),
+    documents: [
+      {
+        seq: 0,
+        id: "doc",
+        metadata: { k: "v" },
+        chars: 10 * chunks,
+        // Each job's document is a document of its own (not a version of another job's).
+        docKey: `${id}/doc`,
+        state: "current",
+        version: 1,
+        contentHash: id,
+        fingerprint: id,
+        rawKey: null,
+        createdAt: new Date().toISOString(),
+      },
+    ],
+    unchanged: 0,
+    accepting: false,
+    keepOriginals: true,
+    // More chunks than one D1 statement can carry, to exercise the statement splitting.
+    chunks: Array.from({ length: chunks }, (_, i) => ({
+      id: `${id}.00000.${String(i).padStart(5, "0")}`,
+      documentSeq: 0,
+      documentId: "doc",
+      index: i,
+      text: `chunk ${i}`,
+      start: i * 10,
+      end: i * 10 + 9,
+    })),
+  };
 }

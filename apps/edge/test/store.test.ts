@@ -3,56 +3,10 @@ import { keyringFor, openStore } from "../src/db/open.js";
 import type { MetadataStore, NewChunk, NewDocument, NewJob } from "../src/db/store.js";
 import { indexHasher, queryTerms } from "../src/search/terms.js";
 import { BACKENDS, type Backend, unique } from "./backends.js";
+import { newJob } from "./helpers.js";
 
 // The metadata store's contract, run against each backend: the same calls must give the same
 // answers on D1 and on Postgres.
-
-function newJob(id: string, chunks: number, tenant: string): NewJob {
-  return {
-    id,
-    tenant,
-    model: "use-lite",
-    collection: "default",
-    chunking: { maxChars: 1000, overlap: 100 },
-    verification: "auto",
-    pool: "any",
-    piiMask: [],
-    textRetentionDays: null,
-    createdBy: null,
-    idempotencyKey: null,
-    requestHash: null,
-    createdAt: new Date().toISOString(),
-    documents: [
-      {
-        seq: 0,
-        id: "doc",
-        metadata: { k: "v" },
-        chars: 10 * chunks,
-        // Each job's document is a document of its own (not a version of another job's).
-        docKey: `${id}/doc`,
-        state: "current",
-        version: 1,
-        contentHash: id,
-        fingerprint: id,
-        rawKey: null,
-        createdAt: new Date().toISOString(),
-      },
-    ],
-    unchanged: 0,
-    accepting: false,
-    keepOriginals: true,
-    // More chunks than one D1 statement can carry, to exercise the statement splitting.
-    chunks: Array.from({ length: chunks }, (_, i) => ({
-      id: `${id}.00000.${String(i).padStart(5, "0")}`,
-      documentSeq: 0,
-      documentId: "doc",
-      index: i,
-      text: `chunk ${i}`,
-      start: i * 10,
-      end: i * 10 + 9,
-    })),
-  };
-}
 
 /** A document version of a named document, with `chunks` chunks, for a job. */
 function version(

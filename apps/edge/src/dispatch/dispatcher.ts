@@ -68,6 +68,12 @@ const BAD_FRAMES_BEFORE_CLOSE = 20;
 const REVALIDATE_MS = 10_000;
 /** Workers a real-time request may be tried on before it fails. */
 const REALTIME_TRIES = 3;
+/**
+ * How long tasks sent ahead of their job's write wait for the submit to confirm it before the
+ * shard asks D1 itself (the submit stopped), and again while D1 does not answer.
+ */
+const CONFIRM_WAIT_MS = 60_000;
+const CONFIRM_RETRY_MS = 5_000;
 
 /** Headers by which the authenticated route tells the Dispatcher who is connecting. */
 export const CREDENTIAL_HEADER = "X-P2PA-Credential";
@@ -162,6 +168,7 @@ export class Dispatcher extends DurableObject<Env> {
         return ends.length ? Math.min(...ends) : null;
       },
       notifications: () => this.jobs.nextNotifyAt(),
+      unconfirmed: () => this.jobs.nextConfirmBy(),
       watchdog: () => this.watchAt,
     });
     ctx.blockConcurrencyWhile(async () => {
@@ -186,7 +193,9 @@ export class Dispatcher extends DurableObject<Env> {
   /**
    * Adds a job's tasks (idempotent per task id) and hands them to ready workers. `accepting`:
    * more are to come (a stream or an open job), so the job does not end with these; `cache`:
-   * the batch's embedding cache hits and misses, for the metrics.
+   * the batch's embedding cache hits and misses, for the metrics. `unconfirmed`: the submit
+   * has not written the job yet (a new job's first tasks go out while it does); nothing of
+   * them is stored before `confirm`, and a job never confirmed is withdrawn.
    */
   async enqueue(
     jobId: string,
@@ -196,23 +205,86 @@ export class Dispatcher extends DurableObject<Env> {
     opts: Partial<TaskOptions> & {
       accepting?: boolean;
       cache?: { hits: number; misses: number };
+      unconfirmed?: boolean;
     } = {},
   ): Promise<number> {
-    this.jobs.register(jobId, tenant, opts.accepting ?? false);
+    const confirmBy = opts.unconfirmed ? Date.now() + CONFIRM_WAIT_MS : 0;
+    this.jobs.register(jobId, tenant, opts.accepting ?? false, confirmBy);
     const added = this.queue.enqueue(jobId, tenant, model, tasks, {
       verify: opts.verify ?? this.defaultVerify,
       pool: opts.pool ?? "any",
     });
-    if (opts.cache?.hits)
-      this.metrics.count("p2pa_embedding_cache_hits_total", "", opts.cache.hits);
-    if (opts.cache?.misses)
-      this.metrics.count("p2pa_embedding_cache_misses_total", "", opts.cache.misses);
+    this.countCache(opts.cache);
     // A last batch with nothing to compute (unchanged or cached) may end the job; one with
     // tasks ends it when they are stored.
     if (!opts.accepting && added === 0 && !this.queue.jobOpen(jobId))
       await this.results.settleJob(jobId);
     await this.pump();
     return added;
+  }
+
+  /**
+   * The submit wrote the job whose tasks it sent unconfirmed: what its tasks brought in is
+   * stored now, and from now on as it comes. `accepting` and `cache` as for `enqueue`.
+   * "confirmed": it was unconfirmed; "known": it was confirmed already (or never unconfirmed);
+   * "missing": the shard does not have it (withdrawn after CONFIRM_WAIT_MS, or its tasks never
+   * came), so the caller enqueues its tasks.
+   */
+  async confirm(
+    jobId: string,
+    opts: { accepting: boolean; cache?: { hits: number; misses: number } },
+  ): Promise<"confirmed" | "known" | "missing"> {
+    if (!this.jobs.confirm(jobId)) return this.jobs.known(jobId) ? "known" : "missing";
+    this.jobs.setAccepting(jobId, opts.accepting);
+    this.countCache(opts.cache);
+    // A job leased before it was written could not be marked started then.
+    if (this.jobs.isStarted(jobId)) await this.store.markStarted(jobId);
+    // (Its tasks cannot have ended before this: their results were held. What was held ends
+    // them now, and settles the job as any stored result does.)
+    await this.results.release(jobId);
+    await this.pump();
+    return "confirmed";
+  }
+
+  /**
+   * The submit failed before it wrote the job (refused, raced, or D1 failed): its unconfirmed
+   * tasks, and whatever they brought in, go as if never sent. A written job is never withdrawn.
+   */
+  async withdraw(jobId: string): Promise<void> {
+    if (!this.jobs.unconfirmed(jobId)) return;
+    this.results.withdraw(jobId);
+    this.queue.cancelJob(jobId);
+    this.queue.purgeJob(jobId);
+    this.verifier.forgetJob(jobId);
+    this.held.dropJob(jobId);
+    this.jobs.forget(jobId);
+    this.metrics.count("p2pa_jobs_withdrawn_total");
+    await this.pump();
+  }
+
+  /**
+   * An unconfirmed job whose submit never said how it ended (it stopped, or its write outlived
+   * CONFIRM_WAIT_MS): D1 has the answer. Written: confirmed; not: withdrawn. (A submit whose
+   * write commits after that finds its tasks gone and enqueues them again.)
+   */
+  private async settleUnconfirmed(jobId: string, now: number): Promise<void> {
+    let job: Awaited<ReturnType<MetadataStore["getJobById"]>>;
+    try {
+      job = await this.store.getJobById(jobId);
+    } catch (err) {
+      console.warn("cannot read an unconfirmed job; asking again later", jobId, err);
+      this.jobs.confirmLater(jobId, now + CONFIRM_RETRY_MS);
+      return;
+    }
+    // Its submit may have confirmed or withdrawn it while D1 answered.
+    if (!this.jobs.unconfirmed(jobId)) return;
+    if (job) await this.confirm(jobId, { accepting: job.accepting });
+    else await this.withdraw(jobId);
+  }
+
+  private countCache(cache: { hits: number; misses: number } | undefined): void {
+    if (cache?.hits) this.metrics.count("p2pa_embedding_cache_hits_total", "", cache.hits);
+    if (cache?.misses) this.metrics.count("p2pa_embedding_cache_misses_total", "", cache.misses);
   }
 
   /** The job takes no more documents: it ends once its tasks have. */
@@ -512,6 +584,7 @@ export class Dispatcher extends DurableObject<Env> {
       if (lapsed.has(peer.workerId)) this.charge(ws, "a lease expired before its result arrived");
     }
     for (const jobId of this.jobs.notifyDue(now)) await this.notifier.notifyEnd(jobId);
+    for (const jobId of this.jobs.confirmDue(now)) await this.settleUnconfirmed(jobId, now);
     this.watch(now, "alarm");
     await this.pump();
   }
@@ -762,6 +835,7 @@ export class Dispatcher extends DurableObject<Env> {
       await this.pump();
       return;
     }
+    if (outcome === "withdrawn") return ack("rejected", "the job was withdrawn by its submit");
     if (outcome === "stored" || outcome === "accepted") {
       // Every item it computed, a hidden known-answer check included: the worker counts the
       // same, and a credit that left the check out would tell it which tasks held one.
@@ -1006,7 +1080,9 @@ export class Dispatcher extends DurableObject<Env> {
     if (!suspect) this.watchAt = null;
     else if (this.watchAt === null || this.watchAt <= now) this.watchAt = now + STALL_MS;
     await this.clock.arm(now);
-    for (const jobId of started) await this.store.markStarted(jobId);
+    // (An unconfirmed job is marked when it is confirmed: it is not in D1 yet.)
+    for (const jobId of started)
+      if (!this.jobs.unconfirmed(jobId)) await this.store.markStarted(jobId);
   }
 
   /**

@@ -3,7 +3,8 @@ import { migrateOnce } from "../lib/do-schema.js";
 /**
  * What the coordinator remembers about each job beside its tasks, in the same Durable Object
  * SQLite: its tenant, whether it started, ended or was deleted, whether its terminal webhook
- * event is still to be handed over, and its event log (what live progress streams replay).
+ * event is still to be handed over, whether its submit has written it yet (see `unconfirmed`),
+ * and its event log (what live progress streams replay).
  */
 
 export type JobEventKind = "chunk" | "end";
@@ -57,17 +58,76 @@ export class JobLog {
        DELETE FROM jobs WHERE deleted = 1;`,
       // 1 while the job takes more documents: it cannot end, whatever its tasks say.
       "ALTER TABLE jobs ADD COLUMN accepting INTEGER NOT NULL DEFAULT 0",
+      // While its submit has not written the job (epoch ms): when to ask D1 whether it did. 0:
+      // written.
+      "ALTER TABLE jobs ADD COLUMN confirm_by INTEGER NOT NULL DEFAULT 0",
     ]);
   }
 
-  /** Records a job the first time its tasks arrive, and whether it takes more documents. */
-  register(jobId: string, tenant: string, accepting = false): void {
+  /**
+   * Records a job the first time its tasks arrive, and whether it takes more documents.
+   * `confirmBy`: the tasks came before the submit wrote the job (see `unconfirmed`); a job
+   * known already keeps what it was.
+   */
+  register(jobId: string, tenant: string, accepting = false, confirmBy = 0): void {
     this.sql.exec(
-      "INSERT INTO jobs (id, tenant, accepting) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET accepting = excluded.accepting",
+      "INSERT INTO jobs (id, tenant, accepting, confirm_by) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET accepting = excluded.accepting",
       jobId,
       tenant,
       accepting ? 1 : 0,
+      confirmBy,
     );
+  }
+
+  /** True when the shard has the job (its tasks arrived, and it was not withdrawn since). */
+  known(jobId: string): boolean {
+    return this.sql.exec("SELECT 1 FROM jobs WHERE id = ?", jobId).toArray().length > 0;
+  }
+
+  /**
+   * True while the job's tasks are out but its submit has not written its rows yet: they may
+   * be leased and computed, but nothing of them is stored until `confirm` (the submit wrote
+   * the job) or the job is withdrawn (it did not).
+   */
+  unconfirmed(jobId: string): boolean {
+    const [row] = this.sql
+      .exec<{ c: number }>("SELECT confirm_by AS c FROM jobs WHERE id = ?", jobId)
+      .toArray();
+    return (row?.c ?? 0) > 0;
+  }
+
+  /** The job was written: true exactly once, for a job that was unconfirmed. */
+  confirm(jobId: string): boolean {
+    return (
+      this.sql.exec("UPDATE jobs SET confirm_by = 0 WHERE id = ? AND confirm_by > 0", jobId)
+        .rowsWritten > 0
+    );
+  }
+
+  /** Asks again at `at` whether an unconfirmed job was written (D1 did not answer). */
+  confirmLater(jobId: string, at: number): void {
+    this.sql.exec("UPDATE jobs SET confirm_by = ? WHERE id = ? AND confirm_by > 0", at, jobId);
+  }
+
+  /** Unconfirmed jobs whose deadline has come: their submit stopped before it said. */
+  confirmDue(now: number): string[] {
+    return this.sql
+      .exec<{ id: string }>("SELECT id FROM jobs WHERE confirm_by > 0 AND confirm_by <= ?", now)
+      .toArray()
+      .map((r) => r.id);
+  }
+
+  /** The earliest deadline of an unconfirmed job, or null when there is none. */
+  nextConfirmBy(): number | null {
+    return this.sql
+      .exec<{ t: number | null }>("SELECT min(confirm_by) AS t FROM jobs WHERE confirm_by > 0")
+      .one().t;
+  }
+
+  /** A withdrawn job (never written): nothing of it stays, not even a tombstone. */
+  forget(jobId: string): void {
+    this.sql.exec("DELETE FROM jobs WHERE id = ?", jobId);
+    this.sql.exec("DELETE FROM job_events WHERE job_id = ?", jobId);
   }
 
   setAccepting(jobId: string, accepting: boolean): void {
@@ -190,6 +250,14 @@ export class JobLog {
     return this.sql
       .exec<{ t: number | null }>("SELECT min(notify_at) AS t FROM jobs WHERE notify_pending = 1")
       .one().t;
+  }
+
+  /** True once a task of the job was leased. */
+  isStarted(jobId: string): boolean {
+    return (
+      this.sql.exec<{ s: number }>("SELECT started AS s FROM jobs WHERE id = ?", jobId).toArray()[0]
+        ?.s === 1
+    );
   }
 
   /** True the first time a job's task is leased: the job has started. */

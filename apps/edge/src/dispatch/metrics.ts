@@ -66,5 +66,7 @@ export const METRIC_HELP = {
   p2pa_embedding_cache_hits_total:
     "Chunks submitted whose vector the embedding cache already held (no worker computed them)",
   p2pa_embedding_cache_misses_total: "Chunks submitted that the embedding cache did not hold",
+  p2pa_jobs_withdrawn_total:
+    "New jobs whose tasks went out while their submit wrote them, withdrawn because it never did",
 } as const;
 export type MetricName = keyof typeof METRIC_HELP;

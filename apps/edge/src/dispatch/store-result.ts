@@ -50,7 +50,9 @@ export type StoreOutcome =
   /** Another result for the task was stored, or is being stored, first. */
   | "duplicate"
   /** A store was unreachable; the task went back to the queue. */
-  | "unavailable";
+  | "unavailable"
+  /** The job was withdrawn: its submit never wrote it, so nothing of it is stored. */
+  | "withdrawn";
 
 /** The outcome, with the donors verification found agreeing or outvoted. */
 export interface Received {
@@ -69,6 +71,10 @@ export interface Received {
  * without doubling a chunk; a task found in `storing` at start is put back by
  * `TaskQueue.recoverStoring`. After each outcome the job is settled: its terminal event is
  * recorded once no task of it can change, and handed to the webhook notifier.
+ *
+ * A job whose tasks came before its submit wrote it (`JobLog.unconfirmed`) has its results
+ * and failures held, in memory, until `release` (the job is written: they are stored as if
+ * they had just come) or `withdraw` (it never will be: its tasks go back, to be purged).
  */
 export class ResultStore {
   constructor(
@@ -81,6 +87,40 @@ export class ResultStore {
     private readonly verifier: Verifier,
     private readonly held: HeldVectors,
   ) {}
+
+  /** What came in for unconfirmed jobs: results to write, and tasks whose chunks failed. */
+  private readonly unconfirmed = new Map<string, { writes: PendingWrite[]; failures: string[] }>();
+
+  private heldFor(jobId: string) {
+    let held = this.unconfirmed.get(jobId);
+    if (!held) {
+      held = { writes: [], failures: [] };
+      this.unconfirmed.set(jobId, held);
+    }
+    return held;
+  }
+
+  /** The job is written: what was held for it is stored now, in the order it came. */
+  async release(jobId: string): Promise<void> {
+    const held = this.unconfirmed.get(jobId);
+    this.unconfirmed.delete(jobId);
+    if (!held) return;
+    if (held.writes.length) {
+      this.waiting.push(...held.writes);
+      this.startWriting();
+    }
+    for (const taskId of held.failures) await this.storeFailure(taskId);
+  }
+
+  /** The job will never be written: results held for it are answered, their tasks put back. */
+  withdraw(jobId: string): void {
+    const held = this.unconfirmed.get(jobId);
+    this.unconfirmed.delete(jobId);
+    for (const w of held?.writes ?? []) {
+      this.queue.abortStoring(w.task.id);
+      w.resolve("withdrawn");
+    }
+  }
 
   /** Prune passes running per tenant, and whether another was asked for meanwhile. */
   private readonly pruning = new Map<string, { again: boolean; done: Promise<void> }>();
@@ -134,10 +174,19 @@ export class ResultStore {
     confirmed: boolean,
   ): Promise<StoreOutcome> {
     return new Promise((resolve) => {
-      this.waiting.push({ task, donor, vectors, confirmed, resolve });
-      this.writing ??= this.writeAll().finally(() => {
-        this.writing = null;
-      });
+      const w = { task, donor, vectors, confirmed, resolve };
+      if (this.jobs.unconfirmed(task.jobId)) {
+        this.heldFor(task.jobId).writes.push(w);
+        return;
+      }
+      this.waiting.push(w);
+      this.startWriting();
+    });
+  }
+
+  private startWriting(): void {
+    this.writing ??= this.writeAll().finally(() => {
+      this.writing = null;
     });
   }
 
@@ -313,6 +362,10 @@ export class ResultStore {
   async storeFailure(taskId: string): Promise<void> {
     const task = this.queue.getTask(taskId);
     if (!task?.items) return;
+    if (this.jobs.unconfirmed(task.jobId)) {
+      this.heldFor(task.jobId).failures.push(taskId);
+      return;
+    }
     const reasons = this.queue.errors(taskId).map((e) => e.reason);
     const reason = `failed after ${task.attempts} attempts: ${reasons.at(-1) ?? ""}`;
     const all: ItemCopy[] = task.items.flatMap((it) => [it, ...(it.copies ?? [])]);
@@ -344,6 +397,7 @@ export class ResultStore {
    * more documents.
    */
   async settleJob(jobId: string): Promise<void> {
+    if (this.jobs.unconfirmed(jobId)) return;
     if (this.queue.jobOpen(jobId) || this.jobs.accepting(jobId)) {
       await this.notifier.maybeNotifyProgress(jobId);
       return;

@@ -186,6 +186,8 @@ interface PrepareContext {
   reserve?: (count: number) => Promise<number>;
   /** Refuses the batch (quota, backlog) once its size is known, before anything is written. */
   check?: (size: { chunks: number; tasks: number }) => Promise<void>;
+  /** Sends the batch's tasks once they are made, before it is written (see `Ingestion.add`). */
+  send?: (tasks: NewTask[]) => Promise<void>;
 }
 
 /**
@@ -439,6 +441,7 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
   });
   const prefix = firstSeq === 0 ? `${jobId}.t` : `${jobId}.s${firstSeq}.t`;
   out.tasks.push(...tasksOf(prefix, work));
+  if (ctx.send && out.tasks.length) await ctx.send(out.tasks);
 
   // Originals before the rows that name them: R2's now, D1's in the rows' own transaction.
   await keepOriginals(env, keyring, tenant, originals);
@@ -476,21 +479,36 @@ async function assertBacklogRoom(
   }
 }
 
+/** What the shard is told about a job along with its tasks. */
+type DispatchedJob = {
+  id: string;
+  tenant: string;
+  model: string;
+  verification: Verification;
+  pool: Pool;
+};
+
 /**
  * Hands a batch's tasks to the job's shard (sealed, in slices under the RPC limit). With no
  * task (everything unchanged or cached) the shard still learns of the job, and settles it
- * unless it is accepting more documents.
+ * unless it is accepting more documents. `unconfirmed`: the job is not written yet (see
+ * `Ingestion.add`).
  */
 async function dispatchTasks(
   env: Env,
-  job: { id: string; tenant: string; model: string; verification: Verification; pool: Pool },
+  job: DispatchedJob,
   tasks: NewTask[],
-  extra: { accepting: boolean; cache: { hits: number; misses: number } },
+  extra: { accepting: boolean; cache?: { hits: number; misses: number }; unconfirmed?: true },
 ): Promise<void> {
   const dispatcher = dispatcherFor(env, job.model, job.id);
   const keyring = keyringFor(env);
   // Slices before the last keep the job open on the shard; the last says what the batch does.
-  const during = { verify: job.verification, pool: job.pool, accepting: true };
+  const during = {
+    verify: job.verification,
+    pool: job.pool,
+    accepting: true,
+    ...(extra.unconfirmed ? { unconfirmed: true } : {}),
+  };
   let slice: StoredTask[] = [];
   let size = 0;
   try {
@@ -510,6 +528,26 @@ async function dispatchTasks(
     console.error("dispatch failed", job.id, err);
     throw noCapacity("the coordinator is unavailable; retry with the same Idempotency-Key");
   }
+}
+
+/**
+ * The job whose tasks went out unconfirmed is written: the shard stores what they bring in
+ * from now on. Its tasks are enqueued again if the shard no longer has them (it withdrew the
+ * job while the write took longer than it waits).
+ */
+async function confirmJob(
+  env: Env,
+  job: DispatchedJob,
+  tasks: NewTask[],
+  extra: { accepting: boolean; cache: { hits: number; misses: number } },
+): Promise<void> {
+  const answer = await dispatcherFor(env, job.model, job.id)
+    .confirm(job.id, extra)
+    .catch((err: unknown) => {
+      console.error("confirm failed", job.id, err);
+      throw noCapacity("the coordinator is unavailable; retry with the same Idempotency-Key");
+    });
+  if (answer === "missing") await dispatchTasks(env, job, tasks, extra);
 }
 
 /** Why a job stopped taking documents while a request was adding some. */
@@ -598,10 +636,42 @@ export class Ingestion {
    * `accepting`: more batches may follow, so the job stays open.
    */
   async add(docs: SourceDocument[], accepting: boolean): Promise<PreparedBatch> {
+    // A new job's tasks go out as soon as they are made, and the job is written meanwhile: the
+    // shard leases them at once, and holds what they bring in until the job is confirmed
+    // written. A job that is not written is withdrawn from the shard.
+    const early = this.created ? null : { sent: false };
+    try {
+      return await this.addBatch(docs, accepting, early);
+    } catch (err) {
+      if (early?.sent && !this.created)
+        await dispatcherFor(this.env, this.settings.model, this.jobId)
+          .withdraw(this.jobId)
+          .catch((e: unknown) => {
+            // The shard asks D1 itself once it has waited long enough.
+            console.error("withdraw failed", this.jobId, e);
+          });
+      throw err;
+    }
+  }
+
+  private async addBatch(
+    docs: SourceDocument[],
+    accepting: boolean,
+    early: { sent: boolean } | null,
+  ): Promise<PreparedBatch> {
     const { env, jobId, settings } = this;
     const store = openStore(env);
+    const job: DispatchedJob = { id: jobId, tenant: this.cred.tenant, ...settings };
     const batch = await prepareBatch(
       {
+        ...(early
+          ? {
+              send: async (tasks: NewTask[]) => {
+                early.sent = true;
+                await dispatchTasks(env, job, tasks, { accepting: true, unconfirmed: true });
+              },
+            }
+          : {}),
         env,
         tenant: this.cred.tenant,
         jobId,
@@ -663,10 +733,9 @@ export class Ingestion {
     this.tally.accepted += batch.documents.length + batch.unchanged;
     this.tally.unchanged += batch.unchanged;
     this.tally.tasks += batch.tasks.length;
-    await dispatchTasks(env, { id: jobId, tenant: this.cred.tenant, ...settings }, batch.tasks, {
-      accepting,
-      cache: batch.cache,
-    });
+    const extra = { accepting, cache: batch.cache };
+    if (early?.sent) await confirmJob(env, job, batch.tasks, extra);
+    else await dispatchTasks(env, job, batch.tasks, extra);
     // A request made with an Idempotency-Key keeps its answer for a retry to get again.
     this.latest = await store.markDispatched(
       jobId,
@@ -699,12 +768,23 @@ export function settingsOf(env: Env, job: Job): JobSettings {
 }
 
 /**
- * A retried submit whose first try wrote the job but never reached the coordinator: its
- * chunks still pending become tasks again, from the rows (the same chunk ids, so whatever the
- * first try did hand over is not doubled).
+ * A retried submit whose first try wrote the job but stopped before it told the coordinator:
+ * the tasks it sent ahead of the write are confirmed now; without them, its chunks still
+ * pending become tasks again, from the rows (the same chunk ids, so whatever the first try did
+ * hand over is not doubled).
  */
 export async function redispatch(env: Env, tenant: string, job: Job): Promise<void> {
   const store = openStore(env);
+  const sentAhead = await dispatcherFor(env, job.model, job.id)
+    .confirm(job.id, { accepting: job.accepting })
+    .catch((err: unknown) => {
+      console.error("confirm failed", job.id, err);
+      throw noCapacity("the coordinator is unavailable; retry with the same Idempotency-Key");
+    });
+  if (sentAhead === "confirmed") {
+    await store.markDispatched(job.id);
+    return;
+  }
   const settings = settingsOf(env, job);
   const filterable = filterableKeys(env);
   const work: QueuedItem[] = [];

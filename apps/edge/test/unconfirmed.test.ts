@@ -1,0 +1,235 @@
+import { env, runInDurableObject } from "cloudflare:test";
+import { describe, expect, it, vi } from "vitest";
+import { keyringFor, openStore } from "../src/db/open.js";
+import { Dispatcher } from "../src/dispatch/dispatcher.js";
+import { sealTask } from "../src/dispatch/sealed-items.js";
+import { dispatcherFor } from "../src/dispatch/shards.js";
+import { chunkIdOf } from "../src/lib/chunk-ids.js";
+import { getVectorIndex } from "../src/vector/index.js";
+import { answerChunks, call, type Frame, job, newJob, roundTrip, TestWorker } from "./helpers.js";
+
+/**
+ * A new job's tasks go to its shard while its submit still prepares and writes it
+ * (`Ingestion.add`): the shard leases them at once and holds what they bring in until the
+ * submit confirms the job written, or withdraws it. These tests drive the shard the way a
+ * submit does, with a worker answering over a real WebSocket.
+ */
+
+const stub = (jobId: string) => dispatcherFor(env, "use-lite", jobId);
+const newId = () => `job_${crypto.randomUUID().replaceAll("-", "").slice(0, 20)}`;
+const chunkIds = (id: string, n: number) =>
+  Array.from({ length: n }, (_, i) => chunkIdOf(id, 0, i));
+
+/** Sends a job's one task to its shard as a submit does before it writes the job. */
+async function sendAhead(id: string, n: number): Promise<void> {
+  const items = newJob(id, n, "t1").chunks.map((c) => ({
+    chunkId: c.id,
+    documentId: c.documentId,
+    index: c.index,
+    text: c.text,
+    meta: { collection: "default" },
+  }));
+  const sealed = await sealTask(keyringFor(env), "t1", items);
+  await stub(id).enqueue(id, "t1", "use-lite", [{ id: `${id}.t0`, ...sealed }], {
+    unconfirmed: true,
+    verify: "off",
+    accepting: true,
+  });
+}
+
+/** The shard's task rows of a job. */
+const taskRows = (id: string) =>
+  runInDurableObject(
+    stub(id),
+    (_o: Dispatcher, state) =>
+      state.storage.sql
+        .exec<{ n: number }>("SELECT count(*) AS n FROM tasks WHERE job_id = ?", id)
+        .one().n,
+  );
+
+/** Runs the shard's wait for a job's confirmation out, and wakes it now. */
+const waitRunsOut = (id: string) =>
+  runInDurableObject(stub(id), async (o: Dispatcher, state) => {
+    state.storage.sql.exec("UPDATE jobs SET confirm_by = 1 WHERE id = ?", id);
+    await o.alarm();
+  });
+
+/** Leases the job's task to `w`, which answers it at once. */
+async function computed(w: TestWorker): Promise<Frame> {
+  const t = await w.next("task");
+  w.send(w.resultFor(t));
+  // The result is in (the probe is answered after it), but nothing says it was stored.
+  await roundTrip(w);
+  expect(w.count("ack")).toBe(0);
+  return t;
+}
+
+describe("tasks sent ahead of their job's write", () => {
+  it("are computed at once, and stored, each chunk once, when the submit confirms the job", async () => {
+    const id = newId();
+    const w = await TestWorker.connect();
+    w.ready(1);
+    await sendAhead(id, 5);
+    const t = await computed(w);
+    expect((await call(`/v1/jobs/${id}`)).status).toBe(404);
+    expect(await getVectorIndex(env, "use-lite").getByIds(chunkIds(id, 5))).toEqual([]);
+
+    await openStore(env).createJob(newJob(id, 5, "t1"));
+    expect(await stub(id).confirm(id, { accepting: false })).toBe("confirmed");
+    expect(await w.next("ack")).toMatchObject({ taskId: t.taskId, status: "stored" });
+    expect(await job(id)).toMatchObject({
+      status: "completed",
+      chunks: { total: 5, done: 5, failed: 0 },
+    });
+    expect(await getVectorIndex(env, "use-lite").getByIds(chunkIds(id, 5))).toHaveLength(5);
+    // A second confirmation (a retried submit) changes nothing.
+    expect(await stub(id).confirm(id, { accepting: false })).toBe("known");
+    expect((await job(id)).chunks.done).toBe(5);
+    w.ws.close();
+  });
+
+  it("go, with what they brought in, when the submit withdraws the job; the worker is told", async () => {
+    const id = newId();
+    const w = await TestWorker.connect();
+    w.ready(1);
+    await sendAhead(id, 4);
+    const t = await computed(w);
+    await stub(id).withdraw(id);
+    expect(await w.next("ack")).toMatchObject({
+      taskId: t.taskId,
+      status: "rejected",
+      reason: expect.stringMatching(/withdrawn/),
+    });
+    expect(await taskRows(id)).toBe(0);
+    expect(await getVectorIndex(env, "use-lite").getByIds(chunkIds(id, 4))).toEqual([]);
+    // Its submit, finding them gone, would enqueue them again.
+    expect(await stub(id).confirm(id, { accepting: false })).toBe("missing");
+    w.ws.close();
+  });
+
+  it("are never withdrawn once the job is confirmed", async () => {
+    const id = newId();
+    await sendAhead(id, 3);
+    await openStore(env).createJob(newJob(id, 3, "t1"));
+    expect(await stub(id).confirm(id, { accepting: false })).toBe("confirmed");
+    await stub(id).withdraw(id);
+    expect(await taskRows(id)).toBe(1);
+    const w = await TestWorker.connect();
+    w.ready(1);
+    await answerChunks(w, 3);
+    expect((await job(id)).chunks.done).toBe(3);
+    w.ws.close();
+  });
+
+  it("are settled by what D1 holds when their submit never says: kept if the job was written, withdrawn if not", async () => {
+    const written = newId();
+    const lost = newId();
+    const w = await TestWorker.connect();
+    w.ready(1);
+    await sendAhead(written, 3);
+    const first = await computed(w);
+    await openStore(env).createJob(newJob(written, 3, "t1"));
+    await waitRunsOut(written);
+    expect(await w.next("ack")).toMatchObject({ taskId: first.taskId, status: "stored" });
+    expect(await job(written)).toMatchObject({
+      status: "completed",
+      chunks: { total: 3, done: 3, failed: 0 },
+    });
+
+    await sendAhead(lost, 3);
+    const second = await computed(w);
+    await waitRunsOut(lost);
+    expect(await w.next("ack")).toMatchObject({ taskId: second.taskId, status: "rejected" });
+    expect(await taskRows(lost)).toBe(0);
+    expect(await getVectorIndex(env, "use-lite").getByIds(chunkIds(lost, 3))).toEqual([]);
+    w.ws.close();
+  });
+});
+
+describe("a submit with a worker connected", () => {
+  it("hands out a request's tasks while it writes the job, and stores every chunk once", async () => {
+    const w = await TestWorker.connect();
+    w.ready(4);
+    const nonce = crypto.randomUUID().slice(0, 8);
+    const total = 700;
+    const documents = Array.from({ length: total }, (_, i) => ({
+      text: `Sentence ${i} of a request answered while it is written (${nonce}).`,
+    }));
+    // The worker answers whatever comes while the request is still being taken.
+    const answering = answerChunks(w, total);
+    const res = await call("/v1/jobs", { method: "POST", json: { documents } });
+    expect(res.status).toBe(202);
+    const { id } = (await res.json()) as { id: string };
+    const tasks = await answering;
+    const sent = tasks.flatMap((t) => (t.items as { chunkId: string }[]).map((i) => i.chunkId));
+    expect(new Set(sent).size).toBe(total);
+    expect(sent).toHaveLength(total);
+    expect(await job(id)).toMatchObject({
+      status: "completed",
+      chunks: { total, done: total, failed: 0 },
+    });
+    w.ws.close();
+  });
+
+  it("writes nothing when the coordinator cannot take its tasks: a 503, and the same request again makes the job", async () => {
+    const nonce = crypto.randomUUID().slice(0, 8);
+    const documents = Array.from({ length: 40 }, (_, i) => ({
+      text: `Line ${i} of a request whose coordinator was away (${nonce}).`,
+    }));
+    const headers = { "Idempotency-Key": `away-${nonce}` };
+    const down = vi
+      .spyOn(Dispatcher.prototype, "enqueue")
+      .mockRejectedValueOnce(new Error("coordinator unavailable"));
+    const first = await call("/v1/jobs", { method: "POST", json: { documents }, headers });
+    down.mockRestore();
+    expect(first.status).toBe(503);
+    const jobsOfKey = () =>
+      env.DB.prepare("SELECT count(*) AS n FROM jobs WHERE idempotency_key = ?")
+        .bind(headers["Idempotency-Key"])
+        .first("n");
+    expect(await jobsOfKey()).toBe(0);
+    const again = await call("/v1/jobs", { method: "POST", json: { documents }, headers });
+    expect(again.status).toBe(202);
+    expect(again.headers.get("Idempotent-Replayed")).toBeNull();
+    expect(await jobsOfKey()).toBe(1);
+    const { id } = (await again.json()) as { id: string };
+    const w = await TestWorker.connect();
+    w.ready(2);
+    await answerChunks(w, 40);
+    expect(await job(id)).toMatchObject({
+      status: "completed",
+      chunks: { total: 40, done: 40, failed: 0 },
+    });
+    w.ws.close();
+  });
+
+  it("leaves no task on the shard for a job it did not write (two submits racing on one Idempotency-Key)", async () => {
+    const nonce = crypto.randomUUID().slice(0, 8);
+    const documents = Array.from({ length: 600 }, (_, i) => ({
+      text: `Line ${i} of a request sent twice at once (${nonce}).`,
+    }));
+    const post = () =>
+      call("/v1/jobs", {
+        method: "POST",
+        json: { documents },
+        headers: { "Idempotency-Key": `race-${nonce}` },
+      });
+    const [a, b] = await Promise.all([post(), post()]);
+    const ids = new Set(
+      await Promise.all([a, b].map(async (r) => ((await r.json()) as { id: string }).id)),
+    );
+    expect([a.status, b.status]).toEqual([202, 202]);
+    expect(ids.size).toBe(1);
+    const [id] = [...ids] as [string];
+    // Every job with tasks on the shard is one D1 holds: none was left by the request that lost.
+    const onShard = await runInDurableObject(stub(id), (_o: Dispatcher, state) =>
+      state.storage.sql
+        .exec<{ job: string }>("SELECT DISTINCT job_id AS job FROM tasks")
+        .toArray()
+        .map((r) => r.job),
+    );
+    expect(onShard).toContain(id);
+    for (const j of onShard)
+      expect(await env.DB.prepare("SELECT id FROM jobs WHERE id = ?").bind(j).first("id")).toBe(j);
+  });
+});
