@@ -487,12 +487,12 @@ const result = {
 if (capacity) {
   for (const [frames, { median: c, runs: rs }] of Object.entries(capacity.frames))
     console.log(
-      `coordinator capacity, ${frames} results (one shard, ${capacity.donors} instant donors of window ${capacity.capacity}, median of ${rs.length}): dispatch ${c.chunksPerSecond.toFixed(0)} chunks/s (${c.dispatchCpuPerChunk.toFixed(0)} µs of edge CPU each), submit ${c.documentsPerSecond.toFixed(0)} documents/s (${c.submitCpuPerDocument.toFixed(0)} µs each); per chunk ${c.bytesPerChunkToDonor.toFixed(0)} B to donors, ${c.bytesPerChunkFromDonor.toFixed(0)} B from donors; the edge's first such job: dispatch ${c.firstJob.chunksPerSecond.toFixed(0)} chunks/s, submit ${c.firstJob.documentsPerSecond.toFixed(0)} documents/s (${c.firstJob.submitCpuPerDocument.toFixed(0)} µs each)`,
+      `coordinator capacity, ${frames} results (one shard, ${capacity.donors} instant donors of window ${capacity.capacity}, median of ${rs.length}): dispatch ${c.chunksPerSecond.toFixed(0)} chunks/s (${c.dispatchCpuPerChunk.toFixed(0)} µs of edge CPU each), submit ${c.documentsPerSecond.toFixed(0)} documents/s (${c.submitCpuPerDocument.toFixed(0)} µs each); per chunk ${c.bytesPerChunkToDonor.toFixed(0)} B to donors, ${c.bytesPerChunkFromDonor.toFixed(0)} B from donors; the edge's first such job: dispatch ${c.firstJob.chunksPerSecond.toFixed(0)} chunks/s, submit ${c.firstJob.documentsPerSecond.toFixed(0)} documents/s (${c.firstJob.submitCpuPerDocument.toFixed(0)} µs each); a job submitted to donors waiting: first task after ${c.waiting.firstTaskMs} ms, 202 after ${c.waiting.acceptedMs} ms`,
     );
   const b = capacity.baseline;
   if (b)
     console.log(
-      `  baseline edge (${b.dir}): dispatch ${b.figures.median.chunksPerSecond.toFixed(0)} chunks/s, submit ${b.figures.median.documentsPerSecond.toFixed(0)} documents/s, ${b.figures.median.bytesPerChunkFromDonor.toFixed(0)} B/chunk from donors; this/baseline: dispatch ${b.ratio.chunksPerSecond.toFixed(2)}x, submit ${b.ratio.documentsPerSecond.toFixed(2)}x; edge CPU baseline/this: dispatch ${b.ratio.dispatchCpu.toFixed(2)}x, submit ${b.ratio.submitCpu.toFixed(2)}x`,
+      `  baseline edge (${b.dir}): dispatch ${b.figures.median.chunksPerSecond.toFixed(0)} chunks/s, submit ${b.figures.median.documentsPerSecond.toFixed(0)} documents/s, ${b.figures.median.bytesPerChunkFromDonor.toFixed(0)} B/chunk from donors; with donors waiting first task after ${b.figures.median.waiting.firstTaskMs} ms, 202 after ${b.figures.median.waiting.acceptedMs} ms; this/baseline: dispatch ${b.ratio.chunksPerSecond.toFixed(2)}x, submit ${b.ratio.documentsPerSecond.toFixed(2)}x; edge CPU baseline/this: dispatch ${b.ratio.dispatchCpu.toFixed(2)}x, submit ${b.ratio.submitCpu.toFixed(2)}x`,
     );
 }
 if (growth) {

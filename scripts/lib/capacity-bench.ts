@@ -22,7 +22,10 @@ import { randomUnit, ScriptedDonor } from "./scripted-donor.js";
  *   - dispatch: the donors join, then chunks/s from the first task a donor received to the
  *     completion time the edge records;
  *   - bytes on the wire per chunk, edge to donor (task frames, acks) and donor to edge
- *     (results), as the donors counted them.
+ *     (results), as the donors counted them;
+ *   - with donors waiting: a job of WAITING_DOCUMENTS documents submitted while they are
+ *     connected, and how long from the request's first byte the first task took to reach one
+ *     of them, and the 202 to come back.
  * `--profile` writes CPU profiles of the edge over the first run's submit (to the 202) and its
  * dispatch (from the 202) to bench-results/capacity-submit.cpuprofile and capacity.cpuprofile,
  * and prints where their time went.
@@ -30,6 +33,8 @@ import { randomUnit, ScriptedDonor } from "./scripted-donor.js";
 
 /** Documents of the warm-up job each run computes before the measured one. */
 const WARM_UP_DOCUMENTS = 2000;
+/** Documents of the job submitted to donors already waiting (a pipeline job's size). */
+const WAITING_DOCUMENTS = 2000;
 
 interface CapacityRun {
   documents: number;
@@ -52,6 +57,8 @@ interface CapacityRun {
   readSeconds: number;
   /** The same figures for the edge's first job of this size, run just before the measured one. */
   firstJob: FirstJob;
+  /** A job submitted to donors already connected: ms from the request to its first task, to its 202. */
+  waiting: { firstTaskMs: number; acceptedMs: number };
 }
 
 type FirstJob = Pick<
@@ -109,7 +116,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 /** The runs and the median of each figure over them. */
 function figures(rs: CapacityRun[]): CapacityFigures {
-  const m = (k: Exclude<keyof CapacityRun, "firstJob">) => median(rs.map((r) => r[k]));
+  const m = (k: Exclude<keyof CapacityRun, "firstJob" | "waiting">) => median(rs.map((r) => r[k]));
   const f = (k: keyof FirstJob) => median(rs.map((r) => r.firstJob[k]));
   return {
     runs: rs,
@@ -127,6 +134,10 @@ function figures(rs: CapacityRun[]): CapacityFigures {
         chunksPerSecond: f("chunksPerSecond"),
         submitCpuPerDocument: f("submitCpuPerDocument"),
         dispatchCpuPerChunk: f("dispatchCpuPerChunk"),
+      },
+      waiting: {
+        firstTaskMs: median(rs.map((r) => r.waiting.firstTaskMs)),
+        acceptedMs: median(rs.map((r) => r.waiting.acceptedMs)),
       },
     },
   };
@@ -252,6 +263,31 @@ async function oneRun(
       await Promise.all(pool.map((d) => d.close()));
     }
   };
+  /**
+   * A job of WAITING_DOCUMENTS sentences submitted while the donors are connected and idle:
+   * how long the first task took to reach one of them, and the 202 to come back, from the
+   * request's first byte.
+   */
+  const waitingJob = async (jobSeed: number) => {
+    const pool = donorPool();
+    try {
+      await Promise.all(pool.map((d) => d.connect()));
+      const body = JSON.stringify({
+        documents: sentences(WAITING_DOCUMENTS, jobSeed).map((text) => ({ text })),
+        verification: "off",
+      });
+      const t0 = Date.now();
+      const res = await fetch(`${edge.url}/v1/jobs`, { method: "POST", headers, body });
+      const acceptedMs = Date.now() - t0;
+      if (res.status !== 202) throw new Error(`submit failed: ${res.status} ${await res.text()}`);
+      const { id } = (await res.json()) as { id: string };
+      await waitForCompletion(edge.url, id, headers);
+      const first = Math.min(...pool.map((d) => d.firstTaskAt ?? Number.POSITIVE_INFINITY));
+      return { firstTaskMs: first - t0, acceptedMs };
+    } finally {
+      await Promise.all(pool.map((d) => d.close()));
+    }
+  };
   try {
     // Both paths warmed first, as on an edge that has run before: a fresh edge's first job pays
     // once for compiling them, building the language detector's tables, and creating the
@@ -279,6 +315,7 @@ async function oneRun(
     // reported.
     const first = await job(seed + 2, null);
     const measured = await job(seed, profile);
+    const waiting = await waitingJob(seed + 3);
     const r0 = Date.now();
     let read = 0;
     for (let cursor: string | null = null; read === 0 || cursor; ) {
@@ -301,6 +338,7 @@ async function oneRun(
         submitCpuPerDocument: first.figures.submitCpuPerDocument,
         dispatchCpuPerChunk: first.figures.dispatchCpuPerChunk,
       },
+      waiting,
     };
     return run;
   } finally {
@@ -325,7 +363,7 @@ export async function capacityBench(opts: {
   const baseline = opts.baselineDir ? await baselineHarness(opts.baselineDir) : null;
   const log = (r: number, what: string, run: CapacityRun) =>
     console.log(
-      `capacity run ${r + 1}, ${what}: submit ${run.documentsPerSecond.toFixed(0)} documents/s (${run.submitCpuPerDocument.toFixed(0)} µs CPU each), dispatch ${run.chunksPerSecond.toFixed(0)} chunks/s (${run.dispatchCpuPerChunk.toFixed(0)} µs CPU each), ${run.bytesPerChunkToDonor.toFixed(0)} B/chunk to donors, ${run.bytesPerChunkFromDonor.toFixed(0)} B/chunk from donors, ${run.chunksPerTask.toFixed(0)} chunks a task; the edge's first such job: submit ${run.firstJob.documentsPerSecond.toFixed(0)} documents/s (${run.firstJob.submitCpuPerDocument.toFixed(0)} µs), dispatch ${run.firstJob.chunksPerSecond.toFixed(0)} chunks/s (${run.firstJob.dispatchCpuPerChunk.toFixed(0)} µs)`,
+      `capacity run ${r + 1}, ${what}: with donors waiting, a job of ${WAITING_DOCUMENTS}: first task after ${run.waiting.firstTaskMs} ms, 202 after ${run.waiting.acceptedMs} ms; submit ${run.documentsPerSecond.toFixed(0)} documents/s (${run.submitCpuPerDocument.toFixed(0)} µs CPU each), dispatch ${run.chunksPerSecond.toFixed(0)} chunks/s (${run.dispatchCpuPerChunk.toFixed(0)} µs CPU each), ${run.bytesPerChunkToDonor.toFixed(0)} B/chunk to donors, ${run.bytesPerChunkFromDonor.toFixed(0)} B/chunk from donors, ${run.chunksPerTask.toFixed(0)} chunks a task; the edge's first such job: submit ${run.firstJob.documentsPerSecond.toFixed(0)} documents/s (${run.firstJob.submitCpuPerDocument.toFixed(0)} µs), dispatch ${run.firstJob.chunksPerSecond.toFixed(0)} chunks/s (${run.firstJob.dispatchCpuPerChunk.toFixed(0)} µs)`,
     );
   for (let r = 0; r < opts.runs; r++) {
     for (const frames of ["binary", "json"] as const) {
