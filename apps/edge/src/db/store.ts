@@ -653,6 +653,21 @@ const SETTLED_AT = sql<string | null>`CASE
   WHEN ${JOB_SETTLED} THEN strftime('%Y-%m-%dT%H:%M:%fZ','now')
   ELSE completed_at END`;
 
+/**
+ * One drizzle database per D1 binding: building one reads the whole schema's tables and
+ * relations (drizzle's relational config), and a store is opened for every request and in
+ * many places within one. The database holds no state of a request's, so the isolate shares it.
+ */
+const databases = new WeakMap<D1Database, DrizzleD1Database<typeof schema>>();
+function databaseOf(d1: D1Database): DrizzleD1Database<typeof schema> {
+  let db = databases.get(d1);
+  if (!db) {
+    db = drizzle(d1, { schema });
+    databases.set(d1, db);
+  }
+  return db;
+}
+
 /** D1 implementation of the metadata store (drizzle-orm). */
 export class D1Store extends StoreBase implements MetadataStore {
   private readonly db: DrizzleD1Database<typeof schema>;
@@ -660,7 +675,7 @@ export class D1Store extends StoreBase implements MetadataStore {
   /** `sealer` seals and opens chunk text (see StoreBase). */
   constructor(d1: D1Database, sealer?: TextSealer) {
     super(sealer);
-    this.db = drizzle(d1, { schema });
+    this.db = databaseOf(d1);
   }
 
   async findCredential(hash: string): Promise<Credential | null> {
