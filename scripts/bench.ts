@@ -27,10 +27,12 @@
  * Then re-indexing (scripts/lib/reindex-bench.ts): the corpus submitted again with 90% of its
  * documents unchanged, against its first index, on one system in the same run.
  */
+import type { ChildProcess } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
+import { createP2paClient } from "@p2pa/shared/client";
 import {
   benchEmbedder,
   defaultSessions,
@@ -40,8 +42,17 @@ import { backendsBench, capacityBench, growthBench, scalingBench } from "./lib/c
 import { BENCH_CHUNKING, useLiteChunker } from "./lib/chunking.js";
 import { generatedPassages } from "./lib/corpus.js";
 import {
+  type CpuGroup,
+  cpuSnapshot,
+  cpuSplit,
+  isWithin,
+  type ProcessCpu,
+} from "./lib/cpu-accounting.js";
+import {
   DEV_CREDENTIALS,
+  edgeRuntimePid,
   freePort,
+  type LocalEdge,
   prepareLocalDatabase,
   ROOT,
   spawnWorker,
@@ -153,7 +164,8 @@ const { passages, long, short } = corpora(2026);
 const firstJobs = corpora(3026);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
-async function direct(corpus: Corpus): Promise<number> {
+/** (a) once: chunks/s, and the CPU seconds this process (the model's threads) used for them. */
+async function direct(corpus: Corpus): Promise<{ perSecond: number; coreSeconds: number }> {
   const embedder = await loadModelPool("use-lite", {
     cacheDir,
     threads,
@@ -165,9 +177,11 @@ async function direct(corpus: Corpus): Promise<number> {
       embedder.embed(corpus.texts.slice(0, batchSize)),
     ),
   );
+  const cpu = process.cpuUsage();
   const { perSecond } = await benchEmbedder(embedder, corpus.texts, batchSize);
+  const used = process.cpuUsage(cpu);
   await embedder.dispose();
-  return perSecond;
+  return { perSecond, coreSeconds: (used.user + used.system) / 1e6 };
 }
 
 const SECOND_DONOR = "p2pa_bench_second_donor";
@@ -178,8 +192,10 @@ const headers = {
 
 /**
  * Submits the corpus as one job and waits for it: chunks/s from submit to the completion time
- * the edge records (so how often this polls adds nothing), and how long the submit itself took
- * (request to 202: chunking and storing, before any task can go out).
+ * the edge records, and how long the submit itself took (request to 202: chunking and storing,
+ * before any task can go out). It waits on the job's event stream, as a client watching it live
+ * does (one connection the edge pushes to, where polling would cost both sides CPU on the
+ * cores the model runs on).
  */
 async function runJob(
   url: string,
@@ -205,20 +221,13 @@ async function runJob(
   const submitMs = Date.now() - t0;
   if (chunks.total !== corpus.texts.length)
     throw new Error(`edge made ${chunks.total} chunks, expected ${corpus.texts.length}`);
-  for (;;) {
-    const job = (await (await fetch(`${url}/v1/jobs/${id}`, { headers })).json()) as {
-      status: string;
-      completedAt: string | null;
-    };
-    if (job.status === "completed")
-      return {
-        chunksPerSecond: corpus.texts.length / ((Date.parse(job.completedAt ?? "") - t0) / 1000),
-        submitMs,
-      };
-    if (job.status !== "queued" && job.status !== "running")
-      throw new Error(`job ended ${job.status}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
+  const end = await createP2paClient({ server: url, key: DEV_CREDENTIALS.apiKey }).watch(id, {})
+    .done;
+  if (end.status !== "completed") throw new Error(`job ended ${end.status}`);
+  return {
+    chunksPerSecond: corpus.texts.length / ((Date.parse(end.completedAt ?? "") - t0) / 1000),
+    submitMs,
+  };
 }
 
 /** Task results the edge took, by outcome (stored, accepted = held for confirmation). */
@@ -301,11 +310,15 @@ async function warmUp(url: string) {
   }
 }
 
-/** One job of (b): chunks/s, and the shares of its wall time the model ran and the submit took. */
+/**
+ * One job of (b): chunks/s, the shares of its wall time the model ran and the submit took, and
+ * the CPU seconds each part of the system used over it (`cores`, see `coresOf`).
+ */
 interface JobFigures {
   chunksPerSecond: number;
   modelBusy: number;
   submitShare: number;
+  cores: Record<string, number>;
 }
 
 /**
@@ -335,18 +348,23 @@ async function endToEnd(
         stats: { inferenceMs: number };
       }
     ).stats.inferenceMs;
+  let groups: CpuGroup[] = [];
   const job = async (texts: Corpus): Promise<JobFigures> => {
     const before = await inferenceMs();
+    const cpu = await cpuSnapshot();
     const { chunksPerSecond, submitMs } = await runJob(edge.url, "off", texts);
+    const cores = cpuSplit(cpu, await cpuSnapshot(), groups);
     const wallMs = (1000 * texts.texts.length) / chunksPerSecond;
     return {
       chunksPerSecond,
       modelBusy: ((await inferenceMs()) - before) / wallMs,
       submitShare: submitMs / wallMs,
+      cores,
     };
   };
   try {
     await warmUp(edge.url);
+    groups = coresOf(worker, edge, await edgeRuntimePid(edge));
     // A small job first (the language detector's tables built, the submit path compiled
     // once), then a large one of other texts (the corpus's own would be answered from the
     // embedding cache), then the corpus.
@@ -360,6 +378,37 @@ async function endToEnd(
 }
 
 /**
+ * What each part of the local system is, for the CPU it uses over a job of (b): the worker's
+ * process (its model, and its own I/O), the edge's runtime (the Worker, its Durable Objects and
+ * the local D1 and R2 they use), the rest of the local dev server (wrangler's proxy in front of
+ * the runtime, its bundler, its Node process: none of them part of the edge as deployed), and
+ * this benchmark as the client (its submit and its polls). The rest of the machine's busy time
+ * is `other` (cpu-accounting.ts).
+ */
+function coresOf(worker: ChildProcess, edge: LocalEdge, runtime: number): CpuGroup[] {
+  const within = (root: number | undefined) => (pid: number, all: Map<number, ProcessCpu>) =>
+    root !== undefined && isWithin(all, pid, root);
+  return [
+    ["worker", within(worker.pid)],
+    ["edge runtime", (pid) => pid === runtime],
+    ["dev server", within(edge.process.pid)],
+    ["client", within(process.pid)],
+  ];
+}
+
+/** "the worker 13.9 core-s (87%), …": a job's CPU by part, with each part's share of the machine's. */
+function coresLine(cores: Record<string, number>): string {
+  const machine = cores.machine ?? 0;
+  return Object.entries(cores)
+    .filter(([name]) => name !== "machine")
+    .map(
+      ([name, s]) =>
+        `${name} ${s.toFixed(2)} (${((100 * s) / Math.max(machine, 1e-9)).toFixed(1)}%)`,
+    )
+    .join(", ");
+}
+
+/**
  * (a) and (b) on one corpus, alternating, `runs` times, with (a) once more at the end: each (b)
  * is compared with the mean of the (a) before and after it, so a machine that slows down or
  * speeds up over the section (a shared one does, by several per cent a minute) moves both
@@ -369,7 +418,8 @@ async function pipeline(corpus: Corpus, first: Corpus) {
   console.log(
     `corpus ${corpus.name}: ${corpus.documents.length} documents, ${corpus.texts.length} chunks, ${Math.round(corpus.texts.reduce((n, t) => n + t.length, 0) / corpus.texts.length)} chars on average; threads ${threads}, sessions ${sessions ?? defaultSessions({ threads })}, batch ${batchSize}; submitted as ${submitAs}; ${runs} runs`,
   );
-  const a: number[] = [await direct(corpus)];
+  const alone: { perSecond: number; coreSeconds: number }[] = [await direct(corpus)];
+  const a: number[] = [(alone[0] as { perSecond: number }).perSecond];
   const b: number[] = [];
   /** The worker's model: share of the job's wall time it was computing, per run of (b). */
   const busy: number[] = [];
@@ -377,19 +427,25 @@ async function pipeline(corpus: Corpus, first: Corpus) {
   /** The same for each fresh edge's first large job (other texts of the same kind). */
   const firstRatios: number[] = [];
   const firstBusy: number[] = [];
+  /** CPU seconds by part over each (b), and `alone`: what (a) used for the same chunks. */
+  const cores: Record<string, number>[] = [];
   const line = (j: JobFigures, ratio: number) =>
     `${j.chunksPerSecond.toFixed(1)} chunks/s, b/a ${ratio.toFixed(3)}, model busy ${(100 * j.modelBusy).toFixed(1)}% of the job's wall time (the submit ${(100 * j.submitShare).toFixed(1)}% of it)`;
   for (let r = 0; r < runs; r++) {
     const e2e = await endToEnd(corpus, first);
-    a.push(await direct(corpus));
+    const next = await direct(corpus);
+    alone.push(next);
+    a.push(next.perSecond);
     b.push(e2e.measured.chunksPerSecond);
     busy.push(e2e.measured.modelBusy);
     firstBusy.push(e2e.first.modelBusy);
     const around = ((a[r] as number) + (a[r + 1] as number)) / 2;
     ratios.push(e2e.measured.chunksPerSecond / around);
     firstRatios.push(e2e.first.chunksPerSecond / around);
+    const aloneCores = ((alone[r]?.coreSeconds ?? 0) + (next.coreSeconds ?? 0)) / 2;
+    cores.push({ ...e2e.measured.cores, alone: aloneCores });
     console.log(
-      `${corpus.name}, run ${r + 1}: (a) direct ${a[r]?.toFixed(1)} then ${a[r + 1]?.toFixed(1)} chunks/s\n  (b) end-to-end ${line(e2e.measured, ratios[r] as number)}\n  the fresh edge's first large job: ${line(e2e.first, firstRatios[r] as number)}`,
+      `${corpus.name}, run ${r + 1}: (a) direct ${a[r]?.toFixed(1)} then ${a[r + 1]?.toFixed(1)} chunks/s\n  (b) end-to-end ${line(e2e.measured, ratios[r] as number)}\n  the fresh edge's first large job: ${line(e2e.first, firstRatios[r] as number)}\n  CPU seconds over (b), of ${(e2e.measured.cores.machine ?? 0).toFixed(2)} the machine was busy: ${coresLine(e2e.measured.cores)}; (a) used ${aloneCores.toFixed(2)} for the same chunks`,
     );
   }
   const out = {
@@ -398,6 +454,7 @@ async function pipeline(corpus: Corpus, first: Corpus) {
     endToEnd: { chunksPerSecond: b, median: median(b), modelBusy: busy },
     ratio: { perRun: ratios, median: median(ratios) },
     firstJob: { ratio: firstRatios, modelBusy: firstBusy },
+    cores,
   };
   console.log(
     `${corpus.name}, median: (a) ${out.direct.median.toFixed(1)} chunks/s  (b) ${out.endToEnd.median.toFixed(1)} chunks/s  b/a ${out.ratio.median.toFixed(3)}; model busy ${(100 * median(busy)).toFixed(1)}% of the job's wall time; a fresh edge's first large job b/a ${median(firstRatios).toFixed(3)}, model busy ${(100 * median(firstBusy)).toFixed(1)}%`,

@@ -2,10 +2,11 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { readdir, readFile } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { allProcesses, isWithin, processCpu } from "./cpu-accounting.js";
 import type { EdgeServerOptions } from "./edge-server.js";
 import { migratePostgres } from "./pg-migrate.js";
 import type { LocalPostgres } from "./postgres.js";
@@ -232,30 +233,12 @@ export async function startEdge(opts: EdgeOptions): Promise<LocalEdge> {
  * (on a port of its own), which is the one returned.
  */
 export async function edgeRuntimePid(edge: LocalEdge): Promise<number> {
-  const root = edge.process.pid;
+  const root = edge.process.pid as number;
   const publicPort = new URL(edge.url).port;
-  const parents = new Map<number, number>();
-  const names = new Map<number, string>();
-  for (const entry of await readdir("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = await readFile(`/proc/${entry}/stat`, "utf8");
-      // pid (comm) state ppid ...; comm may hold spaces, so split after its closing paren.
-      const close = stat.lastIndexOf(")");
-      names.set(Number(entry), stat.slice(stat.indexOf("(") + 1, close));
-      parents.set(Number(entry), Number(stat.slice(close + 2).split(" ")[1]));
-    } catch {
-      // Gone meanwhile.
-    }
-  }
-  const below = (pid: number): boolean => {
-    for (let p = parents.get(pid); p !== undefined && p > 1; p = parents.get(p))
-      if (p === root) return true;
-    return false;
-  };
+  const processes = await allProcesses();
   const runtimes: number[] = [];
-  for (const [pid, name] of names) {
-    if (!name.startsWith("workerd") || !below(pid)) continue;
+  for (const [pid, { name }] of processes) {
+    if (pid === root || !name.startsWith("workerd") || !isWithin(processes, pid, root)) continue;
     const args = (await readFile(`/proc/${pid}/cmdline`, "utf8")).split("\0");
     if (!args.includes(`--socket-addr=entry=127.0.0.1:${publicPort}`)) runtimes.push(pid);
   }
@@ -266,10 +249,7 @@ export async function edgeRuntimePid(edge: LocalEdge): Promise<number> {
 
 /** CPU seconds (user and system) process `pid` has used so far, from /proc. */
 export async function cpuSeconds(pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  // utime and stime, fields 14 and 15 of stat(5), in clock ticks of 1/100 s on Linux.
-  return (Number(fields[11]) + Number(fields[12])) / 100;
+  return (await processCpu(pid)).seconds;
 }
 
 /** Signals a process and its children (wrangler runs workerd as a child). */
