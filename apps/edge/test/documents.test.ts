@@ -230,6 +230,9 @@ describe("versions by document id", () => {
       expect((await index.getByIds(v2Chunks.slice(i, i + 20))).length).toBe(
         Math.min(20, v2Chunks.length - i),
       );
+    // With the language the first try found after its tasks went out, read back from D1.
+    const [last] = await index.getByIds(v2Chunks.slice(-1));
+    expect(last?.metadata).toMatchObject({ collection, documentId: "faq", lang: "en" });
   });
 
   it("skips documents sent again unchanged, and computes only those that changed", async () => {
@@ -422,7 +425,7 @@ describe("embedding cache", () => {
   }
 
   it("serves vectors two donors agreed on for the same text, per tenant, and forgets them with their job", async () => {
-    const text = `The cache ${uid()} knows this sentence already.`;
+    const text = `The cache ${uid()} knows this sentence already, and the one that follows it in the same line.`;
     const first = await post({
       verification: "always",
       cache: true,
@@ -439,7 +442,8 @@ describe("embedding cache", () => {
     const [va] = await index.getByIds([a as string]);
     const [vb] = await index.getByIds([b as string]);
     expect(Array.from(vb?.values ?? [])).toEqual(Array.from(va?.values ?? []));
-    expect(vb?.metadata).toMatchObject({ jobId: hit.id, tenant: "t1" });
+    // With the metadata of its own job's document, its language found as for any other.
+    expect(vb?.metadata).toMatchObject({ jobId: hit.id, tenant: "t1", lang: "en" });
 
     // Off for one job: computed again. Another tenant's text is never served from t1's cache.
     expect((await post({ cache: false, documents: [{ text }] })).chunks.cached).toBe(0);

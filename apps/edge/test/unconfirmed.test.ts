@@ -20,8 +20,11 @@ const newId = () => `job_${crypto.randomUUID().replaceAll("-", "").slice(0, 20)}
 const chunkIds = (id: string, n: number) =>
   Array.from({ length: n }, (_, i) => chunkIdOf(id, 0, i));
 
-/** Sends a job's one task to its shard as a submit does before it writes the job. */
-async function sendAhead(id: string, n: number): Promise<void> {
+/**
+ * Sends a job's tasks (of `per` chunks, one task by default) to its shard as a submit does
+ * before it writes the job: their vectors' metadata without the document's language yet.
+ */
+async function sendAhead(id: string, n: number, per = n): Promise<void> {
   const items = newJob(id, n, "t1").chunks.map((c) => ({
     chunkId: c.id,
     documentId: c.documentId,
@@ -29,13 +32,24 @@ async function sendAhead(id: string, n: number): Promise<void> {
     text: c.text,
     meta: { collection: "default" },
   }));
-  const sealed = await sealTask(keyringFor(env), "t1", items);
-  await stub(id).enqueue(id, "t1", "use-lite", [{ id: `${id}.t0`, ...sealed }], {
+  const tasks = [];
+  for (let i = 0; i < n; i += per)
+    tasks.push({
+      id: `${id}.t${i / per}`,
+      ...(await sealTask(keyringFor(env), "t1", items.slice(i, i + per))),
+    });
+  await stub(id).enqueue(id, "t1", "use-lite", tasks, {
     unconfirmed: true,
     verify: "off",
     accepting: true,
   });
 }
+
+/** The metadata each of a job's vectors carries, in chunk order. */
+const vectorMeta = async (id: string, n: number) =>
+  (await getVectorIndex(env, "use-lite").getByIds(chunkIds(id, n)))
+    .sort((a, b) => a.id.localeCompare(b.id))
+    .map((v) => v.metadata);
 
 /** The shard's task rows of a job. */
 const taskRows = (id: string) =>
@@ -88,6 +102,35 @@ describe("tasks sent ahead of their job's write", () => {
     w.ws.close();
   });
 
+  it("carry the metadata their documents were found to have after they went out: held results and later ones", async () => {
+    const id = newId();
+    const w = await TestWorker.connect();
+    w.ready(1);
+    await sendAhead(id, 6, 3);
+    // The first task is computed before the job is written, and held.
+    const first = await computed(w);
+    await openStore(env).createJob(newJob(id, 6, "t1"));
+    const meta = { doc: { collection: "default", lang: "fr" } };
+    expect(await stub(id).confirm(id, { accepting: false, meta })).toBe("confirmed");
+    expect(await w.next("ack")).toMatchObject({ taskId: first.taskId, status: "stored" });
+    // The second is leased and answered after.
+    w.ready(1);
+    await answerChunks(w, 3);
+    expect(await job(id)).toMatchObject({ status: "completed", chunks: { done: 6, failed: 0 } });
+    const stored = await vectorMeta(id, 6);
+    expect(stored).toHaveLength(6);
+    for (const m of stored)
+      expect(m).toEqual({
+        collection: "default",
+        lang: "fr",
+        tenant: "t1",
+        jobId: id,
+        documentId: "doc",
+        index: expect.any(Number),
+      });
+    w.ws.close();
+  });
+
   it("go, with what they brought in, when the submit withdraws the job; the worker is told", async () => {
     const id = newId();
     const w = await TestWorker.connect();
@@ -128,13 +171,20 @@ describe("tasks sent ahead of their job's write", () => {
     w.ready(1);
     await sendAhead(written, 3);
     const first = await computed(w);
-    await openStore(env).createJob(newJob(written, 3, "t1"));
+    // Its document as written has a language its tasks did not carry.
+    const made = newJob(written, 3, "t1");
+    await openStore(env).createJob({
+      ...made,
+      documents: made.documents.map((d) => ({ ...d, metadata: { lang: "de", year: 1999 } })),
+    });
     await waitRunsOut(written);
     expect(await w.next("ack")).toMatchObject({ taskId: first.taskId, status: "stored" });
     expect(await job(written)).toMatchObject({
       status: "completed",
       chunks: { total: 3, done: 3, failed: 0 },
     });
+    for (const m of await vectorMeta(written, 3))
+      expect(m).toMatchObject({ collection: "default", lang: "de", year: 1999 });
 
     await sendAhead(lost, 3);
     const second = await computed(w);
@@ -168,6 +218,38 @@ describe("a submit with a worker connected", () => {
       status: "completed",
       chunks: { total, done: total, failed: 0 },
     });
+    w.ws.close();
+  });
+
+  it("gives the vectors of the tasks it handed out each document's language, found after they went out", async () => {
+    const w = await TestWorker.connect();
+    w.ready(4);
+    const nonce = crypto.randomUUID().slice(0, 8);
+    const english = `The harbour (${nonce}) was quiet this morning, and the fishing boats stayed tied up along the old stone quay until the tide turned.`;
+    const french = `Il pleut depuis trois jours (${nonce}) et la rivière a débordé sur la route du vieux moulin, disent les voisins.`;
+    const documents = [
+      { id: "en", text: english },
+      { id: "fr", text: french },
+      // The same text: computed once, each document's vector with its own metadata.
+      { id: "given", text: french, metadata: { lang: "de" } },
+      { id: "short", text: `A note (${nonce}).` },
+    ];
+    const answering = answerChunks(w, 3);
+    const res = await call("/v1/jobs", {
+      method: "POST",
+      json: { collection: `lang-${nonce}`, documents },
+    });
+    expect(res.status).toBe(202);
+    const { id } = (await res.json()) as { id: string };
+    await answering;
+    expect(await job(id)).toMatchObject({ status: "completed", chunks: { total: 4, done: 4 } });
+    const vectors = await getVectorIndex(env, "use-lite").getByIds(
+      documents.map((_, seq) => chunkIdOf(id, seq, 0)),
+    );
+    const langOf = Object.fromEntries(
+      vectors.map((v) => [v.metadata?.documentId, v.metadata?.lang]),
+    );
+    expect(langOf).toEqual({ en: "en", fr: "fr", given: "de", short: undefined });
     w.ws.close();
   });
 

@@ -25,6 +25,7 @@ import {
 } from "@p2pa/shared";
 import { keyringFor, openStore } from "../db/open.js";
 import type { MetadataStore } from "../db/store.js";
+import { metaByDocument, pendingChunks } from "../ingest/search-metadata.js";
 import { sha256Hex } from "../lib/crypto.js";
 import { findModel } from "../lib/models.js";
 import { settings } from "../lib/settings.js";
@@ -52,7 +53,13 @@ import { type EmbedOutcome, RealtimeLane } from "./realtime-lane.js";
 import { checkResult } from "./result-check.js";
 import { openTask, sealTask } from "./sealed-items.js";
 import { ResultStore } from "./store-result.js";
-import { type LeasedTask, type StoredTask, type TaskOptions, TaskQueue } from "./task-queue.js";
+import {
+  type DocumentMeta,
+  type LeasedTask,
+  type StoredTask,
+  type TaskOptions,
+  TaskQueue,
+} from "./task-queue.js";
 import { DEFAULT_VERIFY_POLICY, Verifier } from "./verify.js";
 import { judge, STALL_MS } from "./watchdog.js";
 
@@ -225,23 +232,27 @@ export class Dispatcher extends DurableObject<Env> {
 
   /**
    * The submit wrote the job whose tasks it sent unconfirmed: what its tasks brought in is
-   * stored now, and from now on as it comes. `accepting` and `cache` as for `enqueue`.
+   * stored now, and from now on as it comes. `accepting` and `cache` as for `enqueue`; `meta`:
+   * the search metadata of documents whose tasks went out before it was known (their detected
+   * language), which their vectors carry instead.
    * "confirmed": it was unconfirmed; "known": it was confirmed already (or never unconfirmed);
    * "missing": the shard does not have it (withdrawn after CONFIRM_WAIT_MS, or its tasks never
    * came), so the caller enqueues its tasks.
    */
   async confirm(
     jobId: string,
-    opts: { accepting: boolean; cache?: { hits: number; misses: number } },
+    opts: { accepting: boolean; cache?: { hits: number; misses: number }; meta?: DocumentMeta },
   ): Promise<"confirmed" | "known" | "missing"> {
     if (!this.jobs.confirm(jobId)) return this.jobs.known(jobId) ? "known" : "missing";
+    // In the same step: every task read from now on carries it (held results take it below).
+    if (opts.meta) this.queue.setMeta(jobId, opts.meta);
     this.jobs.setAccepting(jobId, opts.accepting);
     this.countCache(opts.cache);
     // A job leased before it was written could not be marked started then.
     if (this.jobs.isStarted(jobId)) await this.store.markStarted(jobId);
     // (Its tasks cannot have ended before this: their results were held. What was held ends
     // them now, and settles the job as any stored result does.)
-    await this.results.release(jobId);
+    await this.results.release(jobId, opts.meta);
     await this.pump();
     return "confirmed";
   }
@@ -269,8 +280,13 @@ export class Dispatcher extends DurableObject<Env> {
    */
   private async settleUnconfirmed(jobId: string, now: number): Promise<void> {
     let job: Awaited<ReturnType<MetadataStore["getJobById"]>>;
+    let meta: DocumentMeta | undefined;
     try {
       job = await this.store.getJobById(jobId);
+      // Its documents' metadata as written (its submit found their languages after it sent them).
+      const tenant = this.jobs.jobTenant(jobId);
+      if (job && tenant !== null)
+        meta = metaByDocument(await pendingChunks(this.env, this.store, tenant, job));
     } catch (err) {
       console.warn("cannot read an unconfirmed job; asking again later", jobId, err);
       this.jobs.confirmLater(jobId, now + CONFIRM_RETRY_MS);
@@ -278,7 +294,7 @@ export class Dispatcher extends DurableObject<Env> {
     }
     // Its submit may have confirmed or withdrawn it while D1 answered.
     if (!this.jobs.unconfirmed(jobId)) return;
-    if (job) await this.confirm(jobId, { accepting: job.accepting });
+    if (job) await this.confirm(jobId, { accepting: job.accepting, ...(meta ? { meta } : {}) });
     else await this.withdraw(jobId);
   }
 

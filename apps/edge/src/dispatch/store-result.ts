@@ -6,13 +6,15 @@ import type { HeldVectors } from "./held-vectors.js";
 import type { JobLog } from "./job-log.js";
 import type { Metrics } from "./metrics.js";
 import type { JobNotifier } from "./notifier.js";
-import type {
-  ItemCopy,
-  LeaseRow,
-  QueuedItem,
-  StoredItem,
-  TaskQueue,
-  TaskRow,
+import {
+  applyMeta,
+  type DocumentMeta,
+  type ItemCopy,
+  type LeaseRow,
+  type QueuedItem,
+  type StoredItem,
+  type TaskQueue,
+  type TaskRow,
 } from "./task-queue.js";
 import type { Verifier } from "./verify.js";
 
@@ -100,11 +102,15 @@ export class ResultStore {
     return held;
   }
 
-  /** The job is written: what was held for it is stored now, in the order it came. */
-  async release(jobId: string): Promise<void> {
+  /**
+   * The job is written: what was held for it is stored now, in the order it came, with the
+   * search metadata its documents were found to have after their tasks went out (`meta`).
+   */
+  async release(jobId: string, meta?: DocumentMeta): Promise<void> {
     const held = this.unconfirmed.get(jobId);
     this.unconfirmed.delete(jobId);
     if (!held) return;
+    if (meta) for (const w of held.writes) applyMeta(w.task.items ?? [], meta);
     if (held.writes.length) {
       this.waiting.push(...held.writes);
       this.startWriting();

@@ -36,6 +36,28 @@ export interface StoredItem extends Omit<QueuedItem, "text"> {
   b?: number;
 }
 
+/** Search metadata by document id: what each of the document's vectors carries. */
+export type DocumentMeta = Record<string, Record<string, string | number | boolean>>;
+
+/**
+ * Gives items, and the copies they stand for, their document's search metadata where `meta`
+ * names their document. Whether any item changed.
+ */
+export function applyMeta(
+  items: readonly (StoredItem | QueuedItem)[],
+  meta: DocumentMeta,
+): boolean {
+  let changed = false;
+  for (const item of items)
+    for (const it of [item, ...(item.copies ?? [])]) {
+      const m = meta[it.documentId];
+      if (m === undefined) continue;
+      it.meta = m;
+      changed = true;
+    }
+  return changed;
+}
+
 /** A task's sealed blocks of text, by block number. */
 export type TaskTexts = [block: number, sealed: string][];
 
@@ -300,6 +322,27 @@ export class TaskQueue {
       if (r.text !== null) texts.push([r.block, r.text]);
     }
     return { items, texts };
+  }
+
+  /**
+   * A job's documents' search metadata, found after its tasks were queued (a new job's
+   * languages, see `Ingestion.add`): its items carry it from now on.
+   */
+  setMeta(jobId: string, meta: DocumentMeta): void {
+    const rows = this.sql.exec<{ task_id: string; block: number; items: string }>(
+      "SELECT task_id, block, items FROM task_blocks WHERE task_id IN (SELECT id FROM tasks WHERE job_id = ?)",
+      jobId,
+    );
+    for (const r of rows.toArray()) {
+      const items = JSON.parse(r.items) as StoredItem[];
+      if (!applyMeta(items, meta)) continue;
+      this.sql.exec(
+        "UPDATE task_blocks SET items = ? WHERE task_id = ? AND block = ?",
+        JSON.stringify(items),
+        r.task_id,
+        r.block,
+      );
+    }
   }
 
   /** Adds a job's tasks; replays of the same task ids are ignored. Returns how many were new. */

@@ -21,7 +21,13 @@ import type { Credential, LiveVersion, NewChunk, NewDocument } from "../db/store
 import { sealTask } from "../dispatch/sealed-items.js";
 import { dispatcherFor } from "../dispatch/shards.js";
 import { vectorMetadata } from "../dispatch/store-result.js";
-import type { ItemCopy, NewTask, QueuedItem, StoredTask } from "../dispatch/task-queue.js";
+import type {
+  DocumentMeta,
+  ItemCopy,
+  NewTask,
+  QueuedItem,
+  StoredTask,
+} from "../dispatch/task-queue.js";
 import { chunkIdOf } from "../lib/chunk-ids.js";
 import { hex, sha256Hex, utf8 } from "../lib/crypto.js";
 import { AppError, noCapacity } from "../lib/errors.js";
@@ -43,6 +49,7 @@ import {
   originalKey,
   TEXT_MEDIA_TYPE,
 } from "./originals.js";
+import { metaByDocument, pendingChunks, searchMetadata } from "./search-metadata.js";
 
 /**
  * The submit flow every way in shares (a JSON job, an NDJSON stream, file uploads, appends to
@@ -136,24 +143,6 @@ export function resolveSettings(env: Env, o: JobOptions): JobSettings {
   };
 }
 
-/**
- * What each of a document's vectors carries for search filters beyond the product's own keys:
- * its collection and the filterable keys of its metadata (scalar values only, as Vectorize
- * indexes no others).
- */
-function searchMetadata(
-  collection: string,
-  metadata: Record<string, unknown> | null | undefined,
-  filterable: readonly string[],
-): Record<string, string | number | boolean> {
-  const out: Record<string, string | number | boolean> = { collection };
-  for (const key of filterable) {
-    const v = metadata?.[key];
-    if (typeof v === "string" || typeof v === "number" || typeof v === "boolean") out[key] = v;
-  }
-  return out;
-}
-
 /** A batch of documents made ready: rows to write, vectors already known, tasks to hand out. */
 export interface PreparedBatch {
   documents: NewDocument[];
@@ -170,6 +159,11 @@ export interface PreparedBatch {
   /** Seq numbers given to this batch's documents (taken or unchanged), from `firstSeq`. */
   seqs: number;
   cache: { hits: number; misses: number };
+  /**
+   * The search metadata of documents whose language was found after their tasks were made (by
+   * document id): tasks sent before then learn it when the job is confirmed.
+   */
+  detected: DocumentMeta;
 }
 
 interface PrepareContext {
@@ -279,6 +273,7 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
     rejections: [],
     seqs: 0,
     cache: { hits: 0, misses: 0 },
+    detected: {},
   };
   const items: QueuedItem[] = [];
   const originals: { doc: NewDocument; original: NewOriginal }[] = [];
@@ -352,8 +347,8 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
           ? { key: rawKey, bytes: d.original.bytes, mediaType: d.original.mediaType }
           : { key: rawKey, text: d.text, mediaType: TEXT_MEDIA_TYPE },
       });
-    // Filled in once the batch is past its checks (language detection costs CPU per document).
-    const meta: Record<string, string | number | boolean> = {};
+    // What its vectors carry; its detected language is added once its tasks are out.
+    const meta = searchMetadata(settings.collection, metadata, filterable);
     languagePending.push({ doc, text, meta });
     for (const c of pieces) {
       const id = chunkIdOf(jobId, seq, c.index);
@@ -386,17 +381,6 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
   // What the batch would cost is known now: refuse it before anything is written.
   await ctx.check?.({ chunks: out.chunks.length, tasks: Math.ceil(items.length / TASK_SIZE) });
 
-  // Each document's language, as metadata (unless it names one), and what its vectors carry.
-  // (Only where the metadata names none: a given `lang` is kept as it is.)
-  const detected = await detectLanguages(
-    languagePending.map((p) => (p.doc.metadata && "lang" in p.doc.metadata ? "" : p.text)),
-  );
-  languagePending.forEach((p, i) => {
-    const lang = detected[i];
-    if (lang) p.doc.metadata = { ...(p.doc.metadata ?? {}), lang };
-    Object.assign(p.meta, searchMetadata(settings.collection, p.doc.metadata, filterable));
-  });
-
   // The embedding cache is keyed by the exact text a worker would embed.
   const cacheKey = await keyring.embeddingCacheKey(tenant);
   const keys = await Promise.all(items.map((it) => macHex(cacheKey, it.text)));
@@ -404,6 +388,7 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
     ? await store.cachedVectors(tenant, settings.model, keys)
     : new Map<string, Float32Array>();
   const byChunk = new Map(out.chunks.map((c) => [c.id, c]));
+  const known: { item: QueuedItem; values: Float32Array }[] = [];
   const leaders = new Map<string, QueuedItem>();
   const work: QueuedItem[] = [];
   items.forEach((it, i) => {
@@ -414,11 +399,7 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
     if (vector) {
       chunk.cached = true;
       out.cache.hits++;
-      out.known.push({
-        id: it.chunkId,
-        values: vector,
-        metadata: vectorMetadata(it, tenant, jobId),
-      });
+      known.push({ item: it, values: vector });
       return;
     }
     out.cache.misses++;
@@ -442,6 +423,25 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
   const prefix = firstSeq === 0 ? `${jobId}.t` : `${jobId}.s${firstSeq}.t`;
   out.tasks.push(...tasksOf(prefix, work));
   if (ctx.send && out.tasks.length) await ctx.send(out.tasks);
+
+  // Each document's language, as metadata (only where the metadata names none: a given `lang`
+  // is kept as it is), and on its vectors where `lang` is filterable. Found after the tasks
+  // went out, so that workers start sooner (for 2,000 one-sentence documents it took 12 to 31
+  // ms of the 40 to 120 before the send); tasks that went out learn it with the confirmation.
+  const detected = await detectLanguages(
+    languagePending.map((p) => (p.doc.metadata && "lang" in p.doc.metadata ? "" : p.text)),
+  );
+  const langFilterable = filterable.includes("lang");
+  languagePending.forEach((p, i) => {
+    const lang = detected[i];
+    if (!lang) return;
+    p.doc.metadata = { ...(p.doc.metadata ?? {}), lang };
+    if (!langFilterable) return;
+    p.meta.lang = lang;
+    out.detected[p.doc.id] = p.meta;
+  });
+  for (const { item, values } of known)
+    out.known.push({ id: item.chunkId, values, metadata: vectorMetadata(item, tenant, jobId) });
 
   // Originals before the rows that name them: R2's now, D1's in the rows' own transaction.
   await keepOriginals(env, keyring, tenant, originals);
@@ -540,9 +540,10 @@ async function confirmJob(
   job: DispatchedJob,
   tasks: NewTask[],
   extra: { accepting: boolean; cache: { hits: number; misses: number } },
+  meta: DocumentMeta,
 ): Promise<void> {
   const answer = await dispatcherFor(env, job.model, job.id)
-    .confirm(job.id, extra)
+    .confirm(job.id, { ...extra, meta })
     .catch((err: unknown) => {
       console.error("confirm failed", job.id, err);
       throw noCapacity("the coordinator is unavailable; retry with the same Idempotency-Key");
@@ -734,7 +735,7 @@ export class Ingestion {
     this.tally.unchanged += batch.unchanged;
     this.tally.tasks += batch.tasks.length;
     const extra = { accepting, cache: batch.cache };
-    if (early?.sent) await confirmJob(env, job, batch.tasks, extra);
+    if (early?.sent) await confirmJob(env, job, batch.tasks, extra, batch.detected);
     else await dispatchTasks(env, job, batch.tasks, extra);
     // A request made with an Idempotency-Key keeps its answer for a retry to get again.
     this.latest = await store.markDispatched(
@@ -775,8 +776,11 @@ export function settingsOf(env: Env, job: Job): JobSettings {
  */
 export async function redispatch(env: Env, tenant: string, job: Job): Promise<void> {
   const store = openStore(env);
+  // The chunks still to compute, as written: their documents' metadata is what the tasks sent
+  // ahead lacked (their languages), and without those tasks they are the work.
+  const pending = await pendingChunks(env, store, tenant, job);
   const sentAhead = await dispatcherFor(env, job.model, job.id)
-    .confirm(job.id, { accepting: job.accepting })
+    .confirm(job.id, { accepting: job.accepting, meta: metaByDocument(pending) })
     .catch((err: unknown) => {
       console.error("confirm failed", job.id, err);
       throw noCapacity("the coordinator is unavailable; retry with the same Idempotency-Key");
@@ -786,26 +790,13 @@ export async function redispatch(env: Env, tenant: string, job: Job): Promise<vo
     return;
   }
   const settings = settingsOf(env, job);
-  const filterable = filterableKeys(env);
-  const work: QueuedItem[] = [];
-  for (let after: string | null = null; ; ) {
-    const page = await store.listChunks(tenant, job.id, after, 1000);
-    for (const c of page) {
-      if (c.status !== "pending" || c.text === null) continue;
-      const text = settings.piiMask.length
-        ? maskPersonalData(c.text, settings.piiMask).text
-        : c.text;
-      work.push({
-        chunkId: c.id,
-        documentId: c.documentId,
-        index: c.index,
-        text,
-        meta: searchMetadata(job.collection, c.metadata, filterable),
-      });
-    }
-    if (page.length < 1000) break;
-    after = page.at(-1)?.id ?? null;
-  }
+  const work: QueuedItem[] = pending.map(({ chunk: c, meta }) => ({
+    chunkId: c.id,
+    documentId: c.documentId,
+    index: c.index,
+    text: settings.piiMask.length ? maskPersonalData(c.text, settings.piiMask).text : c.text,
+    meta,
+  }));
   // A version that replaces a current one is held until complete, as on a first try.
   const documents = [...new Set(work.map((it) => it.documentId))];
   const replacing = new Set(
