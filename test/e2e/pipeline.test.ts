@@ -129,13 +129,22 @@ describe("the p2pa-worker command", () => {
     const apiKey = await exitOf(["--server", sys.edge.url, "--token", DEV_CREDENTIALS.apiKey]);
     expect(apiKey.code).toBe(4);
     expect(apiKey.err).toMatch(/API key, not a worker token/);
-    const down = await exitOf(["--server", "http://127.0.0.1:9", "--token", "x"]);
+    // Tried again while the wait lasts (60 s unless told), then given up on.
+    const down = await exitOf([
+      "--server",
+      "http://127.0.0.1:9",
+      "--token",
+      "x",
+      "--wait-for-server",
+      "2",
+    ]);
     expect(down.code).toBe(3);
-    expect(down.err).toMatch(/cannot reach the server/);
+    expect(down.err).toMatch(/cannot reach http:\/\/127\.0\.0\.1:9 yet .* trying again in 0\.5 s/);
+    expect(down.err).toMatch(/cannot reach the server at http:\/\/127\.0\.0\.1:9/);
     const flags = await exitOf(["--server", sys.edge.url, "--token", "x", "--threads", "-1"]);
     expect(flags.code).toBe(2);
     expect(flags.err).toMatch(/--threads/);
-  }, 60_000);
+  });
 
   it("stops on SIGINT with exit code 0 after handing back its work", async () => {
     const w = await sys.addWorker();

@@ -30,7 +30,7 @@ export async function main(argv: string[]): Promise<number> {
   if (action.kind === "doctor")
     return runDoctor(config, { json: action.json, out: process.stdout, env: process.env });
   const log = (line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`);
-  const url = await preflight(config.server, config.token, log);
+  const url = await preflight(config.server, config.token, config.waitForServer * 1000, log);
   const base = httpBase(config.server);
   const several = config.models.length > 1;
   let group: WorkerGroup | null = null;

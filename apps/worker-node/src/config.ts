@@ -41,6 +41,9 @@ Options (each also read from the environment variable shown):
   --cache-dir DIR     where models are kept (default: ~/.cache/p2pa) (P2PA_CACHE_DIR)
   --status-port N     serve this worker's state as JSON on http://127.0.0.1:N/status
                       (default: off)                               (P2PA_STATUS_PORT)
+  --wait-for-server S seconds to keep trying a server it cannot reach at start, as
+                      while it restarts (default: 60; 0: ask once)
+                                                              (P2PA_WAIT_FOR_SERVER)
   -h, --help          show this help
   -v, --version       print the version
 
@@ -124,6 +127,12 @@ const Config = z.object({
     .string()
     .default(path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), ".cache"), "p2pa")),
   statusPort: positiveInt("--status-port", 65535).optional(),
+  waitForServer: z.coerce
+    .number({ error: "--wait-for-server must be a number of seconds" })
+    .int("--wait-for-server must be a whole number of seconds")
+    .min(0, "--wait-for-server must be 0 or more")
+    .max(86_400, "--wait-for-server must be at most 86400 (a day)")
+    .default(60),
 });
 export type WorkerConfig = z.infer<typeof Config>;
 
@@ -154,6 +163,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): CliAction {
         name: { type: "string" },
         "cache-dir": { type: "string" },
         "status-port": { type: "string" },
+        "wait-for-server": { type: "string" },
         insecure: { type: "boolean" },
         json: { type: "boolean" },
         help: { type: "boolean", short: "h" },
@@ -187,6 +197,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): CliAction {
     name: pick("name", "P2PA_NAME"),
     cacheDir: pick("cache-dir", "P2PA_CACHE_DIR"),
     statusPort: pick("status-port", "P2PA_STATUS_PORT"),
+    waitForServer: pick("wait-for-server", "P2PA_WAIT_FOR_SERVER"),
   };
   const parsed = Config.safeParse(
     Object.fromEntries(Object.entries(raw).filter(([, v]) => v !== undefined)),

@@ -2,9 +2,6 @@ import { ErrorCode } from "@p2pa/shared";
 import { UserError } from "./errors.js";
 import { refusalOf } from "./served.js";
 
-/** How long the worker keeps trying a server it cannot reach at start before it gives up. */
-const REACH_TRIES_MS = 60_000;
-
 /** What the server answered to the connect route, asked over plain HTTP. */
 export interface ProbeAnswer {
   /** The server as an http(s) origin. */
@@ -128,17 +125,16 @@ export async function judgeProbe({ base, probe, res }: ProbeAnswer): Promise<Pro
 }
 
 /**
- * Checks the server answers and takes the token before any socket is opened; returns the
- * WebSocket URL to connect to.
+ * Checks the server answers and takes the token before any socket is opened, trying a server it
+ * cannot reach for up to `waitMs`; returns the WebSocket URL to connect to.
  */
 export async function preflight(
   server: string,
   token: string,
+  waitMs: number,
   log: (line: string) => void,
 ): Promise<URL> {
-  const verdict = await judgeProbe(
-    await reachServer(server, token, { waitMs: REACH_TRIES_MS, log }),
-  );
+  const verdict = await judgeProbe(await reachServer(server, token, { waitMs, log }));
   if (!verdict.ok) throw verdict.error;
   return verdict.url;
 }

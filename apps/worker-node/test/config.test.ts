@@ -125,6 +125,16 @@ describe("worker configuration", () => {
     expect(run(base, { P2PA_STATUS_PORT: "9101" }).statusPort).toBe(9101);
   });
 
+  it("waits 60 s for a server it cannot reach unless told otherwise, 0 asking once", () => {
+    const base = ["--server", "https://x", "--token", "t"];
+    expect(run(base).waitForServer).toBe(60);
+    expect(run([...base, "--wait-for-server", "0"]).waitForServer).toBe(0);
+    expect(run(base, { P2PA_WAIT_FOR_SERVER: "600" }).waitForServer).toBe(600);
+    expect(fails([...base, "--wait-for-server=-1"])).toBe("--wait-for-server must be 0 or more");
+    expect(fails([...base, "--wait-for-server", "soon"])).toMatch(/must be a number of seconds/);
+    expect(fails([...base, "--wait-for-server", "1.5"])).toMatch(/whole number of seconds/);
+  });
+
   it("warns that a --token flag shows in the process list, and recommends P2PA_TOKEN", () => {
     const local = ["--server", "http://127.0.0.1:8787"];
     expect(warningsOf([...local, "--token", "t"])).toEqual([TOKEN_FLAG_WARNING]);
