@@ -258,3 +258,47 @@ describe("deletion reaches the keyword index", () => {
     expect(await idsFor({}, ["manuals"])).toEqual([]);
   });
 });
+
+describe("detected languages", () => {
+  it("filters on the language found in each document's text, on a job a worker computed while it was written", async () => {
+    const documents = [
+      {
+        id: "tide-en",
+        text: "The harbour was quiet this morning, and the fishing boats stayed tied up along the old stone quay until the tide turned.",
+      },
+      {
+        id: "tide-fr",
+        text: "Le port était calme ce matin, et les bateaux de pêche sont restés amarrés le long du vieux quai de pierre jusqu'à la marée.",
+      },
+      {
+        id: "rain-fr",
+        text: "Il pleut depuis trois jours et la rivière a débordé sur la route du vieux moulin, disent les voisins du village.",
+      },
+      {
+        id: "rain-de",
+        text: "Es regnet seit drei Tagen, und der Fluss ist über die Straße zur alten Mühle getreten, sagen die Nachbarn im Dorf.",
+      },
+      // A language given is kept as given.
+      { id: "given", text: "A short note about the quay.", metadata: { lang: "fr" } },
+    ];
+    const res = await sys.api<Job>("/v1/jobs", {
+      json: { documents, collection: "languages", verification: "off" },
+    });
+    expect(res.status).toBe(202);
+    expect((await waitForJob<Job>(sys, res.body.id)).status).toBe("completed");
+    expect(await idsFor({ lang: "fr" }, ["languages"])).toEqual(["given", "rain-fr", "tide-fr"]);
+    expect(await idsFor({ lang: "de" }, ["languages"])).toEqual(["rain-de"]);
+    expect(await idsFor({ lang: { $in: ["en", "de"] } }, ["languages"])).toEqual([
+      "rain-de",
+      "tide-en",
+    ]);
+    const hybrid = await search({
+      query: "the old stone quay",
+      mode: "hybrid",
+      collections: ["languages"],
+      filter: { lang: "en" },
+    });
+    expect(hybrid.status).toBe(200);
+    expect(hybrid.body.results.map((r) => r.chunk.documentId)).toEqual(["tide-en"]);
+  });
+});
