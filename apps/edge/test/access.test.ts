@@ -492,6 +492,9 @@ describe("chunk quotas", () => {
     expect(first.chunks.total).toBe(3);
     expect(await keptOriginals(tenant)).toHaveLength(3);
 
+    // A worker waiting for work while the refused job is submitted.
+    const w = await TestWorker.connect();
+    w.ready(16);
     const refused = await submitAs(key, crlf(3, "refused"));
     const retry = Number(refused.headers.get("Retry-After"));
     expect(retry).toBeGreaterThan(86_000);
@@ -513,6 +516,13 @@ describe("chunk quotas", () => {
     expect(await keptOriginals(tenant)).toEqual(await originalsOf(first.id));
     const created = await auditPage(key, "?action=job.created");
     expect(created.data.map((e) => e.target)).toEqual([first.id]);
+    // No volunteer saw its text: it was refused before any of its tasks went out.
+    await new Promise((r) => setTimeout(r, 300));
+    const sent = w.frames
+      .filter((f) => f.type === "task")
+      .flatMap((f) => (f.items as { text: string }[]).map((i) => i.text));
+    expect(sent.filter((t) => t.includes("refused"))).toEqual([]);
+    w.ws.close();
 
     // What still fits is accepted; deleting a job gives its chunks back.
     await acceptedJob(await submitAs(key, docs(2)));

@@ -378,8 +378,13 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
     }
   });
 
-  // What the batch would cost is known now: refuse it before anything is written.
-  await ctx.check?.({ chunks: out.chunks.length, tasks: Math.ceil(items.length / TASK_SIZE) });
+  // What the batch would cost is known now: it is refused before anything is written or sent.
+  // The checks' round trips run while the cache keys are made and looked up.
+  const checked =
+    ctx.check?.({ chunks: out.chunks.length, tasks: Math.ceil(items.length / TASK_SIZE) }) ??
+    Promise.resolve();
+  // (Awaited below; a failure before then is not left unhandled.)
+  checked.catch(() => {});
 
   // The embedding cache is keyed by the exact text a worker would embed.
   const cacheKey = await keyring.embeddingCacheKey(tenant);
@@ -422,6 +427,7 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
   });
   const prefix = firstSeq === 0 ? `${jobId}.t` : `${jobId}.s${firstSeq}.t`;
   out.tasks.push(...tasksOf(prefix, work));
+  await checked;
   if (ctx.send && out.tasks.length) await ctx.send(out.tasks);
 
   // Each document's language, as metadata (only where the metadata names none: a given `lang`
@@ -688,8 +694,12 @@ export class Ingestion {
             }
           : {}),
         check: async (size) => {
-          await assertChunkQuota(env, this.cred, size.chunks);
-          await assertBacklogRoom(env, settings.model, jobId, size.tasks);
+          // Both asked at once; a quota exceeded is said before a full queue.
+          const refusals = await Promise.allSettled([
+            assertChunkQuota(env, this.cred, size.chunks),
+            assertBacklogRoom(env, settings.model, jobId, size.tasks),
+          ]);
+          for (const r of refusals) if (r.status === "rejected") throw r.reason;
         },
       },
       docs,
