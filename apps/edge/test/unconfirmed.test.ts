@@ -221,6 +221,45 @@ describe("a submit with a worker connected", () => {
     w.ws.close();
   });
 
+  it("hands out the first documents' tasks before the rest's; a text repeated across them is stored for each", async () => {
+    const w = await TestWorker.connect();
+    w.ready(4);
+    const nonce = crypto.randomUUID().slice(0, 8);
+    const total = 600;
+    const texts = Array.from(
+      { length: total },
+      (_, i) => `Sentence ${i} of a request handed out in two rounds (${nonce}).`,
+    );
+    // Repeated across the two rounds (each computed), and within the second (computed once).
+    texts[500] = texts[3] as string;
+    texts[551] = texts[550] as string;
+    const seqOf = (chunkId: string) => Number(chunkId.split(".")[1]);
+    const answering = answerChunks(w, total - 1);
+    const res = await call("/v1/jobs", {
+      method: "POST",
+      json: { documents: texts.map((text) => ({ text })) },
+    });
+    expect(res.status).toBe(202);
+    const { id } = (await res.json()) as { id: string };
+    const tasks = await answering;
+    const sent = tasks.map((t) => (t.items as { chunkId: string }[]).map((i) => i.chunkId));
+    // The first task a worker gets is of the first documents: the rest were still being made.
+    expect(Math.max(...(sent[0] as string[]).map(seqOf))).toBeLessThan(256);
+    expect(sent.flat()).toHaveLength(total - 1);
+    expect(sent.flat()).not.toContain(chunkIdOf(id, 551, 0));
+    expect(await job(id)).toMatchObject({
+      status: "completed",
+      chunks: { total, done: total, failed: 0 },
+    });
+    const stored = await getVectorIndex(env, "use-lite").getByIds(
+      [3, 500, 550, 551].map((seq) => chunkIdOf(id, seq, 0)),
+    );
+    expect(stored.map((v) => v.metadata?.documentId).sort()).toEqual(
+      [3, 500, 550, 551].map((seq) => `${id}-${seq}`).sort(),
+    );
+    w.ws.close();
+  });
+
   it("gives the vectors of the tasks it handed out each document's language, found after they went out", async () => {
     const w = await TestWorker.connect();
     w.ready(4);

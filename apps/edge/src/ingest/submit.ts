@@ -186,10 +186,10 @@ interface PrepareContext {
 
 /**
  * Work in tasks of up to MAX_TASK_SIZE items (cut to each worker's pace when leased), named
- * `<prefix><n>` (deterministic, so retries match).
+ * `<prefix><n>` from `first` on (deterministic, so retries match).
  */
-function tasksOf(prefix: string, work: QueuedItem[]): NewTask[] {
-  return slices(work, MAX_TASK_SIZE).map((items, n) => ({ id: `${prefix}${n}`, items }));
+function tasksOf(prefix: string, work: QueuedItem[], first = 0): NewTask[] {
+  return slices(work, MAX_TASK_SIZE).map((items, n) => ({ id: `${prefix}${first + n}`, items }));
 }
 
 /** Where each source document stands before it is chunked. */
@@ -220,9 +220,36 @@ function decide(jobId: string, fingerprint: string, live: LiveVersion[]): Decisi
 }
 
 /**
+ * Items a new job's first round of tasks holds: the tasks of the first documents go out before
+ * the cache keys of the rest are made, so that workers start sooner.
+ */
+const FIRST_ROUND_ITEMS = MAX_TASK_SIZE;
+
+/** A document taken into the batch, before its row is made (after its first tasks go out). */
+interface Draft {
+  source: SourceDocument;
+  /** Its content hash, where it was needed before the tasks went out (a document with an id). */
+  hash: string | null;
+  seq: number;
+  docId: string;
+  text: string;
+  fingerprint: string | null;
+  state: "current" | "pending";
+  version: number;
+  pieces: SectionChunk[];
+  /** What its vectors carry; its detected language is added once its tasks are out. */
+  meta: Record<string, string | number | boolean>;
+}
+
+/**
  * Prepares one batch: versions, chunks (cut to the model's window along the document's
  * sections), cache lookups, originals and keyword terms. Deterministic chunk and task ids for a
  * given job and seq, so a retried submit re-creates the same ones.
+ *
+ * Where the tasks go out before the batch is written (`ctx.send`), they go in two rounds: the
+ * first documents' items (`FIRST_ROUND_ITEMS`), then the rest, each once its cache keys are
+ * made and looked up. What is not needed to send them (the content hashes of documents without
+ * an id, originals, languages, keyword terms) is done after.
  */
 async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promise<PreparedBatch> {
   const { env, tenant, jobId, settings } = ctx;
@@ -234,22 +261,19 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
     fits: await windowFit(env, settings.model),
   };
   const filterable = filterableKeys(env);
+  const contentHash = (d: SourceDocument) => sha256Hex(d.original?.bytes ?? d.text);
 
-  const hashes = await Promise.all(docs.map((d) => sha256Hex(d.original?.bytes ?? d.text)));
-  // Extracted text is normalised already; a JSON or NDJSON document's is normalised here (its
-  // original stays as sent). Chunk offsets refer to the normalised text.
-  const texts = docs.map((d) => (d.sections ? d.text : normaliseText(d.text)));
-  // The fingerprint holds the metadata as given: a detected language derives from the text.
-  // Only a document with an id has one: it is compared when the id is submitted again, and a
-  // document without an id is one of its own, never submitted again as the same document.
-  const metadataOf = docs.map((d) => d.metadata ?? null);
+  // Only a document with an id has a fingerprint: it is compared when the id is submitted
+  // again, so it is needed before the document's tasks are made. The fingerprint holds the
+  // metadata as given: a detected language derives from the text.
+  const hashes = await Promise.all(docs.map((d) => (d.id ? contentHash(d) : null)));
   const fingerprints = await Promise.all(
     docs.map((d, i) =>
       d.id
         ? sha256Hex(
             JSON.stringify([
               hashes[i],
-              metadataOf[i],
+              d.metadata ?? null,
               settings.model,
               settings.chunking,
               settings.piiMask,
@@ -276,13 +300,8 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
     detected: {},
   };
   const items: QueuedItem[] = [];
-  const originals: { doc: NewDocument; original: NewOriginal }[] = [];
+  const drafts: Draft[] = [];
   const seen = new Set<string>();
-  const languagePending: {
-    doc: NewDocument;
-    text: string;
-    meta: Record<string, string | number | boolean>;
-  }[] = [];
   const decisions = docs.map((d, i): Decision => {
     const decision: Decision =
       d.id && seen.has(d.id)
@@ -296,9 +315,6 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
   const taken = decisions.filter((x) => x.kind !== "rejected").length;
   const firstSeq = ctx.reserve && taken > 0 ? await ctx.reserve(taken) : ctx.firstSeq;
   docs.forEach((d, i) => {
-    const text = texts[i] as string;
-    const fingerprint = fingerprints[i] ?? null;
-    const contentHash = hashes[i] as string;
     const decision = decisions[i] as Decision;
     if (decision.kind === "rejected") {
       out.rejections.push({
@@ -313,43 +329,27 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
       out.unchanged++;
       return;
     }
+    // Extracted text is normalised already; a JSON or NDJSON document's is normalised here
+    // (its original stays as sent). Chunk offsets refer to the normalised text.
+    const text = d.sections ? d.text : normaliseText(d.text);
     // A document without an id is a document of its own: named by its job and place.
     const docId = d.id ?? `${jobId}-${seq}`;
-    const metadata = metadataOf[i] ?? null;
     const pieces: SectionChunk[] = d.sections
       ? chunkSections(text, d.sections, chunkOptions)
       : chunkText(text, chunkOptions);
-    const rawKey = settings.keepOriginals
-      ? originalKey(
-          tenant,
-          { jobId, seq, contentHash },
-          d.original ? { file: true } : { file: false, text: d.text, chunks: pieces },
-        )
-      : null;
-    const doc: NewDocument = {
+    const meta = searchMetadata(settings.collection, d.metadata ?? null, filterable);
+    drafts.push({
+      source: d,
+      hash: hashes[i] ?? null,
       seq,
-      id: docId,
-      metadata,
-      chars: text.length,
-      docKey: docId,
+      docId,
+      text,
+      fingerprint: fingerprints[i] ?? null,
       state: decision.state,
       version: decision.version,
-      contentHash,
-      fingerprint,
-      rawKey,
-      createdAt: now,
-    };
-    out.documents.push(doc);
-    if (rawKey && keptApart(rawKey))
-      originals.push({
-        doc,
-        original: d.original
-          ? { key: rawKey, bytes: d.original.bytes, mediaType: d.original.mediaType }
-          : { key: rawKey, text: d.text, mediaType: TEXT_MEDIA_TYPE },
-      });
-    // What its vectors carry; its detected language is added once its tasks are out.
-    const meta = searchMetadata(settings.collection, metadata, filterable);
-    languagePending.push({ doc, text, meta });
+      pieces,
+      meta,
+    });
     for (const c of pieces) {
       const id = chunkIdOf(jobId, seq, c.index);
       out.chunks.push({
@@ -388,63 +388,107 @@ async function prepareBatch(ctx: PrepareContext, docs: SourceDocument[]): Promis
 
   // The embedding cache is keyed by the exact text a worker would embed.
   const cacheKey = await keyring.embeddingCacheKey(tenant);
-  const keys = await Promise.all(items.map((it) => macHex(cacheKey, it.text)));
-  const hits = settings.useCache
-    ? await store.cachedVectors(tenant, settings.model, keys)
-    : new Map<string, Float32Array>();
   const byChunk = new Map(out.chunks.map((c) => [c.id, c]));
   const known: { item: QueuedItem; values: Float32Array }[] = [];
-  const leaders = new Map<string, QueuedItem>();
-  const work: QueuedItem[] = [];
-  items.forEach((it, i) => {
-    const key = keys[i] as string;
-    const chunk = byChunk.get(it.chunkId) as NewChunk;
-    chunk.cacheKey = key;
-    const vector = hits.get(key);
-    if (vector) {
-      chunk.cached = true;
-      out.cache.hits++;
-      known.push({ item: it, values: vector });
-      return;
-    }
-    out.cache.misses++;
-    // The same text twice in one batch is computed once: the others are its copies.
-    const leader = leaders.get(key);
-    if (leader) {
-      const copy: ItemCopy = {
-        chunkId: it.chunkId,
-        documentId: it.documentId,
-        index: it.index,
-        ...(it.meta ? { meta: it.meta } : {}),
-        ...(it.pending ? { pending: true as const } : {}),
-      };
-      leader.copies = [...(leader.copies ?? []), copy];
-      return;
-    }
-    const lead = { ...it, cacheKey: key };
-    leaders.set(key, lead);
-    work.push(lead);
-  });
   const prefix = firstSeq === 0 ? `${jobId}.t` : `${jobId}.s${firstSeq}.t`;
-  out.tasks.push(...tasksOf(prefix, work));
-  await checked;
-  if (ctx.send && out.tasks.length) await ctx.send(out.tasks);
+  const rounds = ctx.send
+    ? [items.slice(0, FIRST_ROUND_ITEMS), items.slice(FIRST_ROUND_ITEMS)]
+    : [items];
+  for (const round of rounds) {
+    if (round.length === 0) continue;
+    const keys = await Promise.all(round.map((it) => macHex(cacheKey, it.text)));
+    const hits = settings.useCache
+      ? await store.cachedVectors(tenant, settings.model, keys)
+      : new Map<string, Float32Array>();
+    // The same text twice in a round is computed once: the others are its copies.
+    const leaders = new Map<string, QueuedItem>();
+    const work: QueuedItem[] = [];
+    round.forEach((it, i) => {
+      const key = keys[i] as string;
+      const chunk = byChunk.get(it.chunkId) as NewChunk;
+      chunk.cacheKey = key;
+      const vector = hits.get(key);
+      if (vector) {
+        chunk.cached = true;
+        out.cache.hits++;
+        known.push({ item: it, values: vector });
+        return;
+      }
+      out.cache.misses++;
+      const leader = leaders.get(key);
+      if (leader) {
+        const copy: ItemCopy = {
+          chunkId: it.chunkId,
+          documentId: it.documentId,
+          index: it.index,
+          ...(it.meta ? { meta: it.meta } : {}),
+          ...(it.pending ? { pending: true as const } : {}),
+        };
+        leader.copies = [...(leader.copies ?? []), copy];
+        return;
+      }
+      const lead = { ...it, cacheKey: key };
+      leaders.set(key, lead);
+      work.push(lead);
+    });
+    const tasks = tasksOf(prefix, work, out.tasks.length);
+    out.tasks.push(...tasks);
+    await checked;
+    if (ctx.send && tasks.length) await ctx.send(tasks);
+  }
+
+  // The documents' rows, once their tasks are out: a document without an id is hashed now.
+  const draftHashes = await Promise.all(drafts.map((d) => d.hash ?? contentHash(d.source)));
+  const originals: { doc: NewDocument; original: NewOriginal }[] = [];
+  drafts.forEach((draft, i) => {
+    const d = draft.source;
+    const hash = draftHashes[i] as string;
+    const rawKey = settings.keepOriginals
+      ? originalKey(
+          tenant,
+          { jobId, seq: draft.seq, contentHash: hash },
+          d.original ? { file: true } : { file: false, text: d.text, chunks: draft.pieces },
+        )
+      : null;
+    const doc: NewDocument = {
+      seq: draft.seq,
+      id: draft.docId,
+      metadata: d.metadata ?? null,
+      chars: draft.text.length,
+      docKey: draft.docId,
+      state: draft.state,
+      version: draft.version,
+      contentHash: hash,
+      fingerprint: draft.fingerprint,
+      rawKey,
+      createdAt: now,
+    };
+    out.documents.push(doc);
+    if (rawKey && keptApart(rawKey))
+      originals.push({
+        doc,
+        original: d.original
+          ? { key: rawKey, bytes: d.original.bytes, mediaType: d.original.mediaType }
+          : { key: rawKey, text: d.text, mediaType: TEXT_MEDIA_TYPE },
+      });
+  });
 
   // Each document's language, as metadata (only where the metadata names none: a given `lang`
   // is kept as it is), and on its vectors where `lang` is filterable. Found after the tasks
   // went out, so that workers start sooner (for 2,000 one-sentence documents it took 12 to 31
   // ms of the 40 to 120 before the send); tasks that went out learn it with the confirmation.
   const detected = await detectLanguages(
-    languagePending.map((p) => (p.doc.metadata && "lang" in p.doc.metadata ? "" : p.text)),
+    drafts.map((p) => (p.source.metadata && "lang" in p.source.metadata ? "" : p.text)),
   );
   const langFilterable = filterable.includes("lang");
-  languagePending.forEach((p, i) => {
+  drafts.forEach((p, i) => {
     const lang = detected[i];
     if (!lang) return;
-    p.doc.metadata = { ...(p.doc.metadata ?? {}), lang };
+    const doc = out.documents[i] as NewDocument;
+    doc.metadata = { ...(doc.metadata ?? {}), lang };
     if (!langFilterable) return;
     p.meta.lang = lang;
-    out.detected[p.doc.id] = p.meta;
+    out.detected[p.docId] = p.meta;
   });
   for (const { item, values } of known)
     out.known.push({ id: item.chunkId, values, metadata: vectorMetadata(item, tenant, jobId) });
