@@ -1,7 +1,16 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import {
+  cpSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { readFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import path from "node:path";
@@ -84,17 +93,48 @@ export async function prepareLocalDatabase(
     );
     return;
   }
+  const seed = credentialRows(workerTokens).join("; ");
+  // A new database is a copy of one wrangler made before for the same migrations and seed:
+  // each wrangler run takes some 6 s, and the tests start a new edge for every file.
+  const d1 = path.join(persistTo, "v3", "d1");
+  const fresh = !existsSync(d1);
+  const template = path.join(D1_TEMPLATES, templateKey(seed));
+  if (fresh && existsSync(template)) {
+    cpSync(template, d1, { recursive: true });
+    return;
+  }
   await run(["d1", "migrations", "apply", "DB", "--local", "--persist-to", persistTo]);
-  await run([
-    "d1",
-    "execute",
-    "DB",
-    "--local",
-    "--persist-to",
-    persistTo,
-    "--command",
-    credentialRows(workerTokens).join("; "),
-  ]);
+  await run(["d1", "execute", "DB", "--local", "--persist-to", persistTo, "--command", seed]);
+  if (fresh) keepTemplate(d1, template);
+}
+
+/** Local databases made by wrangler, by what made them (migrations, wrangler, seed). */
+const D1_TEMPLATES = path.join(ROOT, ".cache", "d1-templates");
+
+/** What a fresh local database depends on: the migrations, wrangler.toml, wrangler, the seed. */
+function templateKey(seed: string): string {
+  const h = createHash("sha256");
+  const migrations = path.join(ROOT, "migrations");
+  const files = readdirSync(migrations).filter((f) => f.endsWith(".sql"));
+  for (const f of files.sort()) h.update(f).update(readFileSync(path.join(migrations, f)));
+  h.update(readFileSync(path.join(ROOT, "wrangler.toml")));
+  h.update(readFileSync(path.join(ROOT, "node_modules", "wrangler", "package.json")));
+  return h.update(seed).digest("hex").slice(0, 32);
+}
+
+/**
+ * Keeps a copy of a database wrangler just made (SQLite's shared-memory index files left out:
+ * they are rebuilt from the write-ahead log). Written aside and renamed into place, so a reader
+ * never sees half of one; a copy that cannot be kept costs only the next start's time.
+ */
+function keepTemplate(d1: string, template: string): void {
+  const aside = `${template}.${process.pid}.${randomBytes(4).toString("hex")}`;
+  try {
+    cpSync(d1, aside, { recursive: true, filter: (src) => !src.endsWith("-shm") });
+    renameSync(aside, template);
+  } catch {
+    rmSync(aside, { recursive: true, force: true });
+  }
 }
 
 /** The development credentials, plus `workerTokens`, as SQL inserts that keep existing rows. */
