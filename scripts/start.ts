@@ -37,7 +37,7 @@ if (usePostgres) {
   console.log("p2pa: starting the local Postgres (PGlite with pgvector)…");
   postgres = await startPostgres({ dataDir: path.join(ROOT, ".wrangler", "postgres") });
 }
-console.log(`p2pa: applying migrations to the local ${postgres ? "Postgres" : "database"}…`);
+console.log(`p2pa: preparing the local ${postgres ? "Postgres" : "database"}…`);
 await prepareLocalDatabase(persistTo, [], postgres);
 console.log("p2pa: starting the edge…");
 const edge = await startEdge({

@@ -94,19 +94,27 @@ export async function prepareLocalDatabase(
     return;
   }
   const seed = credentialRows(workerTokens).join("; ");
-  // A new database is a copy of one wrangler made before for the same migrations and seed:
-  // each wrangler run takes some 6 s, and the tests start a new edge for every file.
+  // Each wrangler run takes some 6 s. A database prepared before for the same migrations and
+  // seed (npm start's, started again) is left as it is; a new one is a copy of one wrangler
+  // made for them (the tests start a new edge for every file).
   const d1 = path.join(persistTo, "v3", "d1");
   const fresh = !existsSync(d1);
-  const template = path.join(D1_TEMPLATES, templateKey(seed));
+  const key = templateKey(seed);
+  const marker = path.join(persistTo, PREPARED_MARKER);
+  if (!fresh && existsSync(marker) && readFileSync(marker, "utf8") === key) return;
+  const template = path.join(D1_TEMPLATES, key);
   if (fresh && existsSync(template)) {
     cpSync(template, d1, { recursive: true });
-    return;
+  } else {
+    await run(["d1", "migrations", "apply", "DB", "--local", "--persist-to", persistTo]);
+    await run(["d1", "execute", "DB", "--local", "--persist-to", persistTo, "--command", seed]);
+    if (fresh) keepTemplate(d1, template);
   }
-  await run(["d1", "migrations", "apply", "DB", "--local", "--persist-to", persistTo]);
-  await run(["d1", "execute", "DB", "--local", "--persist-to", persistTo, "--command", seed]);
-  if (fresh) keepTemplate(d1, template);
+  writeFileSync(marker, key);
 }
+
+/** Names what a local database was last prepared for (`templateKey`), beside it. */
+const PREPARED_MARKER = ".p2pa-prepared";
 
 /** Local databases made by wrangler, by what made them (migrations, wrangler, seed). */
 const D1_TEMPLATES = path.join(ROOT, ".cache", "d1-templates");
