@@ -27,7 +27,7 @@
  * Then re-indexing (scripts/lib/reindex-bench.ts): the corpus submitted again with 90% of its
  * documents unchanged, against its first index, on one system in the same run.
  */
-import type { ChildProcess } from "node:child_process";
+import { type ChildProcess, execFileSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -77,7 +77,12 @@ const { values } = parseArgs({
   options: {
     runs: { type: "string", default: "3" },
     chunks: { type: "string", default: "2000" },
-    threads: { type: "string", default: String(os.availableParallelism()) },
+    // Where the pipeline section runs its parts: "shared" (the edge, the worker and (a) on all
+    // the machine's cores, as `npm start` runs them) or "split" (the donor's model, in (a) and in
+    // the worker, on the first core, and the edge and the client on the others, as a donor's
+    // machine and the edge are apart once deployed; Linux, at least two cores).
+    placement: { type: "string", default: "shared" },
+    threads: { type: "string" },
     // Sessions of the model side by side, in (a) and in the worker (default: the worker's).
     sessions: { type: "string" },
     "batch-size": { type: "string", default: "32" },
@@ -106,7 +111,26 @@ if (values.submit !== "json" && values.submit !== "ndjson")
   throw new Error(`--submit is json or ndjson, not ${values.submit}`);
 const submitAs = values.submit;
 const sections = new Set(values.only.split(","));
-const threads = Number(values.threads);
+if (values.placement !== "shared" && values.placement !== "split")
+  throw new Error(`--placement is shared or split, not ${values.placement}`);
+const placement = values.placement;
+const machineCores = os.availableParallelism();
+if (placement === "split" && machineCores < 2) throw new Error("--placement split needs two cores");
+/** The CPUs the donor's model runs on, and the rest's, where the parts are apart. */
+const donorCpus = placement === "split" ? "0" : undefined;
+const edgeCpus =
+  placement !== "split" ? undefined : machineCores === 2 ? "1" : `1-${machineCores - 1}`;
+const threads = Number(values.threads ?? (placement === "split" ? 1 : machineCores));
+
+/**
+ * Keeps this process, every thread it has and those they start, on `cpus` (taskset's list):
+ * (a)'s model on the donor's core, the client's waiting beside the edge. Nothing where the
+ * parts share the machine.
+ */
+function pinSelf(cpus: string | undefined) {
+  if (cpus)
+    execFileSync("taskset", ["--all-tasks", "--cpu-list", "--pid", cpus, String(process.pid)]);
+}
 const sessions = values.sessions === undefined ? undefined : Number(values.sessions);
 /** The worker's flags for the threads and sessions (a) runs with. */
 const modelFlags = [
@@ -130,7 +154,7 @@ interface Corpus {
 /**
  * The two corpora of the pipeline section, drawn from the passage generator from `firstSeed`
  * on: long chunks (passages of 100 to 200 words), and one sentence a document (where a task's
- * fixed costs show most).
+ * fixed costs show most), no two of them the same.
  */
 function corpora(firstSeed: number): { passages: string[]; long: Corpus; short: Corpus } {
   const passages: string[] = [];
@@ -141,10 +165,11 @@ function corpora(firstSeed: number): { passages: string[]; long: Corpus; short: 
       texts.push(...chunk(p));
     }
   }
-  const sentences = passages
-    .flatMap((p) => p.split(/(?<=[.!?])\s+/))
-    .filter((x) => x.length > 0)
-    .slice(0, Number(values.chunks));
+  // Each sentence once: the edge computes a text repeated within a job once, where (a) would
+  // embed every repeat (the generator repeats about one sentence in twelve).
+  const sentences = [
+    ...new Set(passages.flatMap((p) => p.split(/(?<=[.!?])\s+/)).filter((x) => x.length > 0)),
+  ].slice(0, Number(values.chunks));
   return {
     passages,
     long: { name: "long chunks", documents: passages, texts },
@@ -164,8 +189,12 @@ const { passages, long, short } = corpora(2026);
 const firstJobs = corpora(3026);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
-/** (a) once: chunks/s, and the CPU seconds this process (the model's threads) used for them. */
+/**
+ * (a) once: chunks/s, and the CPU seconds this process (the model's threads) used for them. On
+ * the donor's core where the parts are apart; this process then goes back beside the edge.
+ */
 async function direct(corpus: Corpus): Promise<{ perSecond: number; coreSeconds: number }> {
+  pinSelf(donorCpus);
   const embedder = await loadModelPool("use-lite", {
     cacheDir,
     threads,
@@ -181,6 +210,7 @@ async function direct(corpus: Corpus): Promise<{ perSecond: number; coreSeconds:
   const { perSecond } = await benchEmbedder(embedder, corpus.texts, batchSize);
   const used = process.cpuUsage(cpu);
   await embedder.dispose();
+  pinSelf(edgeCpus);
   return { perSecond, coreSeconds: (used.user + used.system) / 1e6 };
 }
 
@@ -333,15 +363,15 @@ async function endToEnd(
 ): Promise<{ first: JobFigures; measured: JobFigures }> {
   const dir = mkdtempSync(path.join(os.tmpdir(), "p2pa-bench-"));
   await prepareLocalDatabase(dir);
-  const edge = await startEdge({ port: 8790, persistTo: dir });
+  const edge = await startEdge({ port: 8790, persistTo: dir, cpus: edgeCpus });
   const statusPort = await freePort();
-  const worker = spawnWorker(edge.url, DEV_CREDENTIALS.workerToken, [
-    ...modelFlags,
-    "--batch-size",
-    String(batchSize),
-    "--status-port",
-    String(statusPort),
-  ]);
+  const worker = spawnWorker(
+    edge.url,
+    DEV_CREDENTIALS.workerToken,
+    [...modelFlags, "--batch-size", String(batchSize), "--status-port", String(statusPort)],
+    {},
+    { cpus: donorCpus },
+  );
   const inferenceMs = async () =>
     (
       (await (await fetch(`http://127.0.0.1:${statusPort}/status`)).json()) as {
@@ -416,7 +446,7 @@ function coresLine(cores: Record<string, number>): string {
  */
 async function pipeline(corpus: Corpus, first: Corpus) {
   console.log(
-    `corpus ${corpus.name}: ${corpus.documents.length} documents, ${corpus.texts.length} chunks, ${Math.round(corpus.texts.reduce((n, t) => n + t.length, 0) / corpus.texts.length)} chars on average; threads ${threads}, sessions ${sessions ?? defaultSessions({ threads })}, batch ${batchSize}; submitted as ${submitAs}; ${runs} runs`,
+    `corpus ${corpus.name}: ${corpus.documents.length} documents, ${corpus.texts.length} chunks, ${Math.round(corpus.texts.reduce((n, t) => n + t.length, 0) / corpus.texts.length)} chars on average; threads ${threads}, sessions ${sessions ?? defaultSessions({ threads })}, batch ${batchSize}; submitted as ${submitAs}; ${placement === "split" ? `the model on CPU ${donorCpus}, the edge and the client on ${edgeCpus}` : "the parts share the machine"}; ${runs} runs`,
   );
   const alone: { perSecond: number; coreSeconds: number }[] = [await direct(corpus)];
   const a: number[] = [(alone[0] as { perSecond: number }).perSecond];
@@ -463,10 +493,13 @@ async function pipeline(corpus: Corpus, first: Corpus) {
 }
 const pipelines = sections.has("pipeline")
   ? {
+      placement,
       long: await pipeline(long, firstJobs.long),
       short: await pipeline(short, firstJobs.short),
     }
   : null;
+// The sections after run on the whole machine.
+pinSelf(placement === "split" ? `0-${machineCores - 1}` : undefined);
 /** The instant donors every coordinator section uses, and how many runs it takes. */
 const fleet = {
   donors: Number(values["capacity-donors"]),
@@ -618,6 +651,7 @@ mkdirSync(path.join(ROOT, "bench-results"), { recursive: true });
 // A partial run (--only) does not overwrite the full run's figures.
 const outFile =
   (sections.size === ALL_SECTIONS.length ? "bench" : `bench.${[...sections].join("+")}`) +
+  (placement === "split" ? ".split" : "") +
   (submitAs === "json" ? ".json" : `.${submitAs}.json`);
 writeFileSync(path.join(ROOT, "bench-results", outFile), `${JSON.stringify(result, null, 2)}\n`);
 console.log(`wrote bench-results/${outFile}`);

@@ -51,7 +51,7 @@ const worker = spawnWorker(
   DEV_CREDENTIALS.workerToken,
   ["--threads", String(process.env.P2PA_THREADS ?? 2)],
   {},
-  true,
+  { detached: true },
 );
 worker.stdout?.pipe(process.stdout);
 worker.stderr?.pipe(process.stderr);

@@ -182,6 +182,21 @@ export interface EdgeOptions {
    * free one when `true`. Off by default, for what it costs (scripts/lib/edge-server.ts).
    */
   inspect?: boolean | number;
+  /** Run the dev server and its runtime on these CPUs only (`onCpus`); any CPU by default. */
+  cpus?: string;
+}
+
+/**
+ * The command and arguments that run `command` on the given CPUs only (taskset's list: "0",
+ * "1-3"), or as they are. The benchmark gives the edge and the donor cores of their own this
+ * way, as they are on machines of their own once deployed (Linux).
+ */
+function onCpus(
+  cpus: string | undefined,
+  command: string,
+  args: string[],
+): [string, string[]] {
+  return cpus ? ["taskset", ["--cpu-list", cpus, command, ...args]] : [command, args];
 }
 
 /**
@@ -228,8 +243,13 @@ export async function startEdge(opts: EdgeOptions): Promise<LocalEdge> {
     logLevel: opts.inheritOutput ? "info" : "warn",
     ...(inspectorPort === undefined ? {} : { inspectorPort }),
   };
-  const args = ["--import", "tsx", EDGE_SERVER, JSON.stringify(options)];
-  const child = spawn(process.execPath, args, {
+  const [command, args] = onCpus(opts.cpus, process.execPath, [
+    "--import",
+    "tsx",
+    EDGE_SERVER,
+    JSON.stringify(options),
+  ]);
+  const child = spawn(command, args, {
     cwd: ROOT,
     env: { ...process.env, ...WRANGLER_ENV },
     stdio: ["ignore", "pipe", "pipe"],
@@ -318,17 +338,24 @@ export const WORKER_BIN = path.join(ROOT, "apps", "worker-node", "bin", "p2pa-wo
 
 /**
  * Spawns a real `p2pa-worker` process. `detached` puts it in its own process group, so a
- * terminal's Ctrl-C reaches only the parent, which then stops it once (npm start).
+ * terminal's Ctrl-C reaches only the parent, which then stops it once (npm start); `cpus`
+ * keeps it on those CPUs (`onCpus`).
  */
 export function spawnWorker(
   server: string,
   token: string,
   extra: string[] = [],
   env: NodeJS.ProcessEnv = {},
-  detached = false,
+  { detached = false, cpus }: { detached?: boolean; cpus?: string } = {},
 ): ChildProcess {
+  const [command, args] = onCpus(cpus, process.execPath, [
+    WORKER_BIN,
+    "--server",
+    server,
+    ...extra,
+  ]);
   // The token goes in the environment, as the README tells donors: a flag shows in `ps`.
-  return spawn(process.execPath, [WORKER_BIN, "--server", server, ...extra], {
+  return spawn(command, args, {
     cwd: ROOT,
     env: {
       ...process.env,
