@@ -329,7 +329,7 @@ describe("hostile workers", () => {
       tasks: s.exec<{ n: number }>("SELECT count(*) AS n FROM tasks WHERE job_id = ?", j.id).one()
         .n,
       events: s
-        .exec<{ n: number }>("SELECT count(*) AS n FROM job_events WHERE job_id = ?", j.id)
+        .exec<{ n: number }>("SELECT count(*) AS n FROM job_event_runs WHERE job_id = ?", j.id)
         .one().n,
     }));
     expect(left).toEqual({ tasks: 0, events: 0 });
