@@ -55,6 +55,23 @@ describe("the job event log", () => {
         after = batch.at(-1)?.seq as number;
       }
       expect(seen).toEqual(ids.slice(42));
+
+      // A log of many runs, read in slices that end inside runs and across them.
+      for (let t = 0; t < 20; t++)
+        log.appendEvents(
+          "job_d",
+          Array.from({ length: 10 }, (_, i) => chunk("d", t * 10 + i)),
+        );
+      const whole = log.events("job_d", 0, 1000).map((e) => e.seq);
+      expect(whole).toHaveLength(200);
+      const sliced: number[] = [];
+      for (let after = 0; ; ) {
+        const batch = log.events("job_d", after, 25);
+        sliced.push(...batch.map((e) => e.seq));
+        if (batch.length < 25) break;
+        after = batch.at(-1)?.seq as number;
+      }
+      expect(sliced).toEqual(whole);
     });
   });
 

@@ -16,6 +16,9 @@ import { migrateOnce } from "../lib/do-schema.js";
 
 export type JobEventKind = "chunk" | "end";
 
+/** Runs read per query when reading the log (see `events`). */
+const RUNS_PER_READ = 8;
+
 /** One entry of a job's event log; `seq` is the SSE event id, `data` its JSON payload. */
 export interface JobEvent {
   seq: number;
@@ -246,28 +249,33 @@ export class JobLog {
     this.changed(jobId);
   }
 
-  /** Up to `limit` of a job's events after `afterSeq`, oldest first. */
+  /**
+   * Up to `limit` of a job's events after `afterSeq`, oldest first. Runs are read a few at a
+   * time: a run holds up to a task's events, so a slice of a long log reads only what it needs.
+   */
   events(jobId: string, afterSeq: number, limit: number): JobEvent[] {
     const out: JobEvent[] = [];
+    const rows = Math.min(limit, RUNS_PER_READ);
     for (let after = afterSeq; out.length < limit; ) {
       const runs = this.sql
         .exec<{ first: number; last: number; kind: JobEventKind; data: string }>(
           "SELECT first, last, kind, data FROM job_event_runs WHERE job_id = ? AND last > ? ORDER BY last LIMIT ?",
           jobId,
           after,
-          limit,
+          rows,
         )
         .toArray();
       for (const run of runs) {
         const lines = run.data.split("\n");
-        for (let i = Math.max(0, afterSeq + 1 - run.first); i < lines.length; i++) {
+        const from = Math.max(0, afterSeq + 1 - run.first);
+        for (let i = from; i < lines.length && out.length < limit; i++) {
           const data = lines[i] as string;
-          if (data !== "" && out.length < limit)
-            out.push({ seq: run.first + i, kind: run.kind, data });
+          if (data !== "") out.push({ seq: run.first + i, kind: run.kind, data });
         }
         after = run.last;
+        if (out.length >= limit) break;
       }
-      if (runs.length < limit) break;
+      if (runs.length < rows) break;
     }
     return out;
   }
