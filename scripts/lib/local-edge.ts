@@ -191,11 +191,7 @@ export interface EdgeOptions {
  * "1-3"), or as they are. The benchmark gives the edge and the donor cores of their own this
  * way, as they are on machines of their own once deployed (Linux).
  */
-function onCpus(
-  cpus: string | undefined,
-  command: string,
-  args: string[],
-): [string, string[]] {
+function onCpus(cpus: string | undefined, command: string, args: string[]): [string, string[]] {
   return cpus ? ["taskset", ["--cpu-list", cpus, command, ...args]] : [command, args];
 }
 
