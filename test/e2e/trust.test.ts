@@ -155,7 +155,7 @@ describe("dishonest donors beside honest ones", () => {
     for (;;) {
       const { body } = await sys.api<FleetStats>("/v1/workers", { admin: true });
       const open = body.shards.reduce(
-        (n, s) => n + (s.tasks.pending ?? 0) + (s.tasks.leased ?? 0),
+        (n, s) => n + (s.tasks.pending ?? 0) + (s.tasks.leased ?? 0) + (s.tasks.storing ?? 0),
         0,
       );
       if (open === 0) break;

@@ -943,9 +943,6 @@ export class Dispatcher extends DurableObject<Env> {
     this.canaries.forgetDonor(donor);
     this.metrics.count("p2pa_donors_quarantined_total");
     console.warn(`quarantined worker token ${donor}: ${reason}`);
-    await this.store.quarantineCredential(donor, reason).catch((err) => {
-      console.error("could not record the quarantine in D1", donor, err);
-    });
     for (const { ws, peer } of this.peers.all()) {
       if (peer.credentialId !== donor) continue;
       this.send(ws, {
@@ -988,6 +985,11 @@ export class Dispatcher extends DurableObject<Env> {
           donor,
         );
     }
+    // Recorded once what it stored is queued again: whoever sees the quarantine (the API
+    // reads it from D1) sees its healing under way, never a gap before it starts.
+    await this.store.quarantineCredential(donor, reason).catch((err) => {
+      console.error("could not record the quarantine in D1", donor, err);
+    });
     await this.pump();
   }
 
