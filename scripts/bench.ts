@@ -48,6 +48,7 @@ import {
   isWithin,
   type ProcessCpu,
 } from "./lib/cpu-accounting.js";
+import { indexClientBench } from "./lib/index-client-bench.js";
 import {
   DEV_CREDENTIALS,
   edgeRuntimePid,
@@ -72,6 +73,7 @@ const ALL_SECTIONS = [
   "encryption",
   "search",
   "reindex",
+  "index-client",
 ];
 const { values } = parseArgs({
   options: {
@@ -556,6 +558,7 @@ const searchReport = sections.has("search")
 const reindex = sections.has("reindex")
   ? await reindexBench({ passages, runs, threads, batchSize })
   : null;
+const indexClient = sections.has("index-client") ? await indexClientBench({ runs }) : null;
 const result = {
   date: new Date().toISOString(),
   machine: { cpus: os.availableParallelism(), node: process.version },
@@ -573,6 +576,7 @@ const result = {
   encryption,
   search: searchReport,
   reindex,
+  indexClient,
 };
 if (capacity) {
   for (const [frames, { median: c, runs: rs }] of Object.entries(capacity.frames))
@@ -606,6 +610,10 @@ if (backends) {
   postgres/d1: submit ${backends.ratio.documentsPerSecond.toFixed(2)}x, dispatch ${backends.ratio.chunksPerSecond.toFixed(2)}x, read ${backends.ratio.readSpeed.toFixed(2)}x`,
   );
 }
+if (indexClient)
+  console.log(
+    `handing vectors to the index, CPU of the calling thread a 512-dimension vector (workerd, calls of ${indexClient.vectors}, median of ${indexClient.runs.length}): the Vectorize binding's client ${indexClient.binding.toFixed(1)} µs; a hand-over to index writers ${indexClient.handOver.toFixed(1)} µs (${(indexClient.binding / indexClient.handOver).toFixed(0)}x less); the local index's RPC ${indexClient.clone.toFixed(1)} µs`,
+  );
 if (scaling)
   console.log(
     `shard scaling, ${scaling.documents} documents in two jobs (median of ${scaling.oneShard.length}): one shard ${median(scaling.oneShard).toFixed(0)} chunks/s, two shards ${median(scaling.twoShards).toFixed(0)} chunks/s (the second adds ${(100 * scaling.secondShardAdds).toFixed(0)}% of the first); two shards in two edges ${median(scaling.twoApart).toFixed(0)} chunks/s (the second adds ${(100 * scaling.secondShardApartAdds).toFixed(0)}%); edge CPU a chunk ${median(scaling.oneShardCpu).toFixed(0)} µs on one shard, ${median(scaling.twoApartCpu).toFixed(0)} µs in two edges: with a core each, the second shard adds ${scaling.secondShardPerCore.toFixed(2)}x of the first`,

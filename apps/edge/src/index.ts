@@ -20,6 +20,7 @@ import { workerRoutes } from "./routes/workers.js";
 
 export { Dispatcher } from "./dispatch/dispatcher.js";
 export { TenantLedger } from "./tenant/ledger.js";
+export { IndexWriter } from "./vector/index-writer.js";
 export { LocalVectorIndex } from "./vector/local-index.js";
 export { WebhookHub } from "./webhooks/hub.js";
 

@@ -157,6 +157,7 @@ export class Dispatcher extends DurableObject<Env> {
       this.notifier,
       this.verifier,
       this.held,
+      ctx.id.toString(),
     );
     this.peers = new Peers(ctx);
     this.leaseMs = config.LEASE_MS;

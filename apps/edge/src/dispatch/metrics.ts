@@ -41,6 +41,8 @@ export const METRIC_HELP = {
   p2pa_chunks_stored_total: "Chunks whose vectors were stored",
   p2pa_result_writes_total:
     "Group writes of results (one vector upsert and one D1 transaction each, for every result that came in meanwhile)",
+  p2pa_index_writer_vectors_total:
+    "Vectors the shard handed to its index writers (INDEX_WRITERS) rather than encoding them for the index itself",
   p2pa_chunks_failed_total: "Chunks marked failed after their last attempt",
   p2pa_leases_expired_total: "Leases that passed their deadline and were reassigned",
   p2pa_task_failures_total: "Failed task attempts reported by workers or caused by bad results",

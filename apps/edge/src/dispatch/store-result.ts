@@ -1,7 +1,8 @@
 import type { MetadataStore } from "../db/store.js";
 import { pruneSuperseded } from "../ingest/versions.js";
 import { versionName } from "../lib/chunk-ids.js";
-import { getVectorIndex, upsertVectors } from "../vector/index.js";
+import { getVectorIndex } from "../vector/index.js";
+import { writeVectors } from "../vector/index-writer.js";
 import type { HeldVectors } from "./held-vectors.js";
 import type { JobLog } from "./job-log.js";
 import type { Metrics } from "./metrics.js";
@@ -88,6 +89,8 @@ export class ResultStore {
     private readonly notifier: JobNotifier,
     private readonly verifier: Verifier,
     private readonly held: HeldVectors,
+    /** This shard's name for its index writers (vector/index-writer.ts). */
+    private readonly route: string,
   ) {}
 
   /** What came in for unconfirmed jobs: results to write, and tasks whose chunks failed. */
@@ -225,7 +228,7 @@ export class ResultStore {
         if (d.length) direct.set(w.task.model, [...(direct.get(w.task.model) ?? []), ...d]);
         if (held.length) this.held.hold(w.task.jobId, held);
       }
-      for (const [model, vs] of direct) await upsertVectors(getVectorIndex(this.env, model), vs);
+      for (const [model, vs] of direct) await this.writeVectors(model, vs);
       const byJob = new Map<string, string[]>();
       for (const { w, ids } of writes)
         byJob.set(w.task.jobId, [...(byJob.get(w.task.jobId) ?? []), ...ids]);
@@ -248,6 +251,12 @@ export class ResultStore {
     for (const { w, ids, stored } of writes) await this.written(w, ids, stored);
     for (const jobId of new Set(group.map((w) => w.task.jobId))) await this.settleJob(jobId);
     return "stored";
+  }
+
+  /** Writes vectors to the model's index, through this shard's index writers where it has them. */
+  private async writeVectors(model: string, vectors: VectorizeVector[]): Promise<void> {
+    if (await writeVectors(this.env, model, vectors, this.route))
+      this.metrics.count("p2pa_index_writer_vectors_total", "", vectors.length);
   }
 
   /** A result's vectors: those written to the index now, and those held for their version. */
@@ -318,9 +327,7 @@ export class ResultStore {
   private async promote(jobId: string, tenant: string, model: string, seqs: number[]) {
     if (seqs.length === 0) return;
     const versions = seqs.map((q) => versionName(jobId, q));
-    const vectors = this.held.of(versions);
-    const index = getVectorIndex(this.env, model);
-    await upsertVectors(index, vectors);
+    await this.writeVectors(model, this.held.of(versions));
     const { superseded } = await this.store.promote(jobId, seqs);
     this.held.release(versions);
     if (superseded > 0) this.prune(tenant);

@@ -14,6 +14,11 @@ const share = (fallback: number) => z.coerce.number().min(0).max(1).default(fall
 const SettingsSchema = z.object({
   /** Dispatcher shards per model. */
   DISPATCH_SHARDS: count(1),
+  /**
+   * Index writers each shard hands its vectors to (vector/index-writer.ts); unset: 4 where the
+   * index's client encodes vectors as text (Vectorize, pgvector), none for the local index.
+   */
+  INDEX_WRITERS: z.coerce.number().int().min(0).max(32).optional(),
   /** How long a worker holds a task before it must renew the lease. */
   LEASE_MS: count(60_000, 1000),
   /** The longest a lease lives however often it is renewed (at least LEASE_MS). */

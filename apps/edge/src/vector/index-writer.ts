@@ -1,0 +1,63 @@
+import { DurableObject } from "cloudflare:workers";
+import { settings } from "../lib/settings.js";
+import { slices } from "../lib/slices.js";
+import { getVectorIndex, upsertVectors } from "./index.js";
+import { type PackedVectors, packVectors, unpackVectors } from "./packed.js";
+
+/**
+ * Writes vectors to a model's index on behalf of a Dispatcher shard. The Vectorize binding
+ * encodes every vector as JSON in the isolate that calls it (its values as decimal text, some
+ * 10 KB and 80 to 150 µs of CPU a 512-dimension vector, pgvector's text form about the same),
+ * more than all the rest of a shard's work for the chunk. A shard hands a group write's vectors
+ * to `INDEX_WRITERS` of these objects at once, in one buffer each, and they pay for the
+ * encoding on their own threads while it goes on with its leases. The shard waits for every
+ * part, so a write is stored whole or fails whole exactly as when it writes the index itself.
+ */
+export class IndexWriter extends DurableObject<Env> {
+  async upsert(model: string, packed: PackedVectors): Promise<number> {
+    await upsertVectors(getVectorIndex(this.env, model), unpackVectors(packed));
+    return packed.ids.length;
+  }
+}
+
+/**
+ * How many index writers a shard hands its vectors to: `INDEX_WRITERS` where set, else 4 for
+ * the indexes whose client encodes vectors as text (Vectorize, pgvector) and none for the local
+ * index, which takes them as they are.
+ */
+function indexWriters(env: Env): number {
+  const set = settings(env).INDEX_WRITERS;
+  if (set !== undefined) return set;
+  return env.VECTOR_BACKEND === "vectorize" || env.VECTOR_BACKEND === "pgvector" ? 4 : 0;
+}
+
+/** Fewest vectors a writer is handed: smaller writes are not worth a hop. */
+const MIN_VECTORS_PER_WRITER = 64;
+
+/**
+ * Upserts `vectors` into `model`'s index: through the index writers of `route` (a shard's
+ * name), split among them and all at once, or directly where there are none. Returns how many
+ * writers took a part (0: written directly).
+ */
+export async function writeVectors(
+  env: Env,
+  model: string,
+  vectors: readonly VectorizeVector[],
+  route: string,
+): Promise<number> {
+  if (vectors.length === 0) return 0;
+  const pool = indexWriters(env);
+  if (pool === 0) {
+    await upsertVectors(getVectorIndex(env, model), vectors);
+    return 0;
+  }
+  const writers = Math.min(pool, Math.ceil(vectors.length / MIN_VECTORS_PER_WRITER));
+  const ns = env.INDEX_WRITER;
+  const parts = slices(vectors, Math.ceil(vectors.length / writers));
+  await Promise.all(
+    parts.map((part, k) =>
+      ns.get(ns.idFromName(`${model}:${route}:${k}`)).upsert(model, packVectors(part)),
+    ),
+  );
+  return parts.length;
+}

@@ -1,0 +1,135 @@
+import { env } from "cloudflare:test";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { getVectorIndex, vectorsOf } from "../src/vector/index.js";
+import { writeVectors } from "../src/vector/index-writer.js";
+import { packVectors, unpackVectors } from "../src/vector/packed.js";
+import { call, type Frame, KEYS, TestWorker } from "./helpers.js";
+
+// A shard hands its vectors to index writers (INDEX_WRITERS): what reaches the index must be
+// what the donors sent, bit for bit, through the group write and through a replacing
+// version's held vectors alike.
+
+const vars = env as unknown as Record<string, string>;
+beforeEach(() => {
+  vars.INDEX_WRITERS = "3";
+});
+afterEach(() => {
+  delete vars.INDEX_WRITERS;
+});
+
+/** A unit vector of its own for each chunk id, with values of every magnitude. */
+function vectorOf(chunkId: string): Float32Array {
+  let h = 2166136261;
+  for (const ch of chunkId) h = Math.imul(h ^ ch.charCodeAt(0), 16777619) >>> 0;
+  const v = new Float32Array(512);
+  let norm = 0;
+  for (let i = 0; i < v.length; i++) {
+    h = Math.imul(h ^ (h >>> 15), 2246822519) >>> 0;
+    v[i] = (h / 2 ** 32 - 0.5) * 10 ** -(i % 7);
+    norm += (v[i] as number) ** 2;
+  }
+  for (let i = 0; i < v.length; i++) v[i] = (v[i] as number) / Math.sqrt(norm);
+  return v;
+}
+
+const bits = (v: ArrayLike<number>) => Array.from(new Uint32Array(Float32Array.from(v).buffer));
+
+async function counter(name: string): Promise<number> {
+  const text = await (await call("/v1/metrics", { key: KEYS.admin })).text();
+  return Number(text.match(new RegExp(`^${name} (\\d+)$`, "m"))?.[1] ?? 0);
+}
+
+/** Answers tasks with each chunk's own vector until the job is done; returns the ids answered. */
+async function computeAll(w: TestWorker, jobId: string): Promise<string[]> {
+  const ids: string[] = [];
+  w.ready(4);
+  for (;;) {
+    const j = (await (await call(`/v1/jobs/${jobId}`)).json()) as { status: string };
+    if (j.status === "completed") return ids;
+    const t = (await w.next("task")) as Frame & { items: { chunkId: string }[] };
+    ids.push(...t.items.map((it) => it.chunkId));
+    w.send(w.resultFor(t, (_, i) => vectorOf((t.items[i] as { chunkId: string }).chunkId)));
+    await w.next("ack");
+  }
+}
+
+async function post(body: unknown): Promise<{ id: string }> {
+  const res = await call("/v1/jobs", { method: "POST", json: body });
+  expect(res.status).toBe(202);
+  return (await res.json()) as { id: string };
+}
+
+describe("index writers", () => {
+  it("pack a write's vectors into one buffer and unpack them bit for bit", () => {
+    const vectors = ["a", "b", "c"].map((id, i) => ({
+      id,
+      values: vectorOf(id),
+      ...(i === 1 ? { namespace: "ns" } : {}),
+      ...(i !== 2 ? { metadata: { tenant: "t1", index: i, current: true } } : {}),
+    }));
+    const packed = packVectors(vectors);
+    expect(packed.values.length).toBe(3 * 512);
+    const back = unpackVectors(structuredClone(packed));
+    expect(back.map((v) => ({ ...v, values: bits(v.values) }))).toEqual(
+      vectors.map((v) => ({ ...v, values: bits(v.values) })),
+    );
+    expect(() => packVectors([...vectors, { id: "d", values: new Float32Array(384) }])).toThrow(
+      /384 dimensions/,
+    );
+  });
+
+  it("write directly with none, and split among them with some", async () => {
+    const vectors = Array.from({ length: 200 }, (_, i) => ({
+      id: `writer-direct-${i}`,
+      values: vectorOf(`writer-direct-${i}`),
+    }));
+    vars.INDEX_WRITERS = "0";
+    expect(await writeVectors(env, "use-lite", vectors.slice(0, 100), "test")).toBe(0);
+    vars.INDEX_WRITERS = "3";
+    // 100 vectors are two writers' worth (at least 64 each), 200 take all three.
+    expect(await writeVectors(env, "use-lite", vectors.slice(0, 100), "test")).toBe(2);
+    expect(await writeVectors(env, "use-lite", vectors, "test")).toBe(3);
+    const stored = await vectorsOf(
+      getVectorIndex(env, "use-lite"),
+      vectors.map((v) => v.id),
+    );
+    for (const v of vectors) expect(bits(stored.get(v.id) ?? [])).toEqual(bits(v.values));
+  });
+
+  it("store what donors sent, bit for bit, for a new document and for the version replacing it", async () => {
+    const collection = `writers-${crypto.randomUUID().slice(0, 8)}`;
+    const w = await TestWorker.connect();
+    try {
+      const handed = await counter("p2pa_index_writer_vectors_total");
+      /** The same 150 document names, each with a text of this version's. */
+      const version = (label: string) =>
+        post({
+          collection,
+          verification: "off",
+          documents: Array.from({ length: 150 }, (_, i) => ({
+            id: `doc-${i}`,
+            text: `${label} version of note ${i} in ${collection}.`,
+          })),
+        });
+      const first = await version("First");
+      const v1 = await computeAll(w, first.id);
+      expect(v1.length).toBe(150);
+      // Replacing versions: their vectors are held until complete, then written together.
+      const second = await version("Second");
+      const v2 = await computeAll(w, second.id);
+      expect(v2.length).toBe(150);
+      const index = getVectorIndex(env, "use-lite");
+      const stored = await vectorsOf(index, [...v1, ...v2]);
+      for (const id of v2) expect(bits(stored.get(id) ?? [])).toEqual(bits(vectorOf(id)));
+      // Every vector went through the writers (the first version's may be pruned already).
+      expect((await counter("p2pa_index_writer_vectors_total")) - handed).toBe(300);
+      const [match] = (
+        await index.query(vectorOf(v2[7] as string), { topK: 1, returnMetadata: "all" })
+      ).matches;
+      expect(match?.id).toBe(v2[7]);
+      expect(match?.metadata).toMatchObject({ collection, jobId: second.id });
+    } finally {
+      w.ws.close();
+    }
+  });
+});
