@@ -96,6 +96,24 @@ describe("index writers", () => {
     for (const v of vectors) expect(bits(stored.get(v.id) ?? [])).toEqual(bits(v.values));
   });
 
+  it("hand a large write over in messages of at most 2,048 vectors, each writer taking its in turn", async () => {
+    const vectors = Array.from({ length: 4500 }, (_, i) => ({
+      id: `writer-large-${i}`,
+      values: vectorOf(`writer-large-${i}`),
+      metadata: { part: Math.floor(i / 2048) },
+    }));
+    vars.INDEX_WRITERS = "2";
+    // Three messages (2,048, 2,048 and 404 vectors), not two of 2,250: the first writer
+    // takes two of them in turn.
+    expect(await writeVectors(env, "use-lite", vectors, "test")).toBe(3);
+    const stored = await vectorsOf(
+      getVectorIndex(env, "use-lite"),
+      vectors.map((v) => v.id),
+    );
+    expect(stored.size).toBe(4500);
+    for (const v of vectors) expect(bits(stored.get(v.id) ?? [])).toEqual(bits(v.values));
+  });
+
   it("store what donors sent, bit for bit, for a new document and for the version replacing it", async () => {
     const collection = `writers-${crypto.randomUUID().slice(0, 8)}`;
     const w = await TestWorker.connect();

@@ -33,11 +33,13 @@ function indexWriters(env: Env): number {
 
 /** Fewest vectors a writer is handed: smaller writes are not worth a hop. */
 const MIN_VECTORS_PER_WRITER = 64;
+/** Most vectors one hand-over carries (4 MB of 512-dimension values; RPC messages are capped). */
+const MAX_VECTORS_PER_MESSAGE = 2048;
 
 /**
  * Upserts `vectors` into `model`'s index: through the index writers of `route` (a shard's
- * name), split among them and all at once, or directly where there are none. Returns how many
- * writers took a part (0: written directly).
+ * name), split among them and all at once (each taking its parts in turn), or directly where
+ * there are none. Returns how many hand-overs it took (0: written directly).
  */
 export async function writeVectors(
   env: Env,
@@ -52,12 +54,17 @@ export async function writeVectors(
     return 0;
   }
   const writers = Math.min(pool, Math.ceil(vectors.length / MIN_VECTORS_PER_WRITER));
+  const parts = slices(
+    vectors,
+    Math.min(MAX_VECTORS_PER_MESSAGE, Math.ceil(vectors.length / writers)),
+  );
   const ns = env.INDEX_WRITER;
-  const parts = slices(vectors, Math.ceil(vectors.length / writers));
   await Promise.all(
-    parts.map((part, k) =>
-      ns.get(ns.idFromName(`${model}:${route}:${k}`)).upsert(model, packVectors(part)),
-    ),
+    Array.from({ length: writers }, async (_, k) => {
+      const writer = ns.get(ns.idFromName(`${model}:${route}:${k}`));
+      for (let i = k; i < parts.length; i += writers)
+        await writer.upsert(model, packVectors(parts[i] as VectorizeVector[]));
+    }),
   );
   return parts.length;
 }
