@@ -1,7 +1,7 @@
 import { env } from "cloudflare:test";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { getVectorIndex, vectorsOf } from "../src/vector/index.js";
-import { writeVectors } from "../src/vector/index-writer.js";
+import { IndexWriter, writeVectors } from "../src/vector/index-writer.js";
 import { packVectors, unpackVectors } from "../src/vector/packed.js";
 import { call, type Frame, KEYS, TestWorker } from "./helpers.js";
 
@@ -147,6 +147,54 @@ describe("index writers", () => {
       expect(match?.id).toBe(v2[7]);
       expect(match?.metadata).toMatchObject({ collection, jobId: second.id });
     } finally {
+      w.ws.close();
+    }
+  });
+
+  it("put a group write's tasks back when a writer fails, and store each chunk once after", async () => {
+    const collection = `writer-down-${crypto.randomUUID().slice(0, 8)}`;
+    const w = await TestWorker.connect();
+    const down = vi
+      .spyOn(IndexWriter.prototype, "upsert")
+      .mockRejectedValueOnce(new Error("index unavailable"));
+    try {
+      const j = await post({
+        collection,
+        verification: "off",
+        documents: Array.from({ length: 100 }, (_, i) => ({
+          text: `Note ${i} written while an index writer was down (${collection}).`,
+        })),
+      });
+      w.ready(1);
+      const statuses: string[] = [];
+      const answered: string[] = [];
+      for (;;) {
+        const job = (await (await call(`/v1/jobs/${j.id}`)).json()) as {
+          status: string;
+          chunks: { total: number; done: number; failed: number };
+        };
+        if (job.status === "completed") {
+          expect(job.chunks).toMatchObject({ total: 100, done: 100, failed: 0 });
+          break;
+        }
+        const t = (await w.next("task")) as Frame & { items: { chunkId: string }[] };
+        answered.push(...t.items.map((it) => it.chunkId));
+        w.send(w.resultFor(t, (_, i) => vectorOf((t.items[i] as { chunkId: string }).chunkId)));
+        statuses.push(String((await w.next("ack")).status));
+      }
+      // The first write failed whole and its task came back; every chunk is stored once.
+      expect(statuses[0]).toBe("rejected");
+      expect(statuses.slice(1).every((s) => s === "stored")).toBe(true);
+      const ids = [...new Set(answered)];
+      expect(ids.length).toBe(100);
+      const stored = await vectorsOf(getVectorIndex(env, "use-lite"), ids);
+      for (const id of ids) expect(bits(stored.get(id) ?? [])).toEqual(bits(vectorOf(id)));
+      const chunks = (await (await call(`/v1/jobs/${j.id}/chunks?limit=500`)).json()) as {
+        data: { id: string; status: string }[];
+      };
+      expect(chunks.data.filter((c) => c.status === "done").length).toBe(100);
+    } finally {
+      down.mockRestore();
       w.ws.close();
     }
   });
