@@ -3,7 +3,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { getVectorIndex, vectorsOf } from "../src/vector/index.js";
 import { IndexWriter, writeVectors } from "../src/vector/index-writer.js";
 import { packVectors, unpackVectors } from "../src/vector/packed.js";
-import { call, type Frame, KEYS, TestWorker } from "./helpers.js";
+import { call, type Frame, KEYS, TestWorker, workerToken } from "./helpers.js";
 
 // A shard hands its vectors to index writers (INDEX_WRITERS): what reaches the index must be
 // what the donors sent, bit for bit, through the group write and through a replacing
@@ -196,6 +196,56 @@ describe("index writers", () => {
     } finally {
       down.mockRestore();
       w.ws.close();
+    }
+  });
+
+  it("write a submit's cached vectors through the writers of the job's shard, bit for bit", async () => {
+    const tag = crypto.randomUUID().slice(0, 8);
+    const texts = Array.from({ length: 70 }, (_, i) => `Cached note ${i} (${tag}).`);
+    const a = await TestWorker.connect({}, await workerToken(`writer_a_${tag}`));
+    const b = await TestWorker.connect({}, await workerToken(`writer_b_${tag}`));
+    try {
+      // Vectors enter the cache once a second donor has confirmed them.
+      const first = await post({
+        verification: "always",
+        cache: true,
+        documents: texts.map((text) => ({ text })),
+      });
+      a.ready(1);
+      b.ready(1);
+      for (;;) {
+        const j = (await (await call(`/v1/jobs/${first.id}`)).json()) as { status: string };
+        if (j.status === "completed") break;
+        for (const w of [a, b]) {
+          const t = (await w.next("task", 300).catch(() => null)) as
+            | (Frame & { items: { chunkId: string; text: string }[] })
+            | null;
+          if (!t) continue;
+          w.send(w.resultFor(t, (_, i) => vectorOf(t.items[i]?.text ?? "")));
+          await w.next("ack");
+        }
+      }
+      const handed = vi.spyOn(IndexWriter.prototype, "upsert");
+      const again = (await post({ cache: true, documents: texts.map((text) => ({ text })) })) as {
+        id: string;
+        chunks?: { cached: number };
+      };
+      const parts = handed.mock.calls.map(([, packed]) => packed.ids);
+      handed.mockRestore();
+      expect(again.chunks?.cached).toBe(70);
+      // Two writers' worth (at least 64 vectors each): every vector handed over once.
+      expect(parts.length).toBe(2);
+      const ids = parts.flat();
+      expect(new Set(ids).size).toBe(70);
+      const stored = await vectorsOf(getVectorIndex(env, "use-lite"), ids);
+      const chunks = (await (await call(`/v1/jobs/${again.id}/chunks?limit=500`)).json()) as {
+        data: { id: string; text: string }[];
+      };
+      for (const c of chunks.data)
+        expect(bits(stored.get(c.id) ?? [])).toEqual(bits(vectorOf(c.text)));
+    } finally {
+      a.ws.close();
+      b.ws.close();
     }
   });
 });

@@ -39,7 +39,7 @@ import { maskPersonalData } from "../privacy/mask.js";
 import { indexHasher } from "../search/terms.js";
 import { assertChunkQuota } from "../tenant/limits.js";
 import { filterableKeys } from "../vector/config.js";
-import { getVectorIndex, upsertVectors } from "../vector/index.js";
+import { writeVectors } from "../vector/index-writer.js";
 import type { Section } from "./extract/index.js";
 import { detectLanguages, normaliseText } from "./extract/index.js";
 import {
@@ -509,10 +509,18 @@ async function macHex(key: CryptoKey, text: string): Promise<string> {
   return hex(new Uint8Array(mac, 0, 16));
 }
 
-/** Writes the vectors the cache already had, before the rows that say they are done. */
-async function writeKnown(env: Env, model: string, batch: PreparedBatch): Promise<void> {
-  const index = getVectorIndex(env, model);
-  await upsertVectors(index, batch.known);
+/**
+ * Writes the vectors the cache already had, before the rows that say they are done: through
+ * the index writers of the job's shard where there are some (the index's client encodes each
+ * vector as text, which they do on their own threads, in parallel).
+ */
+async function writeKnown(
+  env: Env,
+  model: string,
+  jobId: string,
+  batch: PreparedBatch,
+): Promise<void> {
+  await writeVectors(env, model, batch.known, dispatcherFor(env, model, jobId).id.toString());
 }
 
 /** Refuses work the coordinator cannot hold rather than queue it without bound. */
@@ -750,7 +758,7 @@ export class Ingestion {
     );
     this.reject(batch.rejections);
     if (!this.created && batch.documents.length + batch.unchanged === 0) return batch;
-    await writeKnown(env, settings.model, batch);
+    await writeKnown(env, settings.model, jobId, batch);
     if (!this.created) {
       const header = this.header as JobHeader;
       const made = await store.createJob({
