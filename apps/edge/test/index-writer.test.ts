@@ -89,6 +89,9 @@ describe("index writers", () => {
     // 100 vectors are two writers' worth (at least 64 each), 200 take all three.
     expect(await writeVectors(env, "use-lite", vectors.slice(0, 100), "test")).toBe(2);
     expect(await writeVectors(env, "use-lite", vectors, "test")).toBe(3);
+    // A configuration without the writers' binding (from before them) writes directly.
+    const { INDEX_WRITER: _, ...older } = env;
+    expect(await writeVectors(older as Env, "use-lite", vectors, "test")).toBe(0);
     const stored = await vectorsOf(
       getVectorIndex(env, "use-lite"),
       vectors.map((v) => v.id),

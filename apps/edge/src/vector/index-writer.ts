@@ -49,7 +49,9 @@ export async function writeVectors(
 ): Promise<number> {
   if (vectors.length === 0) return 0;
   const pool = indexWriters(env);
-  if (pool === 0) {
+  // A deployment whose configuration predates the writers has no binding for them.
+  const ns = (env as Partial<Env>).INDEX_WRITER;
+  if (pool === 0 || !ns) {
     await upsertVectors(getVectorIndex(env, model), vectors);
     return 0;
   }
@@ -58,7 +60,6 @@ export async function writeVectors(
     vectors,
     Math.min(MAX_VECTORS_PER_MESSAGE, Math.ceil(vectors.length / writers)),
   );
-  const ns = env.INDEX_WRITER;
   await Promise.all(
     Array.from({ length: writers }, async (_, k) => {
       const writer = ns.get(ns.idFromName(`${model}:${route}:${k}`));
