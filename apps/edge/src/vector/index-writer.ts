@@ -5,13 +5,15 @@ import { getVectorIndex, upsertVectors } from "./index.js";
 import { type PackedVectors, packVectors, unpackVectors } from "./packed.js";
 
 /**
- * Writes vectors to a model's index on behalf of a Dispatcher shard. The Vectorize binding
- * encodes every vector as JSON in the isolate that calls it (its values as decimal text, some
- * 10 KB and 80 to 150 µs of CPU a 512-dimension vector, pgvector's text form about the same),
- * more than all the rest of a shard's work for the chunk. A shard hands a group write's vectors
- * to `INDEX_WRITERS` of these objects at once, in one buffer each, and they pay for the
- * encoding on their own threads while it goes on with its leases. The shard waits for every
- * part, so a write is stored whole or fails whole exactly as when it writes the index itself.
+ * Writes vectors to a model's index on behalf of a Dispatcher shard. The Vectorize binding's
+ * client encodes every vector as text in the isolate that calls it (its values as decimals,
+ * some 10 KB and 67 µs of CPU a 512-dimension vector measured in workerd, `npm run bench --
+ * --only index-client`; pgvector's text form costs about the same), more than all the rest of
+ * a shard's work for the chunk. A shard hands a group write's vectors to `INDEX_WRITERS` of
+ * these objects at once, packed in one buffer each, and they pay for the encoding on their own
+ * threads while it goes on with its leases. The shard waits for every part, so a write is
+ * stored whole or fails whole exactly as when it writes the index itself. A submit hands the
+ * vectors it takes from the embedding cache to its job's shard's writers the same way.
  */
 export class IndexWriter extends DurableObject<Env> {
   async upsert(model: string, packed: PackedVectors): Promise<number> {
@@ -33,6 +35,7 @@ function indexWriters(env: Env): number {
 
 /** Fewest vectors a writer is handed: smaller writes are not worth a hop. */
 const MIN_VECTORS_PER_WRITER = 64;
+
 /** Most vectors one hand-over carries (4 MB of 512-dimension values; RPC messages are capped). */
 const MAX_VECTORS_PER_MESSAGE = 2048;
 
