@@ -12,6 +12,10 @@
  * with donors that answer at once, documents/s submitted, and bytes on the wire per chunk; and
  * submission as the store fills (`--growth-batches` jobs one after another on one edge).
  *
+ * Then the embedding cache on the coordinator's path (scripts/lib/cache-bench.ts): a job whose
+ * every result two donors confirm, so every vector is cached as it is stored, and the same
+ * texts again, every chunk a cache hit (`--baseline-dir`: against a baseline checkout's edge).
+ *
  * Then the cost of verification: the same corpus through the edge and two workers of two
  * different tokens, once with verification off and twice with the default policy (auto) on
  * one system: a first job while both donors are new (every result confirmed by the other),
@@ -38,6 +42,7 @@ import {
   defaultSessions,
   loadModelPool,
 } from "../apps/worker-node/src/model/index.js";
+import { cacheBench, describeCacheRun } from "./lib/cache-bench.js";
 import { backendsBench, capacityBench, growthBench, scalingBench } from "./lib/capacity-bench.js";
 import { BENCH_CHUNKING, useLiteChunker } from "./lib/chunking.js";
 import { generatedPassages } from "./lib/corpus.js";
@@ -69,6 +74,7 @@ const ALL_SECTIONS = [
   "growth",
   "backends",
   "scaling",
+  "cache",
   "verification",
   "encryption",
   "search",
@@ -537,6 +543,13 @@ const scaling = sections.has("scaling")
       ...fleet,
     })
   : null;
+const cache = sections.has("cache")
+  ? await cacheBench({
+      documents: Number(values["capacity-documents"]),
+      ...fleet,
+      ...(values["baseline-dir"] ? { baselineDir: values["baseline-dir"] } : {}),
+    })
+  : null;
 const verification: Record<string, { chunksPerSecond: number[]; resultsPerTask: number[] }> = {};
 for (let r = 0; r < (sections.has("verification") ? Number(values["verify-runs"]) : 0); r++) {
   for (const [label, v] of Object.entries(await verificationCost())) {
@@ -572,6 +585,7 @@ const result = {
   growth,
   backends,
   scaling,
+  cache,
   verification,
   encryption,
   search: searchReport,
@@ -588,6 +602,18 @@ if (capacity) {
     console.log(
       `  baseline edge (${b.dir}): dispatch ${b.figures.median.chunksPerSecond.toFixed(0)} chunks/s, submit ${b.figures.median.documentsPerSecond.toFixed(0)} documents/s, ${b.figures.median.bytesPerChunkFromDonor.toFixed(0)} B/chunk from donors; with donors waiting first task after ${b.figures.median.waiting.firstTaskMs} ms, 202 after ${b.figures.median.waiting.acceptedMs} ms; this/baseline: dispatch ${b.ratio.chunksPerSecond.toFixed(2)}x, submit ${b.ratio.documentsPerSecond.toFixed(2)}x; edge CPU baseline/this: dispatch ${b.ratio.dispatchCpu.toFixed(2)}x, submit ${b.ratio.submitCpu.toFixed(2)}x`,
     );
+}
+if (cache) {
+  console.log(
+    `embedding cache (one shard, ${cache.donors} instant donors of two credentials, ${cache.documents} documents, median of ${cache.runs.length}): ${describeCacheRun(cache.median)}`,
+  );
+  const b = cache.baseline;
+  if (b) {
+    const m = cache.median;
+    console.log(
+      `  baseline edge (${b.dir}): ${describeCacheRun(b.median)}; this/baseline: confirmed ${(m.confirmed.chunksPerSecond / b.median.confirmed.chunksPerSecond).toFixed(2)}x, cached ${(m.cached.documentsPerSecond / b.median.cached.documentsPerSecond).toFixed(2)}x; edge CPU baseline/this: confirmed ${(b.median.confirmed.cpuPerChunk / m.confirmed.cpuPerChunk).toFixed(2)}x, cached ${(b.median.cached.cpuPerDocument / m.cached.cpuPerDocument).toFixed(2)}x`,
+    );
+  }
 }
 if (growth) {
   const g = growth;

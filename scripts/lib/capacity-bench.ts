@@ -102,7 +102,7 @@ const WORDS =
   );
 
 /** `n` distinct one-sentence documents (no two share a text, so nothing is served from cache). */
-function sentences(n: number, seed: number): string[] {
+export function sentences(n: number, seed: number): string[] {
   const r = rng(seed);
   const pick = () => WORDS[Math.floor(r() * WORDS.length)] as string;
   return Array.from(
@@ -112,7 +112,8 @@ function sentences(n: number, seed: number): string[] {
   );
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
+export const median = (xs: number[]) =>
+  [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
 /** The runs and the median of each figure over them. */
 function figures(rs: CapacityRun[]): CapacityFigures {
@@ -144,10 +145,10 @@ function figures(rs: CapacityRun[]): CapacityFigures {
 }
 
 /** What a checkout's harness offers: this one's, or a baseline checkout's (`--baseline-dir`). */
-type Harness = Pick<typeof here, "prepareLocalDatabase" | "startEdge" | "DEV_CREDENTIALS">;
+export type Harness = Pick<typeof here, "prepareLocalDatabase" | "startEdge" | "DEV_CREDENTIALS">;
 
 /** A baseline checkout's harness (built, with node_modules), to run its edge in the same run. */
-const baselineHarness = async (dir: string) =>
+export const baselineHarness = async (dir: string) =>
   (await import(path.resolve(dir, "scripts/lib/local-edge.ts"))) as Harness;
 
 async function oneRun(

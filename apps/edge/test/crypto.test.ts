@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { hex, sha256Hex } from "../src/lib/crypto.js";
+import { bytesOfHex, hex, sha256Hex } from "../src/lib/crypto.js";
 
 describe("hex and sha256Hex", () => {
   it("spell bytes as the standard's lower-case digits", async () => {
@@ -16,5 +16,16 @@ describe("hex and sha256Hex", () => {
     expect(hex(all)).toBe(Array.from(all, (b) => b.toString(16).padStart(2, "0")).join(""));
     expect(hex(new Uint8Array([0, 255, 16]))).toBe("00ff10");
     expect(hex(new Uint8Array(0))).toBe("");
+  });
+
+  it("reads hex back as the bytes it spelled, in either case, and refuses anything else", () => {
+    const all = Uint8Array.from({ length: 512 }, (_, i) => i % 256);
+    expect(bytesOfHex(hex(all))).toEqual(all);
+    // SQLite's hex() spells upper case.
+    expect(bytesOfHex("00FF10aB")).toEqual(new Uint8Array([0, 255, 16, 171]));
+    expect(bytesOfHex("")).toEqual(new Uint8Array(0));
+    expect(() => bytesOfHex("abc")).toThrow(/odd length/);
+    expect(() => bytesOfHex("0g")).toThrow(/not a hex digit at 0/);
+    expect(() => bytesOfHex("00é0")).toThrow(/not a hex digit at 2/);
   });
 });

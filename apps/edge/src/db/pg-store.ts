@@ -33,6 +33,8 @@ import {
   toJob,
   toTenantSettings,
   undoneChunks,
+  vectorBytes,
+  vectorOfHex,
   withCounts,
 } from "./rows.js";
 import { SHARED_ORIGINAL } from "./schema.js";
@@ -90,17 +92,6 @@ function jsonGroups(rows: readonly unknown[]): string[] {
   }
   if (group.length > 0) out.push(`[${group.join(",")}]`);
   return out;
-}
-
-function hexToFloat32(hex: string): Float32Array {
-  const bytes = new Uint8Array(hex.length / 2);
-  for (let i = 0; i < bytes.length; i++)
-    bytes[i] = Number.parseInt(hex.slice(i * 2, i * 2 + 2), 16);
-  return new Float32Array(bytes.buffer);
-}
-
-function float32ToHex(v: Float32Array): string {
-  return hex(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
 }
 
 /** The terms of an FTS5 expression that is an OR of quoted terms (search/terms.ts). */
@@ -995,14 +986,14 @@ export class PgStore extends StoreBase implements MetadataStore {
       sql`SELECT key, encode(vector, 'hex') AS vector FROM embedding_cache
         WHERE tenant = ${tenant} AND model = ${model} AND key = ANY(${texts([...new Set(keys)])})`,
     );
-    for (const r of rows) out.set(r.key, hexToFloat32(r.vector));
+    for (const r of rows) out.set(r.key, vectorOfHex(r.vector));
     return out;
   }
 
   async cachePut(tenant: string, model: string, jobId: string, entries: CacheEntry[]) {
     // One row per key, the last given winning (as row-by-row upserts on D1 leave it).
     const byKey = new Map(entries.map((e) => [e.key, e.vector]));
-    const groups = jsonGroups([...byKey].map(([key, v]) => ({ key, vector: float32ToHex(v) })));
+    const groups = jsonGroups([...byKey].map(([key, v]) => ({ key, vector: hex(vectorBytes(v)) })));
     if (groups.length === 0) return;
     const now = new Date().toISOString();
     await this.pg.transaction(async (tx) => {

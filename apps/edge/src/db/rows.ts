@@ -8,6 +8,7 @@ import {
   type Scope,
 } from "@p2pa/shared";
 import { type Column, eq, gt, type SQL, sql } from "drizzle-orm";
+import { bytesOfHex } from "../lib/crypto.js";
 import { AppError } from "../lib/errors.js";
 import type * as schema from "./schema.js";
 import type {
@@ -34,6 +35,16 @@ import type {
 
 /** A job's row as either backend reads it. */
 type JobRow = typeof schema.jobs.$inferSelect;
+
+/** A float32 vector's bytes as they are stored (a view: no copy). */
+export function vectorBytes(v: Float32Array): Uint8Array {
+  return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+}
+
+/** A stored vector read back as hex (D1's `hex()`, Postgres's `encode(…, 'hex')`). */
+export function vectorOfHex(text: string): Float32Array {
+  return new Float32Array(bytesOfHex(text).buffer);
+}
 
 /** A job's row as the API shows it. */
 export function toJob(r: JobRow): Job {

@@ -33,6 +33,26 @@ export function hex(bytes: Uint8Array): string {
   return ASCII.decode(spelled.subarray(0, n));
 }
 
+/** The value of each ASCII code as a hex digit (either case), 255 where it is none. */
+const DIGIT_VALUES = new Uint8Array(128).fill(255);
+for (let d = 0; d < 16; d++) {
+  DIGIT_VALUES["0123456789abcdef".charCodeAt(d)] = d;
+  DIGIT_VALUES["0123456789ABCDEF".charCodeAt(d)] = d;
+}
+
+/** The bytes that `hex` (or SQLite's `hex()`, upper case) spelled; throws on anything else. */
+export function bytesOfHex(text: string): Uint8Array {
+  if (text.length % 2 !== 0) throw new Error("hex text has an odd length");
+  const out = new Uint8Array(text.length / 2);
+  for (let i = 0; i < out.length; i++) {
+    const hi = DIGIT_VALUES[text.charCodeAt(2 * i)] ?? 255;
+    const lo = DIGIT_VALUES[text.charCodeAt(2 * i + 1)] ?? 255;
+    if (hi > 15 || lo > 15) throw new Error(`not a hex digit at ${2 * i}`);
+    out[i] = (hi << 4) | lo;
+  }
+  return out;
+}
+
 const ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz";
 
 /** A prefixed random id (`job_…`): 5 bits of entropy per character (80 by default), Crockford base32. */
