@@ -734,6 +734,27 @@ describe.each(BACKENDS)("the metadata store on $name", (b: Backend) => {
     expect(await store.getOriginal(t, second.key)).toBeNull();
   });
 
+  it("reads thousands of cached vectors back, each its own, over several reads", async () => {
+    const store = open();
+    const t = unique("t");
+    const id = unique("job_c");
+    const n = 2500;
+    const vector = (i: number) => new Float32Array([i, -i / 3, i * 1e-40, 0.5]);
+    await store.cachePut(
+      t,
+      "use-lite",
+      id,
+      Array.from({ length: n }, (_, i) => ({ key: `ck${i}`, vector: vector(i) })),
+    );
+    const keys = Array.from({ length: n + 10 }, (_, i) => `ck${i}`);
+    const got = await store.cachedVectors(t, "use-lite", keys);
+    expect(got.size).toBe(n);
+    for (let i = 0; i < n; i++)
+      expect(new Uint8Array(got.get(`ck${i}`)?.buffer ?? new ArrayBuffer(0))).toEqual(
+        new Uint8Array(vector(i).buffer),
+      );
+  });
+
   it("registers workers", async () => {
     const store = open();
     const w = unique("w");

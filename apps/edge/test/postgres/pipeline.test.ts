@@ -1,7 +1,6 @@
 import { env } from "cloudflare:test";
 import { PROTOCOL_VERSION } from "@p2pa/shared";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { openStore } from "../../src/db/open.js";
 import { sha256Hex } from "../../src/lib/crypto.js";
 import { PGLITE } from "../backends.js";
 import { answerChunks, call, job, KEYS, submit, TestWorker } from "../helpers.js";
@@ -59,22 +58,6 @@ describe("the pipeline with metadata on Postgres", () => {
     } finally {
       vars.DATABASE_URL = url;
     }
-  });
-
-  it("keeps embedding cache vectors bit for bit", async () => {
-    const store = openStore(env);
-    // Extremes, a subnormal and a negative zero; the same key twice in one write: the last wins.
-    const v = new Float32Array([0.1, -2.5e-8, 3.4028234663852886e38, 1e-45, -0, 0]);
-    await store.cachePut("t1", "use-lite", "job_pgcache", [
-      { key: "pk1", vector: new Float32Array([1, 2]) },
-      { key: "pk1", vector: v },
-      { key: "pk2", vector: new Float32Array([5]) },
-    ]);
-    const got = await store.cachedVectors("t1", "use-lite", ["pk1", "pk2", "pk3"]);
-    const bytes = (f: Float32Array | undefined) => new Uint8Array(f?.buffer ?? new ArrayBuffer(0));
-    expect(bytes(got.get("pk1"))).toEqual(bytes(v));
-    expect(Array.from(got.get("pk2") ?? [])).toEqual([5]);
-    expect(got.has("pk3")).toBe(false);
   });
 
   it("runs jobs end to end: submit, compute, count, search, delete, with nothing in D1", async () => {
