@@ -366,7 +366,26 @@ export async function capacityBench(opts: {
     console.log(
       `capacity run ${r + 1}, ${what}: with donors waiting, a job of ${WAITING_DOCUMENTS}: first task after ${run.waiting.firstTaskMs} ms, 202 after ${run.waiting.acceptedMs} ms; submit ${run.documentsPerSecond.toFixed(0)} documents/s (${run.submitCpuPerDocument.toFixed(0)} µs CPU each), dispatch ${run.chunksPerSecond.toFixed(0)} chunks/s (${run.dispatchCpuPerChunk.toFixed(0)} µs CPU each), ${run.bytesPerChunkToDonor.toFixed(0)} B/chunk to donors, ${run.bytesPerChunkFromDonor.toFixed(0)} B/chunk from donors, ${run.chunksPerTask.toFixed(0)} chunks a task; the edge's first such job: submit ${run.firstJob.documentsPerSecond.toFixed(0)} documents/s (${run.firstJob.submitCpuPerDocument.toFixed(0)} µs), dispatch ${run.firstJob.chunksPerSecond.toFixed(0)} chunks/s (${run.firstJob.dispatchCpuPerChunk.toFixed(0)} µs)`,
     );
+  const baselineRun = async (r: number) => {
+    if (!baseline) return;
+    // The baseline's donors offer binary frames, as the measured ones: an edge from before
+    // them takes JSON instead.
+    const run = await oneRun(
+      baseline,
+      opts.documents,
+      opts.donors,
+      opts.capacity,
+      7000 + r,
+      null,
+      "binary",
+    );
+    log(r, "baseline edge", run);
+    baselineRuns.push(run);
+  };
   for (let r = 0; r < opts.runs; r++) {
+    // By turns: the baseline first in every other run, so that neither edge always runs on a
+    // machine the other has just warmed (or left busy).
+    if (r % 2 === 1) await baselineRun(r);
     for (const frames of ["binary", "json"] as const) {
       const run = await oneRun(
         here,
@@ -380,21 +399,7 @@ export async function capacityBench(opts: {
       log(r, `${frames} results`, run);
       runs[frames].push(run);
     }
-    if (baseline) {
-      // The baseline's donors offer binary frames, as the measured ones: an edge from before
-      // them takes JSON instead.
-      const run = await oneRun(
-        baseline,
-        opts.documents,
-        opts.donors,
-        opts.capacity,
-        7000 + r,
-        null,
-        "binary",
-      );
-      log(r, "baseline edge", run);
-      baselineRuns.push(run);
-    }
+    if (r % 2 === 0) await baselineRun(r);
   }
   const mine = figures(runs.binary);
   const base = baselineRuns.length ? figures(baselineRuns) : null;
