@@ -74,7 +74,7 @@ resultRoutes.openapi(exportResults, async (c) => {
     "Cache-Control": "no-store",
     "Content-Disposition": `attachment; filename="${id}.ndjson"`,
   };
-  if (/\bgzip\b/i.test(c.req.header("Accept-Encoding") ?? "")) {
+  if (/\bgzip\b/i.test(clientAcceptEncoding(c.req.raw))) {
     headers["Content-Encoding"] = "gzip";
     return new Response(body.pipeThrough(new CompressionStream("gzip")), {
       status: 200,
@@ -86,3 +86,15 @@ resultRoutes.openapi(exportResults, async (c) => {
   // A streamed body has no typed schema; the route's docs describe the lines.
   return new Response(body, { status: 200, headers }) as never;
 });
+
+/**
+ * The Accept-Encoding the client sent. Cloudflare (and the local runtime, which copies it) gives
+ * a Worker `br, gzip` in that header whatever the client sent, and keeps the client's own in
+ * `cf.clientAcceptEncoding`. It encodes a response again for the client only for the content
+ * types it compresses itself, and NDJSON is not one: gzipped on the header's word, the export
+ * reached a client that never asked for gzip (curl without `--compressed`) as gzip.
+ */
+function clientAcceptEncoding(req: Request): string {
+  const cf = (req as { cf?: { clientAcceptEncoding?: string } }).cf;
+  return cf?.clientAcceptEncoding ?? req.headers.get("Accept-Encoding") ?? "";
+}
