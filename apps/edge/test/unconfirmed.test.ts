@@ -1,6 +1,7 @@
 import { env, runInDurableObject } from "cloudflare:test";
 import { describe, expect, it, vi } from "vitest";
 import { keyringFor, openStore } from "../src/db/open.js";
+import { D1Store } from "../src/db/store.js";
 import { Dispatcher } from "../src/dispatch/dispatcher.js";
 import { sealTask } from "../src/dispatch/sealed-items.js";
 import { dispatcherFor } from "../src/dispatch/shards.js";
@@ -320,6 +321,80 @@ describe("a submit with a worker connected", () => {
     expect(await job(id)).toMatchObject({
       status: "completed",
       chunks: { total: 40, done: 40, failed: 0 },
+    });
+    w.ws.close();
+  });
+
+  it("completes a job whose write committed though D1's answer was lost: the shard asks D1, and keeps it", async () => {
+    const nonce = crypto.randomUUID().slice(0, 8);
+    const collection = `lost-answer-${nonce}`;
+    const documents = Array.from({ length: 30 }, (_, i) => ({
+      text: `Line ${i} of a request whose write was answered by an error (${nonce}).`,
+    }));
+    const createJob = D1Store.prototype.createJob;
+    const lost = vi.spyOn(D1Store.prototype, "createJob").mockImplementationOnce(async function (
+      this: D1Store,
+      input,
+    ) {
+      await createJob.call(this, input);
+      throw new Error("D1_ERROR: Network connection lost.");
+    });
+    const res = await call("/v1/jobs", { method: "POST", json: { collection, documents } });
+    lost.mockRestore();
+    expect(res.status).toBe(500);
+    const id = (await env.DB.prepare("SELECT id FROM jobs WHERE collection = ?")
+      .bind(collection)
+      .first("id")) as string;
+    expect(id).toMatch(/^job_/);
+    // Its tasks stay on the shard until the shard has asked D1 (not withdrawn on the error).
+    expect(await taskRows(id)).toBeGreaterThan(0);
+    await waitRunsOut(id);
+    const w = await TestWorker.connect();
+    w.ready(2);
+    const tasks = await answerChunks(w, 30);
+    expect(tasks.flatMap((t) => t.items as unknown[])).toHaveLength(30);
+    expect(await job(id)).toMatchObject({
+      status: "completed",
+      chunks: { total: 30, done: 30, failed: 0 },
+    });
+    w.ws.close();
+  });
+
+  it("queues an append written whose hand-over failed once the job closes: it completes, every chunk once", async () => {
+    const nonce = crypto.randomUUID().slice(0, 8);
+    const w = await TestWorker.connect();
+    w.ready(2);
+    const opened = await call("/v1/jobs", {
+      method: "POST",
+      json: { open: true, documents: [{ id: "first", text: `The first line (${nonce}).` }] },
+    });
+    expect(opened.status).toBe(202);
+    const { id } = (await opened.json()) as { id: string };
+    await answerChunks(w, 1);
+    const documents = Array.from({ length: 20 }, (_, i) => ({
+      id: `later-${i}`,
+      text: `Line ${i} of an append its coordinator never got (${nonce}).`,
+    }));
+    const away = vi
+      .spyOn(Dispatcher.prototype, "enqueue")
+      .mockRejectedValueOnce(new Error("coordinator unavailable"));
+    const append = await call(`/v1/jobs/${id}/documents`, { method: "POST", json: { documents } });
+    away.mockRestore();
+    expect(append.status).toBe(503);
+    // Written all the same; sent again, the documents are the job's already.
+    expect(await job(id)).toMatchObject({ accepting: true, documents: 21, chunks: { done: 1 } });
+    const again = await call(`/v1/jobs/${id}/documents`, { method: "POST", json: { documents } });
+    expect(again.status).toBe(422);
+    expect(await again.text()).toMatch(/this job already has this document/);
+
+    expect((await call(`/v1/jobs/${id}/close`, { method: "POST" })).status).toBe(200);
+    const tasks = await answerChunks(w, 20);
+    const sent = tasks.flatMap((t) => (t.items as { chunkId: string }[]).map((i) => i.chunkId));
+    expect(new Set(sent).size).toBe(20);
+    expect(await job(id)).toMatchObject({
+      status: "completed",
+      documents: 21,
+      chunks: { total: 21, done: 21, failed: 0 },
     });
     w.ws.close();
   });

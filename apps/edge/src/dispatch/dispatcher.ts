@@ -308,6 +308,8 @@ export class Dispatcher extends DurableObject<Env> {
   async close(jobId: string): Promise<void> {
     this.jobs.setAccepting(jobId, false);
     await this.results.settleJob(jobId);
+    // Settling may have queued chunks whose hand-over had failed.
+    await this.pump();
   }
 
   /** Stops dispatching a job's tasks and ends their leases; `purge` when the job is deleted. */

@@ -70,5 +70,7 @@ export const METRIC_HELP = {
   p2pa_embedding_cache_misses_total: "Chunks submitted that the embedding cache did not hold",
   p2pa_jobs_withdrawn_total:
     "New jobs whose tasks went out while their submit wrote them, withdrawn because it never did",
+  p2pa_chunks_handed_over_late_total:
+    "Chunks written to a job whose hand-over to its shard failed, queued when the job was about to end without them",
 } as const;
 export type MetricName = keyof typeof METRIC_HELP;

@@ -1,4 +1,7 @@
+import type { Job } from "@p2pa/shared";
+import { keyringFor } from "../db/open.js";
 import type { MetadataStore } from "../db/store.js";
+import { pendingChunks, pendingWork } from "../ingest/search-metadata.js";
 import { pruneSuperseded } from "../ingest/versions.js";
 import { versionName } from "../lib/chunk-ids.js";
 import { getVectorIndex } from "../vector/index.js";
@@ -7,6 +10,7 @@ import type { HeldVectors } from "./held-vectors.js";
 import type { JobLog } from "./job-log.js";
 import type { Metrics } from "./metrics.js";
 import type { JobNotifier } from "./notifier.js";
+import { sealTask } from "./sealed-items.js";
 import {
   applyMeta,
   type DocumentMeta,
@@ -14,8 +18,10 @@ import {
   type LeaseRow,
   type QueuedItem,
   type StoredItem,
+  type StoredTask,
   type TaskQueue,
   type TaskRow,
+  tasksOf,
 } from "./task-queue.js";
 import type { Verifier } from "./verify.js";
 
@@ -406,6 +412,36 @@ export class ResultStore {
   }
 
   /**
+   * Chunks the job's rows still wait for though no task of the job is left here: a batch that
+   * was written but whose hand-over to this shard failed (a later batch is written first and
+   * enqueued after; its submit answered 503, and the same documents sent again are this job's
+   * already). They become tasks now, named after the first of them, so a second look finds the
+   * same tasks. True when there were any: the job goes on.
+   */
+  private async handOverMissing(job: Job, tenant: string): Promise<boolean> {
+    const jobId = job.id;
+    if (job.status !== "queued" && job.status !== "running") return false;
+    if (job.chunks.done + job.chunks.failed >= job.chunks.total) return false;
+    const pending = await pendingChunks(this.env, this.store, tenant, job);
+    const first = pending[0]?.chunk.id;
+    if (!first) return false;
+    const work = await pendingWork(this.store, tenant, job, pending);
+    const keyring = keyringFor(this.env);
+    const tasks: StoredTask[] = [];
+    for (const t of tasksOf(`${first}.h`, work))
+      tasks.push({ id: t.id, ...(await sealTask(keyring, tenant, t.items)) });
+    // Cancelled or handed over meanwhile (the queue takes a task id once).
+    if (this.jobs.isEnded(jobId) || this.queue.jobOpen(jobId)) return true;
+    this.queue.enqueue(jobId, tenant, job.model, tasks, {
+      verify: job.verification,
+      pool: job.pool,
+    });
+    console.warn("chunks written but never handed over; queued now", jobId, pending.length);
+    this.metrics.count("p2pa_chunks_handed_over_late_total", "", pending.length);
+    return true;
+  }
+
+  /**
    * Records the job's terminal event once no task of it can change any more and it takes no
    * more documents.
    */
@@ -417,12 +453,11 @@ export class ResultStore {
     }
     if (this.jobs.isEnded(jobId)) return;
     const tenant = this.jobs.jobTenant(jobId);
+    const written = await this.store.getJobById(jobId);
+    if (written && tenant && (await this.handOverMissing(written, tenant))) return;
     // Versions a cut-off write left complete but pending settle now (their vectors are held).
     const seqs = await this.store.settledVersions(jobId);
-    if (seqs.length && tenant) {
-      const job = await this.store.getJobById(jobId);
-      if (job) await this.promote(jobId, tenant, job.model, seqs);
-    }
+    if (seqs.length && tenant && written) await this.promote(jobId, tenant, written.model, seqs);
     if (!this.jobs.markEnded(jobId)) return;
     this.held.dropJob(jobId);
     const job = await this.store.getJobById(jobId);

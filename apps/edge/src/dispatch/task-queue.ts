@@ -1,5 +1,6 @@
-import { TASK_SIZE } from "@p2pa/shared";
+import { MAX_TASK_SIZE, TASK_SIZE } from "@p2pa/shared";
 import { migrateOnce } from "../lib/do-schema.js";
+import { slices } from "../lib/slices.js";
 import { type TaskState, transition } from "./task-state.js";
 
 /** One chunk inside a task, with what the vector index needs to know about it. */
@@ -65,6 +66,14 @@ export type TaskTexts = [block: number, sealed: string][];
 export interface NewTask {
   id: string;
   items: QueuedItem[];
+}
+
+/**
+ * Work in tasks of up to MAX_TASK_SIZE items (cut to each worker's pace when leased), named
+ * `<prefix><n>` from `first` on (deterministic, so retries match).
+ */
+export function tasksOf(prefix: string, work: QueuedItem[], first = 0): NewTask[] {
+  return slices(work, MAX_TASK_SIZE).map((items, n) => ({ id: `${prefix}${first + n}`, items }));
 }
 
 /** A task as the queue takes it: items and their sealed blocks. */

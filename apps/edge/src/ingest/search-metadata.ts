@@ -1,6 +1,7 @@
 import type { Job } from "@p2pa/shared";
 import type { ChunkRow, MetadataStore } from "../db/store.js";
-import type { DocumentMeta } from "../dispatch/task-queue.js";
+import type { DocumentMeta, QueuedItem } from "../dispatch/task-queue.js";
+import { maskPersonalData } from "../privacy/mask.js";
 import { filterableKeys } from "../vector/config.js";
 
 /**
@@ -57,4 +58,32 @@ export function metaByDocument(chunks: readonly PendingChunk[]): DocumentMeta {
   const out: DocumentMeta = {};
   for (const { chunk, meta } of chunks) out[chunk.documentId] = meta;
   return out;
+}
+
+/**
+ * A written job's pending chunks as work for its shard: their text masked as the job asks, and
+ * a version that replaces a current one held until complete, as on the job's first hand-over.
+ */
+export async function pendingWork(
+  store: MetadataStore,
+  tenant: string,
+  job: Pick<Job, "id" | "collection" | "privacy">,
+  pending: readonly PendingChunk[],
+): Promise<QueuedItem[]> {
+  const mask = job.privacy.mask;
+  const work: QueuedItem[] = pending.map(({ chunk: c, meta }) => ({
+    chunkId: c.id,
+    documentId: c.documentId,
+    index: c.index,
+    text: mask.length ? maskPersonalData(c.text, mask).text : c.text,
+    meta,
+  }));
+  const documents = [...new Set(work.map((it) => it.documentId))];
+  const replacing = new Set(
+    (await store.liveVersions(tenant, job.collection, documents))
+      .filter((v) => v.state === "pending" && v.jobId === job.id)
+      .map((v) => v.docKey),
+  );
+  for (const it of work) if (replacing.has(it.documentId)) it.pending = true;
+  return work;
 }

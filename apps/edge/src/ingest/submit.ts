@@ -21,19 +21,19 @@ import type { Credential, LiveVersion, NewChunk, NewDocument } from "../db/store
 import { sealTask } from "../dispatch/sealed-items.js";
 import { dispatcherFor } from "../dispatch/shards.js";
 import { vectorMetadata } from "../dispatch/store-result.js";
-import type {
-  DocumentMeta,
-  ItemCopy,
-  NewTask,
-  QueuedItem,
-  StoredTask,
+import {
+  type DocumentMeta,
+  type ItemCopy,
+  type NewTask,
+  type QueuedItem,
+  type StoredTask,
+  tasksOf,
 } from "../dispatch/task-queue.js";
 import { chunkIdOf } from "../lib/chunk-ids.js";
 import { hex, sha256Hex, utf8 } from "../lib/crypto.js";
 import { AppError, noCapacity } from "../lib/errors.js";
 import { requireModel } from "../lib/models.js";
 import { settings } from "../lib/settings.js";
-import { slices } from "../lib/slices.js";
 import { windowFit } from "../lib/tokens.js";
 import { maskPersonalData } from "../privacy/mask.js";
 import { indexHasher } from "../search/terms.js";
@@ -49,7 +49,7 @@ import {
   originalKey,
   TEXT_MEDIA_TYPE,
 } from "./originals.js";
-import { metaByDocument, pendingChunks, searchMetadata } from "./search-metadata.js";
+import { metaByDocument, pendingChunks, pendingWork, searchMetadata } from "./search-metadata.js";
 
 /**
  * The submit flow every way in shares (a JSON job, an NDJSON stream, file uploads, appends to
@@ -182,14 +182,6 @@ interface PrepareContext {
   check?: (size: { chunks: number; tasks: number }) => Promise<void>;
   /** Sends the batch's tasks once they are made, before it is written (see `Ingestion.add`). */
   send?: (tasks: NewTask[]) => Promise<void>;
-}
-
-/**
- * Work in tasks of up to MAX_TASK_SIZE items (cut to each worker's pace when leased), named
- * `<prefix><n>` from `first` on (deterministic, so retries match).
- */
-function tasksOf(prefix: string, work: QueuedItem[], first = 0): NewTask[] {
-  return slices(work, MAX_TASK_SIZE).map((items, n) => ({ id: `${prefix}${first + n}`, items }));
 }
 
 /** Where each source document stands before it is chunked. */
@@ -698,11 +690,18 @@ export class Ingestion {
     // A new job's tasks go out as soon as they are made, and the job is written meanwhile: the
     // shard leases them at once, and holds what they bring in until the job is confirmed
     // written. A job that is not written is withdrawn from the shard.
-    const early = this.created ? null : { sent: false };
+    const early = this.created ? null : { sent: false, writing: false };
     try {
       return await this.addBatch(docs, accepting, early);
     } catch (err) {
-      if (early?.sent && !this.created)
+      // A write that threw may still have committed (D1 can fail on the way back): the shard
+      // asks D1 at the job's deadline, and keeps the job if it was written.
+      if (early?.writing)
+        console.error(
+          "the job's write failed; its shard asks D1 whether it was written",
+          this.jobId,
+        );
+      else if (early?.sent && !this.created)
         await dispatcherFor(this.env, this.settings.model, this.jobId)
           .withdraw(this.jobId)
           .catch((e: unknown) => {
@@ -716,7 +715,7 @@ export class Ingestion {
   private async addBatch(
     docs: SourceDocument[],
     accepting: boolean,
-    early: { sent: boolean } | null,
+    early: { sent: boolean; writing: boolean } | null,
   ): Promise<PreparedBatch> {
     const { env, jobId, settings } = this;
     const store = openStore(env);
@@ -761,6 +760,7 @@ export class Ingestion {
     await writeKnown(env, settings.model, jobId, batch);
     if (!this.created) {
       const header = this.header as JobHeader;
+      if (early) early.writing = early.sent;
       const made = await store.createJob({
         id: jobId,
         tenant: this.cred.tenant,
@@ -778,6 +778,7 @@ export class Ingestion {
         unchanged: batch.unchanged,
         accepting,
       });
+      if (early) early.writing = false;
       if (!made.created)
         throw new AppError(409, "conflict", "this job was created by another request");
       this.created = true;
@@ -851,23 +852,7 @@ export async function redispatch(env: Env, tenant: string, job: Job): Promise<vo
     await store.markDispatched(job.id);
     return;
   }
-  const settings = settingsOf(env, job);
-  const work: QueuedItem[] = pending.map(({ chunk: c, meta }) => ({
-    chunkId: c.id,
-    documentId: c.documentId,
-    index: c.index,
-    text: settings.piiMask.length ? maskPersonalData(c.text, settings.piiMask).text : c.text,
-    meta,
-  }));
-  // A version that replaces a current one is held until complete, as on a first try.
-  const documents = [...new Set(work.map((it) => it.documentId))];
-  const replacing = new Set(
-    (await store.liveVersions(tenant, job.collection, documents))
-      .filter((v) => v.state === "pending" && v.jobId === job.id)
-      .map((v) => v.docKey),
-  );
-  for (const it of work) if (replacing.has(it.documentId)) it.pending = true;
-  const tasks = tasksOf(`${job.id}.r`, work);
+  const tasks = tasksOf(`${job.id}.r`, await pendingWork(store, tenant, job, pending));
   await dispatchTasks(env, { ...job, tenant }, tasks, {
     accepting: job.accepting,
     cache: { hits: 0, misses: 0 },
