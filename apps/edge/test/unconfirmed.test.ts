@@ -69,6 +69,13 @@ const waitRunsOut = (id: string) =>
     await o.alarm();
   });
 
+/** The job completed with all `n` of its chunks done, none failed. */
+const expectCompleted = async (id: string, n: number) =>
+  expect(await job(id)).toMatchObject({
+    status: "completed",
+    chunks: { total: n, done: n, failed: 0 },
+  });
+
 /** Leases the job's task to `w`, which answers it at once. */
 async function computed(w: TestWorker): Promise<Frame> {
   const t = await w.next("task");
@@ -92,10 +99,7 @@ describe("tasks sent ahead of their job's write", () => {
     await openStore(env).createJob(newJob(id, 5, "t1"));
     expect(await stub(id).confirm(id, { accepting: false })).toBe("confirmed");
     expect(await w.next("ack")).toMatchObject({ taskId: t.taskId, status: "stored" });
-    expect(await job(id)).toMatchObject({
-      status: "completed",
-      chunks: { total: 5, done: 5, failed: 0 },
-    });
+    await expectCompleted(id, 5);
     expect(await getVectorIndex(env, "use-lite").getByIds(chunkIds(id, 5))).toHaveLength(5);
     // A second confirmation (a retried submit) changes nothing.
     expect(await stub(id).confirm(id, { accepting: false })).toBe("known");
@@ -318,10 +322,7 @@ describe("a submit with a worker connected", () => {
     const w = await TestWorker.connect();
     w.ready(2);
     await answerChunks(w, 40);
-    expect(await job(id)).toMatchObject({
-      status: "completed",
-      chunks: { total: 40, done: 40, failed: 0 },
-    });
+    await expectCompleted(id, 40);
     w.ws.close();
   });
 
@@ -353,10 +354,7 @@ describe("a submit with a worker connected", () => {
     w.ready(2);
     const tasks = await answerChunks(w, 30);
     expect(tasks.flatMap((t) => t.items as unknown[])).toHaveLength(30);
-    expect(await job(id)).toMatchObject({
-      status: "completed",
-      chunks: { total: 30, done: 30, failed: 0 },
-    });
+    await expectCompleted(id, 30);
     w.ws.close();
   });
 
